@@ -1,0 +1,55 @@
+// swift-tools-version:6.0
+// memhaul: live-migration pre-copy transport for the memory of a running Linux process.
+import PackageDescription
+
+let package = Package(
+    name: "memhaul",
+    products: [
+        .executable(name: "memhaul", targets: ["memhaul"]),
+        .executable(name: "memhaul-workload", targets: ["memhaul-workload"]),
+        .library(name: "MemhaulWire", targets: ["MemhaulWire"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // C: the Linux uapi shim (PAGEMAP_SCAN, uffd WP_ASYNC, ptrace, pidfd, process_vm_readv).
+        .target(name: "CMemhaulLinux"),
+        // C: system libraries, and macro wrappers for OpenSSL.
+        .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .target(name: "CMemhaulTLS", dependencies: ["COpenSSL"]),
+
+        // Swift layers, bottom up.
+        .target(name: "MemhaulSystem"),
+        .target(name: "MemhaulKernel", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
+        .target(name: "MemhaulWire"),  // pure Swift, imports no C: fuzzable
+        .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
+        .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulSystem"]),
+        .target(
+            name: "MemhaulEngine",
+            dependencies: ["MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+        ),
+        .target(name: "MemhaulControl", dependencies: ["MemhaulEngine", "MemhaulSystem"]),
+        .executableTarget(
+            name: "memhaul",
+            dependencies: [
+                "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulTLS", "MemhaulImage",
+                "MemhaulEngine", "MemhaulControl", "MemhaulSystem",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]
+        ),
+        // The test and benchmark target process: known content, controlled writes, self-digest.
+        .executableTarget(name: "memhaul-workload", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
+
+        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
+        .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
+        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire"]),
+        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression"]),
+        .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine"]),
+        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
+    ]
+)

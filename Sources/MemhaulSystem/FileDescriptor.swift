@@ -1,0 +1,62 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// An owned file descriptor, closed exactly once in `deinit` (or by ``close()``).
+public final class FileDescriptor: @unchecked Sendable {
+    /// The raw descriptor; -1 once closed or released.
+    public private(set) var rawValue: Int32
+
+    public init(owning rawValue: Int32) { self.rawValue = rawValue }
+
+    /// `open(2)` with `O_CLOEXEC` added.
+    public static func open(_ path: String, _ flags: Int32, mode: mode_t = 0o600) throws(SystemError) -> FileDescriptor {
+        let fd = try Syscall.run("open(\(path))") { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        return FileDescriptor(owning: fd)
+    }
+
+    /// Gives up ownership without closing.
+    public func release() -> Int32 {
+        let fd = rawValue
+        rawValue = -1
+        return fd
+    }
+
+    /// `close(2)`. Not retried on EINTR: Linux always frees the descriptor.
+    public func close() throws(SystemError) {
+        guard rawValue >= 0 else { return }
+        let fd = release()
+        _ = try Syscall.run("close", retryOnInterrupt: false) { Glibc.close(fd) }
+    }
+
+    deinit {
+        if rawValue >= 0 { Glibc.close(rawValue) }
+    }
+
+    /// `pread(2)` until `count` bytes or end of file; returns the bytes read.
+    public func pread(into buffer: UnsafeMutableRawBufferPointer, at offset: Int64) throws(SystemError) -> Int {
+        var done = 0
+        while done < buffer.count {
+            let n = try Syscall.run("pread") {
+                Glibc.pread(rawValue, buffer.baseAddress! + done, buffer.count - done, off_t(offset) + off_t(done))
+            }
+            if n == 0 { break }
+            done += n
+        }
+        return done
+    }
+
+    /// `write(2)` until every byte is written.
+    public func writeAll(_ buffer: UnsafeRawBufferPointer) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let n = try Syscall.run("write") { Glibc.write(rawValue, buffer.baseAddress! + done, buffer.count - done) }
+            done += n
+        }
+    }
+
+    /// `read(2)` once; 0 means end of file.
+    public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
+        try Syscall.run("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
+    }
+}

@@ -1,0 +1,2 @@
+// Placeholder: the workload program is filled in by its own change.
+print("memhaul-workload: not built yet")
