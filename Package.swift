@@ -17,6 +17,7 @@ let package = Package(
         .target(name: "CMemhaulLinux"),
         // C: system libraries, and macro wrappers for OpenSSL.
         .systemLibrary(name: "CZstd", pkgConfig: "libzstd", providers: [.apt(["libzstd-dev"])]),
+        .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(name: "CMemhaulTLS", dependencies: ["COpenSSL"]),
 
@@ -25,28 +26,30 @@ let package = Package(
         .target(name: "MemhaulKernel", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
         .target(name: "MemhaulWire"),  // pure Swift, imports no C: fuzzable
         .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
+        .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
-        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulSystem"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem"]),
         .target(
             name: "MemhaulEngine",
-            dependencies: ["MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+            dependencies: ["MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
         ),
         .target(name: "MemhaulControl", dependencies: ["MemhaulEngine", "MemhaulSystem"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
-                "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulTLS", "MemhaulImage",
+                "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
                 "MemhaulEngine", "MemhaulControl", "MemhaulSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The test and benchmark target process: known content, controlled writes, self-digest.
-        .executableTarget(name: "memhaul-workload", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
+        .executableTarget(name: "memhaul-workload", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulDigest"]),
 
         .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
         .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
         .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire"]),
         .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression"]),
+        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine"]),

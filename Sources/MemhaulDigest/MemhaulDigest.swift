@@ -1,0 +1,2 @@
+/// Marker for the layer; real code lives beside it.
+enum _Layer {}

@@ -1,0 +1,1 @@
+// This layer's tests arrive with the layer.
