@@ -1,0 +1,137 @@
+/// When to stop pre-copying and cut over: the rule, in one place.
+///
+/// After every round the sender measures how fast pages move (throughput) and
+/// how fast the target dirties them, and predicts the final round's length as
+/// `pending dirty bytes / throughput`. It cuts over as soon as that prediction
+/// fits `downtimeLimit`. If the dirty set stops shrinking for `stallRounds`
+/// rounds it throttles the target (auto-converge: 20 %, then +10 % per stall,
+/// up to 99 %, as QEMU does). It cuts over anyway at `maxRounds` or `maxTime`,
+/// with a warning that states the downtime to expect.
+public struct ConvergenceParameters: Sendable, Equatable {
+    /// Cut over when the expected downtime is at or below this (QEMU's default: 300 ms).
+    public var downtimeLimitMs: Double = 300
+    /// Rounds after round 0 before a forced cutover; 0 = stop-and-copy.
+    public var maxRounds: Int = 30
+    /// Wall time before a forced cutover, seconds.
+    public var maxTimeSeconds: Double = 600
+    /// Send-rate cap in bytes/s of wire traffic; nil = unlimited.
+    public var maxBandwidth: Double? = nil
+    /// Throttle the target when rounds stall.
+    public var autoConverge: Bool = true
+    public var throttleInitialPct: Int = 20
+    public var throttleIncrementPct: Int = 10
+    public var throttleMaxPct: Int = 99
+    /// Rounds without enough shrinkage that count as a stall.
+    public var stallRounds: Int = 2
+    /// A round "shrinks" if its pending bytes are below this fraction of the
+    /// previous round's.
+    public var shrinkFactor: Double = 0.9
+
+    public init() {}
+}
+
+/// What one round measured, as the policy needs it.
+public struct RoundMeasurement: Sendable, Equatable {
+    public var round: Int
+    /// Page bytes sent in this round (uncompressed, zero pages excluded).
+    public var pageBytesSent: Double
+    /// Seconds the round took from scan to acknowledgement.
+    public var seconds: Double
+    /// Bytes dirtied since this round's scan, found by the next scan: what the
+    /// final round would have to send now.
+    public var pendingBytes: Double
+    /// Seconds between this round's scan and the next scan.
+    public var dirtyWindowSeconds: Double
+
+    public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double) {
+        self.round = round
+        self.pageBytesSent = pageBytesSent
+        self.seconds = seconds
+        self.pendingBytes = pendingBytes
+        self.dirtyWindowSeconds = dirtyWindowSeconds
+    }
+}
+
+public enum ConvergenceDecision: Sendable, Equatable {
+    /// Run another round.
+    case nextRound
+    /// Run another round with the target throttled to this percentage.
+    case throttle(percent: Int)
+    /// Freeze and send the final delta.
+    case cutover(reason: CutoverReason)
+}
+
+public enum CutoverReason: Sendable, Equatable, CustomStringConvertible {
+    case converged(expectedDowntimeMs: Double)
+    case stopAndCopy
+    case maxRounds(expectedDowntimeMs: Double)
+    case maxTime(expectedDowntimeMs: Double)
+    case requested
+
+    /// True when the cutover was forced before the prediction fit the limit.
+    public var isForced: Bool {
+        switch self {
+        case .maxRounds, .maxTime: return true
+        default: return false
+        }
+    }
+
+    public var description: String {
+        switch self {
+        case .converged(let ms): return "converged (expected downtime \(Int(ms.rounded())) ms)"
+        case .stopAndCopy: return "stop-and-copy (max-rounds 0)"
+        case .maxRounds(let ms): return "max rounds reached; expected downtime \(Int(ms.rounded())) ms exceeds the limit"
+        case .maxTime(let ms): return "max time reached; expected downtime \(Int(ms.rounded())) ms exceeds the limit"
+        case .requested: return "cutover requested by operator"
+        }
+    }
+}
+
+/// The convergence state machine. Feed it one measurement per round.
+public struct ConvergencePolicy: Sendable {
+    public var parameters: ConvergenceParameters
+    public private(set) var throttlePercent: Int = 0
+    public private(set) var throughput: Double = 0  // page bytes/s, smoothed
+    public private(set) var dirtyRate: Double = 0  // bytes/s
+    public private(set) var expectedDowntimeMs: Double = .infinity
+    private var stalled = 0
+    private var lastPending: Double?
+
+    public init(parameters: ConvergenceParameters) { self.parameters = parameters }
+
+    /// Decides what to do after `m`, `elapsed` seconds into the migration.
+    public mutating func decide(after m: RoundMeasurement, elapsed: Double) -> ConvergenceDecision {
+        if parameters.maxRounds == 0 { return .cutover(reason: .stopAndCopy) }
+        if m.seconds > 0, m.pageBytesSent > 0 {
+            let sample = m.pageBytesSent / m.seconds
+            // Small rounds measure latency more than bandwidth: trust big ones.
+            throughput = throughput == 0 ? sample : max(sample, 0.5 * throughput + 0.5 * sample)
+        }
+        if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
+        expectedDowntimeMs = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
+
+        if expectedDowntimeMs <= parameters.downtimeLimitMs {
+            return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))
+        }
+        if m.round >= parameters.maxRounds {
+            return .cutover(reason: .maxRounds(expectedDowntimeMs: expectedDowntimeMs))
+        }
+        if elapsed >= parameters.maxTimeSeconds {
+            return .cutover(reason: .maxTime(expectedDowntimeMs: expectedDowntimeMs))
+        }
+        if let last = lastPending, m.pendingBytes >= last * parameters.shrinkFactor {
+            stalled += 1
+        } else {
+            stalled = 0
+        }
+        lastPending = m.pendingBytes
+        if parameters.autoConverge, stalled >= parameters.stallRounds, throttlePercent < parameters.throttleMaxPct {
+            stalled = 0
+            throttlePercent = throttlePercent == 0
+                ? parameters.throttleInitialPct
+                : min(parameters.throttleMaxPct, throttlePercent + parameters.throttleIncrementPct)
+            return .throttle(percent: throttlePercent)
+        }
+        return .nextRound
+    }
+}

@@ -1,0 +1,24 @@
+import MemhaulSystem
+
+/// Errors of the migration engine, each one readable line.
+public enum EngineError: Error, Equatable, CustomStringConvertible {
+    case targetExited(pid: Int32)
+    case freezeTimeout(pid: Int32)
+    case digestMismatch(sender: String, receiver: String)
+    case protocolViolation(String)
+    case peerError(code: UInt16, message: String)
+    case cancelled
+    case invalidParameter(String)
+
+    public var description: String {
+        switch self {
+        case .targetExited(let pid): return "target PID \(pid) exited during the migration"
+        case .freezeTimeout(let pid): return "could not stop every thread of PID \(pid) in time"
+        case .digestMismatch(let s, let r): return "image digest mismatch: sender \(s), receiver \(r)"
+        case .protocolViolation(let m): return "protocol violation: \(m)"
+        case .peerError(let code, let m): return "receiver reported error \(code): \(m)"
+        case .cancelled: return "migration cancelled"
+        case .invalidParameter(let m): return "invalid parameter: \(m)"
+        }
+    }
+}

@@ -1,0 +1,67 @@
+/// The state of one migration, as `status` reports it (QEMU `query-migrate` style).
+public enum MigrationState: String, Codable, Sendable {
+    case setup, active, cutover, completed, failed, cancelled
+    public var isFinal: Bool { self == .completed || self == .failed || self == .cancelled }
+}
+
+/// One migration's status. Field names are the JSON keys of `Protocol/control.md`.
+public struct MigrationStatus: Codable, Sendable, Equatable {
+    public var id: String
+    public var pid: Int32
+    public var destination: String
+    public var state: MigrationState = .setup
+    public var round: Int = 0
+    /// Bytes on the wire so far (frames, compressed).
+    public var transferredBytes: UInt64 = 0
+    /// Page bytes sent so far (uncompressed).
+    public var pageBytes: UInt64 = 0
+    /// Pending dirty bytes the next round must send.
+    public var remainingBytes: UInt64 = 0
+    /// Tracked bytes of the target (populated or not).
+    public var totalBytes: UInt64 = 0
+    public var dirtyRateBps: Double = 0
+    public var throughputBps: Double = 0
+    public var wireBps: Double = 0
+    public var expectedDowntimeMs: Double?
+    public var throttlePercent: Int = 0
+    public var downtimeLimitMs: Double = 300
+    public var maxBandwidth: Double?
+    /// Set at the end.
+    public var downtimeMs: Double?
+    public var freezeMs: Double?
+    public var verifyMs: Double?
+    public var totalTimeMs: Double?
+    public var rounds: Int?
+    public var digest: String?
+    public var cutoverReason: String?
+    public var warnings: [String] = []
+    public var error: String?
+
+    public init(id: String, pid: Int32, destination: String) {
+        self.id = id
+        self.pid = pid
+        self.destination = destination
+    }
+
+    enum CodingKeys: String, CodingKey {
+        case id, pid, destination, state, round
+        case transferredBytes = "transferred_bytes"
+        case pageBytes = "page_bytes"
+        case remainingBytes = "remaining_bytes"
+        case totalBytes = "total_bytes"
+        case dirtyRateBps = "dirty_rate_bps"
+        case throughputBps = "throughput_bps"
+        case wireBps = "wire_bps"
+        case expectedDowntimeMs = "expected_downtime_ms"
+        case throttlePercent = "throttle_percent"
+        case downtimeLimitMs = "downtime_limit_ms"
+        case maxBandwidth = "max_bandwidth_bps"
+        case downtimeMs = "downtime_ms"
+        case freezeMs = "freeze_ms"
+        case verifyMs = "verify_ms"
+        case totalTimeMs = "total_time_ms"
+        case rounds, digest
+        case cutoverReason = "cutover_reason"
+        case warnings, error
+    }
+}

@@ -1,0 +1,67 @@
+import Testing
+@testable import MemhaulEngine
+
+@Suite struct ConvergencePolicyTests {
+    func measurement(_ round: Int, pending: Double, sent: Double = 1e9, seconds: Double = 1) -> RoundMeasurement {
+        RoundMeasurement(round: round, pageBytesSent: sent, seconds: seconds, pendingBytes: pending, dirtyWindowSeconds: seconds)
+    }
+
+    @Test func cutsOverWhenPredictionFitsTheLimit() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        // 1 GB/s throughput, 100 MB pending => 100 ms <= 300 ms.
+        #expect(policy.decide(after: measurement(0, pending: 100e6), elapsed: 1) == .cutover(reason: .converged(expectedDowntimeMs: 100)))
+    }
+
+    @Test func keepsGoingWhileShrinking() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        #expect(policy.decide(after: measurement(0, pending: 800e6), elapsed: 1) == .nextRound)
+        #expect(policy.decide(after: measurement(1, pending: 500e6), elapsed: 2) == .nextRound)
+        #expect(policy.decide(after: measurement(2, pending: 301e6), elapsed: 3) == .nextRound)
+        if case .cutover = policy.decide(after: measurement(3, pending: 200e6), elapsed: 4) {} else {
+            Issue.record("expected cutover once 200 ms fits")
+        }
+    }
+
+    @Test func stallEscalatesThrottleLikeQEMU() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 100
+        var policy = ConvergencePolicy(parameters: p)
+        var throttles: [Int] = []
+        for round in 0..<40 {
+            if case .throttle(let pct) = policy.decide(after: measurement(round, pending: 900e6), elapsed: Double(round)) {
+                throttles.append(pct)
+            }
+        }
+        #expect(throttles.prefix(3) == [20, 30, 40])
+        #expect(throttles.last == 99)
+        #expect(throttles.allSatisfy { $0 <= 99 })
+    }
+
+    @Test func forcedCutoverAtMaxRoundsSaysWhy() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 2
+        p.autoConverge = false
+        var policy = ConvergencePolicy(parameters: p)
+        _ = policy.decide(after: measurement(0, pending: 900e6), elapsed: 1)
+        _ = policy.decide(after: measurement(1, pending: 900e6), elapsed: 2)
+        let d = policy.decide(after: measurement(2, pending: 900e6), elapsed: 3)
+        guard case .cutover(let reason) = d else { Issue.record("expected cutover"); return }
+        #expect(reason.isForced)
+        #expect(reason.description.contains("900 ms"))
+    }
+
+    @Test func stopAndCopyCutsOverImmediately() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 0
+        var policy = ConvergencePolicy(parameters: p)
+        #expect(policy.decide(after: measurement(0, pending: 5e9), elapsed: 0) == .cutover(reason: .stopAndCopy))
+    }
+
+    @Test func maxTimeForcesCutover() {
+        var p = ConvergenceParameters()
+        p.maxTimeSeconds = 10
+        var policy = ConvergencePolicy(parameters: p)
+        let d = policy.decide(after: measurement(1, pending: 5e9), elapsed: 11)
+        #expect(d == .cutover(reason: .maxTime(expectedDowntimeMs: 5000)))
+    }
+}
