@@ -53,6 +53,7 @@ let package = Package(
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
     ]
 )

@@ -1,0 +1,126 @@
+import Foundation
+
+/// A control-interface error: a code from `Protocol/control.md` and a message.
+public struct ControlError: Error, Equatable, CustomStringConvertible {
+    public enum Code: String, Sendable {
+        case badRequest = "bad_request"
+        case unknownOp = "unknown_op"
+        case notFound = "not_found"
+        case conflict
+        case tooLarge = "too_large"
+        case failed
+        case `internal`
+    }
+    public var code: Code
+    public var message: String
+    public init(_ code: Code, _ message: String) {
+        self.code = code
+        self.message = message
+    }
+    public var description: String { "\(code.rawValue): \(message)" }
+}
+
+/// One decoded request line.
+public struct ControlRequest: @unchecked Sendable {  // JSON values are immutable Foundation objects
+    public var id: Any?
+    public var op: String
+    public var args: [String: Any]
+
+    public init(id: Any? = nil, op: String, args: [String: Any] = [:]) {
+        self.id = id
+        self.op = op
+        self.args = args
+    }
+
+    /// Decodes one line; a non-object or missing `op` is `bad_request`.
+    public static func decode(_ line: Data) throws(ControlError) -> ControlRequest {
+        guard let object = try? JSONSerialization.jsonObject(with: line, options: [.fragmentsAllowed]),
+              let dict = object as? [String: Any] else {
+            throw ControlError(.badRequest, "request is not a JSON object")
+        }
+        guard let op = dict["op"] as? String else { throw ControlError(.badRequest, "missing \"op\"") }
+        var args: [String: Any] = [:]
+        if let a = dict["args"] {
+            guard let ad = a as? [String: Any] else { throw ControlError(.badRequest, "\"args\" must be an object") }
+            args = ad
+        }
+        return ControlRequest(id: dict["id"], op: op, args: args)
+    }
+
+    public func encode() -> Data {
+        var dict: [String: Any] = ["op": op]
+        if let id { dict["id"] = id }
+        if !args.isEmpty { dict["args"] = args }
+        return ControlJSON.line(dict)
+    }
+
+    // Typed argument access with `bad_request` on a wrong type.
+    public func string(_ key: String) throws(ControlError) -> String? {
+        guard let v = args[key] else { return nil }
+        guard let s = v as? String else { throw ControlError(.badRequest, "\"\(key)\" must be a string") }
+        return s
+    }
+    public func number(_ key: String) throws(ControlError) -> Double? {
+        guard let v = args[key] else { return nil }
+        guard let n = v as? NSNumber, !isJSONBoolean(v) else {
+            throw ControlError(.badRequest, "\"\(key)\" must be a number")
+        }
+        return n.doubleValue
+    }
+    public func int(_ key: String) throws(ControlError) -> Int? {
+        guard let d = try number(key) else { return nil }
+        guard d == d.rounded(), abs(d) < 1e15 else { throw ControlError(.badRequest, "\"\(key)\" must be an integer") }
+        return Int(d)
+    }
+    public func bool(_ key: String) throws(ControlError) -> Bool? {
+        guard let v = args[key] else { return nil }
+        guard isJSONBoolean(v), let b = v as? Bool else { throw ControlError(.badRequest, "\"\(key)\" must be true or false") }
+        return b
+    }
+    public func require<T>(_ value: T?, _ key: String) throws(ControlError) -> T {
+        guard let value else { throw ControlError(.badRequest, "missing \"\(key)\"") }
+        return value
+    }
+    /// Rejects keys outside `allowed`, so a typo is an error rather than ignored.
+    public func onlyKeys(_ allowed: Set<String>) throws(ControlError) {
+        if let bad = args.keys.sorted().first(where: { !allowed.contains($0) }) {
+            throw ControlError(.badRequest, "unknown parameter \"\(bad)\"")
+        }
+    }
+}
+
+// JSONSerialization decodes JSON numbers and booleans both as NSNumber (and
+// `1 as? Bool` succeeds), so the boolean subclass is told apart by its type name.
+private func isJSONBoolean(_ v: Any) -> Bool {
+    if let n = v as? NSNumber { return String(cString: n.objCType) == "c" && "\(type(of: v))".contains("Boolean") }
+    return v is Bool
+}
+
+public enum ControlJSON {
+    /// One JSON object as a line (sorted keys, so output is stable for scripts).
+    public static func line(_ object: [String: Any]) -> Data {
+        var data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+        data.append(0x0A)
+        return data
+    }
+
+    public static func success(id: Any?, result: [String: Any]) -> Data {
+        var d: [String: Any] = ["ok": true, "result": result]
+        if let id { d["id"] = id }
+        return line(d)
+    }
+
+    public static func failure(id: Any?, _ error: ControlError) -> Data {
+        var d: [String: Any] = ["ok": false, "error": ["code": error.code.rawValue, "message": error.message]]
+        if let id { d["id"] = id }
+        return line(d)
+    }
+
+    /// Any Encodable value as a JSON object for a result.
+    public static func object<T: Encodable>(_ value: T) -> [String: Any] {
+        let encoder = JSONEncoder()
+        guard let data = try? encoder.encode(value),
+              let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return [:] }
+        return obj
+    }
+}

@@ -1,0 +1,86 @@
+import Foundation
+import Glibc
+import Testing
+@testable import MemhaulControl
+
+@Suite struct ControlServerTests {
+    func tempSocketPath() -> String {
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("memhaul-ctl-\(UUID().uuidString.prefix(8))")
+        return dir.appendingPathComponent("agent.sock").path
+    }
+
+    func echoServer(_ path: String) throws -> ControlServer {
+        try ControlServer(path: path) { (req: ControlRequest) throws(ControlError) -> [String: Any] in
+            switch req.op {
+            case "echo":
+                try req.onlyKeys(["n", "s", "b"])
+                var out: [String: Any] = [:]
+                if let n = try req.int("n") { out["n"] = n }
+                if let s = try req.string("s") { out["s"] = s }
+                if let b = try req.bool("b") { out["b"] = b }
+                return out
+            default:
+                throw ControlError(.unknownOp, "unknown operation \"\(req.op)\"")
+            }
+        }
+    }
+
+    @Test func socketIsOwnerOnly() throws {
+        let path = tempSocketPath()
+        let server = try echoServer(path)
+        defer { server.close() }
+        var st = stat()
+        #expect(stat(path, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o600)
+        let dir = (path as NSString).deletingLastPathComponent
+        #expect(stat(dir, &st) == 0)
+        #expect(st.st_mode & 0o777 == 0o700)
+    }
+
+    @Test func answersInOrderWithTypedArguments() throws {
+        let path = tempSocketPath()
+        let server = try echoServer(path)
+        defer { server.close() }
+        let client = try ControlClient(path: path)
+        let r = try client.call("echo", ["n": 5, "s": "x", "b": true])
+        #expect(r["ok"] as? Bool == true)
+        let result = r["result"] as? [String: Any]
+        #expect(result?["n"] as? Int == 5)
+        #expect(result?["s"] as? String == "x")
+        #expect(result?["b"] as? Bool == true)
+    }
+
+    @Test func malformedAndWrongTypesAreBadRequest() throws {
+        let path = tempSocketPath()
+        let server = try echoServer(path)
+        defer { server.close() }
+        let client = try ControlClient(path: path)
+        func code(_ r: [String: Any]?) -> String? { (r?["error"] as? [String: Any])?["code"] as? String }
+        #expect(code(try client.callRaw(Data("not json\n".utf8))) == "bad_request")
+        #expect(code(try client.callRaw(Data("[1,2]\n".utf8))) == "bad_request")
+        #expect(code(try client.call("echo", ["n": "five"])) == "bad_request")
+        #expect(code(try client.call("echo", ["n": true])) == "bad_request")
+        #expect(code(try client.call("echo", ["b": 1])) == "bad_request")
+        #expect(code(try client.call("echo", ["typo": 1])) == "bad_request")
+        #expect(code(try client.call("nope")) == "unknown_op")
+        // The connection survives malformed lines.
+        #expect(try client.call("echo", ["n": 1])["ok"] as? Bool == true)
+    }
+
+    @Test func oversizedRequestIsRefused() throws {
+        let path = tempSocketPath()
+        let server = try echoServer(path)
+        defer { server.close() }
+        let client = try ControlClient(path: path)
+        let huge = Data(repeating: 0x41, count: ControlServer.maxRequestBytes + 10) + Data("\n".utf8)
+        let r = try client.callRaw(huge)
+        #expect((r?["error"] as? [String: Any])?["code"] as? String == "too_large")
+    }
+
+    @Test func secondAgentOnLiveSocketIsRefused() throws {
+        let path = tempSocketPath()
+        let server = try echoServer(path)
+        defer { server.close() }
+        #expect(throws: ControlError.self) { _ = try echoServer(path) }
+    }
+}
