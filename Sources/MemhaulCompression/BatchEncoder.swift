@@ -24,18 +24,20 @@ public struct BatchStatistics: Equatable, Sendable {
 
 /// Encodes a batch of non-zero pages as zstd, or raw when zstd does not pay.
 ///
-/// The rule, per batch of `n` bytes:
-/// 1. A batch of at least `sampleThreshold` bytes is sampled first: up to
-///    `samplePages` pages spread evenly through it are copied together and
-///    compressed. If the sample does not shrink below `rawThreshold` (97%),
-///    the batch goes raw without compressing it. This costs ~2% of a full
-///    compression of a 64-page batch and catches random/encrypted/already
-///    compressed memory (zstd spends nearly full time on such data).
-/// 2. Otherwise the batch is compressed into room for `rawThreshold * n`
-///    bytes; if zstd runs out of room the batch goes raw. So no payload is
-///    ever larger than 97% of the pages unless it is raw.
-/// A batch whose sample looks random but whose other pages would compress
-/// is sent raw: a loss of ratio, never of correctness.
+/// The rule, per batch of `n` bytes: compress into room for `rawThreshold * n`
+/// bytes (97%); if zstd runs out of room, send the batch raw. So a payload is
+/// either raw or at most 97% of the pages, and the receiver never sees
+/// expansion. zstd detects incompressible blocks itself, so the failed attempt
+/// is cheap: on random pages level 1 runs at ~2.7 GB/s (vs ~0.3 GB/s on text).
+///
+/// Optional sampling (`samplePages > 0`, off by default): before compressing a
+/// batch of at least `sampleThreshold` bytes, compress `samplePages` pages
+/// spread evenly through it and send the batch raw if the sample does not
+/// shrink below 97%. Measured on 64 MiB of 30% zero / 40% text / 30% random
+/// pages in 64-page batches (`CompressionBenchmark`, release, 2 shared cores):
+/// it makes all-random memory ~1.5x faster to encode (4.1 vs 2.7 GB/s) but
+/// sends ~5% of mixed batches raw that would have compressed (ratio 0.453 vs
+/// 0.440 at level -1), and both speeds exceed the network, so it stays off.
 ///
 /// Reuses one zstd context and scratch buffer: no per-batch allocation.
 /// Not thread-safe: one encoder per sending thread.
@@ -56,10 +58,10 @@ public final class BatchEncoder {
     /// - Parameters:
     ///   - level: zstd level (see ``ZstdCompressor/supportedLevels``).
     ///   - maxBatchBytes: scratch size reserved up front; larger batches grow it once.
-    ///   - samplePages: 0 disables sampling (always compress, then maybe fall back).
+    ///   - samplePages: pages sampled before compressing; 0 (the default) compresses every batch.
     public init(
         level: Int32, maxBatchBytes: Int = 4 << 20, rawThreshold: Double = 0.97,
-        samplePages: Int = 4, sampleThreshold: Int = 16 * PageClassifier.pageSize
+        samplePages: Int = 0, sampleThreshold: Int = 16 * PageClassifier.pageSize
     ) {
         self.compressor = ZstdCompressor(level: level)
         self.rawThreshold = rawThreshold

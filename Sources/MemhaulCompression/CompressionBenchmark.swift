@@ -110,14 +110,14 @@ public enum CompressionBenchmark {
 
         public var description: String {
             func f(_ x: Double, _ digits: Int) -> String {
-                var s = String(Int((x * pow10(digits)).rounded()))
+                var s = String(Int(x * pow10(digits) + 0.5))
                 if digits > 0 {
                     while s.count <= digits { s = "0" + s }
                     s.insert(".", at: s.index(s.endIndex, offsetBy: -digits))
                 }
                 return s
             }
-            return "level \(level)\(sampling ? "" : " (no sampling)"): encode \(f(encodeMBps, 0)) MB/s, "
+            return "level \(level)\(sampling ? " (sampled)" : ""): encode \(f(encodeMBps, 0)) MB/s, "
                 + "decode \(f(decodeMBps, 0)) MB/s, ratio \(f(ratio, 3)) "
                 + "(\(outputBytes)/\(inputBytes) bytes, \(zeroPages) zero pages, \(rawBatches)/\(batches) batches raw)"
         }
@@ -127,7 +127,7 @@ public enum CompressionBenchmark {
     /// `batchPages` pages, `repeats` times (best time kept).
     public static func run(
         megabytes: Int = 64, levels: [Int32] = [-1, 1, 3], batchPages: Int = 64,
-        mix: MixedPages.Mix = .default, sampling: [Bool] = [true], repeats: Int = 3
+        mix: MixedPages.Mix = .default, sampling: [Bool] = [false], repeats: Int = 3
     ) -> [Result] {
         let pageSize = PageClassifier.pageSize
         let source = MixedPages.make(pages: megabytes * 256, mix: mix, seed: 42)
