@@ -1,0 +1,214 @@
+/// Deterministic test/bench page content: zero, text-like and random pages.
+public enum MixedPages {
+    /// Percentages of each kind of page; they need not add up to 100 (they are weights).
+    public struct Mix: Sendable, Equatable {
+        public var zero: Int
+        public var text: Int
+        public var random: Int
+        public init(zero: Int, text: Int, random: Int) {
+            self.zero = zero
+            self.text = text
+            self.random = random
+        }
+        public static let `default` = Mix(zero: 30, text: 40, random: 30)
+    }
+
+    /// Fills `buffer` (whole pages) with pages drawn by `mix`, reproducibly from `seed`.
+    public static func fill(_ buffer: UnsafeMutableRawBufferPointer, mix: Mix = .default, seed: UInt64 = 1) {
+        let pageSize = PageClassifier.pageSize
+        var rng = SplitMix64(seed: seed)
+        let total = max(mix.zero + mix.text + mix.random, 1)
+        for page in 0..<(buffer.count / pageSize) {
+            let p = UnsafeMutableRawBufferPointer(rebasing: buffer[(page * pageSize)..<((page + 1) * pageSize)])
+            let pick = Int(rng.next() % UInt64(total))
+            if pick < mix.zero {
+                p.initializeMemory(as: UInt8.self, repeating: 0)
+            } else if pick < mix.zero + mix.text {
+                fillText(p, &rng)
+            } else {
+                fillRandom(p, &rng)
+            }
+        }
+    }
+
+    /// A freshly allocated buffer of `pages` pages filled by ``fill(_:mix:seed:)``.
+    public static func make(pages: Int, mix: Mix = .default, seed: UInt64 = 1) -> [UInt8] {
+        var bytes = [UInt8](repeating: 0, count: pages * PageClassifier.pageSize)
+        bytes.withUnsafeMutableBytes { fill($0, mix: mix, seed: seed) }
+        return bytes
+    }
+
+    static let words: [[UInt8]] = """
+        the of and to in is that for it as was with be by on not he this are or his from at which but \
+        have an they you were their one all we can her has there been if more when will would who so no \
+        memory page process kernel migration round dirty sender receiver socket buffer region address \
+        error value return struct static const void unsigned int size_t length offset count index
+        """.split(separator: " ").map { Array($0.utf8) }
+
+    static func fillText(_ p: UnsafeMutableRawBufferPointer, _ rng: inout SplitMix64) {
+        var i = 0
+        while i < p.count {
+            let r = rng.next()
+            let word = words[Int(r % UInt64(words.count))]
+            for c in word where i < p.count {
+                p[i] = c
+                i += 1
+            }
+            if i < p.count {
+                p[i] = (r >> 32) % 11 == 0 ? UInt8(ascii: "\n") : UInt8(ascii: " ")
+                i += 1
+            }
+        }
+    }
+
+    static func fillRandom(_ p: UnsafeMutableRawBufferPointer, _ rng: inout SplitMix64) {
+        var i = 0
+        while i + 8 <= p.count {
+            p.storeBytes(of: rng.next(), toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < p.count {
+            p[i] = UInt8(truncatingIfNeeded: rng.next())
+            i += 1
+        }
+    }
+}
+
+/// SplitMix64: a tiny deterministic generator for test content (not crypto).
+struct SplitMix64 {
+    var state: UInt64
+    init(seed: UInt64) { state = seed }
+    mutating func next() -> UInt64 {
+        state &+= 0x9E37_79B9_7F4A_7C15
+        var z = state
+        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
+        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
+        return z ^ (z >> 31)
+    }
+}
+
+/// Measures the sender's page pipeline (zero detection + batch encoding) and
+/// the receiver's decoding on mixed content, per zstd level. Prints nothing:
+/// `memhaul bench compress` formats ``Result``.
+public enum CompressionBenchmark {
+    public struct Result: Sendable, CustomStringConvertible {
+        public var level: Int32
+        /// Whether batches were sampled before compressing (the ``BatchEncoder`` rule).
+        public var sampling: Bool
+        public var inputBytes: Int
+        /// Payload bytes after zero-page elision and encoding.
+        public var outputBytes: Int
+        public var zeroPages: Int
+        public var rawBatches: Int
+        public var batches: Int
+        /// Input (all pages, zero ones included) per second through classify + encode, in MB/s (10^6).
+        public var encodeMBps: Double
+        /// Non-zero input per second through the decoder, in MB/s.
+        public var decodeMBps: Double
+        /// outputBytes / inputBytes.
+        public var ratio: Double { inputBytes == 0 ? 1 : Double(outputBytes) / Double(inputBytes) }
+
+        public var description: String {
+            func f(_ x: Double, _ digits: Int) -> String {
+                var s = String(Int(x * pow10(digits) + 0.5))
+                if digits > 0 {
+                    while s.count <= digits { s = "0" + s }
+                    s.insert(".", at: s.index(s.endIndex, offsetBy: -digits))
+                }
+                return s
+            }
+            return "level \(level)\(sampling ? " (sampled)" : ""): encode \(f(encodeMBps, 0)) MB/s, "
+                + "decode \(f(decodeMBps, 0)) MB/s, ratio \(f(ratio, 3)) "
+                + "(\(outputBytes)/\(inputBytes) bytes, \(zeroPages) zero pages, \(rawBatches)/\(batches) batches raw)"
+        }
+    }
+
+    /// Runs each level over `megabytes` MiB of `mix` pages in batches of
+    /// `batchPages` pages, `repeats` times (best time kept).
+    public static func run(
+        megabytes: Int = 64, levels: [Int32] = [-1, 1, 3], batchPages: Int = 64,
+        mix: MixedPages.Mix = .default, sampling: [Bool] = [false], repeats: Int = 3
+    ) -> [Result] {
+        let pageSize = PageClassifier.pageSize
+        let source = MixedPages.make(pages: megabytes * 256, mix: mix, seed: 42)
+        let batchBytes = batchPages * pageSize
+        let work = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes, alignment: 4096)
+        let payloads = UnsafeMutableRawBufferPointer.allocate(byteCount: source.count + 4096, alignment: 64)
+        let decoded = UnsafeMutableRawBufferPointer.allocate(byteCount: batchBytes, alignment: 4096)
+        defer {
+            work.deallocate()
+            payloads.deallocate()
+            decoded.deallocate()
+        }
+        var results: [Result] = []
+        var classification = PageClassification()
+        let clock = ContinuousClock()
+        for sample in sampling {
+            for level in levels {
+                let encoder = BatchEncoder(level: level, maxBatchBytes: batchBytes, samplePages: sample ? 4 : 0)
+                let decoder = BatchDecoder()
+                var best = Result(
+                    level: encoder.compressor.level, sampling: sample, inputBytes: source.count, outputBytes: 0,
+                    zeroPages: 0, rawBatches: 0, batches: 0, encodeMBps: 0, decodeMBps: 0)
+                for _ in 0..<max(repeats, 1) {
+                    encoder.resetStatistics()
+                    // Encoded batches: (encoding, offset in payloads, size, uncompressed size).
+                    var frames: [(BatchEncoding, Int, Int, Int)] = []
+                    frames.reserveCapacity(source.count / batchBytes + 1)
+                    var out = 0
+                    var zeroPages = 0
+                    let t0 = clock.now
+                    source.withUnsafeBytes { src in
+                        var off = 0
+                        while off < src.count {
+                            let n = min(batchBytes, src.count - off)
+                            work.baseAddress!.copyMemory(from: src.baseAddress! + off, byteCount: n)
+                            let live = PageClassifier.classifyAndCompact(
+                                batch: UnsafeMutableRawBufferPointer(rebasing: work[0..<n]), into: &classification)
+                            zeroPages += classification.zeroCount
+                            if live > 0 {
+                                let r = try! encoder.encode(
+                                    UnsafeRawBufferPointer(rebasing: work[0..<live]),
+                                    into: UnsafeMutableRawBufferPointer(rebasing: payloads[out...]))
+                                frames.append((r.encoding, out, r.count, live))
+                                out += r.count
+                            }
+                            off += n
+                        }
+                    }
+                    let encodeTime = clock.now - t0
+                    let t1 = clock.now
+                    var decodedBytes = 0
+                    for (encoding, offset, size, expected) in frames {
+                        decodedBytes += try! decoder.decode(
+                            encoding, payload: UnsafeRawBufferPointer(rebasing: payloads[offset..<(offset + size)]),
+                            into: decoded, expectedSize: expected)
+                    }
+                    let decodeTime = clock.now - t1
+                    let encodeMBps = Double(source.count) / seconds(encodeTime) / 1e6
+                    let decodeMBps = Double(decodedBytes) / seconds(decodeTime) / 1e6
+                    best.outputBytes = out
+                    best.zeroPages = zeroPages
+                    best.rawBatches = encoder.statistics.rawBatches
+                    best.batches = encoder.statistics.batches
+                    best.encodeMBps = max(best.encodeMBps, encodeMBps)
+                    best.decodeMBps = max(best.decodeMBps, decodeMBps)
+                }
+                results.append(best)
+            }
+        }
+        return results
+    }
+
+    static func seconds(_ d: Duration) -> Double {
+        let c = d.components
+        return max(Double(c.seconds) + Double(c.attoseconds) / 1e18, 1e-9)
+    }
+}
+
+@inline(__always)
+private func pow10(_ n: Int) -> Double {
+    var x = 1.0
+    for _ in 0..<n { x *= 10 }
+    return x
+}
