@@ -85,7 +85,7 @@ public enum PagemapScanError: Error, Hashable, Sendable, CustomStringConvertible
 }
 
 /// Clock for stats (CLOCK_MONOTONIC, ns).
-@inline(__always) func monotonicNanoseconds() -> UInt64 {
+@inline(__always) func scanClockNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
@@ -139,8 +139,8 @@ public final class PagemapScanner {
     /// on PAGE_IS_WPALLOWED, no output vector); unpopulated pages get uffd-wp markers.
     public func protectAll(_ ranges: [PageRange]) throws {
         var stats = ScanStats()
-        let t0 = monotonicNanoseconds()
-        defer { stats.nanoseconds = monotonicNanoseconds() - t0; lastStats = stats }
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         for r in try Self.checked(ranges) {
             try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .wpAllowed, output: false, stats: &stats) { _, _, _ in }
         }
@@ -150,8 +150,8 @@ public final class PagemapScanner {
     /// re-protects them (PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC on PAGE_IS_WRITTEN).
     public func collectWritten(_ ranges: [PageRange]) throws -> [PageRange] {
         var stats = ScanStats()
-        let t0 = monotonicNanoseconds()
-        defer { stats.nanoseconds = monotonicNanoseconds() - t0; lastStats = stats }
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         var out: [PageRange] = []
         for r in try Self.checked(ranges) {
             try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .written, returnMask: .written,
@@ -177,8 +177,8 @@ public final class PagemapScanner {
     /// needs exact answers for pages it knows or that were just written).
     public func populated(_ ranges: [PageRange], resolveWithin: [PageRange]?) throws -> [PageRange] {
         var stats = ScanStats()
-        let t0 = monotonicNanoseconds()
-        defer { stats.nanoseconds = monotonicNanoseconds() - t0; lastStats = stats }
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         var out: [PageRange] = []
         var ambiguous: [PageRange] = []
         for r in try Self.checked(ranges) {
@@ -212,8 +212,8 @@ public final class PagemapScanner {
         visit: (UInt64, UInt64, UInt64) -> Void
     ) throws {
         var stats = ScanStats()
-        let t0 = monotonicNanoseconds()
-        defer { stats.nanoseconds = monotonicNanoseconds() - t0; lastStats = stats }
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         for r in try Self.checked(ranges) {
             try walk(r, flags: flags, mask: mask, anyOf: anyOf, inverted: inverted, returnMask: returnMask,
                      output: true, stats: &stats, visit: visit)
