@@ -1,0 +1,117 @@
+/// One round's result: what the receiver must be told (ARCHITECTURE.md, "Round scan").
+public struct RoundScan: Hashable, Sendable {
+    public var round: Int
+    /// Pages whose content must be read and sent.
+    public var dirty: [PageRange]
+    /// Pages the receiver may hold with content that are now zero or unmapped.
+    public var discarded: [PageRange]
+    public var stats: ScanStats
+
+    public init(round: Int, dirty: [PageRange], discarded: [PageRange], stats: ScanStats) {
+        self.round = round
+        self.dirty = dirty
+        self.discarded = discarded
+        self.stats = stats
+    }
+}
+
+/// Pre-copy round logic over a ``PagemapScanner``; knows nothing of ptrace.
+///
+/// State: `known`, the pages the receiver holds with content once every scan
+/// handed out so far is delivered (the populated set at the last scan), and
+/// `pending`, pages of scans handed back by ``requeue(_:)``.
+///
+/// Round k: W = collectWritten (atomic find + re-protect), then P = populated.
+/// dirty = (W ∩ P) ∪ (pending ∩ P) ∪ populated pages of new ranges;
+/// discarded = (known ∪ pending) \ P. A written page that is unpopulated when
+/// P is read has zero content then, and any later write to it shows in the next
+/// W, so it is not sent. A page discarded without a WRITTEN trace (anonymous
+/// MADV_DONTNEED that frees the page table, MADV_FREE reclaim) is caught by
+/// `known \ P`. Pages known before but outside `ranges` are reported discarded.
+///
+/// Exact for private anonymous memory. For shared/file mappings, a zapped PTE
+/// does not mean the content is gone (it stays in the page cache): callers must
+/// not track those as populated-by-PTE.
+public final class DirtyTracker {
+    public let scanner: PagemapScanner
+    /// Round number of the last scan, -1 before ``initialRound(ranges:)``.
+    public private(set) var round: Int = -1
+    /// Ranges tracked (protected) as of the last scan.
+    public private(set) var tracked: [PageRange] = []
+    /// Pages the receiver holds with content once all scans are delivered.
+    public private(set) var known: [PageRange] = []
+    /// Pages of requeued scans, re-examined next round.
+    public private(set) var pending: [PageRange] = []
+
+    public init(scanner: PagemapScanner) {
+        self.scanner = scanner
+    }
+
+    /// Round 0: write-protect everything, then report every populated page.
+    public func initialRound(ranges: [PageRange]) throws -> RoundScan {
+        var stats = ScanStats()
+        let cur = ranges.coalesced()
+        try scanner.protectAll(cur)
+        stats += scanner.lastStats
+        let p = try scanner.populated(cur)
+        stats += scanner.lastStats
+        // pending may hold pages of an earlier life of this tracker: keep them.
+        let dirty = p.union(pending.intersecting(p))
+        let discarded = known.union(pending).subtracting(p)
+        stats.pagesScanned = cur.pageCount
+        stats.dirtyPages = dirty.pageCount
+        stats.discardedPages = discarded.pageCount
+        round = 0
+        tracked = cur
+        known = p
+        pending = []
+        return RoundScan(round: 0, dirty: dirty, discarded: discarded, stats: stats)
+    }
+
+    /// Round k ≥ 1. `ranges` is the current layout; `removed` lists regions
+    /// unmapped since the last round (from the layout diff), so that a region
+    /// mapped again at the same address is treated as new.
+    public func nextRound(ranges: [PageRange], removed: [PageRange] = []) throws -> RoundScan {
+        if round < 0 { return try initialRound(ranges: ranges) }
+        var stats = ScanStats()
+        let cur = ranges.coalesced()
+        let alive = tracked.subtracting(removed.coalesced())
+        let fresh = cur.subtracting(alive)
+        let old = cur.intersecting(alive)
+
+        // New mappings: protect first, so a write after the populated read shows next round.
+        if !fresh.isEmpty {
+            try scanner.protectAll(fresh)
+            stats += scanner.lastStats
+        }
+        let written = try scanner.collectWritten(old)
+        stats += scanner.lastStats
+        let care = known.union(written).union(pending)
+        let pOld = try scanner.populated(old, resolveWithin: care)
+        stats += scanner.lastStats
+        var pFresh: [PageRange] = []
+        if !fresh.isEmpty {
+            pFresh = try scanner.populated(fresh)
+            stats += scanner.lastStats
+        }
+        let p = pOld.union(pFresh)
+        let dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))
+        let discarded = known.union(pending).subtracting(p)
+
+        stats.pagesScanned = cur.pageCount
+        stats.dirtyPages = dirty.pageCount
+        stats.discardedPages = discarded.pageCount
+        round += 1
+        tracked = cur
+        known = p
+        pending = []
+        return RoundScan(round: round, dirty: dirty, discarded: discarded, stats: stats)
+    }
+
+    /// Hands back a scan whose delivery failed: its dirty and discarded pages
+    /// are re-examined and reported again (as dirty if populated, else
+    /// discarded) by the next round.
+    public func requeue(_ scan: RoundScan) {
+        pending = pending.union(scan.dirty.coalesced()).union(scan.discarded.coalesced())
+    }
+}

@@ -1,0 +1,320 @@
+import CMemhaulLinux
+import MemhaulSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// PAGE_IS_* categories reported by `ioctl(PAGEMAP_SCAN)`.
+public struct PageCategories: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    public static let wpAllowed = PageCategories(rawValue: cmh_PAGE_IS_WPALLOWED)
+    public static let written = PageCategories(rawValue: cmh_PAGE_IS_WRITTEN)
+    public static let file = PageCategories(rawValue: cmh_PAGE_IS_FILE)
+    public static let present = PageCategories(rawValue: cmh_PAGE_IS_PRESENT)
+    public static let swapped = PageCategories(rawValue: cmh_PAGE_IS_SWAPPED)
+    public static let pfnZero = PageCategories(rawValue: cmh_PAGE_IS_PFNZERO)
+    public static let huge = PageCategories(rawValue: cmh_PAGE_IS_HUGE)
+    public static let softDirty = PageCategories(rawValue: cmh_PAGE_IS_SOFT_DIRTY)
+    public static let guardRegion = PageCategories(rawValue: cmh_PAGE_IS_GUARD)
+}
+
+/// PM_SCAN_* operation flags of `ioctl(PAGEMAP_SCAN)`.
+public struct PagemapScanFlags: OptionSet, Hashable, Sendable {
+    public var rawValue: UInt64
+    public init(rawValue: UInt64) { self.rawValue = rawValue }
+    /// Write-protect the matched pages (atomically with reporting them).
+    public static let wpMatching = PagemapScanFlags(rawValue: cmh_PM_SCAN_WP_MATCHING)
+    /// Fail with EPERM on a VMA not registered for uffd async write-protect.
+    public static let checkWPAsync = PagemapScanFlags(rawValue: cmh_PM_SCAN_CHECK_WPASYNC)
+}
+
+/// Counters of one scan (scanner call) or one round (tracker).
+public struct ScanStats: Hashable, Sendable {
+    /// Address-space pages walked.
+    public var pagesScanned: Int = 0
+    /// `page_region` entries the kernel returned.
+    public var regions: Int = 0
+    public var ioctls: Int = 0
+    public var nanoseconds: UInt64 = 0
+    /// Round results (tracker only).
+    public var dirtyPages: Int = 0
+    public var discardedPages: Int = 0
+    /// `/proc/PID/pagemap` entries read to tell uffd-wp markers from swap entries.
+    public var pagemapEntriesRead: Int = 0
+
+    public init() {}
+
+    public static func += (a: inout ScanStats, b: ScanStats) {
+        a.pagesScanned += b.pagesScanned
+        a.regions += b.regions
+        a.ioctls += b.ioctls
+        a.nanoseconds += b.nanoseconds
+        a.dirtyPages += b.dirtyPages
+        a.discardedPages += b.discardedPages
+        a.pagemapEntriesRead += b.pagemapEntriesRead
+    }
+}
+
+/// Why a pagemap scan failed; one readable line each.
+public enum PagemapScanError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// ENOTTY/EINVAL: the ioctl does not exist on this kernel.
+    case unsupportedKernel(SystemError)
+    /// EPERM under PM_SCAN_CHECK_WPASYNC: part of the range is not registered for uffd async WP.
+    case notRegisteredForAsyncWP(PageRange, SystemError)
+    case misaligned(PageRange)
+    /// The kernel returned walk_end == start with nothing reported; retrying would spin.
+    case noProgress(at: UInt64)
+    case system(SystemError)
+
+    public var description: String {
+        switch self {
+        case .unsupportedKernel(let e):
+            return "\(e): the kernel lacks PAGEMAP_SCAN with uffd async write-protect (needs Linux >= 6.7)"
+        case .notRegisteredForAsyncWP(let r, let e):
+            return "\(e): range \(r) is not registered with userfaultfd for async write-protect"
+        case .misaligned(let r):
+            return "ioctl(PAGEMAP_SCAN): range \(r) is not page-aligned"
+        case .noProgress(let a):
+            return "ioctl(PAGEMAP_SCAN): no progress at 0x\(String(a, radix: 16))"
+        case .system(let e):
+            return e.description
+        }
+    }
+}
+
+/// Clock for stats (CLOCK_MONOTONIC, ns).
+@inline(__always) func scanClockNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
+}
+
+/// `ioctl(PAGEMAP_SCAN)` over one process's `/proc/PID/pagemap`.
+///
+/// Each call walks its ranges to the end, resuming from `walk_end` whenever the
+/// output vector fills or `maxPagesPerCall` is hit, and reuses one
+/// `page_region` vector (no per-call allocation in the kernel interface).
+/// Not thread-safe: one scanner per thread.
+public final class PagemapScanner {
+    public let pagemap: FileDescriptor
+    public let vectorCapacity: Int
+    /// `max_pages` per ioctl, 0 = unlimited (a knob for tests of resumption).
+    public var maxPagesPerCall: UInt64 = 0
+    /// Counters of the last public call.
+    public private(set) var lastStats = ScanStats()
+
+    private let vector: UnsafeMutablePointer<page_region>
+    private let arg: UnsafeMutablePointer<pm_scan_arg>
+    private var entries: UnsafeMutablePointer<UInt64>?
+    private static let entryCapacity = 1 << 16
+
+    /// `pagemap` is an open `/proc/PID/pagemap` (read-only is enough).
+    public init(pagemap: FileDescriptor, vectorCapacity: Int = 1 << 16) {
+        precondition(vectorCapacity >= 1)
+        precondition(PageSize.matchesSystem, "memhaul needs 4 KiB pages")
+        self.pagemap = pagemap
+        self.vectorCapacity = vectorCapacity
+        vector = .allocate(capacity: vectorCapacity)
+        arg = .allocate(capacity: 1)
+        arg.initialize(to: pm_scan_arg())
+    }
+
+    /// Opens `/proc/PID/pagemap` (`open(/proc/PID/pagemap)`).
+    public convenience init(pid: Int32, vectorCapacity: Int = 1 << 16) throws {
+        let fd = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY)
+        self.init(pagemap: fd, vectorCapacity: vectorCapacity)
+    }
+
+    deinit {
+        vector.deallocate()
+        arg.deallocate()
+        entries?.deallocate()
+    }
+
+    // MARK: Public operations
+
+    /// Write-protects every page of `ranges` (PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC
+    /// on PAGE_IS_WPALLOWED, no output vector); unpopulated pages get uffd-wp markers.
+    public func protectAll(_ ranges: [PageRange]) throws {
+        var stats = ScanStats()
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        for r in try Self.checked(ranges) {
+            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .wpAllowed, output: false, stats: &stats) { _, _, _ in }
+        }
+    }
+
+    /// Atomically reports the pages written since they were last protected and
+    /// re-protects them (PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC on PAGE_IS_WRITTEN).
+    public func collectWritten(_ ranges: [PageRange]) throws -> [PageRange] {
+        var stats = ScanStats()
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        var out: [PageRange] = []
+        for r in try Self.checked(ranges) {
+            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .written, returnMask: .written,
+                     output: true, stats: &stats) { start, end, _ in
+                out.appendCoalescing(PageRange(start: start, end: end))
+            }
+        }
+        return out
+    }
+
+    /// Pages with content: present and not the zero page, or swapped out.
+    ///
+    /// uffd-wp markers (left on unpopulated pages by ``protectAll(_:)``) are
+    /// swap entries too, so the kernel reports them PAGE_IS_SWAPPED; swapped
+    /// pages that are not PAGE_IS_WRITTEN are resolved by reading their
+    /// `/proc/PID/pagemap` entries (a marker has swap type 31).
+    public func populated(_ ranges: [PageRange]) throws -> [PageRange] {
+        try populated(ranges, resolveWithin: nil)
+    }
+
+    /// Like ``populated(_:)``, but swap-or-marker pages outside `resolveWithin`
+    /// are reported as unpopulated without reading pagemap (the tracker only
+    /// needs exact answers for pages it knows or that were just written).
+    public func populated(_ ranges: [PageRange], resolveWithin: [PageRange]?) throws -> [PageRange] {
+        var stats = ScanStats()
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        var out: [PageRange] = []
+        var ambiguous: [PageRange] = []
+        for r in try Self.checked(ranges) {
+            try walk(r, flags: [], anyOf: [.present, .swapped],
+                     returnMask: [.present, .swapped, .pfnZero, .written],
+                     output: true, stats: &stats) { start, end, raw in
+                let c = PageCategories(rawValue: raw)
+                if c.contains(.present) {
+                    if !c.contains(.pfnZero) { out.appendCoalescing(PageRange(start: start, end: end)) }
+                } else if c.contains(.written) {
+                    // A written swap entry carries no uffd-wp bit, so it is real swap.
+                    out.appendCoalescing(PageRange(start: start, end: end))
+                } else {
+                    ambiguous.appendCoalescing(PageRange(start: start, end: end))
+                }
+            }
+        }
+        if let within = resolveWithin { ambiguous = ambiguous.intersecting(within.coalesced()) }
+        if !ambiguous.isEmpty {
+            let resolved = try resolveSwapEntries(ambiguous, stats: &stats)
+            out = out.union(resolved)
+        }
+        return out
+    }
+
+    /// Generic scan: calls `visit(start, end, categories & returnMask)` for each
+    /// matching region in address order, resuming from `walk_end` until done.
+    public func scan(
+        _ ranges: [PageRange], flags: PagemapScanFlags = [], mask: PageCategories = [],
+        anyOf: PageCategories = [], inverted: PageCategories = [], returnMask: PageCategories,
+        visit: (UInt64, UInt64, UInt64) -> Void
+    ) throws {
+        var stats = ScanStats()
+        let t0 = scanClockNanoseconds()
+        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        for r in try Self.checked(ranges) {
+            try walk(r, flags: flags, mask: mask, anyOf: anyOf, inverted: inverted, returnMask: returnMask,
+                     output: true, stats: &stats, visit: visit)
+        }
+    }
+
+    // MARK: Core
+
+    private static func checked(_ ranges: [PageRange]) throws -> [PageRange] {
+        for r in ranges where !r.isPageAligned { throw PagemapScanError.misaligned(r) }
+        return ranges.coalesced()
+    }
+
+    /// One range, to its end: loops the ioctl, resuming from walk_end.
+    private func walk(
+        _ range: PageRange, flags: PagemapScanFlags, mask: PageCategories = [], anyOf: PageCategories = [],
+        inverted: PageCategories = [], returnMask: PageCategories = [], output: Bool,
+        stats: inout ScanStats, visit: (UInt64, UInt64, UInt64) -> Void
+    ) throws {
+        var a = pm_scan_arg()
+        a.size = UInt64(MemoryLayout<pm_scan_arg>.size)
+        a.flags = flags.rawValue
+        a.end = range.end
+        a.category_mask = mask.rawValue
+        a.category_anyof_mask = anyOf.rawValue
+        a.category_inverted = inverted.rawValue
+        a.return_mask = returnMask.rawValue
+        if output {
+            a.vec = UInt64(UInt(bitPattern: vector))
+            a.max_pages = maxPagesPerCall
+        }
+        let fd = pagemap.rawValue
+        let argp = arg
+        var start = range.start
+        while start < range.end {
+            a.start = start
+            a.walk_end = 0
+            a.vec_len = output ? UInt64(vectorCapacity) : 0
+            argp.pointee = a
+            let n: Int32
+            do {
+                n = try Syscall.run("ioctl(PAGEMAP_SCAN)") { cmh_ioctl_ptr(fd, cmh_PAGEMAP_SCAN, argp) }
+            } catch {
+                switch error.errno {
+                case .ENOTTY, .EINVAL: throw PagemapScanError.unsupportedKernel(error)
+                case .EPERM where flags.contains(.checkWPAsync):
+                    throw PagemapScanError.notRegisteredForAsyncWP(PageRange(start: start, end: range.end), error)
+                default: throw PagemapScanError.system(error)
+                }
+            }
+            stats.ioctls += 1
+            stats.regions += Int(n)
+            for i in 0..<Int(n) {
+                let region = vector[i]
+                visit(region.start, region.end, region.categories)
+            }
+            let walkEnd = argp.pointee.walk_end
+            if walkEnd >= range.end { break }
+            if walkEnd <= start { throw PagemapScanError.noProgress(at: start) }
+            start = walkEnd
+        }
+        stats.pagesScanned += range.pageCount
+    }
+
+    /// Keeps the pages of `ranges` whose pagemap entry is present or a real
+    /// swap entry; drops uffd-wp markers (swap type 31 = SWP_PTE_MARKER) and
+    /// empty entries. Without CAP_SYS_ADMIN the swap type reads 0, so every
+    /// swap entry counts as populated (safe: never drops content).
+    private func resolveSwapEntries(_ ranges: [PageRange], stats: inout ScanStats) throws -> [PageRange] {
+        let cap = Self.entryCapacity
+        if entries == nil { entries = .allocate(capacity: cap) }
+        let buf = entries!
+        var out: [PageRange] = []
+        for r in ranges {
+            var page = r.start >> PageSize.shift
+            let endPage = r.end >> PageSize.shift
+            while page < endPage {
+                let count = Int(min(UInt64(cap), endPage - page))
+                let bytes = UnsafeMutableRawBufferPointer(start: buf, count: count * 8)
+                let got: Int
+                do {
+                    got = try pagemap.pread(into: bytes, at: Int64(page * 8))
+                } catch {
+                    throw PagemapScanError.system(error)
+                }
+                let entriesRead = got / 8
+                stats.pagemapEntriesRead += entriesRead
+                if entriesRead == 0 { break }
+                for i in 0..<entriesRead {
+                    let e = buf[i]
+                    let present = e >> 63 != 0
+                    let swap = (e >> 62) & 1 != 0
+                    let isMarker = swap && (e & 0x1f) == 31
+                    if present || (swap && !isMarker) {
+                        let s = (page + UInt64(i)) << PageSize.shift
+                        out.appendCoalescing(PageRange(start: s, end: s + PageSize.bytes))
+                    }
+                }
+                page += UInt64(entriesRead)
+            }
+        }
+        return out
+    }
+}

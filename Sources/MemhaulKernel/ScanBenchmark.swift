@@ -1,0 +1,133 @@
+import CMemhaulLinux
+import MemhaulSystem
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Figures of one in-process scan benchmark (the Swift twin of pagemap_scan_probe.c).
+public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
+    public var sizeBytes: UInt64
+    public var pages: Int
+    public var dirtyPages: Int
+    public var protectAllNs: UInt64
+    /// Write-fault cost the tracked process pays per dirtied page.
+    public var writeFaultNsPerPage: Double
+    /// collectWritten over the whole region, per address-space page.
+    public var scanProtectNsPerPage: Double
+    public var scanRegions: Int
+    public var scanIoctls: Int
+    /// collectWritten again with nothing written.
+    public var cleanRescanNs: UInt64
+    /// pread of /proc/self/pagemap, 8 bytes per page, per page.
+    public var pagemapReadNsPerPage: Double
+
+    public var description: String {
+        func f(_ v: Double) -> String { String(Int((v * 10).rounded())) .withDecimal }
+        return """
+            region \(sizeBytes >> 20) MiB, \(pages) pages, \(dirtyPages) dirtied
+            protect-all: \(Double(protectAllNs) / 1e6) ms
+            write fault: \(f(writeFaultNsPerPage)) ns/page
+            scan+protect (collectWritten): \(f(scanProtectNsPerPage)) ns/page scanned, \(scanRegions) regions, \(scanIoctls) ioctls
+            clean rescan: \(Double(cleanRescanNs) / 1e6) ms
+            pagemap read baseline: \(f(pagemapReadNsPerPage)) ns/page
+            scan+protect / pagemap read: \(f(scanProtectNsPerPage / pagemapReadNsPerPage * 100) ) %
+            """
+    }
+}
+
+extension String {
+    /// "123" (tenths) -> "12.3".
+    fileprivate var withDecimal: String {
+        let neg = hasPrefix("-")
+        var digits = neg ? String(dropFirst()) : self
+        while digits.count < 2 { digits = "0" + digits }
+        return (neg ? "-" : "") + digits.dropLast() + "." + digits.suffix(1)
+    }
+}
+
+public enum ScanBenchmarkError: Error, CustomStringConvertible {
+    case setup(String)
+    public var description: String {
+        switch self { case .setup(let s): return "scan benchmark: \(s)" }
+    }
+}
+
+/// Runs the scan benchmark on the calling process's own memory.
+public enum ScanBenchmark {
+    /// Maps `sizeBytes` of anonymous memory (no THP), fills it, registers it for
+    /// uffd async WP, protects it, writes every `dirtyStride`-th page, then times
+    /// one `collectWritten` over the region against a pagemap read of it.
+    public static func run(sizeBytes: UInt64, dirtyStride: Int) throws -> ScanBenchmarkResult {
+        let size = Int(PageSize.roundUp(sizeBytes))
+        let pages = size / Int(PageSize.bytes)
+        guard let mem = mmap(nil, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0),
+            mem != MAP_FAILED
+        else { throw ScanBenchmarkError.setup("mmap of \(size) bytes failed") }
+        defer { munmap(mem, size) }
+        madvise(mem, size, MADV_NOHUGEPAGE)
+        memset(mem, 1, size)
+
+        let uffd = cmh_userfaultfd(O_CLOEXEC | O_NONBLOCK)
+        guard uffd >= 0 else { throw ScanBenchmarkError.setup("userfaultfd: \(Errno.current)") }
+        defer { close(uffd) }
+        var api = uffdio_api()
+        api.api = cmh_UFFD_API
+        api.features = cmh_UFFD_FEATURE_WP_ASYNC | cmh_UFFD_FEATURE_WP_UNPOPULATED
+        guard cmh_ioctl_ptr(uffd, cmh_UFFDIO_API, &api) == 0 else {
+            throw ScanBenchmarkError.setup("UFFDIO_API (WP_ASYNC): \(Errno.current)")
+        }
+        var reg = uffdio_register()
+        reg.range.start = UInt64(UInt(bitPattern: mem))
+        reg.range.len = UInt64(size)
+        reg.mode = cmh_UFFDIO_REGISTER_MODE_WP
+        guard cmh_ioctl_ptr(uffd, cmh_UFFDIO_REGISTER, &reg) == 0 else {
+            throw ScanBenchmarkError.setup("UFFDIO_REGISTER: \(Errno.current)")
+        }
+
+        let pagemap = try FileDescriptor.open("/proc/self/pagemap", O_RDONLY)
+        let scanner = PagemapScanner(pagemap: pagemap, vectorCapacity: 1 << 20)
+        let base = UInt64(UInt(bitPattern: mem))
+        let region = [PageRange(start: base, end: base + UInt64(size))]
+
+        var t = scanClockNanoseconds()
+        try scanner.protectAll(region)
+        let protectNs = scanClockNanoseconds() - t
+
+        let bytes = mem.assumingMemoryBound(to: UInt8.self)
+        let stride = max(1, dirtyStride)
+        t = scanClockNanoseconds()
+        var i = 0
+        while i < pages {
+            bytes[i * Int(PageSize.bytes)] = 2
+            i += stride
+        }
+        let faultNs = scanClockNanoseconds() - t
+        let dirtied = (pages + stride - 1) / stride
+
+        t = scanClockNanoseconds()
+        let written = try scanner.collectWritten(region)
+        let scanNs = scanClockNanoseconds() - t
+        let scanStats = scanner.lastStats
+        guard written.pageCount == dirtied else {
+            throw ScanBenchmarkError.setup("collectWritten found \(written.pageCount) pages, expected \(dirtied)")
+        }
+
+        t = scanClockNanoseconds()
+        _ = try scanner.collectWritten(region)
+        let rescanNs = scanClockNanoseconds() - t
+
+        let entries = UnsafeMutableRawBufferPointer.allocate(byteCount: pages * 8, alignment: 8)
+        defer { entries.deallocate() }
+        t = scanClockNanoseconds()
+        _ = try pagemap.pread(into: entries, at: Int64(base >> PageSize.shift) * 8)
+        let readNs = scanClockNanoseconds() - t
+
+        return ScanBenchmarkResult(
+            sizeBytes: UInt64(size), pages: pages, dirtyPages: dirtied, protectAllNs: protectNs,
+            writeFaultNsPerPage: Double(faultNs) / Double(dirtied),
+            scanProtectNsPerPage: Double(scanNs) / Double(pages), scanRegions: scanStats.regions,
+            scanIoctls: scanStats.ioctls, cleanRescanNs: rescanNs,
+            pagemapReadNsPerPage: Double(readNs) / Double(pages))
+    }
+}

@@ -1,0 +1,156 @@
+import MemhaulKernel
+import MemhaulSystem
+import Testing
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+@Suite(.serialized) struct ScanTrackerTests {
+    @Test func initialRoundReportsPopulatedPagesThenWrites() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 100, uffd: uffd)
+        for i in [0, 1, 2, 50, 99] { a.write(i) }
+        _ = a.read(60)  // zero page: not content
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        let r0 = try tracker.initialRound(ranges: [a.range])
+        #expect(r0.round == 0)
+        #expect(a.indices(r0.dirty) == [0, 1, 2, 50, 99])
+        #expect(r0.discarded.isEmpty)
+        #expect(r0.stats.dirtyPages == 5)
+        #expect(r0.stats.pagesScanned == 100)
+
+        for i in [2, 3, 70] { a.write(i) }
+        let r1 = try tracker.nextRound(ranges: [a.range])
+        #expect(r1.round == 1)
+        #expect(a.indices(r1.dirty) == [2, 3, 70])
+        #expect(r1.discarded.isEmpty)
+        let r2 = try tracker.nextRound(ranges: [a.range])
+        #expect(r2.dirty.isEmpty && r2.discarded.isEmpty)
+    }
+
+    @Test func dontneedOfKnownPagesIsDiscardedNotDirty() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 1024, uffd: uffd)
+        for i in 0..<600 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        // Known page discarded without a write; known page written then discarded;
+        // a whole 2 MiB-table's worth discarded (the kernel may free the page table).
+        a.discard(10..<11)
+        a.write(20)
+        a.discard(20..<21)
+        a.write(30)
+        a.discard(0..<512)
+        a.write(5)  // refilled after the discard: dirty, not discarded
+        let r1 = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r1.dirty) == [5])
+        #expect(a.indices(r1.discarded) == Set(0..<512).subtracting([5]))
+        let r2 = try tracker.nextRound(ranges: [a.range])
+        #expect(r2.dirty.isEmpty && r2.discarded.isEmpty)
+        a.write(10)
+        #expect(a.indices(try tracker.nextRound(ranges: [a.range]).dirty) == [10])
+    }
+
+    @Test func munmapViaRemovedIsDiscardedAndNewRangesArePopulatedDirty() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 64, uffd: uffd)
+        for i in 0..<64 where i % 2 == 0 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        // b first, so it cannot reuse the addresses freed below.
+        let b = try TestArea(pages: 16, uffd: uffd)
+        let gone = a.pages(32..<64)
+        munmap(a.base + 32 * 4096, 32 * 4096)
+        for i in [1, 2, 15] { b.write(i) }
+        a.write(1)
+        let r1 = try tracker.nextRound(ranges: [a.pages(0..<32), b.range], removed: [gone])
+        #expect(a.indices(r1.discarded) == Set(stride(from: 32, to: 64, by: 2)))
+        #expect(a.indices(r1.dirty) == [1])
+        #expect(b.indices(r1.dirty) == [1, 2, 15])
+        // The new range is now protected: only new writes show.
+        b.write(3)
+        let r2 = try tracker.nextRound(ranges: [a.pages(0..<32), b.range])
+        #expect(b.indices(r2.dirty) == [3] && a.indices(r2.dirty).isEmpty)
+        #expect(r2.discarded.isEmpty)
+    }
+
+    @Test func regionMappedAgainAtARemovedAddressIsNew() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 8, uffd: uffd)
+        for i in 0..<8 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        // Same addresses, new anonymous mapping (not write-protected yet).
+        let again = mmap(a.base, 8 * 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1, 0)
+        #expect(again == a.base)
+        try uffd.register(a.base, 8 * 4096)
+        a.write(2)
+        let r1 = try tracker.nextRound(ranges: [a.range], removed: [a.range])
+        #expect(a.indices(r1.dirty) == [2])
+        #expect(a.indices(r1.discarded) == Set(0..<8).subtracting([2]))
+        a.write(5)
+        let r2 = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r2.dirty) == [5])
+    }
+
+    @Test func requeueBringsBackDirtyAndDiscardedPages() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 64, uffd: uffd)
+        for i in 0..<10 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        let r0 = try tracker.initialRound(ranges: [a.range])
+        a.write(20)
+        a.write(21)
+        a.discard(3..<4)
+        let r1 = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r1.dirty) == [20, 21])
+        #expect(a.indices(r1.discarded) == [3])
+        tracker.requeue(r1)  // delivery failed
+        // Meanwhile: 21 discarded (was dirty in the failed scan), 3 written again, 40 written.
+        a.discard(21..<22)
+        a.write(3)
+        a.write(40)
+        let r2 = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r2.dirty) == [20, 3, 40])
+        #expect(a.indices(r2.discarded) == [21])
+        #expect(Set(a.indices(r2.dirty)).isDisjoint(with: a.indices(r2.discarded)))
+        // Requeue of round 0 itself: everything populated comes back.
+        tracker.requeue(r0)
+        let r3 = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r3.dirty) == Set(0..<10))
+        #expect(a.indices(r3.discarded).isEmpty)
+    }
+}
+
+/// The scanner on another process's pagemap: the child registers its own
+/// memory for async WP; we scan /proc/CHILD/pagemap and tell it what to write.
+@Suite(.serialized) struct ScanForeignTests {
+    @Test func scansAForeignProcessPagemap() throws {
+        let (child, region) = try ForeignTarget.spawn(pages: 256, track: true)
+        let scanner = try PagemapScanner(pid: child.pid, vectorCapacity: 4)
+        let tracker = DirtyTracker(scanner: scanner)
+        for i in [0, 7, 8, 100] { try ForeignTarget.command(child, "w \(i)") }
+        let r0 = try tracker.initialRound(ranges: [region])
+        func idx(_ l: [PageRange]) -> Set<Int> {
+            Set(l.intersecting([region]).flatMap { stride(from: $0.start, to: $0.end, by: 4096).map { Int(($0 - region.start) / 4096) } })
+        }
+        #expect(idx(r0.dirty) == [0, 7, 8, 100])
+        var rng = TestRNG(seed: 99)
+        for round in 1...3 {
+            var want = Set<Int>()
+            for _ in 0..<20 {
+                let i = rng.below(256)
+                try ForeignTarget.command(child, "w \(i)")
+                want.insert(i)
+            }
+            try ForeignTarget.command(child, "d 100")
+            let r = try tracker.nextRound(ranges: [region])
+            #expect(idx(r.dirty) == want.subtracting([100]), "round \(round)")
+            // Only round 1 finds 100 known; later it is already zero at the receiver.
+            #expect(idx(r.discarded) == (round == 1 ? [100] : []), "round \(round)")
+        }
+        child.send("q")
+        child.wait()
+    }
+}
