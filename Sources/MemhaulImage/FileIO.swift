@@ -62,6 +62,19 @@ final class ImageFile {
         }
     }
 
+    /// `write(2)` of a byte array.
+    func writeAll(_ bytes: [UInt8]) throws(ImageError) {
+        let result = bytes.withUnsafeBytes { (p) -> Result<Void, ImageError> in
+            do throws(ImageError) {
+                try writeAll(p)
+                return .success(())
+            } catch {
+                return .failure(error)
+            }
+        }
+        try result.get()
+    }
+
     /// `pwritev(2)` of `count` iovecs totalling `total` bytes; finishes a short write with pwrite.
     func pwritev(_ iov: UnsafeMutablePointer<iovec>, count: Int, total: Int, at offset: UInt64) throws(ImageError) {
         var written = try onFile("pwritev", path) { Glibc.pwritev(raw, iov, Int32(count), off_t(offset)) }
