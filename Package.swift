@@ -28,7 +28,7 @@ let package = Package(
         .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
-        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
         .target(
             name: "MemhaulEngine",
             dependencies: ["MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]

@@ -10,6 +10,7 @@ struct Memhaul: AsyncParsableCommand {
         subcommands: [
             // Each layer registers its subcommands here, one line each.
             CtlCommand.self,
+            ImageCommand.self,
         ]
     )
 }

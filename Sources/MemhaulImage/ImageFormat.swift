@@ -1,0 +1,311 @@
+import CXXHash
+import MemhaulDigest
+
+/// On-disk format constants (Protocol/image.md).
+public enum ImageFormat {
+    /// Major version: a reader refuses files with a newer major.
+    public static let major: UInt16 = 1
+    /// Minor version: newer minors only append fields; older readers ignore them.
+    public static let minor: UInt16 = 0
+    static let manifestMagic: [UInt8] = Array("MHIMGMAN".utf8)
+    static let journalMagic: [UInt8] = Array("MHIMGJNL".utf8)
+    /// "MHRC" little-endian: starts every journal record.
+    static let recordMagic: UInt32 = 0x4352_484D
+    static let manifestHeaderSize = 24
+    static let journalHeaderSize = 32
+    static let recordHeaderSize = 32
+}
+
+/// XXH3-64 (`XXH3_64bits`) of a byte range: the checksum of every format file.
+@inline(__always)
+func checksum64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
+    XXH3_64bits(bytes.baseAddress, bytes.count)
+}
+
+/// Journal record kinds.
+enum RecordKind: UInt8 {
+    case data = 1
+    case zero = 2
+    case discard = 3
+    /// Last record: address = number of records before it, length = byte offset of the seal.
+    case seal = 4
+}
+
+// MARK: - little-endian writer / reader
+
+struct ByteWriter {
+    var bytes: [UInt8] = []
+    mutating func u8(_ v: UInt8) { bytes.append(v) }
+    mutating func u16(_ v: UInt16) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u32(_ v: UInt32) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func u64(_ v: UInt64) { withUnsafeBytes(of: v.littleEndian) { bytes.append(contentsOf: $0) } }
+    mutating func string(_ s: String) {
+        let utf8 = Array(s.utf8)
+        u32(UInt32(utf8.count))
+        bytes.append(contentsOf: utf8)
+    }
+}
+
+/// Bounds-checked reader; running off the end is a `corrupt` error (the
+/// checksum already matched, so a short body means a writer bug, not a torn write).
+struct ByteReader {
+    let bytes: [UInt8]
+    var offset: Int
+    let end: Int
+    let file: String
+
+    func short() -> ImageError { .corrupt(file: file, reason: "body ends early at byte \(offset)") }
+
+    mutating func take(_ n: Int) throws(ImageError) -> ArraySlice<UInt8> {
+        guard n >= 0, end - offset >= n else { throw short() }
+        defer { offset += n }
+        return bytes[offset..<offset + n]
+    }
+    mutating func u8() throws(ImageError) -> UInt8 { try take(1).first! }
+    mutating func u16() throws(ImageError) -> UInt16 { try le(take(2)) }
+    mutating func u32() throws(ImageError) -> UInt32 { try le(take(4)) }
+    mutating func u64() throws(ImageError) -> UInt64 { try le(take(8)) }
+    mutating func string() throws(ImageError) -> String {
+        let n = Int(try u32())
+        guard n <= 1 << 20 else { throw ImageError.corrupt(file: file, reason: "string of \(n) bytes") }
+        return String(decoding: try take(n), as: UTF8.self)
+    }
+    private func le<T: FixedWidthInteger>(_ s: ArraySlice<UInt8>) -> T {
+        var v: T = 0
+        for (i, b) in s.enumerated() { v |= T(b) << (8 * i) }
+        return v
+    }
+}
+
+func loadLE<T: FixedWidthInteger>(_ p: UnsafeRawBufferPointer, _ offset: Int, as: T.Type) -> T {
+    T(littleEndian: p.loadUnaligned(fromByteOffset: offset, as: T.self))
+}
+
+func storeLE<T: FixedWidthInteger>(_ p: UnsafeMutableRawBufferPointer, _ offset: Int, _ v: T) {
+    p.storeBytes(of: v.littleEndian, toByteOffset: offset, as: T.self)
+}
+
+// MARK: - manifest
+
+/// A region file: addresses `[base, base + size)` are stored at file offset `address - base`.
+struct FileEntry: Hashable {
+    var id: UInt32
+    var base: UInt64
+    var size: UInt64
+}
+
+/// A piece of the layout stored in one region file.
+struct Segment: Hashable {
+    var start: UInt64
+    var end: UInt64
+    var fileID: UInt32
+}
+
+/// The manifest: the commit record of the last committed round.
+struct Manifest: Equatable {
+    var migrationID: String
+    var state: ImageState = .inProgress
+    var failureReason: String = ""
+    var committedRound: UInt32?
+    var createdAt: UInt64
+    var updatedAt: UInt64
+    /// Length and record count of the committed round's journal (`journal-<round>`).
+    var journalBytes: UInt64 = 0
+    var journalRecords: UInt64 = 0
+    var nextFileID: UInt32 = 1
+    var regions: [ImageRegion] = []
+    var files: [FileEntry] = []
+    var segments: [Segment] = []
+    var history: [RoundRecord] = []
+    var digest: MemoryDigest?
+
+    func encode() -> [UInt8] {
+        var body = ByteWriter()
+        body.string(migrationID)
+        body.u8(state.rawValue)
+        body.string(failureReason)
+        body.u8(committedRound == nil ? 0 : 1)
+        body.u32(committedRound ?? 0)
+        body.u64(createdAt)
+        body.u64(updatedAt)
+        body.u64(journalBytes)
+        body.u64(journalRecords)
+        body.u32(nextFileID)
+        body.u32(UInt32(regions.count))
+        for r in regions {
+            body.u64(r.start)
+            body.u64(r.end)
+            body.u8(r.protection.rawValue)
+            body.string(r.name)
+        }
+        body.u32(UInt32(files.count))
+        for f in files {
+            body.u32(f.id)
+            body.u64(f.base)
+            body.u64(f.size)
+        }
+        body.u32(UInt32(segments.count))
+        for s in segments {
+            body.u64(s.start)
+            body.u64(s.end)
+            body.u32(s.fileID)
+        }
+        body.u32(UInt32(history.count))
+        for h in history {
+            body.u32(h.round)
+            body.u64(h.dataPages)
+            body.u64(h.dataBytes)
+            body.u64(h.zeroPages)
+            body.u64(h.discardedPages)
+            body.u64(h.journalBytes)
+            body.u64(h.committedAt)
+            body.u8(h.layoutChanged ? 1 : 0)
+        }
+        body.u8(digest == nil ? 0 : 1)
+        body.u64(digest?.high ?? 0)
+        body.u64(digest?.low ?? 0)
+
+        var out = ByteWriter()
+        out.bytes = ImageFormat.manifestMagic
+        out.u16(ImageFormat.major)
+        out.u16(ImageFormat.minor)
+        out.u32(0)
+        out.u64(UInt64(body.bytes.count))
+        out.bytes += body.bytes
+        let sum = out.bytes.withUnsafeBytes { checksum64($0) }
+        out.u64(sum)
+        return out.bytes
+    }
+
+    /// Checks magic, then version, then length, then checksum, then decodes.
+    static func decode(_ bytes: [UInt8], file: String) throws(ImageError) -> Manifest {
+        let h = ImageFormat.manifestHeaderSize
+        guard bytes.count >= 8 else { throw .truncated(file: file) }
+        guard Array(bytes[0..<8]) == ImageFormat.manifestMagic else { throw .badMagic(file: file) }
+        guard bytes.count >= h + 8 else { throw .truncated(file: file) }
+        var r = ByteReader(bytes: bytes, offset: 8, end: h, file: file)
+        let major = try r.u16()
+        let minor = try r.u16()
+        guard major <= ImageFormat.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
+        guard major == ImageFormat.major else { throw .corrupt(file: file, reason: "version \(major).\(minor)") }
+        _ = try r.u32()
+        let bodyLength = try r.u64()
+        guard bodyLength <= UInt64(bytes.count - h - 8) else { throw .truncated(file: file) }
+        let end = h + Int(bodyLength)
+        guard bytes.count == end + 8 else { throw .corrupt(file: file, reason: "\(bytes.count - end - 8) bytes after the checksum") }
+        let stored = bytes.withUnsafeBytes { loadLE($0, end, as: UInt64.self) }
+        let computed = bytes.withUnsafeBytes { checksum64(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+        guard stored == computed else { throw .badChecksum(file: file) }
+
+        r = ByteReader(bytes: bytes, offset: h, end: end, file: file)
+        let id = try r.string()
+        guard let state = ImageState(rawValue: try r.u8()) else { throw .corrupt(file: file, reason: "bad state") }
+        var m = Manifest(migrationID: id, createdAt: 0, updatedAt: 0)
+        m.state = state
+        m.failureReason = try r.string()
+        let hasRound = try r.u8() != 0
+        let round = try r.u32()
+        m.committedRound = hasRound ? round : nil
+        m.createdAt = try r.u64()
+        m.updatedAt = try r.u64()
+        m.journalBytes = try r.u64()
+        m.journalRecords = try r.u64()
+        m.nextFileID = try r.u32()
+        for _ in 0..<(try r.u32()) {
+            let start = try r.u64(), end = try r.u64()
+            let prot = ImageProtection(rawValue: try r.u8())
+            m.regions.append(ImageRegion(start: start, end: end, protection: prot, name: try r.string()))
+        }
+        for _ in 0..<(try r.u32()) {
+            let id = try r.u32(), base = try r.u64(), size = try r.u64()
+            m.files.append(FileEntry(id: id, base: base, size: size))
+        }
+        for _ in 0..<(try r.u32()) {
+            let start = try r.u64(), end = try r.u64(), fid = try r.u32()
+            m.segments.append(Segment(start: start, end: end, fileID: fid))
+        }
+        for _ in 0..<(try r.u32()) {
+            let round = try r.u32()
+            let dp = try r.u64(), db = try r.u64(), zp = try r.u64(), disc = try r.u64(), jb = try r.u64(), at = try r.u64()
+            let lc = try r.u8() != 0
+            m.history.append(
+                RoundRecord(
+                    round: round, dataPages: dp, dataBytes: db, zeroPages: zp, discardedPages: disc, journalBytes: jb,
+                    committedAt: at, layoutChanged: lc))
+        }
+        let hasDigest = try r.u8() != 0
+        let high = try r.u64(), low = try r.u64()
+        if hasDigest { m.digest = MemoryDigest(high: high, low: low) }
+        // Fields a newer minor appended after these are ignored.
+        try m.validate(file: file)
+        return m
+    }
+
+    /// Structural checks so a manifest that passed its checksum but was written
+    /// by a buggy writer cannot make the store address outside its files.
+    func validate(file: String) throws(ImageError) {
+        let ids = Dictionary(files.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        guard ids.count == files.count else { throw .corrupt(file: file, reason: "duplicate file id") }
+        var last: UInt64 = 0
+        for s in segments {
+            guard s.start < s.end, s.start >= last, let f = ids[s.fileID], s.start >= f.base, s.end - f.base <= f.size,
+                f.id < nextFileID
+            else { throw .corrupt(file: file, reason: "bad segment 0x\(String(s.start, radix: 16))") }
+            last = s.end
+        }
+        last = 0
+        for r in regions {
+            guard r.start < r.end, r.start >= last else { throw .corrupt(file: file, reason: "bad region order") }
+            last = r.end
+        }
+    }
+}
+
+// MARK: - journal
+
+/// The 32-byte journal header: magic, version, round, image id, checksum.
+func encodeJournalHeader(round: UInt32, imageID: UInt64) -> [UInt8] {
+    var w = ByteWriter()
+    w.bytes = ImageFormat.journalMagic
+    w.u16(ImageFormat.major)
+    w.u16(ImageFormat.minor)
+    w.u32(round)
+    w.u64(imageID)
+    let sum = w.bytes.withUnsafeBytes { checksum64($0) }
+    w.u64(sum)
+    return w.bytes
+}
+
+/// Validates a journal header; returns its round.
+func decodeJournalHeader(_ p: UnsafeRawBufferPointer, file: String, imageID: UInt64) throws(ImageError) -> UInt32 {
+    guard p.count >= 8 else { throw .truncated(file: file) }
+    guard p.prefix(8).elementsEqual(ImageFormat.journalMagic) else { throw .badMagic(file: file) }
+    guard p.count >= ImageFormat.journalHeaderSize else { throw .truncated(file: file) }
+    let major = loadLE(p, 8, as: UInt16.self), minor = loadLE(p, 10, as: UInt16.self)
+    guard major <= ImageFormat.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
+    guard loadLE(p, 24, as: UInt64.self) == checksum64(UnsafeRawBufferPointer(rebasing: p[0..<24])) else {
+        throw .badChecksum(file: file)
+    }
+    guard loadLE(p, 16, as: UInt64.self) == imageID else { throw .corrupt(file: file, reason: "journal of another image") }
+    return loadLE(p, 12, as: UInt32.self)
+}
+
+/// Stable 64-bit id of an image (XXH3-64 of its migration id), stamped in journals.
+func imageID(of migrationID: String) -> UInt64 {
+    Array(migrationID.utf8).withUnsafeBytes { checksum64($0) }
+}
+
+/// Writes a record header into `p[0..<32]`; the checksum covers bytes 0..<24 then the data.
+func encodeRecordHeader(
+    _ p: UnsafeMutableRawBufferPointer, kind: RecordKind, address: UInt64, length: UInt64,
+    data: UnsafeRawBufferPointer?, state: OpaquePointer
+) {
+    storeLE(p, 0, ImageFormat.recordMagic)
+    storeLE(p, 4, UInt32(kind.rawValue))
+    storeLE(p, 8, address)
+    storeLE(p, 16, length)
+    XXH3_64bits_reset(state)
+    XXH3_64bits_update(state, p.baseAddress, 24)
+    if let data, data.count > 0 { XXH3_64bits_update(state, data.baseAddress, data.count) }
+    storeLE(p, 24, XXH3_64bits_digest(state))
+}

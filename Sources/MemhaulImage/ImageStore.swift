@@ -1,0 +1,857 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CXXHash
+import MemhaulDigest
+import MemhaulSystem
+
+/// The receiver's on-disk image of one migration (Protocol/image.md): sparse
+/// region files holding pages at their addresses, committed round by round
+/// through a redo journal so that after a crash at any point the image opens at
+/// its last committed round.
+///
+/// Thread safety: one writer per image. The store does no locking of its own;
+/// its owner serialises calls (e.g. one receiver session task). Separate images
+/// (separate directories) are fully independent. Across processes,
+/// `migration.lock` (flock) keeps a second store from opening the same image.
+public final class ImageStore: @unchecked Sendable {  // unchecked: one owner serialises calls (documented above)
+    /// The image directory (`<images>/<migration-id>`).
+    public let directory: String
+    /// What `open` found and did.
+    public private(set) var recovery: ImageRecovery = .clean
+
+    private let lock: ImageFile
+    private var manifest: Manifest
+    private let imageID: UInt64
+    private var files: [UInt32: ImageFile] = [:]
+    private var open: OpenRound?
+    /// Set when a step after the commit point failed: the store refuses work until reopened.
+    private var poisoned: String?
+    /// Journal buffer while a round is open, journal read window while applying, read buffer for digests.
+    private let scratch: UnsafeMutableRawBufferPointer
+    /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
+    private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
+    private var readBufferAllocated = false
+    private let zeros: UnsafeMutableRawBufferPointer
+    private let iov: UnsafeMutablePointer<iovec>
+    private let hashState: OpaquePointer
+
+    static let scratchSize = 8 << 20
+    /// Largest data record; writes are split so any record fits the read window.
+    static let maxRecordData = 4 << 20
+
+    // MARK: paths
+
+    var manifestPath: String { directory + "/manifest" }
+    func journalPath(_ round: UInt32) -> String {
+        let digits = String(round)
+        return directory + "/journal-" + String(repeating: "0", count: max(0, 10 - digits.count)) + digits
+    }
+    func filePath(_ id: UInt32) -> String {
+        let hex = String(id, radix: 16)
+        return directory + "/mem-" + String(repeating: "0", count: max(0, 8 - hex.count)) + hex + ".bin"
+    }
+
+    // MARK: create / open
+
+    private init(directory: String, lock: ImageFile, manifest: Manifest) {
+        self.directory = directory
+        self.lock = lock
+        self.manifest = manifest
+        self.imageID = MemhaulImage.imageID(of: manifest.migrationID)
+        scratch = .allocate(byteCount: Self.scratchSize, alignment: 4096)
+        zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
+        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        iov = .allocate(capacity: iovMax)
+        hashState = XXH3_createState()
+    }
+
+    deinit {
+        abortRound()
+        scratch.deallocate()
+        if readBufferAllocated { readBuffer.deallocate() }
+        zeros.deallocate()
+        iov.deallocate()
+        XXH3_freeState(hashState)
+    }
+
+    /// Checks a migration id can name a directory: 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
+    public static func validate(migrationID id: String) throws(ImageError) {
+        let ok = !id.isEmpty && id.utf8.count <= 128 && id != "." && id != ".."
+            && id.utf8.allSatisfy { c in
+                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x2D
+                    || c == 0x5F
+            }
+        guard ok else { throw .invalidMigrationID(id) }
+    }
+
+    /// The image directory of `migrationID` under the images root.
+    public static func directory(root: String, migrationID: String) throws(ImageError) -> String {
+        try validate(migrationID: migrationID)
+        return (root.hasSuffix("/") ? String(root.dropLast()) : root) + "/" + migrationID
+    }
+
+    /// Creates a new, empty image in `directory` (mode 0700; missing parents are
+    /// created 0700 too) and locks it. No round is committed yet.
+    public static func create(directory: String, migrationID: String) throws(ImageError) -> ImageStore {
+        try validate(migrationID: migrationID)
+        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        try makeParents(of: dir)
+        do {
+            _ = try Syscall.run("mkdir(\(dir))") { mkdir(dir, 0o700) }
+        } catch {
+            if error.errno == .EEXIST { throw .alreadyExists(directory: dir) }
+            throw .io(file: dir, call: "mkdir", errno: error.errno)
+        }
+        _ = try onFile("chmod", dir) { chmod(dir, 0o700) }  // whatever the umask
+        let lock = try lockImage(dir)
+        let now = wallNanoseconds()
+        let store = ImageStore(
+            directory: dir, lock: lock, manifest: Manifest(migrationID: migrationID, createdAt: now, updatedAt: now))
+        try store.publish(store.manifest)
+        try fsyncDirectory(parent(of: dir))
+        return store
+    }
+
+    /// Opens an existing image for writing and recovers it: a committed round
+    /// whose journal was not applied is re-applied; an uncommitted journal is
+    /// discarded; files no committed round references are removed.
+    public static func open(directory: String) throws(ImageError) -> ImageStore {
+        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let lock = try lockImage(dir)
+        let bytes: [UInt8]
+        do {
+            bytes = try readWholeFile(dir + "/manifest")
+        } catch {
+            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
+            throw error
+        }
+        let manifest = try Manifest.decode(bytes, file: dir + "/manifest")
+        let store = ImageStore(directory: dir, lock: lock, manifest: manifest)
+        try store.recover()
+        return store
+    }
+
+    private static func lockImage(_ dir: String) throws(ImageError) -> ImageFile {
+        let path = dir + "/migration.lock"
+        let file: ImageFile
+        do {
+            file = try ImageFile(path: path, flags: O_RDWR | O_CREAT)
+        } catch {
+            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
+            throw error
+        }
+        do {
+            _ = try Syscall.run("flock(\(path))") { flock(file.raw, LOCK_EX | LOCK_NB) }
+        } catch {
+            if error.errno == .EAGAIN { throw .locked(directory: dir) }
+            throw .io(file: path, call: "flock", errno: error.errno)
+        }
+        return file
+    }
+
+    private static func parent(of path: String) -> String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
+    }
+
+    private static func makeParents(of dir: String) throws(ImageError) {
+        let p = parent(of: dir)
+        if p == "/" || p == "." || access(p, F_OK) == 0 { return }
+        try makeParents(of: p)
+        do {
+            _ = try Syscall.run("mkdir(\(p))") { mkdir(p, 0o700) }
+        } catch {
+            if error.errno != .EEXIST { throw .io(file: p, call: "mkdir", errno: error.errno) }
+        }
+    }
+
+    /// Releases the lock and every descriptor; an open round is aborted. The
+    /// store refuses further work.
+    public func close() {
+        abortRound()
+        files.removeAll()
+        try? lock.fd.close()
+        poisoned = "store closed"
+    }
+
+    // MARK: state
+
+    public var migrationID: String { manifest.migrationID }
+    public var committedRound: UInt32? { manifest.committedRound }
+    /// The committed layout, ascending.
+    public var layout: [ImageRegion] { manifest.regions }
+    public var state: ImageState { manifest.state }
+    public var rounds: [RoundRecord] { manifest.history }
+    public var finalDigest: MemoryDigest? { manifest.digest }
+    public var failureReason: String? { manifest.state == .failed ? manifest.failureReason : nil }
+    /// The round currently open, if any.
+    public var openRound: UInt32? { open?.round }
+
+    private func checkUsable() throws(ImageError) {
+        if let poisoned { throw .mustReopen(poisoned) }
+    }
+
+    // MARK: rounds
+
+    /// Opens round `round` with its layout (regions must be page-aligned and
+    /// disjoint; they are sorted here). Content is kept by address: an address
+    /// in both the committed and the new layout keeps its bytes; an address new
+    /// to the layout reads as zeros; removed addresses are dropped at commit.
+    public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
+        try checkUsable()
+        guard manifest.state == .inProgress else { throw .closedImage(manifest.state) }
+        if let open { throw .roundAlreadyOpen(open.round) }
+        if let committed = manifest.committedRound, round <= committed { throw .staleRound(round: round, committed: committed) }
+        let regions = try Self.validated(layout)
+        let plan = planLayout(regions)
+        let path = journalPath(round)
+        let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
+        let r = OpenRound(
+            round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
+            layoutChanged: regions != manifest.regions, journal: journal)
+        let header = encodeJournalHeader(round: round, imageID: imageID)
+        header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
+        r.buffered = header.count
+        open = r
+    }
+
+    static func validated(_ layout: [ImageRegion]) throws(ImageError) -> [ImageRegion] {
+        let sorted = layout.sorted { $0.start < $1.start }
+        var last: UInt64 = 0
+        for r in sorted {
+            guard r.start % imagePageSize == 0, r.end % imagePageSize == 0 else {
+                throw .invalidLayout("region 0x\(String(r.start, radix: 16))-0x\(String(r.end, radix: 16)) is not page-aligned")
+            }
+            guard r.start < r.end else { throw .invalidLayout("empty region at 0x\(String(r.start, radix: 16))") }
+            guard r.start >= last else { throw .invalidLayout("regions overlap at 0x\(String(r.start, radix: 16))") }
+            last = r.end
+        }
+        return sorted
+    }
+
+    /// Maps the new layout onto region files: kept addresses stay in their
+    /// file; an added range extends the file that ends right before it (heap
+    /// growth) or gets a new file; files left without addresses are dropped.
+    private func planLayout(_ regions: [ImageRegion]) -> (segments: [Segment], files: [FileEntry], nextFileID: UInt32) {
+        // Union of the new regions.
+        var wanted: [(UInt64, UInt64)] = []
+        for r in regions {
+            if let last = wanted.last, last.1 == r.start { wanted[wanted.count - 1].1 = r.end } else { wanted.append((r.start, r.end)) }
+        }
+        let old = manifest.segments
+        var pieces: [Segment] = []
+        var added: [(UInt64, UInt64)] = []
+        var j = 0
+        for (ws, we) in wanted {
+            var cursor = ws
+            while j < old.count && old[j].end <= ws { j += 1 }
+            var k = j
+            while k < old.count && old[k].start < we {
+                let s = max(old[k].start, ws), e = min(old[k].end, we)
+                if s > cursor { added.append((cursor, s)) }
+                pieces.append(Segment(start: s, end: e, fileID: old[k].fileID))
+                cursor = e
+                k += 1
+            }
+            if cursor < we { added.append((cursor, we)) }
+        }
+        let oldFiles = Dictionary(manifest.files.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
+        var sizes: [UInt32: UInt64] = [:]
+        for p in pieces { sizes[p.fileID] = max(sizes[p.fileID] ?? 0, p.end - oldFiles[p.fileID]!.base) }
+        var endsAt: [UInt64: UInt32] = [:]
+        for (id, size) in sizes { endsAt[oldFiles[id]!.base + size] = id }
+        var bases: [UInt32: UInt64] = oldFiles.mapValues(\.base)
+        var nextID = manifest.nextFileID
+        for (s, e) in added {
+            let id: UInt32
+            if let extend = endsAt.removeValue(forKey: s) {
+                id = extend
+            } else {
+                id = nextID
+                nextID += 1
+                bases[id] = s
+            }
+            sizes[id] = e - bases[id]!
+            endsAt[e] = id
+            pieces.append(Segment(start: s, end: e, fileID: id))
+        }
+        pieces.sort { $0.start < $1.start }
+        var segments: [Segment] = []
+        for p in pieces {
+            if let last = segments.last, last.end == p.start, last.fileID == p.fileID {
+                segments[segments.count - 1].end = p.end
+            } else {
+                segments.append(p)
+            }
+        }
+        let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
+        return (segments, files, nextID)
+    }
+
+    /// Stores pages at `address` (page-aligned, a whole number of pages, inside
+    /// the open round's layout). The bytes go to the round's journal; they
+    /// become visible when the round commits. An I/O error aborts the round.
+    public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
+        guard let r = open else { throw .noOpenRound }
+        guard address % imagePageSize == 0 else { throw .unaligned(address) }
+        guard UInt64(bytes.count) % imagePageSize == 0 else { throw .unaligned(address &+ UInt64(bytes.count)) }
+        guard bytes.count > 0 else { return }
+        let end = address + UInt64(bytes.count)
+        try forEachPiece(r.segments, address, end) { s, a, e in r.addReservation(s.fileID, a - base(s, r), e - a) }
+        do {
+            var done = 0
+            while done < bytes.count {
+                let n = min(Self.maxRecordData, bytes.count - done)
+                try append(
+                    r, .data, address + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]))
+                done += n
+            }
+        } catch {
+            abortRound()
+            throw error
+        }
+        r.dataPages += UInt64(bytes.count) / imagePageSize
+        r.dataBytes += UInt64(bytes.count)
+    }
+
+    /// Makes a range of pages read as zeros (a hole in the region file).
+    public func zeroPages(_ range: ImageRange) throws(ImageError) {
+        guard let r = open else { throw .noOpenRound }
+        try checkAligned(range)
+        guard range.start < range.end else { return }
+        try forEachPiece(r.segments, range.start, range.end) { _, _, _ in }
+        try appendOrAbort(r, .zero, range)
+        r.zeroPages += range.pageCount
+    }
+
+    /// Discards pages (now unpopulated at the source): they read as zeros and
+    /// free their blocks. Parts of the range outside the layout are ignored:
+    /// the layout change already dropped them.
+    public func discardPages(_ range: ImageRange) throws(ImageError) {
+        guard let r = open else { throw .noOpenRound }
+        try checkAligned(range)
+        guard range.start < range.end else { return }
+        try appendOrAbort(r, .discard, range)
+        r.discardedPages += range.pageCount
+    }
+
+    private func checkAligned(_ range: ImageRange) throws(ImageError) {
+        guard range.start % imagePageSize == 0 else { throw .unaligned(range.start) }
+        guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
+    }
+
+    private func appendOrAbort(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
+        do {
+            try append(r, kind, range.start, range.byteCount, nil)
+        } catch {
+            abortRound()
+            throw error
+        }
+    }
+
+    private func base(_ s: Segment, _ r: OpenRound) -> UInt64 { r.fileBases[s.fileID]! }
+
+    /// Calls `body(segment, start, end)` for each piece of `[start, end)`;
+    /// throws `outsideLayout` naming the first address no segment covers.
+    private func forEachPiece(
+        _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        var lo = 0, hi = segments.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if segments[mid].end <= start { lo = mid + 1 } else { hi = mid }
+        }
+        var cursor = start
+        var i = lo
+        while cursor < end {
+            guard i < segments.count, segments[i].start <= cursor else { throw .outsideLayout(cursor) }
+            let e = min(end, segments[i].end)
+            try body(segments[i], cursor, e)
+            cursor = e
+            i += 1
+        }
+    }
+
+    /// Appends one journal record through the scratch buffer.
+    private func append(
+        _ r: OpenRound, _ kind: RecordKind, _ address: UInt64, _ length: UInt64, _ data: UnsafeRawBufferPointer?
+    ) throws(ImageError) {
+        let need = ImageFormat.recordHeaderSize + (data?.count ?? 0)
+        if r.buffered + need > scratch.count { try flush(r) }
+        let at = UnsafeMutableRawBufferPointer(rebasing: scratch[r.buffered..<r.buffered + need])
+        var copied: UnsafeRawBufferPointer?
+        if let data, data.count > 0 {
+            let dst = UnsafeMutableRawBufferPointer(rebasing: at[ImageFormat.recordHeaderSize...])
+            dst.copyMemory(from: data)
+            copied = UnsafeRawBufferPointer(dst)
+        }
+        encodeRecordHeader(
+            UnsafeMutableRawBufferPointer(rebasing: at[0..<ImageFormat.recordHeaderSize]), kind: kind, address: address,
+            length: length, data: copied, state: hashState)
+        r.buffered += need
+        if kind != .seal { r.records += 1 }
+    }
+
+    private func flush(_ r: OpenRound) throws(ImageError) {
+        guard r.buffered > 0 else { return }
+        try r.journal.writeAll(UnsafeRawBufferPointer(rebasing: scratch[0..<r.buffered]))
+        r.written += UInt64(r.buffered)
+        r.buffered = 0
+    }
+
+    /// Drops the open round: its journal is removed; the committed round is untouched.
+    public func abortRound() {
+        guard let r = open else { return }
+        open = nil
+        try? r.journal.fd.close()
+        try? unlinkIfPresent(r.journal.path)
+        // Files created for the aborted layout hold only reserved zeros.
+        for f in r.files where manifest.files.first(where: { $0.id == f.id }) == nil {
+            files[f.id] = nil
+            try? unlinkIfPresent(filePath(f.id))
+        }
+    }
+
+    /// Commits the open round atomically: journal durable, then the manifest is
+    /// replaced (the commit point), then the journal is applied to the region
+    /// files and removed. `final` marks the image complete (with the sender's
+    /// digest, if given). An error before the commit point aborts the round and
+    /// leaves the previous round committed.
+    @discardableResult
+    public func commitRound(final: Bool = false, digest: MemoryDigest? = nil) throws(ImageError) -> CommitInfo {
+        try checkUsable()
+        guard let r = open else { throw .noOpenRound }
+        let t0 = monotonicNanoseconds()
+        var m = manifest
+        do {
+            let sealAt = r.written + UInt64(r.buffered)
+            try append(r, .seal, r.records, sealAt, nil)
+            try flush(r)
+            try r.journal.fsync()
+            try reserveBlocks(r)
+            try fsyncDirectory(directory)  // the journal's directory entry, before the commit names it
+        } catch {
+            abortRound()
+            throw error
+        }
+        let t1 = monotonicNanoseconds()
+        let now = wallNanoseconds()
+        let record = RoundRecord(
+            round: r.round, dataPages: r.dataPages, dataBytes: r.dataBytes, zeroPages: r.zeroPages,
+            discardedPages: r.discardedPages, journalBytes: r.written, committedAt: now, layoutChanged: r.layoutChanged)
+        m.committedRound = r.round
+        m.updatedAt = now
+        m.journalBytes = r.written
+        m.journalRecords = r.records
+        m.nextFileID = r.nextFileID
+        m.regions = r.regions
+        m.files = r.files
+        m.segments = r.segments
+        m.history.append(record)
+        if final {
+            m.state = .complete
+            m.digest = digest
+        }
+        do {
+            try publish(m)
+        } catch {
+            guard manifest.committedRound == r.round else {
+                abortRound()
+                throw error
+            }
+            // Renamed but the directory fsync failed: committed in this process,
+            // maybe not on disk. Keep the journal; reopening decides.
+            open = nil
+            throw .mustReopen(poisoned ?? "\(error)")
+        }
+        // Committed.
+        open = nil
+        try? r.journal.fd.close()
+        let t2 = monotonicNanoseconds()
+        do {
+            try apply(round: r.round, verifyFirst: false, layoutPass: r.layoutChanged)
+        } catch {
+            poisoned = "applying round \(r.round) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+        let t3 = monotonicNanoseconds()
+        return CommitInfo(
+            round: r.round, record: record, syncNanoseconds: t1 - t0, publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
+    }
+
+    /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
+    /// applying it after the commit point cannot fail with ENOSPC.
+    private func reserveBlocks(_ r: OpenRound) throws(ImageError) {
+        for res in r.reservations {
+            let f = try file(res.fileID, create: true)
+            if try !f.reserve(at: res.offset, length: res.length) { return }
+        }
+    }
+
+    /// Writes `m` to `manifest.tmp`, fsyncs it, renames it over `manifest` and
+    /// fsyncs the directory: the atomic commit point.
+    private func publish(_ m: Manifest) throws(ImageError) {
+        let tmp = directory + "/manifest.tmp"
+        do throws(ImageError) {
+            let f = try ImageFile(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC)
+            try f.writeAll(m.encode())
+            try f.fsync()
+            _ = try onFile("rename", tmp) { rename(tmp, manifestPath) }
+        } catch {
+            try? unlinkIfPresent(tmp)
+            throw error
+        }
+        manifest = m
+        do {
+            try fsyncDirectory(directory)
+        } catch {
+            poisoned = "fsync of \(directory) after publishing the manifest failed: \(error)"
+            throw error
+        }
+    }
+
+    /// Marks the migration failed; the image stays at its last committed round.
+    public func markFailed(reason: String) throws(ImageError) {
+        try checkUsable()
+        abortRound()
+        var m = manifest
+        m.state = .failed
+        m.failureReason = reason
+        m.updatedAt = wallNanoseconds()
+        try publish(m)
+    }
+
+    // MARK: apply / recovery
+
+    private func file(_ id: UInt32, create: Bool) throws(ImageError) -> ImageFile {
+        if let f = files[id] { return f }
+        let f = try ImageFile(path: filePath(id), flags: O_RDWR | (create ? O_CREAT : 0))
+        files[id] = f
+        return f
+    }
+
+    private func recover() throws(ImageError) {
+        let names = try listDirectory(directory)
+        try? unlinkIfPresent(directory + "/manifest.tmp")
+        var action = ImageRecovery.clean
+        var needsLayoutPass = false
+        for name in names.sorted() where name.hasPrefix("journal-") {
+            guard let round = UInt32(name.dropFirst("journal-".count)) else { continue }
+            if round == manifest.committedRound {
+                try apply(round: round, verifyFirst: true, layoutPass: true)
+                action = .reappliedJournal(round: round)
+            } else {
+                try unlinkIfPresent(directory + "/" + name)
+                if let c = manifest.committedRound, round < c { continue }
+                if manifest.committedRound == nil || round > manifest.committedRound! {
+                    action = action == .clean ? .discardedJournal(round: round) : action
+                    needsLayoutPass = true  // its layout may have created files
+                }
+            }
+        }
+        _ = needsLayoutPass
+        try removeUnreferencedFiles(try listDirectory(directory))
+        recovery = action
+    }
+
+    private func removeUnreferencedFiles(_ names: [String]) throws(ImageError) {
+        let live = Set(manifest.files.map(\.id))
+        for name in names where name.hasPrefix("mem-") && name.hasSuffix(".bin") {
+            guard let id = UInt32(name.dropFirst(4).dropLast(4), radix: 16), !live.contains(id) else { continue }
+            files[id] = nil
+            try unlinkIfPresent(directory + "/" + name)
+        }
+    }
+
+    /// Applies the committed round's journal to the region files (idempotent):
+    /// sizes files to the committed layout, punches addresses outside it,
+    /// replays the records in order with coalesced pwritev, fsyncs, removes
+    /// the journal and any file the layout no longer uses.
+    private func apply(round: UInt32, verifyFirst: Bool, layoutPass: Bool) throws(ImageError) {
+        let m = manifest
+        let path = journalPath(round)
+        let journal = try ImageFile(path: path, flags: O_RDONLY)
+        if verifyFirst {
+            try forEachRecord(journal, round: round, m: m, flushing: {}) { _, _, _, _ throws(ImageError) in }
+        }
+        var touched: Set<UInt32> = []
+        if layoutPass {
+            for f in m.files {
+                let file = try file(f.id, create: true)
+                if try file.size() != f.size { try file.truncate(f.size) }
+                var cursor = f.base
+                for s in m.segments where s.fileID == f.id {
+                    if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
+                    cursor = s.end
+                }
+                if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
+                touched.insert(f.id)
+            }
+        }
+        let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        // Pending coalesced write: file, offset, iovecs in the read window.
+        var pendingFile: UInt32 = 0
+        var pendingOffset: UInt64 = 0
+        var pendingCount = 0
+        var pendingBytes = 0
+        func flushPending() throws(ImageError) {
+            guard pendingCount > 0 else { return }
+            try file(pendingFile, create: true).pwritev(iov, count: pendingCount, total: pendingBytes, at: pendingOffset)
+            touched.insert(pendingFile)
+            pendingCount = 0
+            pendingBytes = 0
+        }
+        try forEachRecord(journal, round: round, m: m, flushing: flushPending) { kind, address, length, data throws(ImageError) in
+            switch kind {
+            case .data:
+                try forEachPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
+                    let offset = a - bases[s.fileID]!
+                    let ptr = data!.baseAddress! + Int(a - address)
+                    let n = Int(e - a)
+                    if pendingCount > 0, pendingFile == s.fileID, pendingOffset + UInt64(pendingBytes) == offset,
+                        pendingCount < iovMax
+                    {
+                        iov[pendingCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
+                    } else {
+                        try flushPending()
+                        pendingFile = s.fileID
+                        pendingOffset = offset
+                        iov[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
+                    }
+                    pendingCount += 1
+                    pendingBytes += n
+                }
+            case .zero, .discard:
+                try flushPending()
+                try forEachCoveredPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
+                    try file(s.fileID, create: true).punchHole(
+                        at: a - bases[s.fileID]!, length: e - a, zeros: UnsafeRawBufferPointer(zeros))
+                    touched.insert(s.fileID)
+                }
+            case .seal:
+                break
+            }
+        }
+        try flushPending()
+        for id in touched.sorted() { try file(id, create: true).fsync() }
+        try unlinkIfPresent(path)
+        if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
+    }
+
+    /// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
+    private func forEachCoveredPiece(
+        _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        for s in segments where s.end > start && s.start < end {
+            try body(s, max(s.start, start), min(s.end, end))
+        }
+    }
+
+    /// Streams a journal's records through the scratch window, verifying magic,
+    /// checksums, the seal and the length the manifest recorded. `flushing` runs
+    /// before the window is reused (so pending iovecs into it are written first).
+    private func forEachRecord(
+        _ journal: ImageFile, round: UInt32, m: Manifest, flushing: () throws(ImageError) -> Void,
+        _ body: (RecordKind, UInt64, UInt64, UnsafeRawBufferPointer?) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        let path = journal.path
+        var fileOffset: UInt64 = 0  // file offset of window[0]
+        var filled = 0
+        var pos = 0
+        var eof = false
+        func ensure(_ n: Int) throws(ImageError) -> Bool {
+            if filled - pos >= n { return true }
+            try flushing()
+            // Slide the unread tail to the front and refill.
+            let tail = filled - pos
+            if tail > 0 && pos > 0 { scratch.baseAddress!.copyMemory(from: scratch.baseAddress! + pos, byteCount: tail) }
+            fileOffset += UInt64(pos)
+            filled = tail
+            pos = 0
+            while filled < scratch.count && !eof {
+                let want = scratch.count - filled
+                let got = try onFile("pread", path) {
+                    Glibc.pread(journal.raw, scratch.baseAddress! + filled, want, off_t(fileOffset) + off_t(filled))
+                }
+                if got == 0 { eof = true }
+                filled += got
+            }
+            return filled - pos >= n
+        }
+        guard try ensure(ImageFormat.journalHeaderSize) else {
+            if filled >= 8 && !UnsafeRawBufferPointer(scratch).prefix(8).elementsEqual(ImageFormat.journalMagic) {
+                throw .badMagic(file: path)
+            }
+            throw .truncated(file: path)
+        }
+        let headerRound = try decodeJournalHeader(
+            UnsafeRawBufferPointer(rebasing: scratch[0..<ImageFormat.journalHeaderSize]), file: path, imageID: imageID)
+        guard headerRound == round else { throw .corrupt(file: path, reason: "journal of round \(headerRound), not \(round)") }
+        pos = ImageFormat.journalHeaderSize
+        var count: UInt64 = 0
+        while true {
+            guard try ensure(ImageFormat.recordHeaderSize) else { throw .truncated(file: path) }
+            let h = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + ImageFormat.recordHeaderSize])
+            let at = fileOffset + UInt64(pos)
+            guard loadLE(h, 0, as: UInt32.self) == ImageFormat.recordMagic else {
+                throw .corrupt(file: path, reason: "bad record magic at byte \(at)")
+            }
+            guard let kind = RecordKind(rawValue: UInt8(truncatingIfNeeded: loadLE(h, 4, as: UInt32.self))) else {
+                throw .corrupt(file: path, reason: "bad record kind at byte \(at)")
+            }
+            let address = loadLE(h, 8, as: UInt64.self)
+            let length = loadLE(h, 16, as: UInt64.self)
+            let dataLength = kind == .data ? Int(clamping: length) : 0
+            guard dataLength <= Self.maxRecordData else { throw .corrupt(file: path, reason: "record of \(length) bytes at byte \(at)") }
+            guard try ensure(ImageFormat.recordHeaderSize + dataLength) else { throw .truncated(file: path) }
+            let header = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + 24])
+            let data = UnsafeRawBufferPointer(
+                rebasing: scratch[pos + ImageFormat.recordHeaderSize..<pos + ImageFormat.recordHeaderSize + dataLength])
+            XXH3_64bits_reset(hashState)
+            XXH3_64bits_update(hashState, header.baseAddress, 24)
+            if dataLength > 0 { XXH3_64bits_update(hashState, data.baseAddress, dataLength) }
+            guard XXH3_64bits_digest(hashState) == loadLE(UnsafeRawBufferPointer(scratch), pos + 24, as: UInt64.self) else {
+                throw .badChecksum(file: path)
+            }
+            if kind == .seal {
+                guard address == count, length == at, at + UInt64(ImageFormat.recordHeaderSize) == m.journalBytes,
+                    count == m.journalRecords
+                else { throw .corrupt(file: path, reason: "seal does not match the manifest") }
+                pos += ImageFormat.recordHeaderSize
+                guard try !ensure(1) else { throw .corrupt(file: path, reason: "bytes after the seal") }
+                return
+            }
+            try body(kind, address, length, kind == .data ? data : nil)
+            pos += ImageFormat.recordHeaderSize + dataLength
+            count += 1
+        }
+    }
+
+    // MARK: reading
+
+    /// Reads committed memory `[address, address + buffer.count)`; never-written
+    /// and discarded pages read as zeros. Throws `outsideLayout` for addresses
+    /// not in the committed layout. An open round's writes are not visible.
+    public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
+        try checkUsable()
+        guard buffer.count > 0 else { return }
+        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        try forEachPiece(manifest.segments, address, address + UInt64(buffer.count)) { s, a, e throws(ImageError) in
+            let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(a - address)..<Int(e - address)])
+            _ = try file(s.fileID, create: false).preadFull(dst, at: a - bases[s.fileID]!)
+        }
+    }
+
+    /// The memory digest (ARCHITECTURE.md) of the committed image: per region
+    /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
+    /// without reading them.
+    public func computeDigest() throws(ImageError) -> MemoryDigest {
+        try checkUsable()
+        let digester = MemoryDigester()
+        try walkCommitted { region in
+            digester.beginRegion(start: region.start, end: region.end)
+        } data: { p in
+            digester.update(p)
+        } zeros: { n in
+            digester.updateZeros(count: Int(n))
+        }
+        return digester.finalize()
+    }
+
+    /// Walks the committed layout region by region, data extents read in large
+    /// chunks, holes reported by length.
+    private func walkCommitted(
+        region: (ImageRegion) -> Void, data: (UnsafeRawBufferPointer) -> Void, zeros: (UInt64) -> Void
+    ) throws(ImageError) {
+        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        readBufferAllocated = true
+        let buffer = readBuffer
+        for r in manifest.regions {
+            region(r)
+            try forEachPiece(manifest.segments, r.start, r.end) { s, a, e throws(ImageError) in
+                let f = try file(s.fileID, create: false)
+                var pos = a - bases[s.fileID]!
+                let end = e - bases[s.fileID]!
+                while pos < end {
+                    let dataAt = min(try f.nextData(pos) ?? end, end)
+                    if dataAt > pos {
+                        zeros(dataAt - pos)
+                        pos = dataAt
+                        continue
+                    }
+                    let holeAt = min(max(try f.nextHole(pos), pos + imagePageSize), end)
+                    while pos < holeAt {
+                        let n = Int(min(UInt64(buffer.count), holeAt - pos))
+                        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
+                        _ = try f.preadFull(chunk, at: pos)
+                        data(UnsafeRawBufferPointer(chunk))
+                        pos += UInt64(n)
+                    }
+                }
+            }
+        }
+    }
+
+    /// A summary for `memhaul image inspect`.
+    public func info() throws(ImageError) -> ImageInfo {
+        try checkUsable()
+        var stored: UInt64 = 0
+        try walkCommitted(region: { _ in }, data: { stored += UInt64($0.count) }, zeros: { _ in })
+        var disk: UInt64 = 0
+        for name in try listDirectory(directory) {
+            var st = stat()
+            if lstat(directory + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
+        }
+        return ImageInfo(
+            directory: directory, migrationID: manifest.migrationID, state: manifest.state,
+            failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
+            rounds: manifest.history, storedPages: stored / imagePageSize, diskBytes: disk,
+            logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
+            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery)
+    }
+}
+
+/// The state of the open round.
+final class OpenRound {
+    let round: UInt32
+    let regions: [ImageRegion]
+    let segments: [Segment]
+    let files: [FileEntry]
+    let fileBases: [UInt32: UInt64]
+    let nextFileID: UInt32
+    let layoutChanged: Bool
+    let journal: ImageFile
+    /// Journal bytes written to the file, and waiting in the scratch buffer.
+    var written: UInt64 = 0
+    var buffered = 0
+    var records: UInt64 = 0
+    var dataPages: UInt64 = 0
+    var dataBytes: UInt64 = 0
+    var zeroPages: UInt64 = 0
+    var discardedPages: UInt64 = 0
+    /// File ranges the round writes, coalesced, reserved before the commit.
+    var reservations: [(fileID: UInt32, offset: UInt64, length: UInt64)] = []
+
+    init(
+        round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
+        layoutChanged: Bool, journal: ImageFile
+    ) {
+        self.round = round
+        self.regions = regions
+        self.segments = segments
+        self.files = files
+        self.fileBases = Dictionary(files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        self.nextFileID = nextFileID
+        self.layoutChanged = layoutChanged
+        self.journal = journal
+    }
+
+    func addReservation(_ fileID: UInt32, _ offset: UInt64, _ length: UInt64) {
+        if let last = reservations.last, last.fileID == fileID, last.offset + last.length == offset {
+            reservations[reservations.count - 1].length += length
+        } else {
+            reservations.append((fileID, offset, length))
+        }
+    }
+}

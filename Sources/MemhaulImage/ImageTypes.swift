@@ -1,0 +1,205 @@
+import MemhaulDigest
+import MemhaulSystem
+
+/// Page size of the image (ARCHITECTURE.md: pages are 4096 bytes).
+public let imagePageSize: UInt64 = 4096
+
+/// Protection bits of a region, as in `/proc/PID/maps` (`rwxp` / `rwxs`).
+public struct ImageProtection: OptionSet, Hashable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt8
+    public init(rawValue: UInt8) { self.rawValue = rawValue }
+    public static let read = ImageProtection(rawValue: 1)
+    public static let write = ImageProtection(rawValue: 2)
+    public static let execute = ImageProtection(rawValue: 4)
+    public static let shared = ImageProtection(rawValue: 8)
+
+    /// `rw-p` style, as `/proc/PID/maps` prints it.
+    public var description: String {
+        (contains(.read) ? "r" : "-") + (contains(.write) ? "w" : "-") + (contains(.execute) ? "x" : "-")
+            + (contains(.shared) ? "s" : "p")
+    }
+}
+
+/// One memory region of the image layout: `[start, end)`, page-aligned.
+public struct ImageRegion: Hashable, Sendable {
+    public var start: UInt64
+    public var end: UInt64
+    public var protection: ImageProtection
+    /// The mapping's name (`[heap]`, a path, or empty for anonymous memory).
+    public var name: String
+
+    public init(start: UInt64, end: UInt64, protection: ImageProtection = [.read, .write], name: String = "") {
+        self.start = start
+        self.end = end
+        self.protection = protection
+        self.name = name
+    }
+
+    public var byteCount: UInt64 { end - start }
+    public var pageCount: UInt64 { (end - start) / imagePageSize }
+}
+
+/// A page-aligned, half-open address range `[start, end)` (MemhaulKernel's
+/// `PageRange` has the same shape; this layer may not import it).
+public struct ImageRange: Hashable, Sendable, Comparable, CustomStringConvertible {
+    public var start: UInt64
+    public var end: UInt64
+    public init(start: UInt64, end: UInt64) {
+        self.start = start
+        self.end = end
+    }
+    public var byteCount: UInt64 { end - start }
+    public var pageCount: UInt64 { (end - start) / imagePageSize }
+    public static func < (a: ImageRange, b: ImageRange) -> Bool { (a.start, a.end) < (b.start, b.end) }
+    public var description: String { "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))" }
+}
+
+/// Where a migration's image stands.
+public enum ImageState: UInt8, Sendable, CustomStringConvertible {
+    /// Rounds are still arriving (or the receiver died mid-migration).
+    case inProgress = 0
+    /// The final round was committed.
+    case complete = 1
+    /// The migration was marked failed; the image stays at its last committed round.
+    case failed = 2
+
+    public var description: String {
+        switch self {
+        case .inProgress: "in-progress"
+        case .complete: "complete"
+        case .failed: "failed"
+        }
+    }
+}
+
+/// One committed round, as kept in the manifest's history.
+public struct RoundRecord: Hashable, Sendable {
+    public var round: UInt32
+    /// Pages written with data this round.
+    public var dataPages: UInt64
+    /// Bytes of page data written this round.
+    public var dataBytes: UInt64
+    /// Pages zeroed this round.
+    public var zeroPages: UInt64
+    /// Pages discarded this round.
+    public var discardedPages: UInt64
+    /// Size of the round's redo journal.
+    public var journalBytes: UInt64
+    /// Commit time, nanoseconds since the Unix epoch.
+    public var committedAt: UInt64
+    /// Whether the round changed the layout.
+    public var layoutChanged: Bool
+}
+
+/// What `commitRound` did and how long each step took.
+public struct CommitInfo: Hashable, Sendable {
+    public var round: UInt32
+    public var record: RoundRecord
+    /// Journal flush + fsync + block reservation, nanoseconds.
+    public var syncNanoseconds: UInt64
+    /// Writing and publishing the manifest (the commit point), nanoseconds.
+    public var publishNanoseconds: UInt64
+    /// Applying the journal into the region files and fsyncing them, nanoseconds.
+    public var applyNanoseconds: UInt64
+    public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds }
+}
+
+/// What `open` found and did to recover.
+public enum ImageRecovery: Hashable, Sendable {
+    /// Nothing to do: the last commit was fully applied.
+    case clean
+    /// A committed round's journal had not been (fully) applied; it was re-applied.
+    case reappliedJournal(round: UInt32)
+    /// An uncommitted round's journal was found and discarded.
+    case discardedJournal(round: UInt32)
+}
+
+/// A summary of an image for `memhaul image inspect`.
+public struct ImageInfo: Sendable {
+    public var directory: String
+    public var migrationID: String
+    public var state: ImageState
+    public var failureReason: String?
+    public var committedRound: UInt32?
+    public var layout: [ImageRegion]
+    public var rounds: [RoundRecord]
+    /// Pages that hold data in the region files (SEEK_DATA), i.e. not holes.
+    public var storedPages: UInt64
+    /// Bytes the image occupies on disk (`st_blocks * 512` over its files).
+    public var diskBytes: UInt64
+    /// Size of the layout (sum of region sizes).
+    public var logicalBytes: UInt64
+    /// The digest stored with the final commit, if any.
+    public var finalDigest: MemoryDigest?
+    /// Nanoseconds since the Unix epoch.
+    public var createdAt: UInt64
+    public var updatedAt: UInt64
+    public var recovery: ImageRecovery
+}
+
+/// Every error the image store throws. I/O errors name the file and errno;
+/// an I/O error during an open round aborts that round (its journal is removed)
+/// and leaves the last committed round intact.
+public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
+    /// A system call on `file` failed.
+    case io(file: String, call: String, errno: Errno)
+    /// Another process holds `migration.lock` of this image.
+    case locked(directory: String)
+    case alreadyExists(directory: String)
+    case notAnImage(directory: String)
+    case badMagic(file: String)
+    case badChecksum(file: String)
+    case truncated(file: String)
+    /// The file was written by a newer, incompatible format (major version).
+    case unsupportedVersion(file: String, major: UInt16, minor: UInt16)
+    case corrupt(file: String, reason: String)
+    case invalidMigrationID(String)
+    case invalidLayout(String)
+    /// A page (or range) not inside the declared layout of the open round.
+    case outsideLayout(UInt64)
+    /// An address or length that is not a multiple of the page size.
+    case unaligned(UInt64)
+    case noOpenRound
+    case roundAlreadyOpen(UInt32)
+    /// Rounds must increase: `round` is not after the committed one.
+    case staleRound(round: UInt32, committed: UInt32)
+    /// The image is complete or failed and takes no more rounds.
+    case closedImage(ImageState)
+    /// A step after the commit point failed; the commit is durable but the
+    /// store must be reopened (which re-applies the journal).
+    case mustReopen(String)
+
+    public var description: String {
+        switch self {
+        case let .io(file, call, errno): "image I/O error: \(call) on \(file): \(errno)"
+        case let .locked(dir): "image \(dir) is locked by another receiver (migration.lock)"
+        case let .alreadyExists(dir): "image \(dir) already exists"
+        case let .notAnImage(dir): "\(dir) is not a memhaul image (no manifest)"
+        case let .badMagic(file): "\(file): bad magic, not a memhaul image file"
+        case let .badChecksum(file): "\(file): checksum mismatch"
+        case let .truncated(file): "\(file): truncated"
+        case let .unsupportedVersion(file, major, minor):
+            "\(file): format version \(major).\(minor) is newer than this memhaul reads (\(ImageFormat.major).x)"
+        case let .corrupt(file, reason): "\(file): corrupt: \(reason)"
+        case let .invalidMigrationID(id): "invalid migration id \"\(id)\" (use 1-128 of [A-Za-z0-9._-], not . or ..)"
+        case let .invalidLayout(reason): "invalid layout: \(reason)"
+        case let .outsideLayout(addr): "address 0x\(String(addr, radix: 16)) is outside the round's layout"
+        case let .unaligned(addr): "0x\(String(addr, radix: 16)) is not page-aligned"
+        case .noOpenRound: "no round is open (beginRound first)"
+        case let .roundAlreadyOpen(round): "round \(round) is already open"
+        case let .staleRound(round, committed): "round \(round) is not after the committed round \(committed)"
+        case let .closedImage(state): "the image is \(state) and takes no more rounds"
+        case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
+        }
+    }
+
+    /// The file an error names, if any.
+    public var file: String? {
+        switch self {
+        case let .io(file, _, _), let .badMagic(file), let .badChecksum(file), let .truncated(file),
+            let .unsupportedVersion(file, _, _), let .corrupt(file, _):
+            file
+        default: nil
+        }
+    }
+}

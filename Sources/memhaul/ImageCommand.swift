@@ -1,0 +1,242 @@
+import ArgumentParser
+import Foundation
+import MemhaulDigest
+import MemhaulImage
+
+/// `memhaul image`: look inside a receiver image (Protocol/image.md).
+struct ImageCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "image",
+        abstract: "Inspect and read receiver images.",
+        subcommands: [Inspect.self, Read.self, Torture.self]
+    )
+
+    /// `memhaul image inspect DIR [--json] [--verify-digest]`
+    struct Inspect: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Show an image's layout, committed round, history, disk use, state and digest.")
+
+        @Argument(help: "The image directory (<images>/<migration-id>).")
+        var directory: String
+
+        @Flag(help: "Print one JSON object.")
+        var json = false
+
+        @Flag(help: "Recompute the memory digest from the stored pages.")
+        var verifyDigest = false
+
+        func run() throws {
+            let store = try ImageStore.open(directory: directory)
+            defer { store.close() }
+            let info = try store.info()
+            var recomputed: MemoryDigest?
+            if verifyDigest { recomputed = try store.computeDigest() }
+            if json {
+                print(try jsonText(info, recomputed))
+            } else {
+                print(humanText(info, recomputed), terminator: "")
+            }
+            if let recomputed, let stored = info.finalDigest, recomputed != stored {
+                throw ValidationError("digest mismatch: stored \(stored), recomputed \(recomputed)")
+            }
+        }
+
+        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?) throws -> String {
+            var object: [String: Any] = [
+                "directory": info.directory,
+                "migration": info.migrationID,
+                "state": info.state.description,
+                "regions": info.layout.map {
+                    ["start": hex($0.start), "end": hex($0.end), "protection": $0.protection.description, "name": $0.name]
+                },
+                "rounds": info.rounds.map {
+                    [
+                        "round": $0.round, "dataPages": $0.dataPages, "dataBytes": $0.dataBytes, "zeroPages": $0.zeroPages,
+                        "discardedPages": $0.discardedPages, "journalBytes": $0.journalBytes,
+                        "committedAt": isoTime($0.committedAt), "layoutChanged": $0.layoutChanged,
+                    ] as [String: Any]
+                },
+                "storedPages": info.storedPages,
+                "diskBytes": info.diskBytes,
+                "logicalBytes": info.logicalBytes,
+                "createdAt": isoTime(info.createdAt),
+                "updatedAt": isoTime(info.updatedAt),
+                "recovery": recoveryText(info.recovery),
+            ]
+            object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
+            object["failureReason"] = info.failureReason ?? NSNull()
+            object["digest"] = info.finalDigest?.hex ?? NSNull()
+            if let recomputed {
+                object["recomputedDigest"] = recomputed.hex
+                if let stored = info.finalDigest { object["digestMatches"] = stored == recomputed }
+            }
+            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
+            return String(decoding: data, as: UTF8.self)
+        }
+
+        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?) -> String {
+            var out = ""
+            func line(_ key: String, _ value: String) { out += key.padding(toLength: 11, withPad: " ", startingAt: 0) + value + "\n" }
+            line("image", info.directory)
+            line("migration", info.migrationID)
+            line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? ""))
+            line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
+            line("layout", "\(info.layout.count) regions, \(bytes(info.logicalBytes))")
+            for r in info.layout {
+                out += "  \(hex(r.start))-\(hex(r.end)) \(r.protection) \(String(r.pageCount).leftPad(8)) pages  \(r.name)\n"
+            }
+            line("stored", "\(info.storedPages) pages (\(bytes(info.storedPages * imagePageSize))), \(bytes(info.diskBytes)) on disk")
+            line("digest", info.finalDigest?.hex ?? "none stored")
+            if let recomputed {
+                let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
+                line("recomputed", recomputed.hex + verdict)
+            }
+            line("recovery", recoveryText(info.recovery))
+            if !info.rounds.isEmpty {
+                out += "rounds:\n   round  data pages   zero  discard     journal  committed\n"
+                for h in info.rounds {
+                    out += "  " + String(h.round).leftPad(6) + String(h.dataPages).leftPad(12) + String(h.zeroPages).leftPad(7)
+                        + String(h.discardedPages).leftPad(9) + bytes(h.journalBytes).leftPad(12) + "  " + isoTime(h.committedAt)
+                        + (h.layoutChanged ? "  layout changed" : "") + "\n"
+                }
+            }
+            return out
+        }
+    }
+
+    /// `memhaul image read DIR ADDR LEN [--output FILE]`
+    struct Read: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Read image memory: raw bytes to --output or a pipe, a hex dump to a terminal.")
+
+        @Argument(help: "The image directory.")
+        var directory: String
+        @Argument(help: "Start address (0x-prefixed hex or decimal).")
+        var address: String
+        @Argument(help: "Length in bytes (hex, decimal, or with a K/M/G suffix).")
+        var length: String
+        @Option(name: .shortAndLong, help: "Write the raw bytes to this file.")
+        var output: String?
+        @Flag(help: "Hex dump even when stdout is not a terminal.")
+        var hex = false
+
+        func run() throws {
+            guard let start = parseNumber(address) else { throw ValidationError("bad address \(address)") }
+            guard let count = parseNumber(length) else { throw ValidationError("bad length \(length)") }
+            let store = try ImageStore.open(directory: directory)
+            defer { store.close() }
+            let sink: FileHandle
+            if let output {
+                guard FileManager.default.createFile(atPath: output, contents: nil) else {
+                    throw ValidationError("cannot create \(output)")
+                }
+                sink = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+            } else {
+                sink = FileHandle.standardOutput
+            }
+            let dump = output == nil && (hex || isatty(1) == 1)
+            let chunk = 1 << 20
+            var buffer = [UInt8](repeating: 0, count: chunk)
+            var done: UInt64 = 0
+            while done < count {
+                let n = Int(min(UInt64(chunk), count - done))
+                try buffer.withUnsafeMutableBytes { p in
+                    try store.read(at: start + done, into: UnsafeMutableRawBufferPointer(rebasing: p[0..<n]))
+                }
+                if dump {
+                    sink.write(Data(hexDump(buffer[0..<n], address: start + done).utf8))
+                } else {
+                    sink.write(Data(buffer[0..<n]))
+                }
+                done += UInt64(n)
+            }
+        }
+    }
+
+    /// Hidden: writes deterministic rounds for the crash-consistency test,
+    /// printing `committed K` once round K is durable.
+    struct Torture: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Write deterministic test rounds (crash tests).", shouldDisplay: false)
+
+        @Argument var directory: String
+        @Option var rounds: UInt32 = 20
+        @Option var seed: UInt64 = 1
+
+        func run() throws {
+            let store = try ImageStore.create(directory: directory, migrationID: "torture")
+            var model = ImageTorture(seed: seed)
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 * Int(imagePageSize), alignment: 4096)
+            defer { buffer.deallocate() }
+            for k in 1...max(rounds, 1) {
+                let plan = model.next()
+                _ = try ImageTorture.run(plan, on: store, final: k == rounds, buffer: buffer, model: model)
+                // Unbuffered: the line is out the moment the round is durable.
+                FileHandle.standardOutput.write(Data("committed \(k)\n".utf8))
+            }
+        }
+    }
+}
+
+private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
+
+private func parseNumber(_ s: String) -> UInt64? {
+    var text = s.lowercased()
+    var scale: UInt64 = 1
+    if !text.hasPrefix("0x"), let last = text.last, let m = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30][String(last)] {
+        scale = m
+        text.removeLast()
+    }
+    let value = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)
+    return value.flatMap { $0.multipliedReportingOverflow(by: scale).overflow ? nil : $0 * scale }
+}
+
+private func bytes(_ n: UInt64) -> String {
+    let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+    var v = Double(n)
+    var u = 0
+    while v >= 1024 && u < units.count - 1 {
+        v /= 1024
+        u += 1
+    }
+    return u == 0 ? "\(n) B" : String(format: "%.1f %@", v, units[u])
+}
+
+private func isoTime(_ ns: UInt64) -> String {
+    let date = Date(timeIntervalSince1970: Double(ns) / 1e9)
+    let f = ISO8601DateFormatter()
+    f.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+    return f.string(from: date)
+}
+
+private func recoveryText(_ r: ImageRecovery) -> String {
+    switch r {
+    case .clean: "clean"
+    case let .reappliedJournal(round): "re-applied the journal of committed round \(round)"
+    case let .discardedJournal(round): "discarded the journal of uncommitted round \(round)"
+    }
+}
+
+/// `hexdump -C` style lines.
+private func hexDump(_ bytes: ArraySlice<UInt8>, address: UInt64) -> String {
+    var out = ""
+    var i = bytes.startIndex
+    while i < bytes.endIndex {
+        let row = bytes[i..<min(i + 16, bytes.endIndex)]
+        var line = String(address + UInt64(i - bytes.startIndex), radix: 16).leftPad(12, "0") + "  "
+        for (j, b) in row.enumerated() {
+            line += (b < 16 ? "0" : "") + String(b, radix: 16) + (j == 7 ? "  " : " ")
+        }
+        line += String(repeating: " ", count: (16 - row.count) * 3 + (row.count <= 7 ? 1 : 0))
+        line += " |" + String(row.map { $0 >= 0x20 && $0 < 0x7f ? Character(UnicodeScalar($0)) : "." }) + "|\n"
+        out += line
+        i += 16
+    }
+    return out
+}
+
+extension String {
+    fileprivate func leftPad(_ width: Int, _ pad: Character = " ") -> String {
+        count >= width ? self : String(repeating: pad, count: width - count) + self
+    }
+}
