@@ -1,0 +1,243 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemhaulLinux
+import MemhaulSystem
+import Synchronization
+
+/// How the tracked layout changed since the previous refresh.
+public struct LayoutDelta: Sendable {
+    /// Address ranges tracked now and not before (new mmaps, mremap targets, grown VMAs,
+    /// mappings made writable).
+    public var added: [AddressRange]
+    /// Ranges tracked before and no longer mapped or tracked (munmap, mremap away,
+    /// mprotect to read-only).
+    public var removed: [AddressRange]
+    /// The tracked (registered) mappings now, ascending.
+    public var current: [MapsEntry]
+    /// Mappings not tracked now, and why.
+    public var skipped: [SkippedMapping]
+}
+
+/// A foreign process whose private writable memory is registered for
+/// userfaultfd async write-protect, with the descriptors the scanner needs.
+///
+/// ``attach(pid:)`` briefly stops the target (ptrace) to inject `userfaultfd`
+/// and `close`; afterwards the target runs untraced, and all later work
+/// (register, unregister, PAGEMAP_SCAN, process_vm_readv) is done from the agent.
+public final class AttachedProcess: Sendable {
+    public let pid: Int32
+    /// `pidfd_open(pid)`: stays valid (and unambiguous) if the PID is reused.
+    public let pidfd: FileDescriptor
+    /// The userfaultfd bound to the target's mm, held only by the agent.
+    public let uffd: Userfaultfd
+    /// `/proc/PID/pagemap` opened read-only, for PAGEMAP_SCAN.
+    public let pagemap: FileDescriptor
+    /// The target was SIGSTOPped when attached (it stays stopped).
+    public let wasGroupStopped: Bool
+
+    private struct State {
+        var registered: [MapsEntry] = []
+        var registeredRanges: [AddressRange] = []
+        var skipped: [SkippedMapping] = []
+        /// VmFlags per mapping seen so far (smaps is costly: read only for new mappings).
+        var flags: [MapsEntry: VmFlags] = [:]
+        var detached = false
+    }
+    private let state = Mutex(State())
+
+    private init(pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool) {
+        self.pid = pid
+        self.pidfd = pidfd
+        self.uffd = uffd
+        self.pagemap = pagemap
+        self.wasGroupStopped = wasGroupStopped
+    }
+
+    /// Registered (tracked) mappings as of the last refresh, ascending.
+    public var registered: [MapsEntry] { state.withLock { $0.registered } }
+    /// Registered address ranges, coalesced and ascending.
+    public var registeredRanges: [AddressRange] { state.withLock { $0.registeredRanges } }
+    /// Mappings left out, and why.
+    public var skipped: [SkippedMapping] { state.withLock { $0.skipped } }
+    /// The uffd had to be created with UFFD_USER_MODE_ONLY.
+    public var userModeOnly: Bool { uffd.userModeOnly }
+
+    /// Attaches to `pid`: refuses a target already tracked, injects `userfaultfd`
+    /// (then `close`) via ptrace, takes the uffd with pidfd_getfd, enables async
+    /// write-protect, opens the pagemap and registers every trackable mapping.
+    /// Must be called on one thread from start to end (ptrace is per thread),
+    /// which any synchronous call is.
+    public static func attach(pid: Int32) throws -> AttachedProcess {
+        guard pid > 0 else { throw AttachError.noSuchProcess(pid: pid) }
+        guard pid != getpid() else { throw AttachError.unsupportedTarget(pid: pid, why: "it is memhaul itself") }
+        let maps: [MapsEntry]
+        let flags: [AddressRange: VmFlags]
+        do {
+            maps = try ProcMaps.read(pid: pid)
+            flags = try ProcMaps.readFlags(pid: pid)
+        } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
+            throw AttachError.noSuchProcess(pid: pid)
+        } catch let error as SystemError where error.errno == .EACCES || error.errno == .EPERM {
+            throw AttachError.permissionDenied(pid: pid)
+        }
+        if flags.values.contains(where: { $0.contains(.uffdWriteProtect) }) { throw AttachError.alreadyTracked(pid: pid) }
+
+        let pidfd = try openPidfd(pid)
+
+        let injector = try SyscallInjector.begin(pid: pid)
+        let uffd: Userfaultfd
+        do {
+            uffd = try Userfaultfd.inject(into: injector, pidfd: pidfd)
+        } catch {
+            try? injector.finish()
+            throw error
+        }
+        try injector.finish()
+        try uffd.enableAsyncWriteProtect()
+        let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY)
+
+        let process = AttachedProcess(
+            pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped)
+        // On failure from here, deinit unregisters and closes.
+        var known: [MapsEntry: VmFlags] = [:]
+        for entry in maps { known[entry] = flags[entry.range] ?? [] }
+        process.state.withLock { $0.flags = known }
+        _ = try process.register(maps, attaching: true)
+        return process
+    }
+
+    /// `pidfd_open(pid)`.
+    static func openPidfd(_ pid: Int32) throws -> FileDescriptor {
+        let result = Result { () throws(SystemError) -> Int32 in try Syscall.run("pidfd_open") { cmh_pidfd_open(pid, 0) } }
+        switch result {
+        case .success(let fd): return FileDescriptor(owning: fd)
+        case .failure(let error):
+            if error.errno == .ESRCH { throw AttachError.noSuchProcess(pid: pid) }
+            throw error
+        }
+    }
+
+    /// Re-reads the maps and (re-)registers every trackable mapping: new mmaps,
+    /// mremap-moved VMAs (a move drops the registration), mappings made writable,
+    /// and mappings recreated at a reused address. Registering an already
+    /// registered VMA is a no-op in the kernel, so this is safe to repeat.
+    public func refreshLayout() throws -> LayoutDelta {
+        let maps: [MapsEntry]
+        do {
+            maps = try ProcMaps.read(pid: pid)
+        } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
+            throw AttachError.noSuchProcess(pid: pid)
+        }
+        // VmFlags only matter for mappings that look trackable and are new.
+        let known = state.withLock { $0.flags }
+        let needFlags = maps.contains { known[$0] == nil && ProcMaps.trackability(of: $0) == .tracked }
+        let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid)) ?? [:]) : [:]
+        state.withLock { s in
+            var next: [MapsEntry: VmFlags] = [:]
+            for entry in maps { next[entry] = s.flags[entry] ?? fresh[entry.range] }
+            s.flags = next
+        }
+        return try register(maps, attaching: false)
+    }
+
+    private func register(_ maps: [MapsEntry], attaching: Bool) throws -> LayoutDelta {
+        try state.withLock { (s: inout State) throws -> LayoutDelta in
+            guard !s.detached else { throw SystemError("ioctl(UFFDIO_REGISTER)", .EBADF) }
+            var registered: [MapsEntry] = []
+            var skipped: [SkippedMapping] = []
+            var firstFailure: SystemError?
+            for entry in maps {
+                switch ProcMaps.trackability(of: entry, flags: s.flags[entry]) {
+                case .skipped(let reason):
+                    skipped.append(SkippedMapping(entry: entry, reason: reason))
+                case .tracked:
+                    do {
+                        try uffd.registerWriteProtect(entry.range)
+                        registered.append(entry)
+                    } catch let error as SystemError {
+                        if error.errno == .EBUSY {
+                            if attaching { throw AttachError.alreadyTracked(pid: pid) }
+                            skipped.append(SkippedMapping(entry: entry, reason: .registeredElsewhere))
+                        } else {
+                            // EINVAL: unsupported VMA type, or it vanished since we read the maps.
+                            skipped.append(SkippedMapping(entry: entry, reason: .registerFailed(error.errno)))
+                        }
+                        firstFailure = firstFailure ?? error
+                    }
+                }
+            }
+            if attaching, registered.isEmpty, let firstFailure { throw firstFailure }
+            let ranges = AddressRange.coalesce(registered.map(\.range))
+            let delta = LayoutDelta(
+                added: AddressRange.subtract(ranges, s.registeredRanges),
+                removed: AddressRange.subtract(s.registeredRanges, ranges),
+                current: registered, skipped: skipped)
+            s.registered = registered
+            s.registeredRanges = ranges
+            s.skipped = skipped
+            return delta
+        }
+    }
+
+    /// Unregisters every range we registered (ranges that vanished are ignored),
+    /// then closes the uffd, pagemap and pidfd. The target then holds no uffd and
+    /// has no write-protected pages. Idempotent; also run by deinit.
+    public func detach() throws {
+        let ranges: [AddressRange]? = state.withLock { s in
+            guard !s.detached else { return nil }
+            s.detached = true
+            return s.registeredRanges
+        }
+        guard let ranges else { return }
+        var firstError: SystemError?
+        // Unregister per current VMA inside our ranges: a range spanning a hole or
+        // a foreign VMA would make one big UFFDIO_UNREGISTER fail as a whole.
+        if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid) {
+            for piece in AddressRange.intersect(AddressRange.coalesceKeepingSplits(maps.map(\.range)), ranges) {
+                do {
+                    try uffd.unregister(piece)
+                } catch let error {
+                    if error.errno != .EINVAL && error.errno != .ENOMEM && error.errno != .ESRCH {
+                        firstError = firstError ?? error
+                    }
+                }
+            }
+        }
+        // Closing the last reference also clears any registration left behind.
+        do { try uffd.fd.close() } catch { firstError = firstError ?? error }
+        try? pagemap.close()
+        try? pidfd.close()
+        state.withLock { s in
+            s.registered = []
+            s.registeredRanges = []
+        }
+        if let firstError { throw firstError }
+    }
+
+    deinit {
+        try? detach()
+    }
+}
+
+extension AddressRange {
+    /// Sorted ranges as given, without merging touching ones (each VMA stays one piece).
+    static func coalesceKeepingSplits(_ ranges: [AddressRange]) -> [AddressRange] { ranges.sorted() }
+
+    /// Pieces of each range in `a` that lie inside some range of `b` (both sorted;
+    /// `b` non-overlapping). A range of `a` yields one piece per range of `b` it meets.
+    static func intersect(_ a: [AddressRange], _ b: [AddressRange]) -> [AddressRange] {
+        var out: [AddressRange] = []
+        var j = 0
+        for r in a {
+            while j < b.count && b[j].end <= r.start { j += 1 }
+            var k = j
+            while k < b.count && b[k].start < r.end {
+                let piece = AddressRange(start: max(r.start, b[k].start), end: min(r.end, b[k].end))
+                if !piece.isEmpty { out.append(piece) }
+                k += 1
+            }
+        }
+        return out
+    }
+}

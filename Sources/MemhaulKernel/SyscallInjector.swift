@@ -1,0 +1,234 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import CMemhaulLinux
+import MemhaulSystem
+
+/// Makes a running process execute system calls of our choosing, without
+/// writing to its code: the registers are pointed at an existing `syscall`
+/// instruction (0f 05) and restored exactly afterwards.
+///
+/// Sequence: PTRACE_SEIZE the thread-group leader, PTRACE_INTERRUPT, wait for
+/// the PTRACE_EVENT_STOP, save registers; per call set `rax`/args, `orig_rax = -1`
+/// (so the kernel's syscall-restart logic ignores the injected state) and `rip`,
+/// run to the syscall-entry then syscall-exit stop, read `rax`. ``finish()``
+/// restores the saved registers, then lets the thread pass once more through a
+/// PTRACE_EVENT_STOP in the kernel's signal path before detaching: that is
+/// where the kernel applies its own restart logic to the restored
+/// `rax = -ERESTART*`, `orig_rax = nr`, so an interrupted nanosleep/read/epoll_wait
+/// is restarted exactly as after any ptrace attach.
+///
+/// Signals dequeued by the target while we inject are held back (delivering
+/// them would run a handler on our injected state) and re-sent with tgkill
+/// before detaching.
+///
+/// ptrace binds the tracer to a thread: use an injector on one thread only,
+/// from ``begin(pid:)`` to ``finish()``.
+final class SyscallInjector {
+    let pid: Int32
+    private let tracee: Tracee
+    private let saved: user_regs_struct
+    /// Address of the `syscall` instruction we run.
+    let syscallInstruction: UInt64
+    /// The target was group-stopped (SIGSTOP/SIGTSTP) when we seized it; it is
+    /// stopped again after detach.
+    let wasGroupStopped: Bool
+    /// Signals the target dequeued during injection, re-sent before detach.
+    private(set) var heldSignals: [Int32] = []
+    private var finished = false
+
+    private init(pid: Int32, tracee: Tracee, saved: user_regs_struct, syscallInstruction: UInt64, groupStopped: Bool, held: [Int32]) {
+        self.pid = pid
+        self.tracee = tracee
+        self.saved = saved
+        self.syscallInstruction = syscallInstruction
+        self.wasGroupStopped = groupStopped
+        self.heldSignals = held
+    }
+
+    /// Seizes `pid` (its thread-group leader) and stops it at a PTRACE_EVENT_STOP.
+    static func begin(pid: Int32) throws -> SyscallInjector {
+        if let state = processState(pid), state == "Z" || state == "X" {
+            throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie (its main thread has exited)")
+        }
+        let tracee = try Tracee.seize(pid)
+        var held: [Int32] = []
+        var groupStopped = false
+        do {
+            try tracee.interrupt()
+            // Wait for the event stop; a signal dequeued first is held back.
+            waiting: while true {
+                let stop = try tracee.wait()
+                switch stop {
+                case .eventStop(let sig):
+                    groupStopped = sig != SIGTRAP
+                    break waiting
+                case .signalDelivery(let sig):
+                    held.append(sig)
+                    try tracee.resume()
+                case .syscall, .otherEvent:
+                    try tracee.resume()
+                case .exited, .killed:
+                    throw AttachError.targetExited(pid: pid, status: stop.statusText)
+                }
+            }
+        } catch let error as SystemError where error.errno == .ESRCH {
+            throw AttachError.noSuchProcess(pid: pid)
+        }
+        do {
+            let regs = try tracee.registers()
+            // 0x33 is the 64-bit user code segment; 0x23 would be a 32-bit (compat) task.
+            guard regs.cs == 0x33 else {
+                throw AttachError.unsupportedTarget(pid: pid, why: "not a 64-bit x86 process (cs=0x\(String(regs.cs, radix: 16)))")
+            }
+            let insn = try findSyscallInstruction(pid: pid, regs: regs)
+            return SyscallInjector(pid: pid, tracee: tracee, saved: regs, syscallInstruction: insn, groupStopped: groupStopped, held: held)
+        } catch {
+            // Stopped at the event stop with untouched registers: a plain detach is exact.
+            for sig in held { _ = cmh_tgkill(pid, pid, sig) }
+            try? tracee.detach()
+            throw error
+        }
+    }
+
+    /// Runs system call `nr` in the target; returns the raw result (`-errno` on failure).
+    func call(_ nr: Int, _ args: UInt64...) throws -> Int64 {
+        precondition(!finished, "injector already finished")
+        precondition(args.count <= 6)
+        let a = args + Array(repeating: 0, count: 6 - args.count)
+        var regs = saved
+        regs.rax = UInt64(nr)
+        regs.rdi = a[0]
+        regs.rsi = a[1]
+        regs.rdx = a[2]
+        regs.r10 = a[3]
+        regs.r8 = a[4]
+        regs.r9 = a[5]
+        regs.orig_rax = UInt64.max  // -1: not in a syscall, no restart fix-up of this state
+        regs.rip = syscallInstruction
+        try tracee.setRegisters(regs)
+        try runToSyscallStop()  // entry
+        let entry = try tracee.registers()
+        guard entry.orig_rax == UInt64(nr) else {
+            throw AttachError.unexpectedStop(pid: pid, status: Int32(truncatingIfNeeded: entry.orig_rax))
+        }
+        try runToSyscallStop()  // exit
+        return Int64(bitPattern: try tracee.registers().rax)
+    }
+
+    private func runToSyscallStop() throws {
+        try tracee.resumeToSyscall()
+        while true {
+            let stop = try waitMappingExit()
+            switch stop {
+            case .syscall:
+                return
+            case .signalDelivery(let sig):
+                heldSignals.append(sig)
+                try tracee.resumeToSyscall(signal: 0)
+            case .eventStop, .otherEvent:
+                // A group-stop or a repeated trap: ptrace overrides it; keep going.
+                try tracee.resumeToSyscall()
+            case .exited, .killed:
+                finished = true
+                throw AttachError.targetExited(pid: pid, status: stop.statusText)
+            }
+        }
+    }
+
+    private func waitMappingExit() throws -> TraceeStop {
+        do {
+            return try tracee.wait()
+        } catch let error as SystemError where error.errno == .ECHILD || error.errno == .ESRCH {
+            finished = true
+            throw AttachError.targetExited(pid: pid, status: "no longer traceable")
+        }
+    }
+
+    /// Restores the saved registers and detaches (see the type's comment for why
+    /// the detour through one more event stop). Idempotent.
+    func finish() throws {
+        guard !finished else { return }
+        finished = true
+        try tracee.setRegisters(saved)
+        for sig in heldSignals { _ = cmh_tgkill(pid, pid, sig) }
+        heldSignals.removeAll()
+        try tracee.interrupt()
+        try tracee.resume()
+        while true {
+            let stop: TraceeStop
+            do { stop = try tracee.wait() } catch let error as SystemError where error.errno == .ECHILD { return }
+            switch stop {
+            case .eventStop:
+                try tracee.detach()
+                return
+            case .signalDelivery(let sig):
+                // In the signal path already: detaching with the signal delivers it.
+                try tracee.detach(signal: sig)
+                return
+            case .syscall, .otherEvent:
+                try tracee.resume()
+            case .exited, .killed:
+                return
+            }
+        }
+    }
+
+    deinit {
+        if !finished { try? finish() }
+    }
+
+    // MARK: - finding a syscall instruction
+
+    /// A `syscall` instruction in the target, found by reading only: at `rip - 2`
+    /// when stopped in a system call, else in the [vdso], else in any executable mapping.
+    static func findSyscallInstruction(pid: Int32, regs: user_regs_struct) throws -> UInt64 {
+        let mem = try FileDescriptor.open("/proc/\(pid)/mem", O_RDONLY)
+        var two: (UInt8, UInt8) = (0, 0)
+        if Int64(bitPattern: regs.orig_rax) >= 0, regs.rip >= 2 {
+            let n = try? withUnsafeMutableBytes(of: &two) { try mem.pread(into: $0, at: Int64(regs.rip - 2)) }
+            if n == 2, two == (0x0F, 0x05) { return regs.rip - 2 }
+        }
+        let maps = try ProcMaps.read(pid: pid)
+        let candidates =
+            maps.filter { $0.path == "[vdso]" }
+            + maps.filter { $0.permissions.contains(.execute) && !$0.isPseudo }
+        var buffer = [UInt8](repeating: 0, count: 1 << 16)
+        for entry in candidates {
+            var address = entry.start
+            while address < entry.end {
+                let want = Int(min(UInt64(buffer.count), entry.end - address))
+                let got = buffer.withUnsafeMutableBytes { buf -> Int in
+                    (try? mem.pread(into: UnsafeMutableRawBufferPointer(rebasing: buf[0..<want]), at: Int64(address))) ?? 0
+                }
+                if got < 2 { break }
+                for i in 0..<(got - 1) where buffer[i] == 0x0F && buffer[i + 1] == 0x05 {
+                    return address + UInt64(i)
+                }
+                address += UInt64(got - 1)  // overlap one byte so a split pair is found
+            }
+        }
+        throw AttachError.noSyscallInstruction(pid: pid)
+    }
+
+    /// The state letter of /proc/PID/stat (R, S, D, T, t, Z, X).
+    static func processState(_ pid: Int32) -> Character? {
+        guard let text = try? ProcFile.readString("/proc/\(pid)/stat"),
+            let close = text.lastIndex(of: ")")
+        else { return nil }
+        let after = text[text.index(after: close)...].trimmingPrefixSpaces()
+        return after.first
+    }
+}
+
+extension Substring {
+    func trimmingPrefixSpaces() -> Substring {
+        var s = self
+        while s.first == " " { s = s.dropFirst() }
+        return s
+    }
+}
+
+extension String {
+    func trimmingPrefixSpaces() -> Substring { self[...].trimmingPrefixSpaces() }
+}
