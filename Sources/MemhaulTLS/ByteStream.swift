@@ -1,0 +1,38 @@
+/// A reliable, ordered byte stream: plaintext ``TCPStream`` or ``TLSStream``.
+///
+/// One thread at a time per stream (OpenSSL forbids concurrent use of one
+/// `SSL`); a stream may be handed from thread to thread.
+public protocol ByteStream: AnyObject, Sendable {
+    /// The peer as `host:port` (`[v6]:port`), for messages.
+    var peerDescription: String { get }
+    /// Reads at least one byte into `buffer`; returns the count, 0 at end of stream.
+    func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
+    /// Writes every byte of `buffer`.
+    func writeAll(_ buffer: UnsafeRawBufferPointer) throws
+    /// Ends our direction (the peer reads end of stream); reading stays possible. Best effort.
+    func shutdown()
+    /// Releases the connection. Idempotent; also done in deinit.
+    func close()
+}
+
+extension ByteStream {
+    /// Reads exactly `buffer.count` bytes.
+    ///
+    /// - Returns: false on a clean end of stream before the first byte (the peer
+    ///   finished between messages).
+    /// - Throws: ``NetworkError/unexpectedEndOfStream(peer:missing:)`` when the
+    ///   stream ends inside the buffer.
+    @discardableResult
+    public func readExactly(into buffer: UnsafeMutableRawBufferPointer) throws -> Bool {
+        var done = 0
+        while done < buffer.count {
+            let n = try read(into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]))
+            if n == 0 {
+                if done == 0 { return false }
+                throw NetworkError.unexpectedEndOfStream(peer: peerDescription, missing: buffer.count - done)
+            }
+            done += n
+        }
+        return true
+    }
+}

@@ -1,2 +1,0 @@
-/// Marker for the layer; real code lives beside it.
-enum _Layer {}
