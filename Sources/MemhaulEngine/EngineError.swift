@@ -9,6 +9,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case peerError(code: UInt16, message: String)
     case cancelled
     case invalidParameter(String)
+    case connectionClosed
 
     public var description: String {
         switch self {
@@ -19,6 +20,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case .peerError(let code, let m): return "receiver reported error \(code): \(m)"
         case .cancelled: return "migration cancelled"
         case .invalidParameter(let m): return "invalid parameter: \(m)"
+        case .connectionClosed: return "the peer closed the connection"
         }
     }
 }

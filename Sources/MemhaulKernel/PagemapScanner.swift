@@ -266,11 +266,23 @@ public final class PagemapScanner {
             }
             stats.ioctls += 1
             stats.regions += Int(n)
+            var lastEnd = start
+            var pages: UInt64 = 0
             for i in 0..<Int(n) {
                 let region = vector[i]
                 visit(region.start, region.end, region.categories)
+                lastEnd = max(lastEnd, region.end)
+                pages &+= (region.end &- region.start) >> PageSize.shift
             }
-            let walkEnd = argp.pointee.walk_end
+            // Linux (seen on 6.18) reports a stale walk_end once its internal
+            // 512-entry bounce buffer has filled in an earlier chunk of the same
+            // call, although the walk went on to the end. The walk stops early
+            // only when our vector is full or max_pages is reached, so anything
+            // else means the range is done.
+            let vectorFull = output && Int(n) >= vectorCapacity
+            let pagesFull = output && maxPagesPerCall > 0 && pages >= maxPagesPerCall
+            if !vectorFull && !pagesFull { break }
+            let walkEnd = max(argp.pointee.walk_end, lastEnd)
             if walkEnd >= range.end { break }
             if walkEnd <= start { throw PagemapScanError.noProgress(at: start) }
             start = walkEnd

@@ -10,6 +10,9 @@ struct Memhaul: AsyncParsableCommand {
         subcommands: [
             // Each layer registers its subcommands here, one line each.
             CtlCommand.self,
+            MigrateCommand.self,
+            SenderCommand.self,
+            ReceiveCommand.self,
             ImageCommand.self,
         ]
     )

@@ -1,0 +1,151 @@
+import Foundation
+import MemhaulEngine
+import MemhaulTLS
+
+/// The sender agent's operations (`Protocol/control.md`): it owns the
+/// migrations it started and runs each on its own thread.
+public final class SenderControl: @unchecked Sendable {  // `migrations` behind `lock`
+    private let connect: SenderMigration.Connector
+    private let log: @Sendable (String) -> Void
+    private let lock = NSLock()
+    private var migrations: [SenderMigration] = []
+
+    public init(connect: @escaping SenderMigration.Connector, log: @escaping @Sendable (String) -> Void) {
+        self.connect = connect
+        self.log = log
+    }
+
+    public func handle(_ request: ControlRequest) throws(ControlError) -> [String: Any] {
+        switch request.op {
+        case "migrate": return try migrate(request)
+        case "status":
+            try request.onlyKeys(["migration"])
+            if let id = try request.string("migration") {
+                return ["status": ControlJSON.object(try find(id).status)]
+            }
+            return ["migrations": lock.withLock { migrations }.map { ControlJSON.object($0.status) }]
+        case "set":
+            try request.onlyKeys(["migration", "downtime_limit_ms", "max_bandwidth_bps", "auto_converge", "max_rounds", "max_time_s"])
+            let m = try find(try request.require(try request.string("migration"), "migration"))
+            guard !m.status.state.isFinal else { throw ControlError(.conflict, "migration \(m.request.id) is \(m.status.state.rawValue)") }
+            let downtime = try request.number("downtime_limit_ms")
+            let bandwidth = try request.number("max_bandwidth_bps")
+            let auto = try request.bool("auto_converge")
+            let rounds = try request.int("max_rounds")
+            let time = try request.number("max_time_s")
+            if let downtime, downtime <= 0 { throw ControlError(.badRequest, "downtime_limit_ms must be > 0") }
+            if let bandwidth, bandwidth < 0 { throw ControlError(.badRequest, "max_bandwidth_bps must be >= 0") }
+            let status = m.update { p in
+                if let downtime { p.downtimeLimitMs = downtime }
+                if let bandwidth { p.maxBandwidth = bandwidth == 0 ? nil : bandwidth }
+                if let auto { p.autoConverge = auto }
+                if let rounds { p.maxRounds = rounds }
+                if let time { p.maxTimeSeconds = time }
+            }
+            return ["status": ControlJSON.object(status)]
+        case "cutover":
+            try request.onlyKeys(["migration"])
+            let m = try find(try request.require(try request.string("migration"), "migration"))
+            guard !m.status.state.isFinal else { throw ControlError(.conflict, "migration \(m.request.id) is \(m.status.state.rawValue)") }
+            m.requestCutover()
+            return ["status": ControlJSON.object(m.status)]
+        case "cancel":
+            try request.onlyKeys(["migration"])
+            let m = try find(try request.require(try request.string("migration"), "migration"))
+            guard !m.status.state.isFinal else { throw ControlError(.conflict, "migration \(m.request.id) is \(m.status.state.rawValue)") }
+            m.cancel()
+            m.waitUntilFinished(timeoutSeconds: 30)
+            return ["status": ControlJSON.object(m.status)]
+        default:
+            throw ControlError(.unknownOp, "unknown operation \"\(request.op)\"")
+        }
+    }
+
+    private func find(_ id: String) throws(ControlError) -> SenderMigration {
+        guard let m = lock.withLock({ migrations.last { $0.request.id == id } }) else {
+            throw ControlError(.notFound, "no migration \(id)")
+        }
+        return m
+    }
+
+    private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
+        try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
+                        "auto_converge", "after", "compression_level", "server_name"])
+        let request = try Self.request(from: r)
+        let migration = SenderMigration(request: request, connect: connect, log: log)
+        let conflict: ControlError? = lock.withLock {
+            if let busy = migrations.first(where: { $0.request.pid == request.pid && !$0.status.state.isFinal }) {
+                return ControlError(.conflict, "PID \(request.pid) is already being migrated (\(busy.request.id))")
+            }
+            if migrations.contains(where: { $0.request.id == request.id }) {
+                return ControlError(.conflict, "migration id \(request.id) was already used")
+            }
+            migrations.append(migration)
+            return nil
+        }
+        if let conflict { throw conflict }
+        let thread = Thread { migration.run() }
+        thread.name = "memhaul-migration-\(request.id)"
+        thread.start()
+        return ["migration": request.id, "status": ControlJSON.object(migration.status)]
+    }
+
+    /// Builds a request from control arguments, with the documented defaults.
+    static func request(from r: ControlRequest) throws(ControlError) -> MigrationRequest {
+        let pid = try r.require(try r.int("pid"), "pid")
+        guard pid > 0, pid <= Int(Int32.max) else { throw ControlError(.badRequest, "pid must be a positive integer") }
+        let to = try r.require(try r.string("to"), "to")
+        let destination: (host: String, port: UInt16)
+        do { destination = try MigrationRequest.parseDestination(to) } catch {
+            throw ControlError(.badRequest, "\"to\" must be HOST:PORT, got \"\(to)\"")
+        }
+        let id = try r.string("id") ?? MigrationRequest.defaultID(pid: Int32(pid))
+        guard !id.isEmpty, id.utf8.count <= 64, id.utf8.allSatisfy({ $0.isASCIIAlnum || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }) else {
+            throw ControlError(.badRequest, "migration id must be 1-64 of [A-Za-z0-9._-]")
+        }
+        var request = MigrationRequest(pid: Int32(pid), host: destination.host, port: destination.port, id: id)
+        if let v = try r.number("downtime_limit_ms") {
+            guard v > 0 else { throw ControlError(.badRequest, "downtime_limit_ms must be > 0") }
+            request.parameters.downtimeLimitMs = v
+        }
+        if let v = try r.int("max_rounds") {
+            guard v >= 0 else { throw ControlError(.badRequest, "max_rounds must be >= 0") }
+            request.parameters.maxRounds = v
+        }
+        if let v = try r.number("max_time_s") { request.parameters.maxTimeSeconds = v }
+        if let v = try r.number("max_bandwidth_bps") { request.parameters.maxBandwidth = v > 0 ? v : nil }
+        if let v = try r.bool("auto_converge") { request.parameters.autoConverge = v }
+        if let v = try r.string("after") {
+            guard let a = AfterAction(rawValue: v) else { throw ControlError(.badRequest, "after must be stop, kill or resume") }
+            request.after = a
+        }
+        if let v = try r.int("compression_level") {
+            guard (-5...19).contains(v) else { throw ControlError(.badRequest, "compression_level must be in -5…19") }
+            request.compressionLevel = Int32(v)
+        }
+        if let v = try r.string("server_name") { request.serverName = v }
+        return request
+    }
+}
+
+private extension UInt8 {
+    var isASCIIAlnum: Bool { (0x30...0x39).contains(self) || (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
+}
+
+/// The receiver agent's operations.
+public enum ReceiverControl {
+    public static func handler(_ agent: ReceiverAgent) -> ControlServer.Handler {
+        { (request: ControlRequest) throws(ControlError) -> [String: Any] in
+            guard request.op == "status" else { throw ControlError(.unknownOp, "unknown operation \"\(request.op)\" (the receiver answers status)") }
+            let sessions: [[String: Any]] = agent.sessionInfo.map { s in
+                var d: [String: Any] = ["peer": s.peer, "state": s.state, "round": s.round, "pages": s.pages, "bytes": s.bytes]
+                if let v = s.migration { d["migration"] = v }
+                if let v = s.committedRound { d["committed_round"] = v }
+                if let v = s.image { d["image"] = v }
+                if let v = s.error { d["error"] = v }
+                return d
+            }
+            return ["sessions": sessions, "images": agent.imagesRoot]
+        }
+    }
+}

@@ -1,0 +1,67 @@
+import MemhaulTLS
+import MemhaulWire
+
+/// One peer connection speaking `Protocol/wire.md`: frames out with sequence
+/// numbers, frames in through the incremental decoder. Not thread-safe: one
+/// thread sends, and the same or one other thread receives.
+final class FrameChannel: @unchecked Sendable {  // used by one thread per direction
+    let stream: ByteStream
+    private var encoder = FrameEncoder()
+    private var decoder: FrameDecoder
+    private var out: [UInt8] = []
+    private(set) var bytesSent: UInt64 = 0
+    private(set) var bytesReceived: UInt64 = 0
+
+    init(stream: ByteStream, limits: WireLimits = .default) {
+        self.stream = stream
+        self.decoder = FrameDecoder(limits: limits, expectsPreamble: true)
+        self.out.reserveCapacity(64 << 10)
+    }
+
+    func sendPreamble() throws {
+        out.removeAll(keepingCapacity: true)
+        encoder.encodePreamble(into: &out)
+        try flush()
+    }
+
+    func send(_ message: Message) throws {
+        out.removeAll(keepingCapacity: true)
+        try encoder.encode(message, into: &out)
+        try flush()
+    }
+
+    /// A PAGE_BATCH frame: headers encoded here, payload written from the caller's buffer.
+    func sendPageBatch(_ header: PageBatchHeader, payload: UnsafeRawBufferPointer) throws {
+        out.removeAll(keepingCapacity: true)
+        try encoder.encodePageBatchHeader(header, into: &out)
+        try flush()
+        try stream.writeAll(payload)
+        bytesSent &+= UInt64(payload.count)
+    }
+
+    private func flush() throws {
+        try out.withUnsafeBytes { try stream.writeAll($0) }
+        bytesSent &+= UInt64(out.count)
+    }
+
+    /// Blocks until one whole frame has arrived; its payload is valid until the
+    /// next call. End of stream before a frame is `connectionClosed`.
+    func receiveFrame() throws -> Frame {
+        while true {
+            if let frame = try decoder.nextFrame() { return frame }
+            let want = max(decoder.bytesWanted, 64 << 10)
+            let n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
+            if n == 0 { throw EngineError.connectionClosed }
+            bytesReceived &+= UInt64(n)
+        }
+    }
+
+    func receive() throws -> Message {
+        let frame = try receiveFrame()
+        return try frame.message(limits: decoder.limits)
+    }
+
+    func close() {
+        stream.close()
+    }
+}

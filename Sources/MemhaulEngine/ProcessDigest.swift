@@ -1,0 +1,48 @@
+import MemhaulDigest
+import MemhaulKernel
+import MemhaulWire
+
+/// The sender's side of the proof: the memory digest of a (frozen) process
+/// over the regions it declared, in the canonical form of ARCHITECTURE.md.
+///
+/// Pages with content (present, not the zero page, or swapped) are read with
+/// process_vm_readv; every other page counts as zero, exactly as the image
+/// stores it. Clean file-backed pages of private mappings count as zero on both
+/// sides: they are not migrated (the restorer maps the file), see README "Limits".
+enum ProcessDigest {
+    static func compute(pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner) throws -> MemoryDigest {
+        let digester = MemoryDigester()
+        let reader = RemoteMemoryReader(pid: pid, bufferBytes: 8 << 20)
+        let chunkPages = (8 << 20) / Int(PageSize.bytes)
+        for region in regions {
+            digester.beginRegion(start: region.start, end: region.end)
+            let populated = try scanner.populated([PageRange(start: region.start, end: region.end)])
+            var cursor = region.start
+            var iterator = BatchIterator(ranges: populated, batchPages: chunkPages)
+            while let batch = iterator.next() {
+                // Zeros up to each range, then its bytes.
+                let result = try reader.read(batch)
+                var offset = 0
+                for r in batch {
+                    if r.start > cursor { digester.updateZeros(count: Int(r.start - cursor)) }
+                    let bytes = UnsafeRawBufferPointer(start: reader.buffer.baseAddress! + offset, count: Int(r.byteCount))
+                    if result.vanished.isEmpty {
+                        digester.update(bytes)
+                    } else {
+                        try hashSkippingVanished(r, bytes, result.vanished, digester)
+                    }
+                    offset += Int(r.byteCount)
+                    cursor = r.end
+                }
+            }
+            if region.end > cursor { digester.updateZeros(count: Int(region.end - cursor)) }
+        }
+        return digester.finalize()
+    }
+
+    /// A page unmapped under a frozen target cannot happen; if it does the
+    /// digest must not silently differ, so it is an error.
+    private static func hashSkippingVanished(_ r: PageRange, _ bytes: UnsafeRawBufferPointer, _ vanished: [PageRange], _ d: MemoryDigester) throws {
+        throw EngineError.protocolViolation("memory of \(r) vanished while the target was frozen")
+    }
+}

@@ -1,0 +1,79 @@
+import Foundation
+import MemhaulTLS
+
+/// The receiver agent: accepts connections, runs one ``ReceiverSession`` per
+/// connection on its own thread, and serves several migrations at once, each
+/// into its own image under `imagesRoot`.
+public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind `lock`
+    /// Turns an accepted TCP connection into the session's stream: the TLS
+    /// handshake (mutual auth), or the plain socket with `--insecure`.
+    public typealias Handshake = @Sendable (TCPStream) throws -> ByteStream
+
+    public let listener: TCPListener
+    public let imagesRoot: String
+    private let handshake: Handshake
+    private let log: @Sendable (String) -> Void
+    private let lock = NSLock()
+    private var sessions: [ReceiverSession] = []
+    private var active: Set<String> = []
+    private var closed = false
+    /// Handshakes may not take longer than this (a stalled client is dropped).
+    public var handshakeTimeout: Duration = .seconds(10)
+
+    public init(listener: TCPListener, imagesRoot: String, handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
+        self.listener = listener
+        self.imagesRoot = imagesRoot
+        self.handshake = handshake
+        self.log = log
+    }
+
+    /// Accepts until the listener is closed.
+    public func serve() {
+        while true {
+            let connection: TCPStream
+            do {
+                connection = try listener.accept(timeout: .seconds(1))
+            } catch {
+                if lock.withLock({ closed }) { return }
+                if case NetworkError.timedOut = error { continue }
+                log("receiver: accept failed: \(error)")
+                usleep(10_000)
+                continue
+            }
+            let box = HandOff(connection)
+            Thread.detachNewThread { [self] in self.serve(box.value) }
+        }
+    }
+
+    private func serve(_ connection: TCPStream) {
+        let peer = connection.peerDescription
+        let stream: ByteStream
+        do {
+            try connection.setTimeouts(read: handshakeTimeout, write: handshakeTimeout)
+            stream = try handshake(connection)
+            // Idle peers are dropped; a live sender always has frames or acks in flight.
+            try connection.setTimeouts(read: .seconds(120), write: .seconds(120))
+        } catch {
+            log("receiver: refused connection from \(peer): \(error)")
+            connection.close()
+            return
+        }
+        let registry = ReceiverSession.Registry(
+            claim: { [self] id in lock.withLock { active.insert(id).inserted } },
+            release: { [self] id in _ = lock.withLock { active.remove(id) } })
+        let session = ReceiverSession(stream: stream, imagesRoot: imagesRoot, registry: registry, log: log)
+        lock.withLock {
+            sessions.append(session)
+            if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }
+        }
+        session.run()
+    }
+
+    /// Every session, oldest first (finished ones included, up to 256).
+    public var sessionInfo: [ReceiverSession.Info] { lock.withLock { sessions.map(\.info) } }
+
+    public func close() {
+        lock.withLock { closed = true }
+        listener.close()
+    }
+}

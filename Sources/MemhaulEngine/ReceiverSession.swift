@@ -1,0 +1,259 @@
+import Foundation
+import MemhaulCompression
+import MemhaulDigest
+import MemhaulImage
+import MemhaulTLS
+import MemhaulWire
+
+/// One incoming migration on the receiver: `Protocol/wire.md` in, image store out.
+///
+/// Nothing from the peer is trusted: frames are decoded by the bounded codec,
+/// payloads are decompressed into a fixed 4 MiB buffer against the declared
+/// size, checksums are verified, and the image store refuses addresses outside
+/// the round's declared layout. Any error aborts the open round (the last
+/// committed round stays intact), is sent to the peer as ERROR, and is logged.
+public final class ReceiverSession: @unchecked Sendable {  // one thread runs it; `info` is behind a lock
+    public struct Info: Sendable {
+        public var migration: String?
+        public var peer: String
+        public var state: String = "handshake"
+        public var round: UInt64 = 0
+        public var committedRound: UInt32?
+        public var pages: UInt64 = 0
+        public var bytes: UInt64 = 0
+        public var image: String?
+        public var error: String?
+    }
+
+    /// Calls from the agent, so two connections cannot write one image.
+    public struct Registry: Sendable {
+        public var claim: @Sendable (String) -> Bool
+        public var release: @Sendable (String) -> Void
+        public init(claim: @escaping @Sendable (String) -> Bool, release: @escaping @Sendable (String) -> Void) {
+            self.claim = claim
+            self.release = release
+        }
+    }
+
+    private let channel: FrameChannel
+    private let imagesRoot: String
+    private let registry: Registry
+    private let log: @Sendable (String) -> Void
+    private let infoLock = NSLock()
+    private var _info: Info
+    private let decoder = BatchDecoder()
+    private let pageBuffer: UnsafeMutableRawBufferPointer
+
+    public var info: Info { infoLock.withLock { _info } }
+    private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
+
+    public init(stream: ByteStream, imagesRoot: String, registry: Registry, log: @escaping @Sendable (String) -> Void) {
+        channel = FrameChannel(stream: stream)
+        self.imagesRoot = imagesRoot
+        self.registry = registry
+        self.log = log
+        _info = Info(peer: stream.peerDescription)
+        pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
+    }
+
+    deinit { pageBuffer.deallocate() }
+
+    /// A failure to report to the peer with a wire error code.
+    struct Refusal: Error, CustomStringConvertible {
+        var code: ErrorCode
+        var description: String
+    }
+
+    /// Serves the connection until CLOSE, an error or end of stream.
+    public func run() {
+        var store: ImageStore?
+        var claimed: String?
+        defer {
+            if let claimed { registry.release(claimed) }
+            store?.close()
+            channel.close()
+        }
+        do {
+            try channel.sendPreamble()
+            store = try handshake(&claimed)
+            try serve(store!)
+            setInfo { $0.state = $0.state == "complete" ? "complete" : "closed" }
+        } catch {
+            let refusal = Self.refusal(for: error)
+            store?.abortRound()
+            if refusal.code != .cancelled || store == nil {
+                try? channel.send(.error(ErrorMessage(code: refusal.code, message: String(refusal.description.utf8.prefix(1000))!)))
+            }
+            if let store, refusal.code == .cancelled || refusal.code == .digestMismatch {
+                try? store.markFailed(reason: refusal.description)
+            }
+            setInfo {
+                $0.state = "failed"
+                $0.error = refusal.description
+                $0.committedRound = store?.committedRound
+            }
+            log("receiver: migration \(info.migration ?? "?") from \(info.peer): \(refusal.description)")
+        }
+    }
+
+    private func handshake(_ claimed: inout String?) throws -> ImageStore {
+        guard case .hello(let hello) = try channel.receive() else {
+            throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
+        }
+        guard hello.pageSize == WireLimits.default.pageSize else {
+            throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
+        }
+        let id = hello.migrationID
+        guard registry.claim(id) else {
+            throw Refusal(code: .migrationBusy, description: "migration \(id) is already being received")
+        }
+        claimed = id
+        setInfo { $0.migration = id }
+        let directory = try ImageStore.directory(root: imagesRoot, migrationID: id)
+        let store: ImageStore
+        if FileManager.default.fileExists(atPath: directory) {
+            guard hello.resumeFromRound != nil else {
+                throw Refusal(code: .badHello, description: "an image for migration \(id) already exists; use a new migration id")
+            }
+            store = try ImageStore.open(directory: directory)
+        } else {
+            store = try ImageStore.create(directory: directory, migrationID: id)
+        }
+        setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
+        try channel.send(.welcome(Welcome(capabilities: [.zstd], lastCommittedRound: store.committedRound.map(UInt64.init))))
+        log("receiver: migration \(id) from \(info.peer) (\(hello.senderName)) → \(directory)")
+        return store
+    }
+
+    private func serve(_ store: ImageStore) throws {
+        var pendingLayout: [ImageRegion] = []
+        var layoutRound: UInt64?
+        var openRound: UInt64?
+        var counts = RoundStats()
+        while true {
+            let message = try channel.receive()
+            switch message {
+            case .layout(let layout):
+                guard openRound == nil else { throw Refusal(code: .unexpectedMessage, description: "LAYOUT inside round \(openRound!)") }
+                if let r = layoutRound, r != layout.round { throw Refusal(code: .roundMismatch, description: "LAYOUT for round \(layout.round) while round \(r) is being declared") }
+                layoutRound = layout.round
+                pendingLayout += layout.regions.map {
+                    var p: ImageProtection = []
+                    if $0.protection.contains(.read) { p.insert(.read) }
+                    if $0.protection.contains(.write) { p.insert(.write) }
+                    if $0.protection.contains(.exec) { p.insert(.execute) }
+                    if $0.flags.contains(.shared) { p.insert(.shared) }
+                    return ImageRegion(start: $0.start, end: $0.end, protection: p, name: $0.name)
+                }
+                if !layout.continued {
+                    guard let round32 = UInt32(exactly: layout.round) else { throw Refusal(code: .roundMismatch, description: "round \(layout.round) out of range") }
+                    try store.beginRound(round32, layout: pendingLayout)
+                    openRound = layout.round
+                    counts = RoundStats()
+                    pendingLayout = []
+                    layoutRound = nil
+                    setInfo { $0.round = layout.round }
+                }
+            case .pageBatch(let batch):
+                try expect(openRound, batch.header.round)
+                try receive(batch, store)
+                counts.pages += UInt64(batch.header.pageCount)
+                counts.batches += 1
+                setInfo { $0.pages += UInt64(batch.header.pageCount); $0.bytes = channel.bytesReceived }
+            case .zeroRanges(let list):
+                try expect(openRound, list.round)
+                for run in list.runs {
+                    try store.zeroPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    counts.zeroPages += UInt64(run.pageCount)
+                }
+            case .discardRanges(let list):
+                try expect(openRound, list.round)
+                for run in list.runs {
+                    try store.discardPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    counts.discardedPages += UInt64(run.pageCount)
+                }
+            case .roundEnd(let end):
+                try expect(openRound, end.round)
+                guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
+                      end.stats.discardedPages == counts.discardedPages, end.stats.batches == counts.batches else {
+                    throw Refusal(code: .roundMismatch, description: "round \(end.round) counts differ: sender \(end.stats), received \(counts)")
+                }
+                if let senderDigest = end.finalDigest {
+                    // The verification round carries no pages: the image is already
+                    // what the frozen source holds, or the migration fails.
+                    guard counts.pages == 0, counts.zeroPages == 0, counts.discardedPages == 0 else {
+                        throw Refusal(code: .unexpectedMessage, description: "the final (verification) round must carry no pages")
+                    }
+                    let digest = try store.computeDigest()
+                    let wire = WireDigest(high: digest.high, low: digest.low)
+                    guard wire == senderDigest else {
+                        throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
+                    }
+                    _ = try store.commitRound(final: true, digest: digest)
+                    try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
+                    setInfo { $0.state = "complete"; $0.committedRound = store.committedRound }
+                    log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
+                } else {
+                    _ = try store.commitRound(final: false)
+                    try channel.send(.roundAck(RoundAck(round: end.round)))
+                    setInfo { $0.committedRound = store.committedRound }
+                }
+                openRound = nil
+            case .keepalive(let k):
+                if !k.isReply { try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true))) }
+            case .error(let e):
+                throw Refusal(code: .cancelled, description: "sender reported error \(e.code): \(e.message)")
+            case .close:
+                if openRound != nil { store.abortRound() }
+                return
+            case .hello, .welcome, .roundAck:
+                throw Refusal(code: .unexpectedMessage, description: "unexpected \(message.frameType)")
+            }
+        }
+    }
+
+    private func expect(_ open: UInt64?, _ round: UInt64) throws {
+        guard let open else { throw Refusal(code: .unexpectedMessage, description: "pages for round \(round) before its LAYOUT") }
+        guard open == round else { throw Refusal(code: .roundMismatch, description: "frame for round \(round) inside round \(open)") }
+    }
+
+    private func receive(_ batch: PageBatch, _ store: ImageStore) throws {
+        let header = batch.header
+        let expected = Int(header.uncompressedLength)
+        guard expected <= pageBuffer.count else {
+            throw Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(pageBuffer.count)")
+        }
+        let encoding: BatchEncoding = header.encoding == .zstd ? .zstd : .raw
+        try batch.payload.withUnsafeBytes { payload in
+            _ = try decoder.decode(encoding, payload: payload, into: pageBuffer, expectedSize: expected)
+        }
+        let plain = UnsafeRawBufferPointer(start: pageBuffer.baseAddress, count: expected)
+        guard PageChecksum.xxh3_64(plain) == header.checksum else {
+            throw Refusal(code: .checksumMismatch, description: "page batch checksum mismatch in round \(header.round)")
+        }
+        var offset = 0
+        let pageSize = Int(WireLimits.default.pageSize)
+        for run in header.runs {
+            let bytes = Int(run.pageCount) * pageSize
+            try store.writePages(at: run.start, UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)]))
+            offset += bytes
+        }
+    }
+
+    static func refusal(for error: Error) -> Refusal {
+        switch error {
+        case let r as Refusal: return r
+        case let e as WireError: return Refusal(code: .malformedFrame, description: "malformed frame: \(e)")
+        case let e as CompressionError: return Refusal(code: .decompressionFailed, description: "bad page batch payload: \(e)")
+        case let e as ImageError:
+            switch e {
+            case .outsideLayout, .unaligned: return Refusal(code: .outsideLayout, description: String(describing: e))
+            case .invalidLayout, .staleRound, .noOpenRound, .roundAlreadyOpen: return Refusal(code: .roundMismatch, description: String(describing: e))
+            case .locked: return Refusal(code: .migrationBusy, description: String(describing: e))
+            default: return Refusal(code: .storageFailure, description: "image store: \(e)")
+            }
+        case EngineError.connectionClosed: return Refusal(code: .cancelled, description: "the sender closed the connection mid-migration")
+        default: return Refusal(code: .internalError, description: String(describing: error))
+        }
+    }
+}

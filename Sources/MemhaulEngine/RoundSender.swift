@@ -1,0 +1,273 @@
+import Foundation
+import MemhaulCompression
+import MemhaulDigest
+import MemhaulKernel
+import MemhaulWire
+
+/// Sends one round's pages: read → compress on a pool of workers → send.
+///
+/// Every stage is joined by a ``BoundedQueue`` and buffers come from a fixed
+/// pool, so the agent's memory is `poolSize × batch` whatever the target's size.
+/// Batches of one round are disjoint, so they may arrive in any order.
+final class RoundSender: @unchecked Sendable {  // queues synchronise; each worker owns its encoder
+    struct Configuration: Sendable {
+        var batchPages = 256
+        var workers = 2
+        var poolSize = 8
+        var compressionLevel: Int32 = 1
+    }
+
+    /// One batch moving through the pipeline.
+    final class Job: @unchecked Sendable {  // owned by one stage at a time
+        let pages: UnsafeMutableRawBufferPointer
+        let encoded: UnsafeMutableRawBufferPointer
+        var runs: [PageRange] = []
+        var pageCount = 0
+        // Filled by a worker.
+        var header: PageBatchHeader?
+        var payloadCount = 0
+        var zeroRuns: [PageRun] = []
+        var vanished: [PageRange] = []
+
+        init(bytes: Int) {
+            pages = .allocate(byteCount: bytes, alignment: 4096)
+            encoded = .allocate(byteCount: max(bytes, ZstdCompressor.bound(bytes)), alignment: 64)
+        }
+        deinit {
+            pages.deallocate()
+            encoded.deallocate()
+        }
+    }
+
+    struct Totals {
+        var pages: UInt64 = 0
+        var zeroPages: UInt64 = 0
+        var discardedPages: UInt64 = 0
+        var batches: UInt64 = 0
+        var pageBytes: UInt64 = 0
+        var payloadBytes: UInt64 = 0
+    }
+
+    let configuration: Configuration
+    private let pid: Int32
+    private let free: BoundedQueue<Job>
+    private let encoders: [BatchEncoder]
+
+    init(pid: Int32, configuration: Configuration) {
+        self.pid = pid
+        self.configuration = configuration
+        let bytes = configuration.batchPages * Int(PageSize.bytes)
+        free = BoundedQueue(capacity: configuration.poolSize)
+        for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes)) }
+        encoders = (0..<configuration.workers).map { _ in
+            BatchEncoder(level: configuration.compressionLevel, maxBatchBytes: ZstdCompressor.bound(bytes))
+        }
+    }
+
+    /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
+    /// `pace` is called after each frame with the bytes sent (bandwidth cap).
+    func send(
+        round: UInt64, dirty: [PageRange], discarded: [PageRange], channel: FrameChannel,
+        pace: (Int) -> Void, cancelled: () -> Bool
+    ) throws -> Totals {
+        var totals = Totals()
+        let limits = WireLimits.default
+
+        // Discards first: they are disjoint from the dirty pages of the same round.
+        for chunk in Self.runs(of: discarded).chunks(of: limits.maxRangesPerMessage) {
+            try channel.send(.discardRanges(RangeList(round: round, runs: Array(chunk))))
+            totals.discardedPages += chunk.reduce(0) { $0 + UInt64($1.pageCount) }
+        }
+
+        let work = BoundedQueue<Job>(capacity: configuration.poolSize)
+        let done = BoundedQueue<Job>(capacity: configuration.poolSize)
+        let group = DispatchGroup()
+        for encoder in encoders.map(HandOff.init) {
+            group.enter()
+            Thread.detachNewThread { [self] in
+                let encoder = encoder.value
+                defer { group.leave() }
+                while let job = work.pop() {
+                    do {
+                        try encode(job, round: round, encoder: encoder)
+                    } catch {
+                        done.fail(error)
+                        work.fail(error)
+                        return
+                    }
+                    if !done.push(job) { return }
+                }
+            }
+        }
+        // Producer: read batches from the target on its own thread.
+        let readerBox = HandOff(RemoteMemoryReader(pid: pid, bufferBytes: 4096))
+        let batchPages = configuration.batchPages
+        group.enter()
+        Thread.detachNewThread { [self] in
+            let reader = readerBox.value
+            defer { group.leave() }
+            var iterator = BatchIterator(ranges: dirty, batchPages: batchPages)
+            while let runs = iterator.next() {
+                guard let job = free.pop() else { break }
+                job.runs = runs
+                job.pageCount = runs.pageCount
+                do {
+                    let r = try reader.read(runs, into: job.pages)
+                    job.vanished = r.vanished
+                } catch {
+                    done.fail(error)
+                    work.fail(error)
+                    return
+                }
+                if !work.push(job) { return }
+            }
+            work.close()
+        }
+        // Closer: once the producer and workers are done, `done` drains and ends.
+        Thread.detachNewThread { group.wait(); done.close() }
+
+        // Sender: this thread owns the channel.
+        var failure: Error?
+        while let job = done.pop() {
+            do {
+                if cancelled() { throw EngineError.cancelled }
+                try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
+            } catch {
+                failure = error
+                done.fail(error)
+                work.fail(error)
+                free.push(job)
+                break
+            }
+            free.push(job)
+        }
+        group.wait()
+        if let failure { throw failure }
+        if let error = done.error ?? work.error { throw error }
+        return totals
+    }
+
+    /// Worker stage: split zero pages off, checksum and compress the rest.
+    private func encode(_ job: Job, round: UInt64, encoder: BatchEncoder) throws {
+        let pageSize = Int(PageSize.bytes)
+        let vanished = job.vanished
+        var zero: [PageRun] = []
+        var data: [PageRun] = []
+        var dataPages = 0
+        var offset = 0
+        for run in job.runs {
+            var address = run.start
+            while address < run.end {
+                let page = UnsafeRawBufferPointer(start: job.pages.baseAddress! + offset, count: pageSize)
+                let gone = !vanished.isEmpty && vanished.contains { $0.contains(address) }
+                if gone {
+                    // Unmapped since the scan: the layout diff reports it next round.
+                } else if PageClassifier.isZero(page: page) {
+                    Self.append(&zero, address)
+                } else {
+                    if offset != dataPages * pageSize {
+                        (job.pages.baseAddress! + dataPages * pageSize).copyMemory(from: page.baseAddress!, byteCount: pageSize)
+                    }
+                    Self.append(&data, address)
+                    dataPages += 1
+                }
+                address += PageSize.bytes
+                offset += pageSize
+            }
+        }
+        job.zeroRuns = zero
+        job.header = nil
+        job.payloadCount = 0
+        guard dataPages > 0 else { return }
+        let plain = UnsafeRawBufferPointer(start: job.pages.baseAddress, count: dataPages * pageSize)
+        let checksum = PageChecksum.xxh3_64(plain)
+        let (encoding, count) = try encoder.encode(plain, into: job.encoded)
+        job.payloadCount = count
+        job.header = PageBatchHeader(
+            round: round, encoding: encoding == .zstd ? .zstd : .raw, runs: data,
+            uncompressedLength: UInt32(plain.count), checksum: checksum, payloadLength: UInt32(count))
+    }
+
+    private func transmit(_ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, pace: (Int) -> Void) throws {
+        let before = channel.bytesSent
+        if !job.zeroRuns.isEmpty {
+            try channel.send(.zeroRanges(RangeList(round: round, runs: job.zeroRuns)))
+            totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
+        }
+        if let header = job.header {
+            try channel.sendPageBatch(header, payload: UnsafeRawBufferPointer(start: job.encoded.baseAddress, count: job.payloadCount))
+            totals.batches += 1
+            totals.pages += UInt64(header.pageCount)
+            totals.pageBytes += UInt64(header.uncompressedLength)
+            totals.payloadBytes += UInt64(job.payloadCount)
+        }
+        pace(Int(channel.bytesSent - before))
+    }
+
+    private static func append(_ runs: inout [PageRun], _ address: UInt64) {
+        if let last = runs.last, last.start + UInt64(last.pageCount) * PageSize.bytes == address {
+            runs[runs.count - 1].pageCount += 1
+        } else {
+            runs.append(PageRun(start: address, pageCount: 1))
+        }
+    }
+
+    static func runs(of ranges: [PageRange]) -> [PageRun] {
+        var out: [PageRun] = []
+        for r in ranges {
+            var start = r.start
+            while start < r.end {
+                let pages = min(UInt64(UInt32.max) & ~0xFFF, (r.end - start) / PageSize.bytes)
+                out.append(PageRun(start: start, pageCount: UInt32(pages)))
+                start += pages * PageSize.bytes
+            }
+        }
+        return out
+    }
+}
+
+/// Cuts sorted page ranges into batches of at most `batchPages` pages.
+struct BatchIterator {
+    private let ranges: [PageRange]
+    private let batchPages: Int
+    private var index = 0
+    private var cursor: UInt64 = 0
+
+    init(ranges: [PageRange], batchPages: Int) {
+        self.ranges = ranges
+        self.batchPages = batchPages
+        self.cursor = ranges.first?.start ?? 0
+    }
+
+    mutating func next() -> [PageRange]? {
+        var batch: [PageRange] = []
+        var pages = 0
+        while index < ranges.count && pages < batchPages {
+            let r = ranges[index]
+            if cursor < r.start { cursor = r.start }
+            let take = min(UInt64(batchPages - pages), (r.end - cursor) / PageSize.bytes)
+            if take > 0 {
+                batch.append(PageRange(start: cursor, end: cursor + take * PageSize.bytes))
+                pages += Int(take)
+                cursor += take * PageSize.bytes
+            }
+            if cursor >= r.end {
+                index += 1
+                if index < ranges.count { cursor = ranges[index].start }
+            }
+        }
+        return batch.isEmpty ? nil : batch
+    }
+}
+
+extension Array {
+    func chunks(of size: Int) -> [ArraySlice<Element>] {
+        stride(from: 0, to: count, by: Swift.max(size, 1)).map { self[$0..<Swift.min($0 + size, count)] }
+    }
+}
+
+/// Moves a non-Sendable value to exactly one other thread, which then owns it.
+struct HandOff<Value>: @unchecked Sendable {  // single owner after the hand-off
+    let value: Value
+    init(_ value: Value) { self.value = value }
+}

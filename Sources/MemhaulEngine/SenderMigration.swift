@@ -1,0 +1,375 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import MemhaulKernel
+import MemhaulSystem
+import MemhaulTLS
+import MemhaulWire
+import Synchronization
+
+/// What happens to the source process after a successful migration.
+public enum AfterAction: String, Sendable, CaseIterable {
+    /// Left frozen (SIGSTOP), for the orchestrator to decide.
+    case stop
+    /// SIGKILL.
+    case kill
+    /// SIGCONT: the source runs on (a copy, not a move).
+    case resume
+}
+
+/// Everything one migration needs to start.
+public struct MigrationRequest: Sendable {
+    public var pid: Int32
+    public var host: String
+    public var port: UInt16
+    public var id: String
+    public var parameters = ConvergenceParameters()
+    public var after: AfterAction = .stop
+    public var compressionLevel: Int32 = 1
+    public var workers = 2
+    /// Name the receiver's certificate must carry; nil = the host dialled.
+    public var serverName: String?
+
+    public init(pid: Int32, host: String, port: UInt16, id: String) {
+        self.pid = pid
+        self.host = host
+        self.port = port
+        self.id = id
+    }
+
+    public var destination: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// `m-<pid>-<unix seconds>`.
+    public static func defaultID(pid: Int32) -> String { "m-\(pid)-\(Int(Date().timeIntervalSince1970))" }
+
+    /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6).
+    public static func parseDestination(_ text: String) throws -> (host: String, port: UInt16) {
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw EngineError.invalidParameter("destination \(text) is not [HOST]:PORT")
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw EngineError.invalidParameter("destination \(text) is not HOST:PORT") }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = UInt16(portText), port > 0 else {
+            throw EngineError.invalidParameter("destination \(text) is not HOST:PORT")
+        }
+        host = host.isEmpty ? "localhost" : host
+        return (String(host), port)
+    }
+}
+
+/// One live migration, sender side: attach, pre-copy rounds, freeze, final
+/// delta, digest proof, then the `after` action. `run()` blocks; the control
+/// calls (`status`, `set`, `requestCutover`, `cancel`) may come from any thread.
+public final class SenderMigration: @unchecked Sendable {  // shared state behind `shared`
+    public typealias Connector = @Sendable (_ request: MigrationRequest) throws -> ByteStream
+
+    public let request: MigrationRequest
+    private let connect: Connector
+    private struct Shared {
+        var status: MigrationStatus
+        var parameters: ConvergenceParameters
+        var cutoverRequested = false
+        var cancelRequested = false
+    }
+    private let shared: Mutex<Shared>
+    private let finished = DispatchSemaphore(value: 0)
+    private let log: @Sendable (String) -> Void
+
+    public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
+        self.request = request
+        self.connect = connect
+        self.log = log
+        var status = MigrationStatus(id: request.id, pid: request.pid, destination: request.destination)
+        status.downtimeLimitMs = request.parameters.downtimeLimitMs
+        status.maxBandwidth = request.parameters.maxBandwidth
+        shared = Mutex(Shared(status: status, parameters: request.parameters))
+    }
+
+    public var status: MigrationStatus { shared.withLock { $0.status } }
+
+    /// Live parameter change; applies from the next frame (bandwidth) or round.
+    public func update(_ change: (inout ConvergenceParameters) -> Void) -> MigrationStatus {
+        shared.withLock {
+            change(&$0.parameters)
+            $0.status.downtimeLimitMs = $0.parameters.downtimeLimitMs
+            $0.status.maxBandwidth = $0.parameters.maxBandwidth
+            return $0.status
+        }
+    }
+
+    /// Waits until `run()` has returned (or the timeout passes).
+    public func waitUntilFinished(timeoutSeconds: Double) {
+        if finished.wait(timeout: .now() + timeoutSeconds) == .success { finished.signal() }
+    }
+
+    public func requestCutover() { shared.withLock { $0.cutoverRequested = true } }
+    public func cancel() { shared.withLock { $0.cancelRequested = true } }
+
+    private var parameters: ConvergenceParameters { shared.withLock { $0.parameters } }
+    private var isCancelled: Bool { shared.withLock { $0.cancelRequested } }
+    private func updateStatus(_ body: (inout MigrationStatus) -> Void) { shared.withLock { body(&$0.status) } }
+
+    /// Runs the migration to its end; the final state is in `status`.
+    public func run() {
+        defer { finished.signal() }
+        let start = MonotonicClock.seconds()
+        var process: AttachedProcess?
+        var channel: FrameChannel?
+        let throttle = DutyCycleThrottle(pid: request.pid)
+        let freezer = TargetFreezer(pid: request.pid)
+        var frozen = false
+        do {
+            channel = try openChannel()
+            let attached = try AttachedProcess.attach(pid: request.pid)
+            process = attached
+            try migrate(attached, channel!, throttle, freezer, &frozen, start: start)
+            updateStatus {
+                $0.state = .completed
+                $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
+            }
+            channel?.close()
+            finish(after: request.after, frozen: frozen, process: attached)
+        } catch {
+            throttle.stop()
+            let cancelled = isCancelled || (error as? EngineError) == .cancelled
+            if let channel {
+                let code: ErrorCode = cancelled ? .cancelled : .internalError
+                try? channel.send(.error(ErrorMessage(code: code, message: String(describing: error).prefix(1000).description)))
+                channel.close()
+            }
+            // Never a frozen source with a broken image: resume, untrack.
+            if frozen { try? freezer.thaw() }
+            try? process?.detach()
+            updateStatus {
+                $0.state = cancelled ? .cancelled : .failed
+                $0.error = cancelled ? nil : String(describing: error)
+                $0.throttlePercent = 0
+                $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
+            }
+            log("migration \(request.id): \(cancelled ? "cancelled" : "failed: \(error)")")
+        }
+    }
+
+    private func openChannel() throws -> FrameChannel {
+        let stream = try connect(request)
+        let channel = FrameChannel(stream: stream)
+        try channel.sendPreamble()
+        var name = [CChar](repeating: 0, count: 256)
+        gethostname(&name, name.count)
+        let host = String(cString: name)
+        try channel.send(.hello(Hello(capabilities: [.zstd], migrationID: request.id, senderName: String(host.utf8.prefix(255))!)))
+        switch try channel.receive() {
+        case .welcome:
+            return channel
+        case .error(let e):
+            throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+        default:
+            throw EngineError.protocolViolation("expected WELCOME")
+        }
+    }
+
+    // MARK: - Rounds
+
+    private func migrate(
+        _ process: AttachedProcess, _ channel: FrameChannel, _ throttle: DutyCycleThrottle,
+        _ freezer: TargetFreezer, _ frozen: inout Bool, start: Double
+    ) throws {
+        let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
+        let sender = RoundSender(pid: request.pid, configuration: .init(workers: request.workers, compressionLevel: request.compressionLevel))
+        var policy = ConvergencePolicy(parameters: parameters)
+        var layout = Self.regions(of: process)
+        updateStatus {
+            $0.state = .active
+            $0.totalBytes = layout.reduce(0) { $0 + ($1.end - $1.start) }
+            $0.warnings += process.skipped.isEmpty ? [] : ["\(process.skipped.count) mappings not tracked (see memhaul track --pid for reasons)"]
+        }
+        var freezeStart = 0.0
+        if parameters.maxRounds == 0 {
+            freezeStart = MonotonicClock.seconds()
+            let ns = try freezer.freeze()
+            frozen = true
+            updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
+        }
+        var scan = try tracker.initialRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) })
+        var lastScanAt = MonotonicClock.seconds()
+        var round = 0
+        while true {
+            if isCancelled { throw EngineError.cancelled }
+            let roundStart = MonotonicClock.seconds()
+            let sent = try sendRound(UInt64(round + 1), layout: layout, scan: scan, channel: channel, sender: sender)
+            let roundEnd = MonotonicClock.seconds()
+            updateStatus {
+                $0.round = round
+                $0.pageBytes += sent.pageBytes
+                $0.transferredBytes = channel.bytesSent
+                $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
+                $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
+            }
+            log("round \(round): \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms")
+            if frozen { break }
+
+            // Scan for the next round: the pending set the policy judges.
+            let delta = try process.refreshLayout()
+            layout = Self.regions(of: process)
+            let next = try tracker.nextRound(
+                ranges: layout.map { PageRange(start: $0.start, end: $0.end) },
+                removed: delta.removed.map { PageRange(start: $0.start, end: $0.end) })
+            let now = MonotonicClock.seconds()
+            let pending = Double(next.dirty.reduce(0) { $0 + $1.byteCount })
+            let m = RoundMeasurement(
+                round: round, pageBytesSent: Double(sent.pageBytes), seconds: roundEnd - roundStart,
+                pendingBytes: pending, dirtyWindowSeconds: now - lastScanAt)
+            lastScanAt = now
+            policy.parameters = parameters
+            var decision = policy.decide(after: m, elapsed: now - start)
+            if shared.withLock({ $0.cutoverRequested }) { decision = .cutover(reason: .requested) }
+            updateStatus {
+                $0.remainingBytes = UInt64(pending)
+                $0.dirtyRateBps = policy.dirtyRate
+                $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
+                $0.throttlePercent = throttle.percent
+            }
+            round += 1
+            switch decision {
+            case .nextRound:
+                scan = next
+            case .throttle(let percent):
+                throttle.set(percent: percent)
+                updateStatus { $0.throttlePercent = percent }
+                log("auto-converge: throttling the target to \(percent)%")
+                scan = next
+            case .cutover(let reason):
+                tracker.requeue(next)
+                throttle.stop()
+                freezeStart = MonotonicClock.seconds()
+                let ns = try freezer.freeze()
+                frozen = true
+                let delta = try process.refreshLayout()
+                layout = Self.regions(of: process)
+                scan = try tracker.nextRound(
+                    ranges: layout.map { PageRange(start: $0.start, end: $0.end) },
+                    removed: delta.removed.map { PageRange(start: $0.start, end: $0.end) })
+                updateStatus {
+                    $0.state = .cutover
+                    $0.freezeMs = Double(ns) / 1e6
+                    $0.cutoverReason = reason.description
+                    $0.throttlePercent = 0
+                    if reason.isForced { $0.warnings.append("forced cutover: \(reason)") }
+                }
+                log("cutover: \(reason)")
+            }
+        }
+        let downtime = (MonotonicClock.seconds() - freezeStart) * 1000
+        updateStatus { $0.downtimeMs = downtime; $0.rounds = round + 1; $0.remainingBytes = 0 }
+
+        // The proof: both sides digest the frozen memory / the committed image.
+        let verifyStart = MonotonicClock.seconds()
+        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner)
+        let wire = WireDigest(high: digest.high, low: digest.low)
+        let verifyRound = UInt64(round + 2)
+        try sendLayout(verifyRound, layout, channel)
+        try channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
+        let ack = try awaitAck(verifyRound, channel)
+        guard let image = ack.imageDigest else { throw EngineError.protocolViolation("final ROUND_ACK without a digest") }
+        guard image == wire else { throw EngineError.digestMismatch(sender: wire.hex, receiver: image.hex) }
+        updateStatus {
+            $0.digest = digest.hex
+            $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
+            $0.transferredBytes = channel.bytesSent
+        }
+        try? channel.send(.close(Close(reason: .complete)))
+    }
+
+    struct SentRound {
+        var pages: UInt64
+        var zeroPages: UInt64
+        var discardedPages: UInt64
+        var pageBytes: UInt64
+        var wireBytes: UInt64
+    }
+
+    /// LAYOUT, DISCARD/ZERO/PAGE_BATCH frames, ROUND_END, then waits for the ack.
+    private func sendRound(_ round: UInt64, layout: [RegionDescriptor], scan: RoundScan, channel: FrameChannel, sender: RoundSender) throws -> SentRound {
+        let before = channel.bytesSent
+        try sendLayout(round, layout, channel)
+        var paceStart = MonotonicClock.seconds()
+        var paced = 0
+        let totals = try sender.send(
+            round: round, dirty: scan.dirty, discarded: scan.discarded, channel: channel,
+            pace: { bytes in
+                guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
+                paced += bytes
+                let due = Double(paced) / cap
+                let elapsed = MonotonicClock.seconds() - paceStart
+                if due > elapsed { usleep(useconds_t(min(1.0, due - elapsed) * 1e6)) }
+                if paced > 64 << 20 { paceStart = MonotonicClock.seconds(); paced = 0 }
+            },
+            cancelled: { self.isCancelled })
+        let stats = RoundStats(
+            pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
+            batches: totals.batches, wireBytes: channel.bytesSent - before)
+        try channel.send(.roundEnd(RoundEnd(round: round, stats: stats)))
+        _ = try awaitAck(round, channel)
+        return SentRound(pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
+                         pageBytes: totals.pageBytes, wireBytes: channel.bytesSent - before)
+    }
+
+    private func sendLayout(_ round: UInt64, _ layout: [RegionDescriptor], _ channel: FrameChannel) throws {
+        let chunks = layout.chunks(of: 1024)
+        if chunks.isEmpty { try channel.send(.layout(Layout(round: round, regions: []))) }
+        for (i, chunk) in chunks.enumerated() {
+            try channel.send(.layout(Layout(round: round, continued: i < chunks.count - 1, regions: Array(chunk))))
+        }
+    }
+
+    private func awaitAck(_ round: UInt64, _ channel: FrameChannel) throws -> RoundAck {
+        while true {
+            switch try channel.receive() {
+            case .roundAck(let ack) where ack.round == round:
+                return ack
+            case .keepalive(let k) where !k.isReply:
+                try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true)))
+            case .keepalive:
+                continue
+            case .error(let e):
+                throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+            case let other:
+                throw EngineError.protocolViolation("expected ROUND_ACK \(round), got \(other.frameType)")
+            }
+        }
+    }
+
+    private func finish(after: AfterAction, frozen: Bool, process: AttachedProcess) {
+        try? process.detach()
+        switch after {
+        case .stop: break
+        case .kill: kill(request.pid, SIGKILL)
+        case .resume: if frozen { kill(request.pid, SIGCONT) }
+        }
+        log("migration \(request.id) completed; source \(after == .stop ? "left stopped" : after == .kill ? "killed" : "resumed")")
+    }
+
+    /// The tracked mappings as wire regions, ascending.
+    static func regions(of process: AttachedProcess) -> [RegionDescriptor] {
+        process.registered.sorted { $0.start < $1.start }.map { entry in
+            var protection: Protection = []
+            if entry.permissions.contains(.read) { protection.insert(.read) }
+            if entry.permissions.contains(.write) { protection.insert(.write) }
+            if entry.permissions.contains(.execute) { protection.insert(.exec) }
+            var flags: RegionFlags = []
+            if entry.permissions.contains(.shared) { flags.insert(.shared) }
+            if !entry.isAnonymous && !entry.isPseudo { flags.insert(.fileBacked) }
+            let name = String(decoding: entry.path.utf8.prefix(WireLimits.default.maxRegionNameLength), as: UTF8.self)
+            return RegionDescriptor(start: entry.start, end: entry.end, protection: protection, flags: flags, name: name)
+        }
+    }
+}

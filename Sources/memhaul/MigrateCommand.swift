@@ -1,0 +1,132 @@
+import ArgumentParser
+import Foundation
+import MemhaulControl
+import MemhaulEngine
+
+/// Convergence options shared by `migrate` and the bench.
+struct ConvergenceOptions: ParsableArguments {
+    @Option(name: .customLong("downtime-limit"), help: "Cut over when the expected downtime is at most this, ms.")
+    var downtimeLimit: Double = 300
+    @Option(name: .customLong("max-rounds"), help: "Forced cutover after N rounds; 0 = stop-and-copy.")
+    var maxRounds: Int = 30
+    @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.")
+    var maxTime: Double = 600
+    @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (0 = unlimited).")
+    var maxBandwidth: Double = 0
+    @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.")
+    var noAutoConverge = false
+    @Option(name: .customLong("compression-level"), help: "zstd level, -5…19.")
+    var compressionLevel: Int32 = 1
+    @Option(help: "Source after success: stop (left frozen), kill or resume.")
+    var after: String = "stop"
+
+    func validate() throws {
+        guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
+        guard maxRounds >= 0 else { throw ValidationError("--max-rounds must be >= 0") }
+        guard (-5...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be in -5…19") }
+        guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
+    }
+
+    func apply(to request: inout MigrationRequest) {
+        request.parameters.downtimeLimitMs = downtimeLimit
+        request.parameters.maxRounds = maxRounds
+        request.parameters.maxTimeSeconds = maxTime
+        request.parameters.maxBandwidth = maxBandwidth > 0 ? maxBandwidth : nil
+        request.parameters.autoConverge = !noAutoConverge
+        request.compressionLevel = compressionLevel
+        request.after = AfterAction(rawValue: after) ?? .stop
+    }
+}
+
+/// `memhaul migrate`: one migration without a sender agent.
+struct MigrateCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "migrate",
+        abstract: "Migrate one process's memory to a receiver, with live progress and a summary.")
+
+    @Option(help: "Target process id.") var pid: Int32
+    @Option(help: "Receiver HOST:PORT.") var to: String
+    @Option(help: "Migration id ([A-Za-z0-9._-], up to 64).") var id: String?
+    @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry (default: the host in --to).")
+    var serverName: String?
+    @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
+    @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
+    @OptionGroup var convergence: ConvergenceOptions
+    @OptionGroup var transport: TransportOptions
+
+    func validate() throws {
+        _ = try MigrationRequest.parseDestination(to)
+        if let id, id.isEmpty || id.utf8.count > 64 { throw ValidationError("--id must be 1-64 characters") }
+    }
+
+    func run() throws {
+        transport.warnIfInsecure()
+        let (host, port) = try MigrationRequest.parseDestination(to)
+        var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
+        request.serverName = serverName
+        convergence.apply(to: &request)
+        let verbose = self.verbose
+        let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
+        let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
+        progress?.start()
+        migration.run()
+        progress?.stop()
+        let status = migration.status
+        if json {
+            FileHandle.standardOutput.write(ControlJSON.line(ControlJSON.object(status)))
+        } else {
+            print(Summary.text(status))
+        }
+        if status.state != .completed { throw ExitCode(1) }
+    }
+}
+
+/// The one-line live view on a terminal.
+final class ProgressLine: @unchecked Sendable {  // the timer thread only reads the migration's status
+    private let migration: SenderMigration
+    private let timer: DispatchSourceTimer
+    init(_ migration: SenderMigration) {
+        self.migration = migration
+        timer = DispatchSource.makeTimerSource(queue: .global())
+    }
+    func start() {
+        timer.schedule(deadline: .now(), repeating: .milliseconds(200))
+        timer.setEventHandler { [migration] in
+            let s = migration.status
+            let pct = s.totalBytes > 0 ? Double(s.pageBytes) / Double(s.totalBytes) * 100 : 0
+            let expected = s.expectedDowntimeMs.map { "\(Int($0)) ms" } ?? "-"
+            let line = String(format: "\r\u{1B}[K%@ round %d  %.0f%%  %@ sent  dirty %@/s  %@/s  expected downtime %@%@",
+                              s.state.rawValue, s.round, pct, Summary.bytes(Double(s.transferredBytes)),
+                              Summary.bytes(s.dirtyRateBps), Summary.bytes(s.throughputBps), expected,
+                              s.throttlePercent > 0 ? "  throttle \(s.throttlePercent)%" : "")
+            FileHandle.standardError.write(Data(line.utf8))
+        }
+        timer.resume()
+    }
+    func stop() {
+        timer.cancel()
+        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
+    }
+}
+
+enum Summary {
+    static func bytes(_ v: Double) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = v, i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return String(format: i == 0 ? "%.0f %@" : "%.1f %@", v, units[i])
+    }
+
+    static func text(_ s: MigrationStatus) -> String {
+        var lines = ["migration \(s.id): \(s.state.rawValue)"]
+        if let e = s.error { lines.append("  error: \(e)") }
+        if let r = s.rounds { lines.append("  rounds: \(r)") }
+        lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
+        if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
+        if let v = s.verifyMs { lines.append(String(format: "  verify: %.1f ms, digest %@", v, s.digest ?? "-")) }
+        if let t = s.totalTimeMs { lines.append(String(format: "  total: %.2f s", t / 1000)) }
+        if let c = s.cutoverReason { lines.append("  cutover: \(c)") }
+        for w in s.warnings { lines.append("  warning: \(w)") }
+        return lines.joined(separator: "\n")
+    }
+}

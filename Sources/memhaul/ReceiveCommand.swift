@@ -1,0 +1,86 @@
+import ArgumentParser
+import Foundation
+import MemhaulControl
+import MemhaulEngine
+import MemhaulTLS
+
+/// `memhaul receive`: the receiver agent.
+struct ReceiveCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "receive",
+        abstract: "Run the receiver agent: accept migrations and rebuild their images on disk.")
+
+    @Option(help: "Address to listen on, HOST:PORT (port 0 = any free port, printed on start).")
+    var listen: String = "127.0.0.1:7070"
+    @Option(help: "Directory holding one image directory per migration (created 0700).")
+    var images: String
+    @Option(help: "Control socket (Unix, mode 0600).")
+    var control: String = "/run/memhaul/receiver.sock"
+    @OptionGroup var transport: TransportOptions
+
+    func run() throws {
+        transport.warnIfInsecure()
+        let (host, port) = try MigrationRequest.parseDestination(listen.hasPrefix(":") ? "0.0.0.0" + listen : listen)
+        if mkdir(images, 0o700) != 0 && errno != EEXIST {
+            throw CLIError("cannot create image directory \(images): \(String(cString: strerror(errno)))")
+        }
+        let listener = try TCPListener(host: host, port: port, options: TransportOptions.tcpOptions)
+        let agent = ReceiverAgent(listener: listener, imagesRoot: images, handshake: try transport.handshake(), log: Log.line)
+        let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
+        defer { server.close() }
+        Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
+        Console.announce("listening \(listener.localDescription)")
+        AgentSignals.stopOnTerminate { agent.close(); server.close() }
+        agent.serve()
+    }
+}
+
+/// `memhaul sender`: the long-lived sender agent, driven through its control socket.
+struct SenderCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "sender",
+        abstract: "Run the sender agent: start and follow migrations on request (see `memhaul ctl`).")
+
+    @Option(help: "Control socket (Unix, mode 0600).")
+    var control: String = "/run/memhaul/sender.sock"
+    @OptionGroup var transport: TransportOptions
+
+    func run() throws {
+        transport.warnIfInsecure()
+        let senderControl = SenderControl(connect: try transport.connector(), log: Log.line)
+        let server = try ControlServer(path: control) { (r: ControlRequest) throws(ControlError) -> [String: Any] in
+            try senderControl.handle(r)
+        }
+        Log.line("sender: control socket \(control) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3") to receivers)")
+        Console.announce("ready \(control)")
+        let done = DispatchSemaphore(value: 0)
+        AgentSignals.stopOnTerminate { server.close(); done.signal() }
+        done.wait()
+    }
+}
+
+/// SIGTERM/SIGINT end an agent cleanly (socket file removed).
+enum AgentSignals {
+    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
+        for sig in [SIGTERM, SIGINT] {
+            signal(sig, SIG_IGN)
+            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            source.setEventHandler {
+                Log.line("stopping on signal \(sig)")
+                stop()
+                exit(0)
+            }
+            source.resume()
+            sources.append(source)
+        }
+    }
+}
+
+enum Console {
+    /// One line on stdout, flushed at once: scripts and tests wait for it.
+    static func announce(_ line: String) {
+        FileHandle.standardOutput.write(Data((line + "\n").utf8))
+    }
+}

@@ -1,0 +1,83 @@
+import ArgumentParser
+import Foundation
+import MemhaulEngine
+import MemhaulTLS
+
+/// TLS options shared by `receive`, `sender` and `migrate`: mutual TLS 1.3 by
+/// default, plaintext only with `--insecure`.
+struct TransportOptions: ParsableArguments {
+    @Option(help: "Directory made by `memhaul certs init` (takes ca.pem and this role's .pem/.key).")
+    var certs: String?
+    @Option(help: "CA certificate (PEM) the peer must chain to.")
+    var ca: String?
+    @Option(help: "This agent's certificate (PEM).")
+    var cert: String?
+    @Option(help: "This agent's private key (PEM).")
+    var key: String?
+    @Option(name: .customLong("pin"), help: "Accept the peer only with this SHA-256 certificate fingerprint (repeatable).")
+    var pins: [String] = []
+    @Flag(help: "Plaintext, unauthenticated transport. Never use across a network you do not own.")
+    var insecure = false
+
+    func validate() throws {
+        if insecure {
+            if certs != nil || ca != nil || cert != nil || key != nil {
+                throw ValidationError("--insecure cannot be combined with TLS options")
+            }
+            return
+        }
+        if certs == nil && (ca == nil || cert == nil || key == nil) {
+            throw ValidationError("TLS needs --certs DIR, or --ca, --cert and --key; plaintext only with --insecure")
+        }
+        for pin in pins where TLSConfiguration.normalizeFingerprint(pin) == nil {
+            throw ValidationError("--pin \(pin) is not a SHA-256 fingerprint (64 hex digits)")
+        }
+    }
+
+    func warnIfInsecure() {
+        if insecure {
+            FileHandle.standardError.write(Data("memhaul: WARNING: --insecure: memory pages travel in plaintext, and the peer is not authenticated\n".utf8))
+        }
+    }
+
+    /// Files for `role` ("sender" or "receiver").
+    func configuration(role: String, serverName: String? = nil) -> TLSConfiguration? {
+        if insecure { return nil }
+        let dir = certs.map { $0.hasSuffix("/") ? $0 : $0 + "/" }
+        return TLSConfiguration(
+            caFile: ca ?? dir! + "ca.pem",
+            certificateFile: cert ?? dir! + "\(role).pem",
+            privateKeyFile: key ?? dir! + "\(role).key",
+            serverName: serverName,
+            pinnedSHA256Fingerprints: pins)
+    }
+
+    /// The sender's connector: TLS client (verifying the receiver's name) or plain TCP.
+    func connector() throws -> SenderMigration.Connector {
+        guard let config = configuration(role: "sender") else {
+            return { request in try TCPStream.connect(host: request.host, port: request.port, options: Self.tcpOptions) }
+        }
+        let context = try TLSClientContext(configuration: config)
+        return { request in
+            let tcp = try TCPStream.connect(host: request.host, port: request.port, options: Self.tcpOptions)
+            return try context.connect(over: tcp, serverName: request.serverName ?? request.host)
+        }
+    }
+
+    /// The receiver's handshake: TLS server requiring a client certificate, or plain.
+    func handshake() throws -> ReceiverAgent.Handshake {
+        guard let config = configuration(role: "receiver") else { return { $0 } }
+        let context = try TLSServerContext(configuration: config)
+        return { tcp in try context.accept(on: tcp) }
+    }
+
+    static let tcpOptions = TCPOptions(socketBufferBytes: 4 << 20)
+}
+
+/// `[time] message` lines on stderr.
+enum Log {
+    static func line(_ message: String) {
+        let t = Date().ISO8601Format(.iso8601.time(includingFractionalSeconds: true))
+        FileHandle.standardError.write(Data("[\(t)] \(message)\n".utf8))
+    }
+}
