@@ -167,13 +167,20 @@ import Glibc
         #expect(throws: PagemapScanError.self) { try scanner.collectWritten([PageRange(start: a.start + 1, end: a.start + 4096)]) }
     }
 
-    /// Six threads write while rounds run. Each write is logged with a global
-    /// sequence number taken after the store; a round records the sequence
-    /// before it starts. For every page, its last write must show up in a
-    /// round that started after that write (or later): a lost update fails.
+    /// Six threads write while rounds run. Each write is logged with the
+    /// global sequence loaded just before the store (then the sequence is
+    /// bumped); each round records the sequence loaded when it ended. A round
+    /// whose end value is below a write's value provably ended before that
+    /// store, so the page's last write must be reported by a round whose end
+    /// value is not below it: a lost update fails.
+    /// Besides hot pages, each thread writes its own cold pages exactly once,
+    /// spread over many rounds, so any report dropped by a round is detected.
     @Test func concurrentWritersLoseNoUpdate() throws {
+        let threads = 6
+        let hot = 64
+        let coldPerThread = 3000
         let uffd = try TestUffd()
-        let a = try TestArea(pages: 2048, uffd: uffd)
+        let a = try TestArea(pages: hot + threads * coldPerThread, uffd: uffd)
         let scanner = try selfScanner(vectorCapacity: 64)  // small vector: resumption under contention
         let tracker = DirtyTracker(scanner: scanner)
         _ = try tracker.initialRound(ranges: [a.range])
@@ -181,62 +188,61 @@ import Glibc
         final class Shared: @unchecked Sendable {  // atomics plus per-thread logs touched only by their thread until join
             let seq = Atomic<Int>(0)
             let stop = Atomic<Bool>(false)
+            let coldDone = Atomic<Int>(0)
             var logs: [[(page: Int, seq: Int)]]
             init(_ n: Int) { logs = Array(repeating: [], count: n) }
         }
-        let threads = 6
         let shared = Shared(threads)
-        var rounds: [(startSeq: Int, dirty: Set<Int>)] = []
-        let writerBody: @Sendable (Int) -> Void = { t in
-            var rng = TestRNG(seed: UInt64(t + 1) * 77)
-            var log: [(page: Int, seq: Int)] = []
-            var n = 0
-            while !shared.stop.load(ordering: .sequentiallyConsistent) {
-                // Hot and cold pages, all threads overlapping.
-                let page = rng.below(4) == 0 ? rng.below(a.pages) : rng.below(64)
-                a.write(page, UInt8(truncatingIfNeeded: t + 1))
-                let s = shared.seq.add(1, ordering: .sequentiallyConsistent).oldValue
-                log.append((page, s))
-                n += 1
-                if n > 400_000 { break }
-            }
-            shared.logs[t] = log
-        }
-        // Writers plus one scanner thread running rounds.
         let box = RoundsBox(tracker)
-        runThreads(threads + 1) { i in
-            if i < threads {
-                writerBody(i)
+        runThreads(threads + 1) { t in
+            if t == threads {
+                // The scanner thread: rounds until every cold page is written, then a few more.
+                var extra = 0
+                while extra < 3 {
+                    guard let scan = try? box.tracker.nextRound(ranges: [a.range]) else {
+                        box.failed.store(true, ordering: .sequentiallyConsistent)
+                        break
+                    }
+                    box.append(shared.seq.load(ordering: .sequentiallyConsistent), a.indices(scan.dirty))
+                    if shared.coldDone.load(ordering: .sequentiallyConsistent) == threads { extra += 1 }
+                }
+                shared.stop.store(true, ordering: .sequentiallyConsistent)
                 return
             }
-            for _ in 0..<40 {
-                let startSeq = shared.seq.load(ordering: .sequentiallyConsistent)
-                guard let scan = try? box.tracker.nextRound(ranges: [a.range]) else {
-                    box.failed.store(true, ordering: .sequentiallyConsistent)
-                    break
-                }
-                box.append(startSeq, a.indices(scan.dirty))
+            var rng = TestRNG(seed: UInt64(t + 1) * 77)
+            var log: [(page: Int, seq: Int)] = []
+            var cold = 0
+            var n = 0
+            func logged(_ page: Int) {
+                let pre = shared.seq.load(ordering: .sequentiallyConsistent)
+                a.write(page, UInt8(truncatingIfNeeded: t + 1))
+                shared.seq.add(1, ordering: .sequentiallyConsistent)
+                log.append((page, pre))
             }
-            shared.stop.store(true, ordering: .sequentiallyConsistent)
+            while !shared.stop.load(ordering: .sequentiallyConsistent) {
+                logged(rng.below(hot))
+                n += 1
+                if cold < coldPerThread && n % 16 == 0 {
+                    logged(hot + t * coldPerThread + cold)
+                    cold += 1
+                    if cold == coldPerThread { shared.coldDone.add(1, ordering: .sequentiallyConsistent) }
+                }
+            }
+            shared.logs[t] = log
         }
         let scannerFailed = box.failed.load(ordering: .sequentiallyConsistent)
         #expect(!scannerFailed)
         // Final round, writers stopped.
-        let finalStart = shared.seq.load(ordering: .sequentiallyConsistent)
         let final = try tracker.nextRound(ranges: [a.range])
-        rounds = box.rounds + [(finalStart, a.indices(final.dirty))]
+        let rounds = box.rounds + [(endSeq: shared.seq.load(ordering: .sequentiallyConsistent), dirty: a.indices(final.dirty))]
 
         var last: [Int: Int] = [:]
         for log in shared.logs { for w in log { last[w.page] = max(last[w.page] ?? -1, w.seq) } }
-        #expect(!last.isEmpty)
+        #expect(last.count == hot + threads * coldPerThread)
         var lost: [Int] = []
         for (page, s) in last {
-            // First round that started after this write.
-            guard let k = rounds.firstIndex(where: { $0.startSeq > s }) else {
-                Issue.record("no round after write \(s)")
-                continue
-            }
-            if !rounds[k...].contains(where: { $0.dirty.contains(page) }) { lost.append(page) }
+            // Rounds not provably over before the store.
+            if !rounds.contains(where: { $0.endSeq >= s && $0.dirty.contains(page) }) { lost.append(page) }
         }
         #expect(lost.isEmpty, "lost updates on pages \(lost.sorted().prefix(20))")
         #expect(try tracker.nextRound(ranges: [a.range]).dirty.isEmpty)
@@ -247,7 +253,7 @@ import Glibc
 final class RoundsBox: @unchecked Sendable {  // used only by the scanner thread, read after join
     let tracker: DirtyTracker
     init(_ t: DirtyTracker) { tracker = t }
-    var rounds: [(startSeq: Int, dirty: Set<Int>)] = []
+    var rounds: [(endSeq: Int, dirty: Set<Int>)] = []
     let failed = Atomic<Bool>(false)
     func append(_ s: Int, _ d: Set<Int>) { rounds.append((s, d)) }
 }
