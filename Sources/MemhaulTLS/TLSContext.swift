@@ -53,11 +53,13 @@ public class TLSContextBase: @unchecked Sendable {
             guard let key = configuration.privateKeyFile else {
                 throw TLSError(.configuration, "certificate \(certificate) given without its private key")
             }
-            guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1 else {
-                throw OpenSSLErrors.configurationError("cannot load private key \(key)")
-            }
-            guard SSL_CTX_check_private_key(ctx) == 1 else {
-                throw OpenSSLErrors.configurationError("private key \(key) does not match certificate \(certificate)")
+            // Loading the key also checks it against the certificate (X509_check_private_key).
+            guard SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM) == 1, SSL_CTX_check_private_key(ctx) == 1 else {
+                let error = OpenSSLErrors.configurationError("cannot load private key \(key)")
+                if error.reasons.contains(where: { $0.contains("mismatch") }) {
+                    throw TLSError(.configuration, "private key \(key) does not match certificate \(certificate)", reasons: error.reasons)
+                }
+                throw error
             }
         } else if configuration.privateKeyFile != nil {
             throw TLSError(.configuration, "private key given without a certificate")
@@ -222,8 +224,9 @@ public final class TLSClientContext: TLSContextBase, @unchecked Sendable {
                     tls.markFailed()
                     throw TLSFailure.error(ssl: ssl, ret: rc, what: what, timeout: configuration.handshakeTimeout)
                 }
-                tls.peerIdentity = try checkPeer(ssl, what: what)
+                // Verdict first: a pin mismatch then closes with nothing unread (a FIN, not a reset).
                 try awaitServerVerdict(tls, what: what)
+                tls.peerIdentity = try checkPeer(ssl, what: what)
                 return tls
             }
         } catch {

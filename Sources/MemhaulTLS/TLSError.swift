@@ -97,6 +97,9 @@ enum TLSFailure {
             if err == 0 {
                 return TLSError(.connectionClosed, "\(what) failed: peer closed the connection", reasons: reasons)
             }
+            if err == Errno.ECONNRESET.rawValue || err == Errno.EPIPE.rawValue {
+                return TLSError(.connectionClosed, "\(what) failed: \(MemhaulSystemErrnoText.text(err))", reasons: reasons)
+            }
             return TLSError(.failed, "\(what) failed: \(MemhaulSystemErrnoText.text(err))", reasons: reasons)
         default:
             break

@@ -1,0 +1,271 @@
+import Foundation
+import Testing
+@testable import MemhaulSystem
+@testable import MemhaulTLS
+
+/// Real sockets on 127.0.0.1 / ::1 and real TLS 1.3.
+@Suite struct TLSTests {
+    let pki = TestPKI.shared
+
+    @Test func mutualTLSMovesMegabytesBothWays() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let up = pattern(3 << 20, seed: 1)
+        let down = pattern(3 << 20 + 17, seed: 2)
+        let serverSide = Background { () -> (PeerIdentity?, Bool) in
+            let tls = try harness.server.value()
+            let got = try tls.readAll(count: up.count)
+            try tls.write(down)
+            // Clean close from the client reads as end of stream.
+            var byte: UInt8 = 0
+            let eof = try withUnsafeMutableBytes(of: &byte) { try tls.read(into: $0) } == 0
+            tls.close()
+            return (tls.peerIdentity, got == up && eof)
+        }
+        let client = try TLSClientContext(configuration: pki.client())
+        let tls = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.protocolVersion == "TLSv1.3")
+        #expect(tls.cipherSuite == "TLS_AES_128_GCM_SHA256")
+        #expect(tls.peerIdentity?.ipAddresses.contains("127.0.0.1") == true)
+        #expect(tls.peerIdentity?.commonName == "receiver")
+        try tls.write(up)
+        #expect(try tls.readAll(count: down.count) == down)
+        tls.close()
+        let (senderIdentity, intact) = try serverSide.value()
+        #expect(intact)
+        #expect(senderIdentity?.commonName == "memhaul-sender")
+        let expected = try PeerIdentity(certificatePEM: pki.pem("sender")).sha256Fingerprint
+        #expect(senderIdentity?.sha256Fingerprint == expected)
+        #expect(expected.count == 64)
+    }
+
+    @Test(arguments: ["::1", "localhost"])
+    func dialsByIPv6LiteralAndName(host: String) throws {
+        let harness = try TLSServerHarness(pki.server(), host: host == "::1" ? "::1" : "127.0.0.1")
+        let client = try TLSClientContext(configuration: pki.client())
+        let tls = try client.connect(host: host, port: harness.listener.port)
+        try tls.write([1, 2, 3])
+        let server = try harness.server.value()
+        #expect(try server.readAll(count: 3) == [1, 2, 3])
+        if host == "::1" { #expect(tls.peerDescription.hasPrefix("[::1]:")) }
+    }
+
+    @Test func clientFromForeignCAIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client("foreign-sender"))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        let serverError = harness.server.error() as? TLSError
+        #expect(serverError?.kind == .certificateRejected)
+        #expect(serverError?.message.contains("certificate verify failed") == true)
+        #expect(serverError?.message.hasPrefix("TLS handshake with 127.0.0.1:") == true)
+        #expect(clientError?.kind == .rejectedByPeer)
+    }
+
+    @Test func expiredClientCertificateIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client("expired-sender"))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        let serverError = harness.server.error() as? TLSError
+        #expect(serverError?.kind == .certificateRejected)
+        #expect(serverError?.message.contains("certificate has expired") == true)
+        #expect(clientError?.kind == .rejectedByPeer)
+    }
+
+    @Test func clientWithoutCertificateIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: TLSConfiguration(caFile: pki.ca))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect((harness.server.error() as? TLSError)?.kind == .certificateRejected)
+        #expect(clientError?.kind == .rejectedByPeer)
+    }
+
+    @Test func serverCertificateWithWrongNameIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server("wrong-name-receiver"))
+        let client = try TLSClientContext(configuration: pki.client())
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect(clientError?.kind == .certificateRejected)
+        #expect(clientError?.message.contains("certificate verify failed (IP address mismatch)") == true)
+        #expect(harness.server.error() is TLSError)
+    }
+
+    @Test func serverNameOverrideIsWhatGetsVerified() throws {
+        let harness = try TLSServerHarness(pki.server("wrong-name-receiver"))
+        let client = try TLSClientContext(configuration: pki.client(serverName: "wrong.example"))
+        let tls = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.peerIdentity?.dnsNames == ["wrong.example"])
+        _ = try harness.server.value()
+    }
+
+    @Test func serverFromForeignCAIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server("foreign-receiver", ca: pki.ca))
+        let client = try TLSClientContext(configuration: pki.client())
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect(clientError?.message.contains("unable to get local issuer certificate") == true)
+        #expect(harness.server.error() is TLSError)
+    }
+
+    @Test func pinnedFingerprintMatchIsAccepted() throws {
+        let fingerprint = try PeerIdentity(certificatePEM: pki.pem("receiver")).colonFingerprint
+        #expect(fingerprint.count == 95)
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client(pins: ["00" + String(repeating: "11", count: 31), fingerprint]))
+        let tls = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.peerIdentity?.colonFingerprint == fingerprint)
+        _ = try harness.server.value()
+    }
+
+    @Test func pinnedFingerprintMismatchIsRefused() throws {
+        let other = try PeerIdentity(certificatePEM: pki.pem("wrong-name-receiver")).sha256Fingerprint
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client(pins: [other.uppercased()]))
+        let error = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect(error?.kind == .pinMismatch)
+        #expect(error?.message.contains("is not pinned") == true)
+        // The server's handshake completed; it then sees the client hang up (no close_notify).
+        let server = try harness.server.value()
+        let serverError = #expect(throws: TLSError.self) { _ = try server.readAll(count: 1) }
+        #expect(serverError?.kind == .connectionClosed)
+    }
+
+    @Test func malformedPinIsAConfigurationError() {
+        let error = #expect(throws: TLSError.self) { _ = try TLSClientContext(configuration: pki.client(pins: ["abc"])) }
+        #expect(error?.kind == .configuration)
+    }
+
+    @Test func plaintextClientIsRefusedWithoutHanging() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let plain = try TCPStream.connect(host: "127.0.0.1", port: harness.listener.port)
+        try plain.write(Array("HELLO memhaul 1\n".utf8))
+        let error = harness.server.error() as? TLSError
+        #expect(error?.kind == .notTLS)
+        #expect(error?.message.hasSuffix("failed: peer did not speak TLS (plaintext client?)") == true)
+        // The server closed the connection (with the client's bytes unread: a reset).
+        let after = Result { try plain.readAll(count: 1) }
+        switch after {
+        case .success(let bytes): #expect(bytes.isEmpty)
+        case .failure(let error): #expect((error as? SystemError)?.errno == .ECONNRESET)
+        }
+    }
+
+    @Test func silentClientTimesOutTheHandshake() throws {
+        let harness = try TLSServerHarness(pki.server(timeout: .milliseconds(300)))
+        let plain = try TCPStream.connect(host: "127.0.0.1", port: harness.listener.port)
+        let error = harness.server.error() as? TLSError
+        #expect(error?.kind == .timedOut)
+        #expect(error?.message.contains("timed out after 300ms") == true)
+        #expect(try plain.readAll(count: 1) == [])
+    }
+
+    @Test func tls12OnlyClientIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls12: Int32 = 0x0303  // TLS1_2_VERSION
+        let client = try TLSClientContext(configuration: pki.client(), protocolVersions: (tls12, tls12))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        let serverError = harness.server.error() as? TLSError
+        #expect(serverError?.kind == .protocolVersion)
+        #expect(clientError?.kind == .protocolVersion)
+    }
+
+    @Test func tlsClientAgainstPlaintextServerFailsClearly() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let server = Background { () -> Void in
+            let tcp = try listener.accept(timeout: .seconds(30))
+            var buf = [UInt8](repeating: 0, count: 512)
+            _ = try buf.withUnsafeMutableBytes { try tcp.read(into: $0) }
+            try tcp.write(Array("ERR unknown command\r\n".utf8))
+            tcp.close()
+        }
+        let client = try TLSClientContext(configuration: pki.client())
+        let error = #expect(throws: TLSError.self) { _ = try client.connect(host: "127.0.0.1", port: listener.port) }
+        #expect(error?.kind == .notTLS)
+        try server.value()
+    }
+
+    @Test func missingFilesAreConfigurationErrors() {
+        let e1 = #expect(throws: TLSError.self) {
+            _ = try TLSServerContext(configuration: TLSConfiguration(caFile: "/nonexistent/ca.pem", certificateFile: "x", privateKeyFile: "y"))
+        }
+        #expect(e1?.kind == .configuration)
+        #expect(e1?.message.hasPrefix("cannot load CA file /nonexistent/ca.pem") == true)
+        let e2 = #expect(throws: TLSError.self) {
+            _ = try TLSServerContext(configuration: TLSConfiguration(
+                caFile: pki.ca, certificateFile: "\(pki.dir)/receiver.pem", privateKeyFile: "\(pki.dir)/sender.key"))
+        }
+        #expect(e2?.message.hasPrefix("private key \(pki.dir)/sender.key does not match certificate") == true, "\(String(describing: e2))")
+        #expect(throws: TLSError.self) { _ = try TLSServerContext(configuration: TLSConfiguration(caFile: pki.ca)) }
+    }
+}
+
+@Suite struct TCPTests {
+    @Test func plaintextRoundTripAndEndOfStream() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        #expect(listener.port != 0)
+        let data = pattern(1 << 20, seed: 9)
+        let server = Background { () -> [UInt8] in
+            let tcp = try listener.accept(timeout: .seconds(30))
+            let got = try tcp.readAll(count: data.count)
+            try tcp.write(Array(got.reversed()))
+            tcp.shutdown()
+            return got
+        }
+        let client = try TCPStream.connect(host: "localhost", port: listener.port)
+        try client.write(data)
+        #expect(try client.readAll(count: data.count) == Array(data.reversed()))
+        #expect(try client.readAll(count: 4) == [])  // clean end of stream
+        #expect(try server.value() == data)
+    }
+
+    @Test func shortStreamIsUnexpectedEnd() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let server = Background { () -> Void in
+            let tcp = try listener.accept(timeout: .seconds(30))
+            try tcp.write([1, 2, 3])
+            tcp.close()
+        }
+        let client = try TCPStream.connect(host: "127.0.0.1", port: listener.port)
+        try server.value()
+        #expect(throws: NetworkError.self) { _ = try client.readAll(count: 10) }
+    }
+
+    @Test func readTimeoutIsTyped() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let server = Background { try listener.accept(timeout: .seconds(30)) }
+        let client = try TCPStream.connect(
+            host: "127.0.0.1", port: listener.port, options: TCPOptions(readTimeout: .milliseconds(100)))
+        let held = try server.value()  // keep the server side open and silent
+        let error = #expect(throws: NetworkError.self) { _ = try client.readAll(count: 1) }
+        guard case .timedOut(let op, let peer, let after)? = error else { Issue.record("not a timeout"); return }
+        #expect(op == "read from" && peer == "127.0.0.1:\(listener.port)" && after == .milliseconds(100))
+        #expect(error?.description == "read from 127.0.0.1:\(listener.port) timed out after 100ms")
+        held.close()
+    }
+
+    @Test func refusedConnectNamesTheCallAndPeer() throws {
+        let port: UInt16
+        do {
+            let l = try TCPListener(host: "127.0.0.1", port: 0)
+            port = l.port
+            l.close()
+        }
+        #expect(throws: SystemError("connect(127.0.0.1:\(port))", .ECONNREFUSED)) {
+            _ = try TCPStream.connect(host: "127.0.0.1", port: port)
+        }
+    }
+
+    @Test func unresolvableHostIsTyped() {
+        #expect(throws: NetworkError.self) { _ = try TCPStream.connect(host: "no-such-host.invalid", port: 1) }
+    }
+}
