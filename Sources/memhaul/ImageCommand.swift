@@ -8,7 +8,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Torture.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`

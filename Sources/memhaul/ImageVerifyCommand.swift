@@ -1,0 +1,47 @@
+import ArgumentParser
+import Foundation
+import MemhaulEngine
+import MemhaulImage
+
+extension ImageCommand {
+    /// `memhaul image verify DIR --pid P`: byte-for-byte check against a stopped process.
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Check an image byte for byte against a stopped process (e.g. the frozen source).")
+
+        @Argument(help: "Image directory.") var directory: String
+        @Option(help: "The process to compare with; it must be stopped.") var pid: Int32
+        @Flag(help: "Print the result as JSON.") var json = false
+
+        func run() throws {
+            guard let state = Self.processState(pid) else { throw CLIError("no process \(pid)") }
+            guard state == "T" || state == "t" else {
+                throw CLIError("process \(pid) is running (state \(state)); stop it first (kill -STOP \(pid)) or compare the frozen source")
+            }
+            let store = try ImageStore.open(directory: directory)
+            defer { store.close() }
+            let report = try ImageVerifier.verify(store, pid: pid)
+            if json {
+                let obj: [String: Any] = [
+                    "ok": report.ok, "regions": report.regions, "pages_compared": report.pagesCompared,
+                    "bytes_compared": report.bytesCompared, "mismatches": report.mismatches.map { String(describing: $0) },
+                ]
+                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
+                print(String(decoding: data, as: UTF8.self))
+            } else if report.ok {
+                print("image \(directory) matches process \(pid): \(report.regions) regions, \(report.pagesCompared) pages with content compared")
+            } else {
+                print("image \(directory) DIFFERS from process \(pid):")
+                for m in report.mismatches { print("  \(m)") }
+            }
+            if !report.ok { throw ExitCode(1) }
+        }
+
+        static func processState(_ pid: Int32) -> Character? {
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+                  let close = text.lastIndex(of: ")") else { return nil }
+            let rest = text[text.index(after: close)...].drop(while: { $0 == " " })
+            return rest.first
+        }
+    }
+}
