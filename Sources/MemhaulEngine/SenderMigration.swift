@@ -44,7 +44,7 @@ public struct MigrationRequest: Sendable {
     public static func defaultID(pid: Int32) -> String { "m-\(pid)-\(Int(Date().timeIntervalSince1970))" }
 
     /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6).
-    public static func parseDestination(_ text: String) throws -> (host: String, port: UInt16) {
+    public static func parseDestination(_ text: String, allowAnyPort: Bool = false) throws -> (host: String, port: UInt16) {
         var host: Substring
         let portText: Substring
         if text.hasPrefix("[") {
@@ -58,7 +58,7 @@ public struct MigrationRequest: Sendable {
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
         }
-        guard !host.isEmpty, let port = UInt16(portText), port > 0 else {
+        guard !host.isEmpty, let port = UInt16(portText), port > 0 || allowAnyPort else {
             throw EngineError.invalidParameter("destination \(text) is not HOST:PORT")
         }
         host = host.isEmpty ? "localhost" : host

@@ -20,7 +20,7 @@ struct ReceiveCommand: ParsableCommand {
 
     func run() throws {
         transport.warnIfInsecure()
-        let (host, port) = try MigrationRequest.parseDestination(listen.hasPrefix(":") ? "0.0.0.0" + listen : listen)
+        let (host, port) = try MigrationRequest.parseDestination(listen.hasPrefix(":") ? "0.0.0.0" + listen : listen, allowAnyPort: true)
         if mkdir(images, 0o700) != 0 && errno != EEXIST {
             throw CLIError("cannot create image directory \(images): \(String(cString: strerror(errno)))")
         }
