@@ -44,6 +44,10 @@ public class TLSContextBase: @unchecked Sendable {
         // ~1.2-1.5 GB/s per core; AES-128-GCM itself runs at 3.3 GB/s.)
         cmh_ssl_ctx_set_read_ahead(ctx, 1)
 
+        for file in [configuration.caFile, configuration.certificateFile, configuration.privateKeyFile].compactMap({ $0 }) {
+            // OpenSSL says only "system lib" for a missing file: name the errno ourselves.
+            if access(file, R_OK) != 0 { throw TLSError(.configuration, "cannot read \(file): \(Errno.current)") }
+        }
         guard SSL_CTX_load_verify_locations(ctx, configuration.caFile, nil) == 1 else {
             throw OpenSSLErrors.configurationError("cannot load CA file \(configuration.caFile)")
         }
