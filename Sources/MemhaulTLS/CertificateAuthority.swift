@@ -202,6 +202,19 @@ enum PEM {
     }
 }
 
+/// Why ``CertificateBundle/create(directory:receiverNames:senderName:days:force:)`` refused.
+public enum CertificateBundleError: Error, Equatable, Sendable, CustomStringConvertible {
+    /// These files exist and `force` was not given.
+    case wouldOverwrite([String])
+
+    public var description: String {
+        switch self {
+        case .wouldOverwrite(let paths):
+            "refusing to overwrite \(paths.joined(separator: ", ")) (use --force)"
+        }
+    }
+}
+
 /// The files `memhaul certs init DIR` writes.
 public enum CertificateBundle {
     public static let fileNames = ["ca.pem", "ca.key", "receiver.pem", "receiver.key", "sender.pem", "sender.key"]
@@ -224,9 +237,7 @@ public enum CertificateBundle {
         let paths = fileNames.map { "\(dir)/\($0)" }
         if !force {
             let existing = paths.filter { access($0, F_OK) == 0 }
-            if !existing.isEmpty {
-                throw SystemError("open(\(existing.joined(separator: ", "))) (use --force to overwrite)", .EEXIST)
-            }
+            if !existing.isEmpty { throw CertificateBundleError.wouldOverwrite(existing) }
         }
         let ca = try CertificateAuthority.create(commonName: "memhaul CA", days: days)
         let now = Int64(time(nil))

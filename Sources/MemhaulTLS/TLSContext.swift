@@ -39,10 +39,15 @@ public class TLSContextBase: @unchecked Sendable {
         guard SSL_CTX_set_ciphersuites(ctx, memhaulCipherSuites) == 1 else {
             throw OpenSSLErrors.configurationError("SSL_CTX_set_ciphersuites")
         }
-        // Read whole socket buffers at once, not one record header at a time.
+        // Fetch several records per recv instead of header then body. (Measured:
+        // on/off and 64/256 KiB read buffers are within noise on loopback,
+        // ~1.2-1.5 GB/s per core; AES-128-GCM itself runs at 3.3 GB/s.)
         cmh_ssl_ctx_set_read_ahead(ctx, 1)
-        SSL_CTX_set_default_read_buffer_len(ctx, 256 * 1024)
 
+        for file in [configuration.caFile, configuration.certificateFile, configuration.privateKeyFile].compactMap({ $0 }) {
+            // OpenSSL says only "system lib" for a missing file: name the errno ourselves.
+            if access(file, R_OK) != 0 { throw TLSError(.configuration, "cannot read \(file): \(Errno.current)") }
+        }
         guard SSL_CTX_load_verify_locations(ctx, configuration.caFile, nil) == 1 else {
             throw OpenSSLErrors.configurationError("cannot load CA file \(configuration.caFile)")
         }

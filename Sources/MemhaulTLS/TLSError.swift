@@ -77,6 +77,14 @@ enum OpenSSLErrors {
     }
 }
 
+/// What the common alerts mean for memhaul's mutual TLS.
+private let alertHints: [Int32: String] = [
+    SSL_R_TLSV1_ALERT_UNKNOWN_CA: "the peer does not trust the CA that issued our certificate",
+    SSL_R_SSLV3_ALERT_CERTIFICATE_EXPIRED: "the peer says our certificate has expired",
+    SSL_R_SSLV3_ALERT_BAD_CERTIFICATE: "the peer rejected our certificate",
+    SSL_R_TLSV13_ALERT_CERTIFICATE_REQUIRED: "the peer requires a client certificate; give one",
+]
+
 /// Classifies a failed SSL_accept / SSL_connect / SSL_read / SSL_write.
 enum TLSFailure {
     /// - Parameters:
@@ -123,7 +131,8 @@ enum TLSFailure {
         case SSL_R_UNEXPECTED_EOF_WHILE_READING:
             return TLSError(.connectionClosed, "\(what) failed: peer closed the connection without close_notify", reasons: reasons)
         case SSL_AD_REASON_OFFSET...(SSL_AD_REASON_OFFSET + 255):
-            return TLSError(.rejectedByPeer, "\(what) failed: peer refused: \(first.text)", reasons: reasons)
+            let hint = alertHints[reason].map { " (\($0))" } ?? ""
+            return TLSError(.rejectedByPeer, "\(what) failed: peer refused: \(first.text)\(hint)", reasons: reasons)
         default:
             return TLSError(.failed, "\(what) failed: \(first.text)", reasons: reasons)
         }

@@ -14,6 +14,7 @@ struct Memhaul: AsyncParsableCommand {
             SenderCommand.self,
             ReceiveCommand.self,
             ImageCommand.self,
+            CertsCommand.self,
         ]
     )
 }

@@ -60,6 +60,7 @@ import Testing
         #expect(serverError?.message.contains("certificate verify failed") == true)
         #expect(serverError?.message.hasPrefix("TLS handshake with 127.0.0.1:") == true)
         #expect(clientError?.kind == .rejectedByPeer)
+        #expect(clientError?.message.hasSuffix("peer refused: tlsv1 alert unknown ca (the peer does not trust the CA that issued our certificate)") == true)
     }
 
     @Test func expiredClientCertificateIsRefused() throws {
@@ -199,7 +200,7 @@ import Testing
             _ = try TLSServerContext(configuration: TLSConfiguration(caFile: "/nonexistent/ca.pem", certificateFile: "x", privateKeyFile: "y"))
         }
         #expect(e1?.kind == .configuration)
-        #expect(e1?.message.hasPrefix("cannot load CA file /nonexistent/ca.pem") == true)
+        #expect(e1?.message == "cannot read /nonexistent/ca.pem: ENOENT (No such file or directory)")
         let e2 = #expect(throws: TLSError.self) {
             _ = try TLSServerContext(configuration: TLSConfiguration(
                 caFile: pki.ca, certificateFile: "\(pki.dir)/receiver.pem", privateKeyFile: "\(pki.dir)/sender.key"))
@@ -267,5 +268,98 @@ import Testing
 
     @Test func unresolvableHostIsTyped() {
         #expect(throws: NetworkError.self) { _ = try TCPStream.connect(host: "no-such-host.invalid", port: 1) }
+    }
+}
+
+@Suite struct CertificateBundleTests {
+    private func tempDir() -> String {
+        var template = Array("/tmp/memhaul-certs-test-XXXXXX".utf8CString)
+        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) } + "/pki"
+    }
+
+    private func mode(_ path: String) -> mode_t {
+        var st = stat()
+        return stat(path, &st) == 0 ? st.st_mode & 0o777 : 0
+    }
+
+    @Test func bundleHasTightPermissionsAndWorksForMutualTLS() throws {
+        let dir = tempDir()
+        let written = try CertificateBundle.create(directory: dir, receiverNames: ["migrate.example", "10.1.2.3"], senderName: "db-7")
+        #expect(written == CertificateBundle.fileNames.map { "\(dir)/\($0)" })
+        #expect(mode(dir) == 0o700)
+        for path in written { #expect(mode(path) == (path.hasSuffix(".key") ? 0o600 : 0o644), "\(path)") }
+
+        let receiver = try PeerIdentity(certificatePEM: String(contentsOfFile: "\(dir)/receiver.pem", encoding: .utf8))
+        #expect(receiver.dnsNames == ["localhost", "migrate.example"])
+        #expect(receiver.ipAddresses == ["127.0.0.1", "::1", "10.1.2.3"])
+
+        let server = TLSConfiguration(caFile: "\(dir)/ca.pem", certificateFile: "\(dir)/receiver.pem", privateKeyFile: "\(dir)/receiver.key")
+        let client = TLSConfiguration(
+            caFile: "\(dir)/ca.pem", certificateFile: "\(dir)/sender.pem", privateKeyFile: "\(dir)/sender.key",
+            serverName: "migrate.example")
+        let harness = try TLSServerHarness(server)
+        let tls = try TLSClientContext(configuration: client).connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.peerIdentity?.commonName == "migrate.example")
+        #expect(try harness.server.value().peerIdentity?.commonName == "db-7")
+
+        // A sender certificate cannot serve as a receiver (extendedKeyUsage clientAuth only).
+        let swapped = TLSConfiguration(caFile: "\(dir)/ca.pem", certificateFile: "\(dir)/sender.pem", privateKeyFile: "\(dir)/sender.key")
+        let wrongWay = try TLSServerHarness(swapped)
+        let error = #expect(throws: TLSError.self) {
+            _ = try TLSClientContext(configuration: TLSConfiguration(
+                caFile: "\(dir)/ca.pem", certificateFile: "\(dir)/sender.pem", privateKeyFile: "\(dir)/sender.key",
+                serverName: "memhaul-sender")).connect(host: "127.0.0.1", port: wrongWay.listener.port)
+        }
+        #expect(error?.kind == .certificateRejected)
+        _ = wrongWay.server.error()
+    }
+
+    @Test func existingFilesAreKeptUnlessForced() throws {
+        let dir = tempDir()
+        _ = try CertificateBundle.create(directory: dir)
+        let before = try String(contentsOfFile: "\(dir)/ca.pem", encoding: .utf8)
+        #expect(throws: CertificateBundleError.wouldOverwrite(CertificateBundle.fileNames.map { "\(dir)/\($0)" })) {
+            _ = try CertificateBundle.create(directory: dir)
+        }
+        #expect(try String(contentsOfFile: "\(dir)/ca.pem", encoding: .utf8) == before)
+        _ = try CertificateBundle.create(directory: dir, force: true)
+        #expect(try String(contentsOfFile: "\(dir)/ca.pem", encoding: .utf8) != before)
+        #expect(mode("\(dir)/ca.key") == 0o600)
+    }
+
+    @Test func caRoundTripsThroughPEM() throws {
+        let ca = try CertificateAuthority.create(commonName: "round trip", days: 2)
+        let loaded = try CertificateAuthority(certificatePEM: ca.certificatePEM, privateKeyPEM: ca.privateKeyPEM)
+        let leaf = try loaded.issue(commonName: "leaf", sans: [SubjectAlternativeName("10.0.0.1"), SubjectAlternativeName("h.example")], usage: [.serverAuth, .clientAuth])
+        let id = try PeerIdentity(certificatePEM: leaf.certificatePEM)
+        #expect(id.commonName == "leaf" && id.ipAddresses == ["10.0.0.1"] && id.dnsNames == ["h.example"])
+        let other = try CertificateAuthority.create(commonName: "other")
+        #expect(throws: TLSError.self) { _ = try CertificateAuthority(certificatePEM: ca.certificatePEM, privateKeyPEM: other.privateKeyPEM) }
+    }
+
+    @Test func cliCertsInitWritesTheBundle() throws {
+        let bin = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"]
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+            .deletingLastPathComponent().appendingPathComponent(".build/debug").path
+        let dir = tempDir()
+        func run(_ args: [String]) throws -> (Int32, String) {
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: "\(bin)/memhaul")
+            p.arguments = ["certs", "init", dir] + args
+            let out = Pipe()
+            p.standardOutput = out
+            p.standardError = out
+            try p.run()
+            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+            p.waitUntilExit()
+            return (p.terminationStatus, text)
+        }
+        let (rc, text) = try run(["--receiver-name", "r.example", "--days", "30"])
+        #expect(rc == 0, "\(text)")
+        #expect(text.contains("wrote \(dir)/receiver.key"))
+        let (rc2, text2) = try run([])
+        #expect(rc2 != 0)
+        #expect(text2.contains("refusing to overwrite"))
+        #expect(try run(["--force"]).0 == 0)
     }
 }

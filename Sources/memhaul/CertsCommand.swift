@@ -1,0 +1,61 @@
+import ArgumentParser
+import MemhaulTLS
+
+/// `memhaul certs`: certificates for the mutual-TLS link between sender and receiver.
+struct CertsCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "certs",
+        abstract: "Manage the certificates for mutual TLS between sender and receiver.",
+        subcommands: [Init.self]
+    )
+
+    /// `memhaul certs init DIR`: a private CA plus one receiver and one sender certificate.
+    struct Init: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "init",
+            abstract: "Create a CA and receiver/sender certificates (EC P-256) in DIR.",
+            discussion: """
+                Writes ca.pem, ca.key, receiver.pem, receiver.key, sender.pem and sender.key. \
+                The receiver certificate names localhost, 127.0.0.1 and ::1 plus every --receiver-name. \
+                Copy ca.pem and the receiver pair to the receiving machine, ca.pem and the sender pair \
+                to the sending one; keep ca.key offline.
+                """
+        )
+
+        @Argument(help: "Directory to create (mode 0700).")
+        var directory: String
+
+        @Option(name: .customLong("receiver-name"), help: "A DNS name or IP address the receiver is dialled by (repeatable).")
+        var receiverNames: [String] = []
+
+        @Option(name: .customLong("sender-name"), help: "Common name of the sender certificate.")
+        var senderName = "memhaul-sender"
+
+        @Option(help: "Validity in days.")
+        var days = 365
+
+        @Flag(help: "Overwrite existing files.")
+        var force = false
+
+        func validate() throws {
+            guard days > 0 && days <= 36500 else { throw ValidationError("--days must be between 1 and 36500") }
+            guard !senderName.isEmpty else { throw ValidationError("--sender-name must not be empty") }
+            for name in receiverNames where name.isEmpty || name.contains(",") {
+                throw ValidationError("--receiver-name '\(name)' is not a host name or IP address")
+            }
+        }
+
+        func run() throws {
+            let paths = try CertificateBundle.create(
+                directory: directory, receiverNames: receiverNames, senderName: senderName, days: days, force: force)
+            let roles = [
+                "CA certificate (both sides)", "CA private key (keep offline)",
+                "receiver certificate", "receiver private key",
+                "sender certificate (CN=\(senderName))", "sender private key",
+            ]
+            for (path, role) in zip(paths, roles) { print("wrote \(path)  \(role)") }
+            let names = ["localhost", "127.0.0.1", "::1"] + receiverNames
+            print("receiver names: \(names.joined(separator: ", ")); valid for \(days) days")
+        }
+    }
+}
