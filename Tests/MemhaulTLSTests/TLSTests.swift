@@ -139,6 +139,27 @@ import Testing
         #expect(serverError?.kind == .connectionClosed)
     }
 
+    @Test func writingToAVanishedPeerIsAnErrorNotSIGPIPE() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        try harness.server.value().transport.close()  // abrupt: no close_notify
+        let chunk = [UInt8](repeating: 7, count: 1 << 20)
+        let error = #expect(throws: (any Error).self) {
+            for _ in 0..<64 { try tls.write(chunk) }
+        }
+        if let tlsError = error as? TLSError { #expect(tlsError.kind == .connectionClosed, "\(tlsError)") }
+    }
+
+    @Test func readTimeoutAfterHandshakeIsTyped() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        try tls.transport.setTimeouts(read: .milliseconds(100), write: nil)
+        let error = #expect(throws: NetworkError.self) { _ = try tls.readAll(count: 1) }
+        #expect(error?.description == "read from 127.0.0.1:\(harness.listener.port) timed out after 100ms")
+        server.close()
+    }
+
     @Test func malformedPinIsAConfigurationError() {
         let error = #expect(throws: TLSError.self) { _ = try TLSClientContext(configuration: pki.client(pins: ["abc"])) }
         #expect(error?.kind == .configuration)
@@ -263,6 +284,16 @@ import Testing
         }
         #expect(throws: SystemError("connect(127.0.0.1:\(port))", .ECONNREFUSED)) {
             _ = try TCPStream.connect(host: "127.0.0.1", port: port)
+        }
+    }
+
+    @Test func wildcardListenerTakesIPv4AndIPv6() throws {
+        let listener = try TCPListener(host: nil, port: 0)
+        for host in ["127.0.0.1", "::1"] {
+            let server = Background { try listener.accept(timeout: .seconds(30)) }
+            let client = try TCPStream.connect(host: host, port: listener.port)
+            try client.write([42])
+            #expect(try server.value().readAll(count: 1) == [42])
         }
     }
 
