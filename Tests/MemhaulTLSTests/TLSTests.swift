@@ -150,6 +150,21 @@ import Testing
         if let tlsError = error as? TLSError { #expect(tlsError.kind == .connectionClosed, "\(tlsError)") }
     }
 
+    @Test func waitReadableSeesDataAndEnd() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        #expect(try !tls.waitReadable(timeout: .zero))
+        try server.write([1, 2, 3, 4])
+        #expect(try tls.waitReadable(timeout: .seconds(10)))
+        #expect(try tls.readAll(count: 2) == [1, 2])
+        #expect(try tls.waitReadable(timeout: .zero))  // the rest of the record is buffered in OpenSSL
+        #expect(try tls.readAll(count: 2) == [3, 4])
+        server.close()
+        #expect(try tls.waitReadable(timeout: .seconds(10)))
+        #expect(try tls.readAll(count: 1) == [])  // close_notify: clean end
+    }
+
     @Test func readTimeoutAfterHandshakeIsTyped() throws {
         let harness = try TLSServerHarness(pki.server())
         let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
