@@ -330,6 +330,7 @@ import Testing
 
     @Test func bundleHasTightPermissionsAndWorksForMutualTLS() throws {
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         let written = try CertificateBundle.create(directory: dir, receiverNames: ["migrate.example", "10.1.2.3"], senderName: "db-7")
         #expect(written == CertificateBundle.fileNames.map { "\(dir)/\($0)" })
         #expect(mode(dir) == 0o700)
@@ -362,6 +363,7 @@ import Testing
 
     @Test func existingFilesAreKeptUnlessForced() throws {
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         _ = try CertificateBundle.create(directory: dir)
         let before = try String(contentsOfFile: "\(dir)/ca.pem", encoding: .utf8)
         #expect(throws: CertificateBundleError.wouldOverwrite(CertificateBundle.fileNames.map { "\(dir)/\($0)" })) {
@@ -388,6 +390,7 @@ import Testing
             ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent(".build/debug").path
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         func run(_ args: [String]) throws -> (Int32, String) {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "\(bin)/memhaul")
