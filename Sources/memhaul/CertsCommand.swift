@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import MemhaulTLS
 
 /// `memhaul certs`: certificates for the mutual-TLS link between sender and receiver.
@@ -6,7 +7,7 @@ struct CertsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "certs",
         abstract: "Manage the certificates for mutual TLS between sender and receiver.",
-        subcommands: [Init.self]
+        subcommands: [Init.self, Show.self]
     )
 
     /// `memhaul certs init DIR`: a private CA plus one receiver and one sender certificate.
@@ -56,6 +57,44 @@ struct CertsCommand: ParsableCommand {
             for (path, role) in zip(paths, roles) { print("wrote \(path)  \(role)") }
             let names = ["localhost", "127.0.0.1", "::1"] + receiverNames
             print("receiver names: \(names.joined(separator: ", ")); valid for \(days) days")
+            for role in ["receiver", "sender"] {
+                let pem = try String(contentsOfFile: "\(directory)/\(role).pem", encoding: .utf8)
+                print("\(role) SHA-256 fingerprint: \(try PeerIdentity(certificatePEM: pem).colonFingerprint)")
+            }
         }
     }
+
+    /// `memhaul certs show FILE...`: the identity memhaul sees in a certificate (for pinning and authorisation).
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Print a certificate's common name, alternative names, expiry and SHA-256 fingerprint."
+        )
+
+        @Argument(help: "PEM certificate files.")
+        var files: [String]
+
+        func run() throws {
+            for file in files {
+                let id: PeerIdentity
+                do {
+                    id = try PeerIdentity(certificatePEM: String(contentsOfFile: file, encoding: .utf8))
+                } catch {
+                    throw CertsFileError(message: "\(file): \(error)")
+                }
+                let sans = id.dnsNames.map { "DNS:\($0)" } + id.ipAddresses.map { "IP:\($0)" }
+                print("\(file):")
+                print("  CN: \(id.commonName ?? "-")")
+                print("  SAN: \(sans.isEmpty ? "-" : sans.joined(separator: ", "))")
+                print("  not after: \(Date(timeIntervalSince1970: TimeInterval(id.notAfter)))")
+                print("  SHA-256: \(id.colonFingerprint)")
+            }
+        }
+    }
+}
+
+/// A certs failure naming the file, printed as one line.
+struct CertsFileError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
 }
