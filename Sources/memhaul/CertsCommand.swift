@@ -1,5 +1,7 @@
 import ArgumentParser
 import Foundation
+import Glibc
+import MemhaulSystem
 import MemhaulTLS
 
 /// `memhaul certs`: certificates for the mutual-TLS link between sender and receiver.
@@ -58,7 +60,7 @@ struct CertsCommand: ParsableCommand {
             let names = ["localhost", "127.0.0.1", "::1"] + receiverNames
             print("receiver names: \(names.joined(separator: ", ")); valid for \(days) days")
             for role in ["receiver", "sender"] {
-                let pem = try String(contentsOfFile: "\(directory)/\(role).pem", encoding: .utf8)
+                let pem = try readText("\(directory)/\(role).pem")
                 print("\(role) SHA-256 fingerprint: \(try PeerIdentity(certificatePEM: pem).colonFingerprint)")
             }
         }
@@ -78,7 +80,9 @@ struct CertsCommand: ParsableCommand {
             for file in files {
                 let id: PeerIdentity
                 do {
-                    id = try PeerIdentity(certificatePEM: String(contentsOfFile: file, encoding: .utf8))
+                    id = try PeerIdentity(certificatePEM: readText(file))
+                } catch let error as SystemError {
+                    throw error
                 } catch {
                     throw CertsFileError(message: "\(file): \(error)")
                 }
@@ -97,4 +101,18 @@ struct CertsCommand: ParsableCommand {
 struct CertsFileError: Error, CustomStringConvertible {
     var message: String
     var description: String { message }
+}
+
+/// A small text file, read through the syscall seam (errors name the call and errno).
+private func readText(_ path: String) throws -> String {
+    let fd = try FileDescriptor.open(path, O_RDONLY)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16384)
+    while true {
+        let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+        if bytes.count > 1 << 20 { throw CertsFileError(message: "\(path): larger than 1 MiB, not a certificate") }
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }
