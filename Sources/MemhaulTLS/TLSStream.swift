@@ -92,9 +92,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
 
     /// Sends close_notify unless already sent or the session failed, then closes the socket.
+    /// The close_notify write waits at most 1 s, so a peer that stopped reading cannot hang close.
     public func close() {
         if !failed && !shutDown {
             shutDown = true
+            try? transport.setTimeouts(read: transport.options.readTimeout, write: .seconds(1))
             OpenSSLErrors.clear()
             _ = SSL_shutdown(ssl)
             _ = OpenSSLErrors.drain()
