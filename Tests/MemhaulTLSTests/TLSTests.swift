@@ -38,6 +38,33 @@ import Testing
         #expect(expected.count == 64)
     }
 
+    @Test func oneServerContextServesConcurrentClients() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let context = try TLSServerContext(configuration: pki.server())
+        let clients = 4
+        let servers = (0..<clients).map { _ in
+            Background { () -> [UInt8] in
+                let tls = try context.accept(on: try listener.accept(timeout: .seconds(30)))
+                let got = try tls.readAll(count: 256 << 10)
+                try tls.write(Array(got.prefix(16)))
+                return got
+            }
+        }
+        let clientContext = try TLSClientContext(configuration: pki.client())
+        let senders = (0..<clients).map { i in
+            Background { () -> Bool in
+                let data = pattern(256 << 10, seed: UInt8(40 + i))
+                let tls = try clientContext.connect(host: "127.0.0.1", port: listener.port)
+                try tls.write(data)
+                return try tls.readAll(count: 16) == Array(data.prefix(16))
+            }
+        }
+        for s in senders { #expect(try s.value()) }
+        var seeds = Set<[UInt8]>()
+        for s in servers { seeds.insert(Array(try s.value().prefix(8))) }
+        #expect(seeds.count == clients)
+    }
+
     @Test(arguments: ["::1", "localhost"])
     func dialsByIPv6LiteralAndName(host: String) throws {
         let harness = try TLSServerHarness(pki.server(), host: host == "::1" ? "::1" : "127.0.0.1")
@@ -310,6 +337,24 @@ import Testing
             try client.write([42])
             #expect(try server.value().readAll(count: 1) == [42])
         }
+    }
+
+    @Test func injectedFaultsSurfaceThroughTheSeam() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        // Call names carry the address, so these faults touch no other test.
+        let connectName = "connect(127.0.0.1:\(listener.port))"
+        Syscall.injectFault(connectName, .EHOSTUNREACH)
+        #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
+        Syscall.injectFault(connectName, nil)
+
+        let acceptName = "accept4(127.0.0.1:\(listener.port))"
+        Syscall.injectFault(acceptName, .EMFILE)
+        defer { Syscall.injectFault(acceptName, nil) }
+        let client = try TCPStream.connect(host: "127.0.0.1", port: listener.port)
+        #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
+        Syscall.injectFault(acceptName, nil)
+        try client.write([5])
+        #expect(try listener.accept(timeout: .seconds(10)).readAll(count: 1) == [5])
     }
 
     @Test func unresolvableHostIsTyped() {
