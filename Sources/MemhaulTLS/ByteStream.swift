@@ -9,6 +9,11 @@ public protocol ByteStream: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Writes every byte of `buffer`.
     func writeAll(_ buffer: UnsafeRawBufferPointer) throws
+    /// Waits at most `timeout` (nil: forever, `.zero`: just check) until a
+    /// read would find data, end of stream or an error. Lets one thread
+    /// interleave writing batches with reading acknowledgements. For TLS a
+    /// true answer may mean part of a record: the read then waits for the rest.
+    func waitReadable(timeout: Duration?) throws -> Bool
     /// Ends our direction (the peer reads end of stream); reading stays possible. Best effort.
     func shutdown()
     /// Releases the connection. Idempotent; also done in deinit.

@@ -230,13 +230,14 @@ public enum CertificateBundle {
     ) throws -> [String] {
         precondition(days > 0, "days must be positive")
         let dir = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
-        if mkdir(dir, 0o700) != 0 {
-            let err = Errno.current
-            guard err == .EEXIST else { throw SystemError("mkdir(\(dir))", err) }
+        // An existing directory is fine; the files in it are checked next.
+        let made: Result<Int32, SystemError> = Result { () throws(SystemError) -> Int32 in
+            try Syscall.run("mkdir(\(dir))") { mkdir(dir, 0o700) }
         }
+        if case .failure(let error) = made, error.errno != .EEXIST { throw error }
         let paths = fileNames.map { "\(dir)/\($0)" }
         if !force {
-            let existing = paths.filter { access($0, F_OK) == 0 }
+            let existing = paths.filter { path in (try? Syscall.run("access(\(path))") { access(path, F_OK) }) != nil }
             if !existing.isEmpty { throw CertificateBundleError.wouldOverwrite(existing) }
         }
         let ca = try CertificateAuthority.create(commonName: "memhaul CA", days: days)

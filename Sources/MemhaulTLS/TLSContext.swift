@@ -46,7 +46,11 @@ public class TLSContextBase: @unchecked Sendable {
 
         for file in [configuration.caFile, configuration.certificateFile, configuration.privateKeyFile].compactMap({ $0 }) {
             // OpenSSL says only "system lib" for a missing file: name the errno ourselves.
-            if access(file, R_OK) != 0 { throw TLSError(.configuration, "cannot read \(file): \(Errno.current)") }
+            do {
+                _ = try Syscall.run("access(\(file))") { access(file, R_OK) }
+            } catch {
+                throw TLSError(.configuration, "cannot read \(file): \(error.errno)")
+            }
         }
         guard SSL_CTX_load_verify_locations(ctx, configuration.caFile, nil) == 1 else {
             throw OpenSSLErrors.configurationError("cannot load CA file \(configuration.caFile)")

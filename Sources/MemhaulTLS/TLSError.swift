@@ -1,5 +1,6 @@
 import CMemhaulTLS
 import COpenSSL
+import MemhaulSystem
 
 /// A TLS failure, one readable line carrying OpenSSL's reason, e.g.
 /// `TLS handshake with 127.0.0.1:7070 failed: certificate verify failed (unable to get local issuer certificate)`.
@@ -106,9 +107,9 @@ enum TLSFailure {
                 return TLSError(.connectionClosed, "\(what) failed: peer closed the connection", reasons: reasons)
             }
             if err == Errno.ECONNRESET.rawValue || err == Errno.EPIPE.rawValue {
-                return TLSError(.connectionClosed, "\(what) failed: \(MemhaulSystemErrnoText.text(err))", reasons: reasons)
+                return TLSError(.connectionClosed, "\(what) failed: \(Errno(rawValue: err))", reasons: reasons)
             }
-            return TLSError(.failed, "\(what) failed: \(MemhaulSystemErrnoText.text(err))", reasons: reasons)
+            return TLSError(.failed, "\(what) failed: \(Errno(rawValue: err))", reasons: reasons)
         default:
             break
         }
@@ -137,13 +138,4 @@ enum TLSFailure {
             return TLSError(.failed, "\(what) failed: \(first.text)", reasons: reasons)
         }
     }
-}
-
-#if canImport(Glibc)
-import Glibc
-#endif
-import MemhaulSystem
-
-enum MemhaulSystemErrnoText {
-    static func text(_ err: Int32) -> String { Errno(rawValue: err).description }
 }

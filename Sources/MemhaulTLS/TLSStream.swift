@@ -50,6 +50,12 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         throw failure(rc, code, operation: "read from", timeout: transport.options.readTimeout)
     }
 
+    /// Buffered bytes in OpenSSL (`SSL_has_pending`), else `poll(POLLIN)` on the socket.
+    public func waitReadable(timeout: Duration?) throws -> Bool {
+        if SSL_has_pending(ssl) == 1 { return true }
+        return try transport.waitReadable(timeout: timeout)
+    }
+
     /// `SSL_write_ex` of the whole buffer.
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
         var done = 0
@@ -86,9 +92,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     }
 
     /// Sends close_notify unless already sent or the session failed, then closes the socket.
+    /// The close_notify write waits at most 1 s, so a peer that stopped reading cannot hang close.
     public func close() {
         if !failed && !shutDown {
             shutDown = true
+            try? transport.setTimeouts(read: transport.options.readTimeout, write: .seconds(1))
             OpenSSLErrors.clear()
             _ = SSL_shutdown(ssl)
             _ = OpenSSLErrors.drain()

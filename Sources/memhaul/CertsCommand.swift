@@ -1,4 +1,7 @@
 import ArgumentParser
+import Foundation
+import Glibc
+import MemhaulSystem
 import MemhaulTLS
 
 /// `memhaul certs`: certificates for the mutual-TLS link between sender and receiver.
@@ -6,7 +9,7 @@ struct CertsCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "certs",
         abstract: "Manage the certificates for mutual TLS between sender and receiver.",
-        subcommands: [Init.self]
+        subcommands: [Init.self, Show.self]
     )
 
     /// `memhaul certs init DIR`: a private CA plus one receiver and one sender certificate.
@@ -56,6 +59,60 @@ struct CertsCommand: ParsableCommand {
             for (path, role) in zip(paths, roles) { print("wrote \(path)  \(role)") }
             let names = ["localhost", "127.0.0.1", "::1"] + receiverNames
             print("receiver names: \(names.joined(separator: ", ")); valid for \(days) days")
+            for role in ["receiver", "sender"] {
+                let pem = try readText("\(directory)/\(role).pem")
+                print("\(role) SHA-256 fingerprint: \(try PeerIdentity(certificatePEM: pem).colonFingerprint)")
+            }
         }
     }
+
+    /// `memhaul certs show FILE...`: the identity memhaul sees in a certificate (for pinning and authorisation).
+    struct Show: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "show",
+            abstract: "Print a certificate's common name, alternative names, expiry and SHA-256 fingerprint."
+        )
+
+        @Argument(help: "PEM certificate files.")
+        var files: [String]
+
+        func run() throws {
+            for file in files {
+                let id: PeerIdentity
+                do {
+                    id = try PeerIdentity(certificatePEM: readText(file))
+                } catch let error as SystemError {
+                    throw error
+                } catch {
+                    throw CertsFileError(message: "\(file): \(error)")
+                }
+                let sans = id.dnsNames.map { "DNS:\($0)" } + id.ipAddresses.map { "IP:\($0)" }
+                print("\(file):")
+                print("  CN: \(id.commonName ?? "-")")
+                print("  SAN: \(sans.isEmpty ? "-" : sans.joined(separator: ", "))")
+                print("  not after: \(Date(timeIntervalSince1970: TimeInterval(id.notAfter)))")
+                print("  SHA-256: \(id.colonFingerprint)")
+            }
+        }
+    }
+}
+
+/// A certs failure naming the file, printed as one line.
+struct CertsFileError: Error, CustomStringConvertible {
+    var message: String
+    var description: String { message }
+}
+
+/// A small text file, read through the syscall seam (errors name the call and errno).
+private func readText(_ path: String) throws -> String {
+    let fd = try FileDescriptor.open(path, O_RDONLY)
+    var bytes: [UInt8] = []
+    var chunk = [UInt8](repeating: 0, count: 16384)
+    while true {
+        let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+        if n == 0 { break }
+        bytes += chunk[0..<n]
+        if bytes.count > 1 << 20 { throw CertsFileError(message: "\(path): larger than 1 MiB, not a certificate") }
+    }
+    return String(decoding: bytes, as: UTF8.self)
 }

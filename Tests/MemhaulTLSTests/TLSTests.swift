@@ -38,6 +38,33 @@ import Testing
         #expect(expected.count == 64)
     }
 
+    @Test func oneServerContextServesConcurrentClients() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let context = try TLSServerContext(configuration: pki.server())
+        let clients = 4
+        let servers = (0..<clients).map { _ in
+            Background { () -> [UInt8] in
+                let tls = try context.accept(on: try listener.accept(timeout: .seconds(30)))
+                let got = try tls.readAll(count: 256 << 10)
+                try tls.write(Array(got.prefix(16)))
+                return got
+            }
+        }
+        let clientContext = try TLSClientContext(configuration: pki.client())
+        let senders = (0..<clients).map { i in
+            Background { () -> Bool in
+                let data = pattern(256 << 10, seed: UInt8(40 + i))
+                let tls = try clientContext.connect(host: "127.0.0.1", port: listener.port)
+                try tls.write(data)
+                return try tls.readAll(count: 16) == Array(data.prefix(16))
+            }
+        }
+        for s in senders { #expect(try s.value()) }
+        var seeds = Set<[UInt8]>()
+        for s in servers { seeds.insert(Array(try s.value().prefix(8))) }
+        #expect(seeds.count == clients)
+    }
+
     @Test(arguments: ["::1", "localhost"])
     func dialsByIPv6LiteralAndName(host: String) throws {
         let harness = try TLSServerHarness(pki.server(), host: host == "::1" ? "::1" : "127.0.0.1")
@@ -137,6 +164,42 @@ import Testing
         let server = try harness.server.value()
         let serverError = #expect(throws: TLSError.self) { _ = try server.readAll(count: 1) }
         #expect(serverError?.kind == .connectionClosed)
+    }
+
+    @Test func writingToAVanishedPeerIsAnErrorNotSIGPIPE() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        try harness.server.value().transport.close()  // abrupt: no close_notify
+        let chunk = [UInt8](repeating: 7, count: 1 << 20)
+        let error = #expect(throws: (any Error).self) {
+            for _ in 0..<64 { try tls.write(chunk) }
+        }
+        if let tlsError = error as? TLSError { #expect(tlsError.kind == .connectionClosed, "\(tlsError)") }
+    }
+
+    @Test func waitReadableSeesDataAndEnd() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        #expect(try !tls.waitReadable(timeout: .zero))
+        try server.write([1, 2, 3, 4])
+        #expect(try tls.waitReadable(timeout: .seconds(10)))
+        #expect(try tls.readAll(count: 2) == [1, 2])
+        #expect(try tls.waitReadable(timeout: .zero))  // the rest of the record is buffered in OpenSSL
+        #expect(try tls.readAll(count: 2) == [3, 4])
+        server.close()
+        #expect(try tls.waitReadable(timeout: .seconds(10)))
+        #expect(try tls.readAll(count: 1) == [])  // close_notify: clean end
+    }
+
+    @Test func readTimeoutAfterHandshakeIsTyped() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        try tls.transport.setTimeouts(read: .milliseconds(100), write: nil)
+        let error = #expect(throws: NetworkError.self) { _ = try tls.readAll(count: 1) }
+        #expect(error?.description == "read from 127.0.0.1:\(harness.listener.port) timed out after 100ms")
+        server.close()
     }
 
     @Test func malformedPinIsAConfigurationError() {
@@ -266,6 +329,34 @@ import Testing
         }
     }
 
+    @Test func wildcardListenerTakesIPv4AndIPv6() throws {
+        let listener = try TCPListener(host: nil, port: 0)
+        for host in ["127.0.0.1", "::1"] {
+            let server = Background { try listener.accept(timeout: .seconds(30)) }
+            let client = try TCPStream.connect(host: host, port: listener.port)
+            try client.write([42])
+            #expect(try server.value().readAll(count: 1) == [42])
+        }
+    }
+
+    @Test func injectedFaultsSurfaceThroughTheSeam() throws {
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        // Call names carry the address, so these faults touch no other test.
+        let connectName = "connect(127.0.0.1:\(listener.port))"
+        Syscall.injectFault(connectName, .EHOSTUNREACH)
+        #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
+        Syscall.injectFault(connectName, nil)
+
+        let acceptName = "accept4(127.0.0.1:\(listener.port))"
+        Syscall.injectFault(acceptName, .EMFILE)
+        defer { Syscall.injectFault(acceptName, nil) }
+        let client = try TCPStream.connect(host: "127.0.0.1", port: listener.port)
+        #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
+        Syscall.injectFault(acceptName, nil)
+        try client.write([5])
+        #expect(try listener.accept(timeout: .seconds(10)).readAll(count: 1) == [5])
+    }
+
     @Test func unresolvableHostIsTyped() {
         #expect(throws: NetworkError.self) { _ = try TCPStream.connect(host: "no-such-host.invalid", port: 1) }
     }
@@ -284,6 +375,7 @@ import Testing
 
     @Test func bundleHasTightPermissionsAndWorksForMutualTLS() throws {
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         let written = try CertificateBundle.create(directory: dir, receiverNames: ["migrate.example", "10.1.2.3"], senderName: "db-7")
         #expect(written == CertificateBundle.fileNames.map { "\(dir)/\($0)" })
         #expect(mode(dir) == 0o700)
@@ -316,6 +408,7 @@ import Testing
 
     @Test func existingFilesAreKeptUnlessForced() throws {
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         _ = try CertificateBundle.create(directory: dir)
         let before = try String(contentsOfFile: "\(dir)/ca.pem", encoding: .utf8)
         #expect(throws: CertificateBundleError.wouldOverwrite(CertificateBundle.fileNames.map { "\(dir)/\($0)" })) {
@@ -342,6 +435,7 @@ import Testing
             ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
             .deletingLastPathComponent().appendingPathComponent(".build/debug").path
         let dir = tempDir()
+        defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         func run(_ args: [String]) throws -> (Int32, String) {
             let p = Process()
             p.executableURL = URL(fileURLWithPath: "\(bin)/memhaul")

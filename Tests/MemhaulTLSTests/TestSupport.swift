@@ -38,6 +38,9 @@ final class Background<T: Sendable>: Sendable {
     }
 }
 
+/// Removed at exit (set once, before any test reads it).
+nonisolated(unsafe) private var testPKIDirectory: String?
+
 /// A throw-away PKI in a temporary directory: our CA and a foreign one, and
 /// certificates good and bad. Built once per test process.
 final class TestPKI: Sendable {
@@ -50,6 +53,8 @@ final class TestPKI: Sendable {
     init() throws {
         var template = Array("/tmp/memhaul-tls-test-XXXXXX".utf8CString)
         dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        testPKIDirectory = dir
+        atexit { if let dir = testPKIDirectory { try? FileManager.default.removeItem(atPath: dir) } }
         let ca = try CertificateAuthority.create(commonName: "test CA")
         let foreign = try CertificateAuthority.create(commonName: "foreign CA")
         try write("ca.pem", ca.certificatePEM)
