@@ -15,6 +15,7 @@ struct Memhaul: AsyncParsableCommand {
             ReceiveCommand.self,
             ImageCommand.self,
             CertsCommand.self,
+            BenchCommand.self,
         ]
     )
 }

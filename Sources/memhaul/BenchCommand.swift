@@ -1,0 +1,171 @@
+import ArgumentParser
+import Foundation
+import MemhaulCompression
+import MemhaulEngine
+import MemhaulImage
+import MemhaulKernel
+import MemhaulTLS
+
+/// `memhaul bench …`: benchmarks that print figures. Each compares against a
+/// baseline measured in the same run, because shared machines are noisy.
+struct BenchCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "bench",
+        abstract: "Measure memhaul against baselines in the same run (prints figures).",
+        subcommands: [Scan.self, Compress.self, Tls.self, Transport.self, Migrate.self])
+
+    /// `memhaul bench scan --size 4G --dirty 1/7`
+    struct Scan: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "PAGEMAP_SCAN scan-and-protect vs reading /proc/PID/pagemap, and the write-fault cost (in-process).")
+        @Option(help: "Region size (K, M, G suffixes).") var size: String = "4G"
+        @Option(help: "Dirty one page in N between rounds, as 1/N.") var dirty: String = "1/7"
+        @Option(help: "Repetitions; the best run is printed.") var repeats: Int = 3
+
+        func run() throws {
+            guard let bytes = BenchSupport.parseSize(size) else { throw ValidationError("--size: bad size \(size)") }
+            let parts = dirty.split(separator: "/")
+            guard parts.count == 2, parts[0] == "1", let stride = Int(parts[1]), stride >= 1 else {
+                throw ValidationError("--dirty must be 1/N")
+            }
+            var best: ScanBenchmarkResult?
+            for _ in 0..<max(1, repeats) {
+                let r = try ScanBenchmark.run(sizeBytes: bytes, dirtyStride: stride)
+                if best == nil || r.scanProtectNsPerPage < best!.scanProtectNsPerPage { best = r }
+            }
+            print(best!)
+        }
+    }
+
+    /// `memhaul bench compress`
+    struct Compress: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "zstd page-batch encoding speed and ratio on mixed memory.")
+        @Option(help: "MiB of mixed pages.") var megabytes: Int = 64
+        func run() throws {
+            for r in CompressionBenchmark.run(megabytes: megabytes) { print(r) }
+        }
+    }
+
+    /// `memhaul bench tls`
+    struct Tls: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Loopback TCP vs TLS 1.3 throughput of one connection.")
+        @Option(help: "MiB to send.") var megabytes: Int = 1024
+        func run() throws {
+            for r in try TransportBenchmark.run(megabytes: megabytes) { print(r) }
+        }
+    }
+
+    /// `memhaul bench transport --size 1G`: memhaul vs `zstd -1 -T2 | socat OPENSSL` → `zstd -d`.
+    struct Transport: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Send one process's memory over TLS on loopback: memhaul vs zstd|socat OPENSSL|zstd -d.")
+        @Option(help: "Workload size (mixed zero/text/random pages).") var size: String = "1G"
+        @Option(name: .customLong("compression-level"), help: "memhaul's zstd level.") var level: Int32 = 1
+        @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
+
+        func run() throws {
+            let env = try BenchSupport.Environment()
+            let workload = try env.startWorkload(["--size", size])
+            defer { workload.stop() }
+            let receiver = try env.startReceiver()
+            defer { receiver.stop() }
+
+            // memhaul: stop-and-copy of the whole process, source resumed after each run.
+            var best: (seconds: Double, status: MigrationStatus)?
+            for i in 0..<max(1, repeats) {
+                var request = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "bench-transport-\(getpid())-\(i)")
+                request.parameters.maxRounds = 0
+                request.after = .resume
+                request.compressionLevel = level
+                let migration = SenderMigration(request: request, connect: try env.connector())
+                migration.run()
+                let s = migration.status
+                guard s.state == .completed, let downtime = s.downtimeMs else { throw CLIError("memhaul run failed: \(s.error ?? s.state.rawValue)") }
+                if best == nil || downtime / 1000 < best!.seconds { best = (downtime / 1000, s) }
+            }
+            let memoryBytes = Double(best!.status.totalBytes)
+
+            // Baseline: the same memory, dumped to tmpfs so reading it costs nothing.
+            let dump = try env.dumpMemory(of: workload.pid)
+            defer { unlink(dump.path) }
+            var baseline = Double.infinity
+            for _ in 0..<max(1, repeats) { baseline = min(baseline, try env.timeBaseline(file: dump.path)) }
+            let compressed = try env.baselineCompressedSize(file: dump.path)
+
+            let ours = memoryBytes / best!.seconds
+            let theirs = Double(dump.bytes) / baseline
+            print(String(format: """
+                transport bench: %@ workload (pid %d), mutual TLS 1.3 on loopback, %d core(s)
+                  memory moved                %@ (tracked regions; memhaul reads only pages with content)
+                  memhaul (zstd %d)            %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes)
+                  baseline zstd -1 -T2|socat  %.2f s  %7.1f MB/s  wire %@ (ratio %.3f)
+                  throughput ratio memhaul/baseline: %.2fx
+                """,
+                size, workload.pid, ProcessInfo.processInfo.activeProcessorCount,
+                Summary.bytes(memoryBytes), level, best!.seconds, ours / 1e6,
+                Summary.bytes(Double(best!.status.transferredBytes)),
+                Double(best!.status.transferredBytes) / max(1, Double(best!.status.pageBytes)),
+                baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),
+                ours / theirs))
+        }
+    }
+
+    /// `memhaul bench migrate --size 4G --dirty-rate 32M`: pre-copy vs stop-and-copy, and tracking slowdown.
+    struct Migrate: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Downtime of pre-copy vs stop-and-copy on one workload, and the workload's slowdown while tracked.")
+        @Option(help: "Workload size.") var size: String = "4G"
+        @Option(name: .customLong("dirty-rate"), help: "Bytes/s the workload dirties during the migration.") var dirtyRate: String = "32M"
+        @Option(help: "Receiver HOST:PORT (default: one started on loopback).") var receiver: String?
+        @Option(help: "Certificates directory for --receiver (default: generated).") var certs: String?
+        @Option(name: .customLong("slowdown-seconds"), help: "Seconds per phase of the slowdown measurement (0 = skip).")
+        var slowdownSeconds: Double = 4
+
+        func run() throws {
+            guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
+            let env = try BenchSupport.Environment(certs: certs)
+            var host = "127.0.0.1", port: UInt16 = 0
+            var local: BenchSupport.Receiver?
+            if let receiver {
+                (host, port) = try MigrationRequest.parseDestination(receiver)
+            } else {
+                local = try env.startReceiver()
+                port = local!.port
+            }
+            defer { local?.stop() }
+
+            if slowdownSeconds > 0 {
+                let s = try env.measureSlowdown(size: size, seconds: slowdownSeconds)
+                print(String(format: "tracking slowdown (%@ workload, 2 writer threads, uniform, as fast as possible):\n  untracked %.0f writes/s, tracked (scan every 100 ms) %.0f writes/s, ratio %.3f",
+                             size, s.untracked, s.tracked, s.tracked / s.untracked))
+            }
+
+            let pagesPerSecond = Double(rate) / 4096
+            let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(Int(pagesPerSecond)), "--pattern", "uniform"])
+            defer { workload.stop() }
+            func migrate(_ id: String, maxRounds: Int?) throws -> MigrationStatus {
+                var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "\(id)-\(getpid())")
+                if let maxRounds { r.parameters.maxRounds = maxRounds }
+                r.after = .resume
+                let m = SenderMigration(request: r, connect: try env.connector())
+                m.run()
+                let s = m.status
+                guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
+                return s
+            }
+            let pre = try migrate("bench-precopy", maxRounds: nil)
+            let sac = try migrate("bench-stopcopy", maxRounds: 0)
+            func line(_ name: String, _ s: MigrationStatus) -> String {
+                String(format: "  %-14@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s",
+                       name, s.downtimeMs ?? 0, s.rounds ?? 0, Summary.bytes(Double(s.transferredBytes)),
+                       Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000)
+            }
+            print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))")
+            print(line("pre-copy", pre))
+            print(line("stop-and-copy", sac))
+            print(String(format: "  downtime ratio pre-copy/stop-and-copy: 1/%.1f (%.4f)", (sac.downtimeMs ?? 0) / max(0.001, pre.downtimeMs ?? 0),
+                         (pre.downtimeMs ?? 0) / max(0.001, sac.downtimeMs ?? 1)))
+            if let reason = pre.cutoverReason { print("  pre-copy cutover: \(reason)") }
+        }
+    }
+}
