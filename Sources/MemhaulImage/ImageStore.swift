@@ -36,6 +36,17 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private let iov: UnsafeMutablePointer<iovec>
     private let hashState: OpaquePointer
 
+    /// Tests: stop right after the commit point, leaving the journal unapplied
+    /// (the state a crash there leaves).
+    var testStopAfterPublish = false
+
+    /// Tests: leave the open round's journal on disk as a crash before the commit would.
+    func testStopBeforeCommit() {
+        guard let r = open else { return }
+        try? flush(r)
+        open = nil
+    }
+
     static let scratchSize = 8 << 20
     /// Largest data record; writes are split so any record fits the read window.
     static let maxRecordData = 4 << 20
@@ -469,6 +480,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         open = nil
         try? r.journal.fd.close()
         let t2 = monotonicNanoseconds()
+        if testStopAfterPublish {
+            poisoned = "stopped after the commit point (test)"
+            throw .mustReopen(poisoned!)
+        }
         do {
             try apply(round: r.round, verifyFirst: false, layoutPass: r.layoutChanged)
         } catch {
