@@ -808,11 +808,27 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
     }
 
+    /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
+    public func storedBytes() throws(ImageError) -> UInt64 {
+        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        var total: UInt64 = 0
+        for s in manifest.segments {
+            let f = try file(s.fileID, create: false)
+            var pos = s.start - bases[s.fileID]!
+            let end = s.end - bases[s.fileID]!
+            while pos < end, let dataAt = try f.nextData(pos), dataAt < end {
+                let holeAt = min(max(try f.nextHole(dataAt), dataAt + imagePageSize), end)
+                total += holeAt - dataAt
+                pos = holeAt
+            }
+        }
+        return total
+    }
+
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
         try checkUsable()
-        var stored: UInt64 = 0
-        try walkCommitted(region: { _ in }, data: { stored += UInt64($0.count) }, zeros: { _ in })
+        let stored = try storedBytes()
         var disk: UInt64 = 0
         for name in try listDirectory(directory) {
             var st = stat()

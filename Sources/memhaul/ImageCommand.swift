@@ -8,7 +8,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Torture.self]
+        subcommands: [Inspect.self, Read.self, Torture.self, Bench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
@@ -174,6 +174,81 @@ struct ImageCommand: ParsableCommand {
                 // Unbuffered: the line is out the moment the round is durable.
                 FileHandle.standardOutput.write(Data("committed \(k)\n".utf8))
             }
+        }
+    }
+}
+
+extension ImageCommand {
+    /// Hidden: store throughput and commit latency figures (not a test).
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure image write throughput, commit latency and digest speed.", shouldDisplay: false)
+
+        @Option(help: "Directory to create the scratch image in (removed afterwards).")
+        var directory = "/tmp"
+        @Option(help: "Size of the big round (K/M/G suffix).")
+        var size = "1G"
+        @Option(help: "Bytes per writePages call.")
+        var batch = "1M"
+
+        func run() throws {
+            guard let total = parseNumber(size), let chunk = parseNumber(batch), chunk % imagePageSize == 0 else {
+                throw ValidationError("bad --size or --batch")
+            }
+            let dir = directory + "/memhaul-image-bench-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let store = try ImageStore.create(directory: dir, migrationID: "bench")
+            defer { store.close() }
+            let base: UInt64 = 0x7f00_0000_0000
+            let layout = [ImageRegion(start: base, end: base + total, protection: [.read, .write], name: "bench")]
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunk), alignment: 4096)
+            defer { buffer.deallocate() }
+            var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+            for i in 0..<Int(chunk) / 8 {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                buffer.storeBytes(of: x, toByteOffset: i * 8, as: UInt64.self)
+            }
+            func seconds(_ ns: UInt64) -> String { String(format: "%.3f s", Double(ns) / 1e9) }
+            func ms(_ ns: UInt64) -> String { String(format: "%.1f ms", Double(ns) / 1e6) }
+            func rate(_ bytes: UInt64, _ ns: UInt64) -> String { String(format: "%.0f MiB/s", Double(bytes) / 1_048_576 / (Double(ns) / 1e9)) }
+
+            // Round 1: the whole size, in batches.
+            try store.beginRound(1, layout: layout)
+            var t0 = DispatchTime.now().uptimeNanoseconds
+            var at = base
+            while at < base + total {
+                let n = Int(min(chunk, base + total - at))
+                try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                at += UInt64(n)
+            }
+            let writeNs = DispatchTime.now().uptimeNanoseconds - t0
+            var info = try store.commitRound()
+            print("round 1: \(bytes(total)) in \(bytes(chunk)) writePages calls: journal append \(seconds(writeNs)) (\(rate(total, writeNs)))")
+            print("  commit: journal sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), total \(ms(info.totalNanoseconds))")
+            print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
+
+            // Round 2: scattered single pages, 1% of the size.
+            let pages = max(1, total / imagePageSize / 100)
+            try store.beginRound(2, layout: layout)
+            t0 = DispatchTime.now().uptimeNanoseconds
+            for i in 0..<pages {
+                let address = base + ((i &* 7919) % (total / imagePageSize)) * imagePageSize
+                try store.writePages(at: address, UnsafeRawBufferPointer(rebasing: buffer[0..<Int(imagePageSize)]))
+            }
+            let scatterNs = DispatchTime.now().uptimeNanoseconds - t0
+            info = try store.commitRound()
+            print("round 2: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+
+            // Round 3: empty (commit overhead alone).
+            try store.beginRound(3, layout: layout)
+            info = try store.commitRound()
+            print("round 3: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+
+            t0 = DispatchTime.now().uptimeNanoseconds
+            let digest = try store.computeDigest()
+            let digestNs = DispatchTime.now().uptimeNanoseconds - t0
+            print("digest: \(digest) over \(bytes(total)) in \(seconds(digestNs)) (\(rate(total, digestNs)))")
+            print("disk: \(bytes(try store.info().diskBytes))")
         }
     }
 }
