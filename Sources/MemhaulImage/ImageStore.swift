@@ -650,6 +650,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         try flushPending()
         for id in touched.sorted() { try file(id, create: true).fsync() }
+        // Files this apply created must be durable names before the journal goes.
+        if layoutPass { try fsyncDirectory(directory) }
         try unlinkIfPresent(path)
         if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
     }
