@@ -220,7 +220,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
         let r = OpenRound(
             round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
-            layoutChanged: regions != manifest.regions, journal: journal)
+            fresh: plan.fresh, layoutChanged: regions != manifest.regions, journal: journal)
         let header = encodeJournalHeader(round: round, imageID: imageID)
         header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         r.buffered = header.count
@@ -244,7 +244,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Maps the new layout onto region files: kept addresses stay in their
     /// file; an added range extends the file that ends right before it (heap
     /// growth) or gets a new file; files left without addresses are dropped.
-    private func planLayout(_ regions: [ImageRegion]) -> (segments: [Segment], files: [FileEntry], nextFileID: UInt32) {
+    private func planLayout(_ regions: [ImageRegion]) -> (
+        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)]
+    ) {
         // Union of the new regions.
         var wanted: [(UInt64, UInt64)] = []
         for r in regions {
@@ -297,7 +299,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             }
         }
         let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
-        return (segments, files, nextID)
+        return (segments, files, nextID, added)
     }
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
@@ -309,14 +311,26 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         guard UInt64(bytes.count) % imagePageSize == 0 else { throw .unaligned(address &+ UInt64(bytes.count)) }
         guard bytes.count > 0 else { return }
         let end = address + UInt64(bytes.count)
-        try forEachPiece(r.segments, address, end) { s, a, e in r.addReservation(s.fileID, a - base(s, r), e - a) }
+        try forEachPiece(r.segments, address, end) { _, _, _ in }  // refuse before any side effect
         do {
-            var done = 0
-            while done < bytes.count {
-                let n = min(Self.maxRecordData, bytes.count - done)
-                try append(
-                    r, .data, address + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]))
-                done += n
+            try forEachPiece(r.segments, address, end) { s, a, e throws(ImageError) in
+                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
+                    let piece = UnsafeRawBufferPointer(rebasing: bytes[Int(x - address)..<Int(y - address)])
+                    if fresh {
+                        // No committed byte lives here: write in place, fsync before the commit.
+                        try file(s.fileID, create: true).pwriteAll(piece, at: x - base(s, r))
+                        r.directFiles.insert(s.fileID)
+                        r.directBytes += UInt64(piece.count)
+                        return
+                    }
+                    r.addReservation(s.fileID, x - base(s, r), y - x)
+                    var done = 0
+                    while done < piece.count {
+                        let n = min(Self.maxRecordData, piece.count - done)
+                        try append(r, .data, x + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: piece[done..<done + n]))
+                        done += n
+                    }
+                }
             }
         } catch {
             abortRound()
@@ -332,7 +346,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         try checkAligned(range)
         guard range.start < range.end else { return }
         try forEachPiece(r.segments, range.start, range.end) { _, _, _ in }
-        try appendOrAbort(r, .zero, range)
+        try clear(r, .zero, range)
         r.zeroPages += range.pageCount
     }
 
@@ -343,7 +357,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
-        try appendOrAbort(r, .discard, range)
+        try clear(r, .discard, range)
         r.discardedPages += range.pageCount
     }
 
@@ -352,12 +366,49 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
     }
 
-    private func appendOrAbort(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
+    /// Zero or discard: punched now where no committed byte lives, journaled elsewhere.
+    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
         do {
-            try append(r, kind, range.start, range.byteCount, nil)
+            try forEachCoveredPiece(r.segments, range.start, range.end) { s, a, e throws(ImageError) in
+                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
+                    if fresh {
+                        try file(s.fileID, create: true).punchHole(
+                            at: x - base(s, r), length: y - x, zeros: UnsafeRawBufferPointer(zeros))
+                        r.directFiles.insert(s.fileID)
+                    } else {
+                        try append(r, kind, x, y - x, nil)
+                    }
+                }
+            }
         } catch {
             abortRound()
             throw error
+        }
+    }
+
+    /// Splits `[start, end)` into runs that are fresh (not in the committed
+    /// layout: written in place) or not (journaled).
+    private func splitFresh(
+        _ r: OpenRound, _ start: UInt64, _ end: UInt64, _ body: (UInt64, UInt64, Bool) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        var lo = 0, hi = r.fresh.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if r.fresh[mid].1 <= start { lo = mid + 1 } else { hi = mid }
+        }
+        var cursor = start
+        var i = lo
+        while cursor < end {
+            if i < r.fresh.count, r.fresh[i].0 <= cursor {
+                let e = min(end, r.fresh[i].1)
+                try body(cursor, e, true)
+                cursor = e
+                i += 1
+            } else {
+                let e = i < r.fresh.count ? min(end, r.fresh[i].0) : end
+                try body(cursor, e, false)
+                cursor = e
+            }
         }
     }
 
@@ -417,10 +468,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         open = nil
         try? r.journal.fd.close()
         try? unlinkIfPresent(r.journal.path)
-        // Files created for the aborted layout hold only reserved zeros.
-        for f in r.files where manifest.files.first(where: { $0.id == f.id }) == nil {
-            files[f.id] = nil
-            try? unlinkIfPresent(filePath(f.id))
+        // Undo in-place writes to fresh addresses: back to the committed files.
+        do {
+            _ = try reconcileFiles(manifest)
+            try removeUnreferencedFiles(try listDirectory(directory))
+        } catch {
+            poisoned = "undoing round \(r.round) failed: \(error)"
         }
     }
 
@@ -440,6 +493,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try append(r, .seal, r.records, sealAt, nil)
             try flush(r)
             try r.journal.fsync()
+            for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
             try reserveBlocks(r)
             try fsyncDirectory(directory)  // the journal's directory entry, before the commit names it
         } catch {
@@ -492,7 +546,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         let t3 = monotonicNanoseconds()
         return CommitInfo(
-            round: r.round, record: record, syncNanoseconds: t1 - t0, publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
+            round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
@@ -565,7 +620,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                 }
             }
         }
-        _ = needsLayoutPass
+        // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
+        if action == .clean || needsLayoutPass { _ = try reconcileFiles(manifest) }
         try removeUnreferencedFiles(try listDirectory(directory))
         recovery = action
     }
@@ -591,19 +647,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try forEachRecord(journal, round: round, m: m, flushing: {}) { _, _, _, _ throws(ImageError) in }
         }
         var touched: Set<UInt32> = []
-        if layoutPass {
-            for f in m.files {
-                let file = try file(f.id, create: true)
-                if try file.size() != f.size { try file.truncate(f.size) }
-                var cursor = f.base
-                for s in m.segments where s.fileID == f.id {
-                    if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
-                    cursor = s.end
-                }
-                if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
-                touched.insert(f.id)
-            }
-        }
+        if layoutPass { touched = try reconcileFiles(m) }
         let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         // Pending coalesced write: file, offset, iovecs in the read window.
         var pendingFile: UInt32 = 0
@@ -654,6 +698,25 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         if layoutPass { try fsyncDirectory(directory) }
         try unlinkIfPresent(path)
         if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
+    }
+
+    /// Makes the region files match `m`: each file exists at its size, and
+    /// every range no segment uses is a hole. Idempotent; returns the files.
+    private func reconcileFiles(_ m: Manifest) throws(ImageError) -> Set<UInt32> {
+        var touched: Set<UInt32> = []
+        let z = UnsafeRawBufferPointer(zeros)
+        for f in m.files {
+            let file = try file(f.id, create: true)
+            if try file.size() != f.size { try file.truncate(f.size) }
+            var cursor = f.base
+            for s in m.segments where s.fileID == f.id {
+                if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: z) }
+                cursor = s.end
+            }
+            if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: z) }
+            touched.insert(f.id)
+        }
+        return touched
     }
 
     /// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
@@ -853,8 +916,12 @@ final class OpenRound {
     let files: [FileEntry]
     let fileBases: [UInt32: UInt64]
     let nextFileID: UInt32
+    /// Address ranges not in the committed layout: written in place, not journaled.
+    let fresh: [(UInt64, UInt64)]
     let layoutChanged: Bool
     let journal: ImageFile
+    var directFiles: Set<UInt32> = []
+    var directBytes: UInt64 = 0
     /// Journal bytes written to the file, and waiting in the scratch buffer.
     var written: UInt64 = 0
     var buffered = 0
@@ -868,8 +935,9 @@ final class OpenRound {
 
     init(
         round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
-        layoutChanged: Bool, journal: ImageFile
+        fresh: [(UInt64, UInt64)], layoutChanged: Bool, journal: ImageFile
     ) {
+        self.fresh = fresh
         self.round = round
         self.regions = regions
         self.segments = segments
