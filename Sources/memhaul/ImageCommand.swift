@@ -212,37 +212,42 @@ extension ImageCommand {
             func ms(_ ns: UInt64) -> String { String(format: "%.1f ms", Double(ns) / 1e6) }
             func rate(_ bytes: UInt64, _ ns: UInt64) -> String { String(format: "%.0f MiB/s", Double(bytes) / 1_048_576 / (Double(ns) / 1e9)) }
 
-            // Round 1: the whole size, in batches.
-            try store.beginRound(1, layout: layout)
-            var t0 = DispatchTime.now().uptimeNanoseconds
-            var at = base
-            while at < base + total {
-                let n = Int(min(chunk, base + total - at))
-                try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                at += UInt64(n)
+            // Round 1: the whole size, new to the layout (written in place);
+            // round 2: all of it again (journaled, then applied).
+            var t0: UInt64 = 0
+            for round in UInt32(1)...2 {
+                try store.beginRound(round, layout: layout)
+                t0 = DispatchTime.now().uptimeNanoseconds
+                var at = base
+                while at < base + total {
+                    let n = Int(min(chunk, base + total - at))
+                    try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    at += UInt64(n)
+                }
+                let writeNs = DispatchTime.now().uptimeNanoseconds - t0
+                let info = try store.commitRound()
+                let how = round == 1 ? "new pages, in place" : "overwrites, journaled"
+                print("round \(round): \(bytes(total)) (\(how)) in \(bytes(chunk)) writePages calls: \(seconds(writeNs)) (\(rate(total, writeNs)))")
+                print("  commit: sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), total \(ms(info.totalNanoseconds))")
+                print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
             }
-            let writeNs = DispatchTime.now().uptimeNanoseconds - t0
-            var info = try store.commitRound()
-            print("round 1: \(bytes(total)) in \(bytes(chunk)) writePages calls: journal append \(seconds(writeNs)) (\(rate(total, writeNs)))")
-            print("  commit: journal sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), total \(ms(info.totalNanoseconds))")
-            print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
 
-            // Round 2: scattered single pages, 1% of the size.
+            // Round 3: scattered single pages, 1% of the size.
             let pages = max(1, total / imagePageSize / 100)
-            try store.beginRound(2, layout: layout)
+            try store.beginRound(3, layout: layout)
             t0 = DispatchTime.now().uptimeNanoseconds
             for i in 0..<pages {
                 let address = base + ((i &* 7919) % (total / imagePageSize)) * imagePageSize
                 try store.writePages(at: address, UnsafeRawBufferPointer(rebasing: buffer[0..<Int(imagePageSize)]))
             }
             let scatterNs = DispatchTime.now().uptimeNanoseconds - t0
-            info = try store.commitRound()
-            print("round 2: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+            var info = try store.commitRound()
+            print("round 3: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
 
-            // Round 3: empty (commit overhead alone).
-            try store.beginRound(3, layout: layout)
+            // Round 4: empty (commit overhead alone).
+            try store.beginRound(4, layout: layout)
             info = try store.commitRound()
-            print("round 3: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+            print("round 4: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
 
             t0 = DispatchTime.now().uptimeNanoseconds
             let digest = try store.computeDigest()
