@@ -623,6 +623,13 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                 }
             }
         }
+        if action != .reappliedJournal(round: manifest.committedRound ?? 0) {
+            // Fully applied: every file the manifest names must be there (a missing
+            // one would otherwise be recreated empty and read as zeros).
+            for f in manifest.files where access(filePath(f.id), F_OK) != 0 {
+                throw .corrupt(file: filePath(f.id), reason: "region file missing")
+            }
+        }
         // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
         if action == .clean || needsLayoutPass { _ = try reconcileFiles(manifest) }
         try removeUnreferencedFiles(try listDirectory(directory))

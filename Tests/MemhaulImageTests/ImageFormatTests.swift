@@ -98,6 +98,16 @@ import Testing
         #expect(try store.readBytes(a, 8 * page) == pageBytes(2, pages: 2) + Array(pageBytes(1, pages: 8)[2 * page..<4 * page]) + pageBytes(3, pages: 2) + Array(pageBytes(1, pages: 8)[6 * page..<8 * page]))
     }
 
+    @Test func missingRegionFileIsCorruption() throws {
+        let root = temporaryDirectory()
+        defer { removeTree(root) }
+        let dir = try makeImage(root)
+        _ = try ImageStore.open(directory: dir)  // applies round 2
+        let file = dir + "/" + memFiles(dir)[0]
+        try FileManager.default.removeItem(atPath: file)
+        expectOpen(dir, throws: .corrupt(file: file, reason: "region file missing"))
+    }
+
     @Test func uncommittedJournalIsDiscardedWhateverItHolds() throws {
         let root = temporaryDirectory()
         defer { removeTree(root) }
