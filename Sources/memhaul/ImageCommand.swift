@@ -164,11 +164,24 @@ struct ImageCommand: ParsableCommand {
         @Option var seed: UInt64 = 1
 
         func run() throws {
-            let store = try ImageStore.create(directory: directory, migrationID: "torture")
+            // An existing image is recovered and continued (a crash during recovery is tested too).
+            let store: ImageStore
             var model = ImageTorture(seed: seed)
+            var first: UInt32 = 1
+            if FileManager.default.fileExists(atPath: directory + "/manifest") {
+                store = try ImageStore.open(directory: directory)
+                let committed = store.committedRound ?? 0
+                FileHandle.standardOutput.write(Data("recovered \(committed)\n".utf8))
+                for _ in 0..<committed { _ = model.next() }
+                first = committed + 1
+                guard store.state == .inProgress, first <= rounds else { return }
+            } else {
+                try? FileManager.default.removeItem(atPath: directory)  // a create killed before its manifest
+                store = try ImageStore.create(directory: directory, migrationID: "torture")
+            }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 * Int(imagePageSize), alignment: 4096)
             defer { buffer.deallocate() }
-            for k in 1...max(rounds, 1) {
+            for k in first...max(rounds, 1) {
                 let plan = model.next()
                 _ = try ImageTorture.run(plan, on: store, final: k == rounds, buffer: buffer, model: model)
                 // Unbuffered: the line is out the moment the round is durable.

@@ -22,7 +22,7 @@ import Testing
         return model
     }
 
-    /// Reads whole lines from a pipe until `count` lines (or end of file); returns the highest K in "committed K".
+    /// Reads whole lines from a pipe until `count` lines (or end of file); keeps the highest round reported.
     final class LineReader {
         let handle: FileHandle
         var buffer = Data()
@@ -37,7 +37,8 @@ import Testing
                 while let nl = buffer.firstIndex(of: UInt8(ascii: "\n")) {
                     let line = String(decoding: buffer[buffer.startIndex..<nl], as: UTF8.self)
                     buffer.removeSubrange(buffer.startIndex...nl)
-                    if line.hasPrefix("committed "), let k = UInt32(line.dropFirst(10)) { last = max(last, k) }
+                    // "committed K" after a commit, "recovered K" after an open: both prove round K is durable.
+                    if let k = line.split(separator: " ").last.flatMap({ UInt32($0) }) { last = max(last, k) }
                     lines += 1
                 }
             }
@@ -52,23 +53,29 @@ import Testing
         var generator = SystemRandomNumberGenerator()
         let rounds: UInt32 = 12
         var outcomes: [String: Int] = [:]
-        for iteration in 0..<30 {
+        let iterations = Int(ProcessInfo.processInfo.environment["MEMHAUL_TORTURE_ITERATIONS"] ?? "") ?? 30
+        for iteration in 0..<iterations {
             let seed = UInt64(iteration) &* 7919 &+ 11
             let dir = root + "/run\(iteration)"
-            let process = Process()
-            process.executableURL = URL(fileURLWithPath: binary)
-            process.arguments = ["image", "torture", dir, "--rounds", "\(rounds)", "--seed", "\(seed)"]
-            let pipe = Pipe()
-            process.standardOutput = pipe
-            try process.run()
-            let reader = LineReader(pipe.fileHandleForReading)
-            // Pick the kill point: after some commits, then a short random delay.
-            reader.read(upTo: Int.random(in: 0...Int(rounds) - 1, using: &generator))
-            usleep(UInt32.random(in: 0...20_000, using: &generator))
-            kill(process.processIdentifier, SIGKILL)
-            process.waitUntilExit()
-            reader.read(upTo: Int.max)  // lines written before the kill
-            let printed = reader.last
+            // Two writers in a row, each killed at a random point; the second
+            // starts by recovering what the first left (and may die recovering).
+            var printed: UInt32 = 0
+            for _ in 0..<2 {
+                let process = Process()
+                process.executableURL = URL(fileURLWithPath: binary)
+                process.arguments = ["image", "torture", dir, "--rounds", "\(rounds)", "--seed", "\(seed)"]
+                let pipe = Pipe()
+                process.standardOutput = pipe
+                try process.run()
+                let reader = LineReader(pipe.fileHandleForReading)
+                // Pick the kill point: after some lines, then a short random delay.
+                reader.read(upTo: Int.random(in: 0...Int(rounds) / 2, using: &generator))
+                usleep(UInt32.random(in: 0...20_000, using: &generator))
+                kill(process.processIdentifier, SIGKILL)
+                process.waitUntilExit()
+                reader.read(upTo: Int.max)  // lines written before the kill
+                printed = max(printed, reader.last)
+            }
 
             guard FileManager.default.fileExists(atPath: dir + "/manifest") else {
                 #expect(printed == 0, "no manifest but round \(printed) was reported")
