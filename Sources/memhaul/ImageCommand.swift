@@ -203,6 +203,8 @@ extension ImageCommand {
         var size = "1G"
         @Option(help: "Bytes per writePages call.")
         var batch = "1M"
+        @Option(help: "Layout size (default: --size); the rest stays a hole.")
+        var layout: String?
 
         func run() throws {
             guard let total = parseNumber(size), let chunk = parseNumber(batch), chunk % imagePageSize == 0 else {
@@ -213,7 +215,10 @@ extension ImageCommand {
             let store = try ImageStore.create(directory: dir, migrationID: "bench")
             defer { store.close() }
             let base: UInt64 = 0x7f00_0000_0000
-            let layout = [ImageRegion(start: base, end: base + total, protection: [.read, .write], name: "bench")]
+            guard let span = parseNumber(self.layout ?? size), span >= total, span % imagePageSize == 0 else {
+                throw ValidationError("bad --layout")
+            }
+            let layout = [ImageRegion(start: base, end: base + span, protection: [.read, .write], name: "bench")]
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunk), alignment: 4096)
             defer { buffer.deallocate() }
             var x: UInt64 = 0x9E37_79B9_7F4A_7C15
@@ -265,7 +270,7 @@ extension ImageCommand {
             t0 = DispatchTime.now().uptimeNanoseconds
             let digest = try store.computeDigest()
             let digestNs = DispatchTime.now().uptimeNanoseconds - t0
-            print("digest: \(digest) over \(bytes(total)) in \(seconds(digestNs)) (\(rate(total, digestNs)))")
+            print("digest: \(digest) over \(bytes(span)) (\(bytes(total)) data) in \(seconds(digestNs)) (\(rate(span, digestNs)))")
             print("disk: \(bytes(try store.info().diskBytes))")
         }
     }
