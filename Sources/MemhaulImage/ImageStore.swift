@@ -608,18 +608,17 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let names = try listDirectory(directory)
         try? unlinkIfPresent(directory + "/manifest.tmp")
         var action = ImageRecovery.clean
-        var needsLayoutPass = false
+        // Ascending rounds: the committed journal is applied before a newer one is discarded.
         for name in names.sorted() where name.hasPrefix("journal-") {
             guard let round = UInt32(name.dropFirst("journal-".count)) else { continue }
             if round == manifest.committedRound {
                 try apply(round: round, verifyFirst: true, layoutPass: true)
                 action = .reappliedJournal(round: round)
             } else {
+                // Older: applied, its unlink was not durable. Newer: never committed.
                 try unlinkIfPresent(directory + "/" + name)
-                if let c = manifest.committedRound, round < c { continue }
-                if manifest.committedRound == nil || round > manifest.committedRound! {
-                    action = action == .clean ? .discardedJournal(round: round) : action
-                    needsLayoutPass = true  // its layout may have created files
+                if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
+                    action = .discardedJournal(round: round)
                 }
             }
         }
@@ -631,7 +630,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             }
         }
         // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
-        if action == .clean || needsLayoutPass { _ = try reconcileFiles(manifest) }
+        _ = try reconcileFiles(manifest)
         try removeUnreferencedFiles(try listDirectory(directory))
         recovery = action
     }
