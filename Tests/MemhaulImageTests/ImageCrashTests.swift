@@ -134,6 +134,22 @@ import Testing
         #expect(caught?.file?.hasPrefix(dir + "/mem-") == true || caught?.file == dir + "/journal-0000000003", "\(String(describing: caught))")
         if case .io(_, _, let errno) = caught { #expect(errno == .ENOSPC) } else { Issue.record("not an I/O error: \(String(describing: caught))") }
         #expect(try store.matches(model))
+
+        // 3 MiB to a new region: written in place, fails in writePages itself.
+        let other = a + 0x1000_0000
+        try store.beginRound(5, layout: layout + [region(other, pages: 1024)])
+        caught = nil
+        do {
+            for i in 0..<12 { try store.write(other + UInt64(i * 64 * page), pageBytes(UInt64(i), pages: 64)) }
+        } catch { caught = error }
+        if case .io(let file, "pwrite", .ENOSPC) = caught {
+            #expect(file.hasPrefix(dir + "/mem-"))
+        } else {
+            Issue.record("expected pwrite ENOSPC on a region file, got \(String(describing: caught))")
+        }
+        #expect(store.openRound == nil)
+        #expect(memFiles(dir).count == 1)
+        #expect(try store.matches(model))
         store.close()
 
         let reopened = try ImageStore.open(directory: dir)
