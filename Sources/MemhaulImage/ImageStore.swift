@@ -306,8 +306,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     }
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
-    /// the open round's layout). The bytes go to the round's journal; they
-    /// become visible when the round commits. An I/O error aborts the round.
+    /// the open round's layout). Pages at addresses new to the layout are
+    /// written in place, the others go to the round's journal; all become
+    /// visible when the round commits. An I/O error aborts the round.
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         guard address % imagePageSize == 0 else { throw .unaligned(address) }
