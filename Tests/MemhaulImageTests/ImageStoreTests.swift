@@ -115,6 +115,25 @@ import Testing
         #expect(reopened.rounds.filter(\.layoutChanged).count == 11)
     }
 
+    @Test func aFourGiBLayoutCostsOnlyWhatWasSent() throws {
+        let root = temporaryDirectory()
+        defer { removeTree(root) }
+        let store = try ImageStore.create(directory: root + "/big", migrationID: "big")
+        let layout = [ImageRegion(start: a, end: a + (4 << 30))]
+        try store.beginRound(1, layout: layout)
+        for at in [0, 1 << 20, (4 << 30) - 4096] { try store.write(a + UInt64(at), pageBytes(UInt64(at), pages: 1)) }
+        try store.commitRound()
+        try store.beginRound(2, layout: layout)
+        try store.write(a + (2 << 30), pageBytes(2, pages: 1))  // journaled: the address is committed
+        try store.commitRound()
+        let info = try store.info()
+        #expect(info.logicalBytes == 4 << 30)
+        #expect(info.storedPages == 4)
+        #expect(info.diskBytes < 256 << 10, "\(info.diskBytes) bytes on disk")
+        #expect(try store.readBytes(a + (4 << 30) - 4096, page) == pageBytes(UInt64((4 << 30) - 4096), pages: 1))
+        #expect(try store.readBytes(a + (2 << 30), page) == pageBytes(2, pages: 1))
+    }
+
     @Test func zeroAndDiscardPunchHoles() throws {
         let root = temporaryDirectory()
         defer { removeTree(root) }
