@@ -61,10 +61,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let digits = String(round)
         return directory + "/journal-" + String(repeating: "0", count: max(0, 10 - digits.count)) + digits
     }
-    func filePath(_ id: UInt32) -> String {
-        let hex = String(id, radix: 16)
-        return directory + "/mem-" + String(repeating: "0", count: max(0, 8 - hex.count)) + hex + ".bin"
-    }
+    func filePath(_ id: UInt32) -> String { directory + "/mem-" + hex8(id) + ".bin" }
 
     // MARK: create / open
 
@@ -905,15 +902,55 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         return total
     }
 
+    /// Reads an image's committed manifest without locking or recovering it, to
+    /// watch a migration a receiver is writing. Stored pages and disk use are
+    /// best effort (the writer may be changing the files meanwhile).
+    public static func peek(directory: String) throws(ImageError) -> ImageInfo {
+        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let path = dir + "/manifest"
+        let bytes: [UInt8]
+        do {
+            bytes = try readWholeFile(path)
+        } catch {
+            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
+            throw error
+        }
+        let m = try Manifest.decode(bytes, file: path)
+        var stored: UInt64 = 0
+        for s in m.segments {
+            guard let f = m.files.first(where: { $0.id == s.fileID }),
+                let file = try? ImageFile(path: dir + "/mem-" + hex8(f.id) + ".bin", flags: O_RDONLY)
+            else { continue }
+            var pos = s.start - f.base
+            let end = s.end - f.base
+            while pos < end, let d = (try? file.nextData(pos)) ?? nil, d < end {
+                let holeAt = min(max((try? file.nextHole(d)) ?? end, d + imagePageSize), end)
+                stored += holeAt - d
+                pos = holeAt
+            }
+        }
+        return ImageInfo(
+            directory: dir, migrationID: m.migrationID, state: m.state,
+            failureReason: m.state == .failed ? m.failureReason : nil, committedRound: m.committedRound,
+            layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
+            logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
+            updatedAt: m.updatedAt, recovery: .clean)
+    }
+
+    static func diskUse(_ dir: String) -> UInt64 {
+        var disk: UInt64 = 0
+        for name in (try? listDirectory(dir)) ?? [] {
+            var st = stat()
+            if lstat(dir + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
+        }
+        return disk
+    }
+
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
         try checkUsable()
         let stored = try storedBytes()
-        var disk: UInt64 = 0
-        for name in try listDirectory(directory) {
-            var st = stat()
-            if lstat(directory + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
-        }
+        let disk = Self.diskUse(directory)
         return ImageInfo(
             directory: directory, migrationID: manifest.migrationID, state: manifest.state,
             failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
@@ -921,6 +958,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
             createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery)
     }
+}
+
+/// 8 lower-case hex digits.
+func hex8(_ v: UInt32) -> String {
+    let hex = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
 }
 
 /// The state of the open round.

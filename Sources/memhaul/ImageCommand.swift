@@ -26,22 +26,31 @@ struct ImageCommand: ParsableCommand {
         var verifyDigest = false
 
         func run() throws {
-            let store = try ImageStore.open(directory: directory)
-            defer { store.close() }
-            let info = try store.info()
+            var info: ImageInfo
             var recomputed: MemoryDigest?
-            if verifyDigest { recomputed = try store.computeDigest() }
+            var live = false
+            do {
+                let store = try ImageStore.open(directory: directory)
+                defer { store.close() }
+                info = try store.info()
+                if verifyDigest { recomputed = try store.computeDigest() }
+            } catch ImageError.locked {
+                // A receiver is writing it: show the committed manifest, read-only.
+                if verifyDigest { throw ImageError.locked(directory: directory) }
+                info = try ImageStore.peek(directory: directory)
+                live = true
+            }
             if json {
-                print(try jsonText(info, recomputed))
+                print(try jsonText(info, recomputed, live: live))
             } else {
-                print(humanText(info, recomputed), terminator: "")
+                print(humanText(info, recomputed, live: live), terminator: "")
             }
             if let recomputed, let stored = info.finalDigest, recomputed != stored {
                 throw ValidationError("digest mismatch: stored \(stored), recomputed \(recomputed)")
             }
         }
 
-        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?) throws -> String {
+        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) throws -> String {
             var object: [String: Any] = [
                 "directory": info.directory,
                 "migration": info.migrationID,
@@ -61,7 +70,8 @@ struct ImageCommand: ParsableCommand {
                 "logicalBytes": info.logicalBytes,
                 "createdAt": isoTime(info.createdAt),
                 "updatedAt": isoTime(info.updatedAt),
-                "recovery": recoveryText(info.recovery),
+                "recovery": live ? "not attempted (locked by a receiver)" : recoveryText(info.recovery),
+                "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
             object["failureReason"] = info.failureReason ?? NSNull()
@@ -74,12 +84,12 @@ struct ImageCommand: ParsableCommand {
             return String(decoding: data, as: UTF8.self)
         }
 
-        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?) -> String {
+        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) -> String {
             var out = ""
             func line(_ key: String, _ value: String) { out += key.padding(toLength: 11, withPad: " ", startingAt: 0) + value + "\n" }
             line("image", info.directory)
             line("migration", info.migrationID)
-            line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? ""))
+            line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? "") + (live ? ", live: a receiver holds the lock" : ""))
             line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
             line("layout", "\(info.layout.count) regions, \(bytes(info.logicalBytes))")
             for r in info.layout {
@@ -91,7 +101,7 @@ struct ImageCommand: ParsableCommand {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
                 line("recomputed", recomputed.hex + verdict)
             }
-            line("recovery", recoveryText(info.recovery))
+            line("recovery", live ? "not attempted (locked)" : recoveryText(info.recovery))
             if !info.rounds.isEmpty {
                 out += "rounds:\n   round  data pages   zero  discard     journal  committed\n"
                 for h in info.rounds {

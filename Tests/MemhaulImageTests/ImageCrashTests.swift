@@ -255,5 +255,16 @@ import Testing
         #expect([UInt8](raw) == pageBytes(1, pages: 1) + [UInt8](repeating: 0, count: 4096))
         let (badStatus, _) = try run(["image", "read", dir, "0x\(String(a, radix: 16))", "20K"])
         #expect(badStatus != 0)
+        // While a receiver holds the image, inspect shows the committed manifest read-only.
+        let holder = try ImageStore.open(directory: dir)
+        let (liveStatus, liveJSON) = try run(["image", "inspect", dir, "--json"])
+        #expect(liveStatus == 0)
+        let live = try JSONSerialization.jsonObject(with: liveJSON) as? [String: Any]
+        #expect(live?["live"] as? Bool == true)
+        #expect(live?["committedRound"] as? Int == 1)
+        #expect(live?["storedPages"] as? Int == 1)
+        let (lockedRead, _) = try run(["image", "read", dir, "0x\(String(a, radix: 16))", "4K"])
+        #expect(lockedRead != 0)
+        holder.close()
     }
 }
