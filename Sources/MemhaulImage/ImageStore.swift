@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CXXHash
+import Dispatch
 import MemhaulDigest
 import MemhaulSystem
 
@@ -36,7 +37,20 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private let iov: UnsafeMutablePointer<iovec>
     private let hashState: OpaquePointer
 
+    /// Tests: stop right after the commit point, leaving the journal unapplied
+    /// (the state a crash there leaves).
+    var testStopAfterPublish = false
+
+    /// Tests: leave the open round's journal on disk as a crash before the commit would.
+    func testStopBeforeCommit() {
+        guard let r = open else { return }
+        try? flush(r)
+        open = nil
+    }
+
     static let scratchSize = 8 << 20
+    /// Closes unlinked journals in the background.
+    static let reaper = DispatchQueue(label: "memhaul.image.reaper", qos: .utility)
     /// Largest data record; writes are split so any record fits the read window.
     static let maxRecordData = 4 << 20
 
@@ -47,10 +61,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let digits = String(round)
         return directory + "/journal-" + String(repeating: "0", count: max(0, 10 - digits.count)) + digits
     }
-    func filePath(_ id: UInt32) -> String {
-        let hex = String(id, radix: 16)
-        return directory + "/mem-" + String(repeating: "0", count: max(0, 8 - hex.count)) + hex + ".bin"
-    }
+    func filePath(_ id: UInt32) -> String { directory + "/mem-" + hex8(id) + ".bin" }
 
     // MARK: create / open
 
@@ -209,7 +220,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
         let r = OpenRound(
             round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
-            layoutChanged: regions != manifest.regions, journal: journal)
+            fresh: plan.fresh, layoutChanged: regions != manifest.regions, journal: journal)
         let header = encodeJournalHeader(round: round, imageID: imageID)
         header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         r.buffered = header.count
@@ -233,7 +244,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Maps the new layout onto region files: kept addresses stay in their
     /// file; an added range extends the file that ends right before it (heap
     /// growth) or gets a new file; files left without addresses are dropped.
-    private func planLayout(_ regions: [ImageRegion]) -> (segments: [Segment], files: [FileEntry], nextFileID: UInt32) {
+    private func planLayout(_ regions: [ImageRegion]) -> (
+        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)]
+    ) {
         // Union of the new regions.
         var wanted: [(UInt64, UInt64)] = []
         for r in regions {
@@ -286,26 +299,39 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             }
         }
         let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
-        return (segments, files, nextID)
+        return (segments, files, nextID, added)
     }
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
-    /// the open round's layout). The bytes go to the round's journal; they
-    /// become visible when the round commits. An I/O error aborts the round.
+    /// the open round's layout). Pages at addresses new to the layout are
+    /// written in place, the others go to the round's journal; all become
+    /// visible when the round commits. An I/O error aborts the round.
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         guard address % imagePageSize == 0 else { throw .unaligned(address) }
         guard UInt64(bytes.count) % imagePageSize == 0 else { throw .unaligned(address &+ UInt64(bytes.count)) }
         guard bytes.count > 0 else { return }
         let end = address + UInt64(bytes.count)
-        try forEachPiece(r.segments, address, end) { s, a, e in r.addReservation(s.fileID, a - base(s, r), e - a) }
+        try forEachPiece(r.segments, address, end) { _, _, _ in }  // refuse before any side effect
         do {
-            var done = 0
-            while done < bytes.count {
-                let n = min(Self.maxRecordData, bytes.count - done)
-                try append(
-                    r, .data, address + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: bytes[done..<done + n]))
-                done += n
+            try forEachPiece(r.segments, address, end) { s, a, e throws(ImageError) in
+                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
+                    let piece = UnsafeRawBufferPointer(rebasing: bytes[Int(x - address)..<Int(y - address)])
+                    if fresh {
+                        // No committed byte lives here: write in place, fsync before the commit.
+                        try file(s.fileID, create: true).pwriteAll(piece, at: x - base(s, r))
+                        r.directFiles.insert(s.fileID)
+                        r.directBytes += UInt64(piece.count)
+                        return
+                    }
+                    r.addReservation(s.fileID, x - base(s, r), y - x)
+                    var done = 0
+                    while done < piece.count {
+                        let n = min(Self.maxRecordData, piece.count - done)
+                        try append(r, .data, x + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: piece[done..<done + n]))
+                        done += n
+                    }
+                }
             }
         } catch {
             abortRound()
@@ -321,7 +347,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         try checkAligned(range)
         guard range.start < range.end else { return }
         try forEachPiece(r.segments, range.start, range.end) { _, _, _ in }
-        try appendOrAbort(r, .zero, range)
+        try clear(r, .zero, range)
         r.zeroPages += range.pageCount
     }
 
@@ -332,7 +358,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
-        try appendOrAbort(r, .discard, range)
+        try clear(r, .discard, range)
         r.discardedPages += range.pageCount
     }
 
@@ -341,12 +367,49 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
     }
 
-    private func appendOrAbort(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
+    /// Zero or discard: punched now where no committed byte lives, journaled elsewhere.
+    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
         do {
-            try append(r, kind, range.start, range.byteCount, nil)
+            try forEachCoveredPiece(r.segments, range.start, range.end) { s, a, e throws(ImageError) in
+                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
+                    if fresh {
+                        try file(s.fileID, create: true).punchHole(
+                            at: x - base(s, r), length: y - x, zeros: UnsafeRawBufferPointer(zeros))
+                        r.directFiles.insert(s.fileID)
+                    } else {
+                        try append(r, kind, x, y - x, nil)
+                    }
+                }
+            }
         } catch {
             abortRound()
             throw error
+        }
+    }
+
+    /// Splits `[start, end)` into runs that are fresh (not in the committed
+    /// layout: written in place) or not (journaled).
+    private func splitFresh(
+        _ r: OpenRound, _ start: UInt64, _ end: UInt64, _ body: (UInt64, UInt64, Bool) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        var lo = 0, hi = r.fresh.count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if r.fresh[mid].1 <= start { lo = mid + 1 } else { hi = mid }
+        }
+        var cursor = start
+        var i = lo
+        while cursor < end {
+            if i < r.fresh.count, r.fresh[i].0 <= cursor {
+                let e = min(end, r.fresh[i].1)
+                try body(cursor, e, true)
+                cursor = e
+                i += 1
+            } else {
+                let e = i < r.fresh.count ? min(end, r.fresh[i].0) : end
+                try body(cursor, e, false)
+                cursor = e
+            }
         }
     }
 
@@ -406,10 +469,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         open = nil
         try? r.journal.fd.close()
         try? unlinkIfPresent(r.journal.path)
-        // Files created for the aborted layout hold only reserved zeros.
-        for f in r.files where manifest.files.first(where: { $0.id == f.id }) == nil {
-            files[f.id] = nil
-            try? unlinkIfPresent(filePath(f.id))
+        // Undo in-place writes to fresh addresses: back to the committed files.
+        do {
+            _ = try reconcileFiles(manifest)
+            try removeUnreferencedFiles(try listDirectory(directory))
+        } catch {
+            poisoned = "undoing round \(r.round) failed: \(error)"
         }
     }
 
@@ -429,6 +494,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try append(r, .seal, r.records, sealAt, nil)
             try flush(r)
             try r.journal.fsync()
+            for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
             try reserveBlocks(r)
             try fsyncDirectory(directory)  // the journal's directory entry, before the commit names it
         } catch {
@@ -469,6 +535,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         open = nil
         try? r.journal.fd.close()
         let t2 = monotonicNanoseconds()
+        if testStopAfterPublish {
+            poisoned = "stopped after the commit point (test)"
+            throw .mustReopen(poisoned!)
+        }
         do {
             try apply(round: r.round, verifyFirst: false, layoutPass: r.layoutChanged)
         } catch {
@@ -477,7 +547,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         let t3 = monotonicNanoseconds()
         return CommitInfo(
-            round: r.round, record: record, syncNanoseconds: t1 - t0, publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
+            round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
@@ -535,22 +606,29 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let names = try listDirectory(directory)
         try? unlinkIfPresent(directory + "/manifest.tmp")
         var action = ImageRecovery.clean
-        var needsLayoutPass = false
+        // Ascending rounds: the committed journal is applied before a newer one is discarded.
         for name in names.sorted() where name.hasPrefix("journal-") {
             guard let round = UInt32(name.dropFirst("journal-".count)) else { continue }
             if round == manifest.committedRound {
                 try apply(round: round, verifyFirst: true, layoutPass: true)
                 action = .reappliedJournal(round: round)
             } else {
+                // Older: applied, its unlink was not durable. Newer: never committed.
                 try unlinkIfPresent(directory + "/" + name)
-                if let c = manifest.committedRound, round < c { continue }
-                if manifest.committedRound == nil || round > manifest.committedRound! {
-                    action = action == .clean ? .discardedJournal(round: round) : action
-                    needsLayoutPass = true  // its layout may have created files
+                if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
+                    action = .discardedJournal(round: round)
                 }
             }
         }
-        _ = needsLayoutPass
+        if action != .reappliedJournal(round: manifest.committedRound ?? 0) {
+            // Fully applied: every file the manifest names must be there (a missing
+            // one would otherwise be recreated empty and read as zeros).
+            for f in manifest.files where access(filePath(f.id), F_OK) != 0 {
+                throw .corrupt(file: filePath(f.id), reason: "region file missing")
+            }
+        }
+        // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
+        _ = try reconcileFiles(manifest)
         try removeUnreferencedFiles(try listDirectory(directory))
         recovery = action
     }
@@ -576,19 +654,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try forEachRecord(journal, round: round, m: m, flushing: {}) { _, _, _, _ throws(ImageError) in }
         }
         var touched: Set<UInt32> = []
-        if layoutPass {
-            for f in m.files {
-                let file = try file(f.id, create: true)
-                if try file.size() != f.size { try file.truncate(f.size) }
-                var cursor = f.base
-                for s in m.segments where s.fileID == f.id {
-                    if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
-                    cursor = s.end
-                }
-                if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: UnsafeRawBufferPointer(zeros)) }
-                touched.insert(f.id)
-            }
-        }
+        if layoutPass { touched = try reconcileFiles(m) }
         let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         // Pending coalesced write: file, offset, iovecs in the read window.
         var pendingFile: UInt32 = 0
@@ -635,8 +701,34 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         try flushPending()
         for id in touched.sorted() { try file(id, create: true).fsync() }
+        // Files this apply created must be durable names before the journal goes.
+        if layoutPass { try fsyncDirectory(directory) }
         try unlinkIfPresent(path)
+        // The last close of the unlinked journal frees its blocks and page cache
+        // (~1 s per GiB): do it off the commit path. Safe: a journal older than
+        // the committed round is never read again.
+        let raw = journal.fd.release()
+        Self.reaper.async { _ = Glibc.close(raw) }
         if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
+    }
+
+    /// Makes the region files match `m`: each file exists at its size, and
+    /// every range no segment uses is a hole. Idempotent; returns the files.
+    private func reconcileFiles(_ m: Manifest) throws(ImageError) -> Set<UInt32> {
+        var touched: Set<UInt32> = []
+        let z = UnsafeRawBufferPointer(zeros)
+        for f in m.files {
+            let file = try file(f.id, create: true)
+            if try file.size() != f.size { try file.truncate(f.size) }
+            var cursor = f.base
+            for s in m.segments where s.fileID == f.id {
+                if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: z) }
+                cursor = s.end
+            }
+            if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: z) }
+            touched.insert(f.id)
+        }
+        return touched
     }
 
     /// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
@@ -793,16 +885,72 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
     }
 
+    /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
+    public func storedBytes() throws(ImageError) -> UInt64 {
+        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        var total: UInt64 = 0
+        for s in manifest.segments {
+            let f = try file(s.fileID, create: false)
+            var pos = s.start - bases[s.fileID]!
+            let end = s.end - bases[s.fileID]!
+            while pos < end, let dataAt = try f.nextData(pos), dataAt < end {
+                let holeAt = min(max(try f.nextHole(dataAt), dataAt + imagePageSize), end)
+                total += holeAt - dataAt
+                pos = holeAt
+            }
+        }
+        return total
+    }
+
+    /// Reads an image's committed manifest without locking or recovering it, to
+    /// watch a migration a receiver is writing. Stored pages and disk use are
+    /// best effort (the writer may be changing the files meanwhile).
+    public static func peek(directory: String) throws(ImageError) -> ImageInfo {
+        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let path = dir + "/manifest"
+        let bytes: [UInt8]
+        do {
+            bytes = try readWholeFile(path)
+        } catch {
+            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
+            throw error
+        }
+        let m = try Manifest.decode(bytes, file: path)
+        var stored: UInt64 = 0
+        for s in m.segments {
+            guard let f = m.files.first(where: { $0.id == s.fileID }),
+                let file = try? ImageFile(path: dir + "/mem-" + hex8(f.id) + ".bin", flags: O_RDONLY)
+            else { continue }
+            var pos = s.start - f.base
+            let end = s.end - f.base
+            while pos < end, let d = (try? file.nextData(pos)) ?? nil, d < end {
+                let holeAt = min(max((try? file.nextHole(d)) ?? end, d + imagePageSize), end)
+                stored += holeAt - d
+                pos = holeAt
+            }
+        }
+        return ImageInfo(
+            directory: dir, migrationID: m.migrationID, state: m.state,
+            failureReason: m.state == .failed ? m.failureReason : nil, committedRound: m.committedRound,
+            layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
+            logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
+            updatedAt: m.updatedAt, recovery: .clean)
+    }
+
+    static func diskUse(_ dir: String) -> UInt64 {
+        var disk: UInt64 = 0
+        for name in (try? listDirectory(dir)) ?? [] {
+            var st = stat()
+            if lstat(dir + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
+        }
+        return disk
+    }
+
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
         try checkUsable()
-        var stored: UInt64 = 0
-        try walkCommitted(region: { _ in }, data: { stored += UInt64($0.count) }, zeros: { _ in })
-        var disk: UInt64 = 0
-        for name in try listDirectory(directory) {
-            var st = stat()
-            if lstat(directory + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
-        }
+        let stored = try storedBytes()
+        let disk = Self.diskUse(directory)
         return ImageInfo(
             directory: directory, migrationID: manifest.migrationID, state: manifest.state,
             failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
@@ -810,6 +958,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
             createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery)
     }
+}
+
+/// 8 lower-case hex digits.
+func hex8(_ v: UInt32) -> String {
+    let hex = String(v, radix: 16)
+    return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
 }
 
 /// The state of the open round.
@@ -820,8 +974,12 @@ final class OpenRound {
     let files: [FileEntry]
     let fileBases: [UInt32: UInt64]
     let nextFileID: UInt32
+    /// Address ranges not in the committed layout: written in place, not journaled.
+    let fresh: [(UInt64, UInt64)]
     let layoutChanged: Bool
     let journal: ImageFile
+    var directFiles: Set<UInt32> = []
+    var directBytes: UInt64 = 0
     /// Journal bytes written to the file, and waiting in the scratch buffer.
     var written: UInt64 = 0
     var buffered = 0
@@ -835,8 +993,9 @@ final class OpenRound {
 
     init(
         round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
-        layoutChanged: Bool, journal: ImageFile
+        fresh: [(UInt64, UInt64)], layoutChanged: Bool, journal: ImageFile
     ) {
+        self.fresh = fresh
         self.round = round
         self.regions = regions
         self.segments = segments

@@ -95,6 +95,8 @@ public struct RoundRecord: Hashable, Sendable {
 public struct CommitInfo: Hashable, Sendable {
     public var round: UInt32
     public var record: RoundRecord
+    /// Page bytes written in place (addresses new to the layout) instead of through the journal.
+    public var directBytes: UInt64
     /// Journal flush + fsync + block reservation, nanoseconds.
     public var syncNanoseconds: UInt64
     /// Writing and publishing the manifest (the commit point), nanoseconds.

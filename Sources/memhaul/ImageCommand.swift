@@ -8,7 +8,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self, Bench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
@@ -26,22 +26,31 @@ struct ImageCommand: ParsableCommand {
         var verifyDigest = false
 
         func run() throws {
-            let store = try ImageStore.open(directory: directory)
-            defer { store.close() }
-            let info = try store.info()
+            var info: ImageInfo
             var recomputed: MemoryDigest?
-            if verifyDigest { recomputed = try store.computeDigest() }
+            var live = false
+            do {
+                let store = try ImageStore.open(directory: directory)
+                defer { store.close() }
+                info = try store.info()
+                if verifyDigest { recomputed = try store.computeDigest() }
+            } catch ImageError.locked {
+                // A receiver is writing it: show the committed manifest, read-only.
+                if verifyDigest { throw ImageError.locked(directory: directory) }
+                info = try ImageStore.peek(directory: directory)
+                live = true
+            }
             if json {
-                print(try jsonText(info, recomputed))
+                print(try jsonText(info, recomputed, live: live))
             } else {
-                print(humanText(info, recomputed), terminator: "")
+                print(humanText(info, recomputed, live: live), terminator: "")
             }
             if let recomputed, let stored = info.finalDigest, recomputed != stored {
                 throw ValidationError("digest mismatch: stored \(stored), recomputed \(recomputed)")
             }
         }
 
-        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?) throws -> String {
+        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) throws -> String {
             var object: [String: Any] = [
                 "directory": info.directory,
                 "migration": info.migrationID,
@@ -61,7 +70,8 @@ struct ImageCommand: ParsableCommand {
                 "logicalBytes": info.logicalBytes,
                 "createdAt": isoTime(info.createdAt),
                 "updatedAt": isoTime(info.updatedAt),
-                "recovery": recoveryText(info.recovery),
+                "recovery": live ? "not attempted (locked by a receiver)" : recoveryText(info.recovery),
+                "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
             object["failureReason"] = info.failureReason ?? NSNull()
@@ -74,12 +84,12 @@ struct ImageCommand: ParsableCommand {
             return String(decoding: data, as: UTF8.self)
         }
 
-        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?) -> String {
+        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) -> String {
             var out = ""
             func line(_ key: String, _ value: String) { out += key.padding(toLength: 11, withPad: " ", startingAt: 0) + value + "\n" }
             line("image", info.directory)
             line("migration", info.migrationID)
-            line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? ""))
+            line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? "") + (live ? ", live: a receiver holds the lock" : ""))
             line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
             line("layout", "\(info.layout.count) regions, \(bytes(info.logicalBytes))")
             for r in info.layout {
@@ -91,7 +101,7 @@ struct ImageCommand: ParsableCommand {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
                 line("recomputed", recomputed.hex + verdict)
             }
-            line("recovery", recoveryText(info.recovery))
+            line("recovery", live ? "not attempted (locked)" : recoveryText(info.recovery))
             if !info.rounds.isEmpty {
                 out += "rounds:\n   round  data pages   zero  discard     journal  committed\n"
                 for h in info.rounds {
@@ -164,16 +174,114 @@ struct ImageCommand: ParsableCommand {
         @Option var seed: UInt64 = 1
 
         func run() throws {
-            let store = try ImageStore.create(directory: directory, migrationID: "torture")
+            // An existing image is recovered and continued (a crash during recovery is tested too).
+            let store: ImageStore
             var model = ImageTorture(seed: seed)
+            var first: UInt32 = 1
+            if FileManager.default.fileExists(atPath: directory + "/manifest") {
+                store = try ImageStore.open(directory: directory)
+                let committed = store.committedRound ?? 0
+                FileHandle.standardOutput.write(Data("recovered \(committed)\n".utf8))
+                for _ in 0..<committed { _ = model.next() }
+                first = committed + 1
+                guard store.state == .inProgress, first <= rounds else { return }
+            } else {
+                try? FileManager.default.removeItem(atPath: directory)  // a create killed before its manifest
+                store = try ImageStore.create(directory: directory, migrationID: "torture")
+            }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 * Int(imagePageSize), alignment: 4096)
             defer { buffer.deallocate() }
-            for k in 1...max(rounds, 1) {
+            for k in first...max(rounds, 1) {
                 let plan = model.next()
                 _ = try ImageTorture.run(plan, on: store, final: k == rounds, buffer: buffer, model: model)
                 // Unbuffered: the line is out the moment the round is durable.
                 FileHandle.standardOutput.write(Data("committed \(k)\n".utf8))
             }
+        }
+    }
+}
+
+extension ImageCommand {
+    /// Hidden: store throughput and commit latency figures (not a test).
+    struct Bench: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Measure image write throughput, commit latency and digest speed.", shouldDisplay: false)
+
+        @Option(help: "Directory to create the scratch image in (removed afterwards).")
+        var directory = "/tmp"
+        @Option(help: "Size of the big round (K/M/G suffix).")
+        var size = "1G"
+        @Option(help: "Bytes per writePages call.")
+        var batch = "1M"
+        @Option(help: "Layout size (default: --size); the rest stays a hole.")
+        var layout: String?
+
+        func run() throws {
+            guard let total = parseNumber(size), let chunk = parseNumber(batch), chunk % imagePageSize == 0 else {
+                throw ValidationError("bad --size or --batch")
+            }
+            let dir = directory + "/memhaul-image-bench-\(getpid())"
+            defer { try? FileManager.default.removeItem(atPath: dir) }
+            let store = try ImageStore.create(directory: dir, migrationID: "bench")
+            defer { store.close() }
+            let base: UInt64 = 0x7f00_0000_0000
+            guard let span = parseNumber(self.layout ?? size), span >= total, span % imagePageSize == 0 else {
+                throw ValidationError("bad --layout")
+            }
+            let layout = [ImageRegion(start: base, end: base + span, protection: [.read, .write], name: "bench")]
+            let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: Int(chunk), alignment: 4096)
+            defer { buffer.deallocate() }
+            var x: UInt64 = 0x9E37_79B9_7F4A_7C15
+            for i in 0..<Int(chunk) / 8 {
+                x ^= x << 13; x ^= x >> 7; x ^= x << 17
+                buffer.storeBytes(of: x, toByteOffset: i * 8, as: UInt64.self)
+            }
+            func seconds(_ ns: UInt64) -> String { String(format: "%.3f s", Double(ns) / 1e9) }
+            func ms(_ ns: UInt64) -> String { String(format: "%.1f ms", Double(ns) / 1e6) }
+            func rate(_ bytes: UInt64, _ ns: UInt64) -> String { String(format: "%.0f MiB/s", Double(bytes) / 1_048_576 / (Double(ns) / 1e9)) }
+
+            // Round 1: the whole size, new to the layout (written in place);
+            // round 2: all of it again (journaled, then applied).
+            var t0: UInt64 = 0
+            for round in UInt32(1)...2 {
+                try store.beginRound(round, layout: layout)
+                t0 = DispatchTime.now().uptimeNanoseconds
+                var at = base
+                while at < base + total {
+                    let n = Int(min(chunk, base + total - at))
+                    try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    at += UInt64(n)
+                }
+                let writeNs = DispatchTime.now().uptimeNanoseconds - t0
+                let info = try store.commitRound()
+                let how = round == 1 ? "new pages, in place" : "overwrites, journaled"
+                print("round \(round): \(bytes(total)) (\(how)) in \(bytes(chunk)) writePages calls: \(seconds(writeNs)) (\(rate(total, writeNs)))")
+                print("  commit: sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), total \(ms(info.totalNanoseconds))")
+                print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
+            }
+
+            // Round 3: scattered single pages, 1% of the size.
+            let pages = max(1, total / imagePageSize / 100)
+            try store.beginRound(3, layout: layout)
+            t0 = DispatchTime.now().uptimeNanoseconds
+            for i in 0..<pages {
+                let address = base + ((i &* 7919) % (total / imagePageSize)) * imagePageSize
+                try store.writePages(at: address, UnsafeRawBufferPointer(rebasing: buffer[0..<Int(imagePageSize)]))
+            }
+            let scatterNs = DispatchTime.now().uptimeNanoseconds - t0
+            var info = try store.commitRound()
+            print("round 3: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+
+            // Round 4: empty (commit overhead alone).
+            try store.beginRound(4, layout: layout)
+            info = try store.commitRound()
+            print("round 4: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+
+            t0 = DispatchTime.now().uptimeNanoseconds
+            let digest = try store.computeDigest()
+            let digestNs = DispatchTime.now().uptimeNanoseconds - t0
+            print("digest: \(digest) over \(bytes(span)) (\(bytes(total)) data) in \(seconds(digestNs)) (\(rate(span, digestNs)))")
+            print("disk: \(bytes(try store.info().diskBytes))")
         }
     }
 }
