@@ -194,9 +194,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
                 } else {
-                    _ = try store.commitRound(final: false)
+                    // Acknowledge at the commit point (durable), then apply the
+                    // journal while the sender scans for the next round.
+                    _ = try store.commitRound(final: false, deferApply: true)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound }
+                    try store.finishApply()
                 }
                 openRound = nil
             case .keepalive(let k):

@@ -87,8 +87,12 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             Thread.detachNewThread { [self] in
                 let encoder = encoder.value
                 defer { group.leave() }
+                var encT = 0.0
+                defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE worker encode \(Int(encT*1000)) ms") } }
                 while let job = work.pop() {
                     do {
+                        let e0 = MonotonicClock.seconds()
+                        defer { encT += MonotonicClock.seconds() - e0 }
                         try encode(job, round: round, encoder: encoder)
                     } catch {
                         done.fail(error)
@@ -107,8 +111,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             let reader = readerBox.value
             defer { group.leave() }
             var iterator = BatchIterator(ranges: dirty, batchPages: batchPages)
+            var readT = 0.0, freeT = 0.0
+            defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE producer read \(Int(readT*1000)) ms waitfree \(Int(freeT*1000)) ms") } }
             while let runs = iterator.next() {
+                let f0 = MonotonicClock.seconds()
                 guard let job = free.pop() else { break }
+                let r0 = MonotonicClock.seconds(); freeT += r0 - f0
+                defer { readT += MonotonicClock.seconds() - r0 }
                 job.runs = runs
                 job.pageCount = runs.pageCount
                 do {
@@ -128,7 +137,12 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
 
         // Sender: this thread owns the channel.
         var failure: Error?
+        var waitT = 0.0, sendT = 0.0
+        var t0 = MonotonicClock.seconds()
+        defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE wait \(Int(waitT*1000)) ms send \(Int(sendT*1000)) ms") } }
         while let job = done.pop() {
+            let t1 = MonotonicClock.seconds(); waitT += t1 - t0
+            defer { t0 = MonotonicClock.seconds(); sendT += t0 - t1 }
             do {
                 if cancelled() { throw EngineError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)

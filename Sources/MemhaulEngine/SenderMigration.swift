@@ -302,6 +302,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let before = channel.bytesSent
         try sendLayout(round, layout, channel)
         var paceStart = MonotonicClock.seconds()
+        let paceStartOfRound = paceStart
         var paced = 0
         let totals = try sender.send(
             round: round, dirty: scan.dirty, discarded: scan.discarded, channel: channel,
@@ -318,7 +319,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
             batches: totals.batches, wireBytes: channel.bytesSent - before)
         try channel.send(.roundEnd(RoundEnd(round: round, stats: stats)))
+        let ackStart = MonotonicClock.seconds()
         _ = try awaitAck(round, channel)
+        log("round \(round): pipeline \(Int((ackStart - paceStartOfRound) * 1000)) ms, ack wait \(Int((MonotonicClock.seconds() - ackStart) * 1000)) ms")
         return SentRound(pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                          pageBytes: totals.pageBytes, wireBytes: channel.bytesSent - before)
     }

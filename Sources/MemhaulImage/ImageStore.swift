@@ -28,6 +28,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private var open: OpenRound?
     /// Set when a step after the commit point failed: the store refuses work until reopened.
     private var poisoned: String?
+    /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
+    private var pendingApply: (round: UInt32, layoutPass: Bool)?
     /// Journal buffer while a round is open, journal read window while applying, read buffer for digests.
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
@@ -180,6 +182,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Releases the lock and every descriptor; an open round is aborted. The
     /// store refuses further work.
     public func close() {
+        try? finishApply()  // or the next open re-applies the journal
         abortRound()
         files.removeAll()
         try? lock.fd.close()
@@ -209,7 +212,20 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// disjoint; they are sorted here). Content is kept by address: an address
     /// in both the committed and the new layout keeps its bytes; an address new
     /// to the layout reads as zeros; removed addresses are dropped at commit.
+    /// Applies a committed round's journal left by a deferred commit; no-op otherwise.
+    public func finishApply() throws(ImageError) {
+        guard let p = pendingApply else { return }
+        pendingApply = nil
+        do {
+            try apply(round: p.round, verifyFirst: false, layoutPass: p.layoutPass)
+        } catch {
+            poisoned = "applying round \(p.round) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+    }
+
     public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
+        try finishApply()
         try checkUsable()
         guard manifest.state == .inProgress else { throw .closedImage(manifest.state) }
         if let open { throw .roundAlreadyOpen(open.round) }
@@ -484,7 +500,13 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// digest, if given). An error before the commit point aborts the round and
     /// leaves the previous round committed.
     @discardableResult
-    public func commitRound(final: Bool = false, digest: MemoryDigest? = nil) throws(ImageError) -> CommitInfo {
+    ///
+    /// With `deferApply`, it returns at the commit point (durable: a crash now
+    /// re-applies the journal on open) and leaves the apply to
+    /// ``finishApply()``, which every later call runs first. A receiver uses it
+    /// to acknowledge a round before the apply, and applies while the sender scans.
+    public func commitRound(final: Bool = false, digest: MemoryDigest? = nil, deferApply: Bool = false) throws(ImageError) -> CommitInfo {
+        try finishApply()
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
         let t0 = monotonicNanoseconds()
@@ -539,12 +561,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             poisoned = "stopped after the commit point (test)"
             throw .mustReopen(poisoned!)
         }
-        do {
-            try apply(round: r.round, verifyFirst: false, layoutPass: r.layoutChanged)
-        } catch {
-            poisoned = "applying round \(r.round) failed: \(error)"
-            throw .mustReopen(poisoned!)
-        }
+        pendingApply = (r.round, r.layoutChanged)
+        if !deferApply { try finishApply() }
         let t3 = monotonicNanoseconds()
         return CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
@@ -584,6 +602,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Marks the migration failed; the image stays at its last committed round.
     public func markFailed(reason: String) throws(ImageError) {
+        try finishApply()
         try checkUsable()
         abortRound()
         var m = manifest
@@ -826,6 +845,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// and discarded pages read as zeros. Throws `outsideLayout` for addresses
     /// not in the committed layout. An open round's writes are not visible.
     public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
+        try finishApply()
         try checkUsable()
         guard buffer.count > 0 else { return }
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
@@ -839,6 +859,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
     /// without reading them.
     public func computeDigest() throws(ImageError) -> MemoryDigest {
+        try finishApply()
         try checkUsable()
         let digester = MemoryDigester()
         try walkCommitted { region in
@@ -887,6 +908,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
     public func storedBytes() throws(ImageError) -> UInt64 {
+        try finishApply()
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         var total: UInt64 = 0
         for s in manifest.segments {
@@ -948,6 +970,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
+        try finishApply()
         try checkUsable()
         let stored = try storedBytes()
         let disk = Self.diskUse(directory)
