@@ -119,8 +119,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             guard let a = AfterAction(rawValue: v) else { throw ControlError(.badRequest, "after must be stop, kill or resume") }
             request.after = a
         }
-        if let v = try r.int("compression_level") {
-            guard (-5...19).contains(v) else { throw ControlError(.badRequest, "compression_level must be in -5…19") }
+        if r.args["compression_level"] as? String == "auto" {
+            request.compressionLevel = nil
+        } else if let v = try r.int("compression_level") {
+            guard (-5...19).contains(v) else { throw ControlError(.badRequest, "compression_level must be \"auto\" or -5…19") }
             request.compressionLevel = Int32(v)
         }
         if let v = try r.string("server_name") { request.serverName = v }

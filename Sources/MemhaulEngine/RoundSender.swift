@@ -3,6 +3,7 @@ import MemhaulCompression
 import MemhaulDigest
 import MemhaulKernel
 import MemhaulWire
+import Synchronization
 
 /// Sends one round's pages: read → compress on a pool of workers → send.
 ///
@@ -14,7 +15,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var batchPages = 256
         var workers = 2
         var poolSize = 8
-        var compressionLevel: Int32 = 1
+        /// nil = adaptive (``CompressionGovernor``).
+        var compressionLevel: Int32? = nil
     }
 
     /// One batch moving through the pipeline.
@@ -26,6 +28,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         // Filled by a worker.
         var header: PageBatchHeader?
         var payloadCount = 0
+        /// The payload is `pages` itself (raw), not `encoded`.
+        var payloadIsPages = false
         var zeroRuns: [PageRun] = []
         var vanished: [PageRange] = []
 
@@ -51,7 +55,9 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     let configuration: Configuration
     private let pid: Int32
     private let free: BoundedQueue<Job>
-    private let encoders: [BatchEncoder]
+    /// One encoder per worker and level, created on first use.
+    private let encoders: [EncoderCache]
+    let governor: CompressionGovernor
 
     init(pid: Int32, configuration: Configuration) {
         self.pid = pid
@@ -59,9 +65,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         let bytes = configuration.batchPages * Int(PageSize.bytes)
         free = BoundedQueue(capacity: configuration.poolSize)
         for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes)) }
-        encoders = (0..<configuration.workers).map { _ in
-            BatchEncoder(level: configuration.compressionLevel, maxBatchBytes: ZstdCompressor.bound(bytes))
-        }
+        encoders = (0..<configuration.workers).map { _ in EncoderCache() }
+        governor = CompressionGovernor(fixed: configuration.compressionLevel)
     }
 
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
@@ -82,18 +87,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         let work = BoundedQueue<Job>(capacity: configuration.poolSize)
         let done = BoundedQueue<Job>(capacity: configuration.poolSize)
         let group = DispatchGroup()
-        for encoder in encoders.map(HandOff.init) {
+        for worker in 0..<encoders.count {
             group.enter()
             Thread.detachNewThread { [self] in
-                let encoder = encoder.value
                 defer { group.leave() }
-                var encT = 0.0
-                defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE worker encode \(Int(encT*1000)) ms") } }
                 while let job = work.pop() {
                     do {
-                        let e0 = MonotonicClock.seconds()
-                        defer { encT += MonotonicClock.seconds() - e0 }
-                        try encode(job, round: round, encoder: encoder)
+                        try encode(job, round: round, worker: worker)
                     } catch {
                         done.fail(error)
                         work.fail(error)
@@ -111,13 +111,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             let reader = readerBox.value
             defer { group.leave() }
             var iterator = BatchIterator(ranges: dirty, batchPages: batchPages)
-            var readT = 0.0, freeT = 0.0
-            defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE producer read \(Int(readT*1000)) ms waitfree \(Int(freeT*1000)) ms") } }
             while let runs = iterator.next() {
-                let f0 = MonotonicClock.seconds()
                 guard let job = free.pop() else { break }
-                let r0 = MonotonicClock.seconds(); freeT += r0 - f0
-                defer { readT += MonotonicClock.seconds() - r0 }
                 job.runs = runs
                 job.pageCount = runs.pageCount
                 do {
@@ -137,12 +132,14 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
 
         // Sender: this thread owns the channel.
         var failure: Error?
-        var waitT = 0.0, sendT = 0.0
-        var t0 = MonotonicClock.seconds()
-        defer { if ProcessInfo.processInfo.environment["MEMHAUL_TRACE"] != nil { print("TRACE wait \(Int(waitT*1000)) ms send \(Int(sendT*1000)) ms") } }
+        var idleSince = MonotonicClock.seconds()
         while let job = done.pop() {
-            let t1 = MonotonicClock.seconds(); waitT += t1 - t0
-            defer { t0 = MonotonicClock.seconds(); sendT += t0 - t1 }
+            let popped = MonotonicClock.seconds()
+            defer {
+                let sent = MonotonicClock.seconds()
+                governor.record(waiting: popped - idleSince, sending: sent - popped)
+                idleSince = sent
+            }
             do {
                 if cancelled() { throw EngineError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
@@ -162,7 +159,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     }
 
     /// Worker stage: split zero pages off, checksum and compress the rest.
-    private func encode(_ job: Job, round: UInt64, encoder: BatchEncoder) throws {
+    private func encode(_ job: Job, round: UInt64, worker: Int) throws {
         let pageSize = Int(PageSize.bytes)
         let vanished = job.vanished
         var zero: [PageRun] = []
@@ -195,11 +192,22 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         guard dataPages > 0 else { return }
         let plain = UnsafeRawBufferPointer(start: job.pages.baseAddress, count: dataPages * pageSize)
         let checksum = PageChecksum.xxh3_64(plain)
-        let (encoding, count) = try encoder.encode(plain, into: job.encoded)
-        job.payloadCount = count
+        var encoding = PageEncoding.raw
+        job.payloadIsPages = true
+        job.payloadCount = plain.count
+        if let level = governor.level {
+            let bound = ZstdCompressor.bound(Int(PageSize.bytes) * configuration.batchPages)
+            let encoder = encoders[worker].encoder(level: level, maxBatchBytes: bound)
+            let (e, count) = try encoder.encode(plain, into: job.encoded)
+            if e == .zstd {
+                encoding = .zstd
+                job.payloadIsPages = false
+                job.payloadCount = count
+            }
+        }
         job.header = PageBatchHeader(
-            round: round, encoding: encoding == .zstd ? .zstd : .raw, runs: data,
-            uncompressedLength: UInt32(plain.count), checksum: checksum, payloadLength: UInt32(count))
+            round: round, encoding: encoding, runs: data,
+            uncompressedLength: UInt32(plain.count), checksum: checksum, payloadLength: UInt32(job.payloadCount))
     }
 
     private func transmit(_ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, pace: (Int) -> Void) throws {
@@ -209,7 +217,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
         }
         if let header = job.header {
-            try channel.sendPageBatch(header, payload: UnsafeRawBufferPointer(start: job.encoded.baseAddress, count: job.payloadCount))
+            let base = job.payloadIsPages ? job.pages.baseAddress : job.encoded.baseAddress
+            try channel.sendPageBatch(header, payload: UnsafeRawBufferPointer(start: base, count: job.payloadCount))
             totals.batches += 1
             totals.pages += UInt64(header.pageCount)
             totals.pageBytes += UInt64(header.uncompressedLength)
@@ -284,4 +293,15 @@ extension Array {
 struct HandOff<Value>: @unchecked Sendable {  // single owner after the hand-off
     let value: Value
     init(_ value: Value) { self.value = value }
+}
+
+/// One worker's encoders by level; used by that worker's thread only.
+final class EncoderCache: @unchecked Sendable {  // one worker thread at a time
+    private var byLevel: [Int32: BatchEncoder] = [:]
+    func encoder(level: Int32, maxBatchBytes: Int) -> BatchEncoder {
+        if let e = byLevel[level] { return e }
+        let e = BatchEncoder(level: level, maxBatchBytes: maxBatchBytes)
+        byLevel[level] = e
+        return e
+    }
 }

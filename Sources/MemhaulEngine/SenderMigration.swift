@@ -26,7 +26,8 @@ public struct MigrationRequest: Sendable {
     public var id: String
     public var parameters = ConvergenceParameters()
     public var after: AfterAction = .stop
-    public var compressionLevel: Int32 = 1
+    /// zstd level; nil = adaptive (raw … level 6, following the bottleneck).
+    public var compressionLevel: Int32? = nil
     public var workers = 2
     /// Name the receiver's certificate must carry; nil = the host dialled.
     public var serverName: String?
@@ -214,7 +215,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
-            log("round \(round): \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms")
+            updateStatus { $0.compression = sender.governor.description }
+            log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms")
             if frozen { break }
 
             // Scan for the next round: the pending set the policy judges.

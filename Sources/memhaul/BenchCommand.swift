@@ -60,7 +60,7 @@ struct BenchCommand: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Send one process's memory over TLS on loopback: memhaul vs zstd|socat OPENSSL|zstd -d.")
         @Option(help: "Workload size (mixed zero/text/random pages).") var size: String = "1G"
-        @Option(name: .customLong("compression-level"), help: "memhaul's zstd level.") var level: Int32 = 1
+        @Option(name: .customLong("compression-level"), help: "memhaul's zstd level, or auto.") var level: String = "auto"
         @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
 
         func run() throws {
@@ -76,7 +76,7 @@ struct BenchCommand: ParsableCommand {
                 var request = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "bench-transport-\(getpid())-\(i)")
                 request.parameters.maxRounds = 0
                 request.after = .resume
-                request.compressionLevel = level
+                request.compressionLevel = Int32(level)
                 let migration = SenderMigration(request: request, connect: try env.connector())
                 migration.run()
                 let s = migration.status
@@ -97,12 +97,12 @@ struct BenchCommand: ParsableCommand {
             print(String(format: """
                 transport bench: %@ workload (pid %d), mutual TLS 1.3 on loopback, %d core(s)
                   memory moved                %@ (tracked regions; memhaul reads only pages with content)
-                  memhaul (zstd %d)            %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes)
+                  memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes)
                   baseline zstd -1 -T2|socat  %.2f s  %7.1f MB/s  wire %@ (ratio %.3f)
                   throughput ratio memhaul/baseline: %.2fx
                 """,
                 size, workload.pid, ProcessInfo.processInfo.activeProcessorCount,
-                Summary.bytes(memoryBytes), level, best!.seconds, ours / 1e6,
+                Summary.bytes(memoryBytes), (best!.status.compression ?? level).padding(toLength: 9, withPad: " ", startingAt: 0), best!.seconds, ours / 1e6,
                 Summary.bytes(Double(best!.status.transferredBytes)),
                 Double(best!.status.transferredBytes) / max(1, Double(best!.status.pageBytes)),
                 baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),

@@ -39,7 +39,7 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.") var maxTime: Double?
         @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s.") var maxBandwidth: Double?
         @Option(help: "Source after success: stop, kill or resume.") var after: String?
-        @Option(name: .customLong("compression-level"), help: "zstd level (-5…19).") var compressionLevel: Int?
+        @Option(name: .customLong("compression-level"), help: "zstd level (-5…19) or auto.") var compressionLevel: String?
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
         @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.") var noAutoConverge = false
 
@@ -51,7 +51,7 @@ struct CtlCommand: ParsableCommand {
             if let maxTime { args["max_time_s"] = maxTime }
             if let maxBandwidth { args["max_bandwidth_bps"] = maxBandwidth }
             if let after { args["after"] = after }
-            if let compressionLevel { args["compression_level"] = compressionLevel }
+            if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
             if noAutoConverge { args["auto_converge"] = false }
             try CtlCommand.run(connection, "migrate", args)

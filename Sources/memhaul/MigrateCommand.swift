@@ -15,15 +15,17 @@ struct ConvergenceOptions: ParsableArguments {
     var maxBandwidth: Double = 0
     @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.")
     var noAutoConverge = false
-    @Option(name: .customLong("compression-level"), help: "zstd level, -5…19.")
-    var compressionLevel: Int32 = 1
+    @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
+    var compressionLevel: String = "auto"
     @Option(help: "Source after success: stop (left frozen), kill or resume.")
     var after: String = "stop"
 
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
         guard maxRounds >= 0 else { throw ValidationError("--max-rounds must be >= 0") }
-        guard (-5...19).contains(compressionLevel) else { throw ValidationError("--compression-level must be in -5…19") }
+        if compressionLevel != "auto" {
+            guard let l = Int32(compressionLevel), (-5...19).contains(l) else { throw ValidationError("--compression-level must be auto or -5…19") }
+        }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
     }
 
@@ -33,7 +35,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.maxTimeSeconds = maxTime
         request.parameters.maxBandwidth = maxBandwidth > 0 ? maxBandwidth : nil
         request.parameters.autoConverge = !noAutoConverge
-        request.compressionLevel = compressionLevel
+        request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
     }
 }
