@@ -93,6 +93,14 @@ import Glibc
         w.waitExit()
     }
 
+    @Test func hugePageRegionsAreAligned() throws {
+        let w = try WorkloadProcess(["--size", "8M", "--regions", "2", "--thp", "on", "--control"])
+        #expect(w.regions.allSatisfy { $0.start % (2 << 20) == 0 })
+        let mapped = try w.command("map 4M thp")
+        #expect(try #require(jsonString(mapped, "start").flatMap(parseHex)) % (2 << 20) == 0)
+        #expect(w.exitOnEOF() == 0)
+    }
+
     @Test func exitAfterEndsTheProcess() throws {
         let w = try WorkloadProcess(["--size", "1M", "--exit-after", "0.2"])
         #expect(w.readLine() == nil)
