@@ -39,15 +39,34 @@ enum Content {
         return .random
     }
 
-    /// Fills a page with words from the vocabulary.
+    /// The vocabulary flattened: word `i` is `wordBytes[wordStart[i]..<wordStart[i+1]]`.
+    static let wordBytes: [UInt8] = vocabulary.flatMap { $0 }
+    static let wordStart: [Int] = vocabulary.reduce(into: [0]) { $0.append($0.last! + $1.count) }
+
+    /// Fills a page with words from the vocabulary (a fresh draw per page, so
+    /// pages do not repeat each other).
     static func fillText(_ page: UnsafeMutableRawPointer, _ rng: inout XorShift) {
         let p = page.assumingMemoryBound(to: UInt8.self)
-        var off = 0
-        while off < pageSize {
-            let w = vocabulary[rng.below(vocabulary.count)]
-            let n = min(w.count, pageSize - off)
-            w.withUnsafeBufferPointer { (p + off).update(from: $0.baseAddress!, count: n) }
-            off += n
+        let count = vocabulary.count
+        wordBytes.withUnsafeBufferPointer { bytes in
+            wordStart.withUnsafeBufferPointer { start in
+                var off = 0
+                var bits: UInt64 = 0
+                var left = 0
+                while off < pageSize {
+                    if left == 0 {
+                        bits = rng.next()
+                        left = 8
+                    }
+                    let w = Int(bits & 0xff) % count
+                    bits >>= 8
+                    left -= 1
+                    let s = start[w]
+                    let n = min(start[w + 1] - s, pageSize - off)
+                    (p + off).update(from: bytes.baseAddress! + s, count: n)
+                    off += n
+                }
+            }
         }
     }
 
