@@ -84,15 +84,25 @@ public final class DirtyTracker {
             try scanner.protectAll(fresh)
             stats += scanner.lastStats
         }
-        let written = try scanner.collectWritten(old)
-        stats += scanner.lastStats
-        let care = known.union(written).union(pending)
-        let pOld = try scanner.populated(old, resolveWithin: care)
-        stats += scanner.lastStats
+        // collectWritten re-protects what it reports: if anything fails from
+        // here on, those reports are gone, so every page of the ranges goes
+        // back to `pending` and the next round re-examines all of them.
+        let written: [PageRange]
+        let pOld: [PageRange]
         var pFresh: [PageRange] = []
-        if !fresh.isEmpty {
-            pFresh = try scanner.populated(fresh)
+        do {
+            written = try scanner.collectWritten(old)
             stats += scanner.lastStats
+            let care = known.union(written).union(pending)
+            pOld = try scanner.populated(old, resolveWithin: care)
+            stats += scanner.lastStats
+            if !fresh.isEmpty {
+                pFresh = try scanner.populated(fresh)
+                stats += scanner.lastStats
+            }
+        } catch {
+            pending = pending.union(old)
+            throw error
         }
         let p = pOld.union(pFresh)
         let dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))
