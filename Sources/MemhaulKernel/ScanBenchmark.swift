@@ -21,6 +21,10 @@ public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
     public var cleanRescanNs: UInt64
     /// pread of /proc/self/pagemap, 8 bytes per page, per page.
     public var pagemapReadNsPerPage: Double
+    /// A whole DirtyTracker.nextRound (collectWritten + populated + set algebra), per page.
+    public var trackerRoundNsPerPage: Double
+    /// The same with `checkDiscards: false` (no populated scan).
+    public var trackerFastRoundNsPerPage: Double
 
     public var description: String {
         func f(_ v: Double) -> String { String(Int((v * 10).rounded())) .withDecimal }
@@ -31,6 +35,8 @@ public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
             scan+protect (collectWritten): \(f(scanProtectNsPerPage)) ns/page scanned, \(scanRegions) regions, \(scanIoctls) ioctls
             clean rescan: \(Double(cleanRescanNs) / 1e6) ms
             pagemap read baseline: \(f(pagemapReadNsPerPage)) ns/page
+            tracker round (scan+protect, populated, diff): \(f(trackerRoundNsPerPage)) ns/page
+            tracker round without discard check: \(f(trackerFastRoundNsPerPage)) ns/page
             scan+protect / pagemap read: \(f(scanProtectNsPerPage / pagemapReadNsPerPage * 100) ) %
             """
     }
@@ -139,11 +145,34 @@ public enum ScanBenchmark {
             readNs = min(readNs, scanClockNanoseconds() - t)
         }
 
+        // A full tracker round over the same region, same dirty pattern.
+        let tracker = DirtyTracker(scanner: scanner)
+        _ = try tracker.initialRound(ranges: region)
+        var roundNs = UInt64.max
+        var fastNs = UInt64.max
+        for rep in 0..<(2 * max(1, repetitions)) {
+            let check = rep % 2 == 0
+            var i = 0
+            while i < pages {
+                bytes[i * Int(PageSize.bytes)] = UInt8(truncatingIfNeeded: rep + 7)
+                i += stride
+            }
+            t = scanClockNanoseconds()
+            let scan = try tracker.nextRound(ranges: region, checkDiscards: check)
+            let ns = scanClockNanoseconds() - t
+            if check { roundNs = min(roundNs, ns) } else { fastNs = min(fastNs, ns) }
+            guard scan.dirty.pageCount == dirtied, scan.discarded.isEmpty else {
+                throw ScanBenchmarkError.setup("tracker round found \(scan.dirty.pageCount) dirty, \(scan.discarded.pageCount) discarded")
+            }
+        }
+
         return ScanBenchmarkResult(
             sizeBytes: UInt64(size), pages: pages, dirtyPages: dirtied, protectAllNs: protectNs,
             writeFaultNsPerPage: Double(faultNs) / Double(dirtied),
             scanProtectNsPerPage: Double(scanNs) / Double(pages), scanRegions: scanStats.regions,
             scanIoctls: scanStats.ioctls, cleanRescanNs: rescanNs,
-            pagemapReadNsPerPage: Double(readNs) / Double(pages))
+            pagemapReadNsPerPage: Double(readNs) / Double(pages),
+            trackerRoundNsPerPage: Double(roundNs) / Double(pages),
+            trackerFastRoundNsPerPage: Double(fastNs) / Double(pages))
     }
 }

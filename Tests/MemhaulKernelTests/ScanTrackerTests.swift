@@ -124,6 +124,30 @@ import Glibc
 }
 
 extension ScanTrackerTests {
+    @Test func roundsWithoutDiscardCheckDeferDiscardsToTheNextCheckingRound() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 1024, uffd: uffd)
+        for i in 0..<600 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        a.discard(10..<11)  // known, no write
+        a.write(20)
+        a.discard(20..<21)  // written then discarded
+        a.write(700)
+        let fast = try tracker.nextRound(ranges: [a.range], checkDiscards: false)
+        #expect(a.indices(fast.dirty).isSuperset(of: [700]))
+        #expect(a.indices(fast.dirty).isSubset(of: [20, 700, 10]))
+        #expect(fast.discarded.isEmpty)
+        a.write(30)
+        let exact = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(exact.dirty) == [30])
+        // 10 was never reported; 20 may have been sent as a (zero) dirty page: either way it is gone now.
+        #expect(a.indices(exact.discarded).isSuperset(of: [10]))
+        #expect(a.indices(exact.discarded).isSubset(of: [10, 20]))
+        let quiet = try tracker.nextRound(ranges: [a.range])
+        #expect(quiet.dirty.isEmpty && quiet.discarded.isEmpty)
+    }
+
     @Test func aFailedRoundLosesNothing() throws {
         let uffd = try TestUffd()
         let a = try TestArea(pages: 32, uffd: uffd)
