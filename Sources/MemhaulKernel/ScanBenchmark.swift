@@ -30,10 +30,10 @@ public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
         func f(_ v: Double) -> String { String(Int((v * 10).rounded())) .withDecimal }
         return """
             region \(sizeBytes >> 20) MiB, \(pages) pages, \(dirtyPages) dirtied
-            protect-all: \(Double(protectAllNs) / 1e6) ms
+            protect-all: \(f(Double(protectAllNs) / 1e6)) ms
             write fault: \(f(writeFaultNsPerPage)) ns/page
             scan+protect (collectWritten): \(f(scanProtectNsPerPage)) ns/page scanned, \(scanRegions) regions, \(scanIoctls) ioctls
-            clean rescan: \(Double(cleanRescanNs) / 1e6) ms
+            clean rescan: \(f(Double(cleanRescanNs) / 1e6)) ms
             pagemap read baseline: \(f(pagemapReadNsPerPage)) ns/page
             tracker round (scan+protect, populated, diff): \(f(trackerRoundNsPerPage)) ns/page
             tracker round without discard check: \(f(trackerFastRoundNsPerPage)) ns/page
