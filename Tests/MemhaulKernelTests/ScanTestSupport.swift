@@ -301,9 +301,11 @@ enum ForeignTarget {
         guard let f = fopen(src, "w") else { return .failure(TestSetupError("cannot write \(src)")) }
         fputs(source, f)
         fclose(f)
-        guard let status = try? runCommand("cc", ["-O2", "-o", exe, src]), status == 0 else {
-            return .failure(TestSetupError("cc failed to build the foreign test target"))
+        // cc if installed, else the clang that ships with the Swift toolchain.
+        let built = ["cc", "clang"].contains { compiler in
+            (try? runCommand(compiler, ["-O2", "-o", exe, src])) == 0
         }
+        guard built else { return .failure(TestSetupError("neither cc nor clang built the foreign test target")) }
         return .success(exe)
     }()
 
