@@ -71,7 +71,13 @@ public final class DirtyTracker {
     /// Round k ≥ 1. `ranges` is the current layout; `removed` lists regions
     /// unmapped since the last round (from the layout diff), so that a region
     /// mapped again at the same address is treated as new.
-    public func nextRound(ranges: [PageRange], removed: [PageRange] = []) throws -> RoundScan {
+    ///
+    /// `checkDiscards: false` skips the populated scan of old ranges (it costs
+    /// about twice the scan-and-protect): written pages are all reported dirty
+    /// (a discarded one reads as zeros), and discards that left no WRITTEN
+    /// trace wait for the next checking round. The final round (target frozen)
+    /// must check discards.
+    public func nextRound(ranges: [PageRange], removed: [PageRange] = [], checkDiscards: Bool = true) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges) }
         var stats = ScanStats()
         let cur = ranges.coalesced()
@@ -84,26 +90,48 @@ public final class DirtyTracker {
             try scanner.protectAll(fresh)
             stats += scanner.lastStats
         }
-        let written = try scanner.collectWritten(old)
-        stats += scanner.lastStats
-        let care = known.union(written).union(pending)
-        let pOld = try scanner.populated(old, resolveWithin: care)
-        stats += scanner.lastStats
+        // collectWritten re-protects what it reports: if anything fails from
+        // here on, those reports are gone, so every page of the ranges goes
+        // back to `pending` and the next round re-examines all of them.
+        let written: [PageRange]
+        var pOld: [PageRange] = []
         var pFresh: [PageRange] = []
-        if !fresh.isEmpty {
-            pFresh = try scanner.populated(fresh)
+        do {
+            written = try scanner.collectWritten(old)
             stats += scanner.lastStats
+            if checkDiscards {
+                let care = known.union(written).union(pending)
+                pOld = try scanner.populated(old, resolveWithin: care)
+                stats += scanner.lastStats
+            }
+            if !fresh.isEmpty {
+                pFresh = try scanner.populated(fresh)
+                stats += scanner.lastStats
+            }
+        } catch {
+            pending = pending.union(old)
+            throw error
         }
-        let p = pOld.union(pFresh)
-        let dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))
-        let discarded = known.union(pending).subtracting(p)
+        let dirty: [PageRange]
+        let discarded: [PageRange]
+        if checkDiscards {
+            let p = pOld.union(pFresh)
+            dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))
+            discarded = known.union(pending).subtracting(p)
+            known = p
+        } else {
+            // Without P: every written or requeued page still mapped is sent
+            // (unpopulated ones as zeros); only pages no longer mapped are discarded.
+            dirty = written.union(pFresh).union(pending.intersecting(cur))
+            discarded = known.union(pending).subtracting(cur)
+            known = known.intersecting(cur).union(dirty)
+        }
 
         stats.pagesScanned = cur.pageCount
         stats.dirtyPages = dirty.pageCount
         stats.discardedPages = discarded.pageCount
         round += 1
         tracked = cur
-        known = p
         pending = []
         return RoundScan(round: round, dirty: dirty, discarded: discarded, stats: stats)
     }

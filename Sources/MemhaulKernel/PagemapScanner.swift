@@ -228,6 +228,8 @@ public final class PagemapScanner {
     }
 
     /// One range, to its end: loops the ioctl, resuming from walk_end.
+    /// Inlined so the per-region visitor is not an indirect call.
+    @inline(__always)
     private func walk(
         _ range: PageRange, flags: PagemapScanFlags, mask: PageCategories = [], anyOf: PageCategories = [],
         inverted: PageCategories = [], returnMask: PageCategories = [], output: Bool,

@@ -66,6 +66,19 @@ import Glibc
         child.wait()
     }
 
+    @Test func injectedFaultsAreTypedAndNamed() throws {
+        let reader = RemoteMemoryReader(pid: getpid(), bufferBytes: 1 << 16)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        let range = PageRange(start: UInt64(UInt(bitPattern: page)), pages: 1)
+        #expect(try reader.read([range]).bytes == 4096)
+        Syscall.injectFault("process_vm_readv", .EPERM)
+        defer { Syscall.injectFault("process_vm_readv", nil) }
+        let error = #expect(throws: RemoteReadError.self) { try reader.read([range]) }
+        #expect(error == .system(SystemError("process_vm_readv", .EPERM)))
+        #expect(error?.description.hasPrefix("process_vm_readv: EPERM") == true)
+    }
+
     @Test func tooLargeARequestIsRefused() throws {
         let reader = RemoteMemoryReader(pid: getpid(), bufferBytes: 4096)
         #expect(throws: RemoteReadError.self) { try reader.read([PageRange(start: 0x10000, pages: 2)]) }

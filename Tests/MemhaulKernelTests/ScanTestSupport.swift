@@ -149,6 +149,14 @@ final class TestChild {
         defer { posix_spawn_file_actions_destroy(&actions) }
         posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
         posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
+        // Test runner threads block signals; the child starts with none blocked.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
         let argv = ([path] + args).map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var envp: [UnsafeMutablePointer<CChar>?] = []
@@ -156,8 +164,8 @@ final class TestChild {
         defer { envp.forEach { free($0) } }
         var p: pid_t = 0
         let rc = env == nil
-            ? posix_spawn(&p, path, &actions, nil, argv, environ)
-            : posix_spawn(&p, path, &actions, nil, argv, envp)
+            ? posix_spawn(&p, path, &actions, &attr, argv, environ)
+            : posix_spawn(&p, path, &actions, &attr, argv, envp)
         close(toChild[0])
         close(fromChild[1])
         guard rc == 0 else {
@@ -293,9 +301,11 @@ enum ForeignTarget {
         guard let f = fopen(src, "w") else { return .failure(TestSetupError("cannot write \(src)")) }
         fputs(source, f)
         fclose(f)
-        guard let status = try? runCommand("cc", ["-O2", "-o", exe, src]), status == 0 else {
-            return .failure(TestSetupError("cc failed to build the foreign test target"))
+        // cc if installed, else the clang that ships with the Swift toolchain.
+        let built = ["cc", "clang"].contains { compiler in
+            (try? runCommand(compiler, ["-O2", "-o", exe, src])) == 0
         }
+        guard built else { return .failure(TestSetupError("neither cc nor clang built the foreign test target")) }
         return .success(exe)
     }()
 

@@ -123,6 +123,56 @@ import Glibc
     }
 }
 
+extension ScanTrackerTests {
+    @Test func roundsWithoutDiscardCheckDeferDiscardsToTheNextCheckingRound() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 1024, uffd: uffd)
+        for i in 0..<600 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        a.discard(10..<11)  // known, no write
+        a.write(20)
+        a.discard(20..<21)  // written then discarded
+        a.write(700)
+        let fast = try tracker.nextRound(ranges: [a.range], checkDiscards: false)
+        #expect(a.indices(fast.dirty).isSuperset(of: [700]))
+        #expect(a.indices(fast.dirty).isSubset(of: [20, 700, 10]))
+        #expect(fast.discarded.isEmpty)
+        a.write(30)
+        let exact = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(exact.dirty) == [30])
+        // 10 was never reported; 20 may have been sent as a (zero) dirty page: either way it is gone now.
+        #expect(a.indices(exact.discarded).isSuperset(of: [10]))
+        #expect(a.indices(exact.discarded).isSubset(of: [10, 20]))
+        let quiet = try tracker.nextRound(ranges: [a.range])
+        #expect(quiet.dirty.isEmpty && quiet.discarded.isEmpty)
+    }
+
+    @Test func aFailedRoundLosesNothing() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 32, uffd: uffd)
+        for i in 0..<4 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        a.write(9)
+        a.write(2)
+        // Page 1 becomes a uffd-wp marker in collectWritten, so the populated
+        // step must read its pagemap entry: that read fails after
+        // collectWritten has re-protected 2 and 9.
+        a.discard(1..<2)
+        Syscall.injectFault("pread", .EIO)
+        let failed = (try? tracker.nextRound(ranges: [a.range])) == nil
+        Syscall.injectFault("pread", nil)
+        #expect(failed, "the injected pread failure should fail the round")
+        let r = try tracker.nextRound(ranges: [a.range])
+        #expect(a.indices(r.dirty) == [0, 2, 3, 9])
+        #expect(a.indices(r.discarded).contains(1))
+        #expect(a.indices(r.discarded).isDisjoint(with: [0, 2, 3, 9]))
+        let r2 = try tracker.nextRound(ranges: [a.range])
+        #expect(r2.dirty.isEmpty && r2.discarded.isEmpty)
+    }
+}
+
 /// The scanner on another process's pagemap: the child registers its own
 /// memory for async WP; we scan /proc/CHILD/pagemap and tell it what to write.
 @Suite(.serialized) struct ScanForeignTests {
