@@ -2,7 +2,8 @@
 ///
 /// After every round the sender measures how fast pages move (throughput) and
 /// how fast the target dirties them, and predicts the final round's length as
-/// `pending dirty bytes / throughput`. It cuts over as soon as that prediction
+/// `pending dirty bytes / throughput + fixed round costs` (scan, and the
+/// receiver's commit until its acknowledgement). It cuts over as soon as that prediction
 /// fits `downtimeLimit`. If the dirty set stops shrinking for `stallRounds`
 /// rounds it throttles the target (auto-converge: 20 %, then +10 % per stall,
 /// up to 99 %, as QEMU does). It cuts over anyway at `maxRounds` or `maxTime`,
@@ -42,13 +43,17 @@ public struct RoundMeasurement: Sendable, Equatable {
     public var pendingBytes: Double
     /// Seconds between this round's scan and the next scan.
     public var dirtyWindowSeconds: Double
+    /// Seconds a round costs whatever its size: the scan, and the receiver's
+    /// commit until its acknowledgement. The final round pays them too.
+    public var fixedSeconds: Double
 
-    public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double) {
+    public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double, fixedSeconds: Double = 0) {
         self.round = round
         self.pageBytesSent = pageBytesSent
         self.seconds = seconds
         self.pendingBytes = pendingBytes
         self.dirtyWindowSeconds = dirtyWindowSeconds
+        self.fixedSeconds = fixedSeconds
     }
 }
 
@@ -108,7 +113,8 @@ public struct ConvergencePolicy: Sendable {
             throughput = throughput == 0 ? sample : max(sample, 0.5 * throughput + 0.5 * sample)
         }
         if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
-        expectedDowntimeMs = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
+        let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
+        expectedDowntimeMs = transfer + m.fixedSeconds * 1000
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))

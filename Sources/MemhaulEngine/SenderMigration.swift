@@ -216,10 +216,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
             updateStatus { $0.compression = sender.governor.description }
-            log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms")
+            log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if frozen { break }
 
             // Scan for the next round: the pending set the policy judges.
+            let scanStart = MonotonicClock.seconds()
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
             let next = try tracker.nextRound(
@@ -228,8 +229,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let now = MonotonicClock.seconds()
             let pending = Double(next.dirty.reduce(0) { $0 + $1.byteCount })
             let m = RoundMeasurement(
-                round: round, pageBytesSent: Double(sent.pageBytes), seconds: roundEnd - roundStart,
-                pendingBytes: pending, dirtyWindowSeconds: now - lastScanAt)
+                round: round, pageBytesSent: Double(sent.pageBytes), seconds: sent.streamSeconds,
+                pendingBytes: pending, dirtyWindowSeconds: now - lastScanAt,
+                fixedSeconds: (now - scanStart) + sent.ackSeconds)
             lastScanAt = now
             policy.parameters = parameters
             var decision = policy.decide(after: m, elapsed: now - start)
@@ -297,6 +299,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var discardedPages: UInt64
         var pageBytes: UInt64
         var wireBytes: UInt64
+        /// Sending the round's frames.
+        var streamSeconds: Double
+        /// ROUND_END sent → ROUND_ACK received (the receiver's commit).
+        var ackSeconds: Double
     }
 
     /// LAYOUT, DISCARD/ZERO/PAGE_BATCH frames, ROUND_END, then waits for the ack.
@@ -323,9 +329,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         try channel.send(.roundEnd(RoundEnd(round: round, stats: stats)))
         let ackStart = MonotonicClock.seconds()
         _ = try awaitAck(round, channel)
-        log("round \(round): pipeline \(Int((ackStart - paceStartOfRound) * 1000)) ms, ack wait \(Int((MonotonicClock.seconds() - ackStart) * 1000)) ms")
+        let ackEnd = MonotonicClock.seconds()
         return SentRound(pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
-                         pageBytes: totals.pageBytes, wireBytes: channel.bytesSent - before)
+                         pageBytes: totals.pageBytes, wireBytes: channel.bytesSent - before,
+                         streamSeconds: ackStart - paceStartOfRound, ackSeconds: ackEnd - ackStart)
     }
 
     private func sendLayout(_ round: UInt64, _ layout: [RegionDescriptor], _ channel: FrameChannel) throws {

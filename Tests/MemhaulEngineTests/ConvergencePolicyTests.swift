@@ -12,6 +12,15 @@ import Testing
         #expect(policy.decide(after: measurement(0, pending: 100e6), elapsed: 1) == .cutover(reason: .converged(expectedDowntimeMs: 100)))
     }
 
+    @Test func fixedRoundCostsCountInThePrediction() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        // 100 MB at 1 GB/s is 100 ms, but scan + commit take 250 ms more: 350 ms > 300 ms.
+        var m = measurement(0, pending: 100e6)
+        m.fixedSeconds = 0.25
+        #expect(policy.decide(after: m, elapsed: 1) == .nextRound)
+        #expect(abs(policy.expectedDowntimeMs - 350) < 0.001)
+    }
+
     @Test func keepsGoingWhileShrinking() {
         var policy = ConvergencePolicy(parameters: ConvergenceParameters())
         #expect(policy.decide(after: measurement(0, pending: 800e6), elapsed: 1) == .nextRound)
