@@ -90,5 +90,7 @@ int cmh_wptrace_event(int status) { return (status >> 16) & 0xff; }
 int cmh_tgkill(pid_t tgid, pid_t tid, int sig) { return (int)syscall(SYS_tgkill, tgid, tid, sig); }
 pid_t cmh_gettid(void) { return (pid_t)syscall(SYS_gettid); }
 
+int cmh_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
+
 int cmh_errno(void) { return errno; }
 void cmh_set_errno(int value) { errno = value; }

@@ -195,6 +195,9 @@ int cmh_wptrace_event(int status);
 int cmh_tgkill(pid_t tgid, pid_t tid, int sig);
 pid_t cmh_gettid(void);
 
+/* pipe2(2) (glibc declares it only under _GNU_SOURCE). */
+int cmh_pipe2(int fds[2], int flags);
+
 /* errno accessors (errno is a macro over a thread-local). */
 int cmh_errno(void);
 void cmh_set_errno(int value);
