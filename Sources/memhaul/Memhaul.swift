@@ -9,6 +9,7 @@ struct Memhaul: AsyncParsableCommand {
         version: MemhaulVersion.string,
         subcommands: [
             // Each layer registers its subcommands here, one line each.
+            ProbeCommand.self,
         ]
     )
 }
