@@ -41,8 +41,20 @@ final class AttachChild {
         env.merge(environment) { $1 }
         var envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
         defer { envp.forEach { free($0) } }
+        // Test threads (libdispatch workers) block most signals and posix_spawn
+        // would pass that mask on: give the child an empty mask and default actions.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        var all = sigset_t()
+        sigfillset(&all)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setsigdefault(&attr, &all)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
         var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, args[0], &actions, nil, &argv, &envp)
+        let rc = posix_spawnp(&pid, args[0], &actions, &attr, &argv, &envp)
         close(inPipe[0])
         close(outPipe[1])
         guard rc == 0 else {
@@ -87,6 +99,14 @@ final class AttachChild {
             if line.hasPrefix(prefix) { return line }
         }
         throw Failure(description: "PID \(pid): end of output before a line starting with \(prefix)")
+    }
+
+    /// Reads lines until one contains `text`; returns it.
+    func expectLine(containing text: String) throws -> String {
+        while let line = try readLine() {
+            if line.contains(text) { return line }
+        }
+        throw Failure(description: "PID \(pid): end of output before a line containing \(text)")
     }
 
     func write(_ text: String) throws { try writeRaw(Array(text.utf8)) }
