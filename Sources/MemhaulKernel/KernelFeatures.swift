@@ -213,8 +213,16 @@ public struct KernelFeatures: Sendable {
         let args = ["/bin/sleep", "60"]
         var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
+        // The calling thread may block signals (dispatch workers do): do not pass that on.
+        var attr = posix_spawnattr_t()
+        posix_spawnattr_init(&attr)
+        defer { posix_spawnattr_destroy(&attr) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigmask(&attr, &empty)
+        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
         var pid: pid_t = 0
-        let rc = posix_spawn(&pid, args[0], &actions, nil, &argv, environ)
+        let rc = posix_spawn(&pid, args[0], &actions, &attr, &argv, environ)
         if rc != 0 { throw SystemError("posix_spawn(/bin/sleep)", Errno(rawValue: rc)) }
         return pid
     }

@@ -94,6 +94,22 @@ final class SyscallInjector {
     /// Runs system call `nr` in the target; returns the raw result (`-errno` on failure).
     func call(_ nr: Int, _ args: UInt64...) throws -> Int64 {
         precondition(!finished, "injector already finished")
+        do {
+            return try inject(nr, args)
+        } catch let error as SystemError where error.errno == .ESRCH {
+            throw targetGone()
+        }
+    }
+
+    /// ptrace answers ESRCH once a stopped tracee was woken by SIGKILL: collect its
+    /// exit status (only SIGKILL can wake it, so this wait ends) and say so.
+    private func targetGone() -> AttachError {
+        finished = true
+        let status = (try? tracee.wait())?.statusText ?? "no longer traceable"
+        return AttachError.targetExited(pid: pid, status: status)
+    }
+
+    private func inject(_ nr: Int, _ args: [UInt64]) throws -> Int64 {
         precondition(args.count <= 6)
         let a = args + Array(repeating: 0, count: 6 - args.count)
         var regs = saved
@@ -149,6 +165,14 @@ final class SyscallInjector {
     /// the detour through one more event stop). Idempotent.
     func finish() throws {
         guard !finished else { return }
+        do {
+            try restoreAndDetach()
+        } catch let error as SystemError where error.errno == .ESRCH {
+            throw targetGone()
+        }
+    }
+
+    private func restoreAndDetach() throws {
         finished = true
         try tracee.setRegisters(saved)
         for sig in heldSignals { _ = cmh_tgkill(pid, pid, sig) }

@@ -157,6 +157,7 @@ enum AttachFixtures {
         #define _GNU_SOURCE
         #include <errno.h>
         #include <pthread.h>
+        #include <signal.h>
         #include <stdint.h>
         #include <stdio.h>
         #include <stdlib.h>
@@ -193,6 +194,8 @@ enum AttachFixtures {
             return (void *)(uintptr_t)n;
         }
 
+        static void on_usr1(int sig) { (void)sig; write(1, "usr1\n", 5); }
+
         int main(int argc, char **argv) {
             setvbuf(stdout, NULL, _IOLBF, 0);
             const char *mode = argc > 1 ? argv[1] : "";
@@ -208,8 +211,11 @@ enum AttachFixtures {
                 return 7;
             }
             if (!strcmp(mode, "read")) {
-                /* Blocked in read(2) on a pipe; echoes each line. */
+                /* Blocked in read(2) on a pipe; echoes each line. SIGUSR1 (SA_RESTART) says "usr1". */
                 char line[4096];
+                struct sigaction sa = { .sa_handler = on_usr1, .sa_flags = SA_RESTART };
+                sigemptyset(&sa.sa_mask);
+                sigaction(SIGUSR1, &sa, NULL);
                 printf("ready %d\n", getpid());
                 for (;;) {
                     ssize_t n = read(0, line, sizeof line - 1);
