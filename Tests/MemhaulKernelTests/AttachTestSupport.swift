@@ -4,6 +4,11 @@ import MemhaulSystem
 import Testing
 @testable import MemhaulKernel
 
+/// Parent of every suite that attaches to processes, run one test at a time: some
+/// tests inject faults into the process-wide syscall seam ("ptrace(SEIZE)",
+/// "ioctl(UFFDIO_API)"), which must not hit a concurrent attach of another test.
+@Suite(.serialized) struct AttachProcessTests {}
+
 /// A child process spawned with posix_spawn (not Foundation.Process: its SIGCHLD
 /// reaper could swallow our ptrace stops), with pipes on stdin and stdout.
 final class AttachChild {
