@@ -35,6 +35,8 @@ public final class AttachedProcess: Sendable {
     public let pagemap: FileDescriptor
     /// The target was SIGSTOPped when attached (it stays stopped).
     public let wasGroupStopped: Bool
+    /// How long attach kept the target's main thread ptrace-stopped (seize to detach), in ns.
+    public let stoppedNanoseconds: UInt64
 
     private struct State {
         var registered: [MapsEntry] = []
@@ -46,7 +48,11 @@ public final class AttachedProcess: Sendable {
     }
     private let state = Mutex(State())
 
-    private init(pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool) {
+    private init(
+        pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool,
+        stoppedNanoseconds: UInt64
+    ) {
+        self.stoppedNanoseconds = stoppedNanoseconds
         self.pid = pid
         self.pidfd = pidfd
         self.uffd = uffd
@@ -85,6 +91,7 @@ public final class AttachedProcess: Sendable {
 
         let pidfd = try openPidfd(pid)
 
+        let stopStart = monotonicNanoseconds()
         let injector = try SyscallInjector.begin(pid: pid)
         let uffd: Userfaultfd
         do {
@@ -94,11 +101,13 @@ public final class AttachedProcess: Sendable {
             throw error
         }
         try injector.finish()
+        let stopped = monotonicNanoseconds() - stopStart
         try uffd.enableAsyncWriteProtect()
         let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY)
 
         let process = AttachedProcess(
-            pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped)
+            pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped,
+            stoppedNanoseconds: stopped)
         // On failure from here, deinit unregisters and closes.
         var known: [MapsEntry: VmFlags] = [:]
         for entry in maps { known[entry] = flags[entry.range] ?? [] }
@@ -218,6 +227,13 @@ public final class AttachedProcess: Sendable {
     deinit {
         try? detach()
     }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension AddressRange {

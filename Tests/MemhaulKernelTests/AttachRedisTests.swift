@@ -34,10 +34,20 @@ extension AttachProcessTests {
             let first = try bench.expectLine(containing: "SET: ")
             var registered = 0
             for _ in 0..<3 {
+                let t0 = monotonicNanoseconds()
                 let process = try AttachedProcess.attach(pid: server.pid)
+                let t1 = monotonicNanoseconds()
                 registered = process.registered.count
+                let skipped = process.skipped.count
                 _ = try process.refreshLayout()
+                let t2 = monotonicNanoseconds()
                 try process.detach()
+                let t3 = monotonicNanoseconds()
+                // Figures, not assertions.
+                print(
+                    "redis attach \((t1 - t0) / 1000) us (main thread stopped \(process.stoppedNanoseconds / 1000) us),",
+                    "refreshLayout \((t2 - t1) / 1000) us, detach \((t3 - t2) / 1000) us,",
+                    "\(registered) VMAs registered, \(skipped) skipped")
                 #expect(AttachFixtures.userfaultfds(of: server.pid).isEmpty)
             }
             #expect(registered > 0)

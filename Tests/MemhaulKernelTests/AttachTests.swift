@@ -92,15 +92,23 @@ extension AttachProcessTests {
             #expect(child.wait() == 0, "\(line)")
         }
 
-        @Test func kernelWritesIntoProtectedPagesDoNotFault() throws {
+        /// As root, and as `nobody`: without CAP_SYS_PTRACE and with
+        /// vm.unprivileged_userfaultfd=0 the injected uffd is user-mode only, and a
+        /// kernel write into a protected page must still not fault (WP_ASYNC resolves it).
+        @Test(arguments: [false, true])
+        func kernelWritesIntoProtectedPagesDoNotFault(asNobody: Bool) throws {
             let pages = 16
-            let child = try AttachChild([try AttachFixtures.target(), "kwrite", "\(pages)"])
+            let command = [try AttachFixtures.target(), "kwrite", "\(pages)"]
+            let child = try AttachChild(
+                asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"] + command : command)
             let ready = try child.expectLine(startingWith: "ready").split(separator: " ")
             let buffer = UInt64(ready[2].dropFirst(2), radix: 16)!
             let size = UInt64(ready[3])!
             let process = try AttachedProcess.attach(pid: child.pid)
             defer { try? process.detach() }
             #expect(process.registeredRanges.contains { $0.start <= buffer && buffer + size <= $0.end })
+            let unprivileged = KernelFeatures.sysctl("/proc/sys/vm/unprivileged_userfaultfd") == "0"
+            #expect(process.userModeOnly == (asNobody && unprivileged))
 
             // Write-protect the buffer, then let the kernel (read(2) into it) write every page.
             var wp = uffdio_writeprotect(
