@@ -258,6 +258,18 @@ extension AttachProcessTests {
             #expect(try child.readLine() == "got fine")
         }
 
+        @Test func failedPidfdGetfdStillClosesTheTargetsUffd() throws {
+            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            _ = try child.expectLine(startingWith: "ready")
+            Syscall.injectFault("pidfd_getfd", .EPERM)
+            defer { Syscall.injectFault("pidfd_getfd", nil) }
+            #expect(throws: SystemError("pidfd_getfd", .EPERM)) { _ = try AttachedProcess.attach(pid: child.pid) }
+            // The uffd created inside the target was closed there again.
+            try expectClean(child.pid)
+            try child.write("fine\n")
+            #expect(try child.readLine() == "got fine")
+        }
+
         @Test func injectedUserfaultfdFailureIsReported() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
