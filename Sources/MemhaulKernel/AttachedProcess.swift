@@ -43,7 +43,8 @@ public final class AttachedProcess: Sendable {
         var registeredRanges: [AddressRange] = []
         var skipped: [SkippedMapping] = []
         /// VmFlags per mapping seen so far (smaps is costly: read only for new mappings).
-        var flags: [MapsEntry: VmFlags] = [:]
+        /// Keyed without the end address, so a growing heap or stack is not "new".
+        var flags: [MappingIdentity: VmFlags] = [:]
         var detached = false
     }
     private let state = Mutex(State())
@@ -109,8 +110,8 @@ public final class AttachedProcess: Sendable {
             pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped,
             stoppedNanoseconds: stopped)
         // On failure from here, deinit unregisters and closes.
-        var known: [MapsEntry: VmFlags] = [:]
-        for entry in maps { known[entry] = flags[entry.range] ?? [] }
+        var known: [MappingIdentity: VmFlags] = [:]
+        for entry in maps { known[MappingIdentity(entry)] = flags[entry.range] ?? [] }
         process.state.withLock { $0.flags = known }
         _ = try process.register(maps, attaching: true)
         return process
@@ -140,11 +141,14 @@ public final class AttachedProcess: Sendable {
         }
         // VmFlags only matter for mappings that look trackable and are new.
         let known = state.withLock { $0.flags }
-        let needFlags = maps.contains { known[$0] == nil && ProcMaps.trackability(of: $0) == .tracked }
+        let needFlags = maps.contains { known[MappingIdentity($0)] == nil && ProcMaps.trackability(of: $0) == .tracked }
         let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid)) ?? [:]) : [:]
         state.withLock { s in
-            var next: [MapsEntry: VmFlags] = [:]
-            for entry in maps { next[entry] = s.flags[entry] ?? fresh[entry.range] }
+            var next: [MappingIdentity: VmFlags] = [:]
+            for entry in maps {
+                let id = MappingIdentity(entry)
+                next[id] = s.flags[id] ?? fresh[entry.range]
+            }
             s.flags = next
         }
         return try register(maps, attaching: false)
@@ -157,7 +161,7 @@ public final class AttachedProcess: Sendable {
             var skipped: [SkippedMapping] = []
             var firstFailure: SystemError?
             for entry in maps {
-                switch ProcMaps.trackability(of: entry, flags: s.flags[entry]) {
+                switch ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)]) {
                 case .skipped(let reason):
                     skipped.append(SkippedMapping(entry: entry, reason: reason))
                 case .tracked:
@@ -226,6 +230,22 @@ public final class AttachedProcess: Sendable {
 
     deinit {
         try? detach()
+    }
+}
+
+/// A mapping as far as its VmFlags go: where it starts and what backs it (not its end).
+struct MappingIdentity: Hashable {
+    var start: UInt64
+    var permissions: MapsPermissions
+    var offset: UInt64
+    var inode: UInt64
+    var path: String
+    init(_ e: MapsEntry) {
+        start = e.start
+        permissions = e.permissions
+        offset = e.offset
+        inode = e.inode
+        path = e.path
     }
 }
 
