@@ -307,12 +307,19 @@ enum AttachFixtures {
         guard let f = fopen(source, "w") else { return .failure(.init(description: "cannot write \(source)")) }
         fputs(targetSource, f)
         fclose(f)
-        guard let cc = try? AttachChild(["cc", "-O1", "-pthread", "-o", binary, source]) else {
-            return .failure(.init(description: "cannot run cc"))
+        // cc (gcc) if installed, else the clang that ships with the Swift toolchain.
+        var failures: [String] = []
+        for compiler in ["cc", "clang"] {
+            guard let cc = try? AttachChild([compiler, "-O1", "-pthread", "-o", binary, source]) else {
+                failures.append("cannot run \(compiler)")
+                continue
+            }
+            while (try? cc.readLine()) ?? nil != nil {}
+            let rc = cc.wait()
+            if rc == 0 { return .success(binary) }
+            failures.append("\(compiler) failed with \(rc)")
         }
-        while (try? cc.readLine()) ?? nil != nil {}
-        let rc = cc.wait()
-        return rc == 0 ? .success(binary) : .failure(.init(description: "cc failed with \(rc)"))
+        return .failure(.init(description: failures.joined(separator: "; ")))
     }()
 
     static func target() throws -> String { try compiled.get() }
