@@ -61,6 +61,9 @@ long cmh_ptrace_setregs(pid_t pid, const struct user_regs_struct *regs) {
     return ptrace(PTRACE_SETREGS, pid, 0, (void *)regs);
 }
 long cmh_ptrace_getsiginfo(pid_t pid, void *siginfo) { return ptrace(PTRACE_GETSIGINFO, pid, 0, siginfo); }
+long cmh_ptrace_setsiginfo(pid_t pid, const void *siginfo) {
+    return ptrace(PTRACE_SETSIGINFO, pid, 0, (void *)siginfo);
+}
 long cmh_ptrace_peekdata(pid_t pid, unsigned long addr, unsigned long *out) {
     errno = 0;
     long word = ptrace(PTRACE_PEEKDATA, pid, (void *)addr, 0);

@@ -19,8 +19,10 @@ import MemhaulSystem
 /// is restarted exactly as after any ptrace attach.
 ///
 /// Signals dequeued by the target while we inject are held back (delivering
-/// them would run a handler on our injected state) and re-sent with tgkill
-/// before detaching.
+/// them would run a handler on our injected state), then re-sent to the thread
+/// with tgkill after the registers are restored; at their signal-delivery-stop
+/// the original siginfo (sender, si_code, si_value) is put back with
+/// PTRACE_SETSIGINFO, so the target sees the signal it was sent.
 ///
 /// ptrace binds the tracer to a thread: use an injector on one thread only,
 /// from ``begin(pid:)`` to ``finish()``.
@@ -33,17 +35,23 @@ final class SyscallInjector {
     /// The target was group-stopped (SIGSTOP/SIGTSTP) when we seized it; it is
     /// stopped again after detach.
     let wasGroupStopped: Bool
-    /// Signals the target dequeued during injection, re-sent before detach.
-    private(set) var heldSignals: [Int32] = []
+    /// A signal the target dequeued during injection, with its siginfo_t.
+    struct HeldSignal {
+        var signal: Int32
+        var info: [UInt8]?
+    }
+    /// Signals the target dequeued during injection, re-delivered by ``finish()``.
+    private(set) var held: [HeldSignal] = []
+    var heldSignals: [Int32] { held.map(\.signal) }
     private var finished = false
 
-    private init(pid: Int32, tracee: Tracee, saved: user_regs_struct, syscallInstruction: UInt64, groupStopped: Bool, held: [Int32]) {
+    private init(pid: Int32, tracee: Tracee, saved: user_regs_struct, syscallInstruction: UInt64, groupStopped: Bool, held: [HeldSignal]) {
         self.pid = pid
         self.tracee = tracee
         self.saved = saved
         self.syscallInstruction = syscallInstruction
         self.wasGroupStopped = groupStopped
-        self.heldSignals = held
+        self.held = held
     }
 
     /// Seizes `pid` (its thread-group leader) and stops it at a PTRACE_EVENT_STOP.
@@ -52,7 +60,7 @@ final class SyscallInjector {
             throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie (its main thread has exited)")
         }
         let tracee = try Tracee.seize(pid)
-        var held: [Int32] = []
+        var held: [HeldSignal] = []
         var groupStopped = false
         do {
             try tracee.interrupt()
@@ -64,7 +72,7 @@ final class SyscallInjector {
                     groupStopped = sig != SIGTRAP
                     break waiting
                 case .signalDelivery(let sig):
-                    held.append(sig)
+                    held.append(HeldSignal(signal: sig, info: try? tracee.signalInfo()))
                     try tracee.resume()
                 case .syscall, .otherEvent:
                     try tracee.resume()
@@ -85,7 +93,7 @@ final class SyscallInjector {
             return SyscallInjector(pid: pid, tracee: tracee, saved: regs, syscallInstruction: insn, groupStopped: groupStopped, held: held)
         } catch {
             // Stopped at the event stop with untouched registers: a plain detach is exact.
-            for sig in held { _ = cmh_tgkill(pid, pid, sig) }
+            for h in held { _ = cmh_tgkill(pid, pid, h.signal) }
             try? tracee.detach()
             throw error
         }
@@ -140,7 +148,7 @@ final class SyscallInjector {
             case .syscall:
                 return
             case .signalDelivery(let sig):
-                heldSignals.append(sig)
+                held.append(HeldSignal(signal: sig, info: try? tracee.signalInfo()))
                 try tracee.resumeToSyscall(signal: 0)
             case .eventStop, .otherEvent:
                 // A group-stop or a repeated trap: ptrace overrides it; keep going.
@@ -175,27 +183,57 @@ final class SyscallInjector {
     private func restoreAndDetach() throws {
         finished = true
         try tracee.setRegisters(saved)
-        for sig in heldSignals { _ = cmh_tgkill(pid, pid, sig) }
-        heldSignals.removeAll()
+        var pending = held
+        held.removeAll()
+        // Queued to this thread while traced, so even an ignored one reaches a delivery stop.
+        for h in pending { _ = cmh_tgkill(pid, pid, h.signal) }
         try tracee.interrupt()
         try tracee.resume()
+        var stop = try tracee.wait()
         while true {
-            let stop: TraceeStop
-            do { stop = try tracee.wait() } catch let error as SystemError where error.errno == .ECHILD { return }
             switch stop {
             case .eventStop:
-                try tracee.detach()
-                return
+                guard !pending.isEmpty else {
+                    try tracee.detach()
+                    return
+                }
+                // Let get_signal dequeue the re-sent signals (bounded: should one never
+                // come, take the thread back and detach; it stays queued as sent).
+                try tracee.resume()
+                if let next = try pollStop(attempts: 2000) {
+                    stop = next
+                    continue
+                }
+                pending.removeAll()
+                try tracee.interrupt()
             case .signalDelivery(let sig):
-                // In the signal path already: detaching with the signal delivers it.
-                try tracee.detach(signal: sig)
-                return
+                if let i = pending.firstIndex(where: { $0.signal == sig }) {
+                    if let info = pending[i].info { try? tracee.setSignalInfo(info) }
+                    pending.remove(at: i)
+                }
+                // In the signal path: resuming or detaching with the signal delivers it,
+                // with the kernel's restart logic applied to the restored registers.
+                if pending.isEmpty {
+                    try tracee.detach(signal: sig)
+                    return
+                }
+                try tracee.resume(signal: sig)
             case .syscall, .otherEvent:
                 try tracee.resume()
             case .exited, .killed:
                 return
             }
+            stop = try tracee.wait()
         }
+    }
+
+    /// Polls for the next stop, 1 ms apart.
+    private func pollStop(attempts: Int) throws -> TraceeStop? {
+        for _ in 0..<attempts {
+            if let stop = try tracee.poll() { return stop }
+            usleep(1000)
+        }
+        return nil
     }
 
     deinit {

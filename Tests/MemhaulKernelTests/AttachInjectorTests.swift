@@ -23,11 +23,12 @@ extension AttachProcessTests {
             try AttachFixtures.waitUntilBlocked(child.pid, in: [0])
             let injector = try SyscallInjector.begin(pid: child.pid)
             // Queued while stopped: dequeued on the way to our injected syscall, held back.
-            kill(child.pid, SIGUSR1)
+            // sigqueue: si_code SI_QUEUE (-1) and a value, which the re-delivery must keep.
+            #expect(sigqueue(child.pid, SIGUSR1, sigval(sival_int: 42)) == 0)
             #expect(try injector.call(cmh_SYS_getpid) == Int64(child.pid))
             #expect(injector.heldSignals == [SIGUSR1])
             try injector.finish()
-            #expect(try child.readLine() == "usr1")
+            #expect(try child.readLine() == "usr1 code=-1 value=42")
             // The interrupted read was restarted (SA_RESTART) and still works.
             try child.write("next\n")
             #expect(try child.readLine() == "got next")

@@ -199,7 +199,12 @@ enum AttachFixtures {
             return (void *)(uintptr_t)n;
         }
 
-        static void on_usr1(int sig) { (void)sig; write(1, "usr1\n", 5); }
+        static void on_usr1(int sig, siginfo_t *si, void *ctx) {
+            (void)sig; (void)ctx;
+            char msg[64];
+            int n = snprintf(msg, sizeof msg, "usr1 code=%d value=%d\n", si->si_code, si->si_value.sival_int);
+            write(1, msg, n);
+        }
 
         int main(int argc, char **argv) {
             setvbuf(stdout, NULL, _IOLBF, 0);
@@ -218,7 +223,7 @@ enum AttachFixtures {
             if (!strcmp(mode, "read")) {
                 /* Blocked in read(2) on a pipe; echoes each line. SIGUSR1 (SA_RESTART) says "usr1". */
                 char line[4096];
-                struct sigaction sa = { .sa_handler = on_usr1, .sa_flags = SA_RESTART };
+                struct sigaction sa = { .sa_sigaction = on_usr1, .sa_flags = SA_RESTART | SA_SIGINFO };
                 sigemptyset(&sa.sa_mask);
                 sigaction(SIGUSR1, &sa, NULL);
                 printf("ready %d\n", getpid());

@@ -169,6 +169,7 @@ long cmh_ptrace_listen(pid_t pid);
 long cmh_ptrace_getregs(pid_t pid, struct user_regs_struct *regs);
 long cmh_ptrace_setregs(pid_t pid, const struct user_regs_struct *regs);
 long cmh_ptrace_getsiginfo(pid_t pid, void *siginfo);
+long cmh_ptrace_setsiginfo(pid_t pid, const void *siginfo);
 /* PTRACE_PEEKDATA / POKEDATA: a word at addr; peek stores into *out. */
 long cmh_ptrace_peekdata(pid_t pid, unsigned long addr, unsigned long *out);
 long cmh_ptrace_pokedata(pid_t pid, unsigned long addr, unsigned long data);
