@@ -35,6 +35,9 @@ public final class AttachedProcess: Sendable {
     public let pagemap: FileDescriptor
     /// The target was SIGSTOPped when attached (it stays stopped).
     public let wasGroupStopped: Bool
+    /// The thread whose /proc entries we read and that we injected into: the
+    /// thread-group leader, or a live thread when the leader has exited.
+    public let thread: Int32
     /// How long attach kept the target's main thread ptrace-stopped (seize to detach), in ns.
     public let stoppedNanoseconds: UInt64
 
@@ -51,8 +54,9 @@ public final class AttachedProcess: Sendable {
 
     private init(
         pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool,
-        stoppedNanoseconds: UInt64
+        stoppedNanoseconds: UInt64, thread: Int32
     ) {
+        self.thread = thread
         self.stoppedNanoseconds = stoppedNanoseconds
         self.pid = pid
         self.pidfd = pidfd
@@ -80,9 +84,11 @@ public final class AttachedProcess: Sendable {
         guard pid != getpid() else { throw AttachError.unsupportedTarget(pid: pid, why: "it is memhaul itself") }
         let maps: [MapsEntry]
         let flags: [AddressRange: VmFlags]
+        let thread: Int32
         do {
-            maps = try ProcMaps.read(pid: pid)
-            flags = try ProcMaps.readFlags(pid: pid)
+            thread = try SyscallInjector.injectableThread(of: pid)
+            maps = try ProcMaps.read(pid: pid, thread: thread)
+            flags = try ProcMaps.readFlags(pid: pid, thread: thread)
         } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
             throw AttachError.noSuchProcess(pid: pid)
         } catch let error as SystemError where error.errno == .EACCES || error.errno == .EPERM {
@@ -93,10 +99,15 @@ public final class AttachedProcess: Sendable {
         let pidfd = try openPidfd(pid)
 
         let stopStart = monotonicNanoseconds()
-        let injector = try SyscallInjector.begin(pid: pid)
+        let injector = try SyscallInjector.begin(pid: pid, thread: thread)
         let uffd: Userfaultfd
         do {
-            uffd = try Userfaultfd.inject(into: injector, pidfd: pidfd)
+            // A zombie leader has no file table: take the fd through the injected thread
+            // (PIDFD_THREAD, Linux 6.9).
+            let getfdPidfd =
+                thread == pid ? pidfd
+                : FileDescriptor(owning: try Syscall.run("pidfd_open") { cmh_pidfd_open(thread, UInt32(O_EXCL)) })
+            uffd = try Userfaultfd.inject(into: injector, pidfd: getfdPidfd)
         } catch {
             try? injector.finish()
             throw error
@@ -104,11 +115,11 @@ public final class AttachedProcess: Sendable {
         try injector.finish()
         let stopped = monotonicNanoseconds() - stopStart
         try uffd.enableAsyncWriteProtect()
-        let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY)
+        let pagemap = try FileDescriptor.open(ProcMaps.path(pid, thread, "pagemap"), O_RDONLY)
 
         let process = AttachedProcess(
             pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped,
-            stoppedNanoseconds: stopped)
+            stoppedNanoseconds: stopped, thread: thread)
         // On failure from here, deinit unregisters and closes.
         var known: [MappingIdentity: VmFlags] = [:]
         for entry in maps { known[MappingIdentity(entry)] = flags[entry.range] ?? [] }
@@ -135,14 +146,14 @@ public final class AttachedProcess: Sendable {
     public func refreshLayout() throws -> LayoutDelta {
         let maps: [MapsEntry]
         do {
-            maps = try ProcMaps.read(pid: pid)
+            maps = try ProcMaps.read(pid: pid, thread: thread)
         } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
             throw AttachError.noSuchProcess(pid: pid)
         }
         // VmFlags only matter for mappings that look trackable and are new.
         let known = state.withLock { $0.flags }
         let needFlags = maps.contains { known[MappingIdentity($0)] == nil && ProcMaps.trackability(of: $0) == .tracked }
-        let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid)) ?? [:]) : [:]
+        let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid, thread: thread)) ?? [:]) : [:]
         state.withLock { s in
             var next: [MappingIdentity: VmFlags] = [:]
             for entry in maps {
@@ -206,7 +217,7 @@ public final class AttachedProcess: Sendable {
         var firstError: SystemError?
         // Unregister per current VMA inside our ranges: a range spanning a hole or
         // a foreign VMA would make one big UFFDIO_UNREGISTER fail as a whole.
-        if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid) {
+        if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid, thread: thread) {
             for piece in AddressRange.intersect(AddressRange.coalesceKeepingSplits(maps.map(\.range)), ranges) {
                 do {
                     try uffd.unregister(piece)

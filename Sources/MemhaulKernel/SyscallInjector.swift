@@ -54,12 +54,10 @@ final class SyscallInjector {
         self.held = held
     }
 
-    /// Seizes `pid` (its thread-group leader) and stops it at a PTRACE_EVENT_STOP.
-    static func begin(pid: Int32) throws -> SyscallInjector {
-        if let state = processState(pid), state == "Z" || state == "X" {
-            throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie (its main thread has exited)")
-        }
-        let tracee = try Tracee.seize(pid)
+    /// Seizes `thread` of `pid` (by default the thread-group leader, or a live
+    /// thread if the leader has exited) and stops it at a PTRACE_EVENT_STOP.
+    static func begin(pid: Int32, thread: Int32? = nil) throws -> SyscallInjector {
+        let tracee = try Tracee.seize(try thread ?? injectableThread(of: pid))
         var held: [HeldSignal] = []
         var groupStopped = false
         do {
@@ -89,11 +87,11 @@ final class SyscallInjector {
             guard regs.cs == 0x33 else {
                 throw AttachError.unsupportedTarget(pid: pid, why: "not a 64-bit x86 process (cs=0x\(String(regs.cs, radix: 16)))")
             }
-            let insn = try findSyscallInstruction(pid: pid, regs: regs)
+            let insn = try findSyscallInstruction(pid: pid, thread: tracee.tid, regs: regs)
             return SyscallInjector(pid: pid, tracee: tracee, saved: regs, syscallInstruction: insn, groupStopped: groupStopped, held: held)
         } catch {
             // Stopped at the event stop with untouched registers: a plain detach is exact.
-            for h in held { _ = cmh_tgkill(pid, pid, h.signal) }
+            for h in held { _ = cmh_tgkill(pid, tracee.tid, h.signal) }
             try? tracee.detach()
             throw error
         }
@@ -186,7 +184,7 @@ final class SyscallInjector {
         var pending = held
         held.removeAll()
         // Queued to this thread while traced, so even an ignored one reaches a delivery stop.
-        for h in pending { _ = cmh_tgkill(pid, pid, h.signal) }
+        for h in pending { _ = cmh_tgkill(pid, tracee.tid, h.signal) }
         try tracee.interrupt()
         try tracee.resume()
         var stop = try tracee.wait()
@@ -244,14 +242,14 @@ final class SyscallInjector {
 
     /// A `syscall` instruction in the target, found by reading only: at `rip - 2`
     /// when stopped in a system call, else in the [vdso], else in any executable mapping.
-    static func findSyscallInstruction(pid: Int32, regs: user_regs_struct) throws -> UInt64 {
-        let mem = try FileDescriptor.open("/proc/\(pid)/mem", O_RDONLY)
+    static func findSyscallInstruction(pid: Int32, thread: Int32, regs: user_regs_struct) throws -> UInt64 {
+        let mem = try FileDescriptor.open(ProcMaps.path(pid, thread, "mem"), O_RDONLY)
         var two: (UInt8, UInt8) = (0, 0)
         if Int64(bitPattern: regs.orig_rax) >= 0, regs.rip >= 2 {
             let n = try? withUnsafeMutableBytes(of: &two) { try mem.pread(into: $0, at: Int64(regs.rip - 2)) }
             if n == 2, two == (0x0F, 0x05) { return regs.rip - 2 }
         }
-        let maps = try ProcMaps.read(pid: pid)
+        let maps = try ProcMaps.read(pid: pid, thread: thread)
         let candidates =
             maps.filter { $0.path == "[vdso]" }
             + maps.filter { $0.permissions.contains(.execute) && !$0.isPseudo }
@@ -273,9 +271,22 @@ final class SyscallInjector {
         throw AttachError.noSyscallInstruction(pid: pid)
     }
 
+    /// The thread to inject into: the thread-group leader, or, when the leader has
+    /// exited (pthread_exit in main leaves a zombie leader), the first live thread.
+    static func injectableThread(of pid: Int32) throws -> Int32 {
+        guard let state = processState(pid), state == "Z" || state == "X" else { return pid }
+        let tasks = (try? ProcFile.readDirectory("/proc/\(pid)/task")) ?? []
+        for name in tasks {
+            guard let tid = Int32(name), tid != pid else { continue }
+            if let s = processState(pid, thread: tid), s != "Z" && s != "X" { return tid }
+        }
+        throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie")
+    }
+
     /// The state letter of /proc/PID/stat (R, S, D, T, t, Z, X).
-    static func processState(_ pid: Int32) -> Character? {
-        guard let text = try? ProcFile.readString("/proc/\(pid)/stat"),
+    static func processState(_ pid: Int32, thread: Int32? = nil) -> Character? {
+        let path = thread.map { "/proc/\(pid)/task/\($0)/stat" } ?? "/proc/\(pid)/stat"
+        guard let text = try? ProcFile.readString(path),
             let close = text.lastIndex(of: ")")
         else { return nil }
         let after = text[text.index(after: close)...].trimmingPrefixSpaces()

@@ -206,6 +206,17 @@ enum AttachFixtures {
             write(1, msg, n);
         }
 
+        static void *echo_thread(void *arg) {
+            (void)arg;
+            char line[4096];
+            for (;;) {
+                ssize_t n = read(0, line, sizeof line - 1);
+                if (n <= 0) exit(n == 0 ? 0 : 3);
+                line[n] = 0;
+                printf("got %s", line);
+            }
+        }
+
         int main(int argc, char **argv) {
             setvbuf(stdout, NULL, _IOLBF, 0);
             const char *mode = argc > 1 ? argv[1] : "";
@@ -234,6 +245,13 @@ enum AttachFixtures {
                     line[n] = 0;
                     printf("got %s", line);
                 }
+            }
+            if (!strcmp(mode, "zombieleader")) {
+                /* main exits with pthread_exit: the leader is a zombie, a thread echoes stdin. */
+                pthread_t t;
+                pthread_create(&t, NULL, echo_thread, NULL);
+                printf("ready %d\n", getpid());
+                pthread_exit(NULL);
             }
             if (!strcmp(mode, "busy")) {
                 int threads = atoi(argv[2]);

@@ -152,6 +152,24 @@ extension AttachProcessTests {
             #expect(child.wait() == 7)
         }
 
+        @Test func zombieLeaderIsInjectedThroughALiveThread() throws {
+            let child = try AttachChild([try AttachFixtures.target(), "zombieleader"])
+            _ = try child.expectLine(startingWith: "ready")
+            for _ in 0..<10_000 where AttachFixtures.state(of: child.pid) != "Z" { usleep(1000) }
+            #expect(AttachFixtures.state(of: child.pid) == "Z")
+            let process = try AttachedProcess.attach(pid: child.pid)
+            #expect(process.thread != child.pid)
+            #expect(!process.registered.isEmpty)
+            #expect(try !ProcMaps.readFlags(pid: child.pid, thread: process.thread).filter { $0.value.contains(.uffdWriteProtect) }.isEmpty)
+            try process.detach()
+            #expect(try ProcMaps.readFlags(pid: child.pid, thread: process.thread).filter { $0.value.contains(.uffdWriteProtect) }.isEmpty)
+            #expect(AttachFixtures.userfaultfds(of: process.thread).isEmpty)
+            try child.write("alive\n")
+            #expect(try child.readLine() == "got alive")
+            child.closeStdin()
+            #expect(child.wait() == 0)
+        }
+
         @Test func secondAttachIsRefused() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
