@@ -19,7 +19,14 @@ struct ProbeCommand: ParsableCommand {
     @Flag(help: "Print one JSON object instead of a table.")
     var json = false
 
+    @Option(help: "Also attach to this PID, print what would be tracked and how long it took, then detach.")
+    var attach: Int32?
+
     func run() throws {
+        if let pid = attach {
+            try Self.trialAttach(pid)
+            return
+        }
         let report = KernelFeatures.probe()
         if json {
             print(Self.json(report))
@@ -34,6 +41,32 @@ struct ProbeCommand: ParsableCommand {
             print(report.allRequiredPresent ? "memhaul can attach on this machine." : "memhaul cannot attach: fix the MISSING features above.")
         }
         if !report.allRequiredPresent { throw ExitCode(1) }
+    }
+
+    /// Attach, refresh, detach once, printing the mappings and the time each step took.
+    static func trialAttach(_ pid: Int32) throws {
+        let clock = ContinuousClock()
+        let t0 = clock.now
+        let process = try AttachedProcess.attach(pid: pid)
+        let t1 = clock.now
+        let registered = process.registered
+        let skipped = process.skipped
+        _ = try process.refreshLayout()
+        let t2 = clock.now
+        try process.detach()
+        let t3 = clock.now
+        let bytes = registered.reduce(UInt64(0)) { $0 + $1.byteCount }
+        for e in registered { print("tracked \(e.range) \(e.permissions) \(e.path.isEmpty ? "anon" : e.path)") }
+        for s in skipped { print("skipped \(s)") }
+        print(
+            "PID \(pid): \(registered.count) mappings tracked (\(bytes >> 20) MiB of address space), \(skipped.count) skipped;",
+            "attach \(micros(t1 - t0)) us (target stopped \(process.stoppedNanoseconds / 1000) us),",
+            "refresh \(micros(t2 - t1)) us, detach \(micros(t3 - t2)) us",
+            process.userModeOnly ? "; uffd is user-mode only" : "")
+    }
+
+    static func micros(_ d: Duration) -> Int64 {
+        d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
     }
 
     /// `{"kernel":"6.18…","ok":true,"features":[{"name":…,"ok":…,"required":…,"detail":…,"fix":…}]}`
