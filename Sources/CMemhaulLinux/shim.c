@@ -61,6 +61,9 @@ long cmh_ptrace_setregs(pid_t pid, const struct user_regs_struct *regs) {
     return ptrace(PTRACE_SETREGS, pid, 0, (void *)regs);
 }
 long cmh_ptrace_getsiginfo(pid_t pid, void *siginfo) { return ptrace(PTRACE_GETSIGINFO, pid, 0, siginfo); }
+long cmh_ptrace_setsiginfo(pid_t pid, const void *siginfo) {
+    return ptrace(PTRACE_SETSIGINFO, pid, 0, (void *)siginfo);
+}
 long cmh_ptrace_peekdata(pid_t pid, unsigned long addr, unsigned long *out) {
     errno = 0;
     long word = ptrace(PTRACE_PEEKDATA, pid, (void *)addr, 0);
@@ -89,6 +92,8 @@ int cmh_wptrace_event(int status) { return (status >> 16) & 0xff; }
 
 int cmh_tgkill(pid_t tgid, pid_t tid, int sig) { return (int)syscall(SYS_tgkill, tgid, tid, sig); }
 pid_t cmh_gettid(void) { return (pid_t)syscall(SYS_gettid); }
+
+int cmh_pipe2(int fds[2], int flags) { return pipe2(fds, flags); }
 
 int cmh_errno(void) { return errno; }
 void cmh_set_errno(int value) { errno = value; }

@@ -35,18 +35,29 @@ public final class AttachedProcess: Sendable {
     public let pagemap: FileDescriptor
     /// The target was SIGSTOPped when attached (it stays stopped).
     public let wasGroupStopped: Bool
+    /// The thread whose /proc entries we read and that we injected into: the
+    /// thread-group leader, or a live thread when the leader has exited.
+    public let thread: Int32
+    /// How long attach kept the target's main thread ptrace-stopped (seize to detach), in ns.
+    public let stoppedNanoseconds: UInt64
 
     private struct State {
         var registered: [MapsEntry] = []
         var registeredRanges: [AddressRange] = []
         var skipped: [SkippedMapping] = []
         /// VmFlags per mapping seen so far (smaps is costly: read only for new mappings).
-        var flags: [MapsEntry: VmFlags] = [:]
+        /// Keyed without the end address, so a growing heap or stack is not "new".
+        var flags: [MappingIdentity: VmFlags] = [:]
         var detached = false
     }
     private let state = Mutex(State())
 
-    private init(pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool) {
+    private init(
+        pid: Int32, pidfd: FileDescriptor, uffd: Userfaultfd, pagemap: FileDescriptor, wasGroupStopped: Bool,
+        stoppedNanoseconds: UInt64, thread: Int32
+    ) {
+        self.thread = thread
+        self.stoppedNanoseconds = stoppedNanoseconds
         self.pid = pid
         self.pidfd = pidfd
         self.uffd = uffd
@@ -73,9 +84,11 @@ public final class AttachedProcess: Sendable {
         guard pid != getpid() else { throw AttachError.unsupportedTarget(pid: pid, why: "it is memhaul itself") }
         let maps: [MapsEntry]
         let flags: [AddressRange: VmFlags]
+        let thread: Int32
         do {
-            maps = try ProcMaps.read(pid: pid)
-            flags = try ProcMaps.readFlags(pid: pid)
+            thread = try SyscallInjector.injectableThread(of: pid)
+            maps = try ProcMaps.read(pid: pid, thread: thread)
+            flags = try ProcMaps.readFlags(pid: pid, thread: thread)
         } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
             throw AttachError.noSuchProcess(pid: pid)
         } catch let error as SystemError where error.errno == .EACCES || error.errno == .EPERM {
@@ -85,23 +98,31 @@ public final class AttachedProcess: Sendable {
 
         let pidfd = try openPidfd(pid)
 
-        let injector = try SyscallInjector.begin(pid: pid)
+        let stopStart = monotonicNanoseconds()
+        let injector = try SyscallInjector.begin(pid: pid, thread: thread)
         let uffd: Userfaultfd
         do {
-            uffd = try Userfaultfd.inject(into: injector, pidfd: pidfd)
+            // A zombie leader has no file table: take the fd through the injected thread
+            // (PIDFD_THREAD, Linux 6.9).
+            let getfdPidfd =
+                thread == pid ? pidfd
+                : FileDescriptor(owning: try Syscall.run("pidfd_open") { cmh_pidfd_open(thread, UInt32(O_EXCL)) })
+            uffd = try Userfaultfd.inject(into: injector, pidfd: getfdPidfd)
         } catch {
             try? injector.finish()
             throw error
         }
         try injector.finish()
+        let stopped = monotonicNanoseconds() - stopStart
         try uffd.enableAsyncWriteProtect()
-        let pagemap = try FileDescriptor.open("/proc/\(pid)/pagemap", O_RDONLY)
+        let pagemap = try FileDescriptor.open(ProcMaps.path(pid, thread, "pagemap"), O_RDONLY)
 
         let process = AttachedProcess(
-            pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped)
+            pid: pid, pidfd: pidfd, uffd: uffd, pagemap: pagemap, wasGroupStopped: injector.wasGroupStopped,
+            stoppedNanoseconds: stopped, thread: thread)
         // On failure from here, deinit unregisters and closes.
-        var known: [MapsEntry: VmFlags] = [:]
-        for entry in maps { known[entry] = flags[entry.range] ?? [] }
+        var known: [MappingIdentity: VmFlags] = [:]
+        for entry in maps { known[MappingIdentity(entry)] = flags[entry.range] ?? [] }
         process.state.withLock { $0.flags = known }
         _ = try process.register(maps, attaching: true)
         return process
@@ -125,17 +146,20 @@ public final class AttachedProcess: Sendable {
     public func refreshLayout() throws -> LayoutDelta {
         let maps: [MapsEntry]
         do {
-            maps = try ProcMaps.read(pid: pid)
+            maps = try ProcMaps.read(pid: pid, thread: thread)
         } catch let error as SystemError where error.errno == .ENOENT || error.errno == .ESRCH {
             throw AttachError.noSuchProcess(pid: pid)
         }
         // VmFlags only matter for mappings that look trackable and are new.
         let known = state.withLock { $0.flags }
-        let needFlags = maps.contains { known[$0] == nil && ProcMaps.trackability(of: $0) == .tracked }
-        let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid)) ?? [:]) : [:]
+        let needFlags = maps.contains { known[MappingIdentity($0)] == nil && ProcMaps.trackability(of: $0) == .tracked }
+        let fresh: [AddressRange: VmFlags] = needFlags ? ((try? ProcMaps.readFlags(pid: pid, thread: thread)) ?? [:]) : [:]
         state.withLock { s in
-            var next: [MapsEntry: VmFlags] = [:]
-            for entry in maps { next[entry] = s.flags[entry] ?? fresh[entry.range] }
+            var next: [MappingIdentity: VmFlags] = [:]
+            for entry in maps {
+                let id = MappingIdentity(entry)
+                next[id] = s.flags[id] ?? fresh[entry.range]
+            }
             s.flags = next
         }
         return try register(maps, attaching: false)
@@ -148,7 +172,7 @@ public final class AttachedProcess: Sendable {
             var skipped: [SkippedMapping] = []
             var firstFailure: SystemError?
             for entry in maps {
-                switch ProcMaps.trackability(of: entry, flags: s.flags[entry]) {
+                switch ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)]) {
                 case .skipped(let reason):
                     skipped.append(SkippedMapping(entry: entry, reason: reason))
                 case .tracked:
@@ -193,7 +217,7 @@ public final class AttachedProcess: Sendable {
         var firstError: SystemError?
         // Unregister per current VMA inside our ranges: a range spanning a hole or
         // a foreign VMA would make one big UFFDIO_UNREGISTER fail as a whole.
-        if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid) {
+        if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid, thread: thread) {
             for piece in AddressRange.intersect(AddressRange.coalesceKeepingSplits(maps.map(\.range)), ranges) {
                 do {
                     try uffd.unregister(piece)
@@ -218,6 +242,29 @@ public final class AttachedProcess: Sendable {
     deinit {
         try? detach()
     }
+}
+
+/// A mapping as far as its VmFlags go: where it starts and what backs it (not its end).
+struct MappingIdentity: Hashable {
+    var start: UInt64
+    var permissions: MapsPermissions
+    var offset: UInt64
+    var inode: UInt64
+    var path: String
+    init(_ e: MapsEntry) {
+        start = e.start
+        permissions = e.permissions
+        offset = e.offset
+        inode = e.inode
+        path = e.path
+    }
+}
+
+/// CLOCK_MONOTONIC in nanoseconds.
+func monotonicNanoseconds() -> UInt64 {
+    var ts = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &ts)
+    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
 }
 
 extension AddressRange {

@@ -221,19 +221,23 @@ public enum ProcMaps {
         return .tracked
     }
 
-    /// Reads and parses `/proc/PID/maps` (`pid` 0 means self).
-    public static func read(pid: Int32) throws -> [MapsEntry] {
-        try parse(ProcFile.read(path(pid, "maps")))
+    /// Reads and parses `/proc/PID/maps` (`pid` 0 means self). `thread` reads it
+    /// through `/proc/PID/task/TID/` (needed when the thread-group leader has exited).
+    public static func read(pid: Int32, thread: Int32? = nil) throws -> [MapsEntry] {
+        try parse(ProcFile.read(path(pid, thread, "maps")))
     }
 
     /// VmFlags of every VMA, read from `/proc/PID/smaps` (this walks the page
     /// tables of the whole process to count RSS: use it sparingly).
-    public static func readFlags(pid: Int32) throws -> [AddressRange: VmFlags] {
-        parseSmapsFlags(try ProcFile.read(path(pid, "smaps")))
+    public static func readFlags(pid: Int32, thread: Int32? = nil) throws -> [AddressRange: VmFlags] {
+        parseSmapsFlags(try ProcFile.read(path(pid, thread, "smaps")))
     }
 
-    static func path(_ pid: Int32, _ file: String) -> String {
-        pid == 0 ? "/proc/self/\(file)" : "/proc/\(pid)/\(file)"
+    /// `/proc/PID/FILE`, or `/proc/PID/task/TID/FILE` for a thread other than the leader.
+    static func path(_ pid: Int32, _ thread: Int32?, _ file: String) -> String {
+        if pid == 0 { return "/proc/self/\(file)" }
+        if let thread, thread != pid { return "/proc/\(pid)/task/\(thread)/\(file)" }
+        return "/proc/\(pid)/\(file)"
     }
 
     /// Parses the text of a maps file. Malformed lines are skipped.
@@ -354,6 +358,18 @@ enum ProcFile {
             out.append(contentsOf: chunk[0..<n])
         }
         return out
+    }
+
+    /// Entry names of a directory (without `.` and `..`).
+    static func readDirectory(_ path: String) throws -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir(\(path))", .current) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
     }
 
     static func readString(_ path: String) throws -> String {

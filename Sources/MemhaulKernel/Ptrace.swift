@@ -98,6 +98,29 @@ struct Tracee {
         return TraceeStop(status: status)
     }
 
+    /// `waitpid(tid, WNOHANG | __WALL)`: nil while the tracee is running.
+    func poll() throws -> TraceeStop? {
+        var status: Int32 = 0
+        let r = try Syscall.run("waitpid") { cmh_waitpid_all(tid, &status, WNOHANG) }
+        return r == 0 ? nil : TraceeStop(status: status)
+    }
+
+    /// `ptrace(PTRACE_GETSIGINFO)` at a signal-delivery-stop: the raw siginfo_t.
+    func signalInfo() throws -> [UInt8] {
+        var info = [UInt8](repeating: 0, count: MemoryLayout<siginfo_t>.size)
+        _ = try info.withUnsafeMutableBytes { buf in
+            try Syscall.run("ptrace(GETSIGINFO)") { cmh_ptrace_getsiginfo(tid, buf.baseAddress) }
+        }
+        return info
+    }
+
+    /// `ptrace(PTRACE_SETSIGINFO)` at a signal-delivery-stop.
+    func setSignalInfo(_ info: [UInt8]) throws {
+        _ = try info.withUnsafeBytes { buf in
+            try Syscall.run("ptrace(SETSIGINFO)") { cmh_ptrace_setsiginfo(tid, buf.baseAddress) }
+        }
+    }
+
     /// `ptrace(PTRACE_GETREGS)`.
     func registers() throws -> user_regs_struct {
         var regs = user_regs_struct()

@@ -19,8 +19,10 @@ import MemhaulSystem
 /// is restarted exactly as after any ptrace attach.
 ///
 /// Signals dequeued by the target while we inject are held back (delivering
-/// them would run a handler on our injected state) and re-sent with tgkill
-/// before detaching.
+/// them would run a handler on our injected state), then re-sent to the thread
+/// with tgkill after the registers are restored; at their signal-delivery-stop
+/// the original siginfo (sender, si_code, si_value) is put back with
+/// PTRACE_SETSIGINFO, so the target sees the signal it was sent.
 ///
 /// ptrace binds the tracer to a thread: use an injector on one thread only,
 /// from ``begin(pid:)`` to ``finish()``.
@@ -33,26 +35,30 @@ final class SyscallInjector {
     /// The target was group-stopped (SIGSTOP/SIGTSTP) when we seized it; it is
     /// stopped again after detach.
     let wasGroupStopped: Bool
-    /// Signals the target dequeued during injection, re-sent before detach.
-    private(set) var heldSignals: [Int32] = []
+    /// A signal the target dequeued during injection, with its siginfo_t.
+    struct HeldSignal {
+        var signal: Int32
+        var info: [UInt8]?
+    }
+    /// Signals the target dequeued during injection, re-delivered by ``finish()``.
+    private(set) var held: [HeldSignal] = []
+    var heldSignals: [Int32] { held.map(\.signal) }
     private var finished = false
 
-    private init(pid: Int32, tracee: Tracee, saved: user_regs_struct, syscallInstruction: UInt64, groupStopped: Bool, held: [Int32]) {
+    private init(pid: Int32, tracee: Tracee, saved: user_regs_struct, syscallInstruction: UInt64, groupStopped: Bool, held: [HeldSignal]) {
         self.pid = pid
         self.tracee = tracee
         self.saved = saved
         self.syscallInstruction = syscallInstruction
         self.wasGroupStopped = groupStopped
-        self.heldSignals = held
+        self.held = held
     }
 
-    /// Seizes `pid` (its thread-group leader) and stops it at a PTRACE_EVENT_STOP.
-    static func begin(pid: Int32) throws -> SyscallInjector {
-        if let state = processState(pid), state == "Z" || state == "X" {
-            throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie (its main thread has exited)")
-        }
-        let tracee = try Tracee.seize(pid)
-        var held: [Int32] = []
+    /// Seizes `thread` of `pid` (by default the thread-group leader, or a live
+    /// thread if the leader has exited) and stops it at a PTRACE_EVENT_STOP.
+    static func begin(pid: Int32, thread: Int32? = nil) throws -> SyscallInjector {
+        let tracee = try Tracee.seize(try thread ?? injectableThread(of: pid))
+        var held: [HeldSignal] = []
         var groupStopped = false
         do {
             try tracee.interrupt()
@@ -64,7 +70,7 @@ final class SyscallInjector {
                     groupStopped = sig != SIGTRAP
                     break waiting
                 case .signalDelivery(let sig):
-                    held.append(sig)
+                    held.append(HeldSignal(signal: sig, info: try? tracee.signalInfo()))
                     try tracee.resume()
                 case .syscall, .otherEvent:
                     try tracee.resume()
@@ -81,11 +87,11 @@ final class SyscallInjector {
             guard regs.cs == 0x33 else {
                 throw AttachError.unsupportedTarget(pid: pid, why: "not a 64-bit x86 process (cs=0x\(String(regs.cs, radix: 16)))")
             }
-            let insn = try findSyscallInstruction(pid: pid, regs: regs)
+            let insn = try findSyscallInstruction(pid: pid, thread: tracee.tid, regs: regs)
             return SyscallInjector(pid: pid, tracee: tracee, saved: regs, syscallInstruction: insn, groupStopped: groupStopped, held: held)
         } catch {
             // Stopped at the event stop with untouched registers: a plain detach is exact.
-            for sig in held { _ = cmh_tgkill(pid, pid, sig) }
+            for h in held { _ = cmh_tgkill(pid, tracee.tid, h.signal) }
             try? tracee.detach()
             throw error
         }
@@ -94,6 +100,22 @@ final class SyscallInjector {
     /// Runs system call `nr` in the target; returns the raw result (`-errno` on failure).
     func call(_ nr: Int, _ args: UInt64...) throws -> Int64 {
         precondition(!finished, "injector already finished")
+        do {
+            return try inject(nr, args)
+        } catch let error as SystemError where error.errno == .ESRCH {
+            throw targetGone()
+        }
+    }
+
+    /// ptrace answers ESRCH once a stopped tracee was woken by SIGKILL: collect its
+    /// exit status (only SIGKILL can wake it, so this wait ends) and say so.
+    private func targetGone() -> AttachError {
+        finished = true
+        let status = (try? tracee.wait())?.statusText ?? "no longer traceable"
+        return AttachError.targetExited(pid: pid, status: status)
+    }
+
+    private func inject(_ nr: Int, _ args: [UInt64]) throws -> Int64 {
         precondition(args.count <= 6)
         let a = args + Array(repeating: 0, count: 6 - args.count)
         var regs = saved
@@ -124,7 +146,7 @@ final class SyscallInjector {
             case .syscall:
                 return
             case .signalDelivery(let sig):
-                heldSignals.append(sig)
+                held.append(HeldSignal(signal: sig, info: try? tracee.signalInfo()))
                 try tracee.resumeToSyscall(signal: 0)
             case .eventStop, .otherEvent:
                 // A group-stop or a repeated trap: ptrace overrides it; keep going.
@@ -149,29 +171,67 @@ final class SyscallInjector {
     /// the detour through one more event stop). Idempotent.
     func finish() throws {
         guard !finished else { return }
+        do {
+            try restoreAndDetach()
+        } catch let error as SystemError where error.errno == .ESRCH {
+            throw targetGone()
+        }
+    }
+
+    private func restoreAndDetach() throws {
         finished = true
         try tracee.setRegisters(saved)
-        for sig in heldSignals { _ = cmh_tgkill(pid, pid, sig) }
-        heldSignals.removeAll()
+        var pending = held
+        held.removeAll()
+        // Queued to this thread while traced, so even an ignored one reaches a delivery stop.
+        for h in pending { _ = cmh_tgkill(pid, tracee.tid, h.signal) }
         try tracee.interrupt()
         try tracee.resume()
+        var stop = try tracee.wait()
         while true {
-            let stop: TraceeStop
-            do { stop = try tracee.wait() } catch let error as SystemError where error.errno == .ECHILD { return }
             switch stop {
             case .eventStop:
-                try tracee.detach()
-                return
+                guard !pending.isEmpty else {
+                    try tracee.detach()
+                    return
+                }
+                // Let get_signal dequeue the re-sent signals (bounded: should one never
+                // come, take the thread back and detach; it stays queued as sent).
+                try tracee.resume()
+                if let next = try pollStop(attempts: 2000) {
+                    stop = next
+                    continue
+                }
+                pending.removeAll()
+                try tracee.interrupt()
             case .signalDelivery(let sig):
-                // In the signal path already: detaching with the signal delivers it.
-                try tracee.detach(signal: sig)
-                return
+                if let i = pending.firstIndex(where: { $0.signal == sig }) {
+                    if let info = pending[i].info { try? tracee.setSignalInfo(info) }
+                    pending.remove(at: i)
+                }
+                // In the signal path: resuming or detaching with the signal delivers it,
+                // with the kernel's restart logic applied to the restored registers.
+                if pending.isEmpty {
+                    try tracee.detach(signal: sig)
+                    return
+                }
+                try tracee.resume(signal: sig)
             case .syscall, .otherEvent:
                 try tracee.resume()
             case .exited, .killed:
                 return
             }
+            stop = try tracee.wait()
         }
+    }
+
+    /// Polls for the next stop, 1 ms apart.
+    private func pollStop(attempts: Int) throws -> TraceeStop? {
+        for _ in 0..<attempts {
+            if let stop = try tracee.poll() { return stop }
+            usleep(1000)
+        }
+        return nil
     }
 
     deinit {
@@ -182,14 +242,14 @@ final class SyscallInjector {
 
     /// A `syscall` instruction in the target, found by reading only: at `rip - 2`
     /// when stopped in a system call, else in the [vdso], else in any executable mapping.
-    static func findSyscallInstruction(pid: Int32, regs: user_regs_struct) throws -> UInt64 {
-        let mem = try FileDescriptor.open("/proc/\(pid)/mem", O_RDONLY)
+    static func findSyscallInstruction(pid: Int32, thread: Int32, regs: user_regs_struct) throws -> UInt64 {
+        let mem = try FileDescriptor.open(ProcMaps.path(pid, thread, "mem"), O_RDONLY)
         var two: (UInt8, UInt8) = (0, 0)
         if Int64(bitPattern: regs.orig_rax) >= 0, regs.rip >= 2 {
             let n = try? withUnsafeMutableBytes(of: &two) { try mem.pread(into: $0, at: Int64(regs.rip - 2)) }
             if n == 2, two == (0x0F, 0x05) { return regs.rip - 2 }
         }
-        let maps = try ProcMaps.read(pid: pid)
+        let maps = try ProcMaps.read(pid: pid, thread: thread)
         let candidates =
             maps.filter { $0.path == "[vdso]" }
             + maps.filter { $0.permissions.contains(.execute) && !$0.isPseudo }
@@ -211,9 +271,22 @@ final class SyscallInjector {
         throw AttachError.noSyscallInstruction(pid: pid)
     }
 
+    /// The thread to inject into: the thread-group leader, or, when the leader has
+    /// exited (pthread_exit in main leaves a zombie leader), the first live thread.
+    static func injectableThread(of pid: Int32) throws -> Int32 {
+        guard let state = processState(pid), state == "Z" || state == "X" else { return pid }
+        let tasks = (try? ProcFile.readDirectory("/proc/\(pid)/task")) ?? []
+        for name in tasks {
+            guard let tid = Int32(name), tid != pid else { continue }
+            if let s = processState(pid, thread: tid), s != "Z" && s != "X" { return tid }
+        }
+        throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie")
+    }
+
     /// The state letter of /proc/PID/stat (R, S, D, T, t, Z, X).
-    static func processState(_ pid: Int32) -> Character? {
-        guard let text = try? ProcFile.readString("/proc/\(pid)/stat"),
+    static func processState(_ pid: Int32, thread: Int32? = nil) -> Character? {
+        let path = thread.map { "/proc/\(pid)/task/\($0)/stat" } ?? "/proc/\(pid)/stat"
+        guard let text = try? ProcFile.readString(path),
             let close = text.lastIndex(of: ")")
         else { return nil }
         let after = text[text.index(after: close)...].trimmingPrefixSpaces()

@@ -19,7 +19,8 @@ public struct UffdFeatures: OptionSet, Hashable, Sendable {
 /// the process that created it, so when it was injected into a target,
 /// UFFDIO_REGISTER/UNREGISTER here act on the target's address space.
 ///
-/// `@unchecked Sendable`: the descriptor never changes after init and the
+/// `@unchecked Sendable`: the descriptor never changes after init, `features` is
+/// set once by UFFDIO_API before the object is shared, and the
 /// kernel serialises the ioctls.
 public final class Userfaultfd: @unchecked Sendable {
     public let fd: FileDescriptor

@@ -16,6 +16,7 @@ struct Memhaul: AsyncParsableCommand {
             ImageCommand.self,
             CertsCommand.self,
             BenchCommand.self,
+            ProbeCommand.self,
         ]
     )
 }

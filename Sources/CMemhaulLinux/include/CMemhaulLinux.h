@@ -169,6 +169,7 @@ long cmh_ptrace_listen(pid_t pid);
 long cmh_ptrace_getregs(pid_t pid, struct user_regs_struct *regs);
 long cmh_ptrace_setregs(pid_t pid, const struct user_regs_struct *regs);
 long cmh_ptrace_getsiginfo(pid_t pid, void *siginfo);
+long cmh_ptrace_setsiginfo(pid_t pid, const void *siginfo);
 /* PTRACE_PEEKDATA / POKEDATA: a word at addr; peek stores into *out. */
 long cmh_ptrace_peekdata(pid_t pid, unsigned long addr, unsigned long *out);
 long cmh_ptrace_pokedata(pid_t pid, unsigned long addr, unsigned long data);
@@ -194,6 +195,9 @@ int cmh_wptrace_event(int status);
 /* tgkill(2), gettid(2). */
 int cmh_tgkill(pid_t tgid, pid_t tid, int sig);
 pid_t cmh_gettid(void);
+
+/* pipe2(2) (glibc declares it only under _GNU_SOURCE). */
+int cmh_pipe2(int fds[2], int flags);
 
 /* errno accessors (errno is a macro over a thread-local). */
 int cmh_errno(void);

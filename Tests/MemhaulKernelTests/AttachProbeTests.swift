@@ -1,0 +1,55 @@
+import Glibc
+import Testing
+@testable import MemhaulKernel
+
+extension AttachProcessTests {
+    /// `memhaul probe`, and the feature probe in-process. Faults are injected only into
+    /// the child binary (MEMHAUL_INJECT_FAULTS), never into this shared test process
+    /// (the in-process probe uses ptrace and UFFDIO_API, hence serialized with the attach tests).
+    @Suite struct AttachProbeTests {
+        static func memhaulBinary() -> String {
+            if let dir = getenv("MEMHAUL_BIN_DIR") { return String(cString: dir) + "/memhaul" }
+            let repo = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
+            return "/" + repo + "/.build/debug/memhaul"
+        }
+
+        func probe(faults: String?) throws -> (code: Int32, json: String) {
+            let child = try AttachChild(
+                [Self.memhaulBinary(), "probe", "--json"],
+                environment: faults.map { ["MEMHAUL_INJECT_FAULTS": $0] } ?? [:])
+            var out = ""
+            while let line = try child.readLine() { out += line }
+            return (child.wait(), out)
+        }
+
+        @Test func featuresOfThisMachine() {
+            let report = KernelFeatures.probe()
+            #expect(report.allRequiredPresent, "\(report.requiredMissing)")
+            for name in ["userfaultfd", "uffd WP_ASYNC", "PAGEMAP_SCAN", "ptrace", "pidfd_getfd"] {
+                #expect(report.features.contains { $0.name == name && $0.ok && $0.required }, "\(name)")
+            }
+        }
+
+        @Test func probeBinaryPassesHere() throws {
+            let (code, json) = try probe(faults: nil)
+            #expect(code == 0, "\(json)")
+            #expect(json.hasPrefix("{\"kernel\":") && json.contains("\"ok\":true,\"features\""))
+        }
+
+        @Test func missingPagemapScanIsReportedAndFails() throws {
+            let (code, json) = try probe(faults: "ioctl(PAGEMAP_SCAN)=ENOTTY")
+            #expect(code == 1)
+            #expect(json.contains("{\"name\":\"PAGEMAP_SCAN\",\"ok\":false,\"required\":true,"), "\(json)")
+            #expect(json.contains("\"fix\":\"kernel lacks PAGEMAP_SCAN (Linux ≥ 6.7)\""), "\(json)")
+            #expect(json.contains("{\"name\":\"ptrace\",\"ok\":true"))
+        }
+
+        @Test func missingAsyncWriteProtectAndPtraceAreReported() throws {
+            let (code, json) = try probe(faults: "ioctl(UFFDIO_API)=EINVAL,ptrace(SEIZE)=EPERM")
+            #expect(code == 1)
+            #expect(json.contains("kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)"), "\(json)")
+            #expect(json.contains("{\"name\":\"ptrace\",\"ok\":false"), "\(json)")
+            #expect(json.contains("run as root or grant CAP_SYS_PTRACE"), "\(json)")
+        }
+    }
+}
