@@ -17,6 +17,7 @@ struct Memhaul: AsyncParsableCommand {
             CertsCommand.self,
             BenchCommand.self,
             ProbeCommand.self,
+            TrackCommand.self,
         ]
     )
 }

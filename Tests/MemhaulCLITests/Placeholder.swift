@@ -1,1 +1,0 @@
-// This layer's tests arrive with the layer.
