@@ -173,8 +173,8 @@ struct MessageGenerator {
             base.append(out)
         }
         var accepted = 0
-        var rejected: [String: Int] = [:]
-        for _ in 0..<20_000 {
+        var rejected = 0
+        for _ in 0..<10_000 {
             var bytes = base[Int.random(in: 0..<base.count, using: &rng)]
             for _ in 0..<Int.random(in: 1...4, using: &rng) {
                 let i = Int.random(in: 0..<bytes.count, using: &rng)
@@ -193,14 +193,14 @@ struct MessageGenerator {
                 #expect(again[...] == bytes[0..<used])
                 accepted += 1
             } catch {
-                rejected["\(error)".prefix(while: { $0 != ":" || true }).split(separator: " ").prefix(2).joined(separator: " "), default: 0] += 1
+                rejected += 1
             }
             var decoder = FrameDecoder(expectsPreamble: false, checksSequence: false)
             decoder.append(bytes)
             _ = try? decoder.nextFrame().map { try $0.message() }
         }
         #expect(accepted > 0)
-        #expect(rejected.values.reduce(0, +) > 10_000)
+        #expect(rejected > 5_000)
     }
 
     /// Random byte soup after a valid preamble: the stream decoder never traps and stops at the first error.
