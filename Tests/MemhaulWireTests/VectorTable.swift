@@ -16,6 +16,8 @@ struct InvalidVector {
     var bytes: [UInt8]
     var decoder: Decoder
     var error: WireError
+    /// The error as written in wire.md and the README.
+    var errorText: String
     var description: String
 }
 
@@ -37,7 +39,7 @@ enum VectorTable {
             file: "hello.bin", sequence: 0,
             message: .hello(Hello(capabilities: [.zstd, .resume, .keepalive], pageSize: 4096,
                                   migrationID: "redis-7.2_prod.01", senderName: "host-a.example", resumeFromRound: 41)),
-            description: "HELLO, sequence 0: version 1.0, capabilities 0x7 (zstd|resume|keepalive), page size 4096, resume from round 41 (flag 1), migration id `redis-7.2_prod.01` (17 bytes), sender name `host-a.example` (14 bytes)."),
+            description: "HELLO, sequence 0: version 1.0, capabilities 0x7 (zstd + resume + keepalive), page size 4096, resume from round 41 (flag 1), migration id `redis-7.2_prod.01` (17 bytes), sender name `host-a.example` (14 bytes)."),
         ValidVector(
             file: "hello_fresh.bin", sequence: 0,
             message: .hello(Hello(capabilities: [.zstd], pageSize: 4096, migrationID: "m1", senderName: "")),
@@ -45,7 +47,7 @@ enum VectorTable {
         ValidVector(
             file: "welcome.bin", sequence: 0,
             message: .welcome(Welcome(capabilities: [.zstd, .resume], lastCommittedRound: 41)),
-            description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x3 (zstd|resume), last committed round 41 (flag 1)."),
+            description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x3 (zstd + resume), last committed round 41 (flag 1)."),
         ValidVector(
             file: "layout.bin", sequence: 1,
             message: .layout(Layout(round: 42, regions: [
@@ -125,26 +127,34 @@ enum VectorTable {
         keepaliveReserved = header(0x0A, length: UInt32(keepaliveReserved.count)) + keepaliveReserved
         return [
             InvalidVector(file: "bad_magic.bin", bytes: Array("MEMHAUX".utf8) + [0, 1, 0, 0, 0], decoder: .preamble, error: .badMagic,
+                          errorText: "badMagic",
                           description: "Preamble with magic `MEMHAUX\\0`."),
             InvalidVector(file: "unsupported_version.bin", bytes: Preamble.magic + [2, 0, 0, 0], decoder: .preamble,
                           error: .unsupportedVersion(WireVersion(major: 2, minor: 0)),
+                          errorText: "unsupportedVersion(2.0)",
                           description: "Preamble announcing version 2.0 (major differs)."),
             InvalidVector(file: "truncated_header.bin", bytes: header(0x0A, length: 12, sequence: 9).prefix(7).map { $0 }, decoder: .frame,
                           error: .truncated(needed: 12, available: 7),
+                          errorText: "truncated(needed: 12, available: 7)",
                           description: "The first 7 bytes of a KEEPALIVE frame header."),
             InvalidVector(file: "oversized_length.bin", bytes: header(0x04, length: 0xFFFF_FFF0), decoder: .frame,
                           error: .payloadTooLarge(length: 0xFFFF_FFF0, limit: 4_206_616),
+                          errorText: "payloadTooLarge(length: 4294967280, limit: 4206616)",
                           description: "A PAGE_BATCH header declaring a 4294967280-byte payload (no payload follows); the limit for PAGE_BATCH is 24 + 12 × 1024 + 1024 × 4096 = 4206616. Rejected from the header alone."),
             InvalidVector(file: "unaligned_address.bin", bytes: header(0x05, length: UInt32(zeroPayload.count)) + zeroPayload, decoder: .frame,
                           error: .unalignedAddress(0x7f00_0000_0800),
+                          errorText: "unalignedAddress(0x7f0000000800)",
                           description: "ZERO_RANGES, round 42, one range starting at 0x7f0000000800 (not 4096-aligned)."),
             InvalidVector(file: "overlapping_ranges.bin", bytes: header(0x05, length: UInt32(overlapPayload.count)) + overlapPayload, decoder: .frame,
                           error: .rangesUnsorted(start: 0x7f00_0000_2000),
+                          errorText: "rangesUnsorted(start: 0x7f0000002000)",
                           description: "ZERO_RANGES, round 42: 0x7f0000000000 × 4 pages, then 0x7f0000002000 × 1 page, which starts inside the first."),
             InvalidVector(file: "raw_length_mismatch.bin", bytes: header(0x04, length: UInt32(rawShort.count)) + rawShort, decoder: .frame,
                           error: .lengthMismatch(expected: 4096, actual: 4095),
+                          errorText: "lengthMismatch(expected: 4096, actual: 4095)",
                           description: "PAGE_BATCH raw, round 42, one run of 1 page, uncompressed length 4096, but only 4095 payload bytes."),
             InvalidVector(file: "reserved_not_zero.bin", bytes: keepaliveReserved, decoder: .frame, error: .reservedNotZero,
+                          errorText: "reservedNotZero",
                           description: "KEEPALIVE whose reserved bytes (after the flags byte) are 00 01 00."),
         ]
     }

@@ -40,7 +40,7 @@ func encodedFrame(_ v: ValidVector) throws -> [UInt8] {
         readme += "| file | bytes | decoder | expected error | what |\n|---|---|---|---|---|\n"
         for v in VectorTable.invalid {
             try write(v.file, v.bytes)
-            readme += "| `\(v.file)` | \(v.bytes.count) | `\(v.decoder.rawValue)` | `\(v.error)` | \(v.description) |\n"
+            readme += "| `\(v.file)` | \(v.bytes.count) | `\(v.decoder.rawValue)` | `\(v.errorText)` | \(v.description) |\n"
         }
         readme += "\n## Hex dumps (valid vectors, first 96 bytes)\n\n"
         for v in VectorTable.valid {
