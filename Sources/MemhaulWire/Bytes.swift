@@ -24,6 +24,21 @@ extension Array where Element == UInt8 {
         append(contentsOf: repeatElement(0, count: count))
     }
 
+    /// Appends runs as 12-byte (start u64, page count u32) records with one resize and direct
+    /// stores: a 1024-run PAGE_BATCH header must cost nothing next to its 4 MiB payload.
+    mutating func appendRuns(_ runs: [PageRun]) {
+        let base = count
+        append(contentsOf: repeatElement(0, count: runs.count &* PageRun.size))
+        withUnsafeMutableBytes { buf in
+            var o = base
+            for run in runs {
+                buf.storeBytes(of: run.start.littleEndian, toByteOffset: o, as: UInt64.self)
+                buf.storeBytes(of: run.pageCount.littleEndian, toByteOffset: o &+ 8, as: UInt32.self)
+                o &+= PageRun.size
+            }
+        }
+    }
+
     /// Overwrites a u32 already appended at `offset` (used to patch frame lengths).
     @inline(__always)
     mutating func storeLE(_ value: UInt32, at offset: Int) {
@@ -73,6 +88,22 @@ struct ByteReader {
         let v = T(bigEndian: base.loadUnaligned(fromByteOffset: offset, as: T.self))
         offset &+= MemoryLayout<T>.size
         return v
+    }
+
+    /// Reads `count` runs, checking each with `checker`; one bounds check for the whole list.
+    mutating func runs(_ count: Int, checker: inout RunChecker) throws(WireError) -> [PageRun] {
+        try need(count &* PageRun.size)  // count <= 2^32 - 1: no overflow
+        var runs: [PageRun] = []
+        runs.reserveCapacity(count)
+        var o = offset
+        for _ in 0..<count {
+            let run = PageRun(start: base.le(UInt64.self, at: o), pageCount: base.le(UInt32.self, at: o &+ 8))
+            try checker.add(run)
+            runs.append(run)
+            o &+= PageRun.size
+        }
+        offset = o
+        return runs
     }
 
     /// Reads `n` bytes that must all be zero.

@@ -227,7 +227,7 @@ public struct FrameDecoder: Sendable {
             tail = live
             if storage.count - tail >= n { return }
         }
-        let wanted = max(tail + n, storage.count * 2, 64 << 10)
+        let wanted = max(tail + n, storage.count * 2)  // readers ask for big chunks through fill(minimumCapacity:)
         storage.append(contentsOf: repeatElement(0, count: wanted - storage.count))
     }
 }

@@ -140,9 +140,8 @@ public struct Layout: Hashable, Sendable {
 
     func encode(into out: inout [UInt8], limits: WireLimits) throws(WireError) {
         guard round != 0 else { throw .invalidRound }
-        guard regions.count <= limits.maxRegionsPerLayout else {
-            throw .countTooLarge(count: regions.count, limit: limits.maxRegionsPerLayout)
-        }
+        let regionLimit = min(limits.maxRegionsPerLayout, Int(UInt32.max))  // u32 count field
+        guard regions.count <= regionLimit else { throw .countTooLarge(count: regions.count, limit: regionLimit) }
         var previousEnd: UInt64 = 0
         var size = Layout.fixedSize
         for region in regions {
@@ -176,9 +175,8 @@ public struct Layout: Hashable, Sendable {
         guard region.start >= previousEnd else { throw .rangesUnsorted(start: region.start) }
         guard region.protection.isSubset(of: .defined) else { throw .invalidFlags(region.protection.rawValue) }
         guard region.flags.isSubset(of: .defined) else { throw .invalidFlags(region.flags.rawValue) }
-        guard nameLength <= limits.maxRegionNameLength else {
-            throw .nameTooLong(length: nameLength, limit: limits.maxRegionNameLength)
-        }
+        let nameLimit = min(limits.maxRegionNameLength, Int(UInt16.max))  // u16 length field
+        guard nameLength <= nameLimit else { throw .nameTooLong(length: nameLength, limit: nameLimit) }
     }
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws(WireError) -> Layout {
@@ -245,7 +243,8 @@ public struct PageBatchHeader: Hashable, Sendable {
     func validate(limits: WireLimits) throws(WireError) {
         guard round != 0 else { throw .invalidRound }
         guard !runs.isEmpty else { throw .emptyList }
-        guard runs.count <= limits.maxRunsPerBatch else { throw .countTooLarge(count: runs.count, limit: limits.maxRunsPerBatch) }
+        let runLimit = min(limits.maxRunsPerBatch, Int(UInt16.max))  // u16 count field
+        guard runs.count <= runLimit else { throw .countTooLarge(count: runs.count, limit: runLimit) }
         let pages = try RunChecker.check(runs, pageSize: limits.pageSize)
         try PageBatchHeader.checkLengths(pages: pages, encoding: encoding, uncompressed: uncompressedLength,
                                          payload: Int(payloadLength), limits: limits)
@@ -253,8 +252,8 @@ public struct PageBatchHeader: Hashable, Sendable {
 
     static func checkLengths(pages: Int, encoding: PageEncoding, uncompressed: UInt32, payload: Int, limits: WireLimits) throws(WireError) {
         guard pages <= limits.maxPagesPerBatch else { throw .countTooLarge(count: pages, limit: limits.maxPagesPerBatch) }
-        let expected = pages &* Int(limits.pageSize)  // <= 2^16 * 2^32: no overflow on 64-bit
-        guard Int(uncompressed) == expected else { throw .lengthMismatch(expected: expected, actual: Int(uncompressed)) }
+        let (expected, overflow) = pages.multipliedReportingOverflow(by: Int(limits.pageSize))
+        guard !overflow, Int(uncompressed) == expected else { throw .lengthMismatch(expected: expected, actual: Int(uncompressed)) }
         switch encoding {
         case .raw:
             guard payload == expected else { throw .lengthMismatch(expected: expected, actual: payload) }
@@ -282,10 +281,7 @@ public struct PageBatchHeader: Hashable, Sendable {
         out.appendLE(UInt16(runs.count))
         out.appendLE(uncompressedLength)
         out.appendLE(checksum)
-        for run in runs {
-            out.appendLE(run.start)
-            out.appendLE(run.pageCount)
-        }
+        out.appendRuns(runs)
     }
 
     /// Decodes a PAGE_BATCH frame payload in place: the header, and the offset in `payload`
@@ -307,15 +303,8 @@ public struct PageBatchHeader: Hashable, Sendable {
         guard let encoding = PageEncoding(rawValue: encodingByte) else { throw .unknownEncoding(encodingByte) }
         guard count > 0 else { throw .emptyList }
         guard count <= limits.maxRunsPerBatch else { throw .countTooLarge(count: count, limit: limits.maxRunsPerBatch) }
-        try r.need(count * PageRun.size)
-        var runs: [PageRun] = []
-        runs.reserveCapacity(count)
         var checker = RunChecker(pageSize: limits.pageSize)
-        for _ in 0..<count {
-            let run = PageRun(start: try r.read(UInt64.self), pageCount: try r.read(UInt32.self))
-            try checker.add(run)
-            runs.append(run)
-        }
+        let runs = try r.runs(count, checker: &checker)
         let payloadLength = r.remaining
         try checkLengths(pages: checker.totalPages, encoding: encoding, uncompressed: uncompressed, payload: payloadLength, limits: limits)
         return PageBatchHeader(round: round, encoding: encoding, runs: runs, uncompressedLength: uncompressed,
@@ -358,16 +347,14 @@ public struct RangeList: Hashable, Sendable {
     func encode(into out: inout [UInt8], limits: WireLimits) throws(WireError) {
         guard round != 0 else { throw .invalidRound }
         guard !runs.isEmpty else { throw .emptyList }
-        guard runs.count <= limits.maxRangesPerMessage else { throw .countTooLarge(count: runs.count, limit: limits.maxRangesPerMessage) }
+        let rangeLimit = min(limits.maxRangesPerMessage, Int(UInt32.max))  // u32 count field
+        guard runs.count <= rangeLimit else { throw .countTooLarge(count: runs.count, limit: rangeLimit) }
         _ = try RunChecker.check(runs, pageSize: limits.pageSize)
         out.reserveCapacity(out.count + RangeList.fixedSize + PageRun.size * runs.count)
         out.appendLE(round)
         out.appendLE(UInt32(runs.count))
         out.appendZeros(4)
-        for run in runs {
-            out.appendLE(run.start)
-            out.appendLE(run.pageCount)
-        }
+        out.appendRuns(runs)
     }
 
     static func decode(_ r: inout ByteReader, limits: WireLimits) throws(WireError) -> RangeList {
@@ -377,15 +364,8 @@ public struct RangeList: Hashable, Sendable {
         guard round != 0 else { throw .invalidRound }
         guard count > 0 else { throw .emptyList }
         guard count <= limits.maxRangesPerMessage else { throw .countTooLarge(count: count, limit: limits.maxRangesPerMessage) }
-        try r.need(count * PageRun.size)
-        var runs: [PageRun] = []
-        runs.reserveCapacity(count)
         var checker = RunChecker(pageSize: limits.pageSize)
-        for _ in 0..<count {
-            let run = PageRun(start: try r.read(UInt64.self), pageCount: try r.read(UInt32.self))
-            try checker.add(run)
-            runs.append(run)
-        }
+        let runs = try r.runs(count, checker: &checker)
         try r.finish()
         return RangeList(round: round, runs: runs)
     }
@@ -506,7 +486,8 @@ public struct ErrorMessage: Hashable, Sendable {
 
     func encode(into out: inout [UInt8], limits: WireLimits) throws(WireError) {
         let n = message.utf8.count
-        guard n <= limits.maxErrorMessageLength else { throw .nameTooLong(length: n, limit: limits.maxErrorMessageLength) }
+        let limit = min(limits.maxErrorMessageLength, Int(UInt16.max))  // u16 length field
+        guard n <= limit else { throw .nameTooLong(length: n, limit: limit) }
         out.appendLE(code.rawValue)
         out.appendLE(UInt16(n))
         out.append(contentsOf: message.utf8)

@@ -1,0 +1,1 @@
+// Intentionally empty: the target only provides WireFuzz_main (see WireFuzzMain.c).
