@@ -92,6 +92,7 @@ public struct ControlRequest: @unchecked Sendable {  // JSON values are immutabl
 // JSONSerialization decodes JSON numbers and booleans both as NSNumber (and
 // `1 as? Bool` succeeds), so the boolean subclass is told apart by its type name.
 private func isJSONBoolean(_ v: Any) -> Bool {
+    if type(of: v) == Bool.self { return true }
     if let n = v as? NSNumber { return String(cString: n.objCType) == "c" && "\(type(of: v))".contains("Boolean") }
     return v is Bool
 }

@@ -200,7 +200,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             frozen = true
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
-        var scan = try tracker.initialRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) })
+        var scan = try scanFirstRound(process, tracker, &layout)
         var lastScanAt = MonotonicClock.seconds()
         var round = 0
         while true {
@@ -221,11 +221,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
             // Scan for the next round: the pending set the policy judges.
             let scanStart = MonotonicClock.seconds()
-            let delta = try process.refreshLayout()
-            layout = Self.regions(of: process)
-            let next = try tracker.nextRound(
-                ranges: layout.map { PageRange(start: $0.start, end: $0.end) },
-                removed: delta.removed.map { PageRange(start: $0.start, end: $0.end) })
+            let next = try scanNextRound(process, tracker, &layout)
             let now = MonotonicClock.seconds()
             let pending = Double(next.dirty.reduce(0) { $0 + $1.byteCount })
             let m = RoundMeasurement(
@@ -257,11 +253,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 freezeStart = MonotonicClock.seconds()
                 let ns = try freezer.freeze()
                 frozen = true
-                let delta = try process.refreshLayout()
-                layout = Self.regions(of: process)
-                scan = try tracker.nextRound(
-                    ranges: layout.map { PageRange(start: $0.start, end: $0.end) },
-                    removed: delta.removed.map { PageRange(start: $0.start, end: $0.end) })
+                scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
                     $0.freezeMs = Double(ns) / 1e6
@@ -291,6 +283,42 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.transferredBytes = channel.bytesSent
         }
         try? channel.send(.close(Close(reason: .complete)))
+    }
+
+    /// Round 0, retried on a fresh layout if a mapping changed under the scan.
+    private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
+        for attempt in 1... {
+            do {
+                return try tracker.initialRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) })
+            } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
+                log("layout changed under the first scan at \(range); rescanning")
+                _ = try process.refreshLayout()
+                layout = Self.regions(of: process)
+            }
+        }
+        fatalError("unreachable")
+    }
+
+    /// Re-reads the layout (registering new mappings) and scans the next round.
+    ///
+    /// A mapping can change between the layout refresh and the scan (mremap
+    /// moves drop the uffd registration, munmap+mmap reuse addresses); the scan
+    /// then fails with EPERM on the unregistered range. The tracker has put
+    /// everything that scan may have re-protected back into pending, so the
+    /// round is simply retried on a fresh layout.
+    private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
+        var removed: [PageRange] = []
+        for attempt in 1... {
+            let delta = try process.refreshLayout()
+            layout = Self.regions(of: process)
+            removed += delta.removed.map { PageRange(start: $0.start, end: $0.end) }
+            do {
+                return try tracker.nextRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) }, removed: removed)
+            } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
+                log("layout changed under the scan at \(range); rescanning")
+            }
+        }
+        fatalError("unreachable")
     }
 
     struct SentRound {

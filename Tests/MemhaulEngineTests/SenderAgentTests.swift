@@ -1,0 +1,66 @@
+import Foundation
+import Glibc
+import MemhaulControl
+import Testing
+@testable import MemhaulEngine
+
+/// The sender agent's control operations against a real receiver process.
+@Suite(.serialized) struct SenderAgentTests {
+    func waitFinal(_ control: SenderControl, _ id: String) throws -> [String: Any] {
+        while true {
+            let r = try control.handle(ControlRequest(op: "status", args: ["migration": id]))
+            let status = r["status"] as! [String: Any]
+            if let state = status["state"] as? String, ["completed", "failed", "cancelled"].contains(state) { return status }
+            usleep(20_000)
+        }
+    }
+
+    @Test func receiverKilledFailsClearlyAndTheAgentKeepsServing() throws {
+        let pki = try TestPKI()
+        let control = SenderControl(connect: try connector(pki), log: { _ in })
+        var receiver = try ReceiverProcess(pki: pki)
+        let workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
+        _ = try control.handle(ControlRequest(op: "migrate", args: [
+            "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-1",
+            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 30e6]))
+        // A second migration of the same PID is refused while the first runs.
+        #expect(throws: ControlError.self) {
+            _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
+        }
+        while true {
+            let s = try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1"]))["status"] as! [String: Any]
+            if (s["round"] as? Int ?? 0) >= 1 { break }
+            usleep(20_000)
+        }
+        receiver.child.kill(SIGKILL)
+        receiver.child.wait()
+        let failed = try waitFinal(control, "agent-1")
+        #expect(failed["state"] as? String == "failed")
+        #expect((failed["error"] as? String)?.isEmpty == false)
+        #expect(workload.state != "T")
+        #expect(!workload.hasUffdWriteProtect)
+
+        // The agent serves the next migration of the same process.
+        receiver = try ReceiverProcess(pki: pki)
+        _ = try control.handle(ControlRequest(op: "migrate", args: [
+            "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-2", "max_rounds": 2, "after": "resume"]))
+        let done = try waitFinal(control, "agent-2")
+        #expect(done["state"] as? String == "completed", "\(done)")
+        let all = try control.handle(ControlRequest(op: "status"))["migrations"] as! [[String: Any]]
+        #expect(all.map { $0["id"] as? String } == ["agent-1", "agent-2"])
+    }
+
+    @Test func controlArgumentsAreChecked() throws {
+        let control = SenderControl(connect: { _ in throw EngineError.connectionClosed }, log: { _ in })
+        func code(_ op: String, _ args: [String: Any]) -> String? {
+            do { _ = try control.handle(ControlRequest(op: op, args: args)); return nil } catch { return error.code.rawValue }
+        }
+        #expect(code("migrate", ["to": "h:1"]) == "bad_request")
+        #expect(code("migrate", ["pid": 1, "to": "nohostport"]) == "bad_request")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "after": "explode"]) == "bad_request")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "typo": 1]) == "bad_request")
+        #expect(code("status", ["migration": "nope"]) == "not_found")
+        #expect(code("cutover", [:]) == "bad_request")
+        #expect(code("frobnicate", [:]) == "unknown_op")
+    }
+}
