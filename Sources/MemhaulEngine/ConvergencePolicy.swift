@@ -109,8 +109,8 @@ public struct ConvergencePolicy: Sendable {
         if parameters.maxRounds == 0 { return .cutover(reason: .stopAndCopy) }
         if m.seconds > 0, m.pageBytesSent > 0 {
             let sample = m.pageBytesSent / m.seconds
-            // Small rounds measure latency more than bandwidth: trust big ones.
-            throughput = throughput == 0 ? sample : max(sample, 0.5 * throughput + 0.5 * sample)
+            // Smoothed, not optimistic: an over-estimate makes the final round overrun.
+            throughput = throughput == 0 ? sample : 0.5 * throughput + 0.5 * sample
         }
         if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
         let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)

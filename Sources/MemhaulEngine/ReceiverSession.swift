@@ -120,7 +120,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store = try ImageStore.create(directory: directory, migrationID: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
-        try channel.send(.welcome(Welcome(capabilities: [.zstd], lastCommittedRound: store.committedRound.map(UInt64.init))))
+        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive]), lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName)) → \(directory)")
         return store
     }

@@ -167,7 +167,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: [.zstd], migrationID: request.id, senderName: String(host.utf8.prefix(255))!)))
+        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive], migrationID: request.id, senderName: String(host.utf8.prefix(255))!)))
         switch try channel.receive() {
         case .welcome:
             return channel
@@ -250,6 +250,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .cutover(let reason):
                 tracker.requeue(next)
                 throttle.stop()
+                // The receiver applies the last round after acknowledging it;
+                // let it finish before the clock of the downtime starts.
+                try drain(channel)
                 freezeStart = MonotonicClock.seconds()
                 let ns = try freezer.freeze()
                 frozen = true
@@ -368,6 +371,25 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if chunks.isEmpty { try channel.send(.layout(Layout(round: round, regions: []))) }
         for (i, chunk) in chunks.enumerated() {
             try channel.send(.layout(Layout(round: round, continued: i < chunks.count - 1, regions: Array(chunk))))
+        }
+    }
+
+    /// KEEPALIVE round trip: the receiver answers between frames, so the reply
+    /// means it has finished with everything sent before (including applying).
+    private func drain(_ channel: FrameChannel) throws {
+        let nonce = UInt64.random(in: 1...UInt64.max)
+        try channel.send(.keepalive(Keepalive(nonce: nonce)))
+        while true {
+            switch try channel.receive() {
+            case .keepalive(let k) where k.isReply && k.nonce == nonce:
+                return
+            case .keepalive(let k) where !k.isReply:
+                try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true)))
+            case .error(let e):
+                throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+            case let other:
+                throw EngineError.protocolViolation("expected KEEPALIVE reply, got \(other.frameType)")
+            }
         }
     }
 
