@@ -30,6 +30,16 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private var poisoned: String?
     /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
     private var pendingApply: (round: UInt32, layoutPass: Bool)?
+    /// Region files changed by applies since the last checkpoint (page cache only, not fsynced).
+    private var dirtyFiles: Set<UInt32> = []
+    /// Journals the last `open` replayed, ascending.
+    public private(set) var replayedJournals: [UInt32] = []
+    /// A checkpoint is taken once the pending journals reach this many bytes
+    /// (nil: max(1 GiB, twice the layout size)). 0 checkpoints after every round
+    /// (the 1.x behaviour: every apply fsynced).
+    public var checkpointThreshold: UInt64?
+    /// Duration of the last checkpoint, nanoseconds.
+    public private(set) var lastCheckpointNanoseconds: UInt64 = 0
     /// Journal buffer while a round is open, journal read window while applying, read buffer for digests.
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
@@ -81,6 +91,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     deinit {
         abortRound()
+        if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         scratch.deallocate()
         if readBufferAllocated { readBuffer.deallocate() }
         zeros.deallocate()
@@ -141,7 +152,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         let manifest = try Manifest.decode(bytes, file: dir + "/manifest")
         let store = ImageStore(directory: dir, lock: lock, manifest: manifest)
+        // Until recovery finishes nothing may checkpoint (deinit of a failed open).
+        store.poisoned = "recovery did not finish"
         try store.recover()
+        store.poisoned = nil
         return store
     }
 
@@ -182,8 +196,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Releases the lock and every descriptor; an open round is aborted. The
     /// store refuses further work.
     public func close() {
-        try? finishApply()  // or the next open re-applies the journal
         abortRound()
+        if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         files.removeAll()
         try? lock.fd.close()
         poisoned = "store closed"
@@ -201,6 +215,16 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     public var failureReason: String? { manifest.state == .failed ? manifest.failureReason : nil }
     /// The round currently open, if any.
     public var openRound: UInt32? { open?.round }
+    /// Every journal up to this round is applied and the region files fsynced.
+    public var checkpointedRound: UInt32? { manifest.checkpointedRound }
+    /// Committed journals after the checkpoint (replayed by `open` after a crash), ascending.
+    public var pendingJournals: [UInt32] { manifest.journals.map(\.round) }
+    /// Their total size.
+    public var pendingJournalBytes: UInt64 { manifest.journalBytesPending }
+    /// The threshold in effect (see `checkpointThreshold`).
+    public var effectiveCheckpointThreshold: UInt64 {
+        checkpointThreshold ?? max(1 << 30, 2 * manifest.regions.reduce(0) { $0 + $1.byteCount })
+    }
 
     private func checkUsable() throws(ImageError) {
         if let poisoned { throw .mustReopen(poisoned) }
@@ -212,16 +236,65 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// disjoint; they are sorted here). Content is kept by address: an address
     /// in both the committed and the new layout keeps its bytes; an address new
     /// to the layout reads as zeros; removed addresses are dropped at commit.
-    /// Applies a committed round's journal left by a deferred commit; no-op otherwise.
+    /// Applies a committed round's journal left by a deferred commit (to the
+    /// page cache: cheap), then checkpoints if one is due (journals over
+    /// `effectiveCheckpointThreshold`, or the image is complete or failed).
     public func finishApply() throws(ImageError) {
+        try applyPending()
+        if checkpointDue { try checkpoint() }
+    }
+
+    private var checkpointDue: Bool {
+        !manifest.journals.isEmpty
+            && (manifest.journalBytesPending >= effectiveCheckpointThreshold || manifest.state != .inProgress)
+    }
+
+    /// Applies the deferred journal, without fsync.
+    private func applyPending() throws(ImageError) {
         guard let p = pendingApply else { return }
         pendingApply = nil
+        guard let entry = manifest.journals.last, entry.round == p.round else { return }
         do {
-            try apply(round: p.round, verifyFirst: false, layoutPass: p.layoutPass)
+            try apply(entry, m: manifest, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
         } catch {
             poisoned = "applying round \(p.round) failed: \(error)"
             throw .mustReopen(poisoned!)
         }
+    }
+
+    /// Makes every committed round durable in the region files so the journals
+    /// can go: applies the deferred journal, fsyncs the region files the applies
+    /// changed and the directory, publishes the manifest with `checkpointedRound`
+    /// = the committed round, and only then unlinks the journals. A failure
+    /// keeps the journals (the store must be reopened, which replays them).
+    public func checkpoint() throws(ImageError) {
+        try applyPending()
+        try checkUsable()
+        guard !manifest.journals.isEmpty else { return }
+        let t0 = monotonicNanoseconds()
+        let old = manifest.journals
+        var m = manifest
+        m.checkpointedRound = m.committedRound
+        m.journals = []
+        m.legacy = false
+        do {
+            let live = Set(manifest.files.map(\.id))
+            for id in dirtyFiles.sorted() where live.contains(id) { try file(id, create: true).fsync() }
+            try fsyncDirectory(directory)  // files created or removed by the applies
+            try publish(m)
+        } catch {
+            poisoned = "checkpoint of round \(m.committedRound ?? 0) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+        dirtyFiles = []
+        for entry in old {
+            // The last close frees the journal's blocks (~1 s per GiB): off this path.
+            let path = journalPath(entry.round)
+            let journal = try? ImageFile(path: path, flags: O_RDONLY)
+            try? unlinkIfPresent(path)
+            if let raw = journal?.fd.release() { Self.reaper.async { _ = Glibc.close(raw) } }
+        }
+        lastCheckpointNanoseconds = monotonicNanoseconds() - t0
     }
 
     public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
@@ -236,7 +309,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
         let r = OpenRound(
             round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
-            fresh: plan.fresh, layoutChanged: regions != manifest.regions, journal: journal)
+            fresh: plan.fresh, grown: plan.grown, layoutChanged: regions != manifest.regions, journal: journal)
         let header = encodeJournalHeader(round: round, imageID: imageID)
         header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         r.buffered = header.count
@@ -260,8 +333,11 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Maps the new layout onto region files: kept addresses stay in their
     /// file; an added range extends the file that ends right before it (heap
     /// growth) or gets a new file; files left without addresses are dropped.
+    /// `fresh`: added ranges in new files (written in place); `grown`: added
+    /// ranges in files that exist (journaled: an earlier apply of that file may
+    /// not be durable yet, so in-place writes would need its fsync).
     private func planLayout(_ regions: [ImageRegion]) -> (
-        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)]
+        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)], grown: [ImageRange]
     ) {
         // Union of the new regions.
         var wanted: [(UInt64, UInt64)] = []
@@ -292,6 +368,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         for (id, size) in sizes { endsAt[oldFiles[id]!.base + size] = id }
         var bases: [UInt32: UInt64] = oldFiles.mapValues(\.base)
         var nextID = manifest.nextFileID
+        var fresh: [(UInt64, UInt64)] = []
+        var grown: [ImageRange] = []
         for (s, e) in added {
             let id: UInt32
             if let extend = endsAt.removeValue(forKey: s) {
@@ -304,6 +382,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             sizes[id] = e - bases[id]!
             endsAt[e] = id
             pieces.append(Segment(start: s, end: e, fileID: id))
+            if id < manifest.nextFileID { grown.append(ImageRange(start: s, end: e)) } else { fresh.append((s, e)) }
         }
         pieces.sort { $0.start < $1.start }
         var segments: [Segment] = []
@@ -315,13 +394,14 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             }
         }
         let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
-        return (segments, files, nextID, added)
+        return (segments, files, nextID, fresh, grown)
     }
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
-    /// the open round's layout). Pages at addresses new to the layout are
-    /// written in place, the others go to the round's journal; all become
-    /// visible when the round commits. An I/O error aborts the round.
+    /// the open round's layout). Pages at addresses new to the layout that
+    /// live in a new region file are written in place, the others go to the
+    /// round's journal; all become visible when the round commits. An I/O
+    /// error aborts the round.
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         guard address % imagePageSize == 0 else { throw .unaligned(address) }
@@ -496,17 +576,21 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Commits the open round atomically: journal durable, then the manifest is
     /// replaced (the commit point), then the journal is applied to the region
-    /// files and removed. `final` marks the image complete (with the sender's
+    /// files (page cache only: the journal stays until a checkpoint makes the
+    /// files durable). `final` marks the image complete (with the sender's
     /// digest, if given). An error before the commit point aborts the round and
     /// leaves the previous round committed.
-    @discardableResult
     ///
     /// With `deferApply`, it returns at the commit point (durable: a crash now
-    /// re-applies the journal on open) and leaves the apply to
-    /// ``finishApply()``, which every later call runs first. A receiver uses it
-    /// to acknowledge a round before the apply, and applies while the sender scans.
+    /// replays the journal on open) and leaves the apply to ``finishApply()``,
+    /// which every later call runs first. A receiver uses it to acknowledge a
+    /// round before the apply, and applies while the sender scans. Without it, a
+    /// non-final commit also checkpoints when one is due; a final commit never
+    /// does (its checkpoint is left to ``finishApply()``, ``checkpoint()`` or
+    /// ``close()``, after the receiver has acknowledged it).
+    @discardableResult
     public func commitRound(final: Bool = false, digest: MemoryDigest? = nil, deferApply: Bool = false) throws(ImageError) -> CommitInfo {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
         let t0 = monotonicNanoseconds()
@@ -532,6 +616,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         m.updatedAt = now
         m.journalBytes = r.written
         m.journalRecords = r.records
+        m.journals.append(
+            JournalEntry(round: r.round, bytes: r.written, records: r.records, nextFileID: r.nextFileID, grown: r.grown))
+        m.legacy = false
         m.nextFileID = r.nextFileID
         m.regions = r.regions
         m.files = r.files
@@ -562,11 +649,18 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             throw .mustReopen(poisoned!)
         }
         pendingApply = (r.round, r.layoutChanged)
-        if !deferApply { try finishApply() }
+        var checkpointNs: UInt64 = 0
+        if !deferApply {
+            try applyPending()
+            if !final && checkpointDue {
+                try checkpoint()
+                checkpointNs = lastCheckpointNanoseconds
+            }
+        }
         let t3 = monotonicNanoseconds()
         return CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
-            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs)
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
@@ -602,7 +696,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Marks the migration failed; the image stays at its last committed round.
     public func markFailed(reason: String) throws(ImageError) {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         abortRound()
         var m = manifest
@@ -625,31 +719,51 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let names = try listDirectory(directory)
         try? unlinkIfPresent(directory + "/manifest.tmp")
         var action = ImageRecovery.clean
-        // Ascending rounds: the committed journal is applied before a newer one is discarded.
+        let listed = Set(manifest.journals.map(\.round))
         for name in names.sorted() where name.hasPrefix("journal-") {
-            guard let round = UInt32(name.dropFirst("journal-".count)) else { continue }
-            if round == manifest.committedRound {
-                try apply(round: round, verifyFirst: true, layoutPass: true)
-                action = .reappliedJournal(round: round)
-            } else {
-                // Older: applied, its unlink was not durable. Newer: never committed.
-                try unlinkIfPresent(directory + "/" + name)
-                if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
-                    action = .discardedJournal(round: round)
-                }
+            guard let round = UInt32(name.dropFirst("journal-".count)), !listed.contains(round) else { continue }
+            // Older: checkpointed, its unlink was not durable. Newer: never committed.
+            try unlinkIfPresent(directory + "/" + name)
+            if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
+                action = .discardedJournal(round: round)
             }
         }
-        if action != .reappliedJournal(round: manifest.committedRound ?? 0) {
-            // Fully applied: every file the manifest names must be there (a missing
-            // one would otherwise be recreated empty and read as zeros).
+        var entries = manifest.journals
+        if manifest.legacy {
+            // 1.x: the committed journal may have been applied and removed already.
+            entries = entries.filter { access(journalPath($0.round), F_OK) == 0 }
+        }
+        if entries.isEmpty {
+            // Fully checkpointed: every file the manifest names must be there (a
+            // missing one would otherwise be recreated empty and read as zeros).
             for f in manifest.files where access(filePath(f.id), F_OK) != 0 {
                 throw .corrupt(file: filePath(f.id), reason: "region file missing")
             }
         }
-        // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
-        _ = try reconcileFiles(manifest)
+        // Verify every committed journal before changing anything.
+        var journals: [ImageFile] = []
+        for entry in entries {
+            let path = journalPath(entry.round)
+            guard access(path, F_OK) == 0 else { throw .corrupt(file: path, reason: "committed journal missing") }
+            let journal = try ImageFile(path: path, flags: O_RDONLY)
+            try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: {}) {
+                _, _, _, _ throws(ImageError) in
+            }
+            journals.append(journal)
+        }
+        // Undo in-place writes of an uncommitted round (and anything else outside
+        // the manifest), size the files, then replay the journals in order.
+        dirtyFiles.formUnion(try reconcileFiles(manifest))
+        for (entry, journal) in zip(entries, journals) {
+            try apply(entry, m: manifest, journal: journal, verifyFirst: false, layoutPass: false, replay: true)
+        }
         try removeUnreferencedFiles(try listDirectory(directory))
+        if let last = entries.last { action = .reappliedJournal(round: last.round) }
+        replayedJournals = entries.map(\.round)
         recovery = action
+        journals.removeAll()
+        poisoned = nil
+        if !manifest.journals.isEmpty { try checkpoint() }
     }
 
     private func removeUnreferencedFiles(_ names: [String]) throws(ImageError) {
@@ -657,24 +771,43 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         for name in names where name.hasPrefix("mem-") && name.hasSuffix(".bin") {
             guard let id = UInt32(name.dropFirst(4).dropLast(4), radix: 16), !live.contains(id) else { continue }
             files[id] = nil
+            dirtyFiles.remove(id)
             try unlinkIfPresent(directory + "/" + name)
         }
     }
 
-    /// Applies the committed round's journal to the region files (idempotent):
-    /// sizes files to the committed layout, punches addresses outside it,
-    /// replays the records in order with coalesced pwritev, fsyncs, removes
-    /// the journal and any file the layout no longer uses.
-    private func apply(round: UInt32, verifyFirst: Bool, layoutPass: Bool) throws(ImageError) {
-        let m = manifest
-        let path = journalPath(round)
-        let journal = try ImageFile(path: path, flags: O_RDONLY)
+    /// Applies a committed journal to the region files (idempotent), page cache
+    /// only: the files it touches are fsynced by the next checkpoint. Right after
+    /// the commit (`replay` false) `m` is the journal's own round, so every record
+    /// maps; with the layout pass, files are sized to the committed layout and
+    /// addresses outside it punched first. On recovery (`replay`) `m` is the last
+    /// committed round: the round's grown ranges are zeroed first, and parts of
+    /// records outside `m`'s layout, or mapped to files created after the round
+    /// (their content was written in place later), are skipped.
+    private func apply(
+        _ entry: JournalEntry, m: Manifest, journal given: ImageFile? = nil, verifyFirst: Bool, layoutPass: Bool, replay: Bool
+    ) throws(ImageError) {
+        let journal: ImageFile
+        if let given { journal = given } else { journal = try ImageFile(path: journalPath(entry.round), flags: O_RDONLY) }
         if verifyFirst {
-            try forEachRecord(journal, round: round, m: m, flushing: {}) { _, _, _, _ throws(ImageError) in }
+            try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: {}) {
+                _, _, _, _ throws(ImageError) in
+            }
         }
         var touched: Set<UInt32> = []
         if layoutPass { touched = try reconcileFiles(m) }
         let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        let limit = entry.nextFileID
+        let z = UnsafeRawBufferPointer(zeros)
+        func punch(_ start: UInt64, _ end: UInt64) throws(ImageError) {
+            try forEachCoveredPiece(m.segments, start, end) { s, a, e throws(ImageError) in
+                guard s.fileID < limit else { return }
+                try file(s.fileID, create: true).punchHole(at: a - bases[s.fileID]!, length: e - a, zeros: z)
+                touched.insert(s.fileID)
+            }
+        }
+        // Right after the commit the page cache already reads zeros there (earlier layout passes).
+        if replay { for g in entry.grown { try punch(g.start, g.end) } }
         // Pending coalesced write: file, offset, iovecs in the read window.
         var pendingFile: UInt32 = 0
         var pendingOffset: UInt64 = 0
@@ -687,10 +820,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             pendingCount = 0
             pendingBytes = 0
         }
-        try forEachRecord(journal, round: round, m: m, flushing: flushPending) { kind, address, length, data throws(ImageError) in
+        try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: flushPending) {
+            kind, address, length, data throws(ImageError) in
             switch kind {
             case .data:
-                try forEachPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
+                try forEachCoveredPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
+                    guard s.fileID < limit else { return }
                     let offset = a - bases[s.fileID]!
                     let ptr = data!.baseAddress! + Int(a - address)
                     let n = Int(e - a)
@@ -709,25 +844,13 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                 }
             case .zero, .discard:
                 try flushPending()
-                try forEachCoveredPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
-                    try file(s.fileID, create: true).punchHole(
-                        at: a - bases[s.fileID]!, length: e - a, zeros: UnsafeRawBufferPointer(zeros))
-                    touched.insert(s.fileID)
-                }
+                try punch(address, address + length)
             case .seal:
                 break
             }
         }
         try flushPending()
-        for id in touched.sorted() { try file(id, create: true).fsync() }
-        // Files this apply created must be durable names before the journal goes.
-        if layoutPass { try fsyncDirectory(directory) }
-        try unlinkIfPresent(path)
-        // The last close of the unlinked journal frees its blocks and page cache
-        // (~1 s per GiB): do it off the commit path. Safe: a journal older than
-        // the committed round is never read again.
-        let raw = journal.fd.release()
-        Self.reaper.async { _ = Glibc.close(raw) }
+        dirtyFiles.formUnion(touched)
         if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
     }
 
@@ -763,7 +886,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// checksums, the seal and the length the manifest recorded. `flushing` runs
     /// before the window is reused (so pending iovecs into it are written first).
     private func forEachRecord(
-        _ journal: ImageFile, round: UInt32, m: Manifest, flushing: () throws(ImageError) -> Void,
+        _ journal: ImageFile, round: UInt32, bytes: UInt64, records: UInt64, flushing: () throws(ImageError) -> Void,
         _ body: (RecordKind, UInt64, UInt64, UnsafeRawBufferPointer?) throws(ImageError) -> Void
     ) throws(ImageError) {
         let path = journal.path
@@ -826,8 +949,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                 throw .badChecksum(file: path)
             }
             if kind == .seal {
-                guard address == count, length == at, at + UInt64(ImageFormat.recordHeaderSize) == m.journalBytes,
-                    count == m.journalRecords
+                guard address == count, length == at, at + UInt64(ImageFormat.recordHeaderSize) == bytes,
+                    count == records
                 else { throw .corrupt(file: path, reason: "seal does not match the manifest") }
                 pos += ImageFormat.recordHeaderSize
                 guard try !ensure(1) else { throw .corrupt(file: path, reason: "bytes after the seal") }
@@ -845,7 +968,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// and discarded pages read as zeros. Throws `outsideLayout` for addresses
     /// not in the committed layout. An open round's writes are not visible.
     public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         guard buffer.count > 0 else { return }
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
@@ -859,7 +982,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
     /// without reading them.
     public func computeDigest() throws(ImageError) -> MemoryDigest {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         let digester = MemoryDigester()
         try walkCommitted { region in
@@ -908,7 +1031,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
     public func storedBytes() throws(ImageError) -> UInt64 {
-        try finishApply()
+        try applyPending()
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         var total: UInt64 = 0
         for s in manifest.segments {
@@ -970,7 +1093,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         let stored = try storedBytes()
         let disk = Self.diskUse(directory)
@@ -997,8 +1120,10 @@ final class OpenRound {
     let files: [FileEntry]
     let fileBases: [UInt32: UInt64]
     let nextFileID: UInt32
-    /// Address ranges not in the committed layout: written in place, not journaled.
+    /// Address ranges not in the committed layout, in new files: written in place, not journaled.
     let fresh: [(UInt64, UInt64)]
+    /// Address ranges not in the committed layout, in files that exist: journaled.
+    let grown: [ImageRange]
     let layoutChanged: Bool
     let journal: ImageFile
     var directFiles: Set<UInt32> = []
@@ -1016,9 +1141,10 @@ final class OpenRound {
 
     init(
         round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
-        fresh: [(UInt64, UInt64)], layoutChanged: Bool, journal: ImageFile
+        fresh: [(UInt64, UInt64)], grown: [ImageRange], layoutChanged: Bool, journal: ImageFile
     ) {
         self.fresh = fresh
+        self.grown = grown
         self.round = round
         self.regions = regions
         self.segments = segments
