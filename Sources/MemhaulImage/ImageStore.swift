@@ -53,6 +53,16 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// (the state a crash there leaves).
     var testStopAfterPublish = false
 
+    /// Tests: never apply journals to the region files, as if no apply had
+    /// reached the disk before a crash (only fsynced in-place writes did).
+    var testSkipApply = false
+
+    /// Tests: drop the store as a crash would: no checkpoint, journals left for `open`.
+    func testCrash() {
+        poisoned = "crashed (test)"
+        close()
+    }
+
     /// Tests: leave the open round's journal on disk as a crash before the commit would.
     func testStopBeforeCommit() {
         guard let r = open else { return }
@@ -253,6 +263,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private func applyPending() throws(ImageError) {
         guard let p = pendingApply else { return }
         pendingApply = nil
+        if testSkipApply { return }
         guard let entry = manifest.journals.last, entry.round == p.round else { return }
         do {
             try apply(entry, m: manifest, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
