@@ -29,7 +29,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Set when a step after the commit point failed: the store refuses work until reopened.
     private var poisoned: String?
     /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
-    private var pendingApply: (round: UInt32, layoutPass: Bool)?
+    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: [FileRange])?
     /// Region files changed by applies since the last checkpoint (page cache only, not fsynced).
     private var dirtyFiles: Set<UInt32> = []
     /// Journals the last `open` replayed, ascending.
@@ -46,7 +46,11 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
     private var readBufferAllocated = false
     private let zeros: UnsafeMutableRawBufferPointer
-    private let iov: UnsafeMutablePointer<iovec>
+    /// Applies journals (inline, or on a background thread: ``finishApply()``).
+    private let applier: JournalApplier
+    /// An apply running in the background, joined before anything touches the
+    /// files it writes (``join()``).
+    private var running: ApplyJob?
     private let hashState: OpaquePointer
 
     /// Tests: stop right after the commit point, leaving the journal unapplied
@@ -71,6 +75,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     }
 
     static let scratchSize = 8 << 20
+    /// Runs background applies (one per store at a time).
+    static let applyQueue = DispatchQueue(label: "memhaul.image.apply", qos: .userInitiated, attributes: .concurrent)
     /// Closes unlinked journals in the background.
     static let reaper = DispatchQueue(label: "memhaul.image.reaper", qos: .utility)
     /// Largest data record; writes are split so any record fits the read window.
@@ -95,17 +101,17 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         scratch = .allocate(byteCount: Self.scratchSize, alignment: 4096)
         zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        iov = .allocate(capacity: iovMax)
+        applier = JournalApplier(directory: directory, imageID: MemhaulImage.imageID(of: manifest.migrationID))
         hashState = XXH3_createState()
     }
 
     deinit {
+        try? join()  // the lock must outlive any write to the image
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         scratch.deallocate()
         if readBufferAllocated { readBuffer.deallocate() }
         zeros.deallocate()
-        iov.deallocate()
         XXH3_freeState(hashState)
     }
 
@@ -206,6 +212,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Releases the lock and every descriptor; an open round is aborted. The
     /// store refuses further work.
     public func close() {
+        try? join()
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         files.removeAll()
@@ -249,9 +256,58 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Applies a committed round's journal left by a deferred commit (to the
     /// page cache: cheap), then checkpoints if one is due (journals over
     /// `effectiveCheckpointThreshold`, or the image is complete or failed).
+    ///
+    /// The apply runs on a background thread: this returns at once unless a
+    /// checkpoint is due. Every call that needs the applied files (reads,
+    /// digest, info, abort, the next round's apply, checkpoint, close) joins it
+    /// first; the next round's beginRound, writes and commit up to its commit
+    /// point do not, so a receiver takes the next round while the previous one
+    /// is applied.
     public func finishApply() throws(ImageError) {
-        try applyPending()
+        try startPendingApply()
         if checkpointDue { try checkpoint() }
+    }
+
+    /// Starts the deferred apply in the background (after the previous one).
+    private func startPendingApply() throws(ImageError) {
+        guard let p = pendingApply else { return }
+        try join()
+        pendingApply = nil
+        if testSkipApply { return }
+        guard let entry = manifest.journals.last, entry.round == p.round else { return }
+        let job = ApplyJob(round: p.round, layoutPass: p.layoutPass, punches: p.punches)
+        let applier = self.applier
+        let m = manifest
+        job.item = DispatchWorkItem { [job] in
+            do throws(ImageError) {
+                job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
+            } catch {
+                job.error = error
+            }
+            applier.dropDescriptors()
+        }
+        running = job
+        Self.applyQueue.async(execute: job.item!)
+    }
+
+    /// Waits for the background apply and takes over its result.
+    private func join() throws(ImageError) {
+        guard let job = running else { return }
+        running = nil
+        job.item!.wait()
+        dirtyFiles.formUnion(job.touched)
+        if let error = job.error {
+            poisoned = "applying round \(job.round) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+        if job.layoutPass {
+            do {
+                try removeUnreferencedFiles(try listDirectory(directory))
+            } catch {
+                poisoned = "applying round \(job.round) failed: \(error)"
+                throw .mustReopen(poisoned!)
+            }
+        }
     }
 
     private var checkpointDue: Bool {
@@ -259,18 +315,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             && (manifest.journalBytesPending >= effectiveCheckpointThreshold || manifest.state != .inProgress)
     }
 
-    /// Applies the deferred journal, without fsync.
+    /// Applies the deferred journal now (without fsync) and waits for it.
     private func applyPending() throws(ImageError) {
-        guard let p = pendingApply else { return }
-        pendingApply = nil
-        if testSkipApply { return }
-        guard let entry = manifest.journals.last, entry.round == p.round else { return }
-        do {
-            try apply(entry, m: manifest, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
-        } catch {
-            poisoned = "applying round \(p.round) failed: \(error)"
-            throw .mustReopen(poisoned!)
-        }
+        try startPendingApply()
+        try join()
     }
 
     /// Makes every committed round durable in the region files so the journals
@@ -309,7 +357,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     }
 
     public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
-        try finishApply()
+        try finishApply()  // does not wait for the apply
         try checkUsable()
         guard manifest.state == .inProgress else { throw .closedImage(manifest.state) }
         if let open { throw .roundAlreadyOpen(open.round) }
@@ -485,6 +533,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                         r.directFiles.insert(s.fileID)
                     } else {
                         try append(r, kind, x, y - x, nil)
+                        r.punches.append(FileRange(fileID: s.fileID, offset: x - base(s, r), length: y - x))
                     }
                 }
             }
@@ -578,7 +627,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         try? unlinkIfPresent(r.journal.path)
         // Undo in-place writes to fresh addresses: back to the committed files.
         do {
-            _ = try reconcileFiles(manifest)
+            try join()
+            dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
+            applier.dropDescriptors()
             try removeUnreferencedFiles(try listDirectory(directory))
         } catch {
             poisoned = "undoing round \(r.round) failed: \(error)"
@@ -601,7 +652,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// ``close()``, after the receiver has acknowledged it).
     @discardableResult
     public func commitRound(final: Bool = false, digest: MemoryDigest? = nil, deferApply: Bool = false) throws(ImageError) -> CommitInfo {
-        try applyPending()
+        try startPendingApply()  // the previous round's apply may still run: only its result is needed, after the commit point
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
         let t0 = monotonicNanoseconds()
@@ -612,6 +663,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try flush(r)
             try r.journal.fsync()
             for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
+            // A running apply that punches or truncates where this round reserves would undo the reservation.
+            if let job = running, job.conflicts(with: r) { try join() }
             try reserveBlocks(r)
             try fsyncDirectory(directory)  // the journal's directory entry, before the commit names it
         } catch {
@@ -659,7 +712,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             poisoned = "stopped after the commit point (test)"
             throw .mustReopen(poisoned!)
         }
-        pendingApply = (r.round, r.layoutChanged)
+        pendingApply = (r.round, r.layoutChanged, r.punches)
         var checkpointNs: UInt64 = 0
         if !deferApply {
             try applyPending()
@@ -757,17 +810,17 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             let path = journalPath(entry.round)
             guard access(path, F_OK) == 0 else { throw .corrupt(file: path, reason: "committed journal missing") }
             let journal = try ImageFile(path: path, flags: O_RDONLY)
-            try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: {}) {
-                _, _, _, _ throws(ImageError) in
-            }
+            try applier.verify(entry, journal)
             journals.append(journal)
         }
         // Undo in-place writes of an uncommitted round (and anything else outside
         // the manifest), size the files, then replay the journals in order.
-        dirtyFiles.formUnion(try reconcileFiles(manifest))
+        dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
         for (entry, journal) in zip(entries, journals) {
-            try apply(entry, m: manifest, journal: journal, verifyFirst: false, layoutPass: false, replay: true)
+            dirtyFiles.formUnion(
+                try applier.apply(entry, m: manifest, journal: journal, verifyFirst: false, layoutPass: false, replay: true))
         }
+        applier.dropDescriptors()
         try removeUnreferencedFiles(try listDirectory(directory))
         if let last = entries.last { action = .reappliedJournal(round: last.round) }
         replayedJournals = entries.map(\.round)
@@ -781,195 +834,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let live = Set(manifest.files.map(\.id))
         for name in names where name.hasPrefix("mem-") && name.hasSuffix(".bin") {
             guard let id = UInt32(name.dropFirst(4).dropLast(4), radix: 16), !live.contains(id) else { continue }
+            if open != nil && id >= manifest.nextFileID { continue }  // the open round's new files
             files[id] = nil
             dirtyFiles.remove(id)
             try unlinkIfPresent(directory + "/" + name)
-        }
-    }
-
-    /// Applies a committed journal to the region files (idempotent), page cache
-    /// only: the files it touches are fsynced by the next checkpoint. Right after
-    /// the commit (`replay` false) `m` is the journal's own round, so every record
-    /// maps; with the layout pass, files are sized to the committed layout and
-    /// addresses outside it punched first. On recovery (`replay`) `m` is the last
-    /// committed round: the round's grown ranges are zeroed first, and parts of
-    /// records outside `m`'s layout, or mapped to files created after the round
-    /// (their content was written in place later), are skipped.
-    private func apply(
-        _ entry: JournalEntry, m: Manifest, journal given: ImageFile? = nil, verifyFirst: Bool, layoutPass: Bool, replay: Bool
-    ) throws(ImageError) {
-        let journal: ImageFile
-        if let given { journal = given } else { journal = try ImageFile(path: journalPath(entry.round), flags: O_RDONLY) }
-        if verifyFirst {
-            try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: {}) {
-                _, _, _, _ throws(ImageError) in
-            }
-        }
-        var touched: Set<UInt32> = []
-        if layoutPass { touched = try reconcileFiles(m) }
-        let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
-        let limit = entry.nextFileID
-        let z = UnsafeRawBufferPointer(zeros)
-        func punch(_ start: UInt64, _ end: UInt64) throws(ImageError) {
-            try forEachCoveredPiece(m.segments, start, end) { s, a, e throws(ImageError) in
-                guard s.fileID < limit else { return }
-                try file(s.fileID, create: true).punchHole(at: a - bases[s.fileID]!, length: e - a, zeros: z)
-                touched.insert(s.fileID)
-            }
-        }
-        // Right after the commit the page cache already reads zeros there (earlier layout passes).
-        if replay { for g in entry.grown { try punch(g.start, g.end) } }
-        // Pending coalesced write: file, offset, iovecs in the read window.
-        var pendingFile: UInt32 = 0
-        var pendingOffset: UInt64 = 0
-        var pendingCount = 0
-        var pendingBytes = 0
-        func flushPending() throws(ImageError) {
-            guard pendingCount > 0 else { return }
-            try file(pendingFile, create: true).pwritev(iov, count: pendingCount, total: pendingBytes, at: pendingOffset)
-            touched.insert(pendingFile)
-            pendingCount = 0
-            pendingBytes = 0
-        }
-        try forEachRecord(journal, round: entry.round, bytes: entry.bytes, records: entry.records, flushing: flushPending) {
-            kind, address, length, data throws(ImageError) in
-            switch kind {
-            case .data:
-                try forEachCoveredPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
-                    guard s.fileID < limit else { return }
-                    let offset = a - bases[s.fileID]!
-                    let ptr = data!.baseAddress! + Int(a - address)
-                    let n = Int(e - a)
-                    if pendingCount > 0, pendingFile == s.fileID, pendingOffset + UInt64(pendingBytes) == offset,
-                        pendingCount < iovMax
-                    {
-                        iov[pendingCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
-                    } else {
-                        try flushPending()
-                        pendingFile = s.fileID
-                        pendingOffset = offset
-                        iov[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
-                    }
-                    pendingCount += 1
-                    pendingBytes += n
-                }
-            case .zero, .discard:
-                try flushPending()
-                try punch(address, address + length)
-            case .seal:
-                break
-            }
-        }
-        try flushPending()
-        dirtyFiles.formUnion(touched)
-        if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
-    }
-
-    /// Makes the region files match `m`: each file exists at its size, and
-    /// every range no segment uses is a hole. Idempotent; returns the files.
-    private func reconcileFiles(_ m: Manifest) throws(ImageError) -> Set<UInt32> {
-        var touched: Set<UInt32> = []
-        let z = UnsafeRawBufferPointer(zeros)
-        for f in m.files {
-            let file = try file(f.id, create: true)
-            if try file.size() != f.size { try file.truncate(f.size) }
-            var cursor = f.base
-            for s in m.segments where s.fileID == f.id {
-                if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: z) }
-                cursor = s.end
-            }
-            if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: z) }
-            touched.insert(f.id)
-        }
-        return touched
-    }
-
-    /// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
-    private func forEachCoveredPiece(
-        _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
-    ) throws(ImageError) {
-        for s in segments where s.end > start && s.start < end {
-            try body(s, max(s.start, start), min(s.end, end))
-        }
-    }
-
-    /// Streams a journal's records through the scratch window, verifying magic,
-    /// checksums, the seal and the length the manifest recorded. `flushing` runs
-    /// before the window is reused (so pending iovecs into it are written first).
-    private func forEachRecord(
-        _ journal: ImageFile, round: UInt32, bytes: UInt64, records: UInt64, flushing: () throws(ImageError) -> Void,
-        _ body: (RecordKind, UInt64, UInt64, UnsafeRawBufferPointer?) throws(ImageError) -> Void
-    ) throws(ImageError) {
-        let path = journal.path
-        var fileOffset: UInt64 = 0  // file offset of window[0]
-        var filled = 0
-        var pos = 0
-        var eof = false
-        func ensure(_ n: Int) throws(ImageError) -> Bool {
-            if filled - pos >= n { return true }
-            try flushing()
-            // Slide the unread tail to the front and refill.
-            let tail = filled - pos
-            if tail > 0 && pos > 0 { scratch.baseAddress!.copyMemory(from: scratch.baseAddress! + pos, byteCount: tail) }
-            fileOffset += UInt64(pos)
-            filled = tail
-            pos = 0
-            while filled < scratch.count && !eof {
-                let want = scratch.count - filled
-                let got = try onFile("pread", path) {
-                    Glibc.pread(journal.raw, scratch.baseAddress! + filled, want, off_t(fileOffset) + off_t(filled))
-                }
-                if got == 0 { eof = true }
-                filled += got
-            }
-            return filled - pos >= n
-        }
-        guard try ensure(ImageFormat.journalHeaderSize) else {
-            if filled >= 8 && !UnsafeRawBufferPointer(scratch).prefix(8).elementsEqual(ImageFormat.journalMagic) {
-                throw .badMagic(file: path)
-            }
-            throw .truncated(file: path)
-        }
-        let headerRound = try decodeJournalHeader(
-            UnsafeRawBufferPointer(rebasing: scratch[0..<ImageFormat.journalHeaderSize]), file: path, imageID: imageID)
-        guard headerRound == round else { throw .corrupt(file: path, reason: "journal of round \(headerRound), not \(round)") }
-        pos = ImageFormat.journalHeaderSize
-        var count: UInt64 = 0
-        while true {
-            guard try ensure(ImageFormat.recordHeaderSize) else { throw .truncated(file: path) }
-            let h = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + ImageFormat.recordHeaderSize])
-            let at = fileOffset + UInt64(pos)
-            guard loadLE(h, 0, as: UInt32.self) == ImageFormat.recordMagic else {
-                throw .corrupt(file: path, reason: "bad record magic at byte \(at)")
-            }
-            guard let kind = RecordKind(rawValue: UInt8(truncatingIfNeeded: loadLE(h, 4, as: UInt32.self))) else {
-                throw .corrupt(file: path, reason: "bad record kind at byte \(at)")
-            }
-            let address = loadLE(h, 8, as: UInt64.self)
-            let length = loadLE(h, 16, as: UInt64.self)
-            let dataLength = kind == .data ? Int(clamping: length) : 0
-            guard dataLength <= Self.maxRecordData else { throw .corrupt(file: path, reason: "record of \(length) bytes at byte \(at)") }
-            guard try ensure(ImageFormat.recordHeaderSize + dataLength) else { throw .truncated(file: path) }
-            let header = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + 24])
-            let data = UnsafeRawBufferPointer(
-                rebasing: scratch[pos + ImageFormat.recordHeaderSize..<pos + ImageFormat.recordHeaderSize + dataLength])
-            XXH3_64bits_reset(hashState)
-            XXH3_64bits_update(hashState, header.baseAddress, 24)
-            if dataLength > 0 { XXH3_64bits_update(hashState, data.baseAddress, dataLength) }
-            guard XXH3_64bits_digest(hashState) == loadLE(UnsafeRawBufferPointer(scratch), pos + 24, as: UInt64.self) else {
-                throw .badChecksum(file: path)
-            }
-            if kind == .seal {
-                guard address == count, length == at, at + UInt64(ImageFormat.recordHeaderSize) == bytes,
-                    count == records
-                else { throw .corrupt(file: path, reason: "seal does not match the manifest") }
-                pos += ImageFormat.recordHeaderSize
-                guard try !ensure(1) else { throw .corrupt(file: path, reason: "bytes after the seal") }
-                return
-            }
-            try body(kind, address, length, kind == .data ? data : nil)
-            pos += ImageFormat.recordHeaderSize + dataLength
-            count += 1
         }
     }
 
@@ -1149,6 +1017,8 @@ final class OpenRound {
     var discardedPages: UInt64 = 0
     /// File ranges the round writes, coalesced, reserved before the commit.
     var reservations: [(fileID: UInt32, offset: UInt64, length: UInt64)] = []
+    /// File ranges the round's journal punches (zero, discard) when applied.
+    var punches: [FileRange] = []
 
     init(
         round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
@@ -1172,5 +1042,48 @@ final class OpenRound {
         } else {
             reservations.append((fileID, offset, length))
         }
+    }
+}
+
+/// A range of a region file.
+struct FileRange: Hashable {
+    var fileID: UInt32
+    var offset: UInt64
+    var length: UInt64
+}
+
+/// An apply running on `ImageStore.applyQueue`; its fields are written by the
+/// worker and read by the store only after `item.wait()`.
+final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by DispatchWorkItem.wait (happens-before)
+    let round: UInt32
+    let layoutPass: Bool
+    let punches: [FileRange]
+    var item: DispatchWorkItem?
+    var touched: Set<UInt32> = []
+    var error: ImageError?
+
+    init(round: UInt32, layoutPass: Bool, punches: [FileRange]) {
+        self.round = round
+        self.layoutPass = layoutPass
+        self.punches = punches
+    }
+
+    /// Whether this apply could free blocks the open round reserves: its layout
+    /// pass truncates files the round grows, or a punch overlaps a reservation.
+    func conflicts(with r: OpenRound) -> Bool {
+        if layoutPass && !r.grown.isEmpty { return true }
+        guard !punches.isEmpty, !r.reservations.isEmpty else { return false }
+        let a = punches.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
+        let b = r.reservations.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
+        var i = 0, j = 0
+        while i < a.count && j < b.count {
+            if a[i].fileID != b[j].fileID {
+                if a[i].fileID < b[j].fileID { i += 1 } else { j += 1 }
+                continue
+            }
+            if a[i].offset < b[j].offset + b[j].length && b[j].offset < a[i].offset + a[i].length { return true }
+            if a[i].offset + a[i].length <= b[j].offset + b[j].length { i += 1 } else { j += 1 }
+        }
+        return false
     }
 }

@@ -310,4 +310,55 @@ import Testing
         #expect(try reopened.matches(model))
         #expect(try !diskManifest(dir).legacy)  // rewritten as 2.0 by the checkpoint
     }
+
+    @Test func theNextRoundProceedsWhileTheLastIsApplied() throws {
+        let root = temporaryDirectory("wal")
+        defer { removeTree(root) }
+        let dir = root + "/img"
+        let store = try ImageStore.create(directory: dir, migrationID: "wal")
+        store.checkpointThreshold = .max
+        var model = MemoryModel()
+        let c: UInt64 = 0x5200_0000
+        func write(_ address: UInt64, _ seed: UInt64, _ pages: Int) throws {
+            let bytes = pageBytes(seed, pages: pages)
+            try store.write(address, bytes)
+            model.write(address, bytes)
+        }
+        let l1 = [region(a, pages: 256)]
+        try store.beginRound(1, layout: l1)
+        model.setLayout(l1)
+        try write(a, 1, 256)
+        try commit(store)
+        // Round 2 changes the layout: its apply (layout pass included) runs in the background.
+        let l2 = l1 + [region(c, pages: 4)]
+        try store.beginRound(2, layout: l2)
+        model.setLayout(l2)
+        try write(a, 2, 256)
+        try write(c, 3, 4)
+        try store.commitRound(deferApply: true)
+        try store.finishApply()
+        // Round 3 begins at once: growth of a's file, a new region in place, c dropped.
+        let l3 = [region(a, pages: 260), region(b, pages: 8)]
+        try store.beginRound(3, layout: l3)
+        var next = model
+        next.setLayout(l3)
+        let grown = pageBytes(4, pages: 4), fresh = pageBytes(5, pages: 8), over = pageBytes(6, pages: 2)
+        try store.write(a + 256 * 4096, grown)
+        try store.write(b, fresh)
+        try store.write(a + 4096, over)
+        // A read in the open round waits for round 2's apply and sees round 2, and keeps round 3's new file.
+        #expect(try store.matches(model))
+        next.write(a + 256 * 4096, grown)
+        next.write(b, fresh)
+        next.write(a + 4096, over)
+        model = next
+        try store.commitRound(deferApply: true)
+        try store.finishApply()
+        #expect(try store.matches(model))
+        #expect(memFiles(dir).count == 2)
+        store.testCrash()
+        let reopened = try ImageStore.open(directory: dir)
+        #expect(reopened.replayedJournals == [1, 2, 3])
+        #expect(try reopened.matches(model))
+    }
 }
