@@ -958,7 +958,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             failureReason: m.state == .failed ? m.failureReason : nil, committedRound: m.committedRound,
             layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
             logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
-            updatedAt: m.updatedAt, recovery: .clean)
+            updatedAt: m.updatedAt, recovery: .clean, checkpointedRound: m.checkpointedRound,
+            pendingJournals: m.journals.map(\.round))
     }
 
     static func diskUse(_ dir: String) -> UInt64 {
@@ -981,7 +982,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
             rounds: manifest.history, storedPages: stored / imagePageSize, diskBytes: disk,
             logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
-            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery)
+            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery,
+            checkpointedRound: manifest.checkpointedRound, pendingJournals: manifest.journals.map(\.round))
     }
 }
 

@@ -141,6 +141,10 @@ public struct ImageInfo: Sendable {
     public var createdAt: UInt64
     public var updatedAt: UInt64
     public var recovery: ImageRecovery
+    /// Every journal up to this round is applied and fsynced into the region files.
+    public var checkpointedRound: UInt32? = nil
+    /// Committed journals after the checkpoint (replayed on open after a crash).
+    public var pendingJournals: [UInt32] = []
 }
 
 /// Every error the image store throws. I/O errors name the file and errno;

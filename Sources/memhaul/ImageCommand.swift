@@ -74,6 +74,8 @@ struct ImageCommand: ParsableCommand {
                 "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
+            object["checkpointedRound"] = info.checkpointedRound.map { Int($0) } ?? NSNull()
+            object["pendingJournals"] = info.pendingJournals.map { Int($0) }
             object["failureReason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
             if let recomputed {
@@ -91,6 +93,10 @@ struct ImageCommand: ParsableCommand {
             line("migration", info.migrationID)
             line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? "") + (live ? ", live: a receiver holds the lock" : ""))
             line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
+            line(
+                "journals",
+                (info.pendingJournals.isEmpty ? "none pending" : "rounds \(info.pendingJournals.map(String.init).joined(separator: ", ")) pending")
+                    + (info.checkpointedRound.map { ", checkpoint at round \($0)" } ?? ""))
             line("layout", "\(info.layout.count) regions, \(bytes(info.logicalBytes))")
             for r in info.layout {
                 out += "  \(hex(r.start))-\(hex(r.end)) \(r.protection) \(String(r.pageCount).leftPad(8)) pages  \(r.name)\n"

@@ -257,6 +257,8 @@ import Testing
         #expect(object?["committedRound"] as? Int == 1)
         #expect(object?["storedPages"] as? Int == 1)
         #expect(object?["digestMatches"] as? Bool == true)
+        #expect(object?["checkpointedRound"] as? Int == 1)
+        #expect(object?["pendingJournals"] as? [Int] == [])
         let (readStatus, raw) = try run(["image", "read", dir, "0x\(String(a + 4096, radix: 16))", "8K"])
         #expect(readStatus == 0)
         #expect([UInt8](raw) == pageBytes(1, pages: 1) + [UInt8](repeating: 0, count: 4096))
