@@ -646,10 +646,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// With `deferApply`, it returns at the commit point (durable: a crash now
     /// replays the journal on open) and leaves the apply to ``finishApply()``,
     /// which every later call runs first. A receiver uses it to acknowledge a
-    /// round before the apply, and applies while the sender scans. Without it, a
-    /// non-final commit also checkpoints when one is due; a final commit never
-    /// does (its checkpoint is left to ``finishApply()``, ``checkpoint()`` or
-    /// ``close()``, after the receiver has acknowledged it).
+    /// round before the apply, and applies while the sender scans. Without it,
+    /// the commit also checkpoints when one is due, and always when `final`
+    /// (the image is then durable in its region files, with no journal left,
+    /// when this returns). A final commit with `deferApply` leaves its
+    /// checkpoint to ``finishApply()``, ``checkpoint()`` or ``close()``, to be
+    /// taken after the receiver has acknowledged it.
     @discardableResult
     public func commitRound(final: Bool = false, digest: MemoryDigest? = nil, deferApply: Bool = false) throws(ImageError) -> CommitInfo {
         try startPendingApply()  // the previous round's apply may still run: only its result is needed, after the commit point
@@ -716,7 +718,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         var checkpointNs: UInt64 = 0
         if !deferApply {
             try applyPending()
-            if !final && checkpointDue {
+            if final || checkpointDue {
                 try checkpoint()
                 checkpointNs = lastCheckpointNanoseconds
             }

@@ -117,17 +117,35 @@ import Testing
         // Round 1 is in place (tiny journal); each later journal holds one page.
         #expect(checkpoints.contains { $0 != nil })
         #expect(checkpoints.contains { $0 == nil } || store.checkpointThreshold == 0)
-        // A final commit leaves its checkpoint to finishApply/close (after the ack).
+        // A deferred final commit leaves its checkpoint to finishApply/close (after the ack).
         try store.beginRound(7, layout: layout)
         try store.write(a, pageBytes(7, pages: 1))
         model.write(a, pageBytes(7, pages: 1))
-        try store.commitRound(final: true)
+        try store.commitRound(final: true, deferApply: true)
         #expect(store.pendingJournals.last == 7)
         try store.finishApply()
         #expect(store.pendingJournals.isEmpty)
         #expect(store.checkpointedRound == 7)
         #expect(journals(dir).isEmpty)
         #expect(try store.matches(model))
+    }
+
+    @Test func aFinalCommitWithoutDeferApplyCheckpoints() throws {
+        let root = temporaryDirectory("wal")
+        defer { removeTree(root) }
+        let dir = root + "/img"
+        let store = try ImageStore.create(directory: dir, migrationID: "wal")
+        store.checkpointThreshold = .max
+        let layout = [region(a, pages: 4)]
+        for k in UInt32(1)...3 {
+            try store.beginRound(k, layout: layout)
+            try store.write(a, pageBytes(UInt64(k), pages: 4))
+            try store.commitRound(final: k == 3)
+            #expect(store.pendingJournals == (k == 3 ? [] : Array(1...k)))
+        }
+        #expect(store.checkpointedRound == 3)
+        #expect(journals(dir).isEmpty)
+        #expect(try diskManifest(dir).journals.isEmpty)
     }
 
     @Test func abortOfTheNextRoundKeepsPendingJournals() throws {
