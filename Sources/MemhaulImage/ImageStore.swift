@@ -109,6 +109,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         try? join()  // the lock must outlive any write to the image
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
+        unlock()
         scratch.deallocate()
         if readBufferAllocated { readBuffer.deallocate() }
         zeros.deallocate()
@@ -216,8 +217,17 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         files.removeAll()
-        try? lock.fd.close()
+        unlock()
         poisoned = "store closed"
+    }
+
+    /// Releases the flock explicitly before closing: a child forked meanwhile
+    /// (not yet at exec, where O_CLOEXEC acts) shares the open file description
+    /// and would otherwise keep the image locked.
+    private func unlock() {
+        guard lock.raw >= 0 else { return }
+        _ = try? Syscall.run("flock(\(lock.path))") { flock(lock.raw, LOCK_UN) }
+        try? lock.fd.close()
     }
 
     // MARK: state
@@ -249,10 +259,6 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     // MARK: rounds
 
-    /// Opens round `round` with its layout (regions must be page-aligned and
-    /// disjoint; they are sorted here). Content is kept by address: an address
-    /// in both the committed and the new layout keeps its bytes; an address new
-    /// to the layout reads as zeros; removed addresses are dropped at commit.
     /// Applies a committed round's journal left by a deferred commit (to the
     /// page cache: cheap), then checkpoints if one is due (journals over
     /// `effectiveCheckpointThreshold`, or the image is complete or failed).
@@ -356,6 +362,11 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         lastCheckpointNanoseconds = monotonicNanoseconds() - t0
     }
 
+    /// Opens round `round` with its layout (regions must be page-aligned and
+    /// disjoint; they are sorted here). Content is kept by address: an address
+    /// in both the committed and the new layout keeps its bytes; an address new
+    /// to the layout reads as zeros; removed addresses are dropped at commit.
+    /// A deferred apply of the previous round is started, not waited for.
     public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
         try finishApply()  // does not wait for the apply
         try checkUsable()
