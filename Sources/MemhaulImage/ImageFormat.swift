@@ -3,10 +3,15 @@ import MemhaulDigest
 
 /// On-disk format constants (Protocol/image.md).
 public enum ImageFormat {
-    /// Major version: a reader refuses files with a newer major.
-    public static let major: UInt16 = 1
+    /// Manifest major version: a reader refuses files with a newer major. 2: several
+    /// committed journals may be pending (write-ahead log with checkpoints), which a
+    /// 1.x reader would delete unread, so the change is not a minor one.
+    public static let major: UInt16 = 2
     /// Minor version: newer minors only append fields; older readers ignore them.
     public static let minor: UInt16 = 0
+    /// Journal version: the journal format did not change with manifest 2.0.
+    public static let journalMajor: UInt16 = 1
+    public static let journalMinor: UInt16 = 0
     static let manifestMagic: [UInt8] = Array("MHIMGMAN".utf8)
     static let journalMagic: [UInt8] = Array("MHIMGJNL".utf8)
     /// "MHRC" little-endian: starts every journal record.
@@ -101,6 +106,21 @@ struct Segment: Hashable {
     var fileID: UInt32
 }
 
+/// A committed journal not yet covered by a checkpoint: replayed on open.
+struct JournalEntry: Hashable {
+    var round: UInt32
+    /// Length of `journal-<round>`, seal included, and records before the seal.
+    var bytes: UInt64
+    var records: UInt64
+    /// `nextFileID` of the round's manifest: files with a higher id did not
+    /// exist when the round committed, so its records never go to them on replay.
+    var nextFileID: UInt32
+    /// Ranges new to the layout in the round that went to a file that already
+    /// existed (growth): zeroed on replay before the journal's records, so bytes
+    /// of an earlier life of those addresses cannot come back.
+    var grown: [ImageRange] = []
+}
+
 /// The manifest: the commit record of the last committed round.
 struct Manifest: Equatable {
     var migrationID: String
@@ -118,6 +138,14 @@ struct Manifest: Equatable {
     var segments: [Segment] = []
     var history: [RoundRecord] = []
     var digest: MemoryDigest?
+    /// Every journal of a round up to this one is applied and the region files fsynced (2.0).
+    var checkpointedRound: UInt32?
+    /// Committed journals after `checkpointedRound`, ascending (2.0).
+    var journals: [JournalEntry] = []
+    /// Read from a 1.x manifest: the committed round's journal may already be applied and gone.
+    var legacy = false
+
+    var journalBytesPending: UInt64 { journals.reduce(0) { $0 + $1.bytes } }
 
     func encode() -> [UInt8] {
         var body = ByteWriter()
@@ -164,6 +192,20 @@ struct Manifest: Equatable {
         body.u8(digest == nil ? 0 : 1)
         body.u64(digest?.high ?? 0)
         body.u64(digest?.low ?? 0)
+        body.u8(checkpointedRound == nil ? 0 : 1)
+        body.u32(checkpointedRound ?? 0)
+        body.u32(UInt32(journals.count))
+        for j in journals {
+            body.u32(j.round)
+            body.u64(j.bytes)
+            body.u64(j.records)
+            body.u32(j.nextFileID)
+            body.u32(UInt32(j.grown.count))
+            for g in j.grown {
+                body.u64(g.start)
+                body.u64(g.end)
+            }
+        }
 
         var out = ByteWriter()
         out.bytes = ImageFormat.manifestMagic
@@ -187,7 +229,8 @@ struct Manifest: Equatable {
         let major = try r.u16()
         let minor = try r.u16()
         guard major <= ImageFormat.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
-        guard major == ImageFormat.major else { throw .corrupt(file: file, reason: "version \(major).\(minor)") }
+        // 1.x is read (and rewritten as 2.0 at the next publish); older is not a version.
+        guard major == ImageFormat.major || major == 1 else { throw .corrupt(file: file, reason: "version \(major).\(minor)") }
         _ = try r.u32()
         let bodyLength = try r.u64()
         guard bodyLength <= UInt64(bytes.count - h - 8) else { throw .truncated(file: file) }
@@ -236,6 +279,31 @@ struct Manifest: Equatable {
         let hasDigest = try r.u8() != 0
         let high = try r.u64(), low = try r.u64()
         if hasDigest { m.digest = MemoryDigest(high: high, low: low) }
+        if major == 1 {
+            // 1.x: journals before the committed round were applied and fsynced; the
+            // committed round's journal, if still there, is the only one to replay.
+            m.legacy = true
+            if let c = m.committedRound {
+                m.checkpointedRound = c > 0 ? c - 1 : nil
+                m.journals = [JournalEntry(round: c, bytes: m.journalBytes, records: m.journalRecords, nextFileID: m.nextFileID)]
+            }
+        } else {
+            let hasCheckpoint = try r.u8() != 0
+            let checkpoint = try r.u32()
+            m.checkpointedRound = hasCheckpoint ? checkpoint : nil
+            for _ in 0..<(try r.u32()) {
+                let round = try r.u32(), bytes = try r.u64(), records = try r.u64(), next = try r.u32()
+                var entry = JournalEntry(round: round, bytes: bytes, records: records, nextFileID: next)
+                for _ in 0..<(try r.u32()) {
+                    let start = try r.u64(), end = try r.u64()
+                    guard start < end, start % imagePageSize == 0, end % imagePageSize == 0 else {
+                        throw .corrupt(file: file, reason: "bad grown range in the journal list")
+                    }
+                    entry.grown.append(ImageRange(start: start, end: end))
+                }
+                m.journals.append(entry)
+            }
+        }
         // Fields a newer minor appended after these are ignored.
         try m.validate(file: file)
         return m
@@ -258,6 +326,21 @@ struct Manifest: Equatable {
             guard r.start < r.end, r.start >= last else { throw .corrupt(file: file, reason: "bad region order") }
             last = r.end
         }
+        // Pending journals: ascending, after the checkpoint, up to the committed round (which is the last).
+        var previous = checkpointedRound
+        for j in journals {
+            guard let c = committedRound, j.round <= c, previous.map({ j.round > $0 }) ?? true, j.nextFileID <= nextFileID
+            else { throw .corrupt(file: file, reason: "bad journal list at round \(j.round)") }
+            previous = j.round
+        }
+        if let c = committedRound, let cp = checkpointedRound, cp > c {
+            throw .corrupt(file: file, reason: "checkpoint \(cp) after the committed round \(c)")
+        }
+        if let last = journals.last, last.round == committedRound,
+            last.bytes != journalBytes || last.records != journalRecords
+        {
+            throw .corrupt(file: file, reason: "journal list disagrees with the committed journal")
+        }
     }
 }
 
@@ -267,8 +350,8 @@ struct Manifest: Equatable {
 func encodeJournalHeader(round: UInt32, imageID: UInt64) -> [UInt8] {
     var w = ByteWriter()
     w.bytes = ImageFormat.journalMagic
-    w.u16(ImageFormat.major)
-    w.u16(ImageFormat.minor)
+    w.u16(ImageFormat.journalMajor)
+    w.u16(ImageFormat.journalMinor)
     w.u32(round)
     w.u64(imageID)
     let sum = w.bytes.withUnsafeBytes { checksum64($0) }
@@ -282,7 +365,7 @@ func decodeJournalHeader(_ p: UnsafeRawBufferPointer, file: String, imageID: UIn
     guard p.prefix(8).elementsEqual(ImageFormat.journalMagic) else { throw .badMagic(file: file) }
     guard p.count >= ImageFormat.journalHeaderSize else { throw .truncated(file: file) }
     let major = loadLE(p, 8, as: UInt16.self), minor = loadLE(p, 10, as: UInt16.self)
-    guard major <= ImageFormat.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
+    guard major <= ImageFormat.journalMajor else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
     guard loadLE(p, 24, as: UInt64.self) == checksum64(UnsafeRawBufferPointer(rebasing: p[0..<24])) else {
         throw .badChecksum(file: file)
     }

@@ -29,19 +29,43 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Set when a step after the commit point failed: the store refuses work until reopened.
     private var poisoned: String?
     /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
-    private var pendingApply: (round: UInt32, layoutPass: Bool)?
+    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: [FileRange])?
+    /// Region files changed by applies since the last checkpoint (page cache only, not fsynced).
+    private var dirtyFiles: Set<UInt32> = []
+    /// Journals the last `open` replayed, ascending.
+    public private(set) var replayedJournals: [UInt32] = []
+    /// A checkpoint is taken once the pending journals reach this many bytes
+    /// (nil: max(1 GiB, twice the layout size)). 0 checkpoints after every round
+    /// (the 1.x behaviour: every apply fsynced).
+    public var checkpointThreshold: UInt64?
+    /// Duration of the last checkpoint, nanoseconds.
+    public private(set) var lastCheckpointNanoseconds: UInt64 = 0
     /// Journal buffer while a round is open, journal read window while applying, read buffer for digests.
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
     private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
     private var readBufferAllocated = false
     private let zeros: UnsafeMutableRawBufferPointer
-    private let iov: UnsafeMutablePointer<iovec>
+    /// Applies journals (inline, or on a background thread: ``finishApply()``).
+    private let applier: JournalApplier
+    /// An apply running in the background, joined before anything touches the
+    /// files it writes (``join()``).
+    private var running: ApplyJob?
     private let hashState: OpaquePointer
 
     /// Tests: stop right after the commit point, leaving the journal unapplied
     /// (the state a crash there leaves).
     var testStopAfterPublish = false
+
+    /// Tests: never apply journals to the region files, as if no apply had
+    /// reached the disk before a crash (only fsynced in-place writes did).
+    var testSkipApply = false
+
+    /// Tests: drop the store as a crash would: no checkpoint, journals left for `open`.
+    func testCrash() {
+        poisoned = "crashed (test)"
+        close()
+    }
 
     /// Tests: leave the open round's journal on disk as a crash before the commit would.
     func testStopBeforeCommit() {
@@ -51,6 +75,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     }
 
     static let scratchSize = 8 << 20
+    /// Runs background applies (one per store at a time).
+    static let applyQueue = DispatchQueue(label: "memhaul.image.apply", qos: .userInitiated, attributes: .concurrent)
     /// Closes unlinked journals in the background.
     static let reaper = DispatchQueue(label: "memhaul.image.reaper", qos: .utility)
     /// Largest data record; writes are split so any record fits the read window.
@@ -75,16 +101,18 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         scratch = .allocate(byteCount: Self.scratchSize, alignment: 4096)
         zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
         zeros.initializeMemory(as: UInt8.self, repeating: 0)
-        iov = .allocate(capacity: iovMax)
+        applier = JournalApplier(directory: directory, imageID: MemhaulImage.imageID(of: manifest.migrationID))
         hashState = XXH3_createState()
     }
 
     deinit {
+        try? join()  // the lock must outlive any write to the image
         abortRound()
+        if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
+        unlock()
         scratch.deallocate()
         if readBufferAllocated { readBuffer.deallocate() }
         zeros.deallocate()
-        iov.deallocate()
         XXH3_freeState(hashState)
     }
 
@@ -141,7 +169,10 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         }
         let manifest = try Manifest.decode(bytes, file: dir + "/manifest")
         let store = ImageStore(directory: dir, lock: lock, manifest: manifest)
+        // Until recovery finishes nothing may checkpoint (deinit of a failed open).
+        store.poisoned = "recovery did not finish"
         try store.recover()
+        store.poisoned = nil
         return store
     }
 
@@ -182,11 +213,21 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Releases the lock and every descriptor; an open round is aborted. The
     /// store refuses further work.
     public func close() {
-        try? finishApply()  // or the next open re-applies the journal
+        try? join()
         abortRound()
+        if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         files.removeAll()
-        try? lock.fd.close()
+        unlock()
         poisoned = "store closed"
+    }
+
+    /// Releases the flock explicitly before closing: a child forked meanwhile
+    /// (not yet at exec, where O_CLOEXEC acts) shares the open file description
+    /// and would otherwise keep the image locked.
+    private func unlock() {
+        guard lock.raw >= 0 else { return }
+        _ = try? Syscall.run("flock(\(lock.path))") { flock(lock.raw, LOCK_UN) }
+        try? lock.fd.close()
     }
 
     // MARK: state
@@ -201,6 +242,16 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     public var failureReason: String? { manifest.state == .failed ? manifest.failureReason : nil }
     /// The round currently open, if any.
     public var openRound: UInt32? { open?.round }
+    /// Every journal up to this round is applied and the region files fsynced.
+    public var checkpointedRound: UInt32? { manifest.checkpointedRound }
+    /// Committed journals after the checkpoint (replayed by `open` after a crash), ascending.
+    public var pendingJournals: [UInt32] { manifest.journals.map(\.round) }
+    /// Their total size.
+    public var pendingJournalBytes: UInt64 { manifest.journalBytesPending }
+    /// The threshold in effect (see `checkpointThreshold`).
+    public var effectiveCheckpointThreshold: UInt64 {
+        checkpointThreshold ?? max(1 << 30, 2 * manifest.regions.reduce(0) { $0 + $1.byteCount })
+    }
 
     private func checkUsable() throws(ImageError) {
         if let poisoned { throw .mustReopen(poisoned) }
@@ -208,24 +259,116 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     // MARK: rounds
 
+    /// Applies a committed round's journal left by a deferred commit (to the
+    /// page cache: cheap), then checkpoints if one is due (journals over
+    /// `effectiveCheckpointThreshold`, or the image is complete or failed).
+    ///
+    /// The apply runs on a background thread: this returns at once unless a
+    /// checkpoint is due. Every call that needs the applied files (reads,
+    /// digest, info, abort, the next round's apply, checkpoint, close) joins it
+    /// first; the next round's beginRound, writes and commit up to its commit
+    /// point do not, so a receiver takes the next round while the previous one
+    /// is applied.
+    public func finishApply() throws(ImageError) {
+        try startPendingApply()
+        if checkpointDue { try checkpoint() }
+    }
+
+    /// Starts the deferred apply in the background (after the previous one).
+    private func startPendingApply() throws(ImageError) {
+        guard let p = pendingApply else { return }
+        try join()
+        pendingApply = nil
+        if testSkipApply { return }
+        guard let entry = manifest.journals.last, entry.round == p.round else { return }
+        let job = ApplyJob(round: p.round, layoutPass: p.layoutPass, punches: p.punches)
+        let applier = self.applier
+        let m = manifest
+        job.item = DispatchWorkItem { [job] in
+            do throws(ImageError) {
+                job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
+            } catch {
+                job.error = error
+            }
+            applier.dropDescriptors()
+        }
+        running = job
+        Self.applyQueue.async(execute: job.item!)
+    }
+
+    /// Waits for the background apply and takes over its result.
+    private func join() throws(ImageError) {
+        guard let job = running else { return }
+        running = nil
+        job.item!.wait()
+        dirtyFiles.formUnion(job.touched)
+        if let error = job.error {
+            poisoned = "applying round \(job.round) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+        if job.layoutPass {
+            do {
+                try removeUnreferencedFiles(try listDirectory(directory))
+            } catch {
+                poisoned = "applying round \(job.round) failed: \(error)"
+                throw .mustReopen(poisoned!)
+            }
+        }
+    }
+
+    private var checkpointDue: Bool {
+        !manifest.journals.isEmpty
+            && (manifest.journalBytesPending >= effectiveCheckpointThreshold || manifest.state != .inProgress)
+    }
+
+    /// Applies the deferred journal now (without fsync) and waits for it.
+    private func applyPending() throws(ImageError) {
+        try startPendingApply()
+        try join()
+    }
+
+    /// Makes every committed round durable in the region files so the journals
+    /// can go: applies the deferred journal, fsyncs the region files the applies
+    /// changed and the directory, publishes the manifest with `checkpointedRound`
+    /// = the committed round, and only then unlinks the journals. A failure
+    /// keeps the journals (the store must be reopened, which replays them).
+    public func checkpoint() throws(ImageError) {
+        try applyPending()
+        try checkUsable()
+        guard !manifest.journals.isEmpty else { return }
+        let t0 = monotonicNanoseconds()
+        let old = manifest.journals
+        var m = manifest
+        m.checkpointedRound = m.committedRound
+        m.journals = []
+        m.legacy = false
+        do {
+            let live = Set(manifest.files.map(\.id))
+            for id in dirtyFiles.sorted() where live.contains(id) { try file(id, create: true).fsync() }
+            try fsyncDirectory(directory)  // files created or removed by the applies
+            try publish(m)
+        } catch {
+            poisoned = "checkpoint of round \(m.committedRound ?? 0) failed: \(error)"
+            throw .mustReopen(poisoned!)
+        }
+        dirtyFiles = []
+        for entry in old {
+            // The last close frees the journal's blocks (~1 s per GiB): off this path.
+            let path = journalPath(entry.round)
+            let journal = try? ImageFile(path: path, flags: O_RDONLY)
+            try? unlinkIfPresent(path)
+            if let raw = journal?.fd.release() { Self.reaper.async { _ = Glibc.close(raw) } }
+        }
+        lastCheckpointNanoseconds = monotonicNanoseconds() - t0
+    }
+
     /// Opens round `round` with its layout (regions must be page-aligned and
     /// disjoint; they are sorted here). Content is kept by address: an address
     /// in both the committed and the new layout keeps its bytes; an address new
     /// to the layout reads as zeros; removed addresses are dropped at commit.
-    /// Applies a committed round's journal left by a deferred commit; no-op otherwise.
-    public func finishApply() throws(ImageError) {
-        guard let p = pendingApply else { return }
-        pendingApply = nil
-        do {
-            try apply(round: p.round, verifyFirst: false, layoutPass: p.layoutPass)
-        } catch {
-            poisoned = "applying round \(p.round) failed: \(error)"
-            throw .mustReopen(poisoned!)
-        }
-    }
-
+    /// A deferred apply of the previous round is started, not waited for.
     public func beginRound(_ round: UInt32, layout: [ImageRegion]) throws(ImageError) {
-        try finishApply()
+        try finishApply()  // does not wait for the apply
         try checkUsable()
         guard manifest.state == .inProgress else { throw .closedImage(manifest.state) }
         if let open { throw .roundAlreadyOpen(open.round) }
@@ -236,7 +379,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
         let r = OpenRound(
             round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
-            fresh: plan.fresh, layoutChanged: regions != manifest.regions, journal: journal)
+            fresh: plan.fresh, grown: plan.grown, layoutChanged: regions != manifest.regions, journal: journal)
         let header = encodeJournalHeader(round: round, imageID: imageID)
         header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
         r.buffered = header.count
@@ -260,8 +403,11 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// Maps the new layout onto region files: kept addresses stay in their
     /// file; an added range extends the file that ends right before it (heap
     /// growth) or gets a new file; files left without addresses are dropped.
+    /// `fresh`: added ranges in new files (written in place); `grown`: added
+    /// ranges in files that exist (journaled: an earlier apply of that file may
+    /// not be durable yet, so in-place writes would need its fsync).
     private func planLayout(_ regions: [ImageRegion]) -> (
-        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)]
+        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)], grown: [ImageRange]
     ) {
         // Union of the new regions.
         var wanted: [(UInt64, UInt64)] = []
@@ -292,6 +438,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         for (id, size) in sizes { endsAt[oldFiles[id]!.base + size] = id }
         var bases: [UInt32: UInt64] = oldFiles.mapValues(\.base)
         var nextID = manifest.nextFileID
+        var fresh: [(UInt64, UInt64)] = []
+        var grown: [ImageRange] = []
         for (s, e) in added {
             let id: UInt32
             if let extend = endsAt.removeValue(forKey: s) {
@@ -304,6 +452,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             sizes[id] = e - bases[id]!
             endsAt[e] = id
             pieces.append(Segment(start: s, end: e, fileID: id))
+            if id < manifest.nextFileID { grown.append(ImageRange(start: s, end: e)) } else { fresh.append((s, e)) }
         }
         pieces.sort { $0.start < $1.start }
         var segments: [Segment] = []
@@ -315,13 +464,14 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             }
         }
         let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
-        return (segments, files, nextID, added)
+        return (segments, files, nextID, fresh, grown)
     }
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
-    /// the open round's layout). Pages at addresses new to the layout are
-    /// written in place, the others go to the round's journal; all become
-    /// visible when the round commits. An I/O error aborts the round.
+    /// the open round's layout). Pages at addresses new to the layout that
+    /// live in a new region file are written in place, the others go to the
+    /// round's journal; all become visible when the round commits. An I/O
+    /// error aborts the round.
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         guard address % imagePageSize == 0 else { throw .unaligned(address) }
@@ -394,6 +544,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                         r.directFiles.insert(s.fileID)
                     } else {
                         try append(r, kind, x, y - x, nil)
+                        r.punches.append(FileRange(fileID: s.fileID, offset: x - base(s, r), length: y - x))
                     }
                 }
             }
@@ -487,7 +638,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         try? unlinkIfPresent(r.journal.path)
         // Undo in-place writes to fresh addresses: back to the committed files.
         do {
-            _ = try reconcileFiles(manifest)
+            try join()
+            dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
+            applier.dropDescriptors()
             try removeUnreferencedFiles(try listDirectory(directory))
         } catch {
             poisoned = "undoing round \(r.round) failed: \(error)"
@@ -496,17 +649,23 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Commits the open round atomically: journal durable, then the manifest is
     /// replaced (the commit point), then the journal is applied to the region
-    /// files and removed. `final` marks the image complete (with the sender's
+    /// files (page cache only: the journal stays until a checkpoint makes the
+    /// files durable). `final` marks the image complete (with the sender's
     /// digest, if given). An error before the commit point aborts the round and
     /// leaves the previous round committed.
-    @discardableResult
     ///
     /// With `deferApply`, it returns at the commit point (durable: a crash now
-    /// re-applies the journal on open) and leaves the apply to
-    /// ``finishApply()``, which every later call runs first. A receiver uses it
-    /// to acknowledge a round before the apply, and applies while the sender scans.
+    /// replays the journal on open) and leaves the apply to ``finishApply()``,
+    /// which every later call runs first. A receiver uses it to acknowledge a
+    /// round before the apply, and applies while the sender scans. Without it,
+    /// the commit also checkpoints when one is due, and always when `final`
+    /// (the image is then durable in its region files, with no journal left,
+    /// when this returns). A final commit with `deferApply` leaves its
+    /// checkpoint to ``finishApply()``, ``checkpoint()`` or ``close()``, to be
+    /// taken after the receiver has acknowledged it.
+    @discardableResult
     public func commitRound(final: Bool = false, digest: MemoryDigest? = nil, deferApply: Bool = false) throws(ImageError) -> CommitInfo {
-        try finishApply()
+        try startPendingApply()  // the previous round's apply may still run: only its result is needed, after the commit point
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
         let t0 = monotonicNanoseconds()
@@ -517,6 +676,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             try flush(r)
             try r.journal.fsync()
             for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
+            // A running apply that punches or truncates where this round reserves would undo the reservation.
+            if let job = running, job.conflicts(with: r) { try join() }
             try reserveBlocks(r)
             try fsyncDirectory(directory)  // the journal's directory entry, before the commit names it
         } catch {
@@ -532,6 +693,9 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         m.updatedAt = now
         m.journalBytes = r.written
         m.journalRecords = r.records
+        m.journals.append(
+            JournalEntry(round: r.round, bytes: r.written, records: r.records, nextFileID: r.nextFileID, grown: r.grown))
+        m.legacy = false
         m.nextFileID = r.nextFileID
         m.regions = r.regions
         m.files = r.files
@@ -561,12 +725,19 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             poisoned = "stopped after the commit point (test)"
             throw .mustReopen(poisoned!)
         }
-        pendingApply = (r.round, r.layoutChanged)
-        if !deferApply { try finishApply() }
+        pendingApply = (r.round, r.layoutChanged, r.punches)
+        var checkpointNs: UInt64 = 0
+        if !deferApply {
+            try applyPending()
+            if final || checkpointDue {
+                try checkpoint()
+                checkpointNs = lastCheckpointNanoseconds
+            }
+        }
         let t3 = monotonicNanoseconds()
         return CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
-            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2)
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs)
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
@@ -602,7 +773,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Marks the migration failed; the image stays at its last committed round.
     public func markFailed(reason: String) throws(ImageError) {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         abortRound()
         var m = manifest
@@ -625,217 +796,61 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
         let names = try listDirectory(directory)
         try? unlinkIfPresent(directory + "/manifest.tmp")
         var action = ImageRecovery.clean
-        // Ascending rounds: the committed journal is applied before a newer one is discarded.
+        let listed = Set(manifest.journals.map(\.round))
         for name in names.sorted() where name.hasPrefix("journal-") {
-            guard let round = UInt32(name.dropFirst("journal-".count)) else { continue }
-            if round == manifest.committedRound {
-                try apply(round: round, verifyFirst: true, layoutPass: true)
-                action = .reappliedJournal(round: round)
-            } else {
-                // Older: applied, its unlink was not durable. Newer: never committed.
-                try unlinkIfPresent(directory + "/" + name)
-                if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
-                    action = .discardedJournal(round: round)
-                }
+            guard let round = UInt32(name.dropFirst("journal-".count)), !listed.contains(round) else { continue }
+            // Older: checkpointed, its unlink was not durable. Newer: never committed.
+            try unlinkIfPresent(directory + "/" + name)
+            if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
+                action = .discardedJournal(round: round)
             }
         }
-        if action != .reappliedJournal(round: manifest.committedRound ?? 0) {
-            // Fully applied: every file the manifest names must be there (a missing
-            // one would otherwise be recreated empty and read as zeros).
+        var entries = manifest.journals
+        if manifest.legacy {
+            // 1.x: the committed journal may have been applied and removed already.
+            entries = entries.filter { access(journalPath($0.round), F_OK) == 0 }
+        }
+        if entries.isEmpty {
+            // Fully checkpointed: every file the manifest names must be there (a
+            // missing one would otherwise be recreated empty and read as zeros).
             for f in manifest.files where access(filePath(f.id), F_OK) != 0 {
                 throw .corrupt(file: filePath(f.id), reason: "region file missing")
             }
         }
-        // Undo in-place writes of an uncommitted round (and anything else outside the manifest).
-        _ = try reconcileFiles(manifest)
+        // Verify every committed journal before changing anything.
+        var journals: [ImageFile] = []
+        for entry in entries {
+            let path = journalPath(entry.round)
+            guard access(path, F_OK) == 0 else { throw .corrupt(file: path, reason: "committed journal missing") }
+            let journal = try ImageFile(path: path, flags: O_RDONLY)
+            try applier.verify(entry, journal)
+            journals.append(journal)
+        }
+        // Undo in-place writes of an uncommitted round (and anything else outside
+        // the manifest), size the files, then replay the journals in order.
+        dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
+        for (entry, journal) in zip(entries, journals) {
+            dirtyFiles.formUnion(
+                try applier.apply(entry, m: manifest, journal: journal, verifyFirst: false, layoutPass: false, replay: true))
+        }
+        applier.dropDescriptors()
         try removeUnreferencedFiles(try listDirectory(directory))
+        if let last = entries.last { action = .reappliedJournal(round: last.round) }
+        replayedJournals = entries.map(\.round)
         recovery = action
+        journals.removeAll()
+        poisoned = nil
+        if !manifest.journals.isEmpty { try checkpoint() }
     }
 
     private func removeUnreferencedFiles(_ names: [String]) throws(ImageError) {
         let live = Set(manifest.files.map(\.id))
         for name in names where name.hasPrefix("mem-") && name.hasSuffix(".bin") {
             guard let id = UInt32(name.dropFirst(4).dropLast(4), radix: 16), !live.contains(id) else { continue }
+            if open != nil && id >= manifest.nextFileID { continue }  // the open round's new files
             files[id] = nil
+            dirtyFiles.remove(id)
             try unlinkIfPresent(directory + "/" + name)
-        }
-    }
-
-    /// Applies the committed round's journal to the region files (idempotent):
-    /// sizes files to the committed layout, punches addresses outside it,
-    /// replays the records in order with coalesced pwritev, fsyncs, removes
-    /// the journal and any file the layout no longer uses.
-    private func apply(round: UInt32, verifyFirst: Bool, layoutPass: Bool) throws(ImageError) {
-        let m = manifest
-        let path = journalPath(round)
-        let journal = try ImageFile(path: path, flags: O_RDONLY)
-        if verifyFirst {
-            try forEachRecord(journal, round: round, m: m, flushing: {}) { _, _, _, _ throws(ImageError) in }
-        }
-        var touched: Set<UInt32> = []
-        if layoutPass { touched = try reconcileFiles(m) }
-        let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
-        // Pending coalesced write: file, offset, iovecs in the read window.
-        var pendingFile: UInt32 = 0
-        var pendingOffset: UInt64 = 0
-        var pendingCount = 0
-        var pendingBytes = 0
-        func flushPending() throws(ImageError) {
-            guard pendingCount > 0 else { return }
-            try file(pendingFile, create: true).pwritev(iov, count: pendingCount, total: pendingBytes, at: pendingOffset)
-            touched.insert(pendingFile)
-            pendingCount = 0
-            pendingBytes = 0
-        }
-        try forEachRecord(journal, round: round, m: m, flushing: flushPending) { kind, address, length, data throws(ImageError) in
-            switch kind {
-            case .data:
-                try forEachPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
-                    let offset = a - bases[s.fileID]!
-                    let ptr = data!.baseAddress! + Int(a - address)
-                    let n = Int(e - a)
-                    if pendingCount > 0, pendingFile == s.fileID, pendingOffset + UInt64(pendingBytes) == offset,
-                        pendingCount < iovMax
-                    {
-                        iov[pendingCount] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
-                    } else {
-                        try flushPending()
-                        pendingFile = s.fileID
-                        pendingOffset = offset
-                        iov[0] = iovec(iov_base: UnsafeMutableRawPointer(mutating: ptr), iov_len: n)
-                    }
-                    pendingCount += 1
-                    pendingBytes += n
-                }
-            case .zero, .discard:
-                try flushPending()
-                try forEachCoveredPiece(m.segments, address, address + length) { s, a, e throws(ImageError) in
-                    try file(s.fileID, create: true).punchHole(
-                        at: a - bases[s.fileID]!, length: e - a, zeros: UnsafeRawBufferPointer(zeros))
-                    touched.insert(s.fileID)
-                }
-            case .seal:
-                break
-            }
-        }
-        try flushPending()
-        for id in touched.sorted() { try file(id, create: true).fsync() }
-        // Files this apply created must be durable names before the journal goes.
-        if layoutPass { try fsyncDirectory(directory) }
-        try unlinkIfPresent(path)
-        // The last close of the unlinked journal frees its blocks and page cache
-        // (~1 s per GiB): do it off the commit path. Safe: a journal older than
-        // the committed round is never read again.
-        let raw = journal.fd.release()
-        Self.reaper.async { _ = Glibc.close(raw) }
-        if layoutPass { try removeUnreferencedFiles(try listDirectory(directory)) }
-    }
-
-    /// Makes the region files match `m`: each file exists at its size, and
-    /// every range no segment uses is a hole. Idempotent; returns the files.
-    private func reconcileFiles(_ m: Manifest) throws(ImageError) -> Set<UInt32> {
-        var touched: Set<UInt32> = []
-        let z = UnsafeRawBufferPointer(zeros)
-        for f in m.files {
-            let file = try file(f.id, create: true)
-            if try file.size() != f.size { try file.truncate(f.size) }
-            var cursor = f.base
-            for s in m.segments where s.fileID == f.id {
-                if s.start > cursor { try file.punchHole(at: cursor - f.base, length: s.start - cursor, zeros: z) }
-                cursor = s.end
-            }
-            if cursor < f.base + f.size { try file.punchHole(at: cursor - f.base, length: f.base + f.size - cursor, zeros: z) }
-            touched.insert(f.id)
-        }
-        return touched
-    }
-
-    /// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
-    private func forEachCoveredPiece(
-        _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
-    ) throws(ImageError) {
-        for s in segments where s.end > start && s.start < end {
-            try body(s, max(s.start, start), min(s.end, end))
-        }
-    }
-
-    /// Streams a journal's records through the scratch window, verifying magic,
-    /// checksums, the seal and the length the manifest recorded. `flushing` runs
-    /// before the window is reused (so pending iovecs into it are written first).
-    private func forEachRecord(
-        _ journal: ImageFile, round: UInt32, m: Manifest, flushing: () throws(ImageError) -> Void,
-        _ body: (RecordKind, UInt64, UInt64, UnsafeRawBufferPointer?) throws(ImageError) -> Void
-    ) throws(ImageError) {
-        let path = journal.path
-        var fileOffset: UInt64 = 0  // file offset of window[0]
-        var filled = 0
-        var pos = 0
-        var eof = false
-        func ensure(_ n: Int) throws(ImageError) -> Bool {
-            if filled - pos >= n { return true }
-            try flushing()
-            // Slide the unread tail to the front and refill.
-            let tail = filled - pos
-            if tail > 0 && pos > 0 { scratch.baseAddress!.copyMemory(from: scratch.baseAddress! + pos, byteCount: tail) }
-            fileOffset += UInt64(pos)
-            filled = tail
-            pos = 0
-            while filled < scratch.count && !eof {
-                let want = scratch.count - filled
-                let got = try onFile("pread", path) {
-                    Glibc.pread(journal.raw, scratch.baseAddress! + filled, want, off_t(fileOffset) + off_t(filled))
-                }
-                if got == 0 { eof = true }
-                filled += got
-            }
-            return filled - pos >= n
-        }
-        guard try ensure(ImageFormat.journalHeaderSize) else {
-            if filled >= 8 && !UnsafeRawBufferPointer(scratch).prefix(8).elementsEqual(ImageFormat.journalMagic) {
-                throw .badMagic(file: path)
-            }
-            throw .truncated(file: path)
-        }
-        let headerRound = try decodeJournalHeader(
-            UnsafeRawBufferPointer(rebasing: scratch[0..<ImageFormat.journalHeaderSize]), file: path, imageID: imageID)
-        guard headerRound == round else { throw .corrupt(file: path, reason: "journal of round \(headerRound), not \(round)") }
-        pos = ImageFormat.journalHeaderSize
-        var count: UInt64 = 0
-        while true {
-            guard try ensure(ImageFormat.recordHeaderSize) else { throw .truncated(file: path) }
-            let h = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + ImageFormat.recordHeaderSize])
-            let at = fileOffset + UInt64(pos)
-            guard loadLE(h, 0, as: UInt32.self) == ImageFormat.recordMagic else {
-                throw .corrupt(file: path, reason: "bad record magic at byte \(at)")
-            }
-            guard let kind = RecordKind(rawValue: UInt8(truncatingIfNeeded: loadLE(h, 4, as: UInt32.self))) else {
-                throw .corrupt(file: path, reason: "bad record kind at byte \(at)")
-            }
-            let address = loadLE(h, 8, as: UInt64.self)
-            let length = loadLE(h, 16, as: UInt64.self)
-            let dataLength = kind == .data ? Int(clamping: length) : 0
-            guard dataLength <= Self.maxRecordData else { throw .corrupt(file: path, reason: "record of \(length) bytes at byte \(at)") }
-            guard try ensure(ImageFormat.recordHeaderSize + dataLength) else { throw .truncated(file: path) }
-            let header = UnsafeRawBufferPointer(rebasing: scratch[pos..<pos + 24])
-            let data = UnsafeRawBufferPointer(
-                rebasing: scratch[pos + ImageFormat.recordHeaderSize..<pos + ImageFormat.recordHeaderSize + dataLength])
-            XXH3_64bits_reset(hashState)
-            XXH3_64bits_update(hashState, header.baseAddress, 24)
-            if dataLength > 0 { XXH3_64bits_update(hashState, data.baseAddress, dataLength) }
-            guard XXH3_64bits_digest(hashState) == loadLE(UnsafeRawBufferPointer(scratch), pos + 24, as: UInt64.self) else {
-                throw .badChecksum(file: path)
-            }
-            if kind == .seal {
-                guard address == count, length == at, at + UInt64(ImageFormat.recordHeaderSize) == m.journalBytes,
-                    count == m.journalRecords
-                else { throw .corrupt(file: path, reason: "seal does not match the manifest") }
-                pos += ImageFormat.recordHeaderSize
-                guard try !ensure(1) else { throw .corrupt(file: path, reason: "bytes after the seal") }
-                return
-            }
-            try body(kind, address, length, kind == .data ? data : nil)
-            pos += ImageFormat.recordHeaderSize + dataLength
-            count += 1
         }
     }
 
@@ -845,7 +860,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// and discarded pages read as zeros. Throws `outsideLayout` for addresses
     /// not in the committed layout. An open round's writes are not visible.
     public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         guard buffer.count > 0 else { return }
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
@@ -859,7 +874,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
     /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
     /// without reading them.
     public func computeDigest() throws(ImageError) -> MemoryDigest {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         let digester = MemoryDigester()
         try walkCommitted { region in
@@ -908,7 +923,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
     public func storedBytes() throws(ImageError) -> UInt64 {
-        try finishApply()
+        try applyPending()
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         var total: UInt64 = 0
         for s in manifest.segments {
@@ -956,7 +971,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             failureReason: m.state == .failed ? m.failureReason : nil, committedRound: m.committedRound,
             layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
             logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
-            updatedAt: m.updatedAt, recovery: .clean)
+            updatedAt: m.updatedAt, recovery: .clean, checkpointedRound: m.checkpointedRound,
+            pendingJournals: m.journals.map(\.round))
     }
 
     static func diskUse(_ dir: String) -> UInt64 {
@@ -970,7 +986,7 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
 
     /// A summary for `memhaul image inspect`.
     public func info() throws(ImageError) -> ImageInfo {
-        try finishApply()
+        try applyPending()
         try checkUsable()
         let stored = try storedBytes()
         let disk = Self.diskUse(directory)
@@ -979,7 +995,8 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
             failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
             rounds: manifest.history, storedPages: stored / imagePageSize, diskBytes: disk,
             logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
-            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery)
+            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery,
+            checkpointedRound: manifest.checkpointedRound, pendingJournals: manifest.journals.map(\.round))
     }
 }
 
@@ -997,8 +1014,10 @@ final class OpenRound {
     let files: [FileEntry]
     let fileBases: [UInt32: UInt64]
     let nextFileID: UInt32
-    /// Address ranges not in the committed layout: written in place, not journaled.
+    /// Address ranges not in the committed layout, in new files: written in place, not journaled.
     let fresh: [(UInt64, UInt64)]
+    /// Address ranges not in the committed layout, in files that exist: journaled.
+    let grown: [ImageRange]
     let layoutChanged: Bool
     let journal: ImageFile
     var directFiles: Set<UInt32> = []
@@ -1013,12 +1032,15 @@ final class OpenRound {
     var discardedPages: UInt64 = 0
     /// File ranges the round writes, coalesced, reserved before the commit.
     var reservations: [(fileID: UInt32, offset: UInt64, length: UInt64)] = []
+    /// File ranges the round's journal punches (zero, discard) when applied.
+    var punches: [FileRange] = []
 
     init(
         round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
-        fresh: [(UInt64, UInt64)], layoutChanged: Bool, journal: ImageFile
+        fresh: [(UInt64, UInt64)], grown: [ImageRange], layoutChanged: Bool, journal: ImageFile
     ) {
         self.fresh = fresh
+        self.grown = grown
         self.round = round
         self.regions = regions
         self.segments = segments
@@ -1035,5 +1057,48 @@ final class OpenRound {
         } else {
             reservations.append((fileID, offset, length))
         }
+    }
+}
+
+/// A range of a region file.
+struct FileRange: Hashable {
+    var fileID: UInt32
+    var offset: UInt64
+    var length: UInt64
+}
+
+/// An apply running on `ImageStore.applyQueue`; its fields are written by the
+/// worker and read by the store only after `item.wait()`.
+final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by DispatchWorkItem.wait (happens-before)
+    let round: UInt32
+    let layoutPass: Bool
+    let punches: [FileRange]
+    var item: DispatchWorkItem?
+    var touched: Set<UInt32> = []
+    var error: ImageError?
+
+    init(round: UInt32, layoutPass: Bool, punches: [FileRange]) {
+        self.round = round
+        self.layoutPass = layoutPass
+        self.punches = punches
+    }
+
+    /// Whether this apply could free blocks the open round reserves: its layout
+    /// pass truncates files the round grows, or a punch overlaps a reservation.
+    func conflicts(with r: OpenRound) -> Bool {
+        if layoutPass && !r.grown.isEmpty { return true }
+        guard !punches.isEmpty, !r.reservations.isEmpty else { return false }
+        let a = punches.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
+        let b = r.reservations.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
+        var i = 0, j = 0
+        while i < a.count && j < b.count {
+            if a[i].fileID != b[j].fileID {
+                if a[i].fileID < b[j].fileID { i += 1 } else { j += 1 }
+                continue
+            }
+            if a[i].offset < b[j].offset + b[j].length && b[j].offset < a[i].offset + a[i].length { return true }
+            if a[i].offset + a[i].length <= b[j].offset + b[j].length { i += 1 } else { j += 1 }
+        }
+        return false
     }
 }

@@ -132,10 +132,12 @@ public struct ImageTorture: Sendable {
         return out
     }
 
-    /// Runs one generated round against a store and commits it.
-    public static func run(_ plan: Round, on store: ImageStore, final: Bool, buffer: UnsafeMutableRawBufferPointer, model: ImageTorture)
-        throws(ImageError) -> CommitInfo
-    {
+    /// Runs one generated round against a store and commits it (with
+    /// `deferApply`, the caller runs `finishApply()` after it reports the commit).
+    public static func run(
+        _ plan: Round, on store: ImageStore, final: Bool, buffer: UnsafeMutableRawBufferPointer, model: ImageTorture,
+        deferApply: Bool = false
+    ) throws(ImageError) -> CommitInfo {
         try store.beginRound(plan.round, layout: plan.layout)
         for op in plan.operations {
             switch op {
@@ -147,6 +149,6 @@ public struct ImageTorture: Sendable {
             case let .discard(range): try store.discardPages(range)
             }
         }
-        return try store.commitRound(final: final)
+        return try store.commitRound(final: final, deferApply: deferApply)
     }
 }

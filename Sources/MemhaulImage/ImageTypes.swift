@@ -101,16 +101,20 @@ public struct CommitInfo: Hashable, Sendable {
     public var syncNanoseconds: UInt64
     /// Writing and publishing the manifest (the commit point), nanoseconds.
     public var publishNanoseconds: UInt64
-    /// Applying the journal into the region files and fsyncing them, nanoseconds.
+    /// Applying the journal into the region files (page cache, no fsync), nanoseconds.
     public var applyNanoseconds: UInt64
-    public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds }
+    /// A checkpoint the commit took (fsync of the region files, publish, journals
+    /// unlinked), nanoseconds; 0 when none was due or the apply was deferred.
+    public var checkpointNanoseconds: UInt64 = 0
+    public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
 }
 
 /// What `open` found and did to recover.
 public enum ImageRecovery: Hashable, Sendable {
     /// Nothing to do: the last commit was fully applied.
     case clean
-    /// A committed round's journal had not been (fully) applied; it was re-applied.
+    /// Committed journals after the checkpoint were replayed, the last of
+    /// `round` (the committed round); `ImageStore.replayedJournals` lists them.
     case reappliedJournal(round: UInt32)
     /// An uncommitted round's journal was found and discarded.
     case discardedJournal(round: UInt32)
@@ -137,6 +141,10 @@ public struct ImageInfo: Sendable {
     public var createdAt: UInt64
     public var updatedAt: UInt64
     public var recovery: ImageRecovery
+    /// Every journal up to this round is applied and fsynced into the region files.
+    public var checkpointedRound: UInt32? = nil
+    /// Committed journals after the checkpoint (replayed on open after a crash).
+    public var pendingJournals: [UInt32] = []
 }
 
 /// Every error the image store throws. I/O errors name the file and errno;

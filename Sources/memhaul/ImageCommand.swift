@@ -74,6 +74,8 @@ struct ImageCommand: ParsableCommand {
                 "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
+            object["checkpointedRound"] = info.checkpointedRound.map { Int($0) } ?? NSNull()
+            object["pendingJournals"] = info.pendingJournals.map { Int($0) }
             object["failureReason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
             if let recomputed {
@@ -91,6 +93,10 @@ struct ImageCommand: ParsableCommand {
             line("migration", info.migrationID)
             line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? "") + (live ? ", live: a receiver holds the lock" : ""))
             line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
+            line(
+                "journals",
+                (info.pendingJournals.isEmpty ? "none pending" : "rounds \(info.pendingJournals.map(String.init).joined(separator: ", ")) pending")
+                    + (info.checkpointedRound.map { ", checkpoint at round \($0)" } ?? ""))
             line("layout", "\(info.layout.count) regions, \(bytes(info.logicalBytes))")
             for r in info.layout {
                 out += "  \(hex(r.start))-\(hex(r.end)) \(r.protection) \(String(r.pageCount).leftPad(8)) pages  \(r.name)\n"
@@ -172,6 +178,10 @@ struct ImageCommand: ParsableCommand {
         @Argument var directory: String
         @Option var rounds: UInt32 = 20
         @Option var seed: UInt64 = 1
+        @Flag(help: "Commit as a receiver does: report at the commit point, then finishApply().")
+        var deferApply = false
+        @Option(help: "Checkpoint threshold in bytes of pending journals (default: the store's).")
+        var checkpointBytes: UInt64?
 
         func run() throws {
             // An existing image is recovered and continued (a crash during recovery is tested too).
@@ -180,6 +190,7 @@ struct ImageCommand: ParsableCommand {
             var first: UInt32 = 1
             if FileManager.default.fileExists(atPath: directory + "/manifest") {
                 store = try ImageStore.open(directory: directory)
+                store.checkpointThreshold = checkpointBytes
                 let committed = store.committedRound ?? 0
                 FileHandle.standardOutput.write(Data("recovered \(committed)\n".utf8))
                 for _ in 0..<committed { _ = model.next() }
@@ -188,14 +199,16 @@ struct ImageCommand: ParsableCommand {
             } else {
                 try? FileManager.default.removeItem(atPath: directory)  // a create killed before its manifest
                 store = try ImageStore.create(directory: directory, migrationID: "torture")
+                store.checkpointThreshold = checkpointBytes
             }
             let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 128 * Int(imagePageSize), alignment: 4096)
             defer { buffer.deallocate() }
             for k in first...max(rounds, 1) {
                 let plan = model.next()
-                _ = try ImageTorture.run(plan, on: store, final: k == rounds, buffer: buffer, model: model)
+                _ = try ImageTorture.run(plan, on: store, final: k == rounds, buffer: buffer, model: model, deferApply: deferApply)
                 // Unbuffered: the line is out the moment the round is durable.
                 FileHandle.standardOutput.write(Data("committed \(k)\n".utf8))
+                if deferApply { try store.finishApply() }
             }
         }
     }
@@ -215,10 +228,16 @@ extension ImageCommand {
         var batch = "1M"
         @Option(help: "Layout size (default: --size); the rest stays a hole.")
         var layout: String?
+        @Option(help: "Size of the small round that follows the big one.")
+        var smallSize = "10M"
+        @Flag(help: "Checkpoint after every round (fsync every apply, as format 1.x did).")
+        var checkpointEveryRound = false
 
         func run() throws {
-            guard let total = parseNumber(size), let chunk = parseNumber(batch), chunk % imagePageSize == 0 else {
-                throw ValidationError("bad --size or --batch")
+            guard let total = parseNumber(size), let chunk = parseNumber(batch), chunk % imagePageSize == 0,
+                let small = parseNumber(smallSize), small % imagePageSize == 0
+            else {
+                throw ValidationError("bad --size, --batch or --small-size")
             }
             let dir = directory + "/memhaul-image-bench-\(getpid())"
             defer { try? FileManager.default.removeItem(atPath: dir) }
@@ -241,41 +260,69 @@ extension ImageCommand {
             func rate(_ bytes: UInt64, _ ns: UInt64) -> String { String(format: "%.0f MiB/s", Double(bytes) / 1_048_576 / (Double(ns) / 1e9)) }
 
             // Round 1: the whole size, new to the layout (written in place);
-            // round 2: all of it again (journaled, then applied).
+            // round 2: all of it again (journaled), committed as a receiver does
+            // (deferApply, acknowledge, finishApply); round 3: a small round
+            // right after the large one: its critical path from the round 2
+            // acknowledgement is finishApply + writes + commit.
+            store.checkpointThreshold = checkpointEveryRound ? 0 : nil
+            print("checkpoint: \(checkpointEveryRound ? "after every round (1.x-like: every apply fsynced)" : "threshold \(bytes(store.effectiveCheckpointThreshold)) of pending journals")")
+            func writeRange(_ start: UInt64, _ length: UInt64) throws {
+                var at = start
+                while at < start + length {
+                    let n = Int(min(chunk, start + length - at))
+                    try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
+                    at += UInt64(n)
+                }
+            }
             var t0: UInt64 = 0
             for round in UInt32(1)...2 {
                 try store.beginRound(round, layout: layout)
                 t0 = DispatchTime.now().uptimeNanoseconds
-                var at = base
-                while at < base + total {
-                    let n = Int(min(chunk, base + total - at))
-                    try store.writePages(at: at, UnsafeRawBufferPointer(rebasing: buffer[0..<n]))
-                    at += UInt64(n)
-                }
+                try writeRange(base, total)
                 let writeNs = DispatchTime.now().uptimeNanoseconds - t0
-                let info = try store.commitRound()
-                let how = round == 1 ? "new pages, in place" : "overwrites, journaled"
+                let info = try store.commitRound(deferApply: round == 2)
+                let how = round == 1 ? "new pages, in place" : "overwrites, journaled, deferApply"
                 print("round \(round): \(bytes(total)) (\(how)) in \(bytes(chunk)) writePages calls: \(seconds(writeNs)) (\(rate(total, writeNs)))")
-                print("  commit: sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), total \(ms(info.totalNanoseconds))")
+                print("  commit: sync+reserve \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), checkpoint \(ms(info.checkpointNanoseconds)), total \(ms(info.totalNanoseconds))")
                 print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
             }
-
-            // Round 3: scattered single pages, 1% of the size.
-            let pages = max(1, total / imagePageSize / 100)
+            let smallBytes = min(small, total)
+            t0 = DispatchTime.now().uptimeNanoseconds
+            let checkpointsBefore = store.checkpointedRound
+            try store.finishApply()
+            let finishNs = DispatchTime.now().uptimeNanoseconds - t0
+            let checkpointed = store.checkpointedRound != checkpointsBefore
             try store.beginRound(3, layout: layout)
+            let t1 = DispatchTime.now().uptimeNanoseconds
+            try writeRange(base, smallBytes)
+            let smallWriteNs = DispatchTime.now().uptimeNanoseconds - t1
+            var info = try store.commitRound(deferApply: true)
+            let criticalNs = DispatchTime.now().uptimeNanoseconds - t0
+            print("round 3: \(bytes(smallBytes)) overwrites right after round 2 (deferApply):")
+            print("  finishApply of round 2: \(ms(finishNs))\(checkpointed ? " (with checkpoint \(ms(store.lastCheckpointNanoseconds)))" : " (no checkpoint)"), writes \(ms(smallWriteNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)))")
+            print("  round 2 ack -> round 3 ack (finishApply + writes + commit): \(ms(criticalNs))")
+            try store.finishApply()
+
+            // Round 4: scattered single pages, 1% of the size.
+            let pages = max(1, total / imagePageSize / 100)
+            try store.beginRound(4, layout: layout)
             t0 = DispatchTime.now().uptimeNanoseconds
             for i in 0..<pages {
                 let address = base + ((i &* 7919) % (total / imagePageSize)) * imagePageSize
                 try store.writePages(at: address, UnsafeRawBufferPointer(rebasing: buffer[0..<Int(imagePageSize)]))
             }
             let scatterNs = DispatchTime.now().uptimeNanoseconds - t0
-            var info = try store.commitRound()
-            print("round 3: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
-
-            // Round 4: empty (commit overhead alone).
-            try store.beginRound(4, layout: layout)
             info = try store.commitRound()
-            print("round 4: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+            print("round 4: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), checkpoint \(ms(info.checkpointNanoseconds)))")
+
+            // Round 5: empty (commit overhead alone).
+            try store.beginRound(5, layout: layout)
+            info = try store.commitRound()
+            print("round 5: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
+            print("pending journals: \(store.pendingJournals.count) (\(bytes(store.pendingJournalBytes)))")
+            t0 = DispatchTime.now().uptimeNanoseconds
+            try store.checkpoint()
+            print("checkpoint: \(ms(DispatchTime.now().uptimeNanoseconds - t0))")
 
             t0 = DispatchTime.now().uptimeNanoseconds
             let digest = try store.computeDigest()
@@ -320,7 +367,7 @@ private func isoTime(_ ns: UInt64) -> String {
 private func recoveryText(_ r: ImageRecovery) -> String {
     switch r {
     case .clean: "clean"
-    case let .reappliedJournal(round): "re-applied the journal of committed round \(round)"
+    case let .reappliedJournal(round): "replayed the committed journals up to round \(round)"
     case let .discardedJournal(round): "discarded the journal of uncommitted round \(round)"
     }
 }

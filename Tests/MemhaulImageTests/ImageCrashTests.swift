@@ -57,13 +57,19 @@ import Testing
         for iteration in 0..<iterations {
             let seed = UInt64(iteration) &* 7919 &+ 11
             let dir = root + "/run\(iteration)"
+            // Commit as the receiver does (deferred apply) and checkpoint at
+            // different rates, so kills land with several journals pending.
+            let checkpointBytes = [0, 64 << 10, 1 << 20, 1 << 40][iteration % 4]
             // Two writers in a row, each killed at a random point; the second
             // starts by recovering what the first left (and may die recovering).
             var printed: UInt32 = 0
             for _ in 0..<2 {
                 let process = Process()
                 process.executableURL = URL(fileURLWithPath: binary)
-                process.arguments = ["image", "torture", dir, "--rounds", "\(rounds)", "--seed", "\(seed)"]
+                process.arguments = [
+                    "image", "torture", dir, "--rounds", "\(rounds)", "--seed", "\(seed)", "--defer-apply",
+                    "--checkpoint-bytes", "\(checkpointBytes)",
+                ]
                 let pipe = Pipe()
                 process.standardOutput = pipe
                 try process.run()
@@ -88,6 +94,7 @@ import Testing
             let model = expectedModel(seed: seed, round: committed)
             #expect(committed == 0 ? store.layout.isEmpty : try store.matches(model), "iteration \(iteration) round \(committed)")
             outcomes["\(store.recovery)".components(separatedBy: "(").first!, default: 0] += 1
+            if store.replayedJournals.count > 1 { outcomes["replayed several journals", default: 0] += 1 }
             // The recovered image keeps working: one more round commits.
             if store.state == .inProgress {
                 try store.beginRound(committed + 1, layout: [region(a, pages: 1)])
@@ -250,6 +257,8 @@ import Testing
         #expect(object?["committedRound"] as? Int == 1)
         #expect(object?["storedPages"] as? Int == 1)
         #expect(object?["digestMatches"] as? Bool == true)
+        #expect(object?["checkpointedRound"] as? Int == 1)
+        #expect(object?["pendingJournals"] as? [Int] == [])
         let (readStatus, raw) = try run(["image", "read", dir, "0x\(String(a + 4096, radix: 16))", "8K"])
         #expect(readStatus == 0)
         #expect([UInt8](raw) == pageBytes(1, pages: 1) + [UInt8](repeating: 0, count: 4096))

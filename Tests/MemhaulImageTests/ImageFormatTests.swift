@@ -52,8 +52,8 @@ import Testing
             expectOpen(dir, throws: .truncated(file: manifest))
             try reset()
         }
-        try edit(manifest) { $0[8] = 2 }  // major 2
-        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 2, minor: 0))
+        try edit(manifest) { $0[8] = 3 }  // major 3
+        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 3, minor: 0))
         try reset()
         // A newer minor is read (fields are only ever appended); checksum must still match.
         try edit(manifest) { bytes in
