@@ -54,7 +54,7 @@ import Testing
             return
         }
         #expect((s.rounds ?? 0) >= 2)
-        let store = try ImageStore.open(directory: receiver.images + "/churn-1")
+        let store = try openImageWhenReleased(receiver.images + "/churn-1")
         defer { store.close() }
         let report = try ImageVerifier.verify(store, pid: workload.pid)
         #expect(report.ok, "\(report.mismatches)")

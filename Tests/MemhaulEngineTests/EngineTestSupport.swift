@@ -200,3 +200,17 @@ final class ReceiverProcess {
         self.port = p
     }
 }
+
+/// Opens an image once the receiver session has released it (its lock is
+/// dropped when the session ends, just after the sender has finished).
+func openImageWhenReleased(_ directory: String) throws -> ImageStore {
+    var lastError: Error?
+    for _ in 0..<1000 {
+        do { return try ImageStore.open(directory: directory) } catch {
+            lastError = error
+            if case ImageError.locked = error { usleep(10_000); continue }
+            throw error
+        }
+    }
+    throw lastError!
+}

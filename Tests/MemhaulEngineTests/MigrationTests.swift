@@ -25,7 +25,7 @@ import Testing
         #expect(!workload.holdsUserfaultfd)
         #expect(!workload.hasUffdWriteProtect, "tracking removed after the migration")
         // Independent check: the image against the frozen source, byte for byte.
-        let store = try ImageStore.open(directory: receiver.images + "/live-1")
+        let store = try openImageWhenReleased(receiver.images + "/live-1")
         defer { store.close() }
         let report = try ImageVerifier.verify(store, pid: workload.pid)
         #expect(report.ok, "\(report.mismatches)")
@@ -71,7 +71,7 @@ import Testing
         #expect(!workload.holdsUserfaultfd)
         #expect(!workload.hasUffdWriteProtect)
         // The committed rounds survive the kill: the image opens at its last committed round.
-        let store = try ImageStore.open(directory: receiver.images + "/dies-1")
+        let store = try openImageWhenReleased(receiver.images + "/dies-1")
         defer { store.close() }
         #expect(store.committedRound != nil)
         #expect(store.state != .complete)
