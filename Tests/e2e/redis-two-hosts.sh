@@ -18,10 +18,12 @@ work=$(mktemp -d /tmp/memhaul-e2e.XXXXXX)
 A=mh-a B=mh-b
 pids=()
 cleanup() {
+  set +e
   for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null || true
+  wait 2>/dev/null
   "$root/scripts/netns" down
   rm -rf "$work"
+  return 0
 }
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; exit 1; }
@@ -65,6 +67,7 @@ result=$("$root/deploy/memhaul-orchestrate" --pid "$redis" --to 10.77.0.2:7070 \
   || fail "orchestration failed: $result"
 echo "$result" >"$work/result.json"
 kill -KILL "$load" 2>/dev/null || true
+wait "$load" 2>/dev/null || true
 
 id=$(jq -r .migration <<<"$result")
 state=$(jq -r .state <<<"$result")
