@@ -2,59 +2,62 @@ import Synchronization
 
 /// Chooses the zstd level while a migration runs (`--compression-level auto`).
 ///
-/// The sending thread knows which side of it is the bottleneck: if it mostly
-/// waits for compressed batches, the CPU is (compress less); if it mostly
-/// waits for the socket, the network is (compress more). Every `window`
-/// batches it moves one step along the ladder `raw, -5, -3, -1, 1, 3, 6`, so
-/// loopback ends up near raw and a slow link near level 3–6. A fixed level
-/// turns the governor off.
+/// It climbs the hill of delivered page throughput: every `window` batches it
+/// measures page bytes per second, starting raw, keeps moving one step along the ladder
+/// `raw, -5, -3, -1, 1, 3, 6` while that improves, and turns back when it does
+/// not. Measuring the outcome rather than guessing the bottleneck matters when
+/// sender, receiver and target share a few cores (loopback): there a busy
+/// socket means a busy receiver CPU, not a slow network. A slow link ends up
+/// compressing more, a fast one near raw. A fixed level turns it off.
 final class CompressionGovernor: Sendable {
     /// zstd levels; nil = send raw without trying to compress.
     static let ladder: [Int32?] = [nil, -5, -3, -1, 1, 3, 6]
 
     let adaptive: Bool
+    private let fixedLevel: Int32?
     private let index: Atomic<Int>
-    private let window = 16
-    private let state = Mutex<(batches: Int, waiting: Double, sending: Double)>((0, 0, 0))
+    private let window = 32
+    private struct Climb {
+        var batches = 0
+        var bytes = 0.0
+        var seconds = 0.0
+        var direction = 1
+        var lastRate = 0.0
+    }
+    private let state = Mutex(Climb())
 
     init(fixed level: Int32?) {
-        if let level {
-            adaptive = false
-            let i = Self.ladder.firstIndex(of: level) ?? Self.ladder.firstIndex(of: 1)!
-            index = Atomic(i)
-            fixedLevel = level
-        } else {
-            adaptive = true
-            index = Atomic(Self.ladder.firstIndex(of: 1)!)
-            fixedLevel = nil
-        }
+        fixedLevel = level
+        adaptive = level == nil
+        // Adaptive starts raw (cheapest for the CPU) and climbs if that pays.
+        index = Atomic(level.map { Self.ladder.firstIndex(of: $0) ?? Self.ladder.firstIndex(of: 1)! } ?? 0)
     }
-
-    private let fixedLevel: Int32?
 
     /// The level for the next batch (nil = raw).
     var level: Int32? {
-        if let fixedLevel { return fixedLevel }
+        if !adaptive { return fixedLevel }
         return Self.ladder[index.load(ordering: .relaxed)]
     }
 
-    /// Called by the sending thread once per batch with the seconds it spent
-    /// waiting for the batch and sending it.
-    func record(waiting: Double, sending: Double) {
+    /// Called by the sending thread once per batch: page bytes it carried and
+    /// the wall time since the previous batch.
+    func record(pageBytes: Int, seconds: Double) {
         guard adaptive else { return }
-        state.withLock { s in
-            s.batches += 1
-            s.waiting += waiting
-            s.sending += sending
-            guard s.batches >= window else { return }
-            let busy = s.sending / max(1e-9, s.sending + s.waiting)
+        state.withLock { c in
+            c.batches += 1
+            c.bytes += Double(pageBytes)
+            c.seconds += seconds
+            guard c.batches >= window, c.seconds > 0 else { return }
+            let rate = c.bytes / c.seconds
+            if c.lastRate > 0 && rate < c.lastRate { c.direction = -c.direction }
             let i = index.load(ordering: .relaxed)
-            if busy > 0.75, i < Self.ladder.count - 1 {
-                index.store(i + 1, ordering: .relaxed)  // network-bound: squeeze harder
-            } else if busy < 0.35, i > 0 {
-                index.store(i - 1, ordering: .relaxed)  // CPU-bound: compress less
-            }
-            s = (0, 0, 0)
+            let next = min(max(i + c.direction, 0), Self.ladder.count - 1)
+            if next == i { c.direction = -c.direction }
+            index.store(next, ordering: .relaxed)
+            c.lastRate = rate
+            c.batches = 0
+            c.bytes = 0
+            c.seconds = 0
         }
     }
 

@@ -134,10 +134,9 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var failure: Error?
         var idleSince = MonotonicClock.seconds()
         while let job = done.pop() {
-            let popped = MonotonicClock.seconds()
             defer {
                 let sent = MonotonicClock.seconds()
-                governor.record(waiting: popped - idleSince, sending: sent - popped)
+                governor.record(pageBytes: job.pageCount * Int(PageSize.bytes), seconds: sent - idleSince)
                 idleSince = sent
             }
             do {

@@ -18,6 +18,20 @@ private let fallocateFunction: FallocateFunction? = {
     return unsafeBitCast(sym, to: FallocateFunction.self)
 }()
 
+/// `sync_file_range(fd, 0, 0, SYNC_FILE_RANGE_WRITE)`: starts writeback of a
+/// file's dirty pages without waiting, so the fsync at the commit point finds
+/// little left to write. Looked up by symbol for the same reason as fallocate.
+private typealias SyncFileRangeFunction = @convention(c) (Int32, Int64, Int64, UInt32) -> Int32
+private let syncFileRangeFunction: SyncFileRangeFunction? = {
+    guard let sym = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "sync_file_range") else { return nil }
+    return unsafeBitCast(sym, to: SyncFileRangeFunction.self)
+}()
+
+/// Best effort: a failure only means the later fsync does all the work.
+func startWriteback(_ fd: Int32, from offset: UInt64, count: UInt64) {
+    _ = syncFileRangeFunction?(fd, Int64(offset), Int64(count), 2)  // SYNC_FILE_RANGE_WRITE
+}
+
 /// Runs a system call on `file`, naming the call `call(file)` for the
 /// fault-injection seam and turning a failure into `ImageError.io` naming the file.
 @inline(__always)

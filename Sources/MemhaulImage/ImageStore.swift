@@ -15,7 +15,10 @@ import MemhaulSystem
 /// its owner serialises calls (e.g. one receiver session task). Separate images
 /// (separate directories) are fully independent. Across processes,
 /// `migration.lock` (flock) keeps a second store from opening the same image.
-public final class ImageStore: @unchecked Sendable {  // unchecked: one owner serialises calls (documented above)
+public final class ImageStore: @unchecked Sendable {
+    /// Start writeback of in-place writes every this many bytes.
+    static let writebackKickBytes: UInt64 = 32 << 20
+  // unchecked: one owner serialises calls (documented above)
     /// The image directory (`<images>/<migration-id>`).
     public let directory: String
     /// What `open` found and did.
@@ -485,9 +488,12 @@ public final class ImageStore: @unchecked Sendable {  // unchecked: one owner se
                     let piece = UnsafeRawBufferPointer(rebasing: bytes[Int(x - address)..<Int(y - address)])
                     if fresh {
                         // No committed byte lives here: write in place, fsync before the commit.
-                        try file(s.fileID, create: true).pwriteAll(piece, at: x - base(s, r))
+                        let f = try file(s.fileID, create: true)
+                        let offset = x - base(s, r)
+                        try f.pwriteAll(piece, at: offset)
                         r.directFiles.insert(s.fileID)
                         r.directBytes += UInt64(piece.count)
+                        r.noteUnsynced(file: s.fileID, fd: f.fd.rawValue, from: offset, to: offset + UInt64(piece.count))
                         return
                     }
                     r.addReservation(s.fileID, x - base(s, r), y - x)
@@ -1021,6 +1027,30 @@ final class OpenRound {
     let layoutChanged: Bool
     let journal: ImageFile
     var directFiles: Set<UInt32> = []
+    /// In-place writes since writeback was last started: (file, fd, range, bytes).
+    private var unsynced: (file: UInt32, fd: Int32, from: UInt64, to: UInt64, bytes: UInt64)?
+
+    /// Starts writeback of in-place writes every `ImageStore.writebackKickBytes`
+    /// (or when another file is written), so the disk works during the round
+    /// and the fsync at the commit point finds little left.
+    func noteUnsynced(file: UInt32, fd: Int32, from: UInt64, to: UInt64) {
+        if var u = unsynced, u.file == file {
+            u.from = min(u.from, from)
+            u.to = max(u.to, to)
+            u.bytes += to - from
+            unsynced = u
+        } else {
+            kickWriteback()
+            unsynced = (file, fd, from, to, to - from)
+        }
+        if let u = unsynced, u.bytes >= ImageStore.writebackKickBytes { kickWriteback() }
+    }
+
+    func kickWriteback() {
+        guard let u = unsynced else { return }
+        startWriteback(u.fd, from: u.from, count: u.to - u.from)
+        unsynced = nil
+    }
     var directBytes: UInt64 = 0
     /// Journal bytes written to the file, and waiting in the scratch buffer.
     var written: UInt64 = 0

@@ -147,7 +147,7 @@ enum BenchSupport {
                 set -e
                 socat -u OPENSSL-LISTEN:\(port),bind=127.0.0.1,reuseaddr,cert=\(certs)/receiver.pem,key=\(certs)/receiver.key,\(tls) STDOUT | zstd -d -q -c > /dev/null &
                 rx=$!
-                for i in $(seq 1 100); do (exec 3<>/dev/tcp/127.0.0.1/\(port)) 2>/dev/null && break; sleep 0.02; done
+                for i in $(seq 1 250); do ss -ltnH "sport = :\(port)" | grep -q . && break; sleep 0.02; done
                 start=$(date +%s.%N)
                 zstd -1 -T2 -q -c < \(file) | socat -u STDIN OPENSSL:localhost:\(port),cert=\(certs)/sender.pem,key=\(certs)/sender.key,\(tls)
                 wait $rx
