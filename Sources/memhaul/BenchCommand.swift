@@ -135,9 +135,12 @@ struct BenchCommand: ParsableCommand {
             defer { local?.stop() }
 
             if slowdownSeconds > 0 {
-                let s = try env.measureSlowdown(size: size, seconds: slowdownSeconds)
-                print(String(format: "tracking slowdown (%@ workload, 2 writer threads, uniform, as fast as possible):\n  untracked %.0f writes/s, tracked (scan every 100 ms) %.0f writes/s, ratio %.3f",
-                             size, s.untracked, s.tracked, s.tracked / s.untracked))
+                print("tracking slowdown (\(size) workload, 2 writer threads writing as fast as they can; write throughput tracked / untracked):")
+                for (pattern, interval) in [("hot:0.1", 1.0), ("uniform", 1.0), ("uniform", 0.1)] {
+                    let s = try env.measureSlowdown(size: size, seconds: slowdownSeconds, pattern: pattern, scanInterval: interval)
+                    print(String(format: "  %-8@ scan every %4.0f ms: untracked %10.0f writes/s, tracked %10.0f writes/s, ratio %.3f",
+                                 pattern, interval * 1000, s.untracked, s.tracked, s.tracked / s.untracked))
+                }
             }
 
             let pagesPerSecond = Double(rate) / 4096

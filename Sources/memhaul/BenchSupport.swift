@@ -179,8 +179,8 @@ enum BenchSupport {
         }
 
         /// Writes/s of a max-rate workload untracked, then tracked with a scan every 100 ms.
-        func measureSlowdown(size: String, seconds: Double) throws -> (untracked: Double, tracked: Double) {
-            let w = try startWorkload(["--size", size, "--threads", "2", "--rate", "0", "--pattern", "uniform", "--report-every", "0.5"])
+        func measureSlowdown(size: String, seconds: Double, pattern: String, scanInterval: Double) throws -> (untracked: Double, tracked: Double) {
+            let w = try startWorkload(["--size", size, "--threads", "2", "--rate", "0", "--pattern", pattern, "--report-every", "0.5"])
             defer { w.stop() }
             func average(for duration: Double) throws -> Double {
                 var samples: [Double] = []
@@ -203,7 +203,7 @@ enum BenchSupport {
             let stop = DispatchSemaphore(value: 0)
             let box = HandOffBox(tracker)
             let scanning = Thread {
-                while stop.wait(timeout: .now() + 0.1) == .timedOut { _ = try? box.value.nextRound(ranges: ranges) }
+                while stop.wait(timeout: .now() + scanInterval) == .timedOut { _ = try? box.value.nextRound(ranges: ranges) }
             }
             scanning.start()
             let tracked = try average(for: seconds)
