@@ -64,4 +64,31 @@ final class FrameChannel: @unchecked Sendable {  // used by one thread per direc
     func close() {
         stream.close()
     }
+
+    /// After a failed send: an ERROR the peer sent before hanging up says why,
+    /// better than our EPIPE/ECONNRESET. Waits at most `seconds` for it.
+    func peerErrorAfterFailure(seconds: Double = 2) -> ErrorMessage? {
+        let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
+        try? tcp?.setTimeouts(read: .milliseconds(Int64(seconds * 1000)), write: .milliseconds(Int64(seconds * 1000)))
+        for _ in 0..<64 {
+            guard let message = try? receive() else { return nil }
+            if case .error(let e) = message { return e }
+        }
+        return nil
+    }
+
+    /// The receiver's way out after sending ERROR: stop writing, and keep
+    /// reading (and dropping) what the sender still has in flight for a short
+    /// while, so the sender reads our ERROR instead of a connection reset.
+    func lingerAfterError(seconds: Double = 2) {
+        stream.shutdown()
+        let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
+        try? tcp?.setTimeouts(read: .milliseconds(200), write: .milliseconds(200))
+        let deadline = MonotonicClock.seconds() + seconds
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
+        defer { buffer.deallocate() }
+        while MonotonicClock.seconds() < deadline {
+            guard let n = try? stream.read(into: buffer), n > 0 else { return }
+        }
+    }
 }

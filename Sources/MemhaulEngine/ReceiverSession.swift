@@ -83,6 +83,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store?.abortRound()
             if refusal.code != .cancelled || store == nil {
                 try? channel.send(.error(ErrorMessage(code: refusal.code, message: String(refusal.description.utf8.prefix(1000))!)))
+                channel.lingerAfterError()
             }
             if let store, refusal.code == .cancelled || refusal.code == .digestMismatch {
                 try? store.markFailed(reason: refusal.description)

@@ -139,8 +139,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             channel?.close()
             finish(after: request.after, frozen: frozen, process: attached)
-        } catch {
+        } catch var error {
             throttle.stop()
+            // A send that failed because the receiver gave up: report its reason.
+            if error is SystemError || error is TLSError, let e = channel?.peerErrorAfterFailure() {
+                error = EngineError.peerError(code: e.code.rawValue, message: e.message)
+            }
             let cancelled = isCancelled || (error as? EngineError) == .cancelled
             if let channel {
                 let code: ErrorCode = cancelled ? .cancelled : .internalError

@@ -146,8 +146,8 @@ final class TestReceiver: @unchecked Sendable {
     let port: UInt16
     let sink = LogSink()
 
-    init(pki: TestPKI?) throws {
-        images = temporaryDirectory("images")
+    init(pki: TestPKI?, images: String? = nil) throws {
+        self.images = images ?? temporaryDirectory("images")
         let listener = try TCPListener(host: "127.0.0.1", port: 0)
         port = listener.port
         let handshake: ReceiverAgent.Handshake
@@ -158,7 +158,7 @@ final class TestReceiver: @unchecked Sendable {
             handshake = { $0 }
         }
         let sink = self.sink
-        agent = ReceiverAgent(listener: listener, imagesRoot: images, handshake: handshake, log: { sink.append($0) })
+        agent = ReceiverAgent(listener: listener, imagesRoot: self.images, handshake: handshake, log: { sink.append($0) })
         let agent = self.agent
         Thread.detachNewThread { agent.serve() }
     }
