@@ -70,7 +70,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
-                        "auto_converge", "after", "compression_level", "server_name"])
+                        "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s"])
         let request = try Self.request(from: r)
         let migration = SenderMigration(request: request, connect: connect, log: log)
         let conflict: ControlError? = lock.withLock {
@@ -126,6 +126,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             request.compressionLevel = Int32(v)
         }
         if let v = try r.string("server_name") { request.serverName = v }
+        if let v = try r.number("resume_timeout_s") {
+            guard v >= 0 else { throw ControlError(.badRequest, "resume_timeout_s must be >= 0") }
+            request.parameters.resumeTimeoutSeconds = v
+        }
         return request
     }
 }

@@ -23,6 +23,8 @@ enum UnixSocket {
         let dir = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if !dir.isEmpty, access(dir, F_OK) != 0 {
             _ = try Syscall.run("mkdir(\(dir))") { mkdir(dir, 0o700) }
+            // Explicitly: the umask may have narrowed or widened it.
+            _ = try Syscall.run("chmod(\(dir))") { chmod(dir, 0o700) }
         }
         // A socket file nobody listens on is stale; a live one means another agent.
         if access(path, F_OK) == 0 {
@@ -34,8 +36,8 @@ enum UnixSocket {
         }
         let fd = FileDescriptor(owning: try Syscall.run("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         var addr = try address(path)
-        let oldMask = umask(0o177)  // the socket file is created 0600, never wider
-        defer { umask(oldMask) }
+        // No umask games (process-wide, racy with other threads): the socket
+        // lives in a 0700 directory and is set to 0600 right after bind.
         _ = try Syscall.run("bind(\(path))") {
             withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         }

@@ -63,6 +63,17 @@ public final class BoundedQueue<Element>: @unchecked Sendable {  // all state un
         condition.unlock()
     }
 
+    /// Takes whatever is still queued (after `fail`, to give buffers back).
+    public func drainAll() -> [Element] {
+        condition.lock()
+        defer { condition.unlock() }
+        let rest = Array(items[head...])
+        items.removeAll()
+        head = 0
+        condition.broadcast()
+        return rest
+    }
+
     public var error: Error? {
         condition.lock()
         defer { condition.unlock() }

@@ -22,6 +22,9 @@ public struct ConvergenceParameters: Sendable, Equatable {
     public var throttleInitialPct: Int = 20
     public var throttleIncrementPct: Int = 10
     public var throttleMaxPct: Int = 99
+    /// How long a broken connection may take to come back before the
+    /// migration fails (the source is then resumed and untracked); 0 = no resume.
+    public var resumeTimeoutSeconds: Double = 30
     /// Rounds without enough shrinkage that count as a stall.
     public var stallRounds: Int = 2
     /// A round "shrinks" if its pending bytes are below this fraction of the

@@ -10,6 +10,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
     case cancelled
     case invalidParameter(String)
     case connectionClosed
+    case resumeTimedOut(String)
 
     public var description: String {
         switch self {
@@ -21,6 +22,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case .cancelled: return "migration cancelled"
         case .invalidParameter(let m): return "invalid parameter: \(m)"
         case .connectionClosed: return "the peer closed the connection"
+        case .resumeTimedOut(let last): return "could not resume the migration in time (last attempt: \(last))"
         }
     }
 }

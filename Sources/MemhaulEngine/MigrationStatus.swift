@@ -36,6 +36,10 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var rounds: Int?
     public var digest: String?
     public var cutoverReason: String?
+    /// Connections re-established after a break.
+    public var resumes: Int = 0
+    /// Page bytes sent in the rounds right after resumes (what the break cost).
+    public var resentBytesAfterResume: UInt64 = 0
     public var warnings: [String] = []
     public var error: String?
 
@@ -65,6 +69,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case totalTimeMs = "total_time_ms"
         case rounds, digest
         case cutoverReason = "cutover_reason"
+        case resumes
+        case resentBytesAfterResume = "resent_bytes_after_resume"
         case warnings, error
     }
 }

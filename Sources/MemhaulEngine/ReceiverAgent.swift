@@ -60,7 +60,11 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
         }
         let registry = ReceiverSession.Registry(
             claim: { [self] id in lock.withLock { active.insert(id).inserted } },
-            release: { [self] id in _ = lock.withLock { active.remove(id) } })
+            release: { [self] id in _ = lock.withLock { active.remove(id) } },
+            preempt: { [self] id in
+                let holders = lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
+                for s in holders { s.abortConnection() }
+            })
         let session = ReceiverSession(stream: stream, imagesRoot: imagesRoot, registry: registry, log: log)
         lock.withLock {
             sessions.append(session)

@@ -1,7 +1,11 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Foundation
 import MemhaulCompression
 import MemhaulDigest
 import MemhaulImage
+import MemhaulSystem
 import MemhaulTLS
 import MemhaulWire
 
@@ -29,9 +33,14 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public struct Registry: Sendable {
         public var claim: @Sendable (String) -> Bool
         public var release: @Sendable (String) -> Void
-        public init(claim: @escaping @Sendable (String) -> Bool, release: @escaping @Sendable (String) -> Void) {
+        /// Ends the connection of the session holding `id` (a resuming sender
+        /// replaces a connection the receiver has not seen break yet).
+        public var preempt: @Sendable (String) -> Void
+        public init(claim: @escaping @Sendable (String) -> Bool, release: @escaping @Sendable (String) -> Void,
+                    preempt: @escaping @Sendable (String) -> Void = { _ in }) {
             self.claim = claim
             self.release = release
+            self.preempt = preempt
         }
     }
 
@@ -43,6 +52,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var _info: Info
     private let decoder = BatchDecoder()
     private let pageBuffer: UnsafeMutableRawBufferPointer
+    /// The socket under the stream, to cut it from another thread (preemption).
+    private let socketFD: Int32?
 
     public var info: Info { infoLock.withLock { _info } }
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
@@ -53,15 +64,24 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         self.registry = registry
         self.log = log
         _info = Info(peer: stream.peerDescription)
+        socketFD = ((stream as? TLSStream)?.transport ?? (stream as? TCPStream))?.fileDescriptor
         pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
     }
 
     deinit { pageBuffer.deallocate() }
 
+    /// Cuts the connection (`shutdown(2)` on the socket, safe from any thread):
+    /// the session's next read fails, it aborts its open round and releases the image.
+    public func abortConnection() {
+        if let fd = socketFD { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+    }
+
     /// A failure to report to the peer with a wire error code.
     struct Refusal: Error, CustomStringConvertible {
         var code: ErrorCode
         var description: String
+        /// A broken connection, not a refusal: the image stays open for a resume.
+        var connectionLost = false
     }
 
     /// Serves the connection until CLOSE, an error or end of stream.
@@ -81,15 +101,15 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         } catch {
             let refusal = Self.refusal(for: error)
             store?.abortRound()
-            if refusal.code != .cancelled || store == nil {
+            if !refusal.connectionLost && (refusal.code != .cancelled || store == nil) {
                 try? channel.send(.error(ErrorMessage(code: refusal.code, message: String(refusal.description.utf8.prefix(1000))!)))
                 channel.lingerAfterError()
             }
-            if let store, refusal.code == .cancelled || refusal.code == .digestMismatch {
+            if let store, !refusal.connectionLost, refusal.code == .cancelled || refusal.code == .digestMismatch {
                 try? store.markFailed(reason: refusal.description)
             }
             setInfo {
-                $0.state = "failed"
+                $0.state = refusal.connectionLost ? "disconnected" : "failed"
                 $0.error = refusal.description
                 $0.committedRound = store?.committedRound
             }
@@ -105,7 +125,17 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }
         let id = hello.migrationID
-        guard registry.claim(id) else {
+        var claimedNow = registry.claim(id)
+        if !claimedNow && hello.resumeFromRound != nil {
+            // A resuming sender: the old connection is dead even if we have not
+            // noticed yet. Cut it and wait for its session to let the image go.
+            registry.preempt(id)
+            for _ in 0..<200 where !claimedNow {
+                usleep(25_000)
+                claimedNow = registry.claim(id)
+            }
+        }
+        guard claimedNow else {
             throw Refusal(code: .migrationBusy, description: "migration \(id) is already being received")
         }
         claimed = id
@@ -117,6 +147,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 throw Refusal(code: .badHello, description: "an image for migration \(id) already exists; use a new migration id")
             }
             store = try ImageStore.open(directory: directory)
+            guard store.state != .complete && store.state != .failed else {
+                let state = store.state
+                store.close()
+                throw Refusal(code: .resumeRejected, description: "image for migration \(id) is \(state); it cannot resume")
+            }
+            log("receiver: migration \(id) resumes at committed round \(store.committedRound.map(String.init) ?? "none") (sender saw \(hello.resumeFromRound ?? 0))")
         } else {
             store = try ImageStore.create(directory: directory, migrationID: id)
         }
@@ -256,7 +292,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .locked: return Refusal(code: .migrationBusy, description: String(describing: e))
             default: return Refusal(code: .storageFailure, description: "image store: \(e)")
             }
-        case EngineError.connectionClosed: return Refusal(code: .cancelled, description: "the sender closed the connection mid-migration")
+        case EngineError.connectionClosed:
+            return Refusal(code: .cancelled, description: "connection lost mid-migration (the image waits for a resume)", connectionLost: true)
+        case is SystemError, is TLSError, is NetworkError:
+            return Refusal(code: .internalError, description: "connection lost: \(error) (the image waits for a resume)", connectionLost: true)
         default: return Refusal(code: .internalError, description: String(describing: error))
         }
     }

@@ -97,9 +97,11 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                     } catch {
                         done.fail(error)
                         work.fail(error)
+                        free.push(job)
                         return
                     }
-                    if !done.push(job) { return }
+                    // A failed pipeline gives every buffer back, or the producer waits forever.
+                    if !done.push(job) { free.push(job); return }
                 }
             }
         }
@@ -121,9 +123,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 } catch {
                     done.fail(error)
                     work.fail(error)
+                    free.push(job)
                     return
                 }
-                if !work.push(job) { return }
+                if !work.push(job) { free.push(job); return }
             }
             work.close()
         }
@@ -151,7 +154,11 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             }
             free.push(job)
         }
+        if failure != nil || done.error != nil {
+            for job in done.drainAll() + work.drainAll() { free.push(job) }
+        }
         group.wait()
+        for job in done.drainAll() + work.drainAll() { free.push(job) }
         if let failure { throw failure }
         if let error = done.error ?? work.error { throw error }
         return totals

@@ -124,29 +124,29 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         defer { finished.signal() }
         let start = MonotonicClock.seconds()
         var process: AttachedProcess?
-        var channel: FrameChannel?
+        var box: ChannelBox?
         let throttle = DutyCycleThrottle(pid: request.pid)
         let freezer = TargetFreezer(pid: request.pid)
         var frozen = false
         do {
-            channel = try openChannel()
+            box = ChannelBox(try openChannel(resumeFrom: nil).channel)
             let attached = try AttachedProcess.attach(pid: request.pid)
             process = attached
-            try migrate(attached, channel!, throttle, freezer, &frozen, start: start)
+            try migrate(attached, box!, throttle, freezer, &frozen, start: start)
             updateStatus {
                 $0.state = .completed
                 $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
             }
-            channel?.close()
+            box?.channel.close()
             finish(after: request.after, frozen: frozen, process: attached)
         } catch var error {
             throttle.stop()
             // A send that failed because the receiver gave up: report its reason.
-            if error is SystemError || error is TLSError, let e = channel?.peerErrorAfterFailure() {
+            if error is SystemError || error is TLSError, let e = box?.channel.peerErrorAfterFailure() {
                 error = EngineError.peerError(code: e.code.rawValue, message: e.message)
             }
             let cancelled = isCancelled || (error as? EngineError) == .cancelled
-            if let channel {
+            if let channel = box?.channel {
                 let code: ErrorCode = cancelled ? .cancelled : .internalError
                 try? channel.send(.error(ErrorMessage(code: code, message: String(describing: error).prefix(1000).description)))
                 channel.close()
@@ -164,17 +164,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
     }
 
-    private func openChannel() throws -> FrameChannel {
+    /// Connects and shakes hands; with `resumeFrom`, asks the receiver to
+    /// reopen the image and returns the round it has committed.
+    private func openChannel(resumeFrom: UInt64?) throws -> (channel: FrameChannel, committed: UInt64) {
         let stream = try connect(request)
         let channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive], migrationID: request.id, senderName: String(host.utf8.prefix(255))!)))
+        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive, .resume], migrationID: request.id,
+                                      senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive() {
-        case .welcome:
-            return channel
+        case .welcome(let w):
+            return (channel, w.lastCommittedRound ?? 0)
         case .error(let e):
             throw EngineError.peerError(code: e.code.rawValue, message: e.message)
         default:
@@ -185,7 +188,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     // MARK: - Rounds
 
     private func migrate(
-        _ process: AttachedProcess, _ channel: FrameChannel, _ throttle: DutyCycleThrottle,
+        _ process: AttachedProcess, _ box: ChannelBox, _ throttle: DutyCycleThrottle,
         _ freezer: TargetFreezer, _ frozen: inout Bool, start: Double
     ) throws {
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
@@ -210,12 +213,28 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         while true {
             if isCancelled { throw EngineError.cancelled }
             let roundStart = MonotonicClock.seconds()
-            let sent = try sendRound(UInt64(round + 1), layout: layout, scan: scan, channel: channel, sender: sender)
+            let sent: SentRound
+            do {
+                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, channel: box.channel, sender: sender)
+            } catch where isResumable(error) {
+                // Nothing of this round counts until acknowledged: its pages go
+                // back to the tracker and the next scan sends them again.
+                tracker.requeue(scan)
+                try resume(box, after: error, lastAcked: UInt64(round) &+ box.offset, nextRound: round)
+                scan = try scanNextRound(process, tracker, &layout)
+                box.resentFrom = box.channel.bytesSent
+                continue
+            }
             let roundEnd = MonotonicClock.seconds()
+            if box.resentFrom != nil {
+                box.resentPageBytes += sent.pageBytes
+                box.resentFrom = nil
+                updateStatus { $0.resentBytesAfterResume = box.resentPageBytes }
+            }
             updateStatus {
                 $0.round = round
                 $0.pageBytes += sent.pageBytes
-                $0.transferredBytes = channel.bytesSent
+                $0.transferredBytes = box.sentBefore + box.channel.bytesSent
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
@@ -256,7 +275,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 throttle.stop()
                 // The receiver applies the last round after acknowledging it;
                 // let it finish before the clock of the downtime starts.
-                try drain(channel)
+                do {
+                    try drain(box.channel)
+                } catch where isResumable(error) {
+                    try resume(box, after: error, lastAcked: UInt64(round) &+ box.offset, nextRound: round)
+                }
                 freezeStart = MonotonicClock.seconds()
                 let ns = try freezer.freeze()
                 frozen = true
@@ -278,18 +301,86 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let verifyStart = MonotonicClock.seconds()
         let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner)
         let wire = WireDigest(high: digest.high, low: digest.low)
-        let verifyRound = UInt64(round + 2)
-        try sendLayout(verifyRound, layout, channel)
-        try channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
-        let ack = try awaitAck(verifyRound, channel)
+        var ack: RoundAck
+        while true {
+            let verifyRound = UInt64(round + 2) &+ box.offset
+            do {
+                try sendLayout(verifyRound, layout, box.channel)
+                try box.channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
+                ack = try awaitAck(verifyRound, box.channel)
+                break
+            } catch where isResumable(error) {
+                try resume(box, after: error, lastAcked: verifyRound - 1, nextRound: round + 1)
+            }
+        }
         guard let image = ack.imageDigest else { throw EngineError.protocolViolation("final ROUND_ACK without a digest") }
         guard image == wire else { throw EngineError.digestMismatch(sender: wire.hex, receiver: image.hex) }
         updateStatus {
             $0.digest = digest.hex
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
-            $0.transferredBytes = channel.bytesSent
+            $0.transferredBytes = box.sentBefore + box.channel.bytesSent
         }
-        try? channel.send(.close(Close(reason: .complete)))
+        try? box.channel.send(.close(Close(reason: .complete)))
+    }
+
+    /// The current connection, replaced when a migration resumes.
+    final class ChannelBox {
+        var channel: FrameChannel
+        /// wire round = engine round + 1 + offset (the receiver's numbering survives a resume).
+        var offset: UInt64 = 0
+        /// Wire bytes of connections before this one.
+        var sentBefore: UInt64 = 0
+        var resentFrom: UInt64?
+        var resentPageBytes: UInt64 = 0
+        init(_ channel: FrameChannel) { self.channel = channel }
+    }
+
+    /// A broken connection, as opposed to a refusal by the receiver.
+    private func isResumable(_ error: Error) -> Bool {
+        if isCancelled || parameters.resumeTimeoutSeconds <= 0 { return false }
+        switch error {
+        case is SystemError, is TLSError, is NetworkError: return true
+        case EngineError.connectionClosed: return true
+        default: return false
+        }
+    }
+
+    /// Reconnects with backoff until the receiver welcomes the migration again
+    /// (it reopens the image at its last committed round) or
+    /// `resumeTimeoutSeconds` pass. Sets the offset so that the next round is
+    /// the one after the receiver's committed one.
+    private func resume(_ box: ChannelBox, after error: Error, lastAcked: UInt64, nextRound: Int) throws {
+        // An ERROR the receiver sent before the break means it refused: no resume.
+        if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
+            throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+        }
+        box.sentBefore += box.channel.bytesSent
+        box.channel.close()
+        log("connection to \(request.destination) lost (\(error)); resuming from round \(lastAcked)")
+        updateStatus { $0.resumes += 1 }
+        let deadline = MonotonicClock.seconds() + parameters.resumeTimeoutSeconds
+        var delay = 0.05
+        var last: Error = error
+        while MonotonicClock.seconds() < deadline {
+            if isCancelled { throw EngineError.cancelled }
+            do {
+                let (channel, committed) = try openChannel(resumeFrom: lastAcked)
+                guard committed >= lastAcked else {
+                    throw EngineError.protocolViolation("receiver committed round \(committed) < acknowledged \(lastAcked)")
+                }
+                box.channel = channel
+                box.offset = committed &- UInt64(nextRound)
+                log("resumed: receiver at round \(committed)")
+                return
+            } catch EngineError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
+                throw EngineError.peerError(code: code, message: message)
+            } catch {
+                last = error
+            }
+            usleep(useconds_t(delay * 1e6))
+            delay = min(delay * 2, 1)
+        }
+        throw EngineError.resumeTimedOut(String(describing: last))
     }
 
     /// Round 0, retried on a fresh layout if a mapping changed under the scan.

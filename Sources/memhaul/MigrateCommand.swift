@@ -19,6 +19,8 @@ struct ConvergenceOptions: ParsableArguments {
     var compressionLevel: String = "auto"
     @Option(help: "Source after success: stop (left frozen), kill or resume.")
     var after: String = "stop"
+    @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
+    var resumeTimeout: Double = 30
 
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
@@ -37,6 +39,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.autoConverge = !noAutoConverge
         request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
+        request.parameters.resumeTimeoutSeconds = resumeTimeout
     }
 }
 

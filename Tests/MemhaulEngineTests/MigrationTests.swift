@@ -56,6 +56,7 @@ import Testing
         r.parameters.downtimeLimitMs = 0.001  // never converges by itself
         r.parameters.autoConverge = false
         r.parameters.maxBandwidth = 50e6  // slow enough to be cut mid-round
+        r.parameters.resumeTimeoutSeconds = 1  // it never comes back
         let migration = SenderMigration(request: r, connect: try connector(pki))
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread { migration.run(); done.signal() }

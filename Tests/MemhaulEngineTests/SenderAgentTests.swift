@@ -22,7 +22,7 @@ import Testing
         let workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
         _ = try control.handle(ControlRequest(op: "migrate", args: [
             "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-1",
-            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 30e6]))
+            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 30e6, "resume_timeout_s": 1]))
         // A second migration of the same PID is refused while the first runs.
         #expect(throws: ControlError.self) {
             _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
