@@ -42,7 +42,6 @@ public struct Hello: Hashable, Sendable {
             throw .nameTooLong(length: nameLength, limit: WireLimits.maxSenderNameLength)
         }
         guard Hello.isValidPageSize(pageSize) else { throw .invalidPageSize(pageSize) }
-        if resumeFromRound == 0 { throw .invalidRound }
         out.appendLE(version.major)
         out.appendLE(version.minor)
         out.appendLE(pageSize)
@@ -68,7 +67,6 @@ public struct Hello: Hashable, Sendable {
         try r.reserved(1)
         guard flags & ~1 == 0 else { throw .invalidFlags(flags) }
         if flags == 0, resume != 0 { throw .reservedNotZero }
-        if flags == 1, resume == 0 { throw .invalidRound }
         guard isValidPageSize(pageSize) else { throw .invalidPageSize(pageSize) }
         let idBytes = try r.bytes(idLength)
         guard isValidMigrationID(idBytes) else { throw .invalidMigrationID }

@@ -83,7 +83,12 @@ private let le32 = VectorTable.le32
         #expect(throws: WireError.invalidPageSize(4097)) { try decode(hello(id: [0x61], name: [], pageSize: 4097)) }
         #expect(throws: WireError.invalidPageSize(2048)) { try decode(hello(id: [0x61], name: [], pageSize: 2048)) }
         #expect(throws: WireError.reservedNotZero) { try decode(hello(id: [0x61], name: [], flags: 0, resume: 5)) }
-        #expect(throws: WireError.invalidRound) { try decode(hello(id: [0x61], name: [], flags: 1, resume: 0)) }
+        // Resume before any acknowledged round: resume_round 0 with the flag is valid.
+        if case .hello(let h) = try decode(hello(id: [0x61], name: [], flags: 1, resume: 0)) {
+            #expect(h.resumeFromRound == 0)
+        } else {
+            Issue.record("expected HELLO")
+        }
         #expect(throws: WireError.invalidFlags(2)) { try decode(hello(id: [0x61], name: [], flags: 2)) }
         #expect(throws: WireError.nameTooLong(length: 1025, limit: 1024)) { try decode(frame(0x09, [1, 0, 0x01, 0x04] + [UInt8](repeating: 0x61, count: 10))) }
         // Trailing bytes after the last field.
