@@ -121,8 +121,8 @@ final class Child: @unchecked Sendable {
 }
 
 /// A workload child; `pid` is valid once it printed its ready line.
-func startWorkload(_ args: [String]) throws -> Child {
-    let child = try Child(builtBinary("memhaul-workload"), args + ["--exit-after", "300"])
+func startWorkload(_ args: [String], control: Bool = false) throws -> Child {
+    let child = try Child(builtBinary("memhaul-workload"), args + ["--exit-after", "300"] + (control ? ["--control"] : []), stdin: control)
     _ = try child.waitFor("\"ready\"")
     return child
 }
