@@ -79,8 +79,9 @@ final class FrameChannel: @unchecked Sendable {  // used by one thread per direc
 
     /// The receiver's way out after sending ERROR: stop writing, and keep
     /// reading (and dropping) what the sender still has in flight for a short
-    /// while, so the sender reads our ERROR instead of a connection reset.
-    func lingerAfterError(seconds: Double = 2) {
+    /// while (until it hangs up, at most `seconds`), so the sender reads our
+    /// ERROR at its next read instead of a connection reset.
+    func lingerAfterError(seconds: Double = 20) {
         stream.shutdown()
         let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
         try? tcp?.setTimeouts(read: .milliseconds(200), write: .milliseconds(200))
