@@ -296,9 +296,9 @@ extension Array {
 }
 
 /// Moves a non-Sendable value to exactly one other thread, which then owns it.
-struct HandOff<Value>: @unchecked Sendable {  // single owner after the hand-off
-    let value: Value
-    init(_ value: Value) { self.value = value }
+public struct HandOff<Value>: @unchecked Sendable {  // single owner after the hand-off
+    public let value: Value
+    public init(_ value: Value) { self.value = value }
 }
 
 /// One worker's encoders by level; used by that worker's thread only.

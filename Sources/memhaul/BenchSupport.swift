@@ -201,7 +201,7 @@ enum BenchSupport {
             let ranges = process.registeredRanges.map { PageRange(start: $0.start, end: $0.end) }
             _ = try tracker.initialRound(ranges: ranges)
             let stop = DispatchSemaphore(value: 0)
-            let box = HandOffBox(tracker)
+            let box = HandOff(tracker)
             let scanning = Thread {
                 while stop.wait(timeout: .now() + scanInterval) == .timedOut { _ = try? box.value.nextRound(ranges: ranges) }
             }
@@ -211,10 +211,4 @@ enum BenchSupport {
             return (untracked, tracked)
         }
     }
-}
-
-/// Hands a non-Sendable value to exactly one other thread.
-struct HandOffBox<T>: @unchecked Sendable {  // single owner after the hand-off
-    let value: T
-    init(_ value: T) { self.value = value }
 }
