@@ -1,3 +1,4 @@
+import MemhaulCompression
 import MemhaulImage
 import MemhaulKernel
 import MemhaulSystem
@@ -80,13 +81,9 @@ public enum ImageVerifier {
     }
 
     private static func firstNonZeroPage(_ b: UnsafeMutableRawBufferPointer, _ from: Int, _ to: Int) -> Int? {
-        var i = from
-        while i < to {
-            let words = UnsafeRawBufferPointer(rebasing: b[i..<min(i + 4096, to)]).bindMemory(to: UInt64.self)
-            if words.contains(where: { $0 != 0 }) { return i }
-            i += 4096
+        stride(from: from, to: to, by: 4096).first { i in
+            !PageClassifier.isZero(page: UnsafeRawBufferPointer(rebasing: b[i..<min(i + 4096, to)]))
         }
-        return nil
     }
 
     private static func firstDifferentPage(_ a: UnsafeRawBufferPointer, _ b: UnsafeRawBufferPointer) -> Int {

@@ -387,7 +387,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
         for attempt in 1... {
             do {
-                return try tracker.initialRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) })
+                return try tracker.initialRound(ranges: Self.ranges(layout))
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the first scan at \(range); rescanning")
                 _ = try process.refreshLayout()
@@ -409,9 +409,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         for attempt in 1... {
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
-            removed += delta.removed.map { PageRange(start: $0.start, end: $0.end) }
+            removed += delta.removed.pageRanges
             do {
-                return try tracker.nextRound(ranges: layout.map { PageRange(start: $0.start, end: $0.end) }, removed: removed)
+                return try tracker.nextRound(ranges: Self.ranges(layout), removed: removed)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }
@@ -513,6 +513,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         case .resume: if frozen { kill(request.pid, SIGCONT) }
         }
         log("migration \(request.id) completed; source \(after == .stop ? "left stopped" : after == .kill ? "killed" : "resumed")")
+    }
+
+    static func ranges(_ layout: [RegionDescriptor]) -> [PageRange] {
+        layout.map { PageRange(start: $0.start, end: $0.end) }
     }
 
     /// The tracked mappings as wire regions, ascending.

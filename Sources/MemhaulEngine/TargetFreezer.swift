@@ -39,6 +39,9 @@ public struct TargetFreezer: Sendable {
         }
     }
 
+    /// The state letter of a process (`R`, `S`, `T`, …), nil if there is none.
+    public static func state(pid: Int32) -> Character? { readState(path: "/proc/\(pid)/stat") }
+
     /// `kill(pid, SIGCONT)`.
     public func thaw() throws {
         _ = try Syscall.run("kill(SIGCONT)") { kill(pid, SIGCONT) }

@@ -14,7 +14,7 @@ extension ImageCommand {
         @Flag(help: "Print the result as JSON.") var json = false
 
         func run() throws {
-            guard let state = Self.processState(pid) else { throw CLIError("no process \(pid)") }
+            guard let state = TargetFreezer.state(pid: pid) else { throw CLIError("no process \(pid)") }
             guard state == "T" || state == "t" else {
                 throw CLIError("process \(pid) is running (state \(state)); stop it first (kill -STOP \(pid)) or compare the frozen source")
             }
@@ -35,13 +35,6 @@ extension ImageCommand {
                 for m in report.mismatches { print("  \(m)") }
             }
             if !report.ok { throw ExitCode(1) }
-        }
-
-        static func processState(_ pid: Int32) -> Character? {
-            guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-                  let close = text.lastIndex(of: ")") else { return nil }
-            let rest = text[text.index(after: close)...].drop(while: { $0 == " " })
-            return rest.first
         }
     }
 }

@@ -27,7 +27,7 @@ struct TrackCommand: ParsableCommand {
         let process = try AttachedProcess.attach(pid: pid)
         defer { try? process.detach() }
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
-        func ranges() -> [PageRange] { process.registeredRanges.map { PageRange(start: $0.start, end: $0.end) } }
+        func ranges() -> [PageRange] { process.registeredRanges.pageRanges }
         let tracked = ranges()
         let trackedBytes = tracked.reduce(0) { $0 + $1.byteCount }
         if json {
@@ -52,7 +52,7 @@ struct TrackCommand: ParsableCommand {
             usleep(useconds_t(interval * 1000))
             let delta = try process.refreshLayout()
             let now = MonotonicClock.seconds()
-            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed.map { PageRange(start: $0.start, end: $0.end) })
+            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed.pageRanges)
             report(scan, window: now - last)
             last = now
         }
