@@ -17,14 +17,16 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     private var sessions: [ReceiverSession] = []
     private var active: Set<String> = []
     private var closed = false
-    /// Handshakes may not take longer than this (a stalled client is dropped).
-    public var handshakeTimeout: Duration = .seconds(10)
+    /// Deadlines and connection limits (a stalled or dripping peer is cut).
+    public let connections: ConnectionGuard
 
-    public init(listener: TCPListener, imagesRoot: String, handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
+    public init(listener: TCPListener, imagesRoot: String, limits: ReceiverLimits = ReceiverLimits(),
+                handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
         self.listener = listener
         self.imagesRoot = imagesRoot
         self.handshake = handshake
         self.log = log
+        connections = ConnectionGuard(limits: limits, log: log)
     }
 
     /// Accepts until the listener is closed.
@@ -47,14 +49,24 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
 
     private func serve(_ connection: TCPStream) {
         let peer = connection.peerDescription
+        let ticket: ConnectionGuard.Ticket
+        switch connections.admit(fd: connection.fileDescriptor, peer: peer) {
+        case .success(let t): ticket = t
+        case .failure(let refusal):
+            log("receiver: refused connection from \(peer): \(refusal)")
+            connection.close()
+            return
+        }
+        let limits = connections.limits
         let stream: ByteStream
         do {
-            try connection.setTimeouts(read: handshakeTimeout, write: handshakeTimeout)
+            // The watchdog bounds the whole handshake; these bound each read and write.
+            try connection.setTimeouts(read: limits.handshakeTimeout, write: limits.handshakeTimeout)
             stream = try handshake(connection)
-            // Idle peers are dropped; a live sender always has frames or acks in flight.
-            try connection.setTimeouts(read: .seconds(120), write: .seconds(120))
+            try connection.setTimeouts(read: limits.frameTimeout, write: limits.frameTimeout)
         } catch {
             log("receiver: refused connection from \(peer): \(error)")
+            connections.release(ticket)
             connection.close()
             return
         }
@@ -65,7 +77,12 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
                 let holders = lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
                 for s in holders { s.abortConnection() }
             })
-        let session = ReceiverSession(stream: stream, imagesRoot: imagesRoot, registry: registry, log: log)
+        let guardian = connections
+        let watch = ReceiverSession.Watch(
+            awaitingFrame: { guardian.awaitingFrame(ticket) },
+            working: { guardian.working(ticket) },
+            ended: { guardian.release(ticket) })
+        let session = ReceiverSession(stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }
@@ -79,5 +96,6 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     public func close() {
         lock.withLock { closed = true }
         listener.close()
+        connections.stop()
     }
 }

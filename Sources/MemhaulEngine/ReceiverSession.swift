@@ -44,9 +44,25 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
     }
 
+    /// Calls to the agent's connection watchdog: whether the session is
+    /// waiting for the peer (a deadline runs) or working (none), and when the
+    /// connection is about to close.
+    public struct Watch: Sendable {
+        public var awaitingFrame: @Sendable () -> Void
+        public var working: @Sendable () -> Void
+        public var ended: @Sendable () -> Void
+        public init(awaitingFrame: @escaping @Sendable () -> Void = {}, working: @escaping @Sendable () -> Void = {},
+                    ended: @escaping @Sendable () -> Void = {}) {
+            self.awaitingFrame = awaitingFrame
+            self.working = working
+            self.ended = ended
+        }
+    }
+
     private let channel: FrameChannel
     private let imagesRoot: String
     private let registry: Registry
+    private let watch: Watch
     private let log: @Sendable (String) -> Void
     private let infoLock = NSLock()
     private var _info: Info
@@ -58,10 +74,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public var info: Info { infoLock.withLock { _info } }
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
-    public init(stream: ByteStream, imagesRoot: String, registry: Registry, log: @escaping @Sendable (String) -> Void) {
+    public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
+                log: @escaping @Sendable (String) -> Void) {
         channel = FrameChannel(stream: stream)
         self.imagesRoot = imagesRoot
         self.registry = registry
+        self.watch = watch
         self.log = log
         _info = Info(peer: stream.peerDescription)
         socketFD = ((stream as? TLSStream)?.transport ?? (stream as? TCPStream))?.fileDescriptor
@@ -91,6 +109,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         defer {
             if let claimed { registry.release(claimed) }
             store?.close()
+            watch.ended()
             channel.close()
         }
         do {
@@ -101,6 +120,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         } catch {
             let refusal = Self.refusal(for: error)
             store?.abortRound()
+            watch.working()  // the linger below has its own bound
             if !refusal.connectionLost && (refusal.code != .cancelled || store == nil) {
                 try? channel.send(.error(ErrorMessage(code: refusal.code, message: String(refusal.description.utf8.prefix(1000))!)))
                 channel.lingerAfterError()
@@ -121,6 +141,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         guard case .hello(let hello) = try channel.receive() else {
             throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
         }
+        watch.working()
         guard hello.pageSize == WireLimits.default.pageSize else {
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }
@@ -168,7 +189,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var openRound: UInt64?
         var counts = RoundStats()
         while true {
+            watch.awaitingFrame()
             let message = try channel.receive()
+            watch.working()
             switch message {
             case .layout(let layout):
                 guard openRound == nil else { throw Refusal(code: .unexpectedMessage, description: "LAYOUT inside round \(openRound!)") }

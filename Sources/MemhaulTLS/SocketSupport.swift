@@ -103,6 +103,12 @@ extension Duration {
         return tv
     }
 
+    /// Whole milliseconds, rounded down.
+    var milliseconds: Int64 {
+        let (s, atto) = components
+        return s * 1000 + atto / 1_000_000_000_000_000
+    }
+
     /// Milliseconds for poll(2), rounded up; nil is -1 (forever).
     static func pollMilliseconds(_ d: Duration?) -> Int32 {
         guard let d else { return -1 }

@@ -14,6 +14,13 @@ public struct TCPOptions: Sendable, Equatable {
     public var socketBufferBytes: Int? = nil
     /// SO_KEEPALIVE, so a vanished peer is noticed on an idle connection.
     public var keepAlive = true
+    /// How long the peer may leave our data (or keepalive probes) unacknowledged
+    /// before the connection counts as broken: `TCP_USER_TIMEOUT`, with keepalive
+    /// probes every third of it when idle. A link cut or a black-holed path then
+    /// fails a blocked `send`/`recv` with ETIMEDOUT after this long, instead of
+    /// after ~15 minutes of retransmissions or 2 hours of keepalive. A peer that
+    /// is slow but alive keeps acknowledging and is not affected. nil: kernel defaults.
+    public var deadPeerTimeout: Duration? = .seconds(20)
     /// SO_RCVTIMEO: a read with no byte for this long fails; nil waits forever.
     public var readTimeout: Duration? = nil
     /// SO_SNDTIMEO: a write that cannot progress for this long fails; nil waits forever.
@@ -21,11 +28,13 @@ public struct TCPOptions: Sendable, Equatable {
 
     public init(
         noDelay: Bool = true, socketBufferBytes: Int? = nil, keepAlive: Bool = true,
+        deadPeerTimeout: Duration? = .seconds(20),
         readTimeout: Duration? = nil, writeTimeout: Duration? = nil
     ) {
         self.noDelay = noDelay
         self.socketBufferBytes = socketBufferBytes
         self.keepAlive = keepAlive
+        self.deadPeerTimeout = deadPeerTimeout
         self.readTimeout = readTimeout
         self.writeTimeout = writeTimeout
     }
@@ -121,6 +130,16 @@ public final class TCPStream: ByteStream, @unchecked Sendable {
         let fd = descriptor.rawValue
         if options.noDelay { try setSocketOption(fd, Int32(IPPROTO_TCP), TCP_NODELAY, Int32(1), "setsockopt(TCP_NODELAY)") }
         if options.keepAlive { try setSocketOption(fd, SOL_SOCKET, SO_KEEPALIVE, Int32(1), "setsockopt(SO_KEEPALIVE)") }
+        if let dead = options.deadPeerTimeout {
+            let ms = max(1000, dead.milliseconds)
+            try setSocketOption(fd, Int32(IPPROTO_TCP), TCP_USER_TIMEOUT, UInt32(clamping: ms), "setsockopt(TCP_USER_TIMEOUT)")
+            if options.keepAlive {
+                // Probe idle connections often enough that TCP_USER_TIMEOUT can judge them.
+                let third = Int32(clamping: max(1, ms / 3000))
+                try setSocketOption(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, third, "setsockopt(TCP_KEEPIDLE)")
+                try setSocketOption(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, max(1, third / 2), "setsockopt(TCP_KEEPINTVL)")
+            }
+        }
         if let bytes = options.socketBufferBytes {
             try setSocketOption(fd, SOL_SOCKET, SO_SNDBUF, Int32(clamping: bytes), "setsockopt(SO_SNDBUF)")
             try setSocketOption(fd, SOL_SOCKET, SO_RCVBUF, Int32(clamping: bytes), "setsockopt(SO_RCVBUF)")

@@ -16,7 +16,29 @@ struct ReceiveCommand: ParsableCommand {
     var images: String
     @Option(help: "Control socket (Unix, mode 0600).")
     var control: String = "/run/memhaul/receiver.sock"
+    @Option(help: "Seconds from accept to a complete HELLO (TLS handshake included); slower peers are cut.")
+    var handshakeTimeout: Double = 10
+    @Option(help: "Seconds within which the next frame must have arrived whole while the receiver waits for one; slower peers are cut.")
+    var frameTimeout: Double = 120
+    @Option(help: "Connections open at once; more are refused.")
+    var maxConnections = 64
+    @Option(help: "Connections open at once from one address; more are refused.")
+    var maxConnectionsPerHost = 16
     @OptionGroup var transport: TransportOptions
+
+    func validate() throws {
+        guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
+        guard maxConnections > 0, maxConnectionsPerHost > 0 else { throw ValidationError("--max-connections and --max-connections-per-host must be at least 1") }
+    }
+
+    var limits: ReceiverLimits {
+        var l = ReceiverLimits()
+        l.handshakeTimeout = .milliseconds(Int64(handshakeTimeout * 1000))
+        l.frameTimeout = .milliseconds(Int64(frameTimeout * 1000))
+        l.maxConnections = maxConnections
+        l.maxConnectionsPerHost = maxConnectionsPerHost
+        return l
+    }
 
     func run() throws {
         transport.warnIfInsecure()
@@ -24,8 +46,8 @@ struct ReceiveCommand: ParsableCommand {
         if mkdir(images, 0o700) != 0 && errno != EEXIST {
             throw CLIError("cannot create image directory \(images): \(String(cString: strerror(errno)))")
         }
-        let listener = try TCPListener(host: host, port: port, options: TransportOptions.tcpOptions)
-        let agent = ReceiverAgent(listener: listener, imagesRoot: images, handshake: try transport.handshake(), log: Log.line)
+        let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
+        let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
         defer { server.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")

@@ -18,8 +18,11 @@ struct TransportOptions: ParsableArguments {
     var pins: [String] = []
     @Flag(help: "Plaintext, unauthenticated transport. Never use across a network you do not own.")
     var insecure = false
+    @Option(help: ArgumentHelp("Seconds the peer may leave our data or keepalive probes unacknowledged before the connection counts as broken (TCP_USER_TIMEOUT).", discussion: "A sender then resumes the migration (see --resume-timeout); a receiver drops the connection and keeps the image for a resume."))
+    var peerTimeout: Double = 20
 
     func validate() throws {
+        guard peerTimeout >= 1, peerTimeout <= 3600 else { throw ValidationError("--peer-timeout must be between 1 and 3600 seconds") }
         if insecure {
             if certs != nil || ca != nil || cert != nil || key != nil {
                 throw ValidationError("--insecure cannot be combined with TLS options")
@@ -55,11 +58,11 @@ struct TransportOptions: ParsableArguments {
     /// The sender's connector: TLS client (verifying the receiver's name) or plain TCP.
     func connector() throws -> SenderMigration.Connector {
         guard let config = configuration(role: "sender") else {
-            return { request in try TCPStream.connect(host: request.host, port: request.port, options: Self.tcpOptions) }
+            return { request in try TCPStream.connect(host: request.host, port: request.port, options: tcpOptions) }
         }
         let context = try TLSClientContext(configuration: config)
         return { request in
-            let tcp = try TCPStream.connect(host: request.host, port: request.port, options: Self.tcpOptions)
+            let tcp = try TCPStream.connect(host: request.host, port: request.port, options: tcpOptions)
             return try context.connect(over: tcp, serverName: request.serverName ?? request.host)
         }
     }
@@ -71,7 +74,9 @@ struct TransportOptions: ParsableArguments {
         return { tcp in try context.accept(on: tcp) }
     }
 
-    static let tcpOptions = TCPOptions(socketBufferBytes: 4 << 20)
+    var tcpOptions: TCPOptions {
+        TCPOptions(socketBufferBytes: 4 << 20, deadPeerTimeout: .milliseconds(Int64(peerTimeout * 1000)))
+    }
 }
 
 /// `[time] message` lines on stderr.

@@ -146,7 +146,7 @@ final class TestReceiver: @unchecked Sendable {
     let port: UInt16
     let sink = LogSink()
 
-    init(pki: TestPKI?, images: String? = nil) throws {
+    init(pki: TestPKI?, images: String? = nil, limits: ReceiverLimits = ReceiverLimits()) throws {
         self.images = images ?? temporaryDirectory("images")
         let listener = try TCPListener(host: "127.0.0.1", port: 0)
         port = listener.port
@@ -158,12 +158,22 @@ final class TestReceiver: @unchecked Sendable {
             handshake = { $0 }
         }
         let sink = self.sink
-        agent = ReceiverAgent(listener: listener, imagesRoot: self.images, handshake: handshake, log: { sink.append($0) })
+        agent = ReceiverAgent(listener: listener, imagesRoot: self.images, limits: limits, handshake: handshake, log: { sink.append($0) })
         let agent = self.agent
         Thread.detachNewThread { agent.serve() }
     }
 
     var logLines: [String] { sink.lines }
+
+    /// Waits (at most `seconds`) for a log line containing every needle.
+    func waitForLog(_ needles: String..., seconds: Double = 30) -> String? {
+        let deadline = MonotonicClock.seconds() + seconds
+        while MonotonicClock.seconds() < deadline {
+            if let line = logLines.first(where: { line in needles.allSatisfy { line.contains($0) } }) { return line }
+            usleep(10_000)
+        }
+        return nil
+    }
 
     deinit { agent.close() }
 }
