@@ -25,6 +25,11 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// How long a broken connection may take to come back before the
     /// migration fails (the source is then resumed and untracked); 0 = no resume.
     public var resumeTimeoutSeconds: Double = 30
+    /// A round's pages travel as wire rounds ("commit chunks") of at most this
+    /// many bytes, each committed by the receiver on its own, so a break loses
+    /// at most the chunks not yet committed. Sent back to back: the stream
+    /// does not wait for commits.
+    public var commitChunkBytes: UInt64 = 64 << 20
     /// Rounds without enough shrinkage that count as a stall.
     public var stallRounds: Int = 2
     /// A round "shrinks" if its pending bytes are below this fraction of the

@@ -38,7 +38,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var cutoverReason: String?
     /// Connections re-established after a break.
     public var resumes: Int = 0
-    /// Page bytes sent in the rounds right after resumes (what the break cost).
+    /// Wire bytes sent after the receiver's last commit on connections that
+    /// broke: the receiver dropped them and they travelled again (what the breaks cost).
     public var resentBytesAfterResume: UInt64 = 0
     public var warnings: [String] = []
     public var error: String?

@@ -73,10 +73,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
         let registry = ReceiverSession.Registry(
             claim: { [self] id in lock.withLock { active.insert(id).inserted } },
             release: { [self] id in _ = lock.withLock { active.remove(id) } },
-            preempt: { [self] id in
-                let holders = lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
-                for s in holders { s.abortConnection() }
-            })
+            preempt: { [self] id in disconnect(migration: id) })
         let guardian = connections
         let watch = ReceiverSession.Watch(
             awaitingFrame: { guardian.awaitingFrame(ticket) },
@@ -92,6 +89,13 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
 
     /// Every session, oldest first (finished ones included, up to 256).
     public var sessionInfo: [ReceiverSession.Info] { lock.withLock { sessions.map(\.info) } }
+
+    /// Cuts the connection receiving migration `id`, as a network failure
+    /// would: the image stays at its last committed round, waiting for a resume.
+    public func disconnect(migration id: String) {
+        let holders = lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
+        for s in holders { s.abortConnection() }
+    }
 
     public func close() {
         lock.withLock { closed = true }

@@ -311,3 +311,32 @@ final class EncoderCache: @unchecked Sendable {  // one worker thread at a time
         return e
     }
 }
+
+extension RoundScan {
+    /// The scan cut into commit chunks of at most `maxBytes` of dirty pages
+    /// each (ranges are split at page boundaries); the discards travel with the
+    /// first chunk. Always at least one chunk, so an empty round still commits.
+    func commitChunks(maxBytes: UInt64) -> [RoundScan] {
+        let limit = PageSize.roundDown(max(maxBytes, PageSize.bytes))
+        var chunks: [RoundScan] = []
+        var current: [PageRange] = []
+        var bytes: UInt64 = 0
+        func close() {
+            chunks.append(RoundScan(round: round, dirty: current, discarded: chunks.isEmpty ? discarded : [], stats: stats))
+            current = []
+            bytes = 0
+        }
+        for range in dirty {
+            var start = range.start
+            while start < range.end {
+                let take = min(range.end - start, limit - bytes)
+                current.append(PageRange(start: start, end: start + take))
+                bytes += take
+                start += take
+                if bytes == limit { close() }
+            }
+        }
+        if !current.isEmpty || chunks.isEmpty { close() }
+        return chunks
+    }
+}

@@ -215,22 +215,18 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let roundStart = MonotonicClock.seconds()
             let sent: SentRound
             do {
-                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, channel: box.channel, sender: sender)
-            } catch where isResumable(error) {
-                // Nothing of this round counts until acknowledged: its pages go
+                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender)
+            } catch let broken as BrokenRound where isResumable(broken.error) {
+                // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
-                tracker.requeue(scan)
-                try resume(box, after: error, lastAcked: UInt64(round) &+ box.offset, nextRound: round)
+                let committed = try resume(box, after: broken.error, lastAcked: box.lastAcked, nextRound: round)
+                for chunk in broken.chunks where chunk.wireRound > committed { tracker.requeue(chunk.scan) }
                 scan = try scanNextRound(process, tracker, &layout)
-                box.resentFrom = box.channel.bytesSent
                 continue
+            } catch let broken as BrokenRound {
+                throw broken.error
             }
             let roundEnd = MonotonicClock.seconds()
-            if box.resentFrom != nil {
-                box.resentPageBytes += sent.pageBytes
-                box.resentFrom = nil
-                updateStatus { $0.resentBytesAfterResume = box.resentPageBytes }
-            }
             updateStatus {
                 $0.round = round
                 $0.pageBytes += sent.pageBytes
@@ -278,7 +274,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 do {
                     try drain(box.channel)
                 } catch where isResumable(error) {
-                    try resume(box, after: error, lastAcked: UInt64(round) &+ box.offset, nextRound: round)
+                    try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round)
                 }
                 freezeStart = MonotonicClock.seconds()
                 let ns = try freezer.freeze()
@@ -310,7 +306,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 ack = try awaitAck(verifyRound, box.channel)
                 break
             } catch where isResumable(error) {
-                try resume(box, after: error, lastAcked: verifyRound - 1, nextRound: round + 1)
+                try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
             }
         }
         guard let image = ack.imageDigest else { throw EngineError.protocolViolation("final ROUND_ACK without a digest") }
@@ -330,9 +326,21 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var offset: UInt64 = 0
         /// Wire bytes of connections before this one.
         var sentBefore: UInt64 = 0
-        var resentFrom: UInt64?
-        var resentPageBytes: UInt64 = 0
+        /// Bytes of this connection up to the end of the last chunk the receiver
+        /// acknowledged: what a break cannot take away.
+        var committedMark: UInt64 = 0
+        /// Wire bytes sent after the last commit on connections that broke:
+        /// what the receiver dropped, so what breaks cost.
+        var lostBytes: UInt64 = 0
+        /// The last wire round the receiver acknowledged (0: none).
+        var lastAcked: UInt64 = 0
         init(_ channel: FrameChannel) { self.channel = channel }
+    }
+
+    /// A round whose connection broke: which chunks it had (some may be committed).
+    struct BrokenRound: Error {
+        var error: Error
+        var chunks: [(wireRound: UInt64, scan: RoundScan)]
     }
 
     /// A broken connection, as opposed to a refusal by the receiver.
@@ -348,13 +356,17 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// Reconnects with backoff until the receiver welcomes the migration again
     /// (it reopens the image at its last committed round) or
     /// `resumeTimeoutSeconds` pass. Sets the offset so that the next round is
-    /// the one after the receiver's committed one.
-    private func resume(_ box: ChannelBox, after error: Error, lastAcked: UInt64, nextRound: Int) throws {
+    /// the one after the receiver's committed one, which it returns.
+    @discardableResult
+    private func resume(_ box: ChannelBox, after error: Error, lastAcked: UInt64, nextRound: Int) throws -> UInt64 {
         // An ERROR the receiver sent before the break means it refused: no resume.
         if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
             throw EngineError.peerError(code: e.code.rawValue, message: e.message)
         }
         box.sentBefore += box.channel.bytesSent
+        box.lostBytes += box.channel.bytesSent - min(box.committedMark, box.channel.bytesSent)
+        box.committedMark = 0
+        updateStatus { $0.resentBytesAfterResume = box.lostBytes }
         box.channel.close()
         log("connection to \(request.destination) lost (\(error)); resuming from round \(lastAcked)")
         updateStatus { $0.resumes += 1 }
@@ -370,8 +382,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 }
                 box.channel = channel
                 box.offset = committed &- UInt64(nextRound)
+                box.lastAcked = committed
                 log("resumed: receiver at round \(committed)")
-                return
+                return committed
             } catch EngineError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
                 throw EngineError.peerError(code: code, message: message)
             } catch {
@@ -431,34 +444,65 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var ackSeconds: Double
     }
 
-    /// LAYOUT, DISCARD/ZERO/PAGE_BATCH frames, ROUND_END, then waits for the ack.
-    private func sendRound(_ round: UInt64, layout: [RegionDescriptor], scan: RoundScan, channel: FrameChannel, sender: RoundSender) throws -> SentRound {
+    /// One engine round: its pages in commit chunks (wire rounds `first`,
+    /// `first+1`, …; discards go with the first), each LAYOUT, DISCARD/ZERO/
+    /// PAGE_BATCH frames and ROUND_END, sent back to back; then the acks, in
+    /// order. Advances `box.offset` by the extra chunks. A broken connection
+    /// is thrown as ``BrokenRound`` with the chunks, so the caller requeues
+    /// only what the receiver did not commit.
+    private func sendRound(_ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender) throws -> SentRound {
+        let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
+        let channel = box.channel
         let before = channel.bytesSent
-        try sendLayout(round, layout, channel)
-        var paceStart = MonotonicClock.seconds()
-        let paceStartOfRound = paceStart
-        var paced = 0
-        let totals = try sender.send(
-            round: round, dirty: scan.dirty, discarded: scan.discarded, channel: channel,
-            pace: { bytes in
-                guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
-                paced += bytes
-                let due = Double(paced) / cap
-                let elapsed = MonotonicClock.seconds() - paceStart
-                if due > elapsed { usleep(useconds_t(min(1.0, due - elapsed) * 1e6)) }
-                if paced > 64 << 20 { paceStart = MonotonicClock.seconds(); paced = 0 }
-            },
-            cancelled: { self.isCancelled })
-        let stats = RoundStats(
-            pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
-            batches: totals.batches, wireBytes: channel.bytesSent - before)
-        try channel.send(.roundEnd(RoundEnd(round: round, stats: stats)))
-        let ackStart = MonotonicClock.seconds()
-        _ = try awaitAck(round, channel)
-        let ackEnd = MonotonicClock.seconds()
-        return SentRound(pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
-                         pageBytes: totals.pageBytes, wireBytes: channel.bytesSent - before,
-                         streamSeconds: ackStart - paceStartOfRound, ackSeconds: ackEnd - ackStart)
+        var total = SentRound(pages: 0, zeroPages: 0, discardedPages: 0, pageBytes: 0, wireBytes: 0, streamSeconds: 0, ackSeconds: 0)
+        let streamStart = MonotonicClock.seconds()
+        var acked = 0
+        var ends: [UInt64] = []
+        func ackNext() throws {
+            _ = try awaitAck(chunks[acked].wireRound, channel)
+            box.lastAcked = chunks[acked].wireRound
+            box.committedMark = ends[acked]
+            acked += 1
+        }
+        do {
+            var paceStart = streamStart
+            var paced = 0
+            for chunk in chunks {
+                let chunkStart = channel.bytesSent
+                try sendLayout(chunk.wireRound, layout, channel)
+                let totals = try sender.send(
+                    round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel,
+                    pace: { bytes in
+                        guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
+                        paced += bytes
+                        let due = Double(paced) / cap
+                        let elapsed = MonotonicClock.seconds() - paceStart
+                        if due > elapsed { usleep(useconds_t(min(1.0, due - elapsed) * 1e6)) }
+                        if paced > 64 << 20 { paceStart = MonotonicClock.seconds(); paced = 0 }
+                    },
+                    cancelled: { self.isCancelled })
+                let stats = RoundStats(
+                    pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
+                    batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
+                try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats)))
+                ends.append(channel.bytesSent)
+                total.pages += totals.pages
+                total.zeroPages += totals.zeroPages
+                total.discardedPages += totals.discardedPages
+                total.pageBytes += totals.pageBytes
+                // Collect acks that have arrived already, so none pile up.
+                while acked < ends.count, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
+            }
+            let ackStart = MonotonicClock.seconds()
+            while acked < chunks.count { try ackNext() }
+            total.streamSeconds = ackStart - streamStart
+            total.ackSeconds = MonotonicClock.seconds() - ackStart
+        } catch {
+            throw BrokenRound(error: error, chunks: chunks)
+        }
+        total.wireBytes = channel.bytesSent - before
+        box.offset &+= UInt64(chunks.count - 1)
+        return total
     }
 
     private func sendLayout(_ round: UInt64, _ layout: [RegionDescriptor], _ channel: FrameChannel) throws {

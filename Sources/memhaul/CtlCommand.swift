@@ -41,6 +41,7 @@ struct CtlCommand: ParsableCommand {
         @Option(help: "Source after success: stop, kill or resume.") var after: String?
         @Option(name: .customLong("compression-level"), help: "zstd level (-5…19) or auto.") var compressionLevel: String?
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
+        @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).") var resumeTimeout: Double?
         @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.") var noAutoConverge = false
 
         func run() throws {
@@ -53,6 +54,7 @@ struct CtlCommand: ParsableCommand {
             if let after { args["after"] = after }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
+            if let resumeTimeout { args["resume_timeout_s"] = resumeTimeout }
             if noAutoConverge { args["auto_converge"] = false }
             try CtlCommand.run(connection, "migrate", args)
         }

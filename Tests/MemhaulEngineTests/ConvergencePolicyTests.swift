@@ -1,4 +1,5 @@
 import Testing
+import MemhaulKernel
 @testable import MemhaulEngine
 
 @Suite struct ConvergencePolicyTests {
@@ -72,5 +73,34 @@ import Testing
         var policy = ConvergencePolicy(parameters: p)
         let d = policy.decide(after: measurement(1, pending: 5e9), elapsed: 11)
         #expect(d == .cutover(reason: .maxTime(expectedDowntimeMs: 5000)))
+    }
+}
+
+/// How a round is cut into commit chunks (wire rounds committed one by one).
+@Suite struct CommitChunkTests {
+    let mib: UInt64 = 1 << 20
+    func range(_ startMiB: UInt64, _ endMiB: UInt64) -> PageRange { PageRange(start: 0x1000_0000 + startMiB * mib, end: 0x1000_0000 + endMiB * mib) }
+
+    @Test func splitsRangesAtTheLimitAndKeepsDiscardsWithTheFirstChunk() {
+        let scan = RoundScan(round: 0, dirty: [range(0, 10), range(20, 23)], discarded: [range(40, 41)], stats: ScanStats())
+        let chunks = scan.commitChunks(maxBytes: 4 * mib)
+        #expect(chunks.map { $0.dirty.reduce(0) { $0 + $1.byteCount } } == [4 * mib, 4 * mib, 4 * mib, 1 * mib])
+        #expect(chunks[0].discarded == [range(40, 41)])
+        #expect(chunks.dropFirst().allSatisfy { $0.discarded.isEmpty })
+        // Together they are exactly the round.
+        #expect(chunks.flatMap(\.dirty).coalesced() == scan.dirty)
+        #expect(chunks[2].dirty == [range(8, 10), range(20, 22)])
+    }
+
+    @Test func anEmptyRoundIsOneChunk() {
+        let chunks = RoundScan(round: 3, dirty: [], discarded: [], stats: ScanStats()).commitChunks(maxBytes: 64 * mib)
+        #expect(chunks.count == 1)
+    }
+
+    @Test func oddLimitsRoundDownToWholePages() {
+        let scan = RoundScan(round: 0, dirty: [range(0, 1)], discarded: [], stats: ScanStats())
+        let chunks = scan.commitChunks(maxBytes: 100_000)
+        #expect(chunks.allSatisfy { $0.dirty.allSatisfy(\.isPageAligned) })
+        #expect(chunks.count == Int((mib + 98_304 - 1) / 98_304))
     }
 }

@@ -1,0 +1,105 @@
+#!/usr/bin/env bash
+# Fault matrix: the link between the hosts is cut mid-round (`ip link set
+# down` on host A's veth), then brought back. Two cuts:
+#   short  1 s, under the agents' --peer-timeout: TCP may ride it out, or the
+#          sender resumes;
+#   long   8 s, over --peer-timeout 3: the sender's blocked send fails with
+#          ETIMEDOUT (TCP_USER_TIMEOUT), it reconnects with backoff until the
+#          link is back, the receiver cuts the stale connection and reopens
+#          the image at its last committed round, and only the delta travels.
+# Each run must complete with an image equal byte for byte to the frozen source;
+# the long cut must show a resume and re-send well under the memory size.
+# Driven through deploy/memhaul-orchestrate, like production.
+#
+#   Tests/e2e/link-cut.sh      (needs root)
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+root=$PWD
+bin=${MEMHAUL_BIN_DIR:-$root/.build/debug}
+memhaul=$bin/memhaul
+work=$(mktemp -d /tmp/memhaul-cut.XXXXXX)
+A=mh-a B=mh-b
+size_mb=192
+pids=()
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  "$root/scripts/netns" down
+  rm -rf "$work"
+  return 0
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -25 "$f" >&2; done; exit 1; }
+rctl() { env MEMHAUL_CONTROL="$work/receiver.sock" "$memhaul" ctl "$@"; }
+
+"$root/scripts/netns" up 200mbit
+"$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
+ip netns exec $B "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
+  --certs "$work/pki" --control "$work/receiver.sock" >"$work/receiver.out" 2>"$work/receiver.log" &
+pids+=($!)
+ip netns exec $A "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" --peer-timeout 3 \
+  >"$work/sender.out" 2>"$work/sender.log" &
+pids+=($!)
+for f in receiver sender; do
+  for _ in $(seq 1 200); do grep -q . "$work/$f.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q . "$work/$f.out" || fail "$f agent did not start"
+done
+
+passed=0
+# cut NAME SECONDS MIN_RESUMES
+cut() {
+  local name=$1 seconds=$2 min_resumes=$3 id=cut-$1
+  ip netns exec $A "$bin/memhaul-workload" --size ${size_mb}M --mix zero=20,text=40,random=40 \
+    --threads 1 --rate 2000 --pattern hot:0.2 --exit-after 600 >"$work/$name-workload.out" 2>"$work/$name-workload.log" &
+  local workload=$!
+  pids+=($workload)
+  for _ in $(seq 1 400); do grep -q ready "$work/$name-workload.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q ready "$work/$name-workload.out" || fail "$name: workload did not start"
+
+  "$root/deploy/memhaul-orchestrate" --pid "$workload" --to 10.77.0.2:7070 --id "$id" \
+    --sender-ctl "env MEMHAUL_CONTROL=$work/sender.sock $memhaul ctl" \
+    --receiver-ctl "env MEMHAUL_CONTROL=$work/receiver.sock $memhaul ctl" \
+    --downtime-limit 500 --resume-timeout 60 --after stop --timeout 300 \
+    >"$work/$name-result.json" 2>"$work/$name-orchestrate.log" &
+  local orchestrate=$!
+
+  # Cut mid-round 0: the receiver has 30 MB of it and has committed nothing yet.
+  local got=0 committed=null
+  for _ in $(seq 1 1200); do
+    st=$(rctl status 2>/dev/null) || { sleep 0.05; continue; }
+    got=$(jq -r --arg id "$id" '[.result.sessions[]? | select(.migration == $id)] | last | .bytes // 0' <<<"$st")
+    committed=$(jq -r --arg id "$id" '[.result.sessions[]? | select(.migration == $id)] | last | .committed_round // null' <<<"$st")
+    (( got > 30000000 )) && break
+    sleep 0.05
+  done
+  (( got > 30000000 )) || fail "$name: round 0 did not get going (receiver has $got bytes)"
+  [[ $committed == null ]] || echo "note: round $committed already committed when the link went down"
+  ip -n $A link set mh-veth-a down
+  echo "link down for ${seconds}s after the receiver got $got wire bytes of round 0"
+  sleep "$seconds"   # the fault itself: how long the link stays down
+  ip -n $A link set mh-veth-a up
+
+  wait "$orchestrate" || fail "$name: orchestration failed: $(cat "$work/$name-result.json")"
+  local result; result=$(cat "$work/$name-result.json")
+  [[ $(jq -r .state <<<"$result") == completed ]] || fail "$name: state $(jq -r .state <<<"$result")"
+  [[ $(awk '{print $3}' /proc/$workload/stat) == T ]] || fail "$name: source not frozen"
+  "$memhaul" image verify "$work/images/$id" --pid "$workload" >"$work/$name-verify.log" \
+    || fail "$name: image verify: $(cat "$work/$name-verify.log")"
+  local resumes resent
+  resumes=$(jq -r '.resumes // 0' <<<"$result")
+  resent=$(jq -r '.resent_bytes_after_resume // 0' <<<"$result")
+  (( resumes >= min_resumes )) || fail "$name: $resumes resumes, expected at least $min_resumes"
+  (( resent < size_mb * 1048576 / 2 )) || fail "$name: re-sent $resent bytes after resuming, half the memory or more"
+  printf 'link cut %s (%s s): completed, verified, rounds %s, resumes %s, re-sent %s page bytes of %s MiB, total %.0f ms, downtime %.1f ms\n' \
+    "$name" "$seconds" "$(jq -r .rounds <<<"$result")" "$resumes" "$resent" "$size_mb" \
+    "$(jq -r .total_time_ms <<<"$result")" "$(jq -r .downtime_ms <<<"$result")"
+  kill -KILL "$workload" 2>/dev/null || true
+  wait "$workload" 2>/dev/null || true
+  passed=$((passed + 1))
+}
+
+cut short 1 0
+cut long 8 1
+grep -q "cut\|resumes at committed round" "$work/receiver.log" && grep "resumes at committed round" "$work/receiver.log" | tail -1
+echo "$passed passed, 0 failed"
