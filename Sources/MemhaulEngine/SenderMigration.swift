@@ -329,6 +329,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         /// Bytes of this connection up to the end of the last chunk the receiver
         /// acknowledged: what a break cannot take away.
         var committedMark: UInt64 = 0
+        /// Wire round → bytes of this connection at its ROUND_END, for rounds not yet acknowledged.
+        var chunkEnds: [UInt64: UInt64] = [:]
         /// Wire bytes sent after the last commit on connections that broke:
         /// what the receiver dropped, so what breaks cost.
         var lostBytes: UInt64 = 0
@@ -363,10 +365,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
             throw EngineError.peerError(code: e.code.rawValue, message: e.message)
         }
-        box.sentBefore += box.channel.bytesSent
-        box.lostBytes += box.channel.bytesSent - min(box.committedMark, box.channel.bytesSent)
-        box.committedMark = 0
-        updateStatus { $0.resentBytesAfterResume = box.lostBytes }
+        let brokenSent = box.channel.bytesSent
+        let brokenEnds = box.chunkEnds
+        box.sentBefore += brokenSent
         box.channel.close()
         log("connection to \(request.destination) lost (\(error)); resuming from round \(lastAcked)")
         updateStatus { $0.resumes += 1 }
@@ -380,7 +381,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 guard committed >= lastAcked else {
                     throw EngineError.protocolViolation("receiver committed round \(committed) < acknowledged \(lastAcked)")
                 }
+                // Lost: what went out after the receiver's last commit (its
+                // acknowledgement may not have reached us before the break).
+                let mark = brokenEnds.filter { $0.key <= committed }.values.max() ?? 0
+                box.lostBytes += brokenSent - min(max(mark, box.committedMark), brokenSent)
+                updateStatus { $0.resentBytesAfterResume = box.lostBytes }
                 box.channel = channel
+                box.committedMark = 0
+                box.chunkEnds = [:]
                 box.offset = committed &- UInt64(nextRound)
                 box.lastAcked = committed
                 log("resumed: receiver at round \(committed)")
@@ -462,6 +470,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             _ = try awaitAck(chunks[acked].wireRound, channel)
             box.lastAcked = chunks[acked].wireRound
             box.committedMark = ends[acked]
+            box.chunkEnds[chunks[acked].wireRound] = nil
             acked += 1
         }
         do {
@@ -486,6 +495,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
                 try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats)))
                 ends.append(channel.bytesSent)
+                box.chunkEnds[chunk.wireRound] = channel.bytesSent
                 total.pages += totals.pages
                 total.zeroPages += totals.zeroPages
                 total.discardedPages += totals.discardedPages

@@ -32,6 +32,7 @@ cleanup() {
 trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -25 "$f" >&2; done; exit 1; }
 rctl() { env MEMHAUL_CONTROL="$work/receiver.sock" "$memhaul" ctl "$@"; }
+sctl() { env MEMHAUL_CONTROL="$work/sender.sock" "$memhaul" ctl "$@"; }
 
 "$root/scripts/netns" up 200mbit
 "$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
@@ -64,19 +65,20 @@ cut() {
     >"$work/$name-result.json" 2>"$work/$name-orchestrate.log" &
   local orchestrate=$!
 
-  # Cut mid-round 0: the receiver has 30 MB of it and has committed nothing yet.
+  # Cut mid-round 0, once the receiver has committed its first chunk (64 MiB).
   local got=0 committed=null
   for _ in $(seq 1 1200); do
     st=$(rctl status 2>/dev/null) || { sleep 0.05; continue; }
     got=$(jq -r --arg id "$id" '[.result.sessions[]? | select(.migration == $id)] | last | .bytes // 0' <<<"$st")
     committed=$(jq -r --arg id "$id" '[.result.sessions[]? | select(.migration == $id)] | last | .committed_round // null' <<<"$st")
-    (( got > 30000000 )) && break
+    [[ $committed != null ]] && (( committed >= 1 )) && break
     sleep 0.05
   done
-  (( got > 30000000 )) || fail "$name: round 0 did not get going (receiver has $got bytes)"
-  [[ $committed == null ]] || echo "note: round $committed already committed when the link went down"
+  [[ $committed != null ]] || fail "$name: round 0 did not get going (receiver has $got bytes)"
+  local sender_pages
+  sender_pages=$(sctl status --migration "$id" | jq -r '.result.status.page_bytes')
   ip -n $A link set mh-veth-a down
-  echo "link down for ${seconds}s after the receiver got $got wire bytes of round 0"
+  echo "link down for ${seconds}s: receiver has $got wire bytes, committed chunk $committed$( (( sender_pages == 0 )) && echo ', round 0 still streaming')"
   sleep "$seconds"   # the fault itself: how long the link stays down
   ip -n $A link set mh-veth-a up
 
@@ -91,7 +93,7 @@ cut() {
   resent=$(jq -r '.resent_bytes_after_resume // 0' <<<"$result")
   (( resumes >= min_resumes )) || fail "$name: $resumes resumes, expected at least $min_resumes"
   (( resent < size_mb * 1048576 / 2 )) || fail "$name: re-sent $resent bytes after resuming, half the memory or more"
-  printf 'link cut %s (%s s): completed, verified, rounds %s, resumes %s, re-sent %s page bytes of %s MiB, total %.0f ms, downtime %.1f ms\n' \
+  printf 'link cut %s (%s s): completed, verified, rounds %s, resumes %s, %s wire bytes lost in flight and sent again (memory %s MiB), total %.0f ms, downtime %.1f ms\n' \
     "$name" "$seconds" "$(jq -r .rounds <<<"$result")" "$resumes" "$resent" "$size_mb" \
     "$(jq -r .total_time_ms <<<"$result")" "$(jq -r .downtime_ms <<<"$result")"
   kill -KILL "$workload" 2>/dev/null || true
