@@ -70,7 +70,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
-                        "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s"])
+                        "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes"])
         let request = try Self.request(from: r)
         let migration = SenderMigration(request: request, connect: connect, log: log)
         let conflict: ControlError? = lock.withLock {
@@ -130,6 +130,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             guard v >= 0 else { throw ControlError(.badRequest, "resume_timeout_s must be >= 0") }
             request.parameters.resumeTimeoutSeconds = v
         }
+        if let v = try r.number("commit_chunk_bytes") {
+            guard v >= 4096, v <= Double(1 << 40) else { throw ControlError(.badRequest, "commit_chunk_bytes must be 4096…2^40") }
+            request.parameters.commitChunkBytes = UInt64(v)
+        }
         return request
     }
 }
@@ -151,7 +155,10 @@ public enum ReceiverControl {
                 if let v = s.error { d["error"] = v }
                 return d
             }
-            return ["sessions": sessions, "images": agent.imagesRoot]
+            let l = agent.connections.limits
+            return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
+                    "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
+                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost]]
         }
     }
 }

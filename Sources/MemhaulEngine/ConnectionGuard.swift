@@ -65,7 +65,7 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
             }
             nextID += 1
             entries[nextID] = Entry(fd: fd, host: host, peer: peer,
-                                    deadline: MonotonicClock.seconds() + limits.handshakeTimeout.seconds, phase: "handshake")
+                                    deadline: MonotonicClock.seconds() + limits.handshakeTimeout.secondsValue, phase: "handshake")
             condition.signal()
             return .success(Ticket(id: nextID))
         }
@@ -73,7 +73,7 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
 
     /// The receiver now waits for the next frame: it must arrive within the frame timeout.
     public func awaitingFrame(_ ticket: Ticket) {
-        set(ticket, deadline: MonotonicClock.seconds() + limits.frameTimeout.seconds, phase: "frame")
+        set(ticket, deadline: MonotonicClock.seconds() + limits.frameTimeout.secondsValue, phase: "frame")
     }
 
     /// The receiver is working (committing, digesting): no deadline.
@@ -112,7 +112,7 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
                 entries.removeValue(forKey: id)
                 _ = Glibc.shutdown(e.fd, Int32(SHUT_RDWR))
                 let limit = e.phase == "handshake" ? limits.handshakeTimeout : limits.frameTimeout
-                log("receiver: cut connection from \(e.peer): \(e.phase == "handshake" ? "handshake and HELLO" : "next frame") not complete within \(limit.seconds) s")
+                log("receiver: cut connection from \(e.peer): \(e.phase == "handshake" ? "handshake and HELLO" : "next frame") not complete within \(limit.secondsValue) s")
             }
             let next = entries.values.map(\.deadline).min() ?? .infinity
             if next.isFinite {
@@ -138,7 +138,8 @@ public struct LimitRefusal: Error, CustomStringConvertible {
 }
 
 extension Duration {
-    var seconds: Double {
+    /// In seconds, as a Double (for status and messages).
+    public var secondsValue: Double {
         let (s, atto) = components
         return Double(s) + Double(atto) / 1e18
     }

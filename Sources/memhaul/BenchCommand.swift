@@ -146,9 +146,10 @@ struct BenchCommand: ParsableCommand {
             let pagesPerSecond = Double(rate) / 4096
             let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(Int(pagesPerSecond)), "--pattern", "uniform"])
             defer { workload.stop() }
-            func migrate(_ id: String, maxRounds: Int?) throws -> MigrationStatus {
+            func migrate(_ id: String, maxRounds: Int?, commitChunk: UInt64? = nil) throws -> MigrationStatus {
                 var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "\(id)-\(getpid())")
                 if let maxRounds { r.parameters.maxRounds = maxRounds }
+                if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
                 let m = SenderMigration(request: r, connect: try env.connector())
                 m.run()
@@ -158,6 +159,8 @@ struct BenchCommand: ParsableCommand {
             }
             let pre = try migrate("bench-precopy", maxRounds: nil)
             let sac = try migrate("bench-stopcopy", maxRounds: 0)
+            // The cost of commit chunks (resume granularity): the same frozen round in one commit.
+            let single = try migrate("bench-onecommit", maxRounds: 0, commitChunk: UInt64.max / 2)
             func line(_ name: String, _ s: MigrationStatus) -> String {
                 String(format: "  %-14@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s",
                        name, s.downtimeMs ?? 0, s.rounds ?? 0, Summary.bytes(Double(s.transferredBytes)),
@@ -166,6 +169,8 @@ struct BenchCommand: ParsableCommand {
             print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))")
             print(line("pre-copy", pre))
             print(line("stop-and-copy", sac))
+            print(line("  one commit", single) + String(format: "  (64 MiB commit chunks cost %.1f%% of the frozen round)",
+                                                      ((sac.downtimeMs ?? 0) / max(0.001, single.downtimeMs ?? 0) - 1) * 100))
             print(String(format: "  downtime ratio pre-copy/stop-and-copy: 1/%.1f (%.4f)", (sac.downtimeMs ?? 0) / max(0.001, pre.downtimeMs ?? 0),
                          (pre.downtimeMs ?? 0) / max(0.001, sac.downtimeMs ?? 1)))
             if let reason = pre.cutoverReason { print("  pre-copy cutover: \(reason)") }

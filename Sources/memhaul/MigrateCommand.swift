@@ -21,6 +21,8 @@ struct ConvergenceOptions: ParsableArguments {
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
     var resumeTimeout: Double = 30
+    @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit: a break loses at most what was sent after the last commit.")
+    var commitChunkMiB: UInt64 = 64
 
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
@@ -29,6 +31,7 @@ struct ConvergenceOptions: ParsableArguments {
             guard let l = Int32(compressionLevel), (-5...19).contains(l) else { throw ValidationError("--compression-level must be auto or -5…19") }
         }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
+        guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
     }
 
     func apply(to request: inout MigrationRequest) {
@@ -40,6 +43,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
         request.parameters.resumeTimeoutSeconds = resumeTimeout
+        request.parameters.commitChunkBytes = commitChunkMiB << 20
     }
 }
 
