@@ -153,6 +153,7 @@ public enum ReceiverControl {
                 if let v = s.committedRound { d["committed_round"] = v }
                 if let v = s.image { d["image"] = v }
                 if let v = s.error { d["error"] = v }
+                if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
                 return d
             }
             let l = agent.connections.limits

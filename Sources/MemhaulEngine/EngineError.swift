@@ -1,4 +1,5 @@
 import MemhaulSystem
+import MemhaulWire
 
 /// Errors of the migration engine, each one readable line.
 public enum EngineError: Error, Equatable, CustomStringConvertible {
@@ -18,7 +19,7 @@ public enum EngineError: Error, Equatable, CustomStringConvertible {
         case .freezeTimeout(let pid): return "could not stop every thread of PID \(pid) in time"
         case .digestMismatch(let s, let r): return "image digest mismatch: sender \(s), receiver \(r)"
         case .protocolViolation(let m): return "protocol violation: \(m)"
-        case .peerError(let code, let m): return "receiver reported error \(code): \(m)"
+        case .peerError(let code, let m): return "receiver reported error \(code) (\(ErrorCode(rawValue: code))): \(m)"
         case .cancelled: return "migration cancelled"
         case .invalidParameter(let m): return "invalid parameter: \(m)"
         case .connectionClosed: return "the peer closed the connection"

@@ -19,6 +19,8 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     private var closed = false
     /// Deadlines and connection limits (a stalled or dripping peer is cut).
     public let connections: ConnectionGuard
+    /// Which sender may write which migration ids (`--authorize`); set before `serve()`.
+    public var authorization: ReceiverAuthorization?
 
     public init(listener: TCPListener, imagesRoot: String, limits: ReceiverLimits = ReceiverLimits(),
                 handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
@@ -73,13 +75,20 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
         let registry = ReceiverSession.Registry(
             claim: { [self] id in lock.withLock { active.insert(id).inserted } },
             release: { [self] id in _ = lock.withLock { active.remove(id) } },
-            preempt: { [self] id in disconnect(migration: id) })
+            preempt: { [self] id, fingerprint in
+                // Only a connection of the same sender certificate: a sender never cuts another's.
+                let holders = lock.withLock {
+                    sessions.filter { $0.info.migration == id && $0.info.state == "receiving" && $0.sender?.fingerprint == fingerprint }
+                }
+                for s in holders { s.abortConnection() }
+            })
         let guardian = connections
         let watch = ReceiverSession.Watch(
             awaitingFrame: { guardian.awaitingFrame(ticket) },
             working: { guardian.working(ticket) },
             ended: { guardian.release(ticket) })
-        let session = ReceiverSession(stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, log: log)
+        let session = ReceiverSession(
+            stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

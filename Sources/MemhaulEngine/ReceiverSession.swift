@@ -27,6 +27,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var bytes: UInt64 = 0
         public var image: String?
         public var error: String?
+        /// The sender's verified certificate (nil with `--insecure`).
+        public var sender: ImageOwner?
     }
 
     /// Calls from the agent, so two connections cannot write one image.
@@ -34,10 +36,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var claim: @Sendable (String) -> Bool
         public var release: @Sendable (String) -> Void
         /// Ends the connection of the session holding `id` (a resuming sender
-        /// replaces a connection the receiver has not seen break yet).
-        public var preempt: @Sendable (String) -> Void
+        /// replaces a connection the receiver has not seen break yet), only if
+        /// that session's sender has the fingerprint given (nil: unauthenticated):
+        /// a sender never cuts another sender's connection.
+        public var preempt: @Sendable (_ id: String, _ senderFingerprint: String?) -> Void
         public init(claim: @escaping @Sendable (String) -> Bool, release: @escaping @Sendable (String) -> Void,
-                    preempt: @escaping @Sendable (String) -> Void = { _ in }) {
+                    preempt: @escaping @Sendable (_ id: String, _ senderFingerprint: String?) -> Void = { _, _ in }) {
             self.claim = claim
             self.release = release
             self.preempt = preempt
@@ -63,6 +67,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private let imagesRoot: String
     private let registry: Registry
     private let watch: Watch
+    /// Who is sending: the verified peer certificate (nil with `--insecure`).
+    public let sender: ImageOwner?
+    /// Which sender may write which migration ids; nil = any sender may start
+    /// a migration (each image stays bound to the sender that created it).
+    private let authorization: ReceiverAuthorization?
     private let log: @Sendable (String) -> Void
     private let infoLock = NSLock()
     private var _info: Info
@@ -74,14 +83,19 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public var info: Info { infoLock.withLock { _info } }
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
+    /// The sender's identity comes from the stream: a ``TLSStream``'s verified
+    /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
+                authorization: ReceiverAuthorization? = nil,
                 log: @escaping @Sendable (String) -> Void) {
         channel = FrameChannel(stream: stream)
         self.imagesRoot = imagesRoot
         self.registry = registry
         self.watch = watch
+        self.authorization = authorization
         self.log = log
-        _info = Info(peer: stream.peerDescription)
+        sender = ((stream as? TLSStream)?.peerIdentity).map(ImageOwner.init(peer:))
+        _info = Info(peer: stream.peerDescription, sender: sender)
         socketFD = ((stream as? TLSStream)?.transport ?? (stream as? TCPStream))?.fileDescriptor
         pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
     }
@@ -100,6 +114,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var description: String
         /// A broken connection, not a refusal: the image stays open for a resume.
         var connectionLost = false
+        /// What the log says instead of `description`, when the peer must not
+        /// learn it (another sender's identity).
+        var logDetail: String? = nil
     }
 
     /// Serves the connection until CLOSE, an error or end of stream.
@@ -133,7 +150,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 $0.error = refusal.description
                 $0.committedRound = store?.committedRound
             }
-            log("receiver: migration \(info.migration ?? "?") from \(info.peer): \(refusal.description)")
+            log("receiver: migration \(info.migration ?? "?") from \(info.peer): \(refusal.logDetail ?? refusal.description)")
         }
     }
 
@@ -142,15 +159,22 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
         }
         watch.working()
+        let id = hello.migrationID
+        setInfo { $0.migration = id }
+        let directory = try ImageStore.directory(root: imagesRoot, migrationID: id)
+        // Authorisation first, before anything touches the image or another
+        // connection: the policy, then the owner of an existing image.
+        try checkPolicy(id)
+        try checkOwner(id, directory)
         guard hello.pageSize == WireLimits.default.pageSize else {
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }
-        let id = hello.migrationID
         var claimedNow = registry.claim(id)
         if !claimedNow && hello.resumeFromRound != nil {
             // A resuming sender: the old connection is dead even if we have not
-            // noticed yet. Cut it and wait for its session to let the image go.
-            registry.preempt(id)
+            // noticed yet. Cut it (only if it is this sender's) and wait for its
+            // session to let the image go.
+            registry.preempt(id, sender?.fingerprint)
             for _ in 0..<200 where !claimedNow {
                 usleep(25_000)
                 claimedNow = registry.claim(id)
@@ -160,8 +184,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             throw Refusal(code: .migrationBusy, description: "migration \(id) is already being received")
         }
         claimed = id
-        setInfo { $0.migration = id }
-        let directory = try ImageStore.directory(root: imagesRoot, migrationID: id)
+        // Again under the claim: nobody can be creating the image now, so an
+        // existing image has its owner record.
+        try checkOwner(id, directory)
         let store: ImageStore
         if FileManager.default.fileExists(atPath: directory) {
             guard hello.resumeFromRound != nil else {
@@ -175,12 +200,56 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
             log("receiver: migration \(id) resumes at committed round \(store.committedRound.map(String.init) ?? "none") (sender saw \(hello.resumeFromRound ?? 0))")
         } else {
-            store = try ImageStore.create(directory: directory, migrationID: id)
+            store = try ImageStore.create(directory: directory, migrationID: id, owner: sender)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
         try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive]), lastCommittedRound: store.committedRound.map(UInt64.init))))
-        log("receiver: migration \(id) from \(info.peer) (\(hello.senderName)) → \(directory)")
+        log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
+    }
+
+    /// With a policy, the sender must have a rule allowing `id`.
+    private func checkPolicy(_ id: String) throws {
+        guard let authorization else { return }
+        let policy = authorization.current
+        guard let sender else {
+            throw Refusal(code: .unauthorized, description: "migration \(id) refused: the receiver authorises senders by certificate and this connection has none")
+        }
+        guard policy.allows(sender, migrationID: id) else {
+            throw Refusal(
+                code: .unauthorized, description: "sender \(sender) is not authorised for migration \(id)",
+                logDetail: "unauthorized: no rule of \(policy.source) allows sender \(sender) to write migration \(id); nothing created")
+        }
+    }
+
+    /// An existing image accepts only the sender that created it (its owner
+    /// record). The image is only read here, never opened or changed.
+    private func checkOwner(_ id: String, _ directory: String) throws {
+        guard FileManager.default.fileExists(atPath: directory) else { return }
+        let owner: ImageOwner?
+        do {
+            owner = try ImageStore.owner(directory: directory, migrationID: id)
+        } catch {
+            throw Refusal(code: .storageFailure, description: "owner record of migration \(id) unreadable: \(error)")
+        }
+        switch (owner, sender) {
+        case (nil, nil):
+            return  // made and continued without TLS: nothing to bind to
+        case (let owner?, let sender?) where owner.sameSender(as: sender):
+            return
+        case (let owner?, let sender?):
+            throw Refusal(
+                code: .unauthorized, description: "migration \(id) belongs to another sender; \(sender) may not write it",
+                logDetail: "unauthorized: sender \(sender) is not the owner \(owner) of migration \(id); image left untouched")
+        case (let owner?, nil):
+            throw Refusal(
+                code: .unauthorized, description: "migration \(id) belongs to an authenticated sender; an unauthenticated one may not write it",
+                logDetail: "unauthorized: an unauthenticated sender may not write migration \(id) of \(owner); image left untouched")
+        case (nil, let sender?):
+            throw Refusal(
+                code: .unauthorized, description: "migration \(id) has no owner record (made without TLS); \(sender) may not write it",
+                logDetail: "unauthorized: migration \(id) has no owner record (made without TLS, or by an older memhaul); refused \(sender); image left untouched")
+        }
     }
 
     private func serve(_ store: ImageStore) throws {

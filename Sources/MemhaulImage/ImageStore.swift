@@ -136,8 +136,9 @@ public final class ImageStore: @unchecked Sendable {
     }
 
     /// Creates a new, empty image in `directory` (mode 0700; missing parents are
-    /// created 0700 too) and locks it. No round is committed yet.
-    public static func create(directory: String, migrationID: String) throws(ImageError) -> ImageStore {
+    /// created 0700 too) and locks it. No round is committed yet. With `owner`,
+    /// the owner record is made durable before the first manifest.
+    public static func create(directory: String, migrationID: String, owner: ImageOwner? = nil) throws(ImageError) -> ImageStore {
         try validate(migrationID: migrationID)
         let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
         try makeParents(of: dir)
@@ -150,6 +151,10 @@ public final class ImageStore: @unchecked Sendable {
         _ = try onFile("chmod", dir) { chmod(dir, 0o700) }  // whatever the umask
         let lock = try lockImage(dir)
         let now = wallNanoseconds()
+        if var owner {
+            if owner.recordedAt == 0 { owner.recordedAt = now }
+            try writeOwner(owner, migrationID: migrationID, directory: dir)
+        }
         let store = ImageStore(
             directory: dir, lock: lock, manifest: Manifest(migrationID: migrationID, createdAt: now, updatedAt: now))
         try store.publish(store.manifest)
@@ -978,7 +983,7 @@ public final class ImageStore: @unchecked Sendable {
             layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
             logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
             updatedAt: m.updatedAt, recovery: .clean, checkpointedRound: m.checkpointedRound,
-            pendingJournals: m.journals.map(\.round))
+            pendingJournals: m.journals.map(\.round), owner: Self.ownerOrProblem(dir, m.migrationID))
     }
 
     static func diskUse(_ dir: String) -> UInt64 {
@@ -1002,7 +1007,8 @@ public final class ImageStore: @unchecked Sendable {
             rounds: manifest.history, storedPages: stored / imagePageSize, diskBytes: disk,
             logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
             createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery,
-            checkpointedRound: manifest.checkpointedRound, pendingJournals: manifest.journals.map(\.round))
+            checkpointedRound: manifest.checkpointedRound, pendingJournals: manifest.journals.map(\.round),
+            owner: Self.ownerOrProblem(directory, manifest.migrationID))
     }
 }
 

@@ -145,6 +145,9 @@ public struct ImageInfo: Sendable {
     public var checkpointedRound: UInt32? = nil
     /// Committed journals after the checkpoint (replayed on open after a crash).
     public var pendingJournals: [UInt32] = []
+    /// The sender that owns the image (`owner` file), nil if it has none, or
+    /// why the record could not be read.
+    public var owner: Result<ImageOwner?, ImageError> = .success(nil)
 }
 
 /// Every error the image store throws. I/O errors name the file and errno;

@@ -261,6 +261,59 @@ public enum CertificateBundle {
         return paths
     }
 
+    /// What a certificate issued by ``issue(directory:name:role:names:days:force:)`` is for.
+    public enum Role: String, Sendable, CaseIterable {
+        /// clientAuth: a sender agent (`memhaul migrate`, `memhaul sender`).
+        case sender
+        /// serverAuth: a receiver agent, with DNS/IP SANs.
+        case receiver
+    }
+
+    /// Issues one more certificate from the CA in `directory` (needs `ca.pem`
+    /// and `ca.key`): CN `name`, written to `<name>.pem` (0644) and
+    /// `<name>.key` (0600) in `directory`. A receiver certificate names
+    /// localhost, 127.0.0.1, ::1 and `names`; a sender one has no SANs (the
+    /// receiver tells senders apart by CN and fingerprint). Existing files are
+    /// an error unless `force`. Returns the paths written.
+    public static func issue(
+        directory: String, name: String, role: Role, names: [String] = [], days: Int = 365, force: Bool = false
+    ) throws -> [String] {
+        precondition(days > 0, "days must be positive")
+        let dir = directory.hasSuffix("/") && directory.count > 1 ? String(directory.dropLast()) : directory
+        let paths = ["\(dir)/\(name).pem", "\(dir)/\(name).key"]
+        if !force {
+            let existing = paths.filter { path in (try? Syscall.run("access(\(path))") { access(path, F_OK) }) != nil }
+            if !existing.isEmpty { throw CertificateBundleError.wouldOverwrite(existing) }
+        }
+        let ca = try CertificateAuthority(
+            certificatePEM: try readSmallFile("\(dir)/ca.pem"), privateKeyPEM: try readSmallFile("\(dir)/ca.key"))
+        var sans: [SubjectAlternativeName] = []
+        if role == .receiver {
+            sans = [.dns("localhost"), .ip("127.0.0.1"), .ip("::1")]
+            for n in names where !sans.contains(SubjectAlternativeName(n)) { sans.append(SubjectAlternativeName(n)) }
+        }
+        let leaf = try ca.issue(
+            commonName: name, sans: sans, usage: role == .sender ? .clientAuth : .serverAuth,
+            notAfter: Int64(time(nil)) + Int64(days) * 86400)
+        try writeFile(paths[0], leaf.certificatePEM, mode: 0o644, force: force)
+        try writeFile(paths[1], leaf.privateKeyPEM, mode: 0o600, force: force)
+        return paths
+    }
+
+    /// A PEM file (at most 1 MiB), read through the syscall seam.
+    static func readSmallFile(_ path: String) throws -> String {
+        let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC)
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+            if n == 0 { break }
+            bytes += chunk[0..<n]
+            if bytes.count > 1 << 20 { throw OpenSSLErrors.configurationError("\(path) is larger than 1 MiB, not a PEM file") }
+        }
+        return String(decoding: bytes, as: UTF8.self)
+    }
+
     private static func writeFile(_ path: String, _ text: String, mode: mode_t, force: Bool) throws {
         let flags = O_WRONLY | O_CREAT | (force ? O_TRUNC : O_EXCL)
         let fd = try FileDescriptor.open(path, flags, mode: mode)

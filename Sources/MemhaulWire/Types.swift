@@ -148,6 +148,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     public static let digestMismatch = ErrorCode(rawValue: 13)
     public static let cancelled = ErrorCode(rawValue: 14)
     public static let internalError = ErrorCode(rawValue: 15)
+    /// The sender's certificate is valid but not authorised for this migration
+    /// id (another sender's image, or no policy rule allows it).
+    public static let unauthorized = ErrorCode(rawValue: 16)
 
     public var description: String {
         switch self {
@@ -166,6 +169,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .digestMismatch: "digest-mismatch"
         case .cancelled: "cancelled"
         case .internalError: "internal-error"
+        case .unauthorized: "unauthorized"
         default: "error-\(rawValue)"
         }
     }

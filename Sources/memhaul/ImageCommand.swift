@@ -78,6 +78,15 @@ struct ImageCommand: ParsableCommand {
             object["pendingJournals"] = info.pendingJournals.map { Int($0) }
             object["failureReason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
+            switch info.owner {
+            case .success(let owner?):
+                object["owner"] = [
+                    "commonName": owner.commonName, "sha256": owner.fingerprint, "subject": owner.subject,
+                    "recordedAt": isoTime(owner.recordedAt),
+                ]
+            case .success(nil): object["owner"] = NSNull()
+            case .failure(let error): object["owner"] = ["error": String(describing: error)]
+            }
             if let recomputed {
                 object["recomputedDigest"] = recomputed.hex
                 if let stored = info.finalDigest { object["digestMatches"] = stored == recomputed }
@@ -92,6 +101,11 @@ struct ImageCommand: ParsableCommand {
             line("image", info.directory)
             line("migration", info.migrationID)
             line("state", info.state.description + (info.failureReason.map { " (\($0))" } ?? "") + (live ? ", live: a receiver holds the lock" : ""))
+            switch info.owner {
+            case .success(let owner?): line("owner", "\(owner.commonName.isEmpty ? "-" : owner.commonName)  sha256:\(owner.fingerprint)")
+            case .success(nil): line("owner", "none recorded (made without TLS)")
+            case .failure(let error): line("owner", "unreadable: \(error)")
+            }
             line("round", info.committedRound.map { "\($0) committed" } ?? "none committed")
             line(
                 "journals",

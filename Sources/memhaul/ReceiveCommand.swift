@@ -24,6 +24,8 @@ struct ReceiveCommand: ParsableCommand {
     var maxConnections = 64
     @Option(help: "Connections open at once from one address; more are refused.")
     var maxConnectionsPerHost = 16
+    @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
+    var authorize: String?
     @OptionGroup var transport: TransportOptions
 
     func validate() throws {
@@ -42,12 +44,20 @@ struct ReceiveCommand: ParsableCommand {
 
     func run() throws {
         transport.warnIfInsecure()
+        if authorize != nil && transport.insecure { throw CLIError("--authorize needs TLS: an --insecure sender has no certificate to authorise") }
+        let authorization = try authorize.map { path throws(AuthorizationPolicyError) in try ReceiverAuthorization(path: path) }
         let (host, port) = try MigrationRequest.parseDestination(listen.hasPrefix(":") ? "0.0.0.0" + listen : listen, allowAnyPort: true)
         if mkdir(images, 0o700) != 0 && errno != EEXIST {
             throw CLIError("cannot create image directory \(images): \(String(cString: strerror(errno)))")
         }
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
+        agent.authorization = authorization
+        authorization?.reloadOnHangup(log: Log.line)
+        if !transport.insecure {
+            Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
+                ?? "receiver: no --authorize policy: any sender with a certificate from the CA may start a migration (each image is bound to its first sender)")
+        }
         let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
         defer { server.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")

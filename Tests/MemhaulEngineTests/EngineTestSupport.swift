@@ -146,7 +146,7 @@ final class TestReceiver: @unchecked Sendable {
     let port: UInt16
     let sink = LogSink()
 
-    init(pki: TestPKI?, images: String? = nil, limits: ReceiverLimits = ReceiverLimits()) throws {
+    init(pki: TestPKI?, images: String? = nil, limits: ReceiverLimits = ReceiverLimits(), authorization: ReceiverAuthorization? = nil) throws {
         self.images = images ?? temporaryDirectory("images")
         let listener = try TCPListener(host: "127.0.0.1", port: 0)
         port = listener.port
@@ -159,6 +159,7 @@ final class TestReceiver: @unchecked Sendable {
         }
         let sink = self.sink
         agent = ReceiverAgent(listener: listener, imagesRoot: self.images, limits: limits, handshake: handshake, log: { sink.append($0) })
+        agent.authorization = authorization
         let agent = self.agent
         Thread.detachNewThread { agent.serve() }
     }
@@ -198,12 +199,13 @@ final class ReceiverProcess {
     let images: String
     let control: String
 
-    init(pki: TestPKI?, images: String? = nil, port: UInt16 = 0) throws {
+    init(pki: TestPKI?, images: String? = nil, port: UInt16 = 0, extraArgs: [String] = []) throws {
         let images = images ?? temporaryDirectory("images")
         self.images = images
         control = temporaryDirectory("ctl") + "/receiver.sock"
         var args = ["receive", "--listen", "127.0.0.1:\(port)", "--images", images, "--control", control]
         if let pki { args += ["--certs", pki.directory] } else { args += ["--insecure"] }
+        args += extraArgs
         child = try Child(builtBinary("memhaul"), args)
         let line = try child.waitFor("listening")
         guard let p = line.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw TestSetupError("bad line \(line)") }

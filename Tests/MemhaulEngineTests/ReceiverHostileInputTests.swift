@@ -16,13 +16,27 @@ final class RawSender {
     static let base: UInt64 = 0x7f00_0000_0000
     static let region = RegionDescriptor(start: base, end: base + 64 * 4096, protection: [.read, .write])
 
-    init(_ receiver: TestReceiver, _ pki: TestPKI, id: String) throws {
-        let context = try TLSClientContext(configuration: pki.configuration("sender"))
-        stream = try context.connect(host: "127.0.0.1", port: receiver.port)
+    /// The WELCOME the receiver answered with.
+    private(set) var welcome: Welcome?
+
+    /// Connects with the certificate `role` (`<role>.pem` in the PKI directory)
+    /// and shakes hands; with `resumeFrom`, as a resuming sender.
+    convenience init(_ receiver: TestReceiver, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil) throws {
+        try self.init(port: receiver.port, pki, id: id, role: role, resumeFrom: resumeFrom)
+    }
+
+    init(port: UInt16, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil) throws {
+        let context = try TLSClientContext(configuration: pki.configuration(role))
+        stream = try context.connect(host: "127.0.0.1", port: port)
         channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
-        try channel.send(.hello(Hello(capabilities: [.zstd], migrationID: id, senderName: "raw-test")))
-        guard case .welcome = try channel.receive() else { throw TestSetupError("no WELCOME") }
+        try channel.send(.hello(Hello(capabilities: resumeFrom == nil ? [.zstd] : [.zstd, .resume], migrationID: id,
+                                      senderName: "raw-test", resumeFromRound: resumeFrom)))
+        switch try channel.receive() {
+        case .welcome(let w): welcome = w
+        case .error(let e): throw RawSenderRefused(error: e)
+        case let other: throw TestSetupError("expected WELCOME, got \(other)")
+        }
     }
 
     /// Page `i` of the test region, filled with `value`.
@@ -54,6 +68,12 @@ final class RawSender {
             return nil
         }
     }
+}
+
+/// The receiver answered HELLO with ERROR.
+struct RawSenderRefused: Error, CustomStringConvertible {
+    var error: ErrorMessage
+    var description: String { "refused: \(error.code) \(error.message)" }
 }
 
 @Suite(.serialized) struct ReceiverHostileInputTests {
