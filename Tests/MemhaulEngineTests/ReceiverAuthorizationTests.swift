@@ -223,6 +223,9 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         // A certificate without a CN is matched by fingerprint only.
         #expect(!policy.allows(ImageOwner(fingerprint: fp, commonName: "", subject: ""), migrationID: "m-hostA-1"))
         #expect(try AuthorizationPolicy(parsing: "# nothing\n").rules.isEmpty)
+        // The shipped example parses.
+        let example = try AuthorizationPolicy.load(path: repositoryRoot + "/deploy/authorize.example")
+        #expect(example.rules.map(\.sender) == [.commonName("hostA-sender"), .commonName("hostB-sender")])
 
         for (text, line, words) in [
             ("ok a-*\nlonely\n", 2, "no migration-id pattern"),
