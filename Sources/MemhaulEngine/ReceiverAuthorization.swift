@@ -178,7 +178,6 @@ public final class ReceiverAuthorization: @unchecked Sendable {  // `policy` beh
     public let path: String
     private let lock = NSLock()
     private var policy: AuthorizationPolicy
-    private var hangup: DispatchSourceSignal?
 
     /// Loads `path`; a bad file is an error naming the line.
     public init(path: String) throws(AuthorizationPolicyError) {
@@ -202,21 +201,25 @@ public final class ReceiverAuthorization: @unchecked Sendable {  // `policy` beh
         return fresh
     }
 
-    /// Re-reads the file on SIGHUP, logging the outcome.
-    public func reloadOnHangup(log: @escaping @Sendable (String) -> Void) {
+    nonisolated(unsafe) private static var hangup: DispatchSourceSignal?
+
+    /// SIGHUP re-reads `authorization`'s file, logging the outcome. Installed
+    /// also without a policy, so that a reload (`systemctl reload`) never
+    /// kills a receiver. Call once, from the main thread at startup.
+    public static func reloadOnHangup(_ authorization: ReceiverAuthorization?, log: @escaping @Sendable (String) -> Void) {
         signal(SIGHUP, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler { [self] in
+        source.setEventHandler {
+            guard let authorization else { return log("receiver: SIGHUP: no --authorize policy to reload") }
             do {
-                let p = try reload()
-                log("receiver: SIGHUP: reloaded authorisation policy \(path) (\(p.rules.count) rules)")
+                let p = try authorization.reload()
+                log("receiver: SIGHUP: reloaded authorisation policy \(authorization.path) (\(p.rules.count) rules)")
             } catch {
                 log("receiver: SIGHUP: kept the previous authorisation policy: \(error)")
             }
         }
         source.resume()
+        hangup?.cancel()
         hangup = source
     }
-
-    deinit { hangup?.cancel() }
 }

@@ -53,7 +53,7 @@ struct ReceiveCommand: ParsableCommand {
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         agent.authorization = authorization
-        authorization?.reloadOnHangup(log: Log.line)
+        ReceiverAuthorization.reloadOnHangup(authorization, log: Log.line)
         if !transport.insecure {
             Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
                 ?? "receiver: no --authorize policy: any sender with a certificate from the CA may start a migration (each image is bound to its first sender)")

@@ -158,6 +158,16 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         try a.goodRound(1, value: 0x55)
         let aElsewhere = try expectRefusal(port: receiver.port, pki, role: "sender", id: "b-2")
         #expect(aElsewhere.code == .unauthorized)
+        // The receiver's status names each session's sender certificate.
+        let ctl = try Child(builtBinary("memhaul"), ["ctl", "status", "--socket", receiver.control])
+        var output = ""
+        while let line = ctl.readLine() { output += line }
+        #expect(ctl.wait() == 0)
+        let status = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], "\(output)")
+        let sessions = try #require((status["result"] as? [String: Any])?["sessions"] as? [[String: Any]], "\(output)")
+        let b1 = try #require(sessions.first { $0["migration"] as? String == "b-1" }, "\(output)")
+        #expect((b1["sender"] as? [String: Any])?["common_name"] as? String == "sender-b", "\(output)")
+        #expect(sessions.contains { $0["migration"] as? String == "b-2" && $0["state"] as? String == "failed" }, "\(output)")
         b.stream.close()
         a.stream.close()
 

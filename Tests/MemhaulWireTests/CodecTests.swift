@@ -167,6 +167,15 @@ private let le32 = VectorTable.le32
         }
         #expect(WireError.unalignedAddress(0x1234).description == "wire: address 0x1234 is not page aligned")
     }
+
+    /// Code 16 (wire.md, "Error codes"): ERROR bytes 09… 10 00, named `unauthorized`.
+    @Test func unauthorizedErrorCode() throws {
+        #expect(ErrorCode.unauthorized.rawValue == 16)
+        #expect(ErrorCode.unauthorized.description == "unauthorized")
+        let bytes = frame(0x09, [16, 0, 2, 0] + Array("no".utf8))
+        guard case .error(let e) = try decode(bytes) else { Issue.record("not an ERROR"); return }
+        #expect(e == ErrorMessage(code: .unauthorized, message: "no"))
+    }
 }
 
 @Suite struct FrameDecoderTests {
