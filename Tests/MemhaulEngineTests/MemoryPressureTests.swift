@@ -33,7 +33,9 @@ import Testing
         try live.command("discard \(hex(m + (2 << 20))) 2M")        // MADV_DONTNEED of a whole huge page
         try live.command("write \(hex(m)) 4")                       // write-protect fault on a huge page
         try live.waitRounds()
+        let discarded = smapsKB(pid, containing: m, "AnonHugePages") ?? 0
         try live.command("write \(hex(m + (2 << 20) + (256 << 10))) 8")   // part of the discarded range again
+        let refilled = smapsKB(pid, containing: m, "AnonHugePages") ?? 0
         try live.command("discard \(hex(m + (4 << 20))) 2M")        // discard and re-touch between two scans
         try live.command("write \(hex(m + (4 << 20) + (1 << 20))) 2")
         let retouched = smapsKB(pid, containing: m, "AnonHugePages") ?? 0
@@ -47,7 +49,7 @@ import Testing
         try live.command("discard \(hex(m + (6 << 20))) 2M")        // seen first by the final round
         let store = try live.finish()
         defer { store.close() }
-        print("THP: AnonHugePages \(atStart) kB at start, \(protected) kB after protection, \(retouched) kB after discards and re-touch")
+        print("THP: AnonHugePages kB: \(atStart) at start, \(protected) write-protected, \(discarded) after a discard and a split, \(refilled) after re-touching the discarded huge page, \(retouched) after discard+re-touch between two scans")
         #expect(try imagePage(store, m + (2 << 20)).allSatisfy { $0 == 0 })
         #expect(try imagePage(store, m + (6 << 20)).allSatisfy { $0 == 0 })
         #expect(try imagePage(store, m + (2 << 20) + (256 << 10)).contains { $0 != 0 })

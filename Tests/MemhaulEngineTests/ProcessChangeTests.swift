@@ -20,10 +20,11 @@ import Testing
         try live.command("brk -3M")                                 // back below the written pages
         try live.waitRounds()
         // Shrink and grow again between two scans: the same addresses, a new
-        // VMA, half of it never touched (must be zero in the image).
+        // VMA, never touched: [512K, 1M) held content and must now be zero.
         try live.command("brk -512K")
-        let again = try live.start("brk 2M 256")
+        let again = try live.start("brk 2M 0")
         #expect(again == heap + (512 << 10))
+        try live.command("write 0x\(String(heap + (1536 << 10), radix: 16)) 16")
         try live.waitRounds()
         try live.command("write 0x\(String(heap, radix: 16)) 64 2")
         try live.command("brk 1M 0")                                // grown, never touched
@@ -33,6 +34,7 @@ import Testing
         let store = try live.finish()
         defer { store.close() }
         // The released and untouched pages: zero in the image.
+        #expect(try imagePage(store, heap + (512 << 10)).allSatisfy { $0 == 0 })
         #expect(try imagePage(store, heap + (2 << 20) + (256 << 10)).allSatisfy { $0 == 0 })
         #expect(try imagePage(store, heap).contains { $0 != 0 })
         try live.verify(store)
