@@ -196,6 +196,15 @@ extension Workload {
         return ok("\"child\":\(child),\"pages\":\(pages),\"first\":\"\(hex(UInt64(UInt(bitPattern: page(0)))))\"")
     }
 
+    /// `stack KB`: rewrites about KB KiB of the control (main) thread's stack,
+    /// growing the `[stack]` mapping downwards the first time it goes deeper.
+    func stackCommand(_ words: [String]) throws -> String {
+        guard words.count == 2, let kb = Int(words[1]), kb >= 1, kb <= 2048 else {
+            throw CommandError(message: "stack: need KB (1…2048)")
+        }
+        return ok("\"sum\":\(scribbleStack(kb * 2 - 1, UInt64(kb)))")
+    }
+
     /// `read ADDR PAGES`: reads one word of each page (faults swapped-out pages
     /// back in without writing them). Answers their sum.
     func readCommand(_ words: [String]) throws -> String {

@@ -326,6 +326,7 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
             case "threads": return try threadsCommand(words)
             case "fork": return try forkCommand(words)
             case "read": return try readCommand(words)
+            case "stack": return try stackCommand(words)
             case "pageout": return try pageoutCommand(words)
             case "digest":
                 return digestLine()

@@ -82,7 +82,8 @@ import Testing
         try zswapSetting?.set(zswap ? "Y" : "N")
 
         let id = zswap ? "zswap-1" : "swap-1"
-        let live = try LiveMigration(id: id, workload: ["--size", "16M", "--threads", "1", "--rate", "2000"])
+        // Main memory as huge pages (swapped out whole or split by the writer).
+        let live = try LiveMigration(id: id, workload: ["--size", "16M", "--thp", "on", "--threads", "1", "--rate", "2000"])
         defer { live.end() }
         let pid = live.workload.pid
         let hex = { (a: UInt64) in "0x" + String(a, radix: 16) }
@@ -108,6 +109,9 @@ import Testing
         try live.command("discard \(hex(s + (3 << 20))) 256K")
         // Writer memory too: the writer thread faults it back in as it goes.
         try live.command("pageout \(try live.mainRegionStart()) 16M")
+        try live.waitRounds()
+        // swapoff brings every page back (unuse_pte keeps the uffd-wp bit), swapon again.
+        try swap.cycle()
         try live.waitRounds()
         // Written and swapped out again right before the cutover: the final
         // round finds the written swap entries, the digest reads them back.
@@ -155,6 +159,14 @@ final class TestSwap {
             remove()
             throw error
         }
+    }
+
+    /// swapoff then swapon: every swapped-out page is read back in between.
+    func cycle() throws {
+        try runProgram("/usr/sbin/swapoff", [path])
+        active = false
+        try runProgram("/usr/sbin/swapon", [path])
+        active = true
     }
 
     /// swapoff (the kernel reads back what is still out), then deletes the file.

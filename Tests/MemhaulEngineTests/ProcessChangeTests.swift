@@ -40,7 +40,7 @@ import Testing
         try live.verify(store)
     }
 
-    @Test func threadsStartAndStopDuringRounds() throws {
+    @Test func threadsStartAndStopAndStacksGrowDuringRounds() throws {
         let live = try LiveMigration(id: "threads-1", workload: ["--size", "16M", "--threads", "1", "--rate", "2000"])
         defer { live.end() }
         try live.waitRounds(1)
@@ -54,7 +54,13 @@ import Testing
         #expect(threadIDs(live.workload.pid).count == before)
         try live.waitRounds()
         try live.command("threads 3 16")                            // glibc reuses the cached stacks
+        // The main thread's stack grows downwards (one VMA, a new lower start).
+        let stackBefore = mainStackBytes(live.workload.pid)
+        try live.command("stack 1024")
+        let stackAfter = mainStackBytes(live.workload.pid)
+        #expect(stackAfter > stackBefore, "[stack] did not grow (\(stackBefore) → \(stackAfter) bytes)")
         try live.waitRounds()
+        try live.command("stack 512")                               // rewritten in place
         try live.command("threads 2 16")                            // started just before the cutover
         let store = try live.finish()
         defer { store.close() }
@@ -99,6 +105,15 @@ import Testing
         #expect(inChild != inParent)
         #expect(try imagePage(store, page) == inParent)
         #expect(holdsUserfaultfd(pid) == (false, false))
+    }
+
+    /// The size of the main thread's `[stack]` mapping.
+    private func mainStackBytes(_ pid: pid_t) -> UInt64 {
+        for line in (readProcFile("/proc/\(pid)/maps") ?? "").split(separator: "\n") where line.hasSuffix("[stack]") {
+            let bounds = line.split(separator: " ")[0].split(separator: "-").compactMap { UInt64($0, radix: 16) }
+            if bounds.count == 2 { return bounds[1] - bounds[0] }
+        }
+        return 0
     }
 
     private func threadIDs(_ pid: pid_t) -> [Int32] {
