@@ -33,11 +33,13 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
         }
     }
 
-    init(id: String, workload args: [String]) throws {
+    /// `prepare` runs commands on the workload before the migration attaches.
+    init(id: String, workload args: [String], prepare: (LiveMigration.Before) throws -> Void = { _ in }) throws {
         let pki = try TestPKI()
         receiver = try TestReceiver(pki: pki)
         workload = try startWorkload(args, control: true)
         self.id = id
+        try prepare(Before(workload: workload))
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: id)
         // Never converge or give up on its own: the test decides when to cut over.
         r.parameters.downtimeLimitMs = -1
@@ -60,12 +62,23 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
         }
     }
 
+    /// The workload before the attach.
+    struct Before {
+        let workload: Child
+        @discardableResult
+        func command(_ line: String) throws -> [String: Any] { try LiveMigration.command(workload, line, state: "not started") }
+    }
+
     /// Sends one command and returns its answer; an error answer throws.
     @discardableResult
     func command(_ line: String) throws -> [String: Any] {
+        try Self.command(workload, line, state: "\(migration.status.state): \(migration.status.error ?? "")")
+    }
+
+    static func command(_ workload: Child, _ line: String, state: @autoclosure () -> String) throws -> [String: Any] {
         workload.send(line)
         guard let answer = workload.readLine() else {
-            throw TestSetupError("workload gone while running \(line) (migration \(migration.status.state): \(migration.status.error ?? ""))")
+            throw TestSetupError("workload gone while running \(line) (migration \(state()))")
         }
         guard let object = try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any],
               object["event"] as? String == "ok" || object["event"] as? String == "digest" else {
@@ -82,7 +95,9 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
     }
 
     /// The start of the workload's first main region, from its ready line.
-    func mainRegionStart() throws -> String {
+    func mainRegionStart() throws -> String { try Self.mainRegionStart(workload) }
+
+    static func mainRegionStart(_ workload: Child) throws -> String {
         guard let object = try JSONSerialization.jsonObject(with: Data(workload.readyLine.utf8)) as? [String: Any],
               let regions = object["regions"] as? [[String: Any]], let start = regions.first?["start"] as? String else {
             throw TestSetupError("no region in \(workload.readyLine)")
@@ -165,9 +180,9 @@ func readProcFile(_ path: String) -> String? {
     return String(decoding: bytes, as: UTF8.self)
 }
 
-/// A `kB` field of /proc/PID/status (VmSwap, VmRSS…).
-func statusKB(_ pid: pid_t, _ field: String) -> Int? {
-    guard let text = readProcFile("/proc/\(pid)/status") else { return nil }
+/// A `kB` field of /proc/PID/status (VmSwap, VmRSS…), or of `file` (/proc/meminfo).
+func statusKB(_ pid: pid_t, _ field: String, file: String? = nil) -> Int? {
+    guard let text = readProcFile(file ?? "/proc/\(pid)/status") else { return nil }
     for line in text.split(separator: "\n") where line.hasPrefix(field + ":") {
         return Int(line.dropFirst(field.count + 1).split(whereSeparator: { $0 == " " || $0 == "\t" }).first ?? "")
     }

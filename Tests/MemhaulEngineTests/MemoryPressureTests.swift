@@ -82,12 +82,22 @@ import Testing
         try zswapSetting?.set(zswap ? "Y" : "N")
 
         let id = zswap ? "zswap-1" : "swap-1"
-        // Main memory as huge pages (swapped out whole or split by the writer).
-        let live = try LiveMigration(id: id, workload: ["--size", "16M", "--thp", "on", "--threads", "1", "--rate", "2000"])
+        // Main memory as huge pages, swapped out before the attach: round 0
+        // must count swap entries as content (they are read back to be sent).
+        var atAttach = 0
+        let live = try LiveMigration(id: id, workload: ["--size", "16M", "--thp", "on", "--threads", "1", "--rate", "2000"]) { w in
+            try w.command("pageout \(try LiveMigration.mainRegionStart(w.workload)) 16M")
+            atAttach = statusKB(w.workload.pid, "VmSwap") ?? 0
+        }
         defer { live.end() }
+        #expect(atAttach >= 4096, "only \(atAttach) kB swapped out before the attach")
         let pid = live.workload.pid
         let hex = { (a: UInt64) in "0x" + String(a, radix: 16) }
         try live.waitRounds(1)
+        // Mapped, filled and swapped out before a scan registers it, most likely.
+        let early = try live.start("map 1M")
+        try live.command("write \(hex(early)) 256")
+        try live.command("pageout \(hex(early)) 1M")
         let s = try live.start("map 8M")
         try live.command("write \(hex(s)) 2048")                    // every page has content
         try live.waitRounds()                                       // known to the receiver, write-protected
@@ -96,6 +106,10 @@ import Testing
         try live.command("pageout \(hex(s)) 8M")
         let out = statusKB(pid, "VmSwap") ?? 0
         #expect(out >= 4096, "MADV_PAGEOUT swapped out only \(out) kB: the test would prove nothing")
+        if zswap {
+            let stored = statusKB(0, "Zswapped", file: "/proc/meminfo") ?? 0
+            #expect(stored > 0, "zswap stored nothing (Zswapped \(stored) kB)")
+        }
         try live.waitRounds()
 
         // Written since the last round, then swapped out before the next scan.
@@ -120,7 +134,7 @@ import Testing
         let atCutover = statusKB(pid, "VmSwap") ?? 0
         let store = try live.finish()
         defer { store.close() }
-        print("\(id): VmSwap \(out) kB after the first pageout, \(atCutover) kB at the cutover")
+        print("\(id): VmSwap \(atAttach) kB at the attach, \(out) kB after the first pageout, \(atCutover) kB at the cutover")
         #expect(atCutover > 0)
         #expect(try imagePage(store, s + (3 << 20)).allSatisfy { $0 == 0 })
         #expect(try imagePage(store, s + (2 << 20)).contains { $0 != 0 })
