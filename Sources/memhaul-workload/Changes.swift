@@ -205,6 +205,24 @@ extension Workload {
         return ok("\"sum\":\(scribbleStack(kb * 2 - 1, UInt64(kb)))")
     }
 
+    /// `spawn N`: runs /bin/true N times with posix_spawn (glibc: clone with
+    /// CLONE_VM|CLONE_VFORK on a stack it maps and unmaps: the child runs in
+    /// this address space until it execs) and reaps each.
+    func spawnCommand(_ words: [String]) throws -> String {
+        guard words.count == 2, let n = Int(words[1]), n >= 1, n <= 100 else { throw CommandError(message: "spawn: need N (1…100)") }
+        let path = "/bin/true"
+        var argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
+        defer { free(argv[0]) }
+        for _ in 0..<n {
+            var child: pid_t = 0
+            let rc = posix_spawn(&child, path, nil, nil, &argv, environ)
+            guard rc == 0 else { throw CommandError(message: "posix_spawn: \(String(cString: strerror(rc)))") }
+            var status: Int32 = 0
+            while waitpid(child, &status, 0) < 0 && errno == EINTR {}
+        }
+        return ok("\"spawned\":\(n)")
+    }
+
     /// `read ADDR PAGES`: reads one word of each page (faults swapped-out pages
     /// back in without writing them). Answers their sum.
     func readCommand(_ words: [String]) throws -> String {

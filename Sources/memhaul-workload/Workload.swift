@@ -327,6 +327,7 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
             case "fork": return try forkCommand(words)
             case "read": return try readCommand(words)
             case "stack": return try stackCommand(words)
+            case "spawn": return try spawnCommand(words)
             case "pageout": return try pageoutCommand(words)
             case "digest":
                 return digestLine()

@@ -77,11 +77,13 @@ import Testing
         }
     }
 
-    @Test func forkedChildIsNotMigratedAndParentStaysExact() throws {
+    @Test func forkAndSpawnedChildrenAreNotMigratedAndParentStaysExact() throws {
         let live = try LiveMigration(id: "fork-1", workload: ["--size", "16M", "--threads", "1", "--rate", "2000"])
         defer { live.end() }
         try live.waitRounds(2)                                      // the parent is write-protected
         try live.command("fork 256 exit")                           // COW copies written, then gone
+        try live.waitRounds()
+        try live.command("spawn 5")                                 // vfork-style children share the address space until exec
         try live.waitRounds()
         let answer = try live.command("fork 256 stay")              // keeps writing its copies
         guard let child = answer["child"] as? Int, let first = answer["first"] as? String,
