@@ -143,37 +143,45 @@ import Testing
     }
 }
 
-/// A swap file on the repository's file system (a tmpfs /tmp cannot hold
-/// one), active from init to `remove()`.
+/// A swap file, active from init to `remove()`. Tried on the repository's
+/// file system first, then /var/tmp and /tmp (tmpfs and overlayfs cannot hold one).
 final class TestSwap {
-    let directory: String
-    let path: String
+    private(set) var directory = ""
+    private(set) var path = ""
     private var active = false
 
     init(megabytes: Int) throws {
-        directory = repositoryRoot + "/.build/swaptest-\(UUID().uuidString.prefix(8))"
+        var failures: [String] = []
+        for parent in [repositoryRoot + "/.build", "/var/tmp", "/tmp"] {
+            directory = parent + "/memhaul-swaptest-\(UUID().uuidString.prefix(8))"
+            path = directory + "/swapfile"
+            do {
+                try create(megabytes: megabytes)
+                return
+            } catch {
+                failures.append("\(parent): \(error)")
+                remove()
+            }
+        }
+        throw TestSetupError("no swap file could be activated: \(failures.joined(separator: "; "))")
+    }
+
+    private func create(megabytes: Int) throws {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
-        path = directory + "/swapfile"
         // Written zeros, not a sparse file: swapon refuses files with holes.
         let fd = open(path, O_CREAT | O_WRONLY | O_TRUNC, 0o600)
         guard fd >= 0 else { throw TestSetupError("open \(path): errno \(errno)") }
+        defer { close(fd) }
         let chunk = [UInt8](repeating: 0, count: 1 << 20)
         for _ in 0..<megabytes {
             guard chunk.withUnsafeBytes({ write(fd, $0.baseAddress, $0.count) }) == chunk.count else {
-                close(fd)
                 throw TestSetupError("write \(path): errno \(errno)")
             }
         }
         fsync(fd)
-        close(fd)
-        do {
-            try runProgram("/usr/sbin/mkswap", ["-q", path])
-            try runProgram("/usr/sbin/swapon", [path])
-            active = true
-        } catch {
-            remove()
-            throw error
-        }
+        try runProgram("/usr/sbin/mkswap", ["-q", path])
+        try runProgram("/usr/sbin/swapon", [path])
+        active = true
     }
 
     /// swapoff then swapon: every swapped-out page is read back in between.
