@@ -39,6 +39,14 @@ final class Gate: @unchecked Sendable {  // every field but `requested` is guard
         pthread_mutex_unlock(mutex)
     }
 
+    /// A participant that stops writing for good (its thread ends).
+    func leave() {
+        pthread_mutex_lock(mutex)
+        participants -= 1
+        pthread_cond_broadcast(cond)
+        pthread_mutex_unlock(mutex)
+    }
+
     /// Called by a participant that saw `requested`: waits out the pause.
     func park() {
         pthread_mutex_lock(mutex)

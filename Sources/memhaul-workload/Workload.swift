@@ -85,6 +85,8 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
     /// Ranges mprotect'ed read-only (refused by `write`).
     var readOnly: [Region] = []
     private var userPaused = 0
+    /// State of brk, threads, fork (Changes.swift).
+    let changes = ChangeState()
 
     init(options: Options) throws {
         self.options = options
@@ -320,6 +322,13 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
                 setAlive(r, writable ? 1 : 0)
                 readOnly = writable ? subtract(readOnly, r) : adding(readOnly, r)
                 return ok()
+            case "brk": return try brkCommand(words)
+            case "threads": return try threadsCommand(words)
+            case "fork": return try forkCommand(words)
+            case "read": return try readCommand(words)
+            case "stack": return try stackCommand(words)
+            case "spawn": return try spawnCommand(words)
+            case "pageout": return try pageoutCommand(words)
             case "digest":
                 return digestLine()
             case "pause":
@@ -377,25 +386,25 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
         _ = try sys("madvise") { madvise(UnsafeMutableRawPointer(bitPattern: UInt(a)), Int(len), advice) }
     }
 
-    private func sys(_ name: String, _ body: () -> Int32) throws -> Int32 {
+    func sys(_ name: String, _ body: () -> Int32) throws -> Int32 {
         try Syscall.run(name, body)
     }
 
-    private func address(_ w: [String], _ i: Int) throws -> UInt64 {
+    func address(_ w: [String], _ i: Int) throws -> UInt64 {
         guard i < w.count, w[i].hasPrefix("0x"), let v = UInt64(w[i].dropFirst(2), radix: 16) else {
             throw CommandError(message: "\(w.first ?? ""): expected a hex address (0x...) as argument \(i)")
         }
         return v
     }
 
-    private func size(_ w: [String], _ i: Int) throws -> UInt64 {
+    func size(_ w: [String], _ i: Int) throws -> UInt64 {
         guard i < w.count else { throw CommandError(message: "\(w.first ?? ""): missing argument \(i)") }
         if w[i].hasPrefix("0x"), let v = UInt64(w[i].dropFirst(2), radix: 16) { return v }
         guard let v = Options.parseSize(w[i]) else { throw CommandError(message: "\(w[0]): bad length \(w[i])") }
         return v
     }
 
-    private func ok(_ fields: String = "") -> String {
+    func ok(_ fields: String = "") -> String {
         fields.isEmpty ? "{\"event\":\"ok\"}" : "{\"event\":\"ok\",\(fields)}"
     }
 

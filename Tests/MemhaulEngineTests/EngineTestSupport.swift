@@ -35,6 +35,8 @@ final class Child: @unchecked Sendable {
     private let input: FileHandle?
     private var buffer = Data()
     private(set) var exitStatus: Int32?
+    /// The workload's `ready` line (startWorkload).
+    var readyLine = ""
 
     init(_ path: String, _ args: [String], stdin: Bool = false) throws {
         let out = Pipe()
@@ -96,7 +98,7 @@ final class Child: @unchecked Sendable {
 
     /// Whether any mapping still carries uffd-wp (smaps VmFlags "uw").
     var hasUffdWriteProtect: Bool {
-        let smaps = (try? String(contentsOfFile: "/proc/\(pid)/smaps", encoding: .utf8)) ?? ""
+        let smaps = readProcFile("/proc/\(pid)/smaps") ?? ""
         return smaps.split(separator: "\n").contains { $0.hasPrefix("VmFlags:") && $0.split(separator: " ").contains("uw") }
     }
 
@@ -123,7 +125,7 @@ final class Child: @unchecked Sendable {
 /// A workload child; `pid` is valid once it printed its ready line.
 func startWorkload(_ args: [String], control: Bool = false) throws -> Child {
     let child = try Child(builtBinary("memhaul-workload"), args + ["--exit-after", "300"] + (control ? ["--control"] : []), stdin: control)
-    _ = try child.waitFor("\"ready\"")
+    child.readyLine = try child.waitFor("\"ready\"")
     return child
 }
 
