@@ -10,7 +10,8 @@ import Glibc
 ///
 /// Uses the same definition as the digest: a page of the process has content
 /// if it is present (and not the zero page) or swapped; every other page must
-/// be zero in the image. Regions of the image's layout only.
+/// be zero in the image. Then coverage: no private mapping of the process
+/// may hold content outside the image's layout.
 public enum ImageVerifier {
     public struct Mismatch: Sendable, CustomStringConvertible {
         public var range: PageRange
@@ -23,6 +24,9 @@ public enum ImageVerifier {
         public var pagesCompared = 0
         public var bytesCompared: UInt64 = 0
         public var mismatches: [Mismatch] = []
+        /// Mappings of the process outside the image that memhaul does not
+        /// migrate by design (README "What memhaul migrates").
+        public var notMigrated: [String] = []
         public var ok: Bool { mismatches.isEmpty }
     }
 
@@ -77,7 +81,35 @@ public enum ImageVerifier {
                 address += UInt64(length)
             }
         }
+        try checkCoverage(store, pid: pid, scanner: scanner, into: &report)
         return report
+    }
+
+    /// Independent of what the sender chose to track: every private mapping of
+    /// the process with content must lie inside the image's layout. Mappings
+    /// memhaul documents as not migrated (shared, kernel-provided, device
+    /// memory, hugetlb) are listed in `notMigrated` instead.
+    static func checkCoverage(_ store: ImageStore, pid: Int32, scanner: PagemapScanner, into report: inout Report) throws {
+        let layout = store.layout.map { PageRange(start: $0.start, end: $0.end) }.coalesced()
+        let maps = try ProcMaps.read(pid: pid)
+        let flags = try ProcMaps.readFlags(pid: pid)
+        for entry in maps {
+            let outside = [PageRange(start: entry.start, end: entry.end)].subtracting(layout)
+            if outside.isEmpty { continue }
+            let vmFlags = flags[entry.range] ?? []
+            let documented = entry.permissions.contains(.shared) || ProcMaps.kernelProvidedNames.contains(entry.path)
+                || !vmFlags.isDisjoint(with: [.io, .pfnMap, .hugetlb]) || entry.path.hasPrefix("/anon_hugepage")
+            if documented {
+                report.notMigrated.append("\(entry.range) \(entry.permissions) \(entry.path.isEmpty ? "anon" : entry.path)")
+                continue
+            }
+            let content = try scanner.populated(outside)
+            if let first = content.first {
+                report.mismatches.append(Mismatch(
+                    range: first,
+                    reason: "content in the process outside the image's layout: \(entry.permissions) \(entry.path.isEmpty ? "anonymous" : entry.path) not migrated"))
+            }
+        }
     }
 
     private static func firstNonZeroPage(_ b: UnsafeMutableRawBufferPointer, _ from: Int, _ to: Int) -> Int? {

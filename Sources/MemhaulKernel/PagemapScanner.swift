@@ -162,7 +162,8 @@ public final class PagemapScanner {
         return out
     }
 
-    /// Pages with content: present and not the zero page, or swapped out.
+    /// Pages with content: present and not the zero page, or swapped out, and
+    /// not a clean page-cache page of a file mapping (its content is the file's).
     ///
     /// uffd-wp markers (left on unpopulated pages by ``protectAll(_:)``) are
     /// swap entries too, so the kernel reports them PAGE_IS_SWAPPED; swapped
@@ -183,10 +184,14 @@ public final class PagemapScanner {
         var ambiguous: [PageRange] = []
         for r in try Self.checked(ranges) {
             try walk(r, flags: [], anyOf: [.present, .swapped],
-                     returnMask: [.present, .swapped, .pfnZero, .written],
+                     returnMask: [.present, .swapped, .pfnZero, .written, .file],
                      output: true, stats: &stats) { start, end, raw in
                 let c = PageCategories(rawValue: raw)
-                if c.contains(.present) {
+                if c.contains(.file) {
+                    // A page-cache page of a private file mapping: its content is the
+                    // file's (a written one is an anonymous COW copy instead). It may
+                    // appear by a mere read fault, which no write-tracking sees.
+                } else if c.contains(.present) {
                     if !c.contains(.pfnZero) { out.appendCoalescing(PageRange(start: start, end: end)) }
                 } else if c.contains(.written) {
                     // A written swap entry carries no uffd-wp bit, so it is real swap.

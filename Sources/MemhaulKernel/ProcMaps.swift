@@ -162,10 +162,12 @@ public enum SkipReason: Hashable, Sendable, CustomStringConvertible {
     case kernelProvided(String)
     /// VM_IO / VM_PFNMAP: device memory, not ordinary pages.
     case deviceMemory
-    /// Not writable: content equals the file (or zero). A private mapping may still
-    /// hold COW pages written before an mprotect; permissions are re-checked on
-    /// every layout refresh, so it is registered once it becomes writable again.
-    case notWritable
+    /// No access at all (PROT_NONE) and nothing in it: reserved address space
+    /// (thread stack guards, heap reservations). Re-checked on every layout
+    /// refresh: once it holds content or becomes accessible it is tracked, and
+    /// sent whole. (Read-only and execute-only private mappings are tracked: they
+    /// hold data written before an mprotect — RELRO, JIT code — and COW pages.)
+    case noAccessAndEmpty
     /// hugetlbfs / MAP_HUGETLB.
     case hugetlb
     /// UFFDIO_REGISTER refused this VMA (e.g. EINVAL for an unsupported VMA type).
@@ -178,8 +180,8 @@ public enum SkipReason: Hashable, Sendable, CustomStringConvertible {
         case .shared: return "shared mapping (MAP_SHARED): also written through other mappings, not private memory"
         case .kernelProvided(let name): return "\(name) is provided by the kernel"
         case .deviceMemory: return "device memory (VM_IO/VM_PFNMAP)"
-        case .notWritable:
-            return "not writable (content equals the file or zero; re-checked on every layout refresh in case of mprotect)"
+        case .noAccessAndEmpty:
+            return "no access (PROT_NONE) and empty: reserved address space (re-checked on every layout refresh; tracked once it holds content)"
         case .hugetlb: return "hugetlbfs mapping (not supported)"
         case .registerFailed(let errno): return "UFFDIO_REGISTER refused it: \(errno)"
         case .registeredElsewhere: return "already registered with another userfaultfd (EBUSY)"
@@ -205,7 +207,7 @@ public enum Trackability: Hashable, Sendable {
 
 /// `/proc/PID/maps` and `/proc/PID/smaps`.
 public enum ProcMaps {
-    static let kernelProvidedNames: Set<String> = ["[vvar]", "[vvar_vclock]", "[vsyscall]", "[vdso]", "[uprobes]"]
+    public static let kernelProvidedNames: Set<String> = ["[vvar]", "[vvar_vclock]", "[vsyscall]", "[vdso]", "[uprobes]"]
 
     /// Whether `entry` is registered for write tracking. `flags` (from smaps) refines
     /// the decision (device memory, hugetlb); without them the path is used.
@@ -217,7 +219,8 @@ public enum ProcMaps {
         }
         if entry.path.hasPrefix("/anon_hugepage") { return .skipped(.hugetlb) }
         if entry.permissions.contains(.shared) { return .skipped(.shared) }
-        if !entry.permissions.contains(.write) { return .skipped(.notWritable) }
+        // Emptiness is judged by the caller, which can scan the page tables.
+        if entry.permissions.isDisjoint(with: [.read, .write, .execute]) { return .skipped(.noAccessAndEmpty) }
         return .tracked
     }
 

@@ -55,6 +55,22 @@ public final class RemoteMemoryReader {
     deinit {
         free(buffer.baseAddress)
         remote.deallocate()
+        if memFD >= 0 { close(memFD) }
+    }
+
+    /// `/proc/PID/mem`, opened on first need.
+    private var memFD: Int32 = -1
+
+    /// One page through `pread(/proc/PID/mem)`, which reads with FOLL_FORCE and
+    /// so also reads pages the target cannot (PROT_NONE). False if unmapped.
+    private func readForced(_ page: UInt64, into destination: UnsafeMutableRawPointer) -> Bool {
+        if memFD < 0 {
+            memFD = (try? Syscall.run("open(/proc/PID/mem)") { open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC) }) ?? -1
+            if memFD < 0 { return false }
+        }
+        let fd = memFD
+        let n = (try? Syscall.run("pread(/proc/PID/mem)") { pread(fd, destination, Int(PageSize.bytes), off_t(Int64(bitPattern: page))) }) ?? -1
+        return n == Int(PageSize.bytes)
     }
 
     /// Reads `ranges` into the reader's own buffer; the bytes are valid until the next read.
@@ -107,10 +123,14 @@ public final class RemoteMemoryReader {
                 switch error.errno {
                 case .ESRCH: throw RemoteReadError.targetExited(pid: pid)
                 case .EFAULT:
-                    // The page at the current position is unreadable: zero it, note it, skip it.
+                    // The page at the current position is unreadable to process_vm_readv:
+                    // unmapped (vanished: zero it, note it), or mapped without read
+                    // permission (PROT_NONE holding data): /proc/PID/mem reads it.
                     let page = ranges[index].start + offset
-                    (base + out).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PageSize.bytes))
-                    result.vanished.appendCoalescing(PageRange(start: page, end: page + PageSize.bytes))
+                    if !readForced(page, into: base + out) {
+                        (base + out).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PageSize.bytes))
+                        result.vanished.appendCoalescing(PageRange(start: page, end: page + PageSize.bytes))
+                    }
                     out += Int(PageSize.bytes)
                     offset += PageSize.bytes
                     continue

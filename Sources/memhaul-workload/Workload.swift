@@ -310,14 +310,15 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
             case "mprotect":
                 let a = try address(words, 1)
                 let r = Region(start: a, end: a + (try size(words, 2)))
-                guard words.count > 3, words[3] == "r" || words[3] == "rw" else {
-                    throw CommandError(message: "mprotect: expected r or rw")
+                guard words.count > 3, ["r", "rw", "none"].contains(words[3]) else {
+                    throw CommandError(message: "mprotect: expected r, rw or none")
                 }
                 let writable = words[3] == "rw"
+                let prot = writable ? PROT_READ | PROT_WRITE : words[3] == "r" ? PROT_READ : PROT_NONE
                 gate.pause()
                 defer { gate.resume() }
                 _ = try sys("mprotect") {
-                    mprotect(UnsafeMutableRawPointer(bitPattern: UInt(a)), r.length, writable ? PROT_READ | PROT_WRITE : PROT_READ)
+                    mprotect(UnsafeMutableRawPointer(bitPattern: UInt(a)), r.length, prot)
                 }
                 setAlive(r, writable ? 1 : 0)
                 readOnly = writable ? subtract(readOnly, r) : adding(readOnly, r)

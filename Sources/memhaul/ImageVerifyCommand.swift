@@ -25,11 +25,13 @@ extension ImageCommand {
                 let obj: [String: Any] = [
                     "ok": report.ok, "regions": report.regions, "pages_compared": report.pagesCompared,
                     "bytes_compared": report.bytesCompared, "mismatches": report.mismatches.map { String(describing: $0) },
+                    "not_migrated": report.notMigrated,
                 ]
                 let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
                 print(String(decoding: data, as: UTF8.self))
             } else if report.ok {
                 print("image \(directory) matches process \(pid): \(report.regions) regions, \(report.pagesCompared) pages with content compared")
+                if !report.notMigrated.isEmpty { print("  not migrated by design (shared, kernel-provided, device, hugetlb): \(report.notMigrated.count) mappings") }
             } else {
                 print("image \(directory) DIFFERS from process \(pid):")
                 for m in report.mismatches { print("  \(m)") }

@@ -139,7 +139,15 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
         migration.requestCutover()
         migration.waitUntilFinished(timeoutSeconds: timeoutSeconds)
         let s = migration.status
-        guard s.state == .completed else { throw TestSetupError("migration \(s.state): \(s.error ?? "")") }
+        guard s.state == .completed else {
+            // Say where the image differs (the source is resumed, but a test's protected regions stay put).
+            kill(workload.pid, SIGSTOP)
+            if let store = try? openImageWhenReleased(receiver.images + "/" + id), let report = try? ImageVerifier.verify(store, pid: workload.pid) {
+                store.close()
+                throw TestSetupError("migration \(s.state): \(s.error ?? ""); image vs process now: \(report.mismatches)")
+            }
+            throw TestSetupError("migration \(s.state): \(s.error ?? "")")
+        }
         #expect(s.cutoverReason == CutoverReason.requested.description, "cut over early: \(s.cutoverReason ?? "")")
         #expect(s.digest != nil)
         return try openImageWhenReleased(receiver.images + "/" + id)

@@ -290,7 +290,7 @@ enum AttachFixtures {
                 return 0;
             }
             if (!strcmp(mode, "layout")) {
-                /* Layout changes on command: map N | unmap A N | mremap A OLD NEW | protect A N r|rw | touch A N */
+                /* Layout changes on command: map N | unmap A N | mremap A OLD NEW | protect A N r|rw|none | touch A N */
                 char cmd[256];
                 printf("ready %d\n", getpid());
                 while (fgets(cmd, sizeof cmd, stdin)) {
@@ -306,7 +306,7 @@ enum AttachFixtures {
                         void *p = mremap((void *)a, n * PAGE, m * PAGE, MREMAP_MAYMOVE | MREMAP_FIXED, dst);
                         printf("at %p\n", p);
                     } else if (sscanf(cmd, "protect %lx %lu %7s", &a, &n, prot) == 3) {
-                        int pr = !strcmp(prot, "rw") ? PROT_READ | PROT_WRITE : PROT_READ;
+                        int pr = !strcmp(prot, "rw") ? PROT_READ | PROT_WRITE : !strcmp(prot, "none") ? PROT_NONE : PROT_READ;
                         printf("rc %d\n", mprotect((void *)a, n * PAGE, pr));
                     } else if (sscanf(cmd, "touch %lx %lu", &a, &n) == 2) {
                         for (unsigned long i = 0; i < n; i++) ((volatile char *)a)[i * PAGE] += 1;

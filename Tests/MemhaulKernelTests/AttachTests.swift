@@ -216,15 +216,26 @@ extension AttachProcessTests {
             #expect(delta.added.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
             #expect(try isUW(b))
 
-            // Read-only: no longer tracked (with its reason); writable again: tracked again.
+            // Read-only: still tracked (it holds what was written before the mprotect).
+            #expect(try command("touch \(String(b, radix: 16)) 16") == "rc 0")
             #expect(try command("protect \(String(b, radix: 16)) 16 r") == "rc 0")
             delta = try process.refreshLayout()
-            #expect(delta.removed.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
-            #expect(delta.skipped.contains { $0.entry.start == b && $0.reason == .notWritable })
+            #expect(delta.removed.isEmpty)
+            #expect(delta.current.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
+            #expect(try isUW(b))
+            // PROT_NONE with content: still tracked. A fresh, empty PROT_NONE reservation: skipped, with its reason.
+            #expect(try command("protect \(String(b, radix: 16)) 16 none") == "rc 0")
+            delta = try process.refreshLayout()
+            #expect(delta.removed.isEmpty)
+            #expect(delta.current.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
             #expect(try command("protect \(String(b, radix: 16)) 16 rw") == "rc 0")
             delta = try process.refreshLayout()
-            #expect(delta.added.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
-            #expect(try command("touch \(String(b, radix: 16)) 16") == "rc 0")
+            #expect(delta.current.contains { $0.start <= b && b + 16 * 4096 <= $0.end })
+            let c = address(try command("map 4"))
+            #expect(try command("protect \(String(c, radix: 16)) 4 none") == "rc 0")
+            delta = try process.refreshLayout()
+            #expect(delta.skipped.contains { $0.entry.start == c && $0.reason == .noAccessAndEmpty })
+            #expect(try command("unmap \(String(c, radix: 16)) 4") == "rc 0")
 
             #expect(try command("unmap \(String(b, radix: 16)) 16") == "rc 0")
             delta = try process.refreshLayout()

@@ -42,14 +42,14 @@ import Testing
     @Test func decidesWhatToTrackAndSaysWhy() {
         let maps = ProcMaps.parse(Self.sample)
         let decisions = maps.map { ProcMaps.trackability(of: $0) }
-        #expect(decisions[0] == .skipped(.notWritable))
-        #expect(decisions[1] == .skipped(.notWritable))
+        #expect(decisions[0] == .tracked)  // read-only private: may hold data written before an mprotect
+        #expect(decisions[1] == .tracked)  // text: COW pages from a debugger, JIT code
         #expect(decisions[2] == .tracked)  // private file data: written pages are anon COW
         #expect(decisions[3] == .tracked)
         #expect(decisions[4] == .tracked)
         #expect(decisions[5] == .skipped(.shared))
         #expect(decisions[6] == .tracked)
-        #expect(decisions[8] == .skipped(.notWritable))
+        #expect(decisions[8] == .skipped(.noAccessAndEmpty))  // PROT_NONE: the caller checks it is empty
         #expect(decisions[9] == .skipped(.hugetlb))
         #expect(decisions[10] == .tracked)
         #expect(decisions[11] == .skipped(.kernelProvided("[vvar]")))
@@ -58,7 +58,7 @@ import Testing
         #expect(ProcMaps.trackability(of: maps[4], flags: [.io]) == .skipped(.deviceMemory))
         #expect(ProcMaps.trackability(of: maps[4], flags: [.pfnMap]) == .skipped(.deviceMemory))
         #expect(ProcMaps.trackability(of: maps[4], flags: [.hugetlb]) == .skipped(.hugetlb))
-        #expect(SkipReason.notWritable.description.contains("mprotect"))
+        #expect(SkipReason.noAccessAndEmpty.description.contains("PROT_NONE"))
         #expect(SkipReason.shared.description.contains("MAP_SHARED"))
     }
 
