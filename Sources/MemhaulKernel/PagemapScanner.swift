@@ -135,14 +135,20 @@ public final class PagemapScanner {
 
     // MARK: Public operations
 
-    /// Write-protects every page of `ranges` (PM_SCAN_WP_MATCHING|PM_SCAN_CHECK_WPASYNC
-    /// on PAGE_IS_WPALLOWED, no output vector); unpopulated pages get uffd-wp markers.
+    /// Write-protects every populated page of `ranges` (PM_SCAN_WP_MATCHING|
+    /// PM_SCAN_CHECK_WPASYNC on PAGE_IS_WPALLOWED and PRESENT or SWAPPED, no
+    /// output vector). Unpopulated pages are left alone: protecting them would
+    /// allocate page tables full of markers for every empty range (16 MiB for
+    /// an 8 GiB sparse mapping), and a write into one shows as written anyway
+    /// (a new page carries no uffd-wp bit). The populated-set comparison of the
+    /// tracker covers what a marker would have told.
     public func protectAll(_ ranges: [PageRange]) throws {
         var stats = ScanStats()
         let t0 = scanClockNanoseconds()
         defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         for r in try Self.checked(ranges) {
-            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .wpAllowed, output: false, stats: &stats) { _, _, _ in }
+            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .wpAllowed, anyOf: [.present, .swapped],
+                     output: false, stats: &stats) { _, _, _ in }
         }
     }
 
@@ -154,7 +160,7 @@ public final class PagemapScanner {
         defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
         var out: [PageRange] = []
         for r in try Self.checked(ranges) {
-            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .written, returnMask: .written,
+            try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .written, anyOf: [.present, .swapped], returnMask: .written,
                      output: true, stats: &stats) { start, end, _ in
                 out.appendCoalescing(PageRange(start: start, end: end))
             }

@@ -10,8 +10,10 @@ import Synchronization
 /// can make any named call fail (for example a kernel without `PAGEMAP_SCAN`)
 /// without mocks anywhere else.
 public enum Syscall {
-    /// Faults to inject, keyed by call name (e.g. `"ioctl(PAGEMAP_SCAN)"`).
-    private static let injected = Mutex<[String: Errno]>(Syscall.faultsFromEnvironment())
+    /// Faults to inject, keyed by call name (e.g. `"ioctl(PAGEMAP_SCAN)"`):
+    /// the errno, and how many calls still succeed before it strikes.
+    private static let injected = Mutex<[String: (errno: Errno, after: Int)]>(
+        Syscall.faultsFromEnvironment().mapValues { (errno: $0, after: 0) })
 
     /// Environment variable read once at start-up, for tests that run the
     /// built binary: `MEMHAUL_INJECT_FAULTS="ioctl(PAGEMAP_SCAN)=ENOTTY,pidfd_getfd=EPERM"`.
@@ -28,15 +30,24 @@ public enum Syscall {
         return faults
     }
 
-    /// Makes every later call named `call` fail with `errno` (tests only).
-    public static func injectFault(_ call: String, _ errno: Errno?) {
-        injected.withLock { $0[call] = errno }
+    /// Makes every later call named `call` fail with `errno` (tests only),
+    /// after letting `after` calls of that name succeed first.
+    public static func injectFault(_ call: String, _ errno: Errno?, after: Int = 0) {
+        injected.withLock { $0[call] = errno.map { (errno: $0, after: after) } }
     }
 
     /// The injected fault for `call`, if any.
     @inline(__always)
     static func injectedFault(_ call: String) -> Errno? {
-        injected.withLock { $0.isEmpty ? nil : $0[call] }
+        injected.withLock { table -> Errno? in
+            if table.isEmpty { return nil }
+            guard let fault = table[call] else { return nil }
+            if fault.after > 0 {
+                table[call] = (errno: fault.errno, after: fault.after - 1)
+                return nil
+            }
+            return fault.errno
+        }
     }
 
     /// Runs `body`, a raw system call returning -1 and setting errno on failure.
