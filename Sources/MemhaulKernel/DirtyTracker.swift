@@ -97,7 +97,7 @@ public final class DirtyTracker {
         var pOld: [PageRange] = []
         var pFresh: [PageRange] = []
         do {
-            written = try scanner.collectWritten(old)
+            written = try scanner.collectWritten(old, populatedHint: known)
             stats += scanner.lastStats
             if checkDiscards {
                 let care = known.union(written).union(pending)

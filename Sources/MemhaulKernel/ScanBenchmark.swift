@@ -120,7 +120,7 @@ public enum ScanBenchmark {
             faultNs = min(faultNs, scanClockNanoseconds() - t)
 
             t = scanClockNanoseconds()
-            let written = try scanner.collectWritten(region)
+            let written = try scanner.collectWritten(region, populatedHint: region)
             let ns = scanClockNanoseconds() - t
             if ns < scanNs {
                 scanNs = ns
@@ -131,7 +131,7 @@ public enum ScanBenchmark {
             }
 
             t = scanClockNanoseconds()
-            let clean = try scanner.collectWritten(region)
+            let clean = try scanner.collectWritten(region, populatedHint: region)
             rescanNs = min(rescanNs, scanClockNanoseconds() - t)
             guard clean.isEmpty else { throw ScanBenchmarkError.setup("clean rescan found \(clean.pageCount) pages") }
         }

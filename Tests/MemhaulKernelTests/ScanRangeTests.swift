@@ -1,4 +1,4 @@
-import MemhaulKernel
+@testable import MemhaulKernel
 import Testing
 
 @Suite struct ScanRangeTests {
@@ -40,5 +40,17 @@ import Testing
             #expect(a.intersecting(b) == a.intersecting(b).coalesced())
             #expect(a.subtracting(b) == a.subtracting(b).coalesced())
         }
+    }
+}
+
+@Suite struct CoveredBytesTests {
+    func r(_ a: UInt64, _ b: UInt64) -> PageRange { PageRange(start: a << 12, end: b << 12) }
+
+    @Test func countsTheHintInsideEachRange() {
+        let ranges = [r(0, 10), r(20, 30), r(40, 50)]
+        let hint = [r(5, 25), r(29, 41), r(60, 70)]
+        #expect(PagemapScanner.coveredBytes(of: ranges, by: hint) == [5 << 12, 6 << 12, 1 << 12])
+        #expect(PagemapScanner.coveredBytes(of: ranges, by: []) == [0, 0, 0])
+        #expect(PagemapScanner.coveredBytes(of: [r(0, 100)], by: ranges) == [30 << 12])
     }
 }
