@@ -182,8 +182,8 @@ struct StreamBuilder {
                 let start = r.u64() & ~0xfff, end = r.u64() & ~0xfff
                 regions.append(RegionDescriptor(start: start, end: end, protection: Protection(rawValue: r.u8() & 7)))
             } else {
-                let start = cursor + UInt64(r.u8() % 8) * 4096
-                let end = start + (UInt64(r.u8() % 16) + 1) * 4096
+                let start = cursor &+ UInt64(r.u8() % 8) &* 4096  // wraps after a wild region: the receiver refuses it
+                let end = start &+ (UInt64(r.u8() % 16) + 1) &* 4096
                 regions.append(RegionDescriptor(start: start, end: end, protection: Protection(rawValue: r.u8() & 7),
                                                 flags: [], name: regions.isEmpty ? "[heap]" : ""))
                 cursor = end
@@ -213,8 +213,8 @@ struct StreamBuilder {
             let region = layout[Int(r.u8()) % layout.count]
             let pages = (region.end &- region.start) / 4096
             let off = UInt64(r.u8()) % max(pages, 1)
-            let count = min(UInt64(r.u8() % 8) + 1, pages - off)
-            if count > 0 { runs.append(PageRun(start: region.start + off * 4096, pageCount: UInt32(clamping: count))) }
+            let count = min(UInt64(r.u8() % 8) + 1, pages &- off)
+            if count > 0 { runs.append(PageRun(start: region.start &+ off &* 4096, pageCount: UInt32(clamping: count))) }
         }
         runs.sort()
         var disjoint: [PageRun] = []
@@ -266,7 +266,7 @@ struct StreamBuilder {
             var offset = 0
             for run in runs {
                 for p in 0..<Int(run.pageCount) where offset + 4096 <= plain.count {
-                    openModel?.ops.append(.write(run.start + UInt64(p) * 4096, Array(plain[offset..<(offset + 4096)])))
+                    openModel?.ops.append(.write(run.start &+ UInt64(p) &* 4096, Array(plain[offset..<(offset + 4096)])))
                     offset += 4096
                 }
             }
@@ -329,7 +329,7 @@ struct StreamBuilder {
             var offset = 0
             for run in runs {
                 for p in 0..<Int(run.pageCount) {
-                    openModel!.ops.append(.write(run.start + UInt64(p) * 4096, Array(plain[offset..<(offset + 4096)])))
+                    openModel!.ops.append(.write(run.start &+ UInt64(p) &* 4096, Array(plain[offset..<(offset + 4096)])))
                     offset += 4096
                 }
             }

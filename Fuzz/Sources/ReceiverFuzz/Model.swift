@@ -29,6 +29,7 @@ struct ImageModel {
             case .write(let address, let bytes):
                 pages[address] = bytes
             case .clear(let start, let end):
+                guard start < end else { continue }  // the builder's wild runs (the decoder refuses these)
                 if (end - start) / 4096 < UInt64(pages.count) {
                     var a = start
                     while a < end { pages[a] = nil; a += 4096 }
@@ -48,7 +49,7 @@ struct ImageModel {
 
     /// The memory digest (ARCHITECTURE.md) of the modelled image, nil when the layout is too large to hash here.
     func digest() -> MemoryDigest? {
-        guard layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
+        guard regions.allSatisfy({ $0.start < $0.end }), layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
         let d = MemoryDigester()
         let sorted = pages.keys.sorted()
         var i = 0
