@@ -152,6 +152,31 @@ final class RawSender {
         }
     }
 
+    /// Found with the receiver fuzz harness: a LAYOUT of 2^63 bytes and an empty
+    /// round overflowed the checkpoint threshold (twice the layout) and killed the
+    /// receiver process. Now the layout is refused and the receiver serves on.
+    @Test func layoutBeyondTheAddressSpace() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let sender = try RawSender(receiver, pki, id: "huge")
+        try sender.goodRound(1, value: 0x11)
+        try sender.channel.send(.layout(Layout(round: 2, regions: [RegionDescriptor(start: 0, end: 1 << 63, protection: [.read])])))
+        try sender.channel.send(.roundEnd(RoundEnd(round: 2, stats: RoundStats())))
+        let error = sender.expectError()
+        #expect(error?.code == .roundMismatch, "\(String(describing: error))")
+        sender.stream.close()
+        var store: ImageStore?
+        for _ in 0..<500 where store == nil {
+            store = try? ImageStore.open(directory: receiver.images + "/huge")
+            if store == nil { usleep(10_000) }
+        }
+        let image = try #require(store)
+        #expect(image.committedRound == 1)
+        image.close()
+        let next = try RawSender(receiver, pki, id: "huge-after")
+        try next.goodRound(1, value: 0x22)
+    }
+
     /// Found by Fuzz/run --target receiver: an ERROR after the final round's
     /// acknowledgement marked the verified, complete image failed.
     @Test func errorAfterTheFinalRoundKeepsTheImageComplete() throws {
