@@ -17,9 +17,18 @@ struct ImageModel {
     var complete = false
 
     /// Largest layout whose content the harness compares byte for byte (digests are linear in it).
-    static let maxCheckedLayoutBytes: UInt64 = 64 << 20
+    static let maxCheckedLayoutBytes: UInt64 = 16 << 20
 
-    var layoutBytes: UInt64 { regions.reduce(0) { $0 &+ ($1.end &- $1.start) } }
+    /// Total layout size, saturating (a wrapping sum let huge wild layouts look small).
+    var layoutBytes: UInt64 {
+        var total: UInt64 = 0
+        for r in regions {
+            let (sum, overflow) = total.addingReportingOverflow(r.end &- r.start)
+            if overflow { return .max }
+            total = sum
+        }
+        return total
+    }
 
     mutating func commit(_ round: OpenRoundModel, number: UInt64, final: Bool) {
         regions = round.regions

@@ -24,7 +24,7 @@ import MemhaulWire
 //    carries the digest of the modelled image;
 //  - afterwards every image directory opens with ImageStore.open (not locked, not corrupt)
 //    at exactly the last acknowledged round, with the acknowledged layout, state and content
-//    (content compared through the memory digest when the layout is at most 64 MiB).
+//    (content compared through the memory digest when the layout is at most 16 MiB).
 
 let separator = Array("@@NEXT@@".utf8)
 
