@@ -8,6 +8,8 @@ let package = Package(
         .executable(name: "memhaul", targets: ["memhaul"]),
         .executable(name: "memhaul-workload", targets: ["memhaul-workload"]),
         .library(name: "MemhaulWire", targets: ["MemhaulWire"]),
+        // For the receiver fuzz harness (Fuzz/Sources/ReceiverFuzz): the session and the layers its API uses.
+        .library(name: "MemhaulReceiver", targets: ["MemhaulEngine", "MemhaulImage", "MemhaulDigest", "MemhaulCompression", "MemhaulTLS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),

@@ -1,7 +1,9 @@
 // swift-tools-version:6.0
-// libFuzzer harness for the MemhaulWire codec. Build only with the fuzzer sanitizer (it provides main):
+// libFuzzer harnesses. Build only with the fuzzer sanitizer (it provides main):
 //   swift build -c release --package-path Fuzz -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library
-// Fuzz/run does that and runs it.
+// Fuzz/run does that and runs them.
+//   WireFuzz      the MemhaulWire codec (decoders, canonical re-encoding, the incremental decoder)
+//   ReceiverFuzz  a real ReceiverSession + ImageStore fed a hostile sender's byte streams
 import PackageDescription
 
 let package = Package(
@@ -12,7 +14,15 @@ let package = Package(
             name: "WireFuzz",
             dependencies: ["WireFuzzMain", .product(name: "MemhaulWire", package: "memhaul")]
         ),
-        // C: WireFuzz_main -> LLVMFuzzerRunDriver (SwiftPM renames main; see the .c file).
+        .executableTarget(
+            name: "ReceiverFuzz",
+            dependencies: [
+                "ReceiverFuzzMain", .product(name: "MemhaulWire", package: "memhaul"),
+                .product(name: "MemhaulReceiver", package: "memhaul"),
+            ]
+        ),
+        // C: <Target>_main -> LLVMFuzzerRunDriver (SwiftPM renames main; see the .c files).
         .target(name: "WireFuzzMain"),
+        .target(name: "ReceiverFuzzMain"),
     ]
 )

@@ -142,7 +142,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try? channel.send(.error(ErrorMessage(code: refusal.code, message: String(refusal.description.utf8.prefix(1000))!)))
                 channel.lingerAfterError()
             }
-            if let store, !refusal.connectionLost, refusal.code == .cancelled || refusal.code == .digestMismatch {
+            // A complete image stays complete: what the peer does after the final
+            // acknowledgement (an ERROR, say) cannot undo a verified migration.
+            if let store, store.state == .inProgress, !refusal.connectionLost,
+               refusal.code == .cancelled || refusal.code == .digestMismatch {
                 try? store.markFailed(reason: refusal.description)
             }
             setInfo {

@@ -394,10 +394,18 @@ public final class ImageStore: @unchecked Sendable {
         open = r
     }
 
+    /// Regions end at or below this address: above any Linux user address space (57 bits with
+    /// 5-level paging), and it keeps sizes, file offsets (off_t) and the checkpoint threshold
+    /// (twice the layout) far from overflowing, whatever layout a peer declares.
+    public static let maxLayoutAddress: UInt64 = 1 << 57
+
     static func validated(_ layout: [ImageRegion]) throws(ImageError) -> [ImageRegion] {
         let sorted = layout.sorted { $0.start < $1.start }
         var last: UInt64 = 0
         for r in sorted {
+            guard r.end <= maxLayoutAddress else {
+                throw .invalidLayout("region 0x\(String(r.start, radix: 16))-0x\(String(r.end, radix: 16)) ends above 2^57")
+            }
             guard r.start % imagePageSize == 0, r.end % imagePageSize == 0 else {
                 throw .invalidLayout("region 0x\(String(r.start, radix: 16))-0x\(String(r.end, radix: 16)) is not page-aligned")
             }

@@ -172,6 +172,63 @@ struct RawSenderRefused: Error, CustomStringConvertible {
         }
     }
 
+    /// Found with the receiver fuzz harness: a LAYOUT of 2^63 bytes and an empty
+    /// round overflowed the checkpoint threshold (twice the layout) and killed the
+    /// receiver process. Now the layout is refused and the receiver serves on.
+    @Test func layoutBeyondTheAddressSpace() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let sender = try RawSender(receiver, pki, id: "huge")
+        try sender.goodRound(1, value: 0x11)
+        try sender.channel.send(.layout(Layout(round: 2, regions: [RegionDescriptor(start: 0, end: 1 << 63, protection: [.read])])))
+        try sender.channel.send(.roundEnd(RoundEnd(round: 2, stats: RoundStats())))
+        let error = sender.expectError()
+        #expect(error?.code == .roundMismatch, "\(String(describing: error))")
+        sender.stream.close()
+        var store: ImageStore?
+        for _ in 0..<500 where store == nil {
+            store = try? ImageStore.open(directory: receiver.images + "/huge")
+            if store == nil { usleep(10_000) }
+        }
+        let image = try #require(store)
+        #expect(image.committedRound == 1)
+        image.close()
+        let next = try RawSender(receiver, pki, id: "huge-after")
+        try next.goodRound(1, value: 0x22)
+    }
+
+    /// Found by Fuzz/run --target receiver: an ERROR after the final round's
+    /// acknowledgement marked the verified, complete image failed.
+    @Test func errorAfterTheFinalRoundKeepsTheImageComplete() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let sender = try RawSender(receiver, pki, id: "late-error")
+        try sender.goodRound(1, value: 0x5A)
+        // The verification round: the digest of the region with page 0 = 0x5A, the rest zeros.
+        let digester = MemoryDigester()
+        digester.beginRegion(start: RawSender.region.start, end: RawSender.region.end)
+        RawSender.page(0x5A).withUnsafeBytes { digester.update($0) }
+        digester.updateZeros(count: 63 * 4096)
+        let digest = digester.finalize()
+        try sender.channel.send(.layout(Layout(round: 2, regions: [RawSender.region])))
+        try sender.channel.send(.roundEnd(RoundEnd(round: 2, stats: RoundStats(), finalDigest: WireDigest(high: digest.high, low: digest.low))))
+        guard case .roundAck(let ack) = try sender.channel.receive() else { Issue.record("no final ROUND_ACK"); return }
+        #expect(ack.imageDigest == WireDigest(high: digest.high, low: digest.low))
+        try sender.channel.send(.error(ErrorMessage(code: .cancelled, message: "too late")))
+        _ = sender.expectError()
+        sender.stream.close()
+        var store: ImageStore?
+        for _ in 0..<500 where store == nil {
+            store = try? ImageStore.open(directory: receiver.images + "/late-error")
+            if store == nil { usleep(10_000) }
+        }
+        let image = try #require(store)
+        defer { image.close() }
+        #expect(image.state == .complete)
+        #expect(image.committedRound == 2)
+        #expect(image.finalDigest == digest)
+    }
+
     @Test func foreignCAExpiredAndPlaintextClientsAreRefused() throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)

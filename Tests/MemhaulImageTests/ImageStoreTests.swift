@@ -181,6 +181,9 @@ import Testing
         #expect(throws: ImageError.noOpenRound) { try store.write(a, one) }
         #expect(throws: ImageError.self) { try store.beginRound(1, layout: [region(a, pages: 4), region(a + 8192, pages: 4)]) }
         #expect(throws: ImageError.self) { try store.beginRound(1, layout: [ImageRegion(start: a + 1, end: a + 4097)]) }
+        // Above any user address space: refused, no overflow (found by Fuzz/run --target receiver).
+        #expect(throws: ImageError.self) { try store.beginRound(1, layout: [ImageRegion(start: 0, end: 1 << 63)]) }
+        #expect(throws: ImageError.self) { try store.beginRound(1, layout: [ImageRegion(start: 0xffff_ffff_ffff_e000, end: 0xffff_ffff_ffff_f000)]) }
         try store.beginRound(5, layout: [region(a, pages: 4), region(b, pages: 4)])
         #expect(throws: ImageError.roundAlreadyOpen(5)) { try store.beginRound(6, layout: []) }
         #expect(throws: ImageError.outsideLayout(a + 4 * 4096)) { try store.write(a + 4 * 4096, one) }

@@ -1,0 +1,185 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+
+/// Writes the seed corpus: realistic sender programs in the structure-aware format (odd mode
+/// byte), and the same streams as raw bytes (even mode byte). `ReceiverFuzz --generate-seeds DIR`.
+@_cdecl("ReceiverFuzzGenerateSeeds")
+public func generateSeeds(_ directory: UnsafePointer<CChar>) -> CInt {
+    let dir = String(cString: directory)
+    try? FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+    for (name, program) in SeedPrograms.all {
+        write(dir + "/s_" + name, program.bytes)
+        var builder = StreamBuilder(program.bytes, from: 2)
+        let raw = builder.build()
+        var bytes: [UInt8] = [0, program.bytes[1]]
+        for (i, c) in raw.enumerated() { bytes += (i > 0 ? separator : []) + c }
+        write(dir + "/r_" + name, bytes)
+    }
+    print("ReceiverFuzz: wrote \(2 * SeedPrograms.all.count) seeds to \(dir)")
+    return 0
+}
+
+private func write(_ path: String, _ bytes: [UInt8]) {
+    _ = FileManager.default.createFile(atPath: path, contents: Data(bytes))
+}
+
+/// Emits records in the format StreamBuilder reads (field for field, in its order).
+struct Program {
+    var bytes: [UInt8]
+    init(chunk: UInt8 = 0) { bytes = [1, chunk] }
+
+    mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
+    mutating func op(_ o: Op, _ fields: [UInt8] = []) { bytes.append(o.rawValue); bytes += fields }
+
+    /// HELLO: `migration` 0/1 picks fz-a/fz-b; resume asks to resume from the modelled round.
+    mutating func hello(migration: UInt8 = 0, resume: Bool = false) { op(.hello, [(resume ? 1 : 0) | migration << 1, 0]) }
+    /// LAYOUT of the current round: regions as (gap pages, length pages - 1, protection).
+    mutating func layout(_ regions: [(UInt8, UInt8, UInt8)], continued: Bool = false) {
+        op(.layout, [continued ? 1 : 0, UInt8(regions.count - 1)])
+        for (gap, length, prot) in regions { bytes += [gap, length, prot] }
+    }
+    /// Runs as (region index, page offset, length - 1).
+    mutating func runs(_ runs: [(UInt8, UInt8, UInt8)]) {
+        bytes.append(UInt8(runs.count - 1))
+        for (region, offset, length) in runs { bytes += [region, offset, length] }
+    }
+    /// PAGE_BATCH: `kind` 1 = filled pages, 3 = every other page zero, 0 = zero pages; high nibble = pattern bytes.
+    mutating func batch(_ r: [(UInt8, UInt8, UInt8)], zstd: Bool = false, badChecksum: Bool = false, kind: UInt8 = 1, fill: UInt8, pattern: [UInt8] = []) {
+        op(.pageBatch, [(zstd ? 1 : 0) | (badChecksum ? 2 : 0)])
+        runs(r)
+        bytes += [kind | UInt8(pattern.count) << 4, fill] + pattern
+    }
+    mutating func zero(_ r: [(UInt8, UInt8, UInt8)]) { op(.zeroRanges, [0]); runs(r) }
+    mutating func discard(_ r: [(UInt8, UInt8, UInt8)]) { op(.discardRanges, [0]); runs(r) }
+    mutating func roundEnd(final: Bool = false, wrongDigest: Bool = false) { op(.roundEnd, [(final ? 1 : 0) | (wrongDigest ? 8 : 0)]) }
+    mutating func roundEnd(counts: [UInt8]) { op(.roundEnd, [2] + counts) }
+    mutating func keepalive(_ nonce: UInt64, reply: Bool = false) { op(.keepalive, [reply ? 1 : 0]); u64(nonce) }
+    mutating func error(_ code: UInt16, _ text: String) {
+        op(.error, [UInt8(code & 0xff), UInt8(code >> 8), UInt8(text.utf8.count)] + text.utf8.map { $0 - 0x20 })
+    }
+    mutating func close(_ reason: UInt16 = 0) { op(.close, [UInt8(reason & 0xff), UInt8(reason >> 8)]) }
+    mutating func newConnection() { op(.newConnection) }
+    /// A whole round with the current layout: `batches` (0-3) batches of runs, `verify` adds the verification round.
+    mutating func goodRound(_ batches: [[(UInt8, UInt8, UInt8)]], fill: UInt8, verify: Bool = false) {
+        op(.goodRound, [UInt8(batches.count) | (verify ? 0x80 : 0)])
+        for (i, r) in batches.enumerated() { runs(r); bytes.append(fill &+ UInt8(i)) }
+    }
+}
+
+enum SeedPrograms {
+    static var all: [(String, Program)] {
+        var list: [(String, Program)] = []
+
+        // A full migration: three rounds with a growing layout, raw and zstd batches, zero and
+        // discard runs, a keepalive, then the verification round and CLOSE.
+        var p = Program()
+        p.hello()
+        p.layout([(0, 15, 3), (2, 7, 1), (0, 3, 5)])
+        p.batch([(0, 0, 3), (1, 2, 1)], fill: 0x11)
+        p.batch([(0, 8, 4)], zstd: true, kind: 3, fill: 0x22, pattern: Array("memhaul".utf8))
+        p.zero([(2, 0, 1)])
+        p.roundEnd()
+        p.layout([(0, 15, 3), (2, 7, 1), (0, 7, 5)])
+        p.batch([(0, 1, 0), (2, 4, 2)], zstd: true, fill: 0x33)
+        p.discard([(1, 0, 2)])
+        p.keepalive(42)
+        p.roundEnd()
+        p.layout([(0, 15, 3), (2, 7, 1), (0, 7, 5)])
+        p.batch([(1, 3, 3)], fill: 0x44)
+        p.roundEnd()
+        p.layout([(0, 15, 3), (2, 7, 1), (0, 7, 5)])
+        p.roundEnd(final: true)
+        p.close()
+        list.append(("migration", p))
+
+        // Resume: two rounds, a third cut off mid-round, a new connection resumes and finishes.
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 7)], [(0, 20, 3)]], fill: 0x51)
+        p.goodRound([[(0, 4, 1)]], fill: 0x61)
+        p.layout([(0, 63, 3)])
+        p.batch([(0, 10, 5)], fill: 0x71)
+        p.newConnection()
+        p.hello(resume: true)
+        p.goodRound([[(0, 2, 2)], [(0, 30, 0)]], fill: 0x81)
+        p.goodRound([], fill: 0, verify: true)
+        p.close()
+        list.append(("resume", p))
+
+        // The verification round alone, and with a wrong digest (the image is marked failed).
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 3)], [(0, 9, 0)]], fill: 0x91, verify: true)
+        p.close()
+        list.append(("verify", p))
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 3)]], fill: 0xa1)
+        p.layout([(0, 63, 3)])
+        p.roundEnd(final: true, wrongDigest: true)
+        p.newConnection()
+        p.hello(resume: true)
+        list.append(("verify_wrong_digest", p))
+
+        // Misbehaviour after a committed round: bad checksum, wrong counts, frames out of order,
+        // the sender's ERROR, a page outside the layout, a fresh HELLO for an existing image.
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 1)
+        p.layout([(0, 63, 3)])
+        p.batch([(0, 0, 0)], badChecksum: true, fill: 2)
+        list.append(("bad_checksum", p))
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 1)
+        p.layout([(0, 63, 3)])
+        p.batch([(0, 3, 0)], fill: 2)
+        p.roundEnd(counts: [9, 0, 0, 1])
+        list.append(("wrong_counts", p))
+        p = Program()
+        p.hello()
+        p.batch([(0, 0, 0)], fill: 3)
+        p.roundEnd()
+        list.append(("batch_before_layout", p))
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 1)
+        p.layout([(0, 63, 3)])
+        p.batch([(0, 5, 0)], fill: 4)
+        p.error(14, "operator cancelled")
+        p.newConnection()
+        p.hello(resume: true)
+        list.append(("sender_error", p))
+        p = Program()
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 1)
+        p.newConnection()
+        p.hello()
+        p.newConnection()
+        p.hello(migration: 1)
+        p.goodRound([[(0, 1, 1)]], fill: 5, verify: true)
+        p.close()
+        list.append(("two_migrations", p))
+        p = Program()
+        p.hello()
+        p.layout([(0, 3, 3)], continued: true)
+        p.layout([(1, 3, 3)])
+        p.batch([(0, 0, 3)], zstd: true, fill: 6)
+        p.keepalive(7, reply: true)
+        p.roundEnd()
+        p.layout([(4, 3, 3)])
+        p.zero([(0, 0, 3)])
+        p.roundEnd()
+        p.close(2)
+        list.append(("continued_layout_shrink", p))
+
+        // Small reads: frames split across many reads.
+        p = Program(chunk: 7)
+        p.hello()
+        p.goodRound([[(0, 0, 2)], [(0, 7, 0)]], fill: 0xb1, verify: true)
+        list.append(("small_reads", p))
+        return list
+    }
+}
