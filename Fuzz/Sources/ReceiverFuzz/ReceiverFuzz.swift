@@ -95,7 +95,7 @@ func split(_ bytes: ArraySlice<UInt8>) -> [[UInt8]] {
 func run(_ connections: [[UInt8]], chunk: Int, root: String) {
     var images: [String: ImageModel] = [:]
     let registry = ReceiverSession.Registry(
-        claim: { _ in true }, release: { _ in }, preempt: { _ in })
+        claim: { _ in true }, release: { _ in }, preempt: { _, _ in })
     for (index, input) in connections.enumerated() {
         let stream = MemoryStream(input, chunk: chunk)
         let session = ReceiverSession(stream: stream, imagesRoot: root, registry: registry) { line in
