@@ -109,18 +109,9 @@ public struct AuthorizationPolicy: Sendable, Equatable {
     public static func load(path: String) throws(AuthorizationPolicyError) -> AuthorizationPolicy {
         let bytes: [UInt8]
         do {
-            let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC)
-            var out: [UInt8] = []
-            var chunk = [UInt8](repeating: 0, count: 16384)
-            while true {
-                let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
-                if n == 0 { break }
-                out += chunk[0..<n]
-                if out.count > 1 << 20 { throw AuthorizationPolicyError(file: path, line: 0, message: "larger than 1 MiB, not a policy") }
-            }
-            bytes = out
-        } catch let error as AuthorizationPolicyError {
-            throw error
+            bytes = try SmallFile.read(path)
+        } catch let e as SmallFile.TooLarge {
+            throw AuthorizationPolicyError(file: path, line: 0, message: "\(e), not a policy")
         } catch {
             throw AuthorizationPolicyError(file: path, line: 0, message: "cannot read: \(error)")
         }

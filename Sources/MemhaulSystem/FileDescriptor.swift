@@ -60,3 +60,27 @@ public final class FileDescriptor: @unchecked Sendable {
         try Syscall.run("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
     }
 }
+
+/// A whole small file (configuration, PEM), read through the syscall seam.
+public enum SmallFile {
+    /// The file was longer than the caller's limit.
+    public struct TooLarge: Error, CustomStringConvertible {
+        public var path: String
+        public var limit: Int
+        public var description: String { "\(path) is larger than \(limit >> 20) MiB" }
+    }
+
+    /// `open` + `read` to the end; throws ``TooLarge`` past `limit` bytes.
+    public static func read(_ path: String, limit: Int = 1 << 20) throws -> [UInt8] {
+        let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC)
+        var bytes: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
+            if n == 0 { return bytes }
+            bytes += chunk[0..<n]
+            if bytes.count > limit { throw TooLarge(path: path, limit: limit) }
+        }
+    }
+}
+

@@ -302,16 +302,11 @@ public enum CertificateBundle {
 
     /// A PEM file (at most 1 MiB), read through the syscall seam.
     static func readSmallFile(_ path: String) throws -> String {
-        let fd = try FileDescriptor.open(path, O_RDONLY | O_CLOEXEC)
-        var bytes: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 16384)
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
-            if n == 0 { break }
-            bytes += chunk[0..<n]
-            if bytes.count > 1 << 20 { throw OpenSSLErrors.configurationError("\(path) is larger than 1 MiB, not a PEM file") }
+        do {
+            return String(decoding: try SmallFile.read(path), as: UTF8.self)
+        } catch let e as SmallFile.TooLarge {
+            throw OpenSSLErrors.configurationError("\(e), not a PEM file")
         }
-        return String(decoding: bytes, as: UTF8.self)
     }
 
     private static func writeFile(_ path: String, _ text: String, mode: mode_t, force: Bool) throws {

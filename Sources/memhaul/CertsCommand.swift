@@ -171,14 +171,9 @@ struct CertsFileError: Error, CustomStringConvertible {
 
 /// A small text file, read through the syscall seam (errors name the call and errno).
 private func readText(_ path: String) throws -> String {
-    let fd = try FileDescriptor.open(path, O_RDONLY)
-    var bytes: [UInt8] = []
-    var chunk = [UInt8](repeating: 0, count: 16384)
-    while true {
-        let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
-        if n == 0 { break }
-        bytes += chunk[0..<n]
-        if bytes.count > 1 << 20 { throw CertsFileError(message: "\(path): larger than 1 MiB, not a certificate") }
+    do {
+        return String(decoding: try SmallFile.read(path), as: UTF8.self)
+    } catch let e as SmallFile.TooLarge {
+        throw CertsFileError(message: "\(e), not a certificate")
     }
-    return String(decoding: bytes, as: UTF8.self)
 }
