@@ -27,6 +27,49 @@ func checksum64(_ bytes: UnsafeRawBufferPointer) -> UInt64 {
     XXH3_64bits(bytes.baseAddress, bytes.count)
 }
 
+/// The framing shared by the manifest and the owner record: magic (8),
+/// major (u16), minor (u16), reserved (u32), body length (u64), body, then
+/// XXH3-64 of everything before it.
+enum FramedFile {
+    static func encode(magic: [UInt8], major: UInt16, minor: UInt16, body: [UInt8]) -> [UInt8] {
+        var out = ByteWriter()
+        out.bytes = magic
+        out.u16(major)
+        out.u16(minor)
+        out.u32(0)
+        out.u64(UInt64(body.count))
+        out.bytes += body
+        let sum = out.bytes.withUnsafeBytes { checksum64($0) }
+        out.u64(sum)
+        return out.bytes
+    }
+
+    /// Checks magic, then version (`minMajor...maxMajor`), then length, then
+    /// checksum; returns the version and a reader over the body.
+    static func decode(_ bytes: [UInt8], magic: [UInt8], minMajor: UInt16 = 0, maxMajor: UInt16, file: String) throws(ImageError)
+        -> (major: UInt16, minor: UInt16, body: ByteReader)
+    {
+        let h = ImageFormat.manifestHeaderSize
+        guard bytes.count >= 8 else { throw .truncated(file: file) }
+        guard Array(bytes[0..<8]) == magic else { throw .badMagic(file: file) }
+        guard bytes.count >= h + 8 else { throw .truncated(file: file) }
+        var r = ByteReader(bytes: bytes, offset: 8, end: h, file: file)
+        let major = try r.u16()
+        let minor = try r.u16()
+        guard major <= maxMajor else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
+        guard major >= minMajor else { throw .corrupt(file: file, reason: "version \(major).\(minor)") }
+        _ = try r.u32()
+        let bodyLength = try r.u64()
+        guard bodyLength <= UInt64(bytes.count - h - 8) else { throw .truncated(file: file) }
+        let end = h + Int(bodyLength)
+        guard bytes.count == end + 8 else { throw .corrupt(file: file, reason: "\(bytes.count - end - 8) bytes after the checksum") }
+        let stored = bytes.withUnsafeBytes { loadLE($0, end, as: UInt64.self) }
+        let computed = bytes.withUnsafeBytes { checksum64(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
+        guard stored == computed else { throw .badChecksum(file: file) }
+        return (major, minor, ByteReader(bytes: bytes, offset: h, end: end, file: file))
+    }
+}
+
 /// Journal record kinds.
 enum RecordKind: UInt8 {
     case data = 1
@@ -207,40 +250,13 @@ struct Manifest: Equatable {
             }
         }
 
-        var out = ByteWriter()
-        out.bytes = ImageFormat.manifestMagic
-        out.u16(ImageFormat.major)
-        out.u16(ImageFormat.minor)
-        out.u32(0)
-        out.u64(UInt64(body.bytes.count))
-        out.bytes += body.bytes
-        let sum = out.bytes.withUnsafeBytes { checksum64($0) }
-        out.u64(sum)
-        return out.bytes
+        return FramedFile.encode(magic: ImageFormat.manifestMagic, major: ImageFormat.major, minor: ImageFormat.minor, body: body.bytes)
     }
 
     /// Checks magic, then version, then length, then checksum, then decodes.
     static func decode(_ bytes: [UInt8], file: String) throws(ImageError) -> Manifest {
-        let h = ImageFormat.manifestHeaderSize
-        guard bytes.count >= 8 else { throw .truncated(file: file) }
-        guard Array(bytes[0..<8]) == ImageFormat.manifestMagic else { throw .badMagic(file: file) }
-        guard bytes.count >= h + 8 else { throw .truncated(file: file) }
-        var r = ByteReader(bytes: bytes, offset: 8, end: h, file: file)
-        let major = try r.u16()
-        let minor = try r.u16()
-        guard major <= ImageFormat.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
         // 1.x is read (and rewritten as 2.0 at the next publish); older is not a version.
-        guard major == ImageFormat.major || major == 1 else { throw .corrupt(file: file, reason: "version \(major).\(minor)") }
-        _ = try r.u32()
-        let bodyLength = try r.u64()
-        guard bodyLength <= UInt64(bytes.count - h - 8) else { throw .truncated(file: file) }
-        let end = h + Int(bodyLength)
-        guard bytes.count == end + 8 else { throw .corrupt(file: file, reason: "\(bytes.count - end - 8) bytes after the checksum") }
-        let stored = bytes.withUnsafeBytes { loadLE($0, end, as: UInt64.self) }
-        let computed = bytes.withUnsafeBytes { checksum64(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
-        guard stored == computed else { throw .badChecksum(file: file) }
-
-        r = ByteReader(bytes: bytes, offset: h, end: end, file: file)
+        var (major, _, r) = try FramedFile.decode(bytes, magic: ImageFormat.manifestMagic, minMajor: 1, maxMajor: ImageFormat.major, file: file)
         let id = try r.string()
         guard let state = ImageState(rawValue: try r.u8()) else { throw .corrupt(file: file, reason: "bad state") }
         var m = Manifest(migrationID: id, createdAt: 0, updatedAt: 0)

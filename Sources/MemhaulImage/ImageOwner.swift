@@ -47,38 +47,13 @@ public struct ImageOwner: Sendable, Hashable, CustomStringConvertible {
         body.string(commonName)
         body.string(subject)
         body.u64(recordedAt)
-        var out = ByteWriter()
-        out.bytes = Self.magic
-        out.u16(Self.major)
-        out.u16(Self.minor)
-        out.u32(0)
-        out.u64(UInt64(body.bytes.count))
-        out.bytes += body.bytes
-        let sum = out.bytes.withUnsafeBytes { checksum64($0) }
-        out.u64(sum)
-        return out.bytes
+        return FramedFile.encode(magic: Self.magic, major: Self.major, minor: Self.minor, body: body.bytes)
     }
 
     /// Checks magic, version, length, checksum, then the body; the migration id
     /// must be the image's (an owner file copied from another image is `corrupt`).
     static func decode(_ bytes: [UInt8], migrationID: String?, file: String) throws(ImageError) -> ImageOwner {
-        let h = ImageFormat.manifestHeaderSize
-        guard bytes.count >= 8 else { throw .truncated(file: file) }
-        guard Array(bytes[0..<8]) == magic else { throw .badMagic(file: file) }
-        guard bytes.count >= h + 8 else { throw .truncated(file: file) }
-        var r = ByteReader(bytes: bytes, offset: 8, end: h, file: file)
-        let major = try r.u16()
-        let minor = try r.u16()
-        guard major <= Self.major else { throw .unsupportedVersion(file: file, major: major, minor: minor) }
-        _ = try r.u32()
-        let bodyLength = try r.u64()
-        guard bodyLength <= UInt64(bytes.count - h - 8) else { throw .truncated(file: file) }
-        let end = h + Int(bodyLength)
-        guard bytes.count == end + 8 else { throw .corrupt(file: file, reason: "\(bytes.count - end - 8) bytes after the checksum") }
-        let stored = bytes.withUnsafeBytes { loadLE($0, end, as: UInt64.self) }
-        let computed = bytes.withUnsafeBytes { checksum64(UnsafeRawBufferPointer(rebasing: $0[0..<end])) }
-        guard stored == computed else { throw .badChecksum(file: file) }
-        r = ByteReader(bytes: bytes, offset: h, end: end, file: file)
+        var (_, _, r) = try FramedFile.decode(bytes, magic: magic, maxMajor: Self.major, file: file)
         let id = try r.string()
         if let migrationID, id != migrationID {
             throw .corrupt(file: file, reason: "owner record of migration \(id), not \(migrationID)")
