@@ -440,17 +440,7 @@ func emit(_ line: String) {
 
 /// Starts a detached pthread running `body`.
 func spawnThread(_ body: @escaping @Sendable () -> Void) {
-    final class Box: @unchecked Sendable {  // handed to exactly one thread
-        let body: @Sendable () -> Void
-        init(_ b: @escaping @Sendable () -> Void) { body = b }
-    }
-    var t = pthread_t()
-    let box = Unmanaged.passRetained(Box(body)).toOpaque()
-    pthread_create(&t, nil, { arg in
-        Unmanaged<Box>.fromOpaque(arg!).takeRetainedValue().body()
-        return nil
-    }, box)
-    pthread_detach(t)
+    pthread_detach(spawnJoinableThread(body))
 }
 
 /// One line to stderr.
