@@ -12,40 +12,10 @@
 # Driven through deploy/memhaul-orchestrate, like production.
 #
 #   Tests/e2e/link-cut.sh      (needs root)
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-root=$PWD
-bin=${MEMHAUL_BIN_DIR:-$root/.build/debug}
-memhaul=$bin/memhaul
-work=$(mktemp -d /tmp/memhaul-cut.XXXXXX)
-A=mh-a B=mh-b
+work_prefix=memhaul-cut
+source "$(dirname "$0")/two-hosts.bash"
 size_mb=192
-pids=()
-cleanup() {
-  set +e
-  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  "$root/scripts/netns" down
-  rm -rf "$work"
-  return 0
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -25 "$f" >&2; done; exit 1; }
-rctl() { env MEMHAUL_CONTROL="$work/receiver.sock" "$memhaul" ctl "$@"; }
-sctl() { env MEMHAUL_CONTROL="$work/sender.sock" "$memhaul" ctl "$@"; }
-
-"$root/scripts/netns" up 200mbit
-"$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
-ip netns exec $B "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
-  --certs "$work/pki" --control "$work/receiver.sock" >"$work/receiver.out" 2>"$work/receiver.log" &
-pids+=($!)
-ip netns exec $A "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" --peer-timeout 3 \
-  >"$work/sender.out" 2>"$work/sender.log" &
-pids+=($!)
-for f in receiver sender; do
-  for _ in $(seq 1 200); do grep -q . "$work/$f.out" 2>/dev/null && break; sleep 0.05; done
-  grep -q . "$work/$f.out" || fail "$f agent did not start"
-done
+two_hosts_up 200mbit --peer-timeout 3
 
 passed=0
 # cut NAME SECONDS MIN_RESUMES

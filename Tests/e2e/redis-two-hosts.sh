@@ -7,43 +7,10 @@
 # before the freeze. Prints rounds, bytes, total time and downtime.
 #
 #   Tests/e2e/redis-two-hosts.sh [RATE]      (needs root; RATE default 1gbit)
-set -euo pipefail
-cd "$(dirname "$0")/../.."
-root=$PWD
 rate=${1:-1gbit}
-bin=${MEMHAUL_BIN_DIR:-$root/.build/debug}
-memhaul=$bin/memhaul
 limit_ms=${MEMHAUL_E2E_DOWNTIME_LIMIT:-300}
-work=$(mktemp -d /tmp/memhaul-e2e.XXXXXX)
-A=mh-a B=mh-b
-pids=()
-cleanup() {
-  set +e
-  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
-  wait 2>/dev/null
-  "$root/scripts/netns" down
-  rm -rf "$work"
-  return 0
-}
-trap cleanup EXIT
-fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -20 "$f" >&2; done; exit 1; }
-
-"$root/scripts/netns" up "$rate"
-"$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
-
-# Host B: receiver agent.
-ip netns exec $B "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
-  --certs "$work/pki" --control "$work/receiver.sock" >"$work/receiver.out" 2>"$work/receiver.log" &
-pids+=($!)
-# Host A: sender agent.
-ip netns exec $A "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" \
-  >"$work/sender.out" 2>"$work/sender.log" &
-pids+=($!)
-# Wait for both agents' ready lines (they print once listening).
-for f in receiver sender; do
-  for _ in $(seq 1 200); do grep -q . "$work/$f.out" 2>/dev/null && break; sleep 0.05; done
-  grep -q . "$work/$f.out" || fail "$f agent did not start"
-done
+source "$(dirname "$0")/two-hosts.bash"
+two_hosts_up "$rate"
 
 # Host A: redis with 300k keys (~150 MB), under continuous SET load on a hot
 # set of 20k keys, as a cache sees it.

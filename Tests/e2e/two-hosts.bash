@@ -1,0 +1,42 @@
+# Sourced by the e2e scripts (not run by scripts/test: no .sh suffix).
+# Two test hosts (scripts/netns: mh-a 10.77.0.1 <-> mh-b 10.77.0.2, RATE),
+# certificates, a receiver agent on B and a sender agent on A, all torn down
+# on exit. Needs: root, bin (release or debug build directory), work_prefix.
+#
+#   two_hosts_up RATE [SENDER_OPTIONS...]
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+bin=${MEMHAUL_BIN_DIR:-$root/.build/debug}
+memhaul=$bin/memhaul
+work=$(mktemp -d "/tmp/${work_prefix:-memhaul-e2e}.XXXXXX")
+A=mh-a B=mh-b
+pids=()
+cleanup() {
+  set +e
+  for p in "${pids[@]}"; do kill -CONT "$p" 2>/dev/null; kill -KILL "$p" 2>/dev/null; done
+  wait 2>/dev/null
+  "$root/scripts/netns" down
+  rm -rf "$work"
+  return 0
+}
+trap cleanup EXIT
+fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -25 "$f" >&2; done; exit 1; }
+sctl() { env MEMHAUL_CONTROL="$work/sender.sock" "$memhaul" ctl "$@"; }
+rctl() { env MEMHAUL_CONTROL="$work/receiver.sock" "$memhaul" ctl "$@"; }
+
+two_hosts_up() {
+  local rate=$1; shift
+  "$root/scripts/netns" up "$rate"
+  "$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
+  ip netns exec $B "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
+    --certs "$work/pki" --control "$work/receiver.sock" >"$work/receiver.out" 2>"$work/receiver.log" &
+  pids+=($!)
+  ip netns exec $A "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" "$@" \
+    >"$work/sender.out" 2>"$work/sender.log" &
+  pids+=($!)
+  # Each agent prints one line once it listens.
+  for f in receiver sender; do
+    for _ in $(seq 1 200); do grep -q . "$work/$f.out" 2>/dev/null && break; sleep 0.05; done
+    grep -q . "$work/$f.out" || fail "$f agent did not start"
+  done
+}
