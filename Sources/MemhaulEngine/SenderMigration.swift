@@ -465,12 +465,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var total = SentRound(pages: 0, zeroPages: 0, discardedPages: 0, pageBytes: 0, wireBytes: 0, streamSeconds: 0, ackSeconds: 0)
         let streamStart = MonotonicClock.seconds()
         var acked = 0
-        var ends: [UInt64] = []
+        var sent = 0  // chunks whose ROUND_END is out
         func ackNext() throws {
             _ = try awaitAck(chunks[acked].wireRound, channel)
             box.lastAcked = chunks[acked].wireRound
-            box.committedMark = ends[acked]
-            box.chunkEnds[chunks[acked].wireRound] = nil
+            box.committedMark = box.chunkEnds.removeValue(forKey: chunks[acked].wireRound) ?? box.committedMark
             acked += 1
         }
         do {
@@ -494,14 +493,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
                 try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats)))
-                ends.append(channel.bytesSent)
                 box.chunkEnds[chunk.wireRound] = channel.bytesSent
+                sent += 1
                 total.pages += totals.pages
                 total.zeroPages += totals.zeroPages
                 total.discardedPages += totals.discardedPages
                 total.pageBytes += totals.pageBytes
                 // Collect acks that have arrived already, so none pile up.
-                while acked < ends.count, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
+                while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
             }
             let ackStart = MonotonicClock.seconds()
             while acked < chunks.count { try ackNext() }
