@@ -165,22 +165,20 @@ public final class AttachedProcess: Sendable {
         return try register(maps, attaching: false)
     }
 
-    /// Whether a PROT_NONE mapping holds any page with content (a scan of its
-    /// page tables; an empty reservation has none, so this costs next to nothing).
-    private func hasContent(_ entry: MapsEntry) throws -> Bool {
-        let scanner = PagemapScanner(pagemap: pagemap, vectorCapacity: 16)
-        return try !scanner.populated([PageRange(start: entry.start, end: entry.end)]).isEmpty
-    }
-
     private func register(_ maps: [MapsEntry], attaching: Bool) throws -> LayoutDelta {
         try state.withLock { (s: inout State) throws -> LayoutDelta in
             guard !s.detached else { throw SystemError("ioctl(UFFDIO_REGISTER)", .EBADF) }
             var registered: [MapsEntry] = []
             var skipped: [SkippedMapping] = []
             var firstFailure: SystemError?
+            // PROT_NONE mappings are tracked once they hold content (one page-table scan each).
+            var emptinessScanner: PagemapScanner?
             for entry in maps {
                 var decision = ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)])
-                if decision == .skipped(.noAccessAndEmpty), try hasContent(entry) { decision = .tracked }
+                if decision == .skipped(.noAccessAndEmpty) {
+                    emptinessScanner = emptinessScanner ?? PagemapScanner(pagemap: pagemap, vectorCapacity: 16)
+                    if try !emptinessScanner!.populated([PageRange(start: entry.start, end: entry.end)]).isEmpty { decision = .tracked }
+                }
                 switch decision {
                 case .skipped(let reason):
                     skipped.append(SkippedMapping(entry: entry, reason: reason))
