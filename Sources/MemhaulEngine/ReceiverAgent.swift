@@ -77,10 +77,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             release: { [self] id in _ = lock.withLock { active.remove(id) } },
             preempt: { [self] id, fingerprint in
                 // Only a connection of the same sender certificate: a sender never cuts another's.
-                let holders = lock.withLock {
-                    sessions.filter { $0.info.migration == id && $0.info.state == "receiving" && $0.sender?.fingerprint == fingerprint }
-                }
-                for s in holders { s.abortConnection() }
+                for s in receiving(id) where s.sender?.fingerprint == fingerprint { s.abortConnection() }
             })
         let guardian = connections
         let watch = ReceiverSession.Watch(
@@ -102,8 +99,12 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     /// Cuts the connection receiving migration `id`, as a network failure
     /// would: the image stays at its last committed round, waiting for a resume.
     public func disconnect(migration id: String) {
-        let holders = lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
-        for s in holders { s.abortConnection() }
+        for s in receiving(id) { s.abortConnection() }
+    }
+
+    /// The sessions currently receiving migration `id`.
+    private func receiving(_ id: String) -> [ReceiverSession] {
+        lock.withLock { sessions.filter { $0.info.migration == id && $0.info.state == "receiving" } }
     }
 
     public func close() {
