@@ -55,21 +55,17 @@ public final class RemoteMemoryReader {
     deinit {
         free(buffer.baseAddress)
         remote.deallocate()
-        if memFD >= 0 { close(memFD) }
     }
 
     /// `/proc/PID/mem`, opened on first need.
-    private var memFD: Int32 = -1
+    private var mem: FileDescriptor?
 
     /// One page through `pread(/proc/PID/mem)`, which reads with FOLL_FORCE and
     /// so also reads pages the target cannot (PROT_NONE). False if unmapped.
     private func readForced(_ page: UInt64, into destination: UnsafeMutableRawPointer) -> Bool {
-        if memFD < 0 {
-            memFD = (try? Syscall.run("open(/proc/PID/mem)") { open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC) }) ?? -1
-            if memFD < 0 { return false }
-        }
-        let fd = memFD
-        let n = (try? Syscall.run("pread(/proc/PID/mem)") { pread(fd, destination, Int(PageSize.bytes), off_t(Int64(bitPattern: page))) }) ?? -1
+        if mem == nil { mem = try? FileDescriptor.open("/proc/\(pid)/mem", O_RDONLY | O_CLOEXEC) }
+        guard let mem else { return false }
+        let n = try? mem.pread(into: UnsafeMutableRawBufferPointer(start: destination, count: Int(PageSize.bytes)), at: Int64(bitPattern: page))
         return n == Int(PageSize.bytes)
     }
 
