@@ -14,7 +14,7 @@ import Glibc
 /// may hold content outside the image's layout.
 public enum ImageVerifier {
     public struct Mismatch: Sendable, CustomStringConvertible {
-        public var range: PageRange
+        public var range: AddressRange
         public var reason: String
         public var description: String { "\(range): \(reason)" }
     }
@@ -40,20 +40,20 @@ public enum ImageVerifier {
         let chunk = 8 << 20
         for region in store.layout {
             report.regions += 1
-            let populated = try scanner.populated([PageRange(start: region.start, end: region.end)])
+            let populated = try scanner.populated([AddressRange(start: region.start, end: region.end)])
             var address = region.start
             while address < region.end {
                 let length = Int(min(UInt64(chunk), region.end - address))
-                let window = PageRange(start: address, end: address + UInt64(length))
+                let window = AddressRange(start: address, end: address + UInt64(length))
                 try store.read(at: address, into: UnsafeMutableRawBufferPointer(rebasing: image[0..<length]))
                 // Pages without content in the process: the image must hold zeros.
                 var cursor = window.start
-                for r in populated.intersecting([window]) + [PageRange(start: window.end, end: window.end)] {
+                for r in populated.intersecting([window]) + [AddressRange(start: window.end, end: window.end)] {
                     if r.start > cursor {
                         let from = Int(cursor - window.start), to = Int(r.start - window.start)
                         if let bad = firstNonZeroPage(image, from, to) {
                             let at = window.start + UInt64(bad)
-                            report.mismatches.append(Mismatch(range: PageRange(start: at, pages: 1), reason: "no content in the process, non-zero in the image"))
+                            report.mismatches.append(Mismatch(range: AddressRange(start: at, pages: 1), reason: "no content in the process, non-zero in the image"))
                         }
                     }
                     cursor = max(cursor, r.end)
@@ -70,7 +70,7 @@ public enum ImageVerifier {
                             report.mismatches.append(Mismatch(range: r, reason: "unmapped while verifying (the process is not stopped)"))
                         } else if memcmp(mine.baseAddress!, theirs.baseAddress!, n) != 0 {
                             let page = firstDifferentPage(mine, theirs)
-                            report.mismatches.append(Mismatch(range: PageRange(start: r.start + UInt64(page), pages: 1), reason: "content differs"))
+                            report.mismatches.append(Mismatch(range: AddressRange(start: r.start + UInt64(page), pages: 1), reason: "content differs"))
                         }
                         report.pagesCompared += r.pageCount
                         report.bytesCompared += r.byteCount
@@ -90,11 +90,11 @@ public enum ImageVerifier {
     /// memhaul documents as not migrated (shared, kernel-provided, device
     /// memory, hugetlb) are listed in `notMigrated` instead.
     static func checkCoverage(_ store: ImageStore, pid: Int32, scanner: PagemapScanner, into report: inout Report) throws {
-        let layout = store.layout.map { PageRange(start: $0.start, end: $0.end) }.coalesced()
+        let layout = store.layout.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
         let maps = try ProcMaps.read(pid: pid)
         let flags = try ProcMaps.readFlags(pid: pid)
         for entry in maps {
-            let outside = [PageRange(start: entry.start, end: entry.end)].subtracting(layout)
+            let outside = [AddressRange(start: entry.start, end: entry.end)].subtracting(layout)
             if outside.isEmpty { continue }
             let vmFlags = flags[entry.range] ?? []
             let documented = entry.permissions.contains(.shared) || ProcMaps.kernelProvidedNames.contains(entry.path)

@@ -1,6 +1,7 @@
 import MemhaulDigest
 import MemhaulKernel
 import MemhaulWire
+import MemhaulSystem
 
 /// The sender's side of the proof: the memory digest of a (frozen) process
 /// over the regions it declared, in the canonical form of ARCHITECTURE.md.
@@ -16,7 +17,7 @@ enum ProcessDigest {
         let chunkPages = (8 << 20) / Int(PageSize.bytes)
         for region in regions {
             digester.beginRegion(start: region.start, end: region.end)
-            let populated = try scanner.populated([PageRange(start: region.start, end: region.end)])
+            let populated = try scanner.populated([AddressRange(start: region.start, end: region.end)])
             var cursor = region.start
             var iterator = BatchIterator(ranges: populated, batchPages: chunkPages)
             while let batch = iterator.next() {
@@ -42,7 +43,7 @@ enum ProcessDigest {
 
     /// A page unmapped under a frozen target cannot happen; if it does the
     /// digest must not silently differ, so it is an error.
-    private static func hashSkippingVanished(_ r: PageRange, _ bytes: UnsafeRawBufferPointer, _ vanished: [PageRange], _ d: MemoryDigester) throws {
+    private static func hashSkippingVanished(_ r: AddressRange, _ bytes: UnsafeRawBufferPointer, _ vanished: [AddressRange], _ d: MemoryDigester) throws {
         throw EngineError.protocolViolation("memory of \(r) vanished while the target was frozen")
     }
 }

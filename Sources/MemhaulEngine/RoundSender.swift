@@ -4,6 +4,7 @@ import MemhaulDigest
 import MemhaulKernel
 import MemhaulWire
 import Synchronization
+import MemhaulSystem
 
 /// Sends one round's pages: read → compress on a pool of workers → send.
 ///
@@ -23,7 +24,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     final class Job: @unchecked Sendable {  // owned by one stage at a time
         let pages: UnsafeMutableRawBufferPointer
         let encoded: UnsafeMutableRawBufferPointer
-        var runs: [PageRange] = []
+        var runs: [AddressRange] = []
         var pageCount = 0
         // Filled by a worker.
         var header: PageBatchHeader?
@@ -31,7 +32,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         /// The payload is `pages` itself (raw), not `encoded`.
         var payloadIsPages = false
         var zeroRuns: [PageRun] = []
-        var vanished: [PageRange] = []
+        var vanished: [AddressRange] = []
 
         init(bytes: Int) {
             pages = .allocate(byteCount: bytes, alignment: 4096)
@@ -72,7 +73,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
     /// `pace` is called after each frame with the bytes sent (bandwidth cap).
     func send(
-        round: UInt64, dirty: [PageRange], discarded: [PageRange], channel: FrameChannel,
+        round: UInt64, dirty: [AddressRange], discarded: [AddressRange], channel: FrameChannel,
         pace: (Int) -> Void, cancelled: () -> Bool
     ) throws -> Totals {
         var totals = Totals()
@@ -241,7 +242,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         }
     }
 
-    static func runs(of ranges: [PageRange]) -> [PageRun] {
+    static func runs(of ranges: [AddressRange]) -> [PageRun] {
         var out: [PageRun] = []
         for r in ranges {
             var start = r.start
@@ -257,26 +258,26 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
 
 /// Cuts sorted page ranges into batches of at most `batchPages` pages.
 struct BatchIterator {
-    private let ranges: [PageRange]
+    private let ranges: [AddressRange]
     private let batchPages: Int
     private var index = 0
     private var cursor: UInt64 = 0
 
-    init(ranges: [PageRange], batchPages: Int) {
+    init(ranges: [AddressRange], batchPages: Int) {
         self.ranges = ranges
         self.batchPages = batchPages
         self.cursor = ranges.first?.start ?? 0
     }
 
-    mutating func next() -> [PageRange]? {
-        var batch: [PageRange] = []
+    mutating func next() -> [AddressRange]? {
+        var batch: [AddressRange] = []
         var pages = 0
         while index < ranges.count && pages < batchPages {
             let r = ranges[index]
             if cursor < r.start { cursor = r.start }
             let take = min(UInt64(batchPages - pages), (r.end - cursor) / PageSize.bytes)
             if take > 0 {
-                batch.append(PageRange(start: cursor, end: cursor + take * PageSize.bytes))
+                batch.append(AddressRange(start: cursor, end: cursor + take * PageSize.bytes))
                 pages += Int(take)
                 cursor += take * PageSize.bytes
             }
@@ -319,7 +320,7 @@ extension RoundScan {
     func commitChunks(maxBytes: UInt64) -> [RoundScan] {
         let limit = PageSize.roundDown(max(maxBytes, PageSize.bytes))
         var chunks: [RoundScan] = []
-        var current: [PageRange] = []
+        var current: [AddressRange] = []
         var bytes: UInt64 = 0
         func close() {
             chunks.append(RoundScan(round: round, dirty: current, discarded: chunks.isEmpty ? discarded : [], stats: stats))
@@ -330,7 +331,7 @@ extension RoundScan {
             var start = range.start
             while start < range.end {
                 let take = min(range.end - start, limit - bytes)
-                current.append(PageRange(start: start, end: start + take))
+                current.append(AddressRange(start: start, end: start + take))
                 bytes += take
                 start += take
                 if bytes == limit { close() }

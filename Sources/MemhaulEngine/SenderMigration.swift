@@ -426,11 +426,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// everything that scan may have re-protected back into pending, so the
     /// round is simply retried on a fresh layout.
     private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
-        var removed: [PageRange] = []
+        var removed: [AddressRange] = []
         for attempt in 1... {
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
-            removed += delta.removed.pageRanges
+            removed += delta.removed
             do {
                 return try tracker.nextRound(ranges: Self.ranges(layout), removed: removed)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
@@ -568,8 +568,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         log("migration \(request.id) completed; source \(after == .stop ? "left stopped" : after == .kill ? "killed" : "resumed")")
     }
 
-    static func ranges(_ layout: [RegionDescriptor]) -> [PageRange] {
-        layout.map { PageRange(start: $0.start, end: $0.end) }
+    static func ranges(_ layout: [RegionDescriptor]) -> [AddressRange] {
+        layout.map { AddressRange(start: $0.start, end: $0.end) }
     }
 
     /// The tracked mappings as wire regions, ascending.

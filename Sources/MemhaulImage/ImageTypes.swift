@@ -40,7 +40,7 @@ public struct ImageRegion: Hashable, Sendable {
 }
 
 /// A page-aligned, half-open address range `[start, end)` (MemhaulKernel's
-/// `PageRange` has the same shape; this layer may not import it).
+/// `AddressRange` has the same shape; this layer may not import it).
 public struct ImageRange: Hashable, Sendable, Comparable, CustomStringConvertible {
     public var start: UInt64
     public var end: UInt64

@@ -177,7 +177,7 @@ public final class AttachedProcess: Sendable {
                 var decision = ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)])
                 if decision == .skipped(.noAccessAndEmpty) {
                     emptinessScanner = emptinessScanner ?? PagemapScanner(pagemap: pagemap, vectorCapacity: 16)
-                    if try !emptinessScanner!.populated([PageRange(start: entry.start, end: entry.end)]).isEmpty { decision = .tracked }
+                    if try !emptinessScanner!.populated([AddressRange(start: entry.start, end: entry.end)]).isEmpty { decision = .tracked }
                 }
                 switch decision {
                 case .skipped(let reason):
@@ -199,10 +199,10 @@ public final class AttachedProcess: Sendable {
                 }
             }
             if attaching, registered.isEmpty, let firstFailure { throw firstFailure }
-            let ranges = AddressRange.coalesce(registered.map(\.range))
+            let ranges = registered.map(\.range).coalesced()
             let delta = LayoutDelta(
-                added: AddressRange.subtract(ranges, s.registeredRanges),
-                removed: AddressRange.subtract(s.registeredRanges, ranges),
+                added: ranges.subtracting(s.registeredRanges),
+                removed: s.registeredRanges.subtracting(ranges),
                 current: registered, skipped: skipped)
             s.registered = registered
             s.registeredRanges = ranges
@@ -225,7 +225,7 @@ public final class AttachedProcess: Sendable {
         // Unregister per current VMA inside our ranges: a range spanning a hole or
         // a foreign VMA would make one big UFFDIO_UNREGISTER fail as a whole.
         if !ranges.isEmpty, let maps = try? ProcMaps.read(pid: pid, thread: thread) {
-            for piece in AddressRange.intersect(AddressRange.coalesceKeepingSplits(maps.map(\.range)), ranges) {
+            for piece in maps.map(\.range).sorted().clipped(to: ranges) {
                 do {
                     try uffd.unregister(piece)
                 } catch let error {
@@ -272,26 +272,4 @@ func monotonicNanoseconds() -> UInt64 {
     var ts = timespec()
     clock_gettime(CLOCK_MONOTONIC, &ts)
     return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-extension AddressRange {
-    /// Sorted ranges as given, without merging touching ones (each VMA stays one piece).
-    static func coalesceKeepingSplits(_ ranges: [AddressRange]) -> [AddressRange] { ranges.sorted() }
-
-    /// Pieces of each range in `a` that lie inside some range of `b` (both sorted;
-    /// `b` non-overlapping). A range of `a` yields one piece per range of `b` it meets.
-    static func intersect(_ a: [AddressRange], _ b: [AddressRange]) -> [AddressRange] {
-        var out: [AddressRange] = []
-        var j = 0
-        for r in a {
-            while j < b.count && b[j].end <= r.start { j += 1 }
-            var k = j
-            while k < b.count && b[k].start < r.end {
-                let piece = AddressRange(start: max(r.start, b[k].start), end: min(r.end, b[k].end))
-                if !piece.isEmpty { out.append(piece) }
-                k += 1
-            }
-        }
-        return out
-    }
 }

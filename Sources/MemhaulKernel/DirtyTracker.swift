@@ -1,13 +1,14 @@
+import MemhaulSystem
 /// One round's result: what the receiver must be told (ARCHITECTURE.md, "Round scan").
 public struct RoundScan: Hashable, Sendable {
     public var round: Int
     /// Pages whose content must be read and sent.
-    public var dirty: [PageRange]
+    public var dirty: [AddressRange]
     /// Pages the receiver may hold with content that are now zero or unmapped.
-    public var discarded: [PageRange]
+    public var discarded: [AddressRange]
     public var stats: ScanStats
 
-    public init(round: Int, dirty: [PageRange], discarded: [PageRange], stats: ScanStats) {
+    public init(round: Int, dirty: [AddressRange], discarded: [AddressRange], stats: ScanStats) {
         self.round = round
         self.dirty = dirty
         self.discarded = discarded
@@ -37,18 +38,18 @@ public final class DirtyTracker {
     /// Round number of the last scan, -1 before ``initialRound(ranges:)``.
     public private(set) var round: Int = -1
     /// Ranges tracked (protected) as of the last scan.
-    public private(set) var tracked: [PageRange] = []
+    public private(set) var tracked: [AddressRange] = []
     /// Pages the receiver holds with content once all scans are delivered.
-    public private(set) var known: [PageRange] = []
+    public private(set) var known: [AddressRange] = []
     /// Pages of requeued scans, re-examined next round.
-    public private(set) var pending: [PageRange] = []
+    public private(set) var pending: [AddressRange] = []
 
     public init(scanner: PagemapScanner) {
         self.scanner = scanner
     }
 
     /// Round 0: write-protect everything, then report every populated page.
-    public func initialRound(ranges: [PageRange]) throws -> RoundScan {
+    public func initialRound(ranges: [AddressRange]) throws -> RoundScan {
         var stats = ScanStats()
         let cur = ranges.coalesced()
         try scanner.protectAll(cur)
@@ -77,7 +78,7 @@ public final class DirtyTracker {
     /// (a discarded one reads as zeros), and discards that left no WRITTEN
     /// trace wait for the next checking round. The final round (target frozen)
     /// must check discards.
-    public func nextRound(ranges: [PageRange], removed: [PageRange] = [], checkDiscards: Bool = true) throws -> RoundScan {
+    public func nextRound(ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges) }
         var stats = ScanStats()
         let cur = ranges.coalesced()
@@ -93,9 +94,9 @@ public final class DirtyTracker {
         // collectWritten re-protects what it reports: if anything fails from
         // here on, those reports are gone, so every page of the ranges goes
         // back to `pending` and the next round re-examines all of them.
-        let written: [PageRange]
-        var pOld: [PageRange] = []
-        var pFresh: [PageRange] = []
+        let written: [AddressRange]
+        var pOld: [AddressRange] = []
+        var pFresh: [AddressRange] = []
         do {
             written = try scanner.collectWritten(old, populatedHint: known)
             stats += scanner.lastStats
@@ -112,8 +113,8 @@ public final class DirtyTracker {
             pending = pending.union(old)
             throw error
         }
-        let dirty: [PageRange]
-        let discarded: [PageRange]
+        let dirty: [AddressRange]
+        let discarded: [AddressRange]
         if checkDiscards {
             let p = pOld.union(pFresh)
             dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))

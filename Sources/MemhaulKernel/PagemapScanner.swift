@@ -62,8 +62,8 @@ public enum PagemapScanError: Error, Hashable, Sendable, CustomStringConvertible
     /// ENOTTY/EINVAL: the ioctl does not exist on this kernel.
     case unsupportedKernel(SystemError)
     /// EPERM under PM_SCAN_CHECK_WPASYNC: part of the range is not registered for uffd async WP.
-    case notRegisteredForAsyncWP(PageRange, SystemError)
-    case misaligned(PageRange)
+    case notRegisteredForAsyncWP(AddressRange, SystemError)
+    case misaligned(AddressRange)
     /// The kernel returned walk_end == start with nothing reported; retrying would spin.
     case noProgress(at: UInt64)
     case system(SystemError)
@@ -142,7 +142,7 @@ public final class PagemapScanner {
     /// an 8 GiB sparse mapping), and a write into one shows as written anyway
     /// (a new page carries no uffd-wp bit). The populated-set comparison of the
     /// tracker covers what a marker would have told.
-    public func protectAll(_ ranges: [PageRange]) throws {
+    public func protectAll(_ ranges: [AddressRange]) throws {
         var stats = ScanStats()
         let t0 = scanClockNanoseconds()
         defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
@@ -162,18 +162,18 @@ public final class PagemapScanner {
     /// range also requires PRESENT or SWAPPED, which skips holes at about 1.5×
     /// the cost per page. Without a hint every range skips holes. Empty entries
     /// reported as written are not content; callers intersect with the populated set.
-    public func collectWritten(_ ranges: [PageRange], populatedHint: [PageRange]? = nil) throws -> [PageRange] {
+    public func collectWritten(_ ranges: [AddressRange], populatedHint: [AddressRange]? = nil) throws -> [AddressRange] {
         var stats = ScanStats()
         let t0 = scanClockNanoseconds()
         defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
-        var out: [PageRange] = []
+        var out: [AddressRange] = []
         let checked = try Self.checked(ranges)
         let covered = populatedHint.map { Self.coveredBytes(of: checked, by: $0.coalesced()) }
         for (i, r) in checked.enumerated() {
             let dense = covered.map { $0[i] * 2 >= r.byteCount } ?? false
             try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .written, anyOf: dense ? [] : [.present, .swapped],
                      returnMask: .written, output: true, stats: &stats) { start, end, _ in
-                out.appendCoalescing(PageRange(start: start, end: end))
+                out.appendCoalescing(AddressRange(start: start, end: end))
             }
         }
         return out
@@ -181,7 +181,7 @@ public final class PagemapScanner {
 
     /// For each of `ranges` (sorted, disjoint), the bytes of it inside `hint`
     /// (sorted, disjoint): one merge pass.
-    static func coveredBytes(of ranges: [PageRange], by hint: [PageRange]) -> [UInt64] {
+    static func coveredBytes(of ranges: [AddressRange], by hint: [AddressRange]) -> [UInt64] {
         var out = [UInt64](repeating: 0, count: ranges.count)
         var j = 0
         for (i, r) in ranges.enumerated() {
@@ -202,19 +202,19 @@ public final class PagemapScanner {
     /// swap entries too, so the kernel reports them PAGE_IS_SWAPPED; swapped
     /// pages that are not PAGE_IS_WRITTEN are resolved by reading their
     /// `/proc/PID/pagemap` entries (a marker has swap type 31).
-    public func populated(_ ranges: [PageRange]) throws -> [PageRange] {
+    public func populated(_ ranges: [AddressRange]) throws -> [AddressRange] {
         try populated(ranges, resolveWithin: nil)
     }
 
     /// Like ``populated(_:)``, but swap-or-marker pages outside `resolveWithin`
     /// are reported as unpopulated without reading pagemap (the tracker only
     /// needs exact answers for pages it knows or that were just written).
-    public func populated(_ ranges: [PageRange], resolveWithin: [PageRange]?) throws -> [PageRange] {
+    public func populated(_ ranges: [AddressRange], resolveWithin: [AddressRange]?) throws -> [AddressRange] {
         var stats = ScanStats()
         let t0 = scanClockNanoseconds()
         defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
-        var out: [PageRange] = []
-        var ambiguous: [PageRange] = []
+        var out: [AddressRange] = []
+        var ambiguous: [AddressRange] = []
         for r in try Self.checked(ranges) {
             try walk(r, flags: [], anyOf: [.present, .swapped],
                      returnMask: [.present, .swapped, .pfnZero, .written, .file],
@@ -225,12 +225,12 @@ public final class PagemapScanner {
                     // file's (a written one is an anonymous COW copy instead). It may
                     // appear by a mere read fault, which no write-tracking sees.
                 } else if c.contains(.present) {
-                    if !c.contains(.pfnZero) { out.appendCoalescing(PageRange(start: start, end: end)) }
+                    if !c.contains(.pfnZero) { out.appendCoalescing(AddressRange(start: start, end: end)) }
                 } else if c.contains(.written) {
                     // A written swap entry carries no uffd-wp bit, so it is real swap.
-                    out.appendCoalescing(PageRange(start: start, end: end))
+                    out.appendCoalescing(AddressRange(start: start, end: end))
                 } else {
-                    ambiguous.appendCoalescing(PageRange(start: start, end: end))
+                    ambiguous.appendCoalescing(AddressRange(start: start, end: end))
                 }
             }
         }
@@ -245,7 +245,7 @@ public final class PagemapScanner {
     /// Generic scan: calls `visit(start, end, categories & returnMask)` for each
     /// matching region in address order, resuming from `walk_end` until done.
     public func scan(
-        _ ranges: [PageRange], flags: PagemapScanFlags = [], mask: PageCategories = [],
+        _ ranges: [AddressRange], flags: PagemapScanFlags = [], mask: PageCategories = [],
         anyOf: PageCategories = [], inverted: PageCategories = [], returnMask: PageCategories,
         visit: (UInt64, UInt64, UInt64) -> Void
     ) throws {
@@ -260,7 +260,7 @@ public final class PagemapScanner {
 
     // MARK: Core
 
-    private static func checked(_ ranges: [PageRange]) throws -> [PageRange] {
+    private static func checked(_ ranges: [AddressRange]) throws -> [AddressRange] {
         for r in ranges where !r.isPageAligned { throw PagemapScanError.misaligned(r) }
         return ranges.coalesced()
     }
@@ -269,7 +269,7 @@ public final class PagemapScanner {
     /// Inlined so the per-region visitor is not an indirect call.
     @inline(__always)
     private func walk(
-        _ range: PageRange, flags: PagemapScanFlags, mask: PageCategories = [], anyOf: PageCategories = [],
+        _ range: AddressRange, flags: PagemapScanFlags, mask: PageCategories = [], anyOf: PageCategories = [],
         inverted: PageCategories = [], returnMask: PageCategories = [], output: Bool,
         stats: inout ScanStats, visit: (UInt64, UInt64, UInt64) -> Void
     ) throws {
@@ -300,7 +300,7 @@ public final class PagemapScanner {
                 switch error.errno {
                 case .ENOTTY, .EINVAL: throw PagemapScanError.unsupportedKernel(error)
                 case .EPERM where flags.contains(.checkWPAsync):
-                    throw PagemapScanError.notRegisteredForAsyncWP(PageRange(start: start, end: range.end), error)
+                    throw PagemapScanError.notRegisteredForAsyncWP(AddressRange(start: start, end: range.end), error)
                 default: throw PagemapScanError.system(error)
                 }
             }
@@ -334,11 +334,11 @@ public final class PagemapScanner {
     /// swap entry; drops uffd-wp markers (swap type 31 = SWP_PTE_MARKER) and
     /// empty entries. Without CAP_SYS_ADMIN the swap type reads 0, so every
     /// swap entry counts as populated (safe: never drops content).
-    private func resolveSwapEntries(_ ranges: [PageRange], stats: inout ScanStats) throws -> [PageRange] {
+    private func resolveSwapEntries(_ ranges: [AddressRange], stats: inout ScanStats) throws -> [AddressRange] {
         let cap = Self.entryCapacity
         if entries == nil { entries = .allocate(capacity: cap) }
         let buf = entries!
-        var out: [PageRange] = []
+        var out: [AddressRange] = []
         for r in ranges {
             var page = r.start >> PageSize.shift
             let endPage = r.end >> PageSize.shift
@@ -361,7 +361,7 @@ public final class PagemapScanner {
                     let isMarker = swap && (e & 0x1f) == 31
                     if present || (swap && !isMarker) {
                         let s = (page + UInt64(i)) << PageSize.shift
-                        out.appendCoalescing(PageRange(start: s, end: s + PageSize.bytes))
+                        out.appendCoalescing(AddressRange(start: s, end: s + PageSize.bytes))
                     }
                 }
                 page += UInt64(entriesRead)

@@ -3,54 +3,6 @@ import Glibc
 #endif
 import MemhaulSystem
 
-/// A half-open address range `[start, end)` of a foreign process.
-///
-/// The scanner layer defines `PageRange` with the same shape; this one exists so
-/// the attach code compiles on its own (the lead may unify the two).
-public struct AddressRange: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var start: UInt64
-    public var end: UInt64
-    public init(start: UInt64, end: UInt64) {
-        self.start = start
-        self.end = end
-    }
-    public var byteCount: UInt64 { end &- start }
-    public var isEmpty: Bool { end <= start }
-    public static func < (a: AddressRange, b: AddressRange) -> Bool { (a.start, a.end) < (b.start, b.end) }
-    public var description: String { "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))" }
-
-    /// Sorts and merges overlapping or touching ranges.
-    public static func coalesce(_ ranges: [AddressRange]) -> [AddressRange] {
-        var out: [AddressRange] = []
-        for r in ranges.sorted() where !r.isEmpty {
-            if let last = out.last, r.start <= last.end {
-                out[out.count - 1].end = max(last.end, r.end)
-            } else {
-                out.append(r)
-            }
-        }
-        return out
-    }
-
-    /// `a \ b` for two coalesced, sorted lists.
-    public static func subtract(_ a: [AddressRange], _ b: [AddressRange]) -> [AddressRange] {
-        var out: [AddressRange] = []
-        var j = 0
-        for r in a {
-            var cur = r.start
-            while j < b.count && b[j].end <= cur { j += 1 }
-            var k = j
-            while k < b.count && b[k].start < r.end {
-                if b[k].start > cur { out.append(AddressRange(start: cur, end: b[k].start)) }
-                cur = max(cur, b[k].end)
-                k += 1
-            }
-            if cur < r.end { out.append(AddressRange(start: cur, end: r.end)) }
-        }
-        return out
-    }
-}
-
 /// The `rwxp`/`rwxs` column of `/proc/PID/maps`.
 public struct MapsPermissions: OptionSet, Hashable, Sendable, CustomStringConvertible {
     public let rawValue: UInt8

@@ -10,7 +10,7 @@ public struct RemoteReadResult: Hashable, Sendable {
     /// Bytes laid out in the destination: the ranges back to back; vanished pages are zero-filled.
     public var bytes: Int
     /// Pages that could not be read (unmapped or made unreadable since the scan).
-    public var vanished: [PageRange]
+    public var vanished: [AddressRange]
     /// process_vm_readv calls made.
     public var calls: Int
 }
@@ -70,12 +70,12 @@ public final class RemoteMemoryReader {
     }
 
     /// Reads `ranges` into the reader's own buffer; the bytes are valid until the next read.
-    public func read(_ ranges: [PageRange]) throws -> RemoteReadResult {
+    public func read(_ ranges: [AddressRange]) throws -> RemoteReadResult {
         try read(ranges, into: buffer)
     }
 
     /// Reads `ranges` (page-aligned) into `destination`, back to back.
-    public func read(_ ranges: [PageRange], into destination: UnsafeMutableRawBufferPointer) throws -> RemoteReadResult {
+    public func read(_ ranges: [AddressRange], into destination: UnsafeMutableRawBufferPointer) throws -> RemoteReadResult {
         let total = ranges.reduce(0) { $0 + Int($1.byteCount) }
         guard total <= destination.count else {
             throw RemoteReadError.bufferTooSmall(needed: total, capacity: destination.count)
@@ -125,7 +125,7 @@ public final class RemoteMemoryReader {
                     let page = ranges[index].start + offset
                     if !readForced(page, into: base + out) {
                         (base + out).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PageSize.bytes))
-                        result.vanished.appendCoalescing(PageRange(start: page, end: page + PageSize.bytes))
+                        result.vanished.appendCoalescing(AddressRange(start: page, end: page + PageSize.bytes))
                     }
                     out += Int(PageSize.bytes)
                     offset += PageSize.bytes
@@ -152,7 +152,7 @@ public final class RemoteMemoryReader {
                 // No progress without an error: treat the page as unreadable.
                 let page = ranges[index].start + offset
                 (base + out).initializeMemory(as: UInt8.self, repeating: 0, count: Int(PageSize.bytes))
-                result.vanished.appendCoalescing(PageRange(start: page, end: page + PageSize.bytes))
+                result.vanished.appendCoalescing(AddressRange(start: page, end: page + PageSize.bytes))
                 out += Int(PageSize.bytes)
                 offset += PageSize.bytes
             }

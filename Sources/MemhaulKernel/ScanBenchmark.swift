@@ -96,7 +96,7 @@ public enum ScanBenchmark {
         let pagemap = try FileDescriptor.open("/proc/self/pagemap", O_RDONLY)
         let scanner = PagemapScanner(pagemap: pagemap, vectorCapacity: 1 << 20)
         let base = UInt64(UInt(bitPattern: mem))
-        let region = [PageRange(start: base, end: base + UInt64(size))]
+        let region = [AddressRange(start: base, end: base + UInt64(size))]
 
         var t = scanClockNanoseconds()
         try scanner.protectAll(region)

@@ -198,7 +198,7 @@ enum BenchSupport {
             let process = try AttachedProcess.attach(pid: w.pid)
             defer { try? process.detach() }
             let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
-            let ranges = process.registeredRanges.pageRanges
+            let ranges = process.registeredRanges
             _ = try tracker.initialRound(ranges: ranges)
             let stop = DispatchSemaphore(value: 0)
             let box = HandOff(tracker)

@@ -3,6 +3,7 @@ import Foundation
 import MemhaulControl
 import MemhaulEngine
 import MemhaulKernel
+import MemhaulSystem
 
 /// `memhaul track`: attach to a process and report, round by round, which of
 /// its pages were written, without sending anything.
@@ -27,7 +28,7 @@ struct TrackCommand: ParsableCommand {
         let process = try AttachedProcess.attach(pid: pid)
         defer { try? process.detach() }
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
-        func ranges() -> [PageRange] { process.registeredRanges.pageRanges }
+        func ranges() -> [AddressRange] { process.registeredRanges }
         let tracked = ranges()
         let trackedBytes = tracked.reduce(0) { $0 + $1.byteCount }
         if json {
@@ -52,7 +53,7 @@ struct TrackCommand: ParsableCommand {
             usleep(useconds_t(interval * 1000))
             let delta = try process.refreshLayout()
             let now = MonotonicClock.seconds()
-            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed.pageRanges)
+            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed)
             report(scan, window: now - last)
             last = now
         }

@@ -1,5 +1,6 @@
 import Testing
 import MemhaulKernel
+import MemhaulSystem
 @testable import MemhaulEngine
 
 @Suite struct ConvergencePolicyTests {
@@ -79,7 +80,7 @@ import MemhaulKernel
 /// How a round is cut into commit chunks (wire rounds committed one by one).
 @Suite struct CommitChunkTests {
     let mib: UInt64 = 1 << 20
-    func range(_ startMiB: UInt64, _ endMiB: UInt64) -> PageRange { PageRange(start: 0x1000_0000 + startMiB * mib, end: 0x1000_0000 + endMiB * mib) }
+    func range(_ startMiB: UInt64, _ endMiB: UInt64) -> AddressRange { AddressRange(start: 0x1000_0000 + startMiB * mib, end: 0x1000_0000 + endMiB * mib) }
 
     @Test func splitsRangesAtTheLimitAndKeepsDiscardsWithTheFirstChunk() {
         let scan = RoundScan(round: 0, dirty: [range(0, 10), range(20, 23)], discarded: [range(40, 41)], stats: ScanStats())

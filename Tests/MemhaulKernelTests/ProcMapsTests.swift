@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import MemhaulKernel
+import MemhaulSystem
 
 @Suite struct ProcMapsTests {
     static let sample = """
@@ -105,13 +106,13 @@ import Testing
     @Test func rangeAlgebra() {
         let a = [AddressRange(start: 0, end: 10), AddressRange(start: 20, end: 30)]
         let b = [AddressRange(start: 5, end: 22), AddressRange(start: 25, end: 26)]
-        #expect(AddressRange.subtract(a, b) == [
+        #expect(a.subtracting(b) == [
             AddressRange(start: 0, end: 5), AddressRange(start: 22, end: 25), AddressRange(start: 26, end: 30),
         ])
-        #expect(AddressRange.coalesce([AddressRange(start: 10, end: 20), AddressRange(start: 0, end: 10)]) == [
+        #expect([AddressRange(start: 10, end: 20), AddressRange(start: 0, end: 10)].coalesced() == [
             AddressRange(start: 0, end: 20)
         ])
-        #expect(AddressRange.intersect(a, b) == [
+        #expect(a.clipped(to: b) == [
             AddressRange(start: 5, end: 10), AddressRange(start: 20, end: 22), AddressRange(start: 25, end: 26),
         ])
     }

@@ -11,8 +11,8 @@ import Glibc
         let (child, region) = try ForeignTarget.spawn(pages: 3000, track: false)
         for i in 0..<3000 where i % 3 != 2 { try ForeignTarget.command(child, "f \(i) \(i % 251)") }
         // Scattered ranges: more than IOV_MAX so the reader batches.
-        var ranges: [PageRange] = []
-        for i in stride(from: 0, to: 3000, by: 2) { ranges.append(PageRange(start: region.start + UInt64(i) * 4096, pages: 1)) }
+        var ranges: [AddressRange] = []
+        for i in stride(from: 0, to: 3000, by: 2) { ranges.append(AddressRange(start: region.start + UInt64(i) * 4096, pages: 1)) }
         #expect(ranges.count > 1024)
         let reader = RemoteMemoryReader(pid: child.pid, bufferBytes: 8 << 20)
         let result = try reader.read(ranges)
@@ -42,14 +42,14 @@ import Glibc
         dest.initializeMemory(as: UInt8.self, repeating: 0xEE)
         let result = try reader.read([region], into: dest)
         #expect(result.bytes == 16 * 4096)
-        #expect(result.vanished == [PageRange(start: region.start + 5 * 4096, pages: 2), PageRange(start: region.start + 12 * 4096, pages: 1)])
+        #expect(result.vanished == [AddressRange(start: region.start + 5 * 4096, pages: 2), AddressRange(start: region.start + 12 * 4096, pages: 1)])
         for i in 0..<16 {
             let want: UInt8 = [5, 6, 12].contains(i) ? 0 : UInt8(i + 1)
             #expect(dest[i * 4096] == want && dest[i * 4096 + 4095] == want, "page \(i)")
         }
         // A range starting on a hole.
-        let r2 = try reader.read([PageRange(start: region.start + 12 * 4096, pages: 2)], into: dest)
-        #expect(r2.vanished == [PageRange(start: region.start + 12 * 4096, pages: 1)])
+        let r2 = try reader.read([AddressRange(start: region.start + 12 * 4096, pages: 2)], into: dest)
+        #expect(r2.vanished == [AddressRange(start: region.start + 12 * 4096, pages: 1)])
         #expect(dest[4096] == 14)
         child.send("q")
         child.wait()
@@ -70,7 +70,7 @@ import Glibc
         let reader = RemoteMemoryReader(pid: getpid(), bufferBytes: 1 << 16)
         let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { page.deallocate() }
-        let range = PageRange(start: UInt64(UInt(bitPattern: page)), pages: 1)
+        let range = AddressRange(start: UInt64(UInt(bitPattern: page)), pages: 1)
         #expect(try reader.read([range]).bytes == 4096)
         Syscall.injectFault("process_vm_readv", .EPERM)
         defer { Syscall.injectFault("process_vm_readv", nil) }
@@ -81,6 +81,6 @@ import Glibc
 
     @Test func tooLargeARequestIsRefused() throws {
         let reader = RemoteMemoryReader(pid: getpid(), bufferBytes: 4096)
-        #expect(throws: RemoteReadError.self) { try reader.read([PageRange(start: 0x10000, pages: 2)]) }
+        #expect(throws: RemoteReadError.self) { try reader.read([AddressRange(start: 0x10000, pages: 2)]) }
     }
 }

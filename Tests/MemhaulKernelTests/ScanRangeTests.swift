@@ -1,8 +1,9 @@
 @testable import MemhaulKernel
 import Testing
+import MemhaulSystem
 
 @Suite struct ScanRangeTests {
-    func r(_ a: UInt64, _ b: UInt64) -> PageRange { PageRange(start: a * 4096, end: b * 4096) }
+    func r(_ a: UInt64, _ b: UInt64) -> AddressRange { AddressRange(start: a * 4096, end: b * 4096) }
 
     @Test func basics() {
         let x = r(2, 5)
@@ -19,15 +20,15 @@ import Testing
 
     @Test func setAlgebraMatchesBruteForce() {
         var rng = TestRNG(seed: 42)
-        func random() -> [PageRange] {
-            var out: [PageRange] = []
+        func random() -> [AddressRange] {
+            var out: [AddressRange] = []
             for _ in 0..<rng.below(12) {
                 let a = UInt64(rng.below(60))
                 out.append(r(a, a + UInt64(rng.below(8))))
             }
             return out.coalesced()
         }
-        func pages(_ l: [PageRange]) -> Set<UInt64> {
+        func pages(_ l: [AddressRange]) -> Set<UInt64> {
             Set(l.flatMap { stride(from: $0.start, to: $0.end, by: 4096) })
         }
         for _ in 0..<500 {
@@ -44,7 +45,7 @@ import Testing
 }
 
 @Suite struct CoveredBytesTests {
-    func r(_ a: UInt64, _ b: UInt64) -> PageRange { PageRange(start: a << 12, end: b << 12) }
+    func r(_ a: UInt64, _ b: UInt64) -> AddressRange { AddressRange(start: a << 12, end: b << 12) }
 
     @Test func countsTheHintInsideEachRange() {
         let ranges = [r(0, 10), r(20, 30), r(40, 50)]

@@ -59,9 +59,9 @@ final class TestArea: @unchecked Sendable {  // raw memory shared with writer th
     deinit { munmap(mapping, mappingLength) }
 
     var start: UInt64 { UInt64(UInt(bitPattern: base)) }
-    var range: PageRange { PageRange(start: start, end: start + UInt64(length)) }
-    func page(_ i: Int) -> PageRange { PageRange(start: start + UInt64(i) * 4096, pages: 1) }
-    func pages(_ r: Range<Int>) -> PageRange { PageRange(start: start + UInt64(r.lowerBound) * 4096, pages: r.count) }
+    var range: AddressRange { AddressRange(start: start, end: start + UInt64(length)) }
+    func page(_ i: Int) -> AddressRange { AddressRange(start: start + UInt64(i) * 4096, pages: 1) }
+    func pages(_ r: Range<Int>) -> AddressRange { AddressRange(start: start + UInt64(r.lowerBound) * 4096, pages: r.count) }
 
     /// Changes a byte of page `i` (a write fault when protected).
     func write(_ i: Int, _ value: UInt8 = 0xA5) {
@@ -75,7 +75,7 @@ final class TestArea: @unchecked Sendable {  // raw memory shared with writer th
         madvise(base + r.lowerBound * 4096, r.count * 4096, MADV_DONTNEED)
     }
     /// Page indices of a range list, restricted to this area.
-    func indices(_ ranges: [PageRange]) -> Set<Int> {
+    func indices(_ ranges: [AddressRange]) -> Set<Int> {
         var out = Set<Int>()
         for r in ranges.intersecting([range]) {
             var a = r.start
@@ -310,14 +310,14 @@ enum ForeignTarget {
     }()
 
     /// Spawns the target; returns it and its region.
-    static func spawn(pages: Int, track: Bool) throws -> (TestChild, PageRange) {
+    static func spawn(pages: Int, track: Bool) throws -> (TestChild, AddressRange) {
         let child = try TestChild(try path.get(), [String(pages), track ? "1" : "0"])
         guard let line = child.readLine() else { throw TestSetupError("foreign target died before READY") }
         let parts = line.split(separator: " ")
         guard parts.count == 3, parts[0] == "READY", let addr = UInt64(parts[1], radix: 16) else {
             throw TestSetupError("bad READY line: \(line)")
         }
-        return (child, PageRange(start: addr, pages: pages))
+        return (child, AddressRange(start: addr, pages: pages))
     }
 
     /// Sends a command and waits for its `ok`.

@@ -93,19 +93,19 @@ import Glibc
         b.write(49)
         let ranges = [a.range, b.range]
         // Non-consuming scans: raw regions must be sorted and disjoint, same pages as the big vector.
-        var raw: [PageRange] = []
-        try tiny.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in raw.append(PageRange(start: s, end: e)) }
+        var raw: [AddressRange] = []
+        try tiny.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in raw.append(AddressRange(start: s, end: e)) }
         for (x, y) in zip(raw, raw.dropFirst()) { #expect(x.end <= y.start, "overlap or disorder: \(x) \(y)") }
         #expect(tiny.lastStats.ioctls > 1)
-        var reference: [PageRange] = []
-        try big.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in reference.append(PageRange(start: s, end: e)) }
+        var reference: [AddressRange] = []
+        try big.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in reference.append(AddressRange(start: s, end: e)) }
         #expect(raw.coalesced() == reference.coalesced())
         #expect(raw.pageCount == reference.pageCount)
 
         // max_pages resumption too.
         tiny.maxPagesPerCall = UInt64(capacity + 1)
-        var limited: [PageRange] = []
-        try tiny.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in limited.append(PageRange(start: s, end: e)) }
+        var limited: [AddressRange] = []
+        try tiny.scan(ranges, mask: .written, returnMask: .written) { s, e, _ in limited.append(AddressRange(start: s, end: e)) }
         #expect(limited.pageCount == reference.pageCount)
         #expect(limited.coalesced() == reference.coalesced())
 
@@ -164,7 +164,7 @@ import Glibc
         }
         #expect(sys.errno == .EPERM)
         #expect(error!.description.contains("not registered"))
-        #expect(throws: PagemapScanError.self) { try scanner.collectWritten([PageRange(start: a.start + 1, end: a.start + 4096)]) }
+        #expect(throws: PagemapScanError.self) { try scanner.collectWritten([AddressRange(start: a.start + 1, end: a.start + 4096)]) }
     }
 
     /// Six threads write while rounds run. Each write is logged with the

@@ -181,7 +181,7 @@ extension ScanTrackerTests {
         let tracker = DirtyTracker(scanner: scanner)
         for i in [0, 7, 8, 100] { try ForeignTarget.command(child, "w \(i)") }
         let r0 = try tracker.initialRound(ranges: [region])
-        func idx(_ l: [PageRange]) -> Set<Int> {
+        func idx(_ l: [AddressRange]) -> Set<Int> {
             Set(l.intersecting([region]).flatMap { stride(from: $0.start, to: $0.end, by: 4096).map { Int(($0 - region.start) / 4096) } })
         }
         #expect(idx(r0.dirty) == [0, 7, 8, 100])

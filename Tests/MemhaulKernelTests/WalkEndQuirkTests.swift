@@ -16,20 +16,20 @@ import Testing
         defer { munmap(base, length) }
         madvise(base, length, MADV_NOHUGEPAGE)
         // Populate two pages of every three: `regions` separate runs.
-        var expected: [PageRange] = []
+        var expected: [AddressRange] = []
         let start = UInt64(UInt(bitPattern: base))
         for i in 0..<regions {
             let p = base + i * 3 * 4096
             memset(p, 1, 2 * 4096)
-            expected.append(PageRange(start: start + UInt64(i * 3 * 4096), pages: 2))
+            expected.append(AddressRange(start: start + UInt64(i * 3 * 4096), pages: 2))
         }
         let scanner = try PagemapScanner(pagemap: FileDescriptor.open("/proc/self/pagemap", O_RDONLY))
-        var seen: [PageRange] = []
-        try scanner.scan([PageRange(start: start, pages: pages)], anyOf: [.present], returnMask: [.present]) { s, e, _ in
-            seen.append(PageRange(start: s, end: e))
+        var seen: [AddressRange] = []
+        try scanner.scan([AddressRange(start: start, pages: pages)], anyOf: [.present], returnMask: [.present]) { s, e, _ in
+            seen.append(AddressRange(start: s, end: e))
         }
         // Each run exactly once, ascending: no re-reported chunk.
         #expect(seen == expected)
-        #expect(try scanner.populated([PageRange(start: start, pages: pages)]) == expected)
+        #expect(try scanner.populated([AddressRange(start: start, pages: pages)]) == expected)
     }
 }

@@ -1,0 +1,117 @@
+// Set algebra over range lists. All inputs and outputs are sorted, disjoint
+// and coalesced (what `coalesced()` returns); operations are linear merges.
+extension Array where Element == AddressRange {
+    /// Total pages in the list.
+    public var pageCount: Int { reduce(0) { $0 + $1.pageCount } }
+
+    /// Sorted, with empty ranges dropped and overlapping or touching ranges merged.
+    public func coalesced() -> [AddressRange] {
+        var sorted = self
+        var isSorted = true
+        for i in 1..<Swift.max(1, count) where self[i] < self[i - 1] {
+            isSorted = false
+            break
+        }
+        if !isSorted { sorted.sort() }
+        var out: [AddressRange] = []
+        out.reserveCapacity(sorted.count)
+        for r in sorted where !r.isEmpty {
+            if let last = out.last, r.start <= last.end {
+                if r.end > last.end { out[out.count - 1].end = r.end }
+            } else {
+                out.append(r)
+            }
+        }
+        return out
+    }
+
+    /// Appends `r`, merging it into the last range when they touch (caller appends in order).
+    @inline(__always)
+    public mutating func appendCoalescing(_ r: AddressRange) {
+        guard !r.isEmpty else { return }
+        if let last = self.last, r.start <= last.end, r.start >= last.start {
+            if r.end > last.end { self[count - 1].end = r.end }
+        } else {
+            append(r)
+        }
+    }
+
+    /// Pages in `self` and not in `other`.
+    public func subtracting(_ other: [AddressRange]) -> [AddressRange] {
+        var out: [AddressRange] = []
+        out.reserveCapacity(count)
+        var j = 0
+        for r in self {
+            var cur = r.start
+            while j < other.count && other[j].end <= cur { j += 1 }
+            var k = j
+            while k < other.count && other[k].start < r.end {
+                if other[k].start > cur { out.append(AddressRange(start: cur, end: other[k].start)) }
+                cur = Swift.max(cur, other[k].end)
+                if cur >= r.end { break }
+                k += 1
+            }
+            if cur < r.end { out.append(AddressRange(start: cur, end: r.end)) }
+        }
+        return out
+    }
+
+    /// Pages in both lists.
+    public func intersecting(_ other: [AddressRange]) -> [AddressRange] {
+        var out: [AddressRange] = []
+        var i = 0
+        var j = 0
+        while i < count && j < other.count {
+            let lo = Swift.max(self[i].start, other[j].start)
+            let hi = Swift.min(self[i].end, other[j].end)
+            if lo < hi { out.appendCoalescing(AddressRange(start: lo, end: hi)) }
+            if self[i].end < other[j].end { i += 1 } else { j += 1 }
+        }
+        return out
+    }
+
+    /// Pages in either list.
+    public func union(_ other: [AddressRange]) -> [AddressRange] {
+        if other.isEmpty { return self }
+        if isEmpty { return other }
+        var out: [AddressRange] = []
+        out.reserveCapacity(count + other.count)
+        var i = 0
+        var j = 0
+        while i < count || j < other.count {
+            let next: AddressRange
+            if j >= other.count || (i < count && self[i].start <= other[j].start) {
+                next = self[i]
+                i += 1
+            } else {
+                next = other[j]
+                j += 1
+            }
+            if let last = out.last, next.start <= last.end {
+                if next.end > last.end { out[out.count - 1].end = next.end }
+            } else {
+                out.append(next)
+            }
+        }
+        return out
+    }
+
+    /// The pieces of each range that lie inside some range of `other` (sorted,
+    /// disjoint), without merging: a range meeting two ranges of `other` gives
+    /// two pieces (each mapping of /proc/PID/maps stays its own piece). `self`
+    /// need only be sorted.
+    public func clipped(to other: [AddressRange]) -> [AddressRange] {
+        var out: [AddressRange] = []
+        var j = 0
+        for r in self {
+            while j < other.count && other[j].end <= r.start { j += 1 }
+            var k = j
+            while k < other.count && other[k].start < r.end {
+                let piece = AddressRange(start: Swift.max(r.start, other[k].start), end: Swift.min(r.end, other[k].end))
+                if !piece.isEmpty { out.append(piece) }
+                k += 1
+            }
+        }
+        return out
+    }
+}
