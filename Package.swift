@@ -9,7 +9,7 @@ let package = Package(
         .executable(name: "memhaul-workload", targets: ["memhaul-workload"]),
         .library(name: "MemhaulWire", targets: ["MemhaulWire"]),
         // For the receiver fuzz harness (Fuzz/Sources/ReceiverFuzz): the session and the layers its API uses.
-        .library(name: "MemhaulReceiver", targets: ["MemhaulEngine", "MemhaulImage", "MemhaulDigest", "MemhaulCompression", "MemhaulTLS"]),
+        .library(name: "MemhaulReceiverLibrary", targets: ["MemhaulReceiver", "MemhaulSession"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -30,17 +30,27 @@ let package = Package(
         .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
-        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulDigest", "MemhaulSystem", "CXXHash"]),
+        // What both sides of a connection share: framing over a stream, the error type and what a lost connection is.
+        .target(name: "MemhaulSession", dependencies: ["MemhaulTLS", "MemhaulWire", "MemhaulSystem"]),
+        // Sender side: attach, rounds, convergence, freeze, proof. Needs the kernel layer (ptrace, PAGEMAP_SCAN).
         .target(
-            name: "MemhaulEngine",
-            dependencies: ["MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+            name: "MemhaulSender",
+            dependencies: ["MemhaulSession", "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
         ),
-        .target(name: "MemhaulControl", dependencies: ["MemhaulEngine", "MemhaulSystem"]),
+        // Receiver side: sessions into the image store, limits, authorisation. No kernel module.
+        .target(
+            name: "MemhaulReceiver",
+            dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+        ),
+        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
+        // Benchmarks (`memhaul bench`), kept out of the library modules.
+        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulSystem", "CZstd"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulEngine", "MemhaulControl", "MemhaulSystem",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -50,11 +60,11 @@ let package = Package(
         .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
         .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
         .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire"]),
-        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression"]),
+        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulBench"]),
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
     ]

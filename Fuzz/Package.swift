@@ -18,7 +18,7 @@ let package = Package(
             name: "ReceiverFuzz",
             dependencies: [
                 "ReceiverFuzzMain", .product(name: "MemhaulWire", package: "memhaul"),
-                .product(name: "MemhaulReceiver", package: "memhaul"),
+                .product(name: "MemhaulReceiverLibrary", package: "memhaul"),
             ]
         ),
         // C: <Target>_main -> LLVMFuzzerRunDriver (SwiftPM renames main; see the .c files).

@@ -1,5 +1,7 @@
 import Foundation
-import MemhaulEngine
+import MemhaulSession
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulTLS
 
 /// The sender agent's operations (`Protocol/control.md`): it owns the
@@ -140,26 +142,4 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
 
 private extension UInt8 {
     var isASCIIAlnum: Bool { (0x30...0x39).contains(self) || (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
-}
-
-/// The receiver agent's operations.
-public enum ReceiverControl {
-    public static func handler(_ agent: ReceiverAgent) -> ControlServer.Handler {
-        { (request: ControlRequest) throws(ControlError) -> [String: Any] in
-            guard request.op == "status" else { throw ControlError(.unknownOp, "unknown operation \"\(request.op)\" (the receiver answers status)") }
-            let sessions: [[String: Any]] = agent.sessionInfo.map { s in
-                var d: [String: Any] = ["peer": s.peer, "state": s.state, "round": s.round, "pages": s.pages, "bytes": s.bytes]
-                if let v = s.migration { d["migration"] = v }
-                if let v = s.committedRound { d["committed_round"] = v }
-                if let v = s.image { d["image"] = v }
-                if let v = s.error { d["error"] = v }
-                if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
-                return d
-            }
-            let l = agent.connections.limits
-            return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
-                    "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
-                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost]]
-        }
-    }
 }

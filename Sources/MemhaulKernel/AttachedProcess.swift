@@ -98,7 +98,7 @@ public final class AttachedProcess: Sendable {
 
         let pidfd = try openPidfd(pid)
 
-        let stopStart = monotonicNanoseconds()
+        let stopStart = MonotonicClock.nanoseconds()
         let injector = try SyscallInjector.begin(pid: pid, thread: thread)
         let uffd: Userfaultfd
         do {
@@ -113,7 +113,7 @@ public final class AttachedProcess: Sendable {
             throw error
         }
         try injector.finish()
-        let stopped = monotonicNanoseconds() - stopStart
+        let stopped = MonotonicClock.nanoseconds() - stopStart
         try uffd.enableAsyncWriteProtect()
         let pagemap = try FileDescriptor.open(ProcMaps.path(pid, thread, "pagemap"), O_RDONLY)
 
@@ -267,9 +267,3 @@ struct MappingIdentity: Hashable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

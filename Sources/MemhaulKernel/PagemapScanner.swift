@@ -84,12 +84,6 @@ public enum PagemapScanError: Error, Hashable, Sendable, CustomStringConvertible
     }
 }
 
-/// Clock for stats (CLOCK_MONOTONIC, ns).
-@inline(__always) func scanClockNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) &* 1_000_000_000 &+ UInt64(ts.tv_nsec)
-}
 
 /// `ioctl(PAGEMAP_SCAN)` over one process's `/proc/PID/pagemap`.
 ///
@@ -144,8 +138,8 @@ public final class PagemapScanner {
     /// tracker covers what a marker would have told.
     public func protectAll(_ ranges: [AddressRange]) throws {
         var stats = ScanStats()
-        let t0 = scanClockNanoseconds()
-        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        let t0 = MonotonicClock.nanoseconds()
+        defer { stats.nanoseconds = MonotonicClock.nanoseconds() - t0; lastStats = stats }
         for r in try Self.checked(ranges) {
             try walk(r, flags: [.wpMatching, .checkWPAsync], mask: .wpAllowed, anyOf: [.present, .swapped],
                      output: false, stats: &stats) { _, _, _ in }
@@ -164,8 +158,8 @@ public final class PagemapScanner {
     /// reported as written are not content; callers intersect with the populated set.
     public func collectWritten(_ ranges: [AddressRange], populatedHint: [AddressRange]? = nil) throws -> [AddressRange] {
         var stats = ScanStats()
-        let t0 = scanClockNanoseconds()
-        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        let t0 = MonotonicClock.nanoseconds()
+        defer { stats.nanoseconds = MonotonicClock.nanoseconds() - t0; lastStats = stats }
         var out: [AddressRange] = []
         let checked = try Self.checked(ranges)
         let covered = populatedHint.map { Self.coveredBytes(of: checked, by: $0.coalesced()) }
@@ -211,8 +205,8 @@ public final class PagemapScanner {
     /// needs exact answers for pages it knows or that were just written).
     public func populated(_ ranges: [AddressRange], resolveWithin: [AddressRange]?) throws -> [AddressRange] {
         var stats = ScanStats()
-        let t0 = scanClockNanoseconds()
-        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        let t0 = MonotonicClock.nanoseconds()
+        defer { stats.nanoseconds = MonotonicClock.nanoseconds() - t0; lastStats = stats }
         var out: [AddressRange] = []
         var ambiguous: [AddressRange] = []
         for r in try Self.checked(ranges) {
@@ -250,8 +244,8 @@ public final class PagemapScanner {
         visit: (UInt64, UInt64, UInt64) -> Void
     ) throws {
         var stats = ScanStats()
-        let t0 = scanClockNanoseconds()
-        defer { stats.nanoseconds = scanClockNanoseconds() - t0; lastStats = stats }
+        let t0 = MonotonicClock.nanoseconds()
+        defer { stats.nanoseconds = MonotonicClock.nanoseconds() - t0; lastStats = stats }
         for r in try Self.checked(ranges) {
             try walk(r, flags: flags, mask: mask, anyOf: anyOf, inverted: inverted, returnMask: returnMask,
                      output: true, stats: &stats, visit: visit)

@@ -1,7 +1,11 @@
 import ArgumentParser
 import Foundation
 import MemhaulCompression
-import MemhaulEngine
+import MemhaulBench
+import MemhaulSession
+import MemhaulSystem
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulImage
 import MemhaulKernel
 import MemhaulTLS

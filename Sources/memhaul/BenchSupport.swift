@@ -1,5 +1,9 @@
 import Foundation
-import MemhaulEngine
+import MemhaulBench
+import MemhaulSession
+import MemhaulSystem
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulKernel
 import MemhaulTLS
 

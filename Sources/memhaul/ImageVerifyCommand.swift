@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import MemhaulEngine
+import MemhaulSession
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulImage
 
 extension ImageCommand {

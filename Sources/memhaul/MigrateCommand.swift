@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
-import MemhaulEngine
+import MemhaulSession
+import MemhaulSender
+import MemhaulReceiver
 
 /// Convergence options shared by `migrate` and the bench.
 struct ConvergenceOptions: ParsableArguments {

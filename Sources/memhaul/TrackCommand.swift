@@ -1,7 +1,9 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
-import MemhaulEngine
+import MemhaulSession
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulKernel
 import MemhaulSystem
 

@@ -1,6 +1,8 @@
 import ArgumentParser
 import Foundation
-import MemhaulEngine
+import MemhaulSession
+import MemhaulSender
+import MemhaulReceiver
 import MemhaulTLS
 
 /// TLS options shared by `receive`, `sender` and `migrate`: mutual TLS 1.3 by

@@ -1,5 +1,6 @@
 import Testing
 @testable import MemhaulCompression
+import MemhaulBench
 
 private let pageSize = PageClassifier.pageSize
 

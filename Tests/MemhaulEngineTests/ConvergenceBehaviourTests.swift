@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// Migrations whose workload fights back: faster dirtying than the link, and a
 /// layout that changes while rounds run.

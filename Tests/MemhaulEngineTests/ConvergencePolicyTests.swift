@@ -1,7 +1,9 @@
 import Testing
 import MemhaulKernel
 import MemhaulSystem
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 @Suite struct ConvergencePolicyTests {
     func measurement(_ round: Int, pending: Double, sent: Double = 1e9, seconds: Double = 1) -> RoundMeasurement {

@@ -1,6 +1,9 @@
 import Foundation
 import Glibc
-@testable import MemhaulEngine
+@testable import MemhaulSession
+import MemhaulSystem
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 import MemhaulImage
 import MemhaulTLS
 

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// A real migration (TLS, receiver in this process) of a `--control` workload
 /// that runs rounds until the test asks for the cutover, so that every change

@@ -2,7 +2,10 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+import MemhaulSystem
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// The target changes its memory in the ways real programs do while rounds
 /// run; the image must still equal the frozen source byte for byte.

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// Transparent huge pages, and memory pushed out to swap (or zswap) and read
 /// or written back in, while rounds run; the image must equal the frozen

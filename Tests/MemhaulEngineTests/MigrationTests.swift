@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// End-to-end migrations of real processes over real mutual TLS on loopback.
 @Suite(.serialized) struct MigrationTests {

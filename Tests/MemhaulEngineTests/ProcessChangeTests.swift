@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// The target grows and shrinks its heap, starts and ends threads, and forks
 /// while rounds run; the image must equal the frozen source byte for byte.

@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// Faults of the processes around a migration: the sender dies, the target dies.
 @Suite(.serialized) struct ProcessFaultTests {

@@ -5,7 +5,9 @@ import MemhaulImage
 import MemhaulTLS
 import MemhaulWire
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// Every file of an image directory with its bytes: "untouched" means this
 /// stays equal (manifest, journals, region files, owner record).

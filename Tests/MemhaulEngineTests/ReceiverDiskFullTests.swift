@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// The receiver's image directory fills up mid-migration.
 @Suite(.serialized) struct ReceiverDiskFullTests {

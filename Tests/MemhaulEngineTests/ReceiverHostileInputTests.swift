@@ -6,7 +6,9 @@ import MemhaulImage
 import MemhaulTLS
 import MemhaulWire
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// A hand-driven sender speaking the wire protocol over real mutual TLS, so a
 /// test can commit a good round and then misbehave in a chosen way.

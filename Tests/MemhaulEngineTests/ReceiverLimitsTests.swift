@@ -4,7 +4,10 @@ import MemhaulImage
 import MemhaulTLS
 import MemhaulWire
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+import MemhaulSystem
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// A plain TCP connection to the receiver from a chosen loopback address
 /// (127.0.0.x), so per-host limits can be told apart from the global one.

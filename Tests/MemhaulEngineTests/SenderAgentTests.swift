@@ -2,7 +2,9 @@ import Foundation
 import Glibc
 import MemhaulControl
 import Testing
-@testable import MemhaulEngine
+@testable import MemhaulSession
+@testable import MemhaulSender
+@testable import MemhaulReceiver
 
 /// The sender agent's control operations against a real receiver process.
 @Suite(.serialized) struct SenderAgentTests {
@@ -51,7 +53,7 @@ import Testing
     }
 
     @Test func controlArgumentsAreChecked() throws {
-        let control = SenderControl(connect: { _ in throw EngineError.connectionClosed }, log: { _ in })
+        let control = SenderControl(connect: { _ in throw MigrationError.connectionClosed }, log: { _ in })
         func code(_ op: String, _ args: [String: Any]) -> String? {
             do { _ = try control.handle(ControlRequest(op: op, args: args)); return nil } catch { return error.code.rawValue }
         }

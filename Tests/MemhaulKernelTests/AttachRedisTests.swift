@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import MemhaulKernel
+import MemhaulSystem
 
 extension AttachProcessTests {
     /// Attach to and detach from a real redis-server while redis-benchmark hammers it.
@@ -34,15 +35,15 @@ extension AttachProcessTests {
             let first = try bench.expectLine(containing: "SET: ")
             var registered = 0
             for _ in 0..<3 {
-                let t0 = monotonicNanoseconds()
+                let t0 = MonotonicClock.nanoseconds()
                 let process = try AttachedProcess.attach(pid: server.pid)
-                let t1 = monotonicNanoseconds()
+                let t1 = MonotonicClock.nanoseconds()
                 registered = process.registered.count
                 let skipped = process.skipped.count
                 _ = try process.refreshLayout()
-                let t2 = monotonicNanoseconds()
+                let t2 = MonotonicClock.nanoseconds()
                 try process.detach()
-                let t3 = monotonicNanoseconds()
+                let t3 = MonotonicClock.nanoseconds()
                 // Figures, not assertions.
                 print(
                     "redis attach \((t1 - t0) / 1000) us (main thread stopped \(process.stoppedNanoseconds / 1000) us),",

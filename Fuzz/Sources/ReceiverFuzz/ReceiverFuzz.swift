@@ -3,7 +3,8 @@ import Glibc
 #endif
 import Foundation
 import MemhaulDigest
-import MemhaulEngine
+import MemhaulSession
+import MemhaulReceiver
 import MemhaulImage
 import MemhaulWire
 

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulSession
 import MemhaulKernel
 import MemhaulSystem
 import MemhaulTLS
@@ -50,17 +51,17 @@ public struct MigrationRequest: Sendable {
         let portText: Substring
         if text.hasPrefix("[") {
             guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                throw EngineError.invalidParameter("destination \(text) is not [HOST]:PORT")
+                throw MigrationError.invalidParameter("destination \(text) is not [HOST]:PORT")
             }
             host = text[text.index(after: text.startIndex)..<close]
             portText = text[text.index(close, offsetBy: 2)...]
         } else {
-            guard let colon = text.lastIndex(of: ":") else { throw EngineError.invalidParameter("destination \(text) is not HOST:PORT") }
+            guard let colon = text.lastIndex(of: ":") else { throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT") }
             host = text[..<colon]
             portText = text[text.index(after: colon)...]
         }
         guard !host.isEmpty, let port = UInt16(portText), port > 0 || allowAnyPort else {
-            throw EngineError.invalidParameter("destination \(text) is not HOST:PORT")
+            throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT")
         }
         host = host.isEmpty ? "localhost" : host
         return (String(host), port)
@@ -143,9 +144,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             throttle.stop()
             // A send that failed because the receiver gave up: report its reason.
             if error is SystemError || error is TLSError, let e = box?.channel.peerErrorAfterFailure() {
-                error = EngineError.peerError(code: e.code.rawValue, message: e.message)
+                error = MigrationError.peerError(code: e.code.rawValue, message: e.message)
             }
-            let cancelled = isCancelled || (error as? EngineError) == .cancelled
+            let cancelled = isCancelled || (error as? MigrationError) == .cancelled
             if let channel = box?.channel {
                 let code: ErrorCode = cancelled ? .cancelled : .internalError
                 try? channel.send(.error(ErrorMessage(code: code, message: String(describing: error).prefix(1000).description)))
@@ -179,9 +180,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         case .welcome(let w):
             return (channel, w.lastCommittedRound ?? 0)
         case .error(let e):
-            throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+            throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
         default:
-            throw EngineError.protocolViolation("expected WELCOME")
+            throw MigrationError.protocolViolation("expected WELCOME")
         }
     }
 
@@ -211,7 +212,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var lastScanAt = MonotonicClock.seconds()
         var round = 0
         while true {
-            if isCancelled { throw EngineError.cancelled }
+            if isCancelled { throw MigrationError.cancelled }
             let roundStart = MonotonicClock.seconds()
             let sent: SentRound
             do {
@@ -309,8 +310,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
             }
         }
-        guard let image = ack.imageDigest else { throw EngineError.protocolViolation("final ROUND_ACK without a digest") }
-        guard image == wire else { throw EngineError.digestMismatch(sender: wire.hex, receiver: image.hex) }
+        guard let image = ack.imageDigest else { throw MigrationError.protocolViolation("final ROUND_ACK without a digest") }
+        guard image == wire else { throw MigrationError.digestMismatch(sender: wire.hex, receiver: image.hex) }
         updateStatus {
             $0.digest = digest.hex
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
@@ -350,7 +351,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if isCancelled || parameters.resumeTimeoutSeconds <= 0 { return false }
         switch error {
         case is SystemError, is TLSError, is NetworkError: return true
-        case EngineError.connectionClosed: return true
+        case MigrationError.connectionClosed: return true
         default: return false
         }
     }
@@ -363,7 +364,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func resume(_ box: ChannelBox, after error: Error, lastAcked: UInt64, nextRound: Int) throws -> UInt64 {
         // An ERROR the receiver sent before the break means it refused: no resume.
         if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
-            throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+            throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
         }
         let brokenSent = box.channel.bytesSent
         let brokenEnds = box.chunkEnds
@@ -375,11 +376,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var delay = 0.05
         var last: Error = error
         while MonotonicClock.seconds() < deadline {
-            if isCancelled { throw EngineError.cancelled }
+            if isCancelled { throw MigrationError.cancelled }
             do {
                 let (channel, committed) = try openChannel(resumeFrom: lastAcked)
                 guard committed >= lastAcked else {
-                    throw EngineError.protocolViolation("receiver committed round \(committed) < acknowledged \(lastAcked)")
+                    throw MigrationError.protocolViolation("receiver committed round \(committed) < acknowledged \(lastAcked)")
                 }
                 // Lost: what went out after the receiver's last commit (its
                 // acknowledgement may not have reached us before the break).
@@ -393,15 +394,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 box.lastAcked = committed
                 log("resumed: receiver at round \(committed)")
                 return committed
-            } catch EngineError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
-                throw EngineError.peerError(code: code, message: message)
+            } catch MigrationError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
+                throw MigrationError.peerError(code: code, message: message)
             } catch {
                 last = error
             }
             usleep(useconds_t(delay * 1e6))
             delay = min(delay * 2, 1)
         }
-        throw EngineError.resumeTimedOut(String(describing: last))
+        throw MigrationError.resumeTimedOut(String(describing: last))
     }
 
     /// Round 0, retried on a fresh layout if a mapping changed under the scan.
@@ -534,9 +535,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .keepalive(let k) where !k.isReply:
                 try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true)))
             case .error(let e):
-                throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+                throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
             case let other:
-                throw EngineError.protocolViolation("expected KEEPALIVE reply, got \(other.frameType)")
+                throw MigrationError.protocolViolation("expected KEEPALIVE reply, got \(other.frameType)")
             }
         }
     }
@@ -551,9 +552,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .keepalive:
                 continue
             case .error(let e):
-                throw EngineError.peerError(code: e.code.rawValue, message: e.message)
+                throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
             case let other:
-                throw EngineError.protocolViolation("expected ROUND_ACK \(round), got \(other.frameType)")
+                throw MigrationError.protocolViolation("expected ROUND_ACK \(round), got \(other.frameType)")
             }
         }
     }

@@ -1,37 +1,38 @@
 import MemhaulTLS
+import MemhaulSystem
 import MemhaulWire
 
 /// One peer connection speaking `Protocol/wire.md`: frames out with sequence
 /// numbers, frames in through the incremental decoder. Not thread-safe: one
 /// thread sends, and the same or one other thread receives.
-final class FrameChannel: @unchecked Sendable {  // used by one thread per direction
-    let stream: ByteStream
+public final class FrameChannel: @unchecked Sendable {  // used by one thread per direction
+    public let stream: ByteStream
     private var encoder = FrameEncoder()
     private var decoder: FrameDecoder
     private var out: [UInt8] = []
-    private(set) var bytesSent: UInt64 = 0
-    private(set) var bytesReceived: UInt64 = 0
+    public private(set) var bytesSent: UInt64 = 0
+    public private(set) var bytesReceived: UInt64 = 0
 
-    init(stream: ByteStream, limits: WireLimits = .default) {
+    public init(stream: ByteStream, limits: WireLimits = .default) {
         self.stream = stream
         self.decoder = FrameDecoder(limits: limits, expectsPreamble: true)
         self.out.reserveCapacity(64 << 10)
     }
 
-    func sendPreamble() throws {
+    public func sendPreamble() throws {
         out.removeAll(keepingCapacity: true)
         encoder.encodePreamble(into: &out)
         try flush()
     }
 
-    func send(_ message: Message) throws {
+    public func send(_ message: Message) throws {
         out.removeAll(keepingCapacity: true)
         try encoder.encode(message, into: &out)
         try flush()
     }
 
     /// A PAGE_BATCH frame: headers encoded here, payload written from the caller's buffer.
-    func sendPageBatch(_ header: PageBatchHeader, payload: UnsafeRawBufferPointer) throws {
+    public func sendPageBatch(_ header: PageBatchHeader, payload: UnsafeRawBufferPointer) throws {
         out.removeAll(keepingCapacity: true)
         try encoder.encodePageBatchHeader(header, into: &out)
         try flush()
@@ -46,28 +47,28 @@ final class FrameChannel: @unchecked Sendable {  // used by one thread per direc
 
     /// Blocks until one whole frame has arrived; its payload is valid until the
     /// next call. End of stream before a frame is `connectionClosed`.
-    func receiveFrame() throws -> Frame {
+    public func receiveFrame() throws -> Frame {
         while true {
             if let frame = try decoder.nextFrame() { return frame }
             let want = max(decoder.bytesWanted, 64 << 10)
             let n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
-            if n == 0 { throw EngineError.connectionClosed }
+            if n == 0 { throw MigrationError.connectionClosed }
             bytesReceived &+= UInt64(n)
         }
     }
 
-    func receive() throws -> Message {
+    public func receive() throws -> Message {
         let frame = try receiveFrame()
         return try frame.message(limits: decoder.limits)
     }
 
-    func close() {
+    public func close() {
         stream.close()
     }
 
     /// After a failed send: an ERROR the peer sent before hanging up says why,
     /// better than our EPIPE/ECONNRESET. Waits at most `seconds` for it.
-    func peerErrorAfterFailure(seconds: Double = 2) -> ErrorMessage? {
+    public func peerErrorAfterFailure(seconds: Double = 2) -> ErrorMessage? {
         let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
         try? tcp?.setTimeouts(read: .milliseconds(Int64(seconds * 1000)), write: .milliseconds(Int64(seconds * 1000)))
         for _ in 0..<64 {
@@ -81,7 +82,7 @@ final class FrameChannel: @unchecked Sendable {  // used by one thread per direc
     /// reading (and dropping) what the sender still has in flight for a short
     /// while (until it hangs up, at most `seconds`), so the sender reads our
     /// ERROR at its next read instead of a connection reset.
-    func lingerAfterError(seconds: Double = 20) {
+    public func lingerAfterError(seconds: Double = 20) {
         stream.shutdown()
         let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
         try? tcp?.setTimeouts(read: .milliseconds(200), write: .milliseconds(200))

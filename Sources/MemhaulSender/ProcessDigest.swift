@@ -1,3 +1,4 @@
+import MemhaulSession
 import MemhaulDigest
 import MemhaulKernel
 import MemhaulWire
@@ -44,6 +45,6 @@ enum ProcessDigest {
     /// A page unmapped under a frozen target cannot happen; if it does the
     /// digest must not silently differ, so it is an error.
     private static func hashSkippingVanished(_ r: AddressRange, _ bytes: UnsafeRawBufferPointer, _ vanished: [AddressRange], _ d: MemoryDigester) throws {
-        throw EngineError.protocolViolation("memory of \(r) vanished while the target was frozen")
+        throw MigrationError.protocolViolation("memory of \(r) vanished while the target was frozen")
     }
 }

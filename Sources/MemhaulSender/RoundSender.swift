@@ -1,4 +1,5 @@
 import Foundation
+import MemhaulSession
 import MemhaulCompression
 import MemhaulDigest
 import MemhaulKernel
@@ -144,7 +145,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 idleSince = sent
             }
             do {
-                if cancelled() { throw EngineError.cancelled }
+                if cancelled() { throw MigrationError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
             } catch {
                 failure = error
@@ -294,12 +295,6 @@ extension Array {
     func chunks(of size: Int) -> [ArraySlice<Element>] {
         stride(from: 0, to: count, by: Swift.max(size, 1)).map { self[$0..<Swift.min($0 + size, count)] }
     }
-}
-
-/// Moves a non-Sendable value to exactly one other thread, which then owns it.
-public struct HandOff<Value>: @unchecked Sendable {  // single owner after the hand-off
-    public let value: Value
-    public init(_ value: Value) { self.value = value }
 }
 
 /// One worker's encoders by level; used by that worker's thread only.

@@ -1,3 +1,4 @@
+import MemhaulSession
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -22,7 +23,7 @@ public struct TargetFreezer: Sendable {
         var spins = 0
         while true {
             let tasks = try TargetFreezer.threadStates(pid: pid)
-            if tasks.isEmpty { throw EngineError.targetExited(pid: pid) }
+            if tasks.isEmpty { throw MigrationError.targetExited(pid: pid) }
             if tasks.allSatisfy({ $0.state == "T" || $0.state == "t" || $0.state == "Z" || $0.state == "X" }) {
                 // Re-read once: a clone racing the stop shows up here.
                 let again = try TargetFreezer.threadStates(pid: pid)
@@ -32,7 +33,7 @@ public struct TargetFreezer: Sendable {
                 }
             }
             if Double(MonotonicClock.nanoseconds() - start) / 1e9 > timeoutSeconds {
-                throw EngineError.freezeTimeout(pid: pid)
+                throw MigrationError.freezeTimeout(pid: pid)
             }
             spins += 1
             if spins > 64 { usleep(50) } else { sched_yield() }
@@ -79,13 +80,3 @@ public struct TargetFreezer: Sendable {
     }
 }
 
-/// CLOCK_MONOTONIC in nanoseconds.
-public enum MonotonicClock {
-    public static func nanoseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_MONOTONIC, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
-    public static func seconds() -> Double { Double(nanoseconds()) / 1e9 }
-}

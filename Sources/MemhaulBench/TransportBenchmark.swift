@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemhaulSystem
+import MemhaulTLS
 
 /// Measures single-connection loopback throughput, plaintext TCP and mutual
 /// TLS 1.3, so `memhaul bench tls` can print it. Makes a throw-away PKI in a

@@ -1,4 +1,5 @@
 import Foundation
+import MemhaulSystem
 import MemhaulTLS
 
 /// The receiver agent: accepts connections, runs one ``ReceiverSession`` per

@@ -2,7 +2,7 @@ import MemhaulSystem
 import MemhaulWire
 
 /// Errors of the migration engine, each one readable line.
-public enum EngineError: Error, Equatable, CustomStringConvertible {
+public enum MigrationError: Error, Equatable, CustomStringConvertible {
     case targetExited(pid: Int32)
     case freezeTimeout(pid: Int32)
     case digestMismatch(sender: String, receiver: String)

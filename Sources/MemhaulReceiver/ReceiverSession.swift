@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulSession
 import MemhaulCompression
 import MemhaulDigest
 import MemhaulImage
@@ -387,7 +388,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .locked: return Refusal(code: .migrationBusy, description: String(describing: e))
             default: return Refusal(code: .storageFailure, description: "image store: \(e)")
             }
-        case EngineError.connectionClosed:
+        case MigrationError.connectionClosed:
             return Refusal(code: .cancelled, description: "connection lost mid-migration (the image waits for a resume)", connectionLost: true)
         case is SystemError, is TLSError, is NetworkError:
             return Refusal(code: .internalError, description: "connection lost: \(error) (the image waits for a resume)", connectionLost: true)

@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulSession
+import MemhaulSystem
 
 /// The receiver's limits on what one peer may hold (`memhaul receive` options,
 /// README "Limits"). Socket timeouts alone cannot bound a peer that sends one

@@ -1,4 +1,5 @@
 import CMemhaulLinux
+import MemhaulKernel
 import MemhaulSystem
 
 #if canImport(Glibc)
@@ -98,9 +99,9 @@ public enum ScanBenchmark {
         let base = UInt64(UInt(bitPattern: mem))
         let region = [AddressRange(start: base, end: base + UInt64(size))]
 
-        var t = scanClockNanoseconds()
+        var t = MonotonicClock.nanoseconds()
         try scanner.protectAll(region)
-        let protectNs = scanClockNanoseconds() - t
+        let protectNs = MonotonicClock.nanoseconds() - t
 
         // Best of `repetitions` dirty-then-scan cycles (the machine is shared).
         let bytes = mem.assumingMemoryBound(to: UInt8.self)
@@ -111,17 +112,17 @@ public enum ScanBenchmark {
         var rescanNs = UInt64.max
         var scanStats = ScanStats()
         for rep in 0..<max(1, repetitions) {
-            t = scanClockNanoseconds()
+            t = MonotonicClock.nanoseconds()
             var i = 0
             while i < pages {
                 bytes[i * Int(PageSize.bytes)] = UInt8(truncatingIfNeeded: rep + 2)
                 i += stride
             }
-            faultNs = min(faultNs, scanClockNanoseconds() - t)
+            faultNs = min(faultNs, MonotonicClock.nanoseconds() - t)
 
-            t = scanClockNanoseconds()
+            t = MonotonicClock.nanoseconds()
             let written = try scanner.collectWritten(region, populatedHint: region)
-            let ns = scanClockNanoseconds() - t
+            let ns = MonotonicClock.nanoseconds() - t
             if ns < scanNs {
                 scanNs = ns
                 scanStats = scanner.lastStats
@@ -130,9 +131,9 @@ public enum ScanBenchmark {
                 throw ScanBenchmarkError.setup("collectWritten found \(written.pageCount) pages, expected \(dirtied)")
             }
 
-            t = scanClockNanoseconds()
+            t = MonotonicClock.nanoseconds()
             let clean = try scanner.collectWritten(region, populatedHint: region)
-            rescanNs = min(rescanNs, scanClockNanoseconds() - t)
+            rescanNs = min(rescanNs, MonotonicClock.nanoseconds() - t)
             guard clean.isEmpty else { throw ScanBenchmarkError.setup("clean rescan found \(clean.pageCount) pages") }
         }
 
@@ -140,9 +141,9 @@ public enum ScanBenchmark {
         defer { entries.deallocate() }
         var readNs = UInt64.max
         for _ in 0..<max(1, repetitions) {
-            t = scanClockNanoseconds()
+            t = MonotonicClock.nanoseconds()
             _ = try pagemap.pread(into: entries, at: Int64(base >> PageSize.shift) * 8)
-            readNs = min(readNs, scanClockNanoseconds() - t)
+            readNs = min(readNs, MonotonicClock.nanoseconds() - t)
         }
 
         // A full tracker round over the same region, same dirty pattern.
@@ -157,9 +158,9 @@ public enum ScanBenchmark {
                 bytes[i * Int(PageSize.bytes)] = UInt8(truncatingIfNeeded: rep + 7)
                 i += stride
             }
-            t = scanClockNanoseconds()
+            t = MonotonicClock.nanoseconds()
             let scan = try tracker.nextRound(ranges: region, checkDiscards: check)
-            let ns = scanClockNanoseconds() - t
+            let ns = MonotonicClock.nanoseconds() - t
             if check { roundNs = min(roundNs, ns) } else { fastNs = min(fastNs, ns) }
             guard scan.dirty.pageCount == dirtied, scan.discarded.isEmpty else {
                 throw ScanBenchmarkError.setup("tracker round found \(scan.dirty.pageCount) dirty, \(scan.discarded.pageCount) discarded")
