@@ -79,7 +79,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private let decoder = BatchDecoder()
     private let pageBuffer: UnsafeMutableRawBufferPointer
     /// The socket under the stream, to cut it from another thread (preemption).
-    private let socketFD: Int32?
 
     public var info: Info { infoLock.withLock { _info } }
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
@@ -95,9 +94,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         self.watch = watch
         self.authorization = authorization
         self.log = log
-        sender = ((stream as? TLSStream)?.peerIdentity).map(ImageOwner.init(peer:))
+        sender = stream.peerIdentity.map(ImageOwner.init(peer:))
         _info = Info(peer: stream.peerDescription, sender: sender)
-        socketFD = ((stream as? TLSStream)?.transport ?? (stream as? TCPStream))?.fileDescriptor
         pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
     }
 
@@ -106,7 +104,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// Cuts the connection (`shutdown(2)` on the socket, safe from any thread):
     /// the session's next read fails, it aborts its open round and releases the image.
     public func abortConnection() {
-        if let fd = socketFD { _ = Glibc.shutdown(fd, Int32(SHUT_RDWR)) }
+        channel.stream.abort()
     }
 
     /// A failure to report to the peer with a wire error code.
@@ -390,7 +388,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
         case MigrationError.connectionClosed:
             return Refusal(code: .cancelled, description: "connection lost mid-migration (the image waits for a resume)", connectionLost: true)
-        case is SystemError, is TLSError, is NetworkError:
+        case _ where MigrationError.isConnectionLoss(error):
             return Refusal(code: .internalError, description: "connection lost: \(error) (the image waits for a resume)", connectionLost: true)
         default: return Refusal(code: .internalError, description: String(describing: error))
         }

@@ -143,7 +143,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         } catch var error {
             throttle.stop()
             // A send that failed because the receiver gave up: report its reason.
-            if error is SystemError || error is TLSError, let e = box?.channel.peerErrorAfterFailure() {
+            if MigrationError.isConnectionLoss(error), let e = box?.channel.peerErrorAfterFailure() {
                 error = MigrationError.peerError(code: e.code.rawValue, message: e.message)
             }
             let cancelled = isCancelled || (error as? MigrationError) == .cancelled
@@ -349,11 +349,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// A broken connection, as opposed to a refusal by the receiver.
     private func isResumable(_ error: Error) -> Bool {
         if isCancelled || parameters.resumeTimeoutSeconds <= 0 { return false }
-        switch error {
-        case is SystemError, is TLSError, is NetworkError: return true
-        case MigrationError.connectionClosed: return true
-        default: return false
-        }
+        return MigrationError.isConnectionLoss(error)
     }
 
     /// Reconnects with backoff until the receiver welcomes the migration again

@@ -69,8 +69,7 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
     /// After a failed send: an ERROR the peer sent before hanging up says why,
     /// better than our EPIPE/ECONNRESET. Waits at most `seconds` for it.
     public func peerErrorAfterFailure(seconds: Double = 2) -> ErrorMessage? {
-        let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
-        try? tcp?.setTimeouts(read: .milliseconds(Int64(seconds * 1000)), write: .milliseconds(Int64(seconds * 1000)))
+        try? stream.setTimeouts(read: .milliseconds(Int64(seconds * 1000)), write: .milliseconds(Int64(seconds * 1000)))
         for _ in 0..<64 {
             guard let message = try? receive() else { return nil }
             if case .error(let e) = message { return e }
@@ -84,8 +83,7 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
     /// ERROR at its next read instead of a connection reset.
     public func lingerAfterError(seconds: Double = 20) {
         stream.shutdown()
-        let tcp = (stream as? TLSStream)?.transport ?? (stream as? TCPStream)
-        try? tcp?.setTimeouts(read: .milliseconds(200), write: .milliseconds(200))
+        try? stream.setTimeouts(read: .milliseconds(200), write: .milliseconds(200))
         let deadline = MonotonicClock.seconds() + seconds
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 << 10, alignment: 16)
         defer { buffer.deallocate() }

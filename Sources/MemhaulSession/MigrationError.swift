@@ -1,4 +1,5 @@
 import MemhaulSystem
+import MemhaulTLS
 import MemhaulWire
 
 /// Errors of the migration engine, each one readable line.
@@ -24,6 +25,19 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
         case .invalidParameter(let m): return "invalid parameter: \(m)"
         case .connectionClosed: return "the peer closed the connection"
         case .resumeTimedOut(let last): return "could not resume the migration in time (last attempt: \(last))"
+        }
+    }
+}
+
+extension MigrationError {
+    /// A broken connection (reset, timeout, TLS failure, end of stream), as
+    /// opposed to a refusal by the peer: what the sender resumes after and the
+    /// receiver keeps the image open for. The one place this is decided.
+    public static func isConnectionLoss(_ error: Error) -> Bool {
+        switch error {
+        case is SystemError, is TLSError, is NetworkError: return true
+        case MigrationError.connectionClosed: return true
+        default: return false
         }
     }
 }

@@ -18,6 +18,14 @@ public protocol ByteStream: AnyObject, Sendable {
     func shutdown()
     /// Releases the connection. Idempotent; also done in deinit.
     func close()
+    /// Cuts both directions at once (`shutdown(SHUT_RDWR)`), from any thread:
+    /// a read or write blocked in another thread fails at once. For cancel
+    /// and watchdogs; the owner still calls `close()`.
+    func abort()
+    /// SO_RCVTIMEO / SO_SNDTIMEO of the socket underneath; nil waits forever.
+    func setTimeouts(read: Duration?, write: Duration?) throws
+    /// The verified peer certificate (TLS); nil on a plain stream (`--insecure`).
+    var peerIdentity: PeerIdentity? { get }
 }
 
 extension ByteStream {

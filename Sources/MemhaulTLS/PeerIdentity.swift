@@ -31,6 +31,14 @@ public struct PeerIdentity: Sendable, Equatable, CustomStringConvertible {
     }
 
     /// Reads an `X509*` (not consumed).
+    public init(commonName: String?, dnsNames: [String], ipAddresses: [String], sha256Fingerprint: String, notAfter: Int64) {
+        self.commonName = commonName
+        self.dnsNames = dnsNames
+        self.ipAddresses = ipAddresses
+        self.sha256Fingerprint = sha256Fingerprint
+        self.notAfter = notAfter
+    }
+
     init(certificate cert: OpaquePointer) {
         var buf = [CChar](repeating: 0, count: 1024)
         let cnLen = cmh_x509_subject_cn(cert, &buf, Int32(buf.count))

@@ -210,6 +210,14 @@ public final class TCPStream: ByteStream, @unchecked Sendable {
         if descriptor.rawValue >= 0 { _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_WR)) }
     }
 
+    /// `shutdown(SHUT_RDWR)`: blocked reads and writes in other threads fail at once.
+    public func abort() {
+        if descriptor.rawValue >= 0 { _ = Glibc.shutdown(descriptor.rawValue, Int32(SHUT_RDWR)) }
+    }
+
+    /// A plain stream has no verified peer.
+    public var peerIdentity: PeerIdentity? { nil }
+
     /// `close(2)`; idempotent.
     public func close() {
         try? descriptor.close()

@@ -93,6 +93,13 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
 
     /// Sends close_notify unless already sent or the session failed, then closes the socket.
     /// The close_notify write waits at most 1 s, so a peer that stopped reading cannot hang close.
+    /// Cuts the socket underneath (see ``ByteStream/abort()``).
+    public func abort() { transport.abort() }
+
+    public func setTimeouts(read: Duration?, write: Duration?) throws {
+        try transport.setTimeouts(read: read, write: write)
+    }
+
     public func close() {
         if !failed && !shutDown {
             shutDown = true

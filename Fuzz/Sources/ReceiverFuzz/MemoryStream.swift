@@ -33,5 +33,13 @@ final class MemoryStream: ByteStream, @unchecked Sendable {  // one thread: the 
 
     func waitReadable(timeout: Duration?) throws -> Bool { true }
     func shutdown() {}
+    func abort() { closed = true }
+    func setTimeouts(read: Duration?, write: Duration?) throws {}
     func close() { closed = true }
+
+    /// A fixed sender identity, so the harness goes through image ownership as a TLS peer would.
+    var peerIdentity: PeerIdentity? { MemoryStream.fuzzSender }
+    static let fuzzSender = PeerIdentity(
+        commonName: "fuzz-sender", dnsNames: [], ipAddresses: [],
+        sha256Fingerprint: String(repeating: "ab", count: 32), notAfter: Int64.max)
 }
