@@ -102,18 +102,9 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             throw ControlError(.badRequest, "\"to\" must be HOST:PORT, got \"\(to)\"")
         }
         let id = try r.string("id") ?? MigrationRequest.defaultID(pid: Int32(pid))
-        guard !id.isEmpty, id.utf8.count <= 64, id.utf8.allSatisfy({ $0.isASCIIAlnum || $0 == 0x2E || $0 == 0x5F || $0 == 0x2D }) else {
-            throw ControlError(.badRequest, "migration id must be 1-64 of [A-Za-z0-9._-]")
-        }
         var request = MigrationRequest(pid: Int32(pid), host: destination.host, port: destination.port, id: id)
-        if let v = try r.number("downtime_limit_ms") {
-            guard v > 0 else { throw ControlError(.badRequest, "downtime_limit_ms must be > 0") }
-            request.parameters.downtimeLimitMs = v
-        }
-        if let v = try r.int("max_rounds") {
-            guard v >= 0 else { throw ControlError(.badRequest, "max_rounds must be >= 0") }
-            request.parameters.maxRounds = v
-        }
+        if let v = try r.number("downtime_limit_ms") { request.parameters.downtimeLimitMs = v }
+        if let v = try r.int("max_rounds") { request.parameters.maxRounds = v }
         if let v = try r.number("max_time_s") { request.parameters.maxTimeSeconds = v }
         if let v = try r.number("max_bandwidth_bps") { request.parameters.maxBandwidth = v > 0 ? v : nil }
         if let v = try r.bool("auto_converge") { request.parameters.autoConverge = v }
@@ -124,22 +115,15 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         if r.args["compression_level"] as? String == "auto" {
             request.compressionLevel = nil
         } else if let v = try r.int("compression_level") {
-            guard (-5...19).contains(v) else { throw ControlError(.badRequest, "compression_level must be \"auto\" or -5…19") }
-            request.compressionLevel = Int32(v)
+            request.compressionLevel = Int32(clamping: v)
         }
         if let v = try r.string("server_name") { request.serverName = v }
-        if let v = try r.number("resume_timeout_s") {
-            guard v >= 0 else { throw ControlError(.badRequest, "resume_timeout_s must be >= 0") }
-            request.parameters.resumeTimeoutSeconds = v
-        }
+        if let v = try r.number("resume_timeout_s") { request.parameters.resumeTimeoutSeconds = v }
         if let v = try r.number("commit_chunk_bytes") {
-            guard v >= 4096, v <= Double(1 << 40) else { throw ControlError(.badRequest, "commit_chunk_bytes must be 4096…2^40") }
+            guard v >= 0, v <= Double(UInt64.max / 2) else { throw ControlError(.badRequest, "commit_chunk_bytes must be 4096…2^40") }
             request.parameters.commitChunkBytes = UInt64(v)
         }
+        do { try request.validate() } catch { throw ControlError(.badRequest, error.description) }
         return request
     }
-}
-
-private extension UInt8 {
-    var isASCIIAlnum: Bool { (0x30...0x39).contains(self) || (0x41...0x5A).contains(self) || (0x61...0x7A).contains(self) }
 }

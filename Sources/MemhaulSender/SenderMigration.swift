@@ -9,65 +9,6 @@ import MemhaulTLS
 import MemhaulWire
 import Synchronization
 
-/// What happens to the source process after a successful migration.
-public enum AfterAction: String, Sendable, CaseIterable {
-    /// Left frozen (SIGSTOP), for the orchestrator to decide.
-    case stop
-    /// SIGKILL.
-    case kill
-    /// SIGCONT: the source runs on (a copy, not a move).
-    case resume
-}
-
-/// Everything one migration needs to start.
-public struct MigrationRequest: Sendable {
-    public var pid: Int32
-    public var host: String
-    public var port: UInt16
-    public var id: String
-    public var parameters = ConvergenceParameters()
-    public var after: AfterAction = .stop
-    /// zstd level; nil = adaptive (raw … level 6, following the bottleneck).
-    public var compressionLevel: Int32? = nil
-    public var workers = 2
-    /// Name the receiver's certificate must carry; nil = the host dialled.
-    public var serverName: String?
-
-    public init(pid: Int32, host: String, port: UInt16, id: String) {
-        self.pid = pid
-        self.host = host
-        self.port = port
-        self.id = id
-    }
-
-    public var destination: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
-
-    /// `m-<pid>-<unix seconds>`.
-    public static func defaultID(pid: Int32) -> String { "m-\(pid)-\(Int(Date().timeIntervalSince1970))" }
-
-    /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6).
-    public static func parseDestination(_ text: String, allowAnyPort: Bool = false) throws -> (host: String, port: UInt16) {
-        var host: Substring
-        let portText: Substring
-        if text.hasPrefix("[") {
-            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
-                throw MigrationError.invalidParameter("destination \(text) is not [HOST]:PORT")
-            }
-            host = text[text.index(after: text.startIndex)..<close]
-            portText = text[text.index(close, offsetBy: 2)...]
-        } else {
-            guard let colon = text.lastIndex(of: ":") else { throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT") }
-            host = text[..<colon]
-            portText = text[text.index(after: colon)...]
-        }
-        guard !host.isEmpty, let port = UInt16(portText), port > 0 || allowAnyPort else {
-            throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT")
-        }
-        host = host.isEmpty ? "localhost" : host
-        return (String(host), port)
-    }
-}
-
 /// One live migration, sender side: attach, pre-copy rounds, freeze, final
 /// delta, digest proof, then the `after` action. `run()` blocks; the control
 /// calls (`status`, `set`, `requestCutover`, `cancel`) may come from any thread.

@@ -25,13 +25,8 @@ public struct Hello: Hashable, Sendable {
         self.resumeFromRound = resumeFromRound
     }
 
-    /// True for 1-64 bytes of `[A-Za-z0-9._-]`.
-    public static func isValidMigrationID(_ id: some Collection<UInt8>) -> Bool {
-        guard (1...WireLimits.maxMigrationIDLength).contains(id.count) else { return false }
-        return id.allSatisfy { c in
-            (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x5F || c == 0x2D
-        }
-    }
+    /// See ``MigrationID/isValid(_:)``.
+    public static func isValidMigrationID(_ id: some Collection<UInt8>) -> Bool { MigrationID.isValid(id) }
 
     static func isValidPageSize(_ s: UInt32) -> Bool { s >= 4096 && s <= 65536 && s & (s &- 1) == 0 }
 

@@ -4,6 +4,7 @@ import MemhaulControl
 import MemhaulSession
 import MemhaulSender
 import MemhaulReceiver
+import MemhaulWire
 
 /// Convergence options shared by `migrate` and the bench.
 struct ConvergenceOptions: ParsableArguments {
@@ -67,7 +68,7 @@ struct MigrateCommand: ParsableCommand {
 
     func validate() throws {
         _ = try MigrationRequest.parseDestination(to)
-        if let id, id.isEmpty || id.utf8.count > 64 { throw ValidationError("--id must be 1-64 characters") }
+        if let id, !MigrationID.isValid(id.utf8) { throw ValidationError("--id must be \(MigrationID.rule)") }
     }
 
     func run() throws {
@@ -76,6 +77,7 @@ struct MigrateCommand: ParsableCommand {
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
         request.serverName = serverName
         convergence.apply(to: &request)
+        do { try request.validate() } catch { throw ValidationError(error.description) }
         let verbose = self.verbose
         let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
         let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil

@@ -1,0 +1,80 @@
+import Foundation
+import MemhaulSession
+import MemhaulWire
+
+/// What happens to the source process after a successful migration.
+public enum AfterAction: String, Sendable, CaseIterable {
+    /// Left frozen (SIGSTOP), for the orchestrator to decide.
+    case stop
+    /// SIGKILL.
+    case kill
+    /// SIGCONT: the source runs on (a copy, not a move).
+    case resume
+}
+
+/// Everything one migration needs to start.
+public struct MigrationRequest: Sendable {
+    public var pid: Int32
+    public var host: String
+    public var port: UInt16
+    public var id: String
+    public var parameters = ConvergenceParameters()
+    public var after: AfterAction = .stop
+    /// zstd level; nil = adaptive (raw … level 6, following the bottleneck).
+    public var compressionLevel: Int32? = nil
+    public var workers = 2
+    /// Name the receiver's certificate must carry; nil = the host dialled.
+    public var serverName: String?
+
+    public init(pid: Int32, host: String, port: UInt16, id: String) {
+        self.pid = pid
+        self.host = host
+        self.port = port
+        self.id = id
+    }
+
+    public var destination: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
+
+    /// `m-<pid>-<unix seconds>`.
+    public static func defaultID(pid: Int32) -> String { "m-\(pid)-\(Int(Date().timeIntervalSince1970))" }
+
+    /// The one check of a request, whoever built it (CLI, control interface,
+    /// bench): each problem is one line naming the parameter.
+    public func validate() throws(MigrationError) {
+        func fail(_ m: String) -> MigrationError { .invalidParameter(m) }
+        guard pid > 0 else { throw fail("pid must be a positive integer") }
+        guard MigrationID.isValid(id.utf8) else { throw fail("migration id \"\(id.prefix(80))\" must be \(MigrationID.rule)") }
+        guard port > 0, !host.isEmpty else { throw fail("destination \(destination) is not HOST:PORT") }
+        let p = parameters
+        guard p.downtimeLimitMs > 0, p.downtimeLimitMs.isFinite else { throw fail("downtime limit must be > 0 ms") }
+        guard p.maxRounds >= 0 else { throw fail("max rounds must be >= 0") }
+        guard p.maxTimeSeconds > 0 else { throw fail("max time must be > 0 s") }
+        if let b = p.maxBandwidth { guard b > 0, b.isFinite else { throw fail("max bandwidth must be > 0 bytes/s") } }
+        guard p.resumeTimeoutSeconds >= 0, p.resumeTimeoutSeconds.isFinite else { throw fail("resume timeout must be >= 0 s") }
+        guard (4096...(1 << 40)).contains(p.commitChunkBytes) else { throw fail("commit chunk must be 4096 bytes…1 TiB") }
+        if let level = compressionLevel { guard (-5...19).contains(level) else { throw fail("compression level must be auto or -5…19") } }
+        guard (1...64).contains(workers) else { throw fail("workers must be 1…64") }
+    }
+
+    /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6).
+    public static func parseDestination(_ text: String, allowAnyPort: Bool = false) throws -> (host: String, port: UInt16) {
+        var host: Substring
+        let portText: Substring
+        if text.hasPrefix("[") {
+            guard let close = text.firstIndex(of: "]"), text[text.index(after: close)...].hasPrefix(":") else {
+                throw MigrationError.invalidParameter("destination \(text) is not [HOST]:PORT")
+            }
+            host = text[text.index(after: text.startIndex)..<close]
+            portText = text[text.index(close, offsetBy: 2)...]
+        } else {
+            guard let colon = text.lastIndex(of: ":") else { throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT") }
+            host = text[..<colon]
+            portText = text[text.index(after: colon)...]
+        }
+        guard !host.isEmpty, let port = UInt16(portText), port > 0 || allowAnyPort else {
+            throw MigrationError.invalidParameter("destination \(text) is not HOST:PORT")
+        }
+        host = host.isEmpty ? "localhost" : host
+        return (String(host), port)
+    }
+}
