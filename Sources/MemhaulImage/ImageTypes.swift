@@ -12,6 +12,10 @@ public struct ImageProtection: OptionSet, Hashable, Sendable, CustomStringConver
     public static let write = ImageProtection(rawValue: 2)
     public static let execute = ImageProtection(rawValue: 4)
     public static let shared = ImageProtection(rawValue: 8)
+    /// Backed by a file (the region's name is its path).
+    public static let fileBacked = ImageProtection(rawValue: 16)
+    /// Transparent huge pages were enabled for the region.
+    public static let hugePages = ImageProtection(rawValue: 32)
 
     /// `rw-p` style, as `/proc/PID/maps` prints it.
     public var description: String {

@@ -268,14 +268,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 guard openRound == nil else { throw Refusal(code: .unexpectedMessage, description: "LAYOUT inside round \(openRound!)") }
                 if let r = layoutRound, r != layout.round { throw Refusal(code: .roundMismatch, description: "LAYOUT for round \(layout.round) while round \(r) is being declared") }
                 layoutRound = layout.round
-                pendingLayout += layout.regions.map {
-                    var p: ImageProtection = []
-                    if $0.protection.contains(.read) { p.insert(.read) }
-                    if $0.protection.contains(.write) { p.insert(.write) }
-                    if $0.protection.contains(.exec) { p.insert(.execute) }
-                    if $0.flags.contains(.shared) { p.insert(.shared) }
-                    return ImageRegion(start: $0.start, end: $0.end, protection: p, name: $0.name)
-                }
+                pendingLayout += layout.regions.map(ImageRegion.init)
                 if !layout.continued {
                     guard let round32 = UInt32(exactly: layout.round) else { throw Refusal(code: .roundMismatch, description: "round \(layout.round) out of range") }
                     try store.beginRound(round32, layout: pendingLayout)

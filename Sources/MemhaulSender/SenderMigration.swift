@@ -512,16 +512,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
     /// The tracked mappings as wire regions, ascending.
     static func regions(of process: AttachedProcess) -> [RegionDescriptor] {
-        process.registered.sorted { $0.start < $1.start }.map { entry in
-            var protection: Protection = []
-            if entry.permissions.contains(.read) { protection.insert(.read) }
-            if entry.permissions.contains(.write) { protection.insert(.write) }
-            if entry.permissions.contains(.execute) { protection.insert(.exec) }
-            var flags: RegionFlags = []
-            if entry.permissions.contains(.shared) { flags.insert(.shared) }
-            if !entry.isAnonymous && !entry.isPseudo { flags.insert(.fileBacked) }
-            let name = String(decoding: entry.path.utf8.prefix(WireLimits.default.maxRegionNameLength), as: UTF8.self)
-            return RegionDescriptor(start: entry.start, end: entry.end, protection: protection, flags: flags, name: name)
-        }
+        process.registered.sorted { $0.start < $1.start }.map(RegionDescriptor.init)
     }
 }
