@@ -234,7 +234,7 @@ public struct KernelFeatures: Sendable {
     }
 
     static func sysctl(_ path: String) -> String? {
-        guard let text = try? ProcFile.readString(path) else { return nil }
+        guard let text = try? ProcFS.readString(path) else { return nil }
         return String(text[...].trimmingSpaces().split(separator: "\n").first ?? "")
     }
 
@@ -244,7 +244,7 @@ public struct KernelFeatures: Sendable {
 
     /// Whether capability `bit` is in CapEff of /proc/self/status.
     static func hasCapability(_ bit: Int) -> Bool {
-        guard let text = try? ProcFile.readString("/proc/self/status") else { return false }
+        guard let text = try? ProcFS.readString("/proc/self/status") else { return false }
         for line in text.split(separator: "\n") where line.hasPrefix("CapEff:") {
             guard let mask = UInt64(line.dropFirst("CapEff:".count).trimmingSpaces(), radix: 16) else { return false }
             return mask & (1 << UInt64(bit)) != 0

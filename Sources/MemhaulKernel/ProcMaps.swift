@@ -179,13 +179,13 @@ public enum ProcMaps {
     /// Reads and parses `/proc/PID/maps` (`pid` 0 means self). `thread` reads it
     /// through `/proc/PID/task/TID/` (needed when the thread-group leader has exited).
     public static func read(pid: Int32, thread: Int32? = nil) throws -> [MapsEntry] {
-        try parse(ProcFile.read(path(pid, thread, "maps")))
+        try parse(ProcFS.read(path(pid, thread, "maps")))
     }
 
     /// VmFlags of every VMA, read from `/proc/PID/smaps` (this walks the page
     /// tables of the whole process to count RSS: use it sparingly).
     public static func readFlags(pid: Int32, thread: Int32? = nil) throws -> [AddressRange: VmFlags] {
-        parseSmapsFlags(try ProcFile.read(path(pid, thread, "smaps")))
+        parseSmapsFlags(try ProcFS.read(path(pid, thread, "smaps")))
     }
 
     /// `/proc/PID/FILE`, or `/proc/PID/task/TID/FILE` for a thread other than the leader.
@@ -301,33 +301,3 @@ public enum ProcMaps {
     }
 }
 
-/// Reads a whole `/proc` file (their size is unknown until read).
-enum ProcFile {
-    static func read(_ path: String) throws -> [UInt8] {
-        let fd = try FileDescriptor.open(path, O_RDONLY)
-        var out: [UInt8] = []
-        var chunk = [UInt8](repeating: 0, count: 65536)
-        while true {
-            let n = try chunk.withUnsafeMutableBytes { try fd.read(into: $0) }
-            if n == 0 { break }
-            out.append(contentsOf: chunk[0..<n])
-        }
-        return out
-    }
-
-    /// Entry names of a directory (without `.` and `..`).
-    static func readDirectory(_ path: String) throws -> [String] {
-        guard let dir = opendir(path) else { throw SystemError("opendir(\(path))", .current) }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
-    static func readString(_ path: String) throws -> String {
-        String(decoding: try read(path), as: UTF8.self)
-    }
-}

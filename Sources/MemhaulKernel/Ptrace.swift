@@ -79,7 +79,7 @@ struct Tracee {
 
     /// `TracerPid:` of /proc/PID/status.
     static func tracerPid(of pid: Int32) -> Int32? {
-        guard let text = try? ProcFile.readString("/proc/\(pid)/status") else { return nil }
+        guard let text = try? ProcFS.readString("/proc/\(pid)/status") else { return nil }
         for line in text.split(separator: "\n") where line.hasPrefix("TracerPid:") {
             return Int32(line.dropFirst("TracerPid:".count).trimmingSpaces())
         }

@@ -274,34 +274,12 @@ final class SyscallInjector {
     /// The thread to inject into: the thread-group leader, or, when the leader has
     /// exited (pthread_exit in main leaves a zombie leader), the first live thread.
     static func injectableThread(of pid: Int32) throws -> Int32 {
-        guard let state = processState(pid), state == "Z" || state == "X" else { return pid }
-        let tasks = (try? ProcFile.readDirectory("/proc/\(pid)/task")) ?? []
+        guard let state = ProcFS.state(pid: pid), state == "Z" || state == "X" else { return pid }
+        let tasks = (try? ProcFS.listDirectory("/proc/\(pid)/task")) ?? []
         for name in tasks {
             guard let tid = Int32(name), tid != pid else { continue }
-            if let s = processState(pid, thread: tid), s != "Z" && s != "X" { return tid }
+            if let s = ProcFS.state(pid: pid, thread: tid), s != "Z" && s != "X" { return tid }
         }
         throw AttachError.unsupportedTarget(pid: pid, why: "it is a zombie")
     }
-
-    /// The state letter of /proc/PID/stat (R, S, D, T, t, Z, X).
-    static func processState(_ pid: Int32, thread: Int32? = nil) -> Character? {
-        let path = thread.map { "/proc/\(pid)/task/\($0)/stat" } ?? "/proc/\(pid)/stat"
-        guard let text = try? ProcFile.readString(path),
-            let close = text.lastIndex(of: ")")
-        else { return nil }
-        let after = text[text.index(after: close)...].trimmingPrefixSpaces()
-        return after.first
-    }
-}
-
-extension Substring {
-    func trimmingPrefixSpaces() -> Substring {
-        var s = self
-        while s.first == " " { s = s.dropFirst() }
-        return s
-    }
-}
-
-extension String {
-    func trimmingPrefixSpaces() -> Substring { self[...].trimmingPrefixSpaces() }
 }

@@ -22,11 +22,11 @@ public struct TargetFreezer: Sendable {
         _ = try Syscall.run("kill(SIGSTOP)") { kill(pid, SIGSTOP) }
         var spins = 0
         while true {
-            let tasks = try TargetFreezer.threadStates(pid: pid)
+            let tasks = try ProcFS.threadStates(pid: pid)
             if tasks.isEmpty { throw MigrationError.targetExited(pid: pid) }
             if tasks.allSatisfy({ $0.state == "T" || $0.state == "t" || $0.state == "Z" || $0.state == "X" }) {
                 // Re-read once: a clone racing the stop shows up here.
-                let again = try TargetFreezer.threadStates(pid: pid)
+                let again = try ProcFS.threadStates(pid: pid)
                 if again.map(\.tid) == tasks.map(\.tid),
                    again.allSatisfy({ $0.state == "T" || $0.state == "t" || $0.state == "Z" || $0.state == "X" }) {
                     return MonotonicClock.nanoseconds() - start
@@ -40,43 +40,9 @@ public struct TargetFreezer: Sendable {
         }
     }
 
-    /// The state letter of a process (`R`, `S`, `T`, …), nil if there is none.
-    public static func state(pid: Int32) -> Character? { readState(path: "/proc/\(pid)/stat") }
-
     /// `kill(pid, SIGCONT)`.
     public func thaw() throws {
         _ = try Syscall.run("kill(SIGCONT)") { kill(pid, SIGCONT) }
-    }
-
-    /// `(tid, state)` for every thread, sorted by tid.
-    static func threadStates(pid: Int32) throws -> [(tid: Int32, state: Character)] {
-        guard let dir = opendir("/proc/\(pid)/task") else {
-            let err = Errno.current
-            if err == .ENOENT { return [] }
-            throw SystemError("opendir(/proc/\(pid)/task)", err)
-        }
-        defer { closedir(dir) }
-        var result: [(Int32, Character)] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
-                String(decoding: raw.prefix(while: { $0 != 0 }), as: UTF8.self)
-            }
-            guard let tid = Int32(name) else { continue }
-            if let state = readState(path: "/proc/\(pid)/task/\(tid)/stat") { result.append((tid, state)) }
-        }
-        return result.sorted { $0.0 < $1.0 }
-    }
-
-    /// The state letter of a /proc stat file: the field after the last ')'.
-    static func readState(path: String) -> Character? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
-        var buffer = [UInt8](repeating: 0, count: 512)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
-        guard let close = buffer[..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return nil }
-        return Character(UnicodeScalar(buffer[close + 2]))
     }
 }
 

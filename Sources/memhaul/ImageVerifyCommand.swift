@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MemhaulSystem
 import MemhaulSession
 import MemhaulSender
 import MemhaulReceiver
@@ -16,7 +17,7 @@ extension ImageCommand {
         @Flag(help: "Print the result as JSON.") var json = false
 
         func run() throws {
-            guard let state = TargetFreezer.state(pid: pid) else { throw CLIError("no process \(pid)") }
+            guard let state = ProcFS.state(pid: pid) else { throw CLIError("no process \(pid)") }
             guard state == "T" || state == "t" else {
                 throw CLIError("process \(pid) is running (state \(state)); stop it first (kill -STOP \(pid)) or compare the frozen source")
             }

@@ -370,13 +370,13 @@ enum AttachFixtures {
     }
 
     /// The state letter of /proc/PID/stat.
-    static func state(of pid: pid_t) -> Character? { SyscallInjector.processState(pid) }
+    static func state(of pid: pid_t) -> Character? { ProcFS.state(pid: pid) }
 
     /// Waits (polling /proc, bounded) until PID is blocked in a system call whose
     /// number is in `syscalls` per /proc/PID/syscall: the event the sleep/read tests need.
     static func waitUntilBlocked(_ pid: pid_t, in syscalls: Set<Int>) throws {
         for _ in 0..<20_000 {
-            if let text = try? ProcFile.readString("/proc/\(pid)/syscall"),
+            if let text = try? ProcFS.readString("/proc/\(pid)/syscall"),
                 let first = text.split(separator: " ").first, let nr = Int(first), syscalls.contains(nr),
                 state(of: pid) == "S"
             {

@@ -29,7 +29,7 @@ extension AttachProcessTests {
             // While attached: the target holds no uffd, its writable memory is registered.
             #expect(AttachFixtures.userfaultfds(of: child.pid).isEmpty)
             #expect(try !AttachFixtures.uffdWPMappings(of: child.pid).isEmpty)
-            #expect(SyscallInjector.processState(child.pid) != "t")  // not left traced
+            #expect(ProcFS.state(pid: child.pid) != "t")  // not left traced
             try process.detach()
             try process.detach()  // idempotent
             try expectClean(child.pid)
