@@ -109,17 +109,6 @@ public struct CommitInfo: Hashable, Sendable {
     public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
 }
 
-/// What `open` found and did to recover.
-public enum ImageRecovery: Hashable, Sendable {
-    /// Nothing to do: the last commit was fully applied.
-    case clean
-    /// Committed journals after the checkpoint were replayed, the last of
-    /// `round` (the committed round); `ImageStore.replayedJournals` lists them.
-    case reappliedJournal(round: UInt32)
-    /// An uncommitted round's journal was found and discarded.
-    case discardedJournal(round: UInt32)
-}
-
 /// A summary of an image for `memhaul image inspect`.
 public struct ImageInfo: Sendable {
     public var directory: String
@@ -181,6 +170,9 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A step after the commit point failed; the commit is durable but the
     /// store must be reopened (which re-applies the journal).
     case mustReopen(String)
+    /// A receiver committed to the image while an ``ImageReader`` without the
+    /// shared lock (``ImageReader/live``) read it: what was read may mix rounds.
+    case changedWhileReading(directory: String)
 
     public var description: String {
         switch self {
@@ -203,6 +195,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .staleRound(round, committed): "round \(round) is not after the committed round \(committed)"
         case let .closedImage(state): "the image is \(state) and takes no more rounds"
         case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
+        case let .changedWhileReading(dir): "image \(dir) changed while it was read (a receiver committed meanwhile); read it again"
         }
     }
 
