@@ -41,8 +41,9 @@ public final class ImageReader: CommittedImage {
     private let manifest: Manifest
     private let content: CommittedContent
     /// Region files by id; nil: missing (reads as zeros: recovery would create it).
-    private let files: [UInt32: ImageFile?]
-    private let journals: JournalOverlay
+    private var files: [UInt32: ImageFile?]
+    private var journals: JournalOverlay
+    private var closed = false
 
     private init(
         paths: ImagePaths, lock: ImageLock?, live: Bool, manifestBytes: [UInt8], manifest: Manifest,
@@ -96,8 +97,14 @@ public final class ImageReader: CommittedImage {
         }
     }
 
-    /// Releases the shared lock and the descriptors.
-    public func close() { lock?.release() }
+    /// Releases the shared lock and every descriptor (so a read-only mount can
+    /// be unmounted); later reads fail.
+    public func close() {
+        lock?.release()
+        files = [:]
+        journals = JournalOverlay()
+        closed = true
+    }
 
     // MARK: state (of the committed round the reader opened at)
 
@@ -130,6 +137,7 @@ public final class ImageReader: CommittedImage {
     // MARK: reading
 
     private func file(_ id: UInt32) throws(ImageError) -> ImageFile? {
+        if closed { throw .mustReopen("the reader of \(directory) is closed") }
         guard let f = files[id] else { throw .corrupt(file: paths.regionFile(id), reason: "region file not in the manifest") }
         return f
     }
@@ -270,6 +278,9 @@ final class JournalOverlay {
     private let journals: [Journal]
 
     var isEmpty: Bool { journals.isEmpty }
+
+    /// No journals.
+    init() { journals = [] }
     var rounds: [UInt32] { journals.map(\.entry.round) }
 
     init(_ paths: ImagePaths, _ m: Manifest, _ entries: [JournalEntry]) throws(ImageError) {
