@@ -65,11 +65,13 @@ public final class ImageReader: CommittedImage {
     /// Opens the image in `directory` for reading at its committed round. Never
     /// blocks and never writes; errors are those of a damaged image
     /// (`notAnImage`, `corrupt`, `badChecksum`, …), as `ImageStore.open` would
-    /// report them.
-    public static func open(directory: String) throws(ImageError) -> ImageReader {
+    /// report them. With `requireLock`, an image a receiver is writing is
+    /// refused (`locked`) instead of read ``live``.
+    public static func open(directory: String, requireLock: Bool = false) throws(ImageError) -> ImageReader {
         let paths = ImagePaths(directory)
         let lock = try ImageLock.shared(paths)
         let live = lock == nil && access(paths.lock, F_OK) == 0
+        if live && requireLock { throw .locked(directory: paths.directory) }
         var attempts = 0
         while true {
             let bytes = try Manifest.readBytes(paths)

@@ -150,8 +150,8 @@ struct ImageCommand: ParsableCommand {
         func run() throws {
             guard let start = parseNumber(address) else { throw ValidationError("bad address \(address)") }
             guard let count = parseNumber(length) else { throw ValidationError("bad length \(length)") }
-            // Read-only: a shared lock (none if a receiver is writing it), no recovery.
-            let store = try ImageReader.open(directory: directory)
+            // Read-only: a shared lock (refused while a receiver writes it), no recovery.
+            let store = try ImageReader.open(directory: directory, requireLock: true)
             defer { store.close() }
             let sink: FileHandle
             if let output {
@@ -178,8 +178,6 @@ struct ImageCommand: ParsableCommand {
                 }
                 done += UInt64(n)
             }
-            // Without the lock, a commit meanwhile may have mixed rounds into what was read.
-            if store.live { try store.checkUnchanged() }
         }
     }
 
