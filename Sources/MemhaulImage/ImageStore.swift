@@ -44,6 +44,10 @@ public final class ImageStore: @unchecked Sendable {
     public var checkpointThreshold: UInt64?
     /// Duration of the last checkpoint, nanoseconds.
     public private(set) var lastCheckpointNanoseconds: UInt64 = 0
+    /// What the last `commitRound` did (as it returned it), completed once a
+    /// deferred apply is joined (its `applyNanoseconds`) and by a checkpoint
+    /// `finishApply` takes for it (`checkpointNanoseconds`).
+    public private(set) var lastCommit: CommitInfo?
     /// The open round's journal buffer (lent to its ``JournalWriter``).
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
@@ -215,7 +219,10 @@ public final class ImageStore: @unchecked Sendable {
     /// is applied.
     public func finishApply() throws(ImageError) {
         try startPendingApply()
-        if checkpointDue { try checkpoint() }
+        if checkpointDue {
+            try checkpoint()
+            if lastCommit?.round == manifest.committedRound { lastCommit?.checkpointNanoseconds += lastCheckpointNanoseconds }
+        }
     }
 
     /// Starts the deferred apply in the background (after the previous one).
@@ -231,12 +238,14 @@ public final class ImageStore: @unchecked Sendable {
         let applier = self.applier
         let m = manifest
         job.item = DispatchWorkItem { [job] in
+            let t0 = monotonicNanoseconds()
             do throws(ImageError) {
                 job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
             } catch {
                 job.error = error
             }
             applier.dropDescriptors()
+            job.nanoseconds = monotonicNanoseconds() - t0
         }
         running = job
         Self.applyQueue.async(execute: job.item!)
@@ -248,6 +257,7 @@ public final class ImageStore: @unchecked Sendable {
         running = nil
         job.item!.wait()
         dirtyFiles.formUnion(job.touched)
+        if lastCommit?.round == job.round { lastCommit?.applyNanoseconds = job.nanoseconds }  // a deferred apply
         if let error = job.error {
             poisoned = "applying round \(job.round) failed: \(error)"
             throw .mustReopen(poisoned!)
@@ -550,9 +560,12 @@ public final class ImageStore: @unchecked Sendable {
             }
         }
         let t3 = monotonicNanoseconds()
-        return CommitInfo(
+        let info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
-            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs)
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
+            applyDeferred: deferApply)
+        lastCommit = info
+        return info
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so

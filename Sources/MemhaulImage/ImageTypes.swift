@@ -91,7 +91,8 @@ public struct RoundRecord: Hashable, Sendable {
     public var layoutChanged: Bool
 }
 
-/// What `commitRound` did and how long each step took.
+/// What `commitRound` did and how long each step took. The store keeps the
+/// last one (`ImageStore.lastCommit`), completed when a deferred apply ends.
 public struct CommitInfo: Hashable, Sendable {
     public var round: UInt32
     public var record: RoundRecord
@@ -106,6 +107,9 @@ public struct CommitInfo: Hashable, Sendable {
     /// A checkpoint the commit took (fsync of the region files, publish, journals
     /// unlinked), nanoseconds; 0 when none was due or the apply was deferred.
     public var checkpointNanoseconds: UInt64 = 0
+    /// The commit returned at the commit point (`deferApply`): `applyNanoseconds`
+    /// is then known only from `ImageStore.lastCommit`, once the apply is joined.
+    public var applyDeferred: Bool = false
     public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
 }
 

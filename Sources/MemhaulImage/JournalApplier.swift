@@ -241,6 +241,8 @@ final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by Dispat
     var item: DispatchWorkItem?
     var touched: Set<UInt32> = []
     var error: ImageError?
+    /// How long the apply took.
+    var nanoseconds: UInt64 = 0
 
     init(round: UInt32, layoutPass: Bool, punches: [FileRange]) {
         self.round = round

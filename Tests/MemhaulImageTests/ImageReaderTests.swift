@@ -193,6 +193,7 @@ extension ImageReader {
         #expect(try reader.isUnchanged())
         let info = try reader.info()
         #expect(info.committedRound == 2 && info.pendingJournals == [1, 2])
+        #expect(throws: ImageError.locked(directory: dir)) { try ImageReader.open(directory: dir, requireLock: true) }
         #expect(try DirectorySnapshot(dir) == before)
 
         // The writer goes on; the reader sees its snapshot is stale.
@@ -228,6 +229,27 @@ extension ImageReader {
         let writer = try ImageStore.open(directory: dir)
         #expect(writer.state == .complete)
         writer.close()
+    }
+
+    /// The commit's counters are kept, not only returned: `lastCommit` is what
+    /// `commitRound` returned, and a deferred commit says so.
+    @Test func theStoreRecordsWhatTheLastCommitDid() throws {
+        let root = temporaryDirectory("reader")
+        defer { removeTree(root) }
+        let store = try ImageStore.create(directory: root + "/img", migrationID: "counters")
+        #expect(store.lastCommit == nil)
+        try store.beginRound(1, layout: [region(a, pages: 4)])
+        try store.write(a, pageBytes(1, pages: 4))
+        let one = try store.commitRound()
+        #expect(store.lastCommit == one)
+        #expect(one.record.dataPages == 4 && one.directBytes == UInt64(4 * page) && !one.applyDeferred)
+        try store.beginRound(2, layout: [region(a, pages: 4)])
+        try store.write(a, pageBytes(2, pages: 1))
+        let two = try store.commitRound(deferApply: true)
+        #expect(two.applyDeferred && two.record.dataPages == 1 && two.directBytes == 0)
+        try store.checkpoint()  // joins the apply
+        #expect(store.lastCommit?.round == 2 && store.lastCommit?.record == two.record)
+        store.close()
     }
 
     @Test func notAnImage() throws {
