@@ -11,6 +11,14 @@ import MemhaulSystem
 /// through a redo journal so that after a crash at any point the image opens at
 /// its last committed round.
 ///
+/// This is the writer's facade (the receiver's): create/open, rounds, commit,
+/// the deferred apply and checkpoints. The pieces live beside it: names in
+/// ImageNaming, the lock in ImageLock, the layout → files plan in
+/// LayoutPlanner, the round's write-ahead log in JournalWriter (the open
+/// round's state in OpenRound), journal replay in JournalApplier, what open
+/// does after a crash in ImageRecovery, and committed reads and the digest in
+/// ImageReader (which also serves read-only tools without a store).
+///
 /// Thread safety: one writer per image. The store does no locking of its own;
 /// its owner serialises calls (e.g. one receiver session task). Separate images
 /// (separate directories) are fully independent. Across processes,
