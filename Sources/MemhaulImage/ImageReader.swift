@@ -40,14 +40,14 @@ public final class ImageReader: CommittedImage {
     private let manifestBytes: [UInt8]
     private let manifest: Manifest
     private let content: CommittedContent
-    /// Region files by id; nil: missing (reads as zeros: recovery would create it).
-    private var files: [UInt32: ImageFile?]
+    /// Region files opened so far, by id; nil: missing (reads as zeros: recovery would create it).
+    private var files: [UInt32: ImageFile?] = [:]
+    private let fileIDs: Set<UInt32>
     private var journals: JournalOverlay
     private var closed = false
 
     private init(
-        paths: ImagePaths, lock: ImageLock?, live: Bool, manifestBytes: [UInt8], manifest: Manifest,
-        files: [UInt32: ImageFile?], journals: JournalOverlay
+        paths: ImagePaths, lock: ImageLock?, live: Bool, manifestBytes: [UInt8], manifest: Manifest, journals: JournalOverlay
     ) {
         self.directory = paths.directory
         self.paths = paths
@@ -56,7 +56,7 @@ public final class ImageReader: CommittedImage {
         self.manifestBytes = manifestBytes
         self.manifest = manifest
         self.content = CommittedContent(manifest)
-        self.files = files
+        self.fileIDs = Set(manifest.files.map(\.id))
         self.journals = journals
     }
 
@@ -79,17 +79,7 @@ public final class ImageReader: CommittedImage {
             do throws(ImageError) {
                 let entries = try Recovery.committedJournals(paths, m)
                 let journals = try JournalOverlay(paths, m, entries)
-                var files: [UInt32: ImageFile?] = [:]
-                for f in m.files {
-                    do throws(ImageError) {
-                        files[f.id] = try ImageFile(path: paths.regionFile(f.id), flags: O_RDONLY)
-                    } catch {
-                        guard case .io(_, _, .ENOENT) = error, !entries.isEmpty else { throw error }
-                        files[f.id] = .some(nil)
-                    }
-                }
-                return ImageReader(
-                    paths: paths, lock: lock, live: live, manifestBytes: bytes, manifest: m, files: files, journals: journals)
+                return ImageReader(paths: paths, lock: lock, live: live, manifestBytes: bytes, manifest: m, journals: journals)
             } catch {
                 // A live receiver checkpointed (unlinking journals) or dropped files between
                 // the manifest and here: start over from its new manifest (it made progress).
@@ -138,10 +128,25 @@ public final class ImageReader: CommittedImage {
 
     // MARK: reading
 
+    /// A region file, opened on first use (read-only). Missing: zeros while
+    /// journals are pending (reconciling would create it), else `corrupt`; for
+    /// a live reader, `changedWhileReading` if a commit removed it.
     private func file(_ id: UInt32) throws(ImageError) -> ImageFile? {
         if closed { throw .mustReopen("the reader of \(directory) is closed") }
-        guard let f = files[id] else { throw .corrupt(file: paths.regionFile(id), reason: "region file not in the manifest") }
-        return f
+        if let f = files[id] { return f }
+        let path = paths.regionFile(id)
+        guard fileIDs.contains(id) else { throw .corrupt(file: path, reason: "region file not in the manifest") }
+        do {
+            let f = try ImageFile(path: path, flags: O_RDONLY)
+            files[id] = f
+            return f
+        } catch {
+            guard case .io(_, _, .ENOENT) = error else { throw error }
+            if live, try !isUnchanged() { throw .changedWhileReading(directory: directory) }
+            guard !journals.isEmpty else { throw .corrupt(file: path, reason: "region file missing") }
+            files[id] = .some(nil)
+            return nil
+        }
     }
 
     /// Reads committed memory `[address, address + buffer.count)`: the region
