@@ -95,7 +95,8 @@ public struct RoundRecord: Hashable, Sendable {
     public var layoutChanged: Bool
 }
 
-/// What `commitRound` did and how long each step took.
+/// What `commitRound` did and how long each step took. The store keeps the
+/// last one (`ImageStore.lastCommit`), completed when a deferred apply ends.
 public struct CommitInfo: Hashable, Sendable {
     public var round: UInt32
     public var record: RoundRecord
@@ -110,18 +111,10 @@ public struct CommitInfo: Hashable, Sendable {
     /// A checkpoint the commit took (fsync of the region files, publish, journals
     /// unlinked), nanoseconds; 0 when none was due or the apply was deferred.
     public var checkpointNanoseconds: UInt64 = 0
+    /// The commit returned at the commit point (`deferApply`): `applyNanoseconds`
+    /// is then known only from `ImageStore.lastCommit`, once the apply is joined.
+    public var applyDeferred: Bool = false
     public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
-}
-
-/// What `open` found and did to recover.
-public enum ImageRecovery: Hashable, Sendable {
-    /// Nothing to do: the last commit was fully applied.
-    case clean
-    /// Committed journals after the checkpoint were replayed, the last of
-    /// `round` (the committed round); `ImageStore.replayedJournals` lists them.
-    case reappliedJournal(round: UInt32)
-    /// An uncommitted round's journal was found and discarded.
-    case discardedJournal(round: UInt32)
 }
 
 /// A summary of an image for `memhaul image inspect`.
@@ -185,6 +178,9 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A step after the commit point failed; the commit is durable but the
     /// store must be reopened (which re-applies the journal).
     case mustReopen(String)
+    /// A receiver committed to the image while an ``ImageReader`` without the
+    /// shared lock (``ImageReader/live``) read it: what was read may mix rounds.
+    case changedWhileReading(directory: String)
 
     public var description: String {
         switch self {
@@ -207,6 +203,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .staleRound(round, committed): "round \(round) is not after the committed round \(committed)"
         case let .closedImage(state): "the image is \(state) and takes no more rounds"
         case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
+        case let .changedWhileReading(dir): "image \(dir) changed while it was read (a receiver committed meanwhile); read it again"
         }
     }
 
