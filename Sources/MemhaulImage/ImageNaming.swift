@@ -1,3 +1,4 @@
+import MemhaulWire
 /// The names inside an image directory (Protocol/image.md, "Directory"), and
 /// the rules for migration ids and image directories. Nothing here touches the
 /// file system.
@@ -53,12 +54,7 @@ func hex8(_ v: UInt32) -> String {
 extension ImageStore {
     /// Checks a migration id can name a directory: 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
     public static func validate(migrationID id: String) throws(ImageError) {
-        let ok = !id.isEmpty && id.utf8.count <= 128 && id != "." && id != ".."
-            && id.utf8.allSatisfy { c in
-                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x2D
-                    || c == 0x5F
-            }
-        guard ok else { throw .invalidMigrationID(id) }
+        guard MigrationID.isValid(id.utf8) else { throw .invalidMigrationID(id) }
     }
 
     /// The image directory of `migrationID` under the images root.

@@ -41,7 +41,7 @@ public final class ImageStore: @unchecked Sendable {
     /// Set when a step after the commit point failed: the store refuses work until reopened.
     private var poisoned: String?
     /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
-    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: [FileRange])?
+    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: FileRanges)?
     /// Region files changed by applies since the last checkpoint (page cache only, not fsynced).
     private var dirtyFiles: Set<UInt32> = []
     /// Journals the last `open` replayed, ascending.
@@ -136,7 +136,7 @@ public final class ImageStore: @unchecked Sendable {
         }
         _ = try onFile("chmod", dir) { chmod(dir, 0o700) }  // whatever the umask
         let lock = try ImageLock.exclusive(ImagePaths(dir))
-        let now = wallNanoseconds()
+        let now = WallClock.nanoseconds()
         if var owner {
             if owner.recordedAt == 0 { owner.recordedAt = now }
             try writeOwner(owner, migrationID: migrationID, directory: dir)
@@ -246,14 +246,14 @@ public final class ImageStore: @unchecked Sendable {
         let applier = self.applier
         let m = manifest
         job.item = DispatchWorkItem { [job] in
-            let t0 = monotonicNanoseconds()
+            let t0 = MonotonicClock.nanoseconds()
             do throws(ImageError) {
                 job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
             } catch {
                 job.error = error
             }
             applier.dropDescriptors()
-            job.nanoseconds = monotonicNanoseconds() - t0
+            job.nanoseconds = MonotonicClock.nanoseconds() - t0
         }
         running = job
         Self.applyQueue.async(execute: job.item!)
@@ -300,7 +300,7 @@ public final class ImageStore: @unchecked Sendable {
         try applyPending()
         try checkUsable()
         guard !manifest.journals.isEmpty else { return }
-        let t0 = monotonicNanoseconds()
+        let t0 = MonotonicClock.nanoseconds()
         let old = manifest.journals
         var m = manifest
         m.checkpointedRound = m.committedRound
@@ -323,7 +323,7 @@ public final class ImageStore: @unchecked Sendable {
             try? unlinkIfPresent(path)
             if let raw = journal?.fd.release() { Self.reaper.async { _ = Glibc.close(raw) } }
         }
-        lastCheckpointNanoseconds = monotonicNanoseconds() - t0
+        lastCheckpointNanoseconds = MonotonicClock.nanoseconds() - t0
     }
 
     /// Opens round `round` with its layout (regions must be page-aligned and
@@ -390,33 +390,33 @@ public final class ImageStore: @unchecked Sendable {
     }
 
     /// Makes a range of pages read as zeros (a hole in the region file).
-    public func zeroPages(_ range: ImageRange) throws(ImageError) {
+    public func zeroPages(_ range: AddressRange) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
         try forEachPiece(r.segments, range.start, range.end) { _, _, _ in }
         try clear(r, .zero, range)
-        r.zeroPages += range.pageCount
+        r.zeroPages += UInt64(range.pageCount)
     }
 
     /// Discards pages (now unpopulated at the source): they read as zeros and
     /// free their blocks. Parts of the range outside the layout are ignored:
     /// the layout change already dropped them.
-    public func discardPages(_ range: ImageRange) throws(ImageError) {
+    public func discardPages(_ range: AddressRange) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
         try clear(r, .discard, range)
-        r.discardedPages += range.pageCount
+        r.discardedPages += UInt64(range.pageCount)
     }
 
-    private func checkAligned(_ range: ImageRange) throws(ImageError) {
+    private func checkAligned(_ range: AddressRange) throws(ImageError) {
         guard range.start % imagePageSize == 0 else { throw .unaligned(range.start) }
         guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
     }
 
     /// Zero or discard: punched now where no committed byte lives, journaled elsewhere.
-    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
+    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: AddressRange) throws(ImageError) {
         do {
             try forEachCoveredPiece(r.segments, range.start, range.end) { s, a, e throws(ImageError) in
                 try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
@@ -426,7 +426,7 @@ public final class ImageStore: @unchecked Sendable {
                         r.directFiles.insert(s.fileID)
                     } else {
                         try r.journal.append(kind, x, y - x, nil)
-                        r.punches.append(FileRange(fileID: s.fileID, offset: x - base(s, r), length: y - x))
+                        r.punches.add(s.fileID, AddressRange(start: x - base(s, r), end: y - base(s, r)))
                     }
                 }
             }
@@ -501,7 +501,7 @@ public final class ImageStore: @unchecked Sendable {
         try startPendingApply()  // the previous round's apply may still run: only its result is needed, after the commit point
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
-        let t0 = monotonicNanoseconds()
+        let t0 = MonotonicClock.nanoseconds()
         var m = manifest
         do {
             try r.journal.seal()
@@ -514,8 +514,8 @@ public final class ImageStore: @unchecked Sendable {
             abortRound()
             throw error
         }
-        let t1 = monotonicNanoseconds()
-        let now = wallNanoseconds()
+        let t1 = MonotonicClock.nanoseconds()
+        let now = WallClock.nanoseconds()
         let journalBytes = r.journal.written, journalRecords = r.journal.records
         let record = RoundRecord(
             round: r.round, dataPages: r.dataPages, dataBytes: r.dataBytes, zeroPages: r.zeroPages,
@@ -551,7 +551,7 @@ public final class ImageStore: @unchecked Sendable {
         // Committed.
         open = nil
         r.journal.close()
-        let t2 = monotonicNanoseconds()
+        let t2 = MonotonicClock.nanoseconds()
 #if DEBUG
         if hooks.stopAfterPublish {
             poisoned = "stopped after the commit point (test)"
@@ -567,7 +567,7 @@ public final class ImageStore: @unchecked Sendable {
                 checkpointNs = lastCheckpointNanoseconds
             }
         }
-        let t3 = monotonicNanoseconds()
+        let t3 = MonotonicClock.nanoseconds()
         let info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
             publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
@@ -579,9 +579,9 @@ public final class ImageStore: @unchecked Sendable {
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
     /// applying it after the commit point cannot fail with ENOSPC.
     private func reserveBlocks(_ r: OpenRound) throws(ImageError) {
-        for res in r.reservations {
-            let f = try file(res.fileID, create: true)
-            if try !f.reserve(at: res.offset, length: res.length) { return }
+        for (id, ranges) in r.reservations.byFile.sorted(by: { $0.key < $1.key }) {
+            let f = try file(id, create: true)
+            for res in ranges where try !f.reserve(at: res.start, length: res.byteCount) { return }
         }
     }
 
@@ -615,7 +615,7 @@ public final class ImageStore: @unchecked Sendable {
         var m = manifest
         m.state = .failed
         m.failureReason = reason
-        m.updatedAt = wallNanoseconds()
+        m.updatedAt = WallClock.nanoseconds()
         try publish(m)
     }
 

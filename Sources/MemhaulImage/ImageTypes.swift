@@ -1,3 +1,4 @@
+import MemhaulWire
 import MemhaulDigest
 import MemhaulSystem
 
@@ -43,20 +44,6 @@ public struct ImageRegion: Hashable, Sendable {
     public var pageCount: UInt64 { (end - start) / imagePageSize }
 }
 
-/// A page-aligned, half-open address range `[start, end)` (MemhaulKernel's
-/// `AddressRange` has the same shape; this layer may not import it).
-public struct ImageRange: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var start: UInt64
-    public var end: UInt64
-    public init(start: UInt64, end: UInt64) {
-        self.start = start
-        self.end = end
-    }
-    public var byteCount: UInt64 { end - start }
-    public var pageCount: UInt64 { (end - start) / imagePageSize }
-    public static func < (a: ImageRange, b: ImageRange) -> Bool { (a.start, a.end) < (b.start, b.end) }
-    public var description: String { "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))" }
-}
 
 /// Where a migration's image stands.
 public enum ImageState: UInt8, Sendable, CustomStringConvertible {
@@ -194,7 +181,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .unsupportedVersion(file, major, minor):
             "\(file): format version \(major).\(minor) is newer than this memhaul reads (\(ImageFormat.major).x)"
         case let .corrupt(file, reason): "\(file): corrupt: \(reason)"
-        case let .invalidMigrationID(id): "invalid migration id \"\(id)\" (use 1-128 of [A-Za-z0-9._-], not . or ..)"
+        case let .invalidMigrationID(id): "invalid migration id \"\(id)\" (use \(MigrationID.rule))"
         case let .invalidLayout(reason): "invalid layout: \(reason)"
         case let .outsideLayout(addr): "address 0x\(String(addr, radix: 16)) is outside the round's layout"
         case let .unaligned(addr): "0x\(String(addr, radix: 16)) is not page-aligned"

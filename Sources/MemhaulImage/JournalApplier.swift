@@ -237,14 +237,14 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
 final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by DispatchWorkItem.wait (happens-before)
     let round: UInt32
     let layoutPass: Bool
-    let punches: [FileRange]
+    let punches: FileRanges
     var item: DispatchWorkItem?
     var touched: Set<UInt32> = []
     var error: ImageError?
     /// How long the apply took.
     var nanoseconds: UInt64 = 0
 
-    init(round: UInt32, layoutPass: Bool, punches: [FileRange]) {
+    init(round: UInt32, layoutPass: Bool, punches: FileRanges) {
         self.round = round
         self.layoutPass = layoutPass
         self.punches = punches
@@ -254,18 +254,6 @@ final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by Dispat
     /// pass truncates files the round grows, or a punch overlaps a reservation.
     func conflicts(with r: OpenRound) -> Bool {
         if layoutPass && !r.grown.isEmpty { return true }
-        guard !punches.isEmpty, !r.reservations.isEmpty else { return false }
-        let a = punches.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
-        let b = r.reservations.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
-        var i = 0, j = 0
-        while i < a.count && j < b.count {
-            if a[i].fileID != b[j].fileID {
-                if a[i].fileID < b[j].fileID { i += 1 } else { j += 1 }
-                continue
-            }
-            if a[i].offset < b[j].offset + b[j].length && b[j].offset < a[i].offset + a[i].length { return true }
-            if a[i].offset + a[i].length <= b[j].offset + b[j].length { i += 1 } else { j += 1 }
-        }
-        return false
+        return punches.overlaps(r.reservations)
     }
 }

@@ -1,3 +1,4 @@
+import MemhaulSystem
 /// Where a round's layout lives in the region files (Protocol/image.md,
 /// "Region files and segments"). Pure: no file is touched, so every case of
 /// growth, split, merge and removal is unit-testable on values alone.
@@ -9,10 +10,10 @@ struct LayoutPlan: Equatable {
     /// The next unused file id (ids are never reused).
     var nextFileID: UInt32
     /// Added ranges in new files (written in place, not journaled).
-    var fresh: [ImageRange]
+    var fresh: [AddressRange]
     /// Added ranges in files that exist (journaled: an earlier apply of that file may
     /// not be durable yet, so in-place writes would need its fsync).
-    var grown: [ImageRange]
+    var grown: [AddressRange]
 }
 
 enum LayoutPlanner {
@@ -72,8 +73,8 @@ enum LayoutPlanner {
         for (id, size) in sizes { endsAt[oldFiles[id]!.base + size] = id }
         var bases: [UInt32: UInt64] = oldFiles.mapValues(\.base)
         var nextID = nextFileID
-        var fresh: [ImageRange] = []
-        var grown: [ImageRange] = []
+        var fresh: [AddressRange] = []
+        var grown: [AddressRange] = []
         for (s, e) in added {
             let id: UInt32
             if let extend = endsAt.removeValue(forKey: s) {
@@ -86,7 +87,7 @@ enum LayoutPlanner {
             sizes[id] = e - bases[id]!
             endsAt[e] = id
             pieces.append(Segment(start: s, end: e, fileID: id))
-            if id < nextFileID { grown.append(ImageRange(start: s, end: e)) } else { fresh.append(ImageRange(start: s, end: e)) }
+            if id < nextFileID { grown.append(AddressRange(start: s, end: e)) } else { fresh.append(AddressRange(start: s, end: e)) }
         }
         pieces.sort { $0.start < $1.start }
         var segments: [Segment] = []

@@ -1,3 +1,4 @@
+import MemhaulSystem
 /// The state of the open round: its layout plan, its journal, what it wrote
 /// in place (and the writeback of those writes), its counters, and the file
 /// ranges it reserves and punches.
@@ -9,9 +10,9 @@ final class OpenRound {
     let fileBases: [UInt32: UInt64]
     let nextFileID: UInt32
     /// Address ranges not in the committed layout, in new files: written in place, not journaled.
-    let fresh: [ImageRange]
+    let fresh: [AddressRange]
     /// Address ranges not in the committed layout, in files that exist: journaled.
-    let grown: [ImageRange]
+    let grown: [AddressRange]
     let layoutChanged: Bool
     let journal: JournalWriter
     var directFiles: Set<UInt32> = []
@@ -44,10 +45,10 @@ final class OpenRound {
     var dataBytes: UInt64 = 0
     var zeroPages: UInt64 = 0
     var discardedPages: UInt64 = 0
-    /// File ranges the round writes, coalesced, reserved before the commit.
-    var reservations: [(fileID: UInt32, offset: UInt64, length: UInt64)] = []
-    /// File ranges the round's journal punches (zero, discard) when applied.
-    var punches: [FileRange] = []
+    /// Byte ranges of each region file the round writes, reserved before the commit.
+    var reservations = FileRanges()
+    /// Byte ranges of each region file the round's journal punches (zero, discard) when applied.
+    var punches = FileRanges()
 
     init(round: UInt32, regions: [ImageRegion], plan: LayoutPlan, layoutChanged: Bool, journal: JournalWriter) {
         self.fresh = plan.fresh
@@ -63,17 +64,25 @@ final class OpenRound {
     }
 
     func addReservation(_ fileID: UInt32, _ offset: UInt64, _ length: UInt64) {
-        if let last = reservations.last, last.fileID == fileID, last.offset + last.length == offset {
-            reservations[reservations.count - 1].length += length
-        } else {
-            reservations.append((fileID, offset, length))
-        }
+        reservations.add(fileID, AddressRange(start: offset, end: offset + length))
     }
 }
 
-/// A range of a region file.
-struct FileRange: Hashable {
-    var fileID: UInt32
-    var offset: UInt64
-    var length: UInt64
+/// Byte ranges (file offsets) per region file id.
+struct FileRanges {
+    private(set) var byFile: [UInt32: [AddressRange]] = [:]
+    var isEmpty: Bool { byFile.isEmpty }
+
+    /// Ranges arrive in write order; touching ones merge.
+    mutating func add(_ fileID: UInt32, _ range: AddressRange) {
+        byFile[fileID, default: []].appendCoalescing(range)
+    }
+
+    /// Whether any byte of any file is in both.
+    func overlaps(_ other: FileRanges) -> Bool {
+        byFile.contains { id, mine in
+            guard let theirs = other.byFile[id] else { return false }
+            return !mine.coalesced().intersecting(theirs.coalesced()).isEmpty
+        }
+    }
 }

@@ -290,13 +290,13 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
                 for run in list.runs {
-                    try store.zeroPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.zeroPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.zeroPages += UInt64(run.pageCount)
                 }
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 for run in list.runs {
-                    try store.discardPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.discardPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.discardedPages += UInt64(run.pageCount)
                 }
             case .roundEnd(let end):

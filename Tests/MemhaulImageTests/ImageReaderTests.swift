@@ -1,3 +1,4 @@
+import MemhaulSystem
 import Foundation
 import Glibc
 import MemhaulDigest
@@ -108,16 +109,16 @@ extension ImageReader {
         try round(4, a16) { try write(a + 12 * 4096, 4, 2) }
         try round(5, a16 + [region(b, pages: 4)]) {
             try write(b, 5, 4)
-            try store.zeroPages(ImageRange(start: a, end: a + 4096))
-            model.clear(ImageRange(start: a, end: a + 4096))
+            try store.zeroPages(AddressRange(start: a, end: a + 4096))
+            model.clear(AddressRange(start: a, end: a + 4096))
         }
         try round(6, a16 + [region(b, pages: 4)]) { try write(b, 6, 1) }
         try round(7, a16) {}
         try round(8, a16 + [region(b, pages: 4)]) { try write(b + 4096, 8, 1) }
         try round(9, a16) {
             try write(a + 3 * 4096, 9, 2)
-            try store.discardPages(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
-            model.clear(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            try store.discardPages(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            model.clear(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
         }
         try round(10, a16 + [region(b, pages: 4)]) {}
     }

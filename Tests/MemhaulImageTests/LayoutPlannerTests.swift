@@ -1,3 +1,4 @@
+import MemhaulSystem
 import Testing
 @testable import MemhaulImage
 
@@ -15,7 +16,7 @@ import Testing
         let x = try plan([region(b, pages: 2), region(a, pages: 4)])
         #expect(x.files == [FileEntry(id: 0, base: a, size: 4 * p), FileEntry(id: 1, base: b, size: 2 * p)])
         #expect(x.segments == [Segment(start: a, end: a + 4 * p, fileID: 0), Segment(start: b, end: b + 2 * p, fileID: 1)])
-        #expect(x.fresh == [ImageRange(start: a, end: a + 4 * p), ImageRange(start: b, end: b + 2 * p)])
+        #expect(x.fresh == [AddressRange(start: a, end: a + 4 * p), AddressRange(start: b, end: b + 2 * p)])
         #expect(x.grown.isEmpty)
         #expect(x.nextFileID == 2)
     }
@@ -26,7 +27,7 @@ import Testing
             next: 1)
         #expect(x.files == [FileEntry(id: 0, base: a, size: 16 * p)])
         #expect(x.segments == [Segment(start: a, end: a + 16 * p, fileID: 0)])
-        #expect(x.grown == [ImageRange(start: a + 8 * p, end: a + 16 * p)])
+        #expect(x.grown == [AddressRange(start: a + 8 * p, end: a + 16 * p)])
         #expect(x.fresh.isEmpty)
         #expect(x.nextFileID == 1)
     }
@@ -48,7 +49,7 @@ import Testing
             [region(b, pages: 4)], [Segment(start: a, end: a + 8 * p, fileID: 3)], [FileEntry(id: 3, base: a, size: 8 * p)],
             next: 4)
         #expect(x.files == [FileEntry(id: 4, base: b, size: 4 * p)])
-        #expect(x.fresh == [ImageRange(start: b, end: b + 4 * p)])
+        #expect(x.fresh == [AddressRange(start: b, end: b + 4 * p)])
         #expect(x.nextFileID == 5)
     }
 
