@@ -45,7 +45,7 @@ let package = Package(
         ),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
-        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulSystem", "CZstd"]),
+        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem", "CZstd"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
@@ -63,7 +63,7 @@ let package = Package(
         .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulBench"]),
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulBench", "MemhaulWire", "MemhaulSystem"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulCompression", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),

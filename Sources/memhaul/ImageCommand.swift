@@ -1,3 +1,4 @@
+import MemhaulBench
 import ArgumentParser
 import Foundation
 import MemhaulDigest

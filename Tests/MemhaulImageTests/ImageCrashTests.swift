@@ -1,3 +1,4 @@
+import MemhaulBench
 import Foundation
 import Glibc
 import MemhaulSystem

@@ -1,3 +1,4 @@
+import MemhaulImage
 import MemhaulSystem
 /// A deterministic round generator for crash tests (`memhaul image torture`)
 /// and their checker: the same seed always yields the same layouts, writes,
