@@ -23,7 +23,7 @@ enum SystemdNotify {
     @discardableResult
     static func send(_ state: String, environment: [String: String] = ProcessInfo.processInfo.environment) -> Bool {
         guard let target = environment["NOTIFY_SOCKET"], !target.isEmpty else { return false }
-        guard var (addr, length) = address(target) else {
+        guard let (peer, length) = address(target) else {
             Log.line("sd_notify: unsupported NOTIFY_SOCKET \(target) (need an absolute path or @abstract name)")
             return false
         }
@@ -34,6 +34,7 @@ enum SystemdNotify {
         }
         defer { close(fd) }
         let bytes = Array(state.utf8)
+        var addr = peer
         let sent = withUnsafePointer(to: &addr) { a in
             a.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
                 bytes.withUnsafeBytes { sendto(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL), sa, length) }
