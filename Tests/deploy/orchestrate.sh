@@ -74,6 +74,7 @@ payloads=(
   "0x10"
   "a[1]"
   "1\$(touch $pwned)"
+  $'1\ntouch '"$pwned"
   ""
 )
 for opt in --timeout --interval --downtime-limit --max-bandwidth --max-rounds --max-time --resume-timeout --pid; do
