@@ -17,7 +17,7 @@ struct ReceiveCommand: ParsableCommand {
     @Option(help: "Directory holding one image directory per migration (created 0700).")
     var images: String
     @Option(help: "Control socket (Unix, mode 0600).")
-    var control: String = "/run/memhaul/receiver.sock"
+    var control: String = AgentDefaults.receiverControl
     @Option(help: "Seconds from accept to a complete HELLO (TLS handshake included); slower peers are cut.")
     var handshakeTimeout: Double = 10
     @Option(help: "Seconds within which the next frame must have arrived whole while the receiver waits for one; slower peers are cut.")
@@ -65,6 +65,7 @@ struct ReceiveCommand: ParsableCommand {
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
         Console.announce("listening \(listener.localDescription)")
         AgentSignals.stopOnTerminate { agent.close(); server.close() }
+        SystemdNotify.ready(status: "listening on \(listener.localDescription), control \(control)")
         agent.serve()
     }
 }
@@ -76,7 +77,7 @@ struct SenderCommand: ParsableCommand {
         abstract: "Run the sender agent: start and follow migrations on request (see `memhaul ctl`).")
 
     @Option(help: "Control socket (Unix, mode 0600).")
-    var control: String = "/run/memhaul/sender.sock"
+    var control: String = AgentDefaults.senderControl
     @OptionGroup var transport: TransportOptions
 
     func run() throws {
@@ -89,8 +90,17 @@ struct SenderCommand: ParsableCommand {
         Console.announce("ready \(control)")
         let done = DispatchSemaphore(value: 0)
         AgentSignals.stopOnTerminate { server.close(); done.signal() }
+        SystemdNotify.ready(status: "control socket \(control)")
         done.wait()
     }
+}
+
+/// Default control sockets, one place: each agent has its own runtime
+/// directory (systemd removes a unit's RuntimeDirectory= when that unit stops,
+/// so a shared one would take the other agent's socket with it).
+enum AgentDefaults {
+    static let senderControl = "/run/memhaul-sender/sender.sock"
+    static let receiverControl = "/run/memhaul-receiver/receiver.sock"
 }
 
 /// SIGTERM/SIGINT end an agent cleanly (socket file removed).
@@ -103,6 +113,7 @@ enum AgentSignals {
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
             source.setEventHandler {
                 Log.line("stopping on signal \(sig)")
+                SystemdNotify.stopping()
                 stop()
                 exit(0)
             }
