@@ -30,7 +30,7 @@ let package = Package(
         .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
-        .target(name: "MemhaulImage", dependencies: ["MemhaulDigest", "MemhaulSystem", "CXXHash"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),  // Wire: the one migration-id rule
         // What both sides of a connection share: framing over a stream, the error type and what a lost connection is.
         .target(name: "MemhaulSession", dependencies: ["MemhaulTLS", "MemhaulWire", "MemhaulSystem"]),
         // Sender side: attach, rounds, convergence, freeze, proof. Needs the kernel layer (ptrace, PAGEMAP_SCAN).
@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "MemhaulCRIU", dependencies: ["MemhaulSystem", "MemhaulTLS"]),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
-        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulSystem", "CZstd"]),
+        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem", "CZstd"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
@@ -65,7 +65,7 @@ let package = Package(
         .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulBench"]),
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulBench", "MemhaulWire", "MemhaulSystem"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulCompression", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulCRIU", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),

@@ -30,6 +30,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var error: String?
         /// The sender's verified certificate (nil with `--insecure`).
         public var sender: ImageOwner?
+        /// What the image store's last commit did (pages, journal bytes, step
+        /// times); with a deferred apply, `ImageStore.lastCommit` completes it.
+        public var lastCommit: CommitInfo?
     }
 
     /// Calls from the agent, so two connections cannot write one image.
@@ -287,13 +290,13 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
                 for run in list.runs {
-                    try store.zeroPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.zeroPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.zeroPages += UInt64(run.pageCount)
                 }
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 for run in list.runs {
-                    try store.discardPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.discardPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.discardedPages += UInt64(run.pageCount)
                 }
             case .roundEnd(let end):
@@ -313,16 +316,16 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
-                    _ = try store.commitRound(final: true, digest: digest)
+                    let commit = try store.commitRound(final: true, digest: digest)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
-                    setInfo { $0.state = "complete"; $0.committedRound = store.committedRound }
+                    setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
                 } else {
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
-                    _ = try store.commitRound(final: false, deferApply: true)
+                    let commit = try store.commitRound(final: false, deferApply: true)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
-                    setInfo { $0.committedRound = store.committedRound }
+                    setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
                 }
                 openRound = nil

@@ -89,3 +89,18 @@ public enum SmallFile {
     }
 }
 
+
+/// A directory's entries.
+public enum Directory {
+    /// Entry names (without `.` and `..`); `opendir`/`readdir`.
+    public static func entries(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir(\(path))", .current) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}

@@ -1,3 +1,4 @@
+import MemhaulBench
 import ArgumentParser
 import Foundation
 import MemhaulDigest
@@ -26,31 +27,28 @@ struct ImageCommand: ParsableCommand {
         var verifyDigest = false
 
         func run() throws {
-            var info: ImageInfo
+            // Read-only: a shared lock (none if a receiver is writing it), no recovery.
+            let reader = try ImageReader.open(directory: directory)
+            defer { reader.close() }
+            let info = try reader.info()
             var recomputed: MemoryDigest?
-            var live = false
-            do {
-                let store = try ImageStore.open(directory: directory)
-                defer { store.close() }
-                info = try store.info()
-                if verifyDigest { recomputed = try store.computeDigest() }
-            } catch ImageError.locked {
-                // A receiver is writing it: show the committed manifest, read-only.
-                if verifyDigest { throw ImageError.locked(directory: directory) }
-                info = try ImageStore.peek(directory: directory)
-                live = true
+            if verifyDigest {
+                recomputed = try reader.computeDigest()
+                if reader.live { try reader.checkUnchanged() }
             }
+            let live = reader.live
+            let recovery = readerRecoveryText(reader)
             if json {
-                print(try jsonText(info, recomputed, live: live))
+                print(try jsonText(info, recomputed, live: live, recovery: recovery))
             } else {
-                print(humanText(info, recomputed, live: live), terminator: "")
+                print(humanText(info, recomputed, live: live, recovery: recovery), terminator: "")
             }
             if let recomputed, let stored = info.finalDigest, recomputed != stored {
                 throw ValidationError("digest mismatch: stored \(stored), recomputed \(recomputed)")
             }
         }
 
-        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) throws -> String {
+        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool, recovery: String) throws -> String {
             var object: [String: Any] = [
                 "directory": info.directory,
                 "migration": info.migrationID,
@@ -70,7 +68,7 @@ struct ImageCommand: ParsableCommand {
                 "logicalBytes": info.logicalBytes,
                 "createdAt": isoTime(info.createdAt),
                 "updatedAt": isoTime(info.updatedAt),
-                "recovery": live ? "not attempted (locked by a receiver)" : recoveryText(info.recovery),
+                "recovery": recovery,
                 "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
@@ -95,7 +93,7 @@ struct ImageCommand: ParsableCommand {
             return String(decoding: data, as: UTF8.self)
         }
 
-        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) -> String {
+        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool, recovery: String) -> String {
             var out = ""
             func line(_ key: String, _ value: String) { out += key.padding(toLength: 11, withPad: " ", startingAt: 0) + value + "\n" }
             line("image", info.directory)
@@ -121,7 +119,7 @@ struct ImageCommand: ParsableCommand {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
                 line("recomputed", recomputed.hex + verdict)
             }
-            line("recovery", live ? "not attempted (locked)" : recoveryText(info.recovery))
+            line("recovery", recovery)
             if !info.rounds.isEmpty {
                 out += "rounds:\n   round  data pages   zero  discard     journal  committed\n"
                 for h in info.rounds {
@@ -153,7 +151,8 @@ struct ImageCommand: ParsableCommand {
         func run() throws {
             guard let start = parseNumber(address) else { throw ValidationError("bad address \(address)") }
             guard let count = parseNumber(length) else { throw ValidationError("bad length \(length)") }
-            let store = try ImageStore.open(directory: directory)
+            // Read-only: a shared lock (refused while a receiver writes it), no recovery.
+            let store = try ImageReader.open(directory: directory, requireLock: true)
             defer { store.close() }
             let sink: FileHandle
             if let output {
@@ -378,12 +377,12 @@ private func isoTime(_ ns: UInt64) -> String {
     return f.string(from: date)
 }
 
-private func recoveryText(_ r: ImageRecovery) -> String {
-    switch r {
-    case .clean: "clean"
-    case let .reappliedJournal(round): "replayed the committed journals up to round \(round)"
-    case let .discardedJournal(round): "discarded the journal of uncommitted round \(round)"
-    }
+/// A reader recovers nothing: it says whether it read committed journals through.
+private func readerRecoveryText(_ reader: ImageReader) -> String {
+    if reader.live { return "not attempted (locked by a receiver)" }
+    let rounds = reader.journalsReadThrough
+    if rounds.isEmpty { return "clean" }
+    return "not attempted (read-only): committed journals of rounds \(rounds.map(String.init).joined(separator: ", ")) read through; a receiver replays them on open"
 }
 
 /// `hexdump -C` style lines.

@@ -1,3 +1,4 @@
+import MemhaulBench
 import Foundation
 import Glibc
 import MemhaulSystem
@@ -88,8 +89,19 @@ import Testing
                 outcomes["before create", default: 0] += 1
                 continue
             }
+            // Before recovery, a reader opens at the same committed round, reads it
+            // through the journals left pending, and changes nothing.
+            let untouched = try DirectorySnapshot(dir)
+            let reader = try ImageReader.open(directory: dir)
+            let readerRound = reader.committedRound ?? 0
+            let readerModel = expectedModel(seed: seed, round: readerRound)
+            #expect(readerRound == 0 ? reader.layout.isEmpty : try reader.matches(readerModel), "iteration \(iteration) reader")
+            if !reader.journalsReadThrough.isEmpty { outcomes["reader read journals through", default: 0] += 1 }
+            reader.close()
+            #expect(try DirectorySnapshot(dir) == untouched)
             let store = try ImageStore.open(directory: dir)
             let committed = store.committedRound ?? 0
+            #expect(committed == readerRound)
             #expect(committed >= printed && committed <= printed + 1, "iteration \(iteration): printed \(printed), opened at \(committed)")
             let model = expectedModel(seed: seed, round: committed)
             #expect(committed == 0 ? store.layout.isEmpty : try store.matches(model), "iteration \(iteration) round \(committed)")

@@ -49,16 +49,16 @@ import Testing
         try round(4, a16) { try write(a + 12 * 4096, 4, 2) }  // regrown in the same file: journaled, rest zeros
         try round(5, a16 + [region(b, pages: 4)]) {
             try write(b, 5, 4)  // new file: in place
-            try store.zeroPages(ImageRange(start: a, end: a + 4096))
-            model.clear(ImageRange(start: a, end: a + 4096))
+            try store.zeroPages(AddressRange(start: a, end: a + 4096))
+            model.clear(AddressRange(start: a, end: a + 4096))
         }
         try round(6, a16 + [region(b, pages: 4)]) { try write(b, 6, 1) }  // journaled into b's file
         try round(7, a16) {}  // b leaves
         try round(8, a16 + [region(b, pages: 4)]) { try write(b + 4096, 8, 1) }  // b back, in a new file
         try round(9, a16) {
             try write(a + 3 * 4096, 9, 2)
-            try store.discardPages(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
-            model.clear(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            try store.discardPages(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            model.clear(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
         }
         try round(10, a16 + [region(b, pages: 4)]) {}
     }

@@ -1,3 +1,4 @@
+import MemhaulSystem
 import CXXHash
 import Foundation
 import Glibc
@@ -27,7 +28,7 @@ struct MemoryModel {
     mutating func write(_ address: UInt64, _ bytes: [UInt8]) {
         for i in stride(from: 0, to: bytes.count, by: page) { pages[address + UInt64(i)] = Array(bytes[i..<i + page]) }
     }
-    mutating func clear(_ range: ImageRange) {
+    mutating func clear(_ range: AddressRange) {
         var a = range.start
         while a < range.end {
             pages[a] = nil

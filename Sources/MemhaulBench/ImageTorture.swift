@@ -1,3 +1,5 @@
+import MemhaulImage
+import MemhaulSystem
 /// A deterministic round generator for crash tests (`memhaul image torture`)
 /// and their checker: the same seed always yields the same layouts, writes,
 /// zeros and discards, so a checker can replay the model to any round and
@@ -6,8 +8,8 @@ public struct ImageTorture: Sendable {
     /// One operation of a round.
     public enum Operation: Hashable, Sendable {
         case write(address: UInt64, pages: Int)
-        case zero(ImageRange)
-        case discard(ImageRange)
+        case zero(AddressRange)
+        case discard(AddressRange)
     }
 
     public struct Round: Sendable {
@@ -93,7 +95,7 @@ public struct ImageTorture: Sendable {
             let count = 1 + random(min(64, len - first))
             let address = Self.base + (UInt64(slot) * Self.slotPages + first) * imagePageSize
             let kind = random(10)
-            let range = ImageRange(start: address, end: address + count * imagePageSize)
+            let range = AddressRange(start: address, end: address + count * imagePageSize)
             if kind < 7 {
                 ops.append(.write(address: address, pages: Int(count)))
                 for p in 0..<count { pages[address + p * imagePageSize] = pattern(round: round, address: address + p * imagePageSize) }
