@@ -25,7 +25,7 @@ public enum CRIUExport {
 
     /// The `pagemap-PID.img` files of a dump directory (not the shmem ones).
     public static func pagemapFiles(in directory: String) throws -> [String] {
-        try ProcFS.listDirectory(directory)
+        try Directory.entries(directory)
             .filter { $0.hasPrefix("pagemap-") && $0.hasSuffix(".img") && !$0.hasPrefix("pagemap-shmem-") }
             .sorted()
             .map { "\(directory)/\($0)" }
