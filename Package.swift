@@ -43,6 +43,8 @@ let package = Package(
             name: "MemhaulReceiver",
             dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
         ),
+        // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
+        .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
         .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem", "CZstd"]),
@@ -50,7 +52,7 @@ let package = Package(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulSystem",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -65,6 +67,7 @@ let package = Package(
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulBench", "MemhaulWire", "MemhaulSystem"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulCompression", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulCRIU", "MemhaulImage", "MemhaulDigest", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
     ]

@@ -55,6 +55,11 @@ public final class FileDescriptor: @unchecked Sendable {
         }
     }
 
+    /// `fsync(2)`.
+    public func fsync() throws(SystemError) {
+        _ = try Syscall.run("fsync") { Glibc.fsync(rawValue) }
+    }
+
     /// `read(2)` once; 0 means end of file.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
         try Syscall.run("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }

@@ -9,7 +9,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self, Bench.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Export.self, ServeCRIU.self, Torture.self, Bench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
