@@ -71,8 +71,9 @@ public final class ControlServer: @unchecked Sendable {  // immutable after init
         }
     }
 
+    /// A client gone before its answer is EPIPE here (MSG_NOSIGNAL), not SIGPIPE.
     private func send(_ fd: FileDescriptor, _ data: Data) {
-        data.withUnsafeBytes { try? fd.writeAll($0) }
+        try? UnixSocket.sendAll(fd.rawValue, data)
     }
 
     /// Stops accepting and removes the socket file.
@@ -95,8 +96,7 @@ public final class ControlClient {
 
     /// Sends one request and returns the decoded response object.
     public func call(_ op: String, _ args: [String: Any] = [:]) throws -> [String: Any] {
-        let line = ControlRequest(op: op, args: args).encode()
-        try line.withUnsafeBytes { try fd.writeAll($0) }
+        try UnixSocket.sendAll(fd.rawValue, ControlRequest(op: op, args: args).encode())
         guard case .line(let bytes) = reader.next(),
               let obj = try JSONSerialization.jsonObject(with: Data(bytes)) as? [String: Any] else {
             throw ControlError(.internal, "agent closed the control connection without an answer")
@@ -106,7 +106,7 @@ public final class ControlClient {
 
     /// Sends raw bytes (tests of malformed input) and reads one response line.
     public func callRaw(_ bytes: Data) throws -> [String: Any]? {
-        try bytes.withUnsafeBytes { try fd.writeAll($0) }
+        try UnixSocket.sendAll(fd.rawValue, bytes)
         guard case .line(let line) = reader.next() else { return nil }
         return try JSONSerialization.jsonObject(with: Data(line)) as? [String: Any]
     }

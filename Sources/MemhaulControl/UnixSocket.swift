@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import MemhaulSystem
 
 /// Unix stream sockets for the control interface.
@@ -53,6 +54,17 @@ enum UnixSocket {
             withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd.rawValue, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
         }
         return fd
+    }
+
+    /// `send(2)` with MSG_NOSIGNAL until every byte is out: a peer that has
+    /// hung up is EPIPE, never SIGPIPE (which would end the agent).
+    static func sendAll(_ fd: Int32, _ data: Data) throws {
+        try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
+            var done = 0
+            while done < buffer.count {
+                done += try Syscall.run("send") { Glibc.send(fd, buffer.baseAddress! + done, buffer.count - done, Int32(MSG_NOSIGNAL)) }
+            }
+        }
     }
 
     static func setTimeout(_ fd: Int32, seconds: Int) {
