@@ -85,9 +85,11 @@ struct LineReader {
         self.limit = limit
     }
 
-    enum Line { case line([UInt8]), tooLong, eof }
+    enum Line { case line([UInt8]), tooLong, eof, timedOut }
 
-    mutating func next() -> Line {
+    /// The next line; with a `deadline`, `.timedOut` if it is not complete by
+    /// then, however the bytes trickle in.
+    mutating func next(deadline: ContinuousClock.Instant? = nil) -> Line {
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
             if let nl = buffer.firstIndex(of: 0x0A) {
@@ -97,6 +99,15 @@ struct LineReader {
                 return .line(line)
             }
             if buffer.count > limit { return .tooLong }
+            if let deadline {
+                let remaining = ContinuousClock.now.duration(to: deadline)
+                if remaining <= .zero { return .timedOut }
+                let ms = min(remaining.components.seconds, 3600) * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&p, 1, Int32(ms))
+                if ready < 0 && errno == EINTR { continue }
+                if ready == 0 { return .timedOut }
+            }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return buffer.isEmpty ? .eof : .line(buffer.splice()) }

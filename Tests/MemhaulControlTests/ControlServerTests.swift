@@ -83,4 +83,33 @@ import Testing
         defer { server.close() }
         #expect(throws: ControlError.self) { _ = try echoServer(path) }
     }
+
+    /// A client that connects and sends nothing, or only part of a line, is
+    /// closed at the request deadline instead of holding its slot for ever.
+    @Test func idleAndTricklingClientsAreClosedAtTheDeadline() throws {
+        let path = tempSocketPath()
+        let server = try ControlServer(path: path, requestTimeoutSeconds: 0.2) { (_: ControlRequest) throws(ControlError) -> [String: Any] in [:] }
+        defer { server.close() }
+        for partial in ["", "{\"op\":"] {
+            let fd = try UnixSocket.connect(path: path)
+            UnixSocket.setTimeout(fd.rawValue, seconds: 30)  // the test's guard, far beyond the deadline
+            if !partial.isEmpty { try UnixSocket.sendAll(fd.rawValue, Data(partial.utf8)) }
+            var reader = LineReader(fd: fd.rawValue, limit: 1 << 20)
+            guard case .eof = reader.next() else { Issue.record("connection not closed by the agent"); continue }
+        }
+        // A prompt client is served as before.
+        #expect(try ControlClient(path: path).call("x")["ok"] as? Bool == true)
+    }
+
+    @Test func connectionsBeyondTheCapAreRefusedWithOneLine() throws {
+        let path = tempSocketPath()
+        let server = try ControlServer(path: path, maxConnections: 2) { (_: ControlRequest) throws(ControlError) -> [String: Any] in [:] }
+        defer { server.close() }
+        let a = try ControlClient(path: path), b = try ControlClient(path: path)
+        #expect(try a.call("x")["ok"] as? Bool == true)
+        #expect(try b.call("x")["ok"] as? Bool == true)
+        let r = try ControlClient(path: path).call("x")
+        #expect((r["error"] as? [String: Any])?["code"] as? String == "busy", "\(r)")
+        #expect(try a.call("x")["ok"] as? Bool == true)
+    }
 }

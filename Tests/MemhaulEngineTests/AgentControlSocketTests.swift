@@ -60,8 +60,19 @@ final class SenderAgentProcess {
 @Suite(.serialized) struct AgentControlSocketTests {
     func expectServes(_ pid: pid_t, _ control: String, _ what: String) throws {
         #expect(kill(pid, 0) == 0, "\(what) agent died")
-        let r = try ControlClient(path: control).call("status")
-        #expect(r["ok"] as? Bool == true, "\(what): \(r)")
+        #expect(try status(control)["ok"] as? Bool == true, "\(what)")
+    }
+
+    /// A status answer on a new connection, once the agent has a free slot
+    /// again (it frees them as it sees earlier clients hang up).
+    func status(_ control: String) throws -> [String: Any] {
+        var answer: [String: Any] = [:]
+        for _ in 0..<3000 {
+            answer = try ControlClient(path: control).call("status")
+            if (answer["error"] as? [String: Any])?["code"] as? String != "busy" { break }
+            usleep(10_000)
+        }
+        return answer
     }
 
     /// Clients that hang up before the answer: the agent's reply write hits a
@@ -92,5 +103,56 @@ final class SenderAgentProcess {
         let sender = try SenderAgentProcess()
         try hangUpsBeforeTheAnswer(sender.control)
         try expectServes(sender.child.pid, sender.control, "sender")
+    }
+
+    static func threads(_ pid: pid_t) -> Int? {
+        guard let status = readProcFile("/proc/\(pid)/status") else { return nil }
+        return status.split(separator: "\n").first { $0.hasPrefix("Threads:") }
+            .flatMap { Int($0.dropFirst("Threads:".count).trimmingCharacters(in: .whitespaces)) }
+    }
+
+    /// More connections than the cap: the extra ones get one `busy` line and
+    /// are closed; the agent starts no thread for them; the held ones still work.
+    func capsConnections(_ pid: pid_t, _ control: String) throws {
+        let cap = ControlServer.defaultMaxConnections
+        let baseline = try #require(Self.threads(pid))
+        let status = "{\"op\":\"status\"}\n"
+        var held: [RawControlClient] = []
+        defer { for c in held { c.close() } }
+        for _ in 0..<cap {
+            let c = try RawControlClient(control)
+            held.append(c)
+            c.send(status)  // answered: its connection thread runs
+            let answer = c.readLine() ?? ""
+            #expect(answer.contains("\"ok\":true"), "\(answer)")
+        }
+        for _ in 0..<16 {
+            let c = try RawControlClient(control)
+            c.send(status)
+            let answer = c.readLine() ?? ""
+            let refused = answer.contains("\"busy\"") && answer.contains("too many control connections")
+            #expect(refused, "\(answer)")
+            if refused { #expect(c.readLine() == nil, "closed after the refusal") }
+            held.append(c)  // kept open until the threads are counted
+        }
+        let threads = try #require(Self.threads(pid))
+        #expect(threads <= baseline + cap + 4, "\(threads) threads, \(baseline) before \(cap) connections")
+        held[0].send(status)
+        #expect(held[0].readLine()?.contains("\"ok\":true") == true, "a held connection still works")
+        #expect(kill(pid, 0) == 0)
+        for c in held { c.close() }
+        held = []
+        let fresh = try self.status(control)
+        #expect(fresh["ok"] as? Bool == true, "\(fresh)")
+    }
+
+    @Test func receiverAgentCapsControlConnections() throws {
+        let receiver = try ReceiverProcess(pki: nil)
+        try capsConnections(receiver.child.pid, receiver.control)
+    }
+
+    @Test func senderAgentCapsControlConnections() throws {
+        let sender = try SenderAgentProcess()
+        try capsConnections(sender.child.pid, sender.control)
     }
 }
