@@ -27,13 +27,23 @@ enum UnixSocket {
             // Explicitly: the umask may have narrowed or widened it.
             _ = try Syscall.run("chmod(\(dir))") { chmod(dir, 0o700) }
         }
-        // A socket file nobody listens on is stale; a live one means another agent.
-        if access(path, F_OK) == 0 {
-            if let probe = try? connect(path: path) {
-                _ = probe
-                throw ControlError(.conflict, "another agent is already listening on \(path)")
+        // A socket file nobody listens on is stale; a live one means another
+        // agent. Anything else at the path (a file, a symbolic link, a
+        // directory) is not ours to remove: refuse to start.
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            switch st.st_mode & S_IFMT {
+            case S_IFSOCK:
+                if let probe = try? connect(path: path) {
+                    _ = probe
+                    throw ControlError(.conflict, "another agent is already listening on \(path)")
+                }
+                unlink(path)
+            case S_IFLNK:
+                throw ControlError(.conflict, "control socket path \(path) is a symbolic link; refusing to replace it")
+            default:
+                throw ControlError(.conflict, "control socket path \(path) exists and is not a socket; refusing to replace it")
             }
-            unlink(path)
         }
         let fd = FileDescriptor(owning: try Syscall.run("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         var addr = try address(path)

@@ -112,4 +112,37 @@ import Testing
         #expect((r["error"] as? [String: Any])?["code"] as? String == "busy", "\(r)")
         #expect(try a.call("x")["ok"] as? Bool == true)
     }
+
+    /// `--control PATH` replaces only a stale socket: a regular file or a
+    /// symbolic link at PATH is refused, named, and left as it was.
+    @Test func aFileOrSymlinkAtTheSocketPathIsRefusedAndKept() throws {
+        let path = tempSocketPath()
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data("precious\n".utf8).write(to: URL(fileURLWithPath: path))
+        let fileError = #expect(throws: ControlError.self) { _ = try echoServer(path) }
+        #expect(fileError?.message.contains(path) == true && fileError?.message.contains("not a socket") == true, "\(String(describing: fileError))")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "precious\n")
+
+        let target = dir + "/target"
+        try Data("target\n".utf8).write(to: URL(fileURLWithPath: target))
+        let link = dir + "/link.sock"
+        #expect(symlink(target, link) == 0)
+        let linkError = #expect(throws: ControlError.self) { _ = try echoServer(link) }
+        #expect(linkError?.message.contains(link) == true && linkError?.message.contains("symbolic link") == true, "\(String(describing: linkError))")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == target)
+        #expect(try String(contentsOfFile: target, encoding: .utf8) == "target\n")
+
+        // A stale socket (nobody listening) is still replaced.
+        let stale = dir + "/stale.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = try UnixSocket.address(stale)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(fd)  // bound, never listened on: stale
+        var st = stat()
+        #expect(lstat(stale, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK)
+        let server = try echoServer(stale)
+        defer { server.close() }
+        #expect(try ControlClient(path: stale).call("echo", ["n": 1])["ok"] as? Bool == true)
+    }
 }
