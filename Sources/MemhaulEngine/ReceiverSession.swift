@@ -203,6 +203,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
             log("receiver: migration \(id) resumes at committed round \(store.committedRound.map(String.init) ?? "none") (sender saw \(hello.resumeFromRound ?? 0))")
         } else {
+            // Nothing to resume: creating a fresh image would let the sender
+            // carry on from a round the receiver never had (wire.md, resume-rejected).
+            guard hello.resumeFromRound == nil else {
+                throw Refusal(code: .resumeRejected, description: "no image for migration \(id) to resume; nothing was created")
+            }
             store = try ImageStore.create(directory: directory, migrationID: id, owner: sender)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }

@@ -175,6 +175,13 @@ enum SeedPrograms {
         p.close(2)
         list.append(("continued_layout_shrink", p))
 
+        // A resume of a migration the receiver never had: resume-rejected, nothing created
+        // (the round after it must not be acknowledged).
+        p = Program()
+        p.hello(resume: true)
+        p.goodRound([[(0, 0, 1)]], fill: 0xc1)
+        list.append(("resume_unknown", p))
+
         // Small reads: frames split across many reads.
         p = Program(chunk: 7)
         p.hello()
