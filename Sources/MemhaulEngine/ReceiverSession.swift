@@ -169,6 +169,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         // connection: the policy, then the owner of an existing image.
         try checkPolicy(id)
         try checkOwner(id, directory)
+        // The preamble's major was checked on arrival; HELLO must repeat it.
+        guard hello.version.major == WireVersion.current.major else {
+            throw Refusal(code: .badHello, description: "HELLO version \(hello.version) differs from the preamble's major \(WireVersion.current.major)")
+        }
         guard hello.pageSize == WireLimits.default.pageSize else {
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }

@@ -39,4 +39,19 @@ import Testing
         #expect(receiver.waitForLog(id, "resume") != nil, "\(receiver.logLines)")
         try expectNothingCreatedAndStillServing(receiver, pki, id)
     }
+
+    /// A HELLO whose version field names another major than the preamble's
+    /// (1): `bad-hello`, where it used to be welcomed.
+    @Test(arguments: [UInt16(0), 2, 0xFFFF])
+    func helloWithAnotherMajorIsRefused(major: UInt16) throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let id = "major-\(major)"
+        let hello = Hello(version: WireVersion(major: major, minor: 0), capabilities: [.zstd], migrationID: id, senderName: "test")
+        let reply = try answer(to: hello, receiver, pki)
+        guard case .error(let e) = reply else { Issue.record("expected ERROR bad-hello, got \(reply)"); return }
+        #expect(e.code == .badHello, "\(e)")
+        #expect(e.message.contains("version \(major).0"), "\(e)")
+        try expectNothingCreatedAndStillServing(receiver, pki, id)
+    }
 }
