@@ -157,6 +157,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
     }
 
+    /// What this receiver supports, and accepts when a HELLO offers it:
+    /// resume included (a sender uses only what WELCOME accepts).
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume]
+
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
             throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
@@ -215,7 +219,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store = try ImageStore.create(directory: directory, migrationID: id, owner: sender)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
-        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive]), lastCommittedRound: store.committedRound.map(UInt64.init))))
+        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection(Self.capabilities), lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
     }
