@@ -35,8 +35,9 @@ struct Program {
 
     /// HELLO: `migration` 0/1 picks fz-a/fz-b; resume asks to resume from the modelled round.
     /// `otherMajor`: the HELLO's version field says 2.0 (the preamble 1.0).
-    mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false) {
-        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0), 0])
+    /// `noCapabilities`: the HELLO offers none (WELCOME must accept none).
+    mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false, noCapabilities: Bool = false) {
+        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0), 0])
     }
     /// LAYOUT of the current round: regions as (gap pages, length pages - 1, protection).
     mutating func layout(_ regions: [(UInt8, UInt8, UInt8)], continued: Bool = false) {
@@ -195,6 +196,17 @@ enum SeedPrograms {
         p.goodRound([[(0, 0, 1)]], fill: 0xd2, verify: true)
         p.close()
         list.append(("hello_other_major", p))
+
+        // A sender that offers no capability: WELCOME accepts none; raw batches only, a cut,
+        // then a resume (offering all) that continues.
+        p = Program()
+        p.hello(noCapabilities: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0xe1)
+        p.newConnection()
+        p.hello(resume: true)
+        p.goodRound([[(0, 4, 1)]], fill: 0xe2, verify: true)
+        p.close()
+        list.append(("no_capabilities", p))
 
         // Small reads: frames split across many reads.
         p = Program(chunk: 7)
