@@ -159,6 +159,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
     }
 
+    /// What this receiver supports, and accepts when a HELLO offers it:
+    /// resume included (a sender uses only what WELCOME accepts).
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume]
+
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
             throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
@@ -171,6 +175,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         // connection: the policy, then the owner of an existing image.
         try checkPolicy(id)
         try checkOwner(id, directory)
+        // The preamble's major was checked on arrival; HELLO must repeat it.
+        guard hello.version.major == WireVersion.current.major else {
+            throw Refusal(code: .badHello, description: "HELLO version \(hello.version) differs from the preamble's major \(WireVersion.current.major)")
+        }
         guard hello.pageSize == WireLimits.default.pageSize else {
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }
@@ -205,10 +213,15 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
             log("receiver: migration \(id) resumes at committed round \(store.committedRound.map(String.init) ?? "none") (sender saw \(hello.resumeFromRound ?? 0))")
         } else {
+            // Nothing to resume: creating a fresh image would let the sender
+            // carry on from a round the receiver never had (wire.md, resume-rejected).
+            guard hello.resumeFromRound == nil else {
+                throw Refusal(code: .resumeRejected, description: "no image for migration \(id) to resume; nothing was created")
+            }
             store = try ImageStore.create(directory: directory, migrationID: id, owner: sender)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
-        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive]), lastCommittedRound: store.committedRound.map(UInt64.init))))
+        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection(Self.capabilities), lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
     }

@@ -156,10 +156,13 @@ struct ImageCommand: ParsableCommand {
             defer { store.close() }
             let sink: FileHandle
             if let output {
-                guard FileManager.default.createFile(atPath: output, contents: nil) else {
-                    throw ValidationError("cannot create \(output)")
-                }
-                sink = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+                // In place, like `cat > FILE`: a device stays a device and a
+                // symbolic link keeps pointing where it did (FileManager.createFile
+                // writes a temporary file and renames it over the path). A new
+                // file is 0600: image memory is the migrated process's secrets.
+                let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw CLIError("cannot open \(output) for writing: \(String(cString: strerror(errno)))") }
+                sink = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             } else {
                 sink = FileHandle.standardOutput
             }

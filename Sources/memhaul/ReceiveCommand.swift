@@ -45,6 +45,7 @@ struct ReceiveCommand: ParsableCommand {
     }
 
     func run() throws {
+        AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
         if authorize != nil && transport.insecure { throw CLIError("--authorize needs TLS: an --insecure sender has no certificate to authorise") }
         let authorization = try authorize.map { path throws(AuthorizationPolicyError) in try ReceiverAuthorization(path: path) }
@@ -81,6 +82,7 @@ struct SenderCommand: ParsableCommand {
     @OptionGroup var transport: TransportOptions
 
     func run() throws {
+        AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
         let senderControl = SenderControl(connect: try transport.connector(), log: Log.line)
         let server = try ControlServer(path: control) { (r: ControlRequest) throws(ControlError) -> [String: Any] in
@@ -106,6 +108,16 @@ enum AgentDefaults {
 /// SIGTERM/SIGINT end an agent cleanly (socket file removed).
 enum AgentSignals {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
+
+    /// A peer that hangs up before reading (a control client, a receiver, a
+    /// sender) must cost one connection, not the process: a write to it fails
+    /// with EPIPE instead of raising SIGPIPE, whose default action ends the
+    /// agent (status 141). Called first by every long-running command
+    /// (`receive`, `sender`, `migrate`); sockets are also written with
+    /// MSG_NOSIGNAL, this covers any path that is not.
+    static func ignoreBrokenPipes() {
+        signal(SIGPIPE, SIG_IGN)
+    }
 
     static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
         for sig in [SIGTERM, SIGINT] {

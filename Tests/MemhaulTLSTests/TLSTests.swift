@@ -123,6 +123,28 @@ import Testing
         #expect(harness.server.error() is TLSError)
     }
 
+    /// Names are checked against SANs only (README, "Security"): a certificate
+    /// whose CN is the name but which has no SAN is refused, where OpenSSL's
+    /// default would fall back to the CN.
+    @Test func serverNameOnlyInTheCommonNameIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server("cn-only-receiver"))
+        let client = try TLSClientContext(configuration: pki.client(serverName: "localhost"))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect(clientError?.kind == .certificateRejected)
+        #expect(clientError?.message.contains("certificate verify failed (hostname mismatch)") == true, "\(String(describing: clientError))")
+        #expect(harness.server.error() is TLSError)
+    }
+
+    @Test func serverNameInADNSSANIsAccepted() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client(serverName: "localhost"))
+        let tls = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.peerIdentity?.dnsNames.contains("localhost") == true)
+        _ = try harness.server.value()
+    }
+
     @Test func serverNameOverrideIsWhatGetsVerified() throws {
         let harness = try TLSServerHarness(pki.server("wrong-name-receiver"))
         let client = try TLSClientContext(configuration: pki.client(serverName: "wrong.example"))

@@ -66,6 +66,8 @@ final class TestPKI: Sendable {
             ("foreign-sender", foreign, "intruder", [], .clientAuth, nil, nil),
             ("expired-sender", ca, "old-sender", [], .clientAuth, now - 10 * 86400, now - 86400),
             ("wrong-name-receiver", ca, "elsewhere", [.dns("wrong.example")], .serverAuth, nil, nil),
+            // The right name, but only as the subject CN: no SAN at all.
+            ("cn-only-receiver", ca, "localhost", [], .serverAuth, nil, nil),
             ("foreign-receiver", foreign, "impostor", [.dns("localhost"), .ip("127.0.0.1")], .serverAuth, nil, nil),
         ]
         for (name, issuer, cn, sans, usage, notBefore, notAfter) in sets {
