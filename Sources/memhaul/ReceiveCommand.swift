@@ -119,10 +119,15 @@ enum AgentSignals {
         signal(SIGPIPE, SIG_IGN)
     }
 
+    /// Returns once the handlers are in place: a dispatch source registers
+    /// asynchronously, and a signal between `SIG_IGN` and the registration
+    /// would be lost (an agent that announced READY=1 and then ignored SIGTERM).
     static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            let registered = DispatchSemaphore(value: 0)
+            source.setRegistrationHandler { registered.signal() }
             source.setEventHandler {
                 Log.line("stopping on signal \(sig)")
                 SystemdNotify.stopping()
@@ -130,6 +135,7 @@ enum AgentSignals {
                 exit(0)
             }
             source.resume()
+            registered.wait()
             sources.append(source)
         }
     }
