@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine", "MemhaulControl", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
     ]

@@ -77,10 +77,10 @@ import Testing
         let root = temporaryDirectory()
         defer { removeTree(root) }
         let dir = root + "/fail"
-        Syscall.injectFault("fsync(\(dir)/owner.tmp)", .EIO)
-        defer { Syscall.injectFault("fsync(\(dir)/owner.tmp)", nil) }
-        #expect(throws: ImageError.io(file: dir + "/owner.tmp", call: "fsync", errno: .EIO)) {
-            _ = try ImageStore.create(directory: dir, migrationID: "fail", owner: owner)
+        Syscall.withFaults([.init("fsync(\(dir)/owner.tmp)", .EIO)]) {
+            #expect(throws: ImageError.io(file: dir + "/owner.tmp", call: "fsync", errno: .EIO)) {
+                _ = try ImageStore.create(directory: dir, migrationID: "fail", owner: owner)
+            }
         }
         #expect(access(dir + "/manifest", F_OK) != 0)
         #expect(access(dir + "/owner.tmp", F_OK) != 0)

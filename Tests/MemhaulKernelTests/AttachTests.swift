@@ -258,14 +258,14 @@ extension AttachProcessTests {
         @Test func ptracePermissionErrorIsReadable() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("ptrace(SEIZE)", .EPERM)
-            defer { Syscall.injectFault("ptrace(SEIZE)", nil) }
-            do {
-                _ = try AttachedProcess.attach(pid: child.pid)
-                Issue.record("attach should have failed")
-            } catch let error as AttachError {
-                #expect(error == .permissionDenied(pid: child.pid))
-                #expect(error.description == "cannot trace PID \(child.pid): permission denied (need root or CAP_SYS_PTRACE; check kernel.yama.ptrace_scope)")
+            try Syscall.withFaults([.init("ptrace(SEIZE)", .EPERM)]) {
+                do {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                    Issue.record("attach should have failed")
+                } catch let error as AttachError {
+                    #expect(error == .permissionDenied(pid: child.pid))
+                    #expect(error.description == "cannot trace PID \(child.pid): permission denied (need root or CAP_SYS_PTRACE; check kernel.yama.ptrace_scope)")
+                }
             }
             try expectClean(child.pid)
         }
@@ -273,13 +273,13 @@ extension AttachProcessTests {
         @Test func missingAsyncWriteProtectFailsCleanly() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("ioctl(UFFDIO_API)", .EINVAL)
-            defer { Syscall.injectFault("ioctl(UFFDIO_API)", nil) }
-            do {
-                _ = try AttachedProcess.attach(pid: child.pid)
-                Issue.record("attach should have failed")
-            } catch let error as AttachError {
-                #expect(error.description == "kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)")
+            try Syscall.withFaults([.init("ioctl(UFFDIO_API)", .EINVAL)]) {
+                do {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                    Issue.record("attach should have failed")
+                } catch let error as AttachError {
+                    #expect(error.description == "kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)")
+                }
             }
             // Nothing left behind, and the target still works.
             try expectClean(child.pid)
@@ -290,9 +290,9 @@ extension AttachProcessTests {
         @Test func failedPidfdGetfdStillClosesTheTargetsUffd() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("pidfd_getfd", .EPERM)
-            defer { Syscall.injectFault("pidfd_getfd", nil) }
-            #expect(throws: SystemError("pidfd_getfd", .EPERM)) { _ = try AttachedProcess.attach(pid: child.pid) }
+            Syscall.withFaults([.init("pidfd_getfd", .EPERM)]) {
+                #expect(throws: SystemError("pidfd_getfd", .EPERM)) { _ = try AttachedProcess.attach(pid: child.pid) }
+            }
             // The uffd created inside the target was closed there again.
             try expectClean(child.pid)
             try child.write("fine\n")
@@ -302,10 +302,10 @@ extension AttachProcessTests {
         @Test func injectedUserfaultfdFailureIsReported() throws {
             let child = try AttachChild([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("userfaultfd(injected)", .ENOSYS)
-            defer { Syscall.injectFault("userfaultfd(injected)", nil) }
-            #expect(throws: AttachError.injectedCallFailed(call: "userfaultfd(injected)", errno: .ENOSYS)) {
-                _ = try AttachedProcess.attach(pid: child.pid)
+            Syscall.withFaults([.init("userfaultfd(injected)", .ENOSYS)]) {
+                #expect(throws: AttachError.injectedCallFailed(call: "userfaultfd(injected)", errno: .ENOSYS)) {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                }
             }
             try expectClean(child.pid)
             try child.write("fine\n")

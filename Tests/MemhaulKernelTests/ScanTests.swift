@@ -142,9 +142,9 @@ import Glibc
         let uffd = try TestUffd()
         let a = try TestArea(pages: 4, uffd: uffd)
         let scanner = try selfScanner()
-        Syscall.injectFault("ioctl(PAGEMAP_SCAN)", .ENOTTY)
-        defer { Syscall.injectFault("ioctl(PAGEMAP_SCAN)", nil) }
-        let error = #expect(throws: PagemapScanError.self) { try scanner.collectWritten([a.range]) }
+        let error = Syscall.withFaults([.init("ioctl(PAGEMAP_SCAN)", .ENOTTY)]) {
+            #expect(throws: PagemapScanError.self) { try scanner.collectWritten([a.range]) }
+        }
         guard case .unsupportedKernel = error else {
             Issue.record("wrong error \(String(describing: error))")
             return

@@ -159,9 +159,9 @@ extension ScanTrackerTests {
         a.discard(1..<2)
         // The populated step fails after collectWritten (one ioctl for this
         // area) has re-protected 2 and 9.
-        Syscall.injectFault("ioctl(PAGEMAP_SCAN)", .EIO, after: 1)
-        let failed = (try? tracker.nextRound(ranges: [a.range])) == nil
-        Syscall.injectFault("ioctl(PAGEMAP_SCAN)", nil)
+        let failed = Syscall.withFaults([.init("ioctl(PAGEMAP_SCAN)", .EIO, after: 1)]) {
+            (try? tracker.nextRound(ranges: [a.range])) == nil
+        }
         #expect(failed, "the injected pread failure should fail the round")
         let r = try tracker.nextRound(ranges: [a.range])
         #expect(a.indices(r.dirty) == [0, 2, 3, 9])

@@ -343,16 +343,15 @@ import Testing
         let listener = try TCPListener(host: "127.0.0.1", port: 0)
         // Call names carry the address, so these faults touch no other test.
         let connectName = "connect(127.0.0.1:\(listener.port))"
-        Syscall.injectFault(connectName, .EHOSTUNREACH)
-        #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
-        Syscall.injectFault(connectName, nil)
+        Syscall.withFaults([.init(connectName, .EHOSTUNREACH)]) {
+            #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
+        }
 
         let acceptName = "accept4(127.0.0.1:\(listener.port))"
-        Syscall.injectFault(acceptName, .EMFILE)
-        defer { Syscall.injectFault(acceptName, nil) }
         let client = try TCPStream.connect(host: "127.0.0.1", port: listener.port)
-        #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
-        Syscall.injectFault(acceptName, nil)
+        Syscall.withFaults([.init(acceptName, .EMFILE)]) {
+            #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
+        }
         try client.write([5])
         #expect(try listener.accept(timeout: .seconds(10)).readAll(count: 1) == [5])
     }
