@@ -49,11 +49,15 @@ public struct TargetFreezer: Sendable {
 
     /// `(tid, state)` for every thread, sorted by tid.
     static func threadStates(pid: Int32) throws -> [(tid: Int32, state: Character)] {
-        guard let dir = opendir("/proc/\(pid)/task") else {
-            let err = Errno.current
-            if err == .ENOENT { return [] }
-            throw SystemError("opendir(/proc/\(pid)/task)", err)
+        let fd: FileDescriptor
+        do {
+            fd = try FileDescriptor.open("/proc/\(pid)/task", O_RDONLY | O_DIRECTORY)
+        } catch {
+            if error.errno == .ENOENT || error.errno == .ESRCH { return [] }  // the target is gone
+            throw error
         }
+        guard let dir = fdopendir(fd.rawValue) else { throw SystemError("fdopendir(/proc/\(pid)/task)", .current) }
+        _ = fd.release()  // closedir closes it
         defer { closedir(dir) }
         var result: [(Int32, Character)] = []
         while let entry = readdir(dir) {
@@ -66,14 +70,12 @@ public struct TargetFreezer: Sendable {
         return result.sorted { $0.0 < $1.0 }
     }
 
-    /// The state letter of a /proc stat file: the field after the last ')'.
+    /// The state letter of a /proc stat file: the field after the last ')';
+    /// nil if it cannot be read (the task is gone).
     static func readState(path: String) -> Character? {
-        let fd = open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { close(fd) }
+        guard let fd = try? FileDescriptor.open(path, O_RDONLY) else { return nil }
         var buffer = [UInt8](repeating: 0, count: 512)
-        let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-        guard n > 0 else { return nil }
+        guard let n = try? buffer.withUnsafeMutableBytes({ (b) throws(SystemError) in try fd.read(into: b) }), n > 0 else { return nil }
         guard let close = buffer[..<n].lastIndex(of: UInt8(ascii: ")")), close + 2 < n else { return nil }
         return Character(UnicodeScalar(buffer[close + 2]))
     }
