@@ -27,7 +27,7 @@ let package = Package(
         .target(name: "MemhaulSystem"),
         .target(name: "MemhaulKernel", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
         .target(name: "MemhaulWire"),  // pure Swift, imports no C: fuzzable
-        .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
+        .target(name: "MemhaulCompression", dependencies: ["CZstd", "MemhaulSystem"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
         .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
@@ -47,15 +47,18 @@ let package = Package(
         // The test and benchmark target process: known content, controlled writes, self-digest.
         .executableTarget(name: "memhaul-workload", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulDigest"]),
 
-        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
-        .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
-        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire"]),
-        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression"]),
-        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
-        .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine", "MemhaulControl", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
-        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
-        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
+        // Helpers the test targets share (child processes, the built binaries,
+        // scratch directories, test certificates, streams); not a test target itself.
+        .target(name: "MemhaulTestSupport", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulTLS"], path: "Tests/MemhaulTestSupport"),
+        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire", "MemhaulSystem", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulEngine", "MemhaulControl", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl", "MemhaulTestSupport"]),
+        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem", "MemhaulTestSupport"]),
     ]
 )

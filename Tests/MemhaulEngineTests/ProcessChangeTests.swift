@@ -3,6 +3,7 @@ import Glibc
 import MemhaulImage
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// The target grows and shrinks its heap, starts and ends threads, and forks
 /// while rounds run; the image must equal the frozen source byte for byte.

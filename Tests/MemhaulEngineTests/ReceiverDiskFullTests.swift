@@ -3,6 +3,7 @@ import Glibc
 import MemhaulImage
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// The receiver's image directory fills up mid-migration.
 @Suite(.serialized) struct ReceiverDiskFullTests {

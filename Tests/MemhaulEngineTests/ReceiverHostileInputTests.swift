@@ -7,6 +7,7 @@ import MemhaulTLS
 import MemhaulWire
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// A hand-driven sender speaking the wire protocol over real mutual TLS, so a
 /// test can commit a good round and then misbehave in a chosen way.

@@ -5,6 +5,7 @@ import MemhaulTLS
 import MemhaulWire
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// A plain TCP connection to the receiver from a chosen loopback address
 /// (127.0.0.x), so per-host limits can be told apart from the global one.

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulImage
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// A broken connection mid-migration: the sender reconnects with backoff and
 /// resumes at the receiver's last committed round.

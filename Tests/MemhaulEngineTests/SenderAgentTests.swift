@@ -3,6 +3,7 @@ import Glibc
 import MemhaulControl
 import Testing
 @testable import MemhaulEngine
+import MemhaulTestSupport
 
 /// The sender agent's control operations against a real receiver process.
 @Suite(.serialized) struct SenderAgentTests {

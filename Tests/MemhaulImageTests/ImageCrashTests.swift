@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// Crashes, full disks and I/O errors: the image always opens at a committed round.
 @Suite struct ImageCrashTests {
@@ -46,7 +47,7 @@ import Testing
     }
 
     @Test func killNineAtRandomPointsAlwaysOpensAtACommittedRound() throws {
-        let binary = memhaulBinary()
+        let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build memhaul first: \(binary)")
         let root = temporaryDirectory("crash")
         defer { removeTree(root) }
@@ -221,7 +222,7 @@ import Testing
     }
 
     @Test func cliInspectAndRead() throws {
-        let binary = memhaulBinary()
+        let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary))
         let root = temporaryDirectory()
         defer { removeTree(root) }
@@ -239,16 +240,8 @@ import Testing
             store.close()
         }
         func run(_ args: [String]) throws -> (Int32, Data) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = args
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, data)
+            let r = try runProgram([binary] + args)
+            return (r.status, Data(r.outBytes))
         }
         let (status, json) = try run(["image", "inspect", dir, "--json", "--verify-digest"])
         #expect(status == 0)

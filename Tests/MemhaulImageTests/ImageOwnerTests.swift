@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// The owner record (image.md, "owner"): written before the first manifest,
 /// 0600, kept by commits, recovery and checkpoints, damage is an error.

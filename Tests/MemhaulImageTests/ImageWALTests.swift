@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// The write-ahead log: several committed journals pending at once, checkpoints,
 /// and recovery that replays them in order.

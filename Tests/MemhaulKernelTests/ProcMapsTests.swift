@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import MemhaulKernel
+import MemhaulTestSupport
 
 @Suite struct ProcMapsTests {
     static let sample = """

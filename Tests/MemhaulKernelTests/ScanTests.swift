@@ -7,6 +7,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MemhaulTestSupport
 
 /// PAGEMAP_SCAN on the test process's own memory (/proc/self/pagemap).
 @Suite(.serialized) struct ScanTests {

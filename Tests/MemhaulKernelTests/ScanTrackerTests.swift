@@ -5,6 +5,7 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MemhaulTestSupport
 
 @Suite(.serialized) struct ScanTrackerTests {
     @Test func initialRoundReportsPopulatedPagesThenWrites() throws {

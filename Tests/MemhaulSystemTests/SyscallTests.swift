@@ -1,6 +1,7 @@
 import Glibc
 import Testing
 @testable import MemhaulSystem
+import MemhaulTestSupport
 
 @Suite struct SyscallTests {
     @Test func failedCallCarriesItsNameAndErrno() {

@@ -1,6 +1,7 @@
 import Foundation
 import MemhaulWire
 import Testing
+import MemhaulTestSupport
 
 /// Protocol/vectors, found from this file's path.
 let vectorsDirectory = URL(fileURLWithPath: #filePath)
