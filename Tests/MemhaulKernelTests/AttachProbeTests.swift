@@ -4,9 +4,8 @@ import Testing
 import MemhaulTestSupport
 
 extension AttachProcessTests {
-    /// `memhaul probe`, and the feature probe in-process. Faults are injected only into
-    /// the child binary (MEMHAUL_INJECT_FAULTS), never into this shared test process
-    /// (the in-process probe uses ptrace and UFFDIO_API, hence serialized with the attach tests).
+    /// `memhaul probe` (faults injected into the child binary with
+    /// MEMHAUL_INJECT_FAULTS), and the feature probe in-process.
     @Suite struct AttachProbeTests {
         func probe(faults: String?) throws -> (code: Int32, json: String) {
             let child = try ChildProcess(

@@ -6,7 +6,7 @@ import Testing
 import MemhaulTestSupport
 
 /// Parent of every suite that attaches to processes.
-@Suite(.serialized) struct AttachProcessTests {}
+@Suite struct AttachProcessTests {}
 
 enum AttachFixtures {
     /// The C test target, compiled once per test run (cc is in the build image).

@@ -7,7 +7,7 @@ import Glibc
 #endif
 import MemhaulTestSupport
 
-@Suite(.serialized) struct ReaderTests {
+@Suite struct ReaderTests {
     @Test func readsAChildsMemoryExactly() throws {
         let (child, region) = try ForeignTarget.spawn(pages: 3000, track: false)
         for i in 0..<3000 where i % 3 != 2 { try ForeignTarget.command(child, "f \(i) \(i % 251)") }

@@ -10,7 +10,7 @@ import Glibc
 import MemhaulTestSupport
 
 /// PAGEMAP_SCAN on the test process's own memory (/proc/self/pagemap).
-@Suite(.serialized) struct ScanTests {
+@Suite struct ScanTests {
     @Test func collectWrittenReportsExactlyTheWrittenPagesAcrossVMAs() throws {
         let uffd = try TestUffd()
         let areas = try (0..<3).map { _ in try TestArea(pages: 300, uffd: uffd) }
