@@ -15,8 +15,8 @@ import Synchronization
 /// Faults are scoped and thread-local, in the manner of swift-system's mocking:
 ///
 /// ```swift
-/// try Syscall.withFaults([.init("ioctl(PAGEMAP_SCAN)", .ENOTTY)]) {
-///     #expect(throws: ...) { try scanner.scan(...) }
+/// Syscall.withFaults([.init("ioctl(PAGEMAP_SCAN)", .ENOTTY), .init("pidfd_getfd", .EPERM, after: 1)]) {
+///     #expect(throws: PagemapScanError.self) { try scanner.collectWritten(ranges) }
 /// }
 /// ```
 ///
@@ -27,7 +27,7 @@ import Synchronization
 ///   The count belongs to the scope, so it is shared by every thread in it.
 /// - Work the code under test hands to another thread joins the scope only
 ///   where the code says so: ``currentFaults`` captures the scope on the
-///   spawning thread, ``withFaults(_:_:)-(FaultScope?,_)`` re-enters it on the
+///   spawning thread, `withFaults(_ scope:_:)` re-enters it on the
 ///   spawned one (e.g. the image store's background apply). Both also exist,
 ///   as no-ops, in release builds, so such call sites need no `#if DEBUG`.
 /// - A debug binary also reads ``faultEnvironmentVariable``
@@ -165,7 +165,7 @@ extension Syscall {
     }()
 
     /// The fault scope of the calling thread (nil outside any), to re-enter
-    /// with ``withFaults(_:_:)-(FaultScope?,_)`` on a thread it spawns.
+    /// with `withFaults(_ scope:_:)` on a thread it spawns.
     public static var currentFaults: FaultScope? {
         guard let p = pthread_getspecific(scopeKey) else { return nil }
         return Unmanaged<FaultScope>.fromOpaque(p).takeUnretainedValue()

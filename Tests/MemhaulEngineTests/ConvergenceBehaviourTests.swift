@@ -3,7 +3,6 @@ import Glibc
 import MemhaulImage
 import Testing
 @testable import MemhaulEngine
-import MemhaulTestSupport
 
 /// Migrations whose workload fights back: faster dirtying than the link, and a
 /// layout that changes while rounds run.

@@ -1,7 +1,6 @@
 import Testing
 import MemhaulKernel
 @testable import MemhaulEngine
-import MemhaulTestSupport
 
 @Suite struct ConvergencePolicyTests {
     func measurement(_ round: Int, pending: Double, sent: Double = 1e9, seconds: Double = 1) -> RoundMeasurement {

@@ -3,7 +3,6 @@ import Foundation
 import Glibc
 import MemhaulDigest
 @testable import MemhaulImage
-import MemhaulTestSupport
 
 let page = Int(imagePageSize)
 

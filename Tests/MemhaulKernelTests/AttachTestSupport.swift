@@ -174,26 +174,7 @@ enum AttachFixtures {
         }
         """#
 
-    static let compiled: Result<String, TestSetupError> = {
-        let dir = "/tmp/memhaul-attach-tests-\(getpid())"
-        mkdir(dir, 0o755)
-        let source = dir + "/target.c"
-        let binary = dir + "/target"
-        guard let f = fopen(source, "w") else { return .failure(TestSetupError("cannot write \(source)")) }
-        fputs(targetSource, f)
-        fclose(f)
-        // cc (gcc) if installed, else the clang that ships with the Swift toolchain.
-        var failures: [String] = []
-        for compiler in ["cc", "clang"] {
-            guard let cc = try? runProgram([compiler, "-O1", "-pthread", "-o", binary, source]) else {
-                failures.append("cannot run \(compiler)")
-                continue
-            }
-            if cc.status == 0 { return .success(binary) }
-            failures.append("\(compiler) failed with \(cc.status): \(cc.err)")
-        }
-        return .failure(TestSetupError(failures.joined(separator: "; ")))
-    }()
+    static let compiled = compileCProgram(targetSource, name: "attach-target", flags: ["-O1", "-pthread"])
 
     static func target() throws -> String { try compiled.get() }
 

@@ -5,7 +5,6 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
-import MemhaulTestSupport
 
 @Suite struct ReaderTests {
     @Test func readsAChildsMemoryExactly() throws {

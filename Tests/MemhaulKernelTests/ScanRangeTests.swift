@@ -1,6 +1,5 @@
 @testable import MemhaulKernel
 import Testing
-import MemhaulTestSupport
 
 @Suite struct ScanRangeTests {
     func r(_ a: UInt64, _ b: UInt64) -> PageRange { PageRange(start: a * 4096, end: b * 4096) }

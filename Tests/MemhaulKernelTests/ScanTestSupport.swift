@@ -177,21 +177,7 @@ enum ForeignTarget {
         """#
 
     /// Path of the compiled target (compiled on first use).
-    static let path: Result<String, TestSetupError> = {
-        let dir = "/tmp/memhaul-scan-tests-\(getpid())"
-        mkdir(dir, 0o700)
-        let src = dir + "/target.c"
-        let exe = dir + "/target"
-        guard let f = fopen(src, "w") else { return .failure(TestSetupError("cannot write \(src)")) }
-        fputs(source, f)
-        fclose(f)
-        // cc if installed, else the clang that ships with the Swift toolchain.
-        let built = ["cc", "clang"].contains { compiler in
-            (try? runProgram([compiler, "-O2", "-o", exe, src]))?.status == 0
-        }
-        guard built else { return .failure(TestSetupError("neither cc nor clang built the foreign test target")) }
-        return .success(exe)
-    }()
+    static let path = compileCProgram(source, name: "scan-target", flags: ["-O2"])
 
     /// Spawns the target; returns it and its region.
     static func spawn(pages: Int, track: Bool) throws -> (ChildProcess, PageRange) {

@@ -2,7 +2,6 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulKernel
-import MemhaulTestSupport
 
 /// Linux (seen on 6.18) returns a stale `walk_end` from PAGEMAP_SCAN once its
 /// 512-entry bounce buffer has filled in an earlier chunk of the same call,

@@ -1,7 +1,6 @@
 import Glibc
 import Testing
 @testable import MemhaulSystem
-import MemhaulTestSupport
 
 @Suite struct SyscallTests {
     @Test func failedCallCarriesItsNameAndErrno() {

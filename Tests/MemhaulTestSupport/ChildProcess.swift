@@ -245,3 +245,28 @@ public func runProgram(_ args: [String], environment: [String: String] = [:]) th
     let (out, err) = try child.readToEnd()
     return ProgramOutput(status: child.wait(), outBytes: out, err: String(decoding: err, as: UTF8.self))
 }
+
+/// Compiles a C test fixture (`source`) in a fresh scratch directory; returns
+/// the executable's path. cc (gcc) if installed, else the clang that ships
+/// with the Swift toolchain.
+public func compileCProgram(_ source: String, name: String, flags: [String] = ["-O1"]) -> Result<String, TestSetupError> {
+    let dir = temporaryDirectory(name)
+    let sourcePath = dir + "/\(name).c"
+    let binary = dir + "/\(name)"
+    do {
+        let fd = try FileDescriptor.open(sourcePath, O_WRONLY | O_CREAT | O_TRUNC)
+        try Array(source.utf8).withUnsafeBytes { try fd.writeAll($0) }
+    } catch {
+        return .failure(TestSetupError("cannot write \(sourcePath): \(error)"))
+    }
+    var failures: [String] = []
+    for compiler in ["cc", "clang"] {
+        guard let cc = try? runProgram([compiler] + flags + ["-o", binary, sourcePath]) else {
+            failures.append("cannot run \(compiler)")
+            continue
+        }
+        if cc.status == 0 { return .success(binary) }
+        failures.append("\(compiler) failed with \(cc.status): \(cc.err)")
+    }
+    return .failure(TestSetupError(failures.joined(separator: "; ")))
+}

@@ -1,6 +1,5 @@
 import MemhaulWire
 import Testing
-import MemhaulTestSupport
 
 private func frame(_ type: UInt8, _ payload: [UInt8], sequence: UInt32 = 0) -> [UInt8] {
     VectorTable.header(type, length: UInt32(payload.count), sequence: sequence) + payload

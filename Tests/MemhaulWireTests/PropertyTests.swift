@@ -1,7 +1,6 @@
 import MemhaulSystem
 import MemhaulWire
 import Testing
-import MemhaulTestSupport
 
 /// Random valid messages (under default limits).
 struct MessageGenerator {

@@ -1,5 +1,4 @@
 import MemhaulWire
-import MemhaulTestSupport
 
 /// The committed test vectors (Protocol/vectors): each valid vector is one frame (or the
 /// preamble); the table holds the value it must decode to. `MEMHAUL_WRITE_VECTORS=1 swift test

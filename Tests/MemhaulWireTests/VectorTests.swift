@@ -1,7 +1,6 @@
 import Foundation
 import MemhaulWire
 import Testing
-import MemhaulTestSupport
 
 /// Protocol/vectors, found from this file's path.
 let vectorsDirectory = URL(fileURLWithPath: #filePath)
