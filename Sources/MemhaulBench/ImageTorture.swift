@@ -34,13 +34,7 @@ public struct ImageTorture: Sendable {
         slots = Array(repeating: (0, 0), count: Self.slots)
     }
 
-    /// SplitMix64.
-    static func mix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    static func mix(_ x: UInt64) -> UInt64 { SplitMix64.mix(x) }
 
     /// The pattern of a page written in `round` at `address` (never 0).
     public func pattern(round: UInt32, address: UInt64) -> UInt64 {

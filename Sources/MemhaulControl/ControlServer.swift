@@ -43,22 +43,32 @@ public final class ControlServer: @unchecked Sendable {  // immutable after init
 
     private func acceptLoop() {
         while true {
-            let client = accept(listener.rawValue, nil, nil)
-            if client < 0 {
-                if errno == EINTR || errno == ECONNABORTED { continue }
-                if errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM { usleep(10_000); continue }
-                return  // listener closed
+            let client: FileDescriptor
+            do throws(SystemError) {
+                // (accept4 needs _GNU_SOURCE, which Swift's Glibc module hides.)
+                client = FileDescriptor(owning: try Syscall.run("accept(\(path))") { accept(listener.rawValue, nil, nil) })
+                _ = try Syscall.run("fcntl(F_SETFD)") { fcntl(client.rawValue, F_SETFD, FD_CLOEXEC) }
+            } catch {
+                switch error.errno {
+                case .ECONNABORTED, .EINTR:
+                    continue
+                case .EMFILE, .ENOMEM, Errno(rawValue: ENFILE), Errno(rawValue: ENOBUFS):
+                    // Out of descriptors or memory for now: keep serving once they are back
+                    // (returning here left the agent without a control socket for good).
+                    usleep(100_000)
+                    continue
+                default:
+                    return  // listener closed (EINVAL/EBADF after close())
+                }
             }
-            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
-            let fd = FileDescriptor(owning: client)
             guard open.add(1, ordering: .relaxed).newValue <= maxConnections else {
                 open.subtract(1, ordering: .relaxed)
-                refuse(fd)
+                refuse(client)
                 continue
             }
             let thread = Thread { [self] in
                 defer { open.subtract(1, ordering: .relaxed) }
-                serve(fd)
+                serve(client)
             }
             thread.start()
         }

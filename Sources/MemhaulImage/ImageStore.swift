@@ -245,12 +245,15 @@ public final class ImageStore: @unchecked Sendable {
         let job = ApplyJob(round: p.round, layoutPass: p.layoutPass, punches: p.punches)
         let applier = self.applier
         let m = manifest
+        let faults = Syscall.currentFaults  // the apply's writes fail as the caller's would (tests)
         job.item = DispatchWorkItem { [job] in
             let t0 = MonotonicClock.nanoseconds()
-            do throws(ImageError) {
-                job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
-            } catch {
-                job.error = error
+            Syscall.withFaults(faults) {
+                do throws(ImageError) {
+                    job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
+                } catch {
+                    job.error = error
+                }
             }
             applier.dropDescriptors()
             job.nanoseconds = MonotonicClock.nanoseconds() - t0

@@ -237,7 +237,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .nextRound:
                 scan = next
             case .throttle(let percent):
-                throttle.set(percent: percent)
+                try throttle.set(percent: percent)
                 updateStatus { $0.throttlePercent = percent }
                 log("auto-converge: throttling the target to \(percent)%")
                 scan = next

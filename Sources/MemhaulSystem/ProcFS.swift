@@ -28,7 +28,7 @@ public enum ProcFS {
     /// `(tid, state)` for every thread of `pid`, sorted by tid; empty if the process is gone.
     public static func threadStates(pid: Int32) throws(SystemError) -> [(tid: Int32, state: Character)] {
         let names: [String]
-        do { names = try Directory.entries("/proc/\(pid)/task") } catch where error.errno == .ENOENT { return [] }
+        do { names = try Directory.entries("/proc/\(pid)/task") } catch where error.errno == .ENOENT || error.errno == .ESRCH { return [] }  // the target is gone
         var result: [(tid: Int32, state: Character)] = []
         for name in names {
             guard let tid = Int32(name), let state = state(pid: pid, thread: tid) else { continue }

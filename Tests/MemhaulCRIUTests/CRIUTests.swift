@@ -3,6 +3,7 @@ import Testing
 @testable import MemhaulCRIU
 import MemhaulSystem
 import MemhaulTLS
+import MemhaulTestSupport
 
 /// Memory by address, for the tests: `coverage` and a byte per page derived
 /// from the address, so every page is recognisable.
@@ -13,12 +14,6 @@ final class PatternSource: CRIUPageSource {
     func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
         for i in 0..<buffer.count { buffer[i] = Self.byte(address + UInt64(i)) }
     }
-}
-
-func temporaryDirectory() throws -> String {
-    let dir = NSTemporaryDirectory() + "memhaul-criu-\(UInt64.random(in: 0...UInt64.max))"
-    try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
-    return dir
 }
 
 @Suite struct PagemapFormatTests {
@@ -68,7 +63,7 @@ struct FakeDump {
     static let criuByte: UInt8 = 0xC5
 
     init(entries: [PagemapEntry], pagesFileBytes: Int? = nil) throws {
-        dir = try temporaryDirectory()
+        dir = temporaryDirectory("criu")
         pagemap = Pagemap(pagesID: 1, entries: entries)
         try Data(pagemap.encoded()).write(to: URL(fileURLWithPath: "\(dir)/pagemap-4242.img"))
         let present = Int(pagemap.presentBytes)

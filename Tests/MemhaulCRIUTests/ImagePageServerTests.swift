@@ -4,6 +4,7 @@ import Testing
 import MemhaulImage
 import MemhaulSystem
 import MemhaulTLS
+import MemhaulTestSupport
 
 /// The page server over a real memhaul image: what a lazy-pages client gets
 /// is what `memhaul image read` prints.
@@ -13,7 +14,7 @@ import MemhaulTLS
 
     /// An image of one region: page i holds i's pattern, every 5th page zero.
     static func makeImage(complete: Bool = true) throws -> String {
-        let root = try temporaryDirectory()
+        let root = temporaryDirectory("criu-image")
         let dir = try ImageStore.directory(root: root, migrationID: "criu-test")
         let store = try ImageStore.create(directory: dir, migrationID: "criu-test")
         try store.beginRound(1, layout: [ImageRegion(start: base, end: base + UInt64(pages) * 4096)])
@@ -35,7 +36,7 @@ import MemhaulTLS
         let served = try client.get(pages: UInt64(Self.pages), address: Self.base).data
         #expect(try client.close() == 0)
         _ = try server.wait()
-        let printed = try MemhaulBinary.run(["image", "read", dir, "0x" + String(Self.base, radix: 16), String(Self.pages * 4096), "-o", dir + "/../read.bin"])
+        let printed = try runProgram([builtBinary("memhaul"), "image", "read", dir, "0x" + String(Self.base, radix: 16), String(Self.pages * 4096), "-o", dir + "/../read.bin"])
         #expect(printed.status == 0)
         let read = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir + "/../read.bin")))
         #expect(read.count == Self.pages * 4096)
@@ -47,28 +48,5 @@ import MemhaulTLS
         let dir = try Self.makeImage(complete: false)
         #expect(throws: CRIUError.self) { try ImagePageSource(directory: dir, allowIncomplete: false) }
         _ = try ImagePageSource(directory: dir, allowIncomplete: true)
-    }
-}
-
-/// The built `memhaul` binary: `$MEMHAUL_BIN_DIR` (set by scripts/test) or `.build/debug`.
-enum MemhaulBinary {
-    static var path: String {
-        if let dir = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"] { return dir + "/memhaul" }
-        var parts = "\(#filePath)".split(separator: "/", omittingEmptySubsequences: false)
-        parts.removeLast(3)
-        return parts.joined(separator: "/") + "/.build/debug/memhaul"
-    }
-
-    static func run(_ args: [String]) throws -> (status: Int32, output: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path)
-        p.arguments = args
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: data, as: UTF8.self))
     }
 }

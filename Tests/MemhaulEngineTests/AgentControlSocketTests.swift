@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import MemhaulControl
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
@@ -49,12 +50,12 @@ final class RawControlClient {
 
 /// `memhaul sender` as a separate process.
 final class SenderAgentProcess {
-    let child: Child
+    let child: ChildProcess
     let control: String
     init() throws {
         control = temporaryDirectory("ctl") + "/sender.sock"
-        child = try Child(builtBinary("memhaul"), ["sender", "--control", control, "--insecure"])
-        _ = try child.waitFor("ready")
+        child = try ChildProcess([builtBinary("memhaul"), "sender", "--control", control, "--insecure"], stdin: .null)
+        _ = try child.expectLine(containing: "ready")
     }
 }
 
@@ -98,7 +99,7 @@ final class SenderAgentProcess {
         let receiver = try ReceiverProcess(pki: nil)
         try hangUpsBeforeTheAnswer(receiver.control)
         try expectServes(receiver.child.pid, receiver.control, "receiver")
-        #expect(receiver.child.exitStatus == nil)
+        #expect(receiver.child.hasBeenReaped == false)
     }
 
     @Test func senderAgentSurvivesClientsThatHangUpBeforeTheAnswer() throws {

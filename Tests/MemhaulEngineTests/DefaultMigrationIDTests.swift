@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import MemhaulControl
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver

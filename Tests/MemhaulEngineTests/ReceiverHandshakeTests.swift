@@ -4,6 +4,7 @@ import MemhaulImage
 import MemhaulTLS
 import MemhaulWire
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulTLS
 import MemhaulWire
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
@@ -75,7 +76,7 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
 /// The sender uses only what WELCOME accepts and refuses a WELCOME that lies
 /// (Protocol/wire.md, WELCOME).
 @Suite(.serialized) struct SenderWelcomeTests {
-    func migration(_ workload: Child, through proxy: WelcomeRewritingProxy, _ pki: TestPKI, id: String,
+    func migration(_ workload: WorkloadProcess, through proxy: WelcomeRewritingProxy, _ pki: TestPKI, id: String,
                    _ configure: (inout MigrationRequest) -> Void = { _ in }) throws -> MigrationStatus {
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: proxy.port, id: id)
         r.after = .resume

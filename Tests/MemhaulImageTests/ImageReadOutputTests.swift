@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import MemhaulImage
 import Testing
+import MemhaulTestSupport
 
 /// `memhaul image read … -o FILE` writes FILE in place, like `cat > FILE`.
 @Suite(.serialized) struct ImageReadOutputTests {
@@ -22,7 +23,7 @@ import Testing
 
     func read(_ dir: String, to output: String) throws -> Int32 {
         let p = Process()
-        p.executableURL = URL(fileURLWithPath: memhaulBinary())
+        p.executableURL = URL(fileURLWithPath: builtBinary("memhaul"))
         p.arguments = ["image", "read", dir, "0x\(String(Self.base, radix: 16))", "4K", "-o", output]
         p.standardOutput = FileHandle.nullDevice
         try p.run()

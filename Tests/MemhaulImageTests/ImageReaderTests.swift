@@ -3,6 +3,7 @@ import Foundation
 import Glibc
 import MemhaulDigest
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulImage
 
 /// What a directory holds, to the byte and the modification time: a reader must
@@ -267,7 +268,7 @@ extension ImageReader {
         let root = temporaryDirectory("reader")
         defer { removeTree(root) }
         let dir = root + "/img"
-        let made = try run([memhaulBinary(), "image", "torture", dir, "--rounds", "4"])
+        let made = try run([builtBinary("memhaul"), "image", "torture", dir, "--rounds", "4"])
         #expect(made.status == 0, "\(made.err)")
         let layout: [ImageRegion]
         let expected: [UInt8]
@@ -285,12 +286,12 @@ extension ImageReader {
 
         let out = root + "/read.bin"
         let read = try run([
-            memhaulBinary(), "image", "read", dir, "0x" + String(layout[0].start, radix: 16), String(layout[0].byteCount), "-o", out,
+            builtBinary("memhaul"), "image", "read", dir, "0x" + String(layout[0].start, radix: 16), String(layout[0].byteCount), "-o", out,
         ])
         #expect(read.status == 0, "\(read.err)")
         #expect([UInt8]((try? Data(contentsOf: URL(fileURLWithPath: out))) ?? Data()) == expected)
 
-        let inspect = try run([memhaulBinary(), "image", "inspect", dir, "--json", "--verify-digest"])
+        let inspect = try run([builtBinary("memhaul"), "image", "inspect", dir, "--json", "--verify-digest"])
         #expect(inspect.status == 0, "\(inspect.err)")
         #expect(inspect.out.contains("\"recomputedDigest\":\"\(digest.hex)\""), "\(inspect.out)")
         #expect(inspect.out.contains("\"committedRound\":4"), "\(inspect.out)")
@@ -311,7 +312,7 @@ extension ImageReader {
             state = stat.split(separator: ")").last.map { String($0.dropFirst().prefix(1)) } ?? ""
             if state != "T" && state != "t" { sched_yield() }
         }
-        let verify = try run([memhaulBinary(), "image", "verify", dir, "--pid", "\(sleeper.processIdentifier)", "--json"])
+        let verify = try run([builtBinary("memhaul"), "image", "verify", dir, "--pid", "\(sleeper.processIdentifier)", "--json"])
         #expect(verify.status == 1, "\(verify.err)")
         #expect(verify.out.contains("\"ok\":false") && verify.out.contains("\"regions\":\(layout.count)"), "\(verify.out) \(verify.err)")
         #expect(try DirectorySnapshot(dir) == before)

@@ -4,6 +4,7 @@ import MemhaulDigest
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 @Suite struct ImageStoreTests {
     let a: UInt64 = 0x5555_0000_0000

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// The write-ahead log: several committed journals pending at once, checkpoints,
 /// and recovery that replays them in order.
@@ -172,9 +173,9 @@ import Testing
         try store.write(a + 16 * 4096, pageBytes(41, pages: 4))
         try store.write(b, pageBytes(42, pages: 8))
         let journal4 = dir + "/" + journalName(4)
-        Syscall.injectFault("fsync(\(journal4))", .EIO)
-        #expect(throws: ImageError.io(file: journal4, call: "fsync", errno: .EIO)) { try store.commitRound() }
-        Syscall.injectFault("fsync(\(journal4))", nil)
+        Syscall.withFaults([.init("fsync(\(journal4))", .EIO)]) {
+            #expect(throws: ImageError.io(file: journal4, call: "fsync", errno: .EIO)) { try store.commitRound() }
+        }
         #expect(store.openRound == nil)
         #expect(store.pendingJournals == [1, 2, 3])
         #expect(journals(dir) == [1, 2, 3].map(journalName))
@@ -264,10 +265,10 @@ import Testing
             try round(store, k)
             let pending = store.pendingJournals
             #expect(pending == (k == 2 ? [1, 2] : [k - 1, k]))
-            Syscall.injectFault(fault, .EIO)
             var caught: ImageError?
-            do { try store.checkpoint() } catch { caught = error }
-            Syscall.injectFault(fault, nil)
+            Syscall.withFaults([.init(fault, .EIO)]) {
+                do throws(ImageError) { try store.checkpoint() } catch { caught = error }
+            }
             if case .mustReopen(let reason) = caught {
                 #expect(reason.contains("EIO"), "\(reason)")
             } else {
