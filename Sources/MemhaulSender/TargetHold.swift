@@ -4,6 +4,18 @@ import Glibc
 import MemhaulKernel
 import MemhaulSystem
 
+/// How the hold stops and resumes the target: ``TargetFreezer`` (whatever its
+/// mechanism), or a test's stand-in.
+protocol TargetFreezing {
+    func stopTarget() throws -> UInt64
+    func resumeTarget() throws
+}
+
+extension TargetFreezer: TargetFreezing {
+    func stopTarget() throws -> UInt64 { try freeze() }
+    func resumeTarget() throws { try thaw() }
+}
+
 /// Everything memhaul does to the target, and the one way to let go of it.
 ///
 /// The rule (README "Safety"): from the moment memhaul tracks, throttles or
@@ -34,7 +46,7 @@ final class TargetHold {
     }
 
     let pid: Int32
-    private let freezer: TargetFreezer
+    private let freezer: TargetFreezing
     private let throttle: DutyCycleThrottle
     private(set) var process: AttachedProcess?
     /// Monotonic seconds when the freeze began (set before the freeze
@@ -42,7 +54,7 @@ final class TargetHold {
     private(set) var frozenAt: Double?
     private(set) var released: Release?
 
-    init(pid: Int32, freezer: TargetFreezer? = nil, throttle: DutyCycleThrottle? = nil) {
+    init(pid: Int32, freezer: TargetFreezing? = nil, throttle: DutyCycleThrottle? = nil) {
         self.pid = pid
         self.freezer = freezer ?? TargetFreezer(pid: pid)
         self.throttle = throttle ?? DutyCycleThrottle(pid: pid)
@@ -64,7 +76,7 @@ final class TargetHold {
         precondition(released == nil)
         throttle.stop()
         frozenAt = MonotonicClock.seconds()
-        return try freezer.freeze()
+        return try freezer.stopTarget()
     }
 
     func setThrottle(percent: Int) {
@@ -89,7 +101,7 @@ final class TargetHold {
         var action = isFrozen ? "left stopped" : "running"
         if isFrozen && !keepStopped {
             do {
-                try freezer.thaw()
+                try freezer.resumeTarget()
                 action = "resumed"
             } catch {
                 problems.append("thaw failed: \(error)")

@@ -226,3 +226,54 @@ func userfaultfdCount(_ pid: pid_t) -> Int {
     let fds = (try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []
     return fds.filter { (try? FileManager.default.destinationOfSymbolicLink(atPath: "\(dir)/\($0)")) == "anon_inode:[userfaultfd]" }.count
 }
+
+/// The hold on its own: what it undoes, whatever went wrong on the way.
+@Suite(.serialized) struct TargetHoldTests {
+    /// The real freezer, but its freeze fails after the stop went out (as a
+    /// freeze timeout or a vanished task does).
+    struct FailingFreezer: TargetFreezing {
+        let real: TargetFreezer
+        func stopTarget() throws -> UInt64 {
+            _ = try real.freeze()
+            throw MigrationError.freezeTimeout(pid: real.pid)
+        }
+        func resumeTarget() throws { try real.thaw() }
+    }
+
+    @Test func aFreezeThatFailsHalfWayIsStillUndone() throws {
+        let workload = try startWorkload(["--size", "8M", "--threads", "2", "--rate", "1000"])
+        let hold = TargetHold(pid: workload.pid, freezer: FailingFreezer(real: TargetFreezer(pid: workload.pid)))
+        _ = try hold.attach()
+        #expect(throws: MigrationError.freezeTimeout(pid: workload.pid)) { _ = try hold.freeze() }
+        #expect(workload.state == "T", "the stop went out")
+        let release = hold.release(.failed)
+        #expect(release.action == "resumed" && release.problems.isEmpty, "\(release)")
+        #expect(release.frozenSeconds != nil)
+        #expect(workload.state != "T" && workload.state != nil)
+        #expect(!workload.hasUffdWriteProtect)
+        // Idempotent: a second release changes nothing and reports the first.
+        #expect(hold.release(.completed(.kill)).action == "resumed")
+        #expect(Glibc.kill(workload.pid, 0) == 0, "not killed by the second release")
+    }
+
+    @Test func completedWithStopStaysFrozenButUntracked() throws {
+        let workload = try startWorkload(["--size", "8M", "--threads", "2", "--rate", "1000"])
+        let hold = TargetHold(pid: workload.pid)
+        _ = try hold.attach()
+        _ = try hold.freeze()
+        let release = hold.release(.completed(.stop))
+        #expect(release.action == "left stopped")
+        #expect(workload.state == "T")
+        #expect(!workload.hasUffdWriteProtect)
+    }
+
+    @Test func aThrottledTargetRunsAfterAFailure() throws {
+        let workload = try startWorkload(["--size", "8M", "--threads", "2", "--rate", "1000"])
+        let hold = TargetHold(pid: workload.pid)
+        _ = try hold.attach()
+        hold.setThrottle(percent: 99)
+        hold.release(.failed)
+        #expect(workload.state != "T" && workload.state != nil)
+        #expect(!workload.hasUffdWriteProtect)
+    }
+}
