@@ -155,7 +155,7 @@ enum Summary {
         if let r = s.rounds { lines.append("  rounds: \(r)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
-        if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %.0f ms)", f, s.downtimeLimitMs)) }
+        if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
         if let v = s.verifyMs { lines.append(String(format: "  verify: %.1f ms, digest %@", v, s.digest ?? "-")) }
         if let t = s.totalTimeMs { lines.append(String(format: "  total: %.2f s", t / 1000)) }
         if let c = s.cutoverReason { lines.append("  cutover: \(c)") }

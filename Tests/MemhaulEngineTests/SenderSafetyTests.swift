@@ -184,7 +184,7 @@ import Testing
         let t0 = MonotonicClock.seconds()
         run.migration.cancel()
         #expect(run.finished(seconds: 10))
-        print("cancel-frozen: target thawed and untracked, run() ended after \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
+        print("cancel-frozen: run() ended (target released) after \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
         #expect(run.migration.status.state == .cancelled)
         #expect(run.migration.status.frozenMs != nil)
         expectReleased(run, "cancel-frozen")
