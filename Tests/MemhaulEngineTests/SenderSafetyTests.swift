@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import MemhaulWire
 import Testing
+@testable import MemhaulControl
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
@@ -56,6 +57,17 @@ import Testing
         #expect(state != nil && state != "T" && state != "t", "\(context): target state \(String(describing: state))", sourceLocation: sourceLocation)
         #expect(!w.holdsUserfaultfd, "\(context): target holds a userfaultfd", sourceLocation: sourceLocation)
         #expect(!w.hasUffdWriteProtect, "\(context): a mapping is still uffd-wp registered", sourceLocation: sourceLocation)
+    }
+
+    /// When the target was first seen running and untracked (polling /proc:
+    /// the kernel sends no event for it), within a bound of 10 s; nil if not.
+    func released(_ w: Child) -> Double? {
+        let limit = MonotonicClock.seconds() + 10
+        while MonotonicClock.seconds() < limit {
+            if w.state != "T" && !w.hasUffdWriteProtect { return MonotonicClock.seconds() }
+            sched_yield()
+        }
+        return nil
     }
 
     func expectTimeout(_ s: MigrationStatus, wait: String, seconds: Double, sourceLocation: SourceLocation = #_sourceLocation) {
@@ -164,9 +176,10 @@ import Testing
         let t0 = MonotonicClock.seconds()
         run.migration.cancel()
         let returned = MonotonicClock.seconds()
-        #expect(run.finished(seconds: 10), "released after cancel")
-        let released = MonotonicClock.seconds()
-        print("cancel-stall: cancel() returned after \(Int((returned - t0) * 1e6)) µs, run() ended (target released) after \(Int((released - t0) * 1000)) ms")
+        let untracked = released(run.workload)
+        #expect(run.finished(seconds: 10), "run() returned after cancel")
+        let ended = MonotonicClock.seconds()
+        print("cancel-stall: cancel() returned after \(Int((returned - t0) * 1e6)) µs, target untracked after \(untracked.map { "\(Int(($0 - t0) * 1000)) ms" } ?? "-"), run() ended after \(Int((ended - t0) * 1000)) ms")
         #expect(run.migration.status.state == .cancelled)
         #expect(run.migration.status.error == nil)
         expectReleased(run, "cancel-stall")
@@ -183,11 +196,32 @@ import Testing
         #expect(run.workload.state == "T", "frozen while the final round waits")
         let t0 = MonotonicClock.seconds()
         run.migration.cancel()
+        let returned = MonotonicClock.seconds()
+        let thawed = released(run.workload)
         #expect(run.finished(seconds: 10))
-        print("cancel-frozen: run() ended (target released) after \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
+        print("cancel-frozen: cancel() returned after \(Int((returned - t0) * 1e6)) µs, target thawed and untracked after \(thawed.map { "\(Int(($0 - t0) * 1000)) ms" } ?? "-"), run() ended after \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
         #expect(run.migration.status.state == .cancelled)
         #expect(run.migration.status.frozenMs != nil)
         expectReleased(run, "cancel-frozen")
+    }
+
+    // MARK: - Options
+
+    @Test func controlMigrateTakesTheDeadlines() throws {
+        var args: [String: Any] = ["pid": 1, "to": "h:1", "welcome_timeout_s": 3, "round_ack_timeout_s": 4,
+                                   "frozen_round_ack_timeout_s": 5, "keepalive_drain_timeout_s": 6, "verification_timeout_s": 7.5]
+        let r = try SenderControl.request(from: ControlRequest(op: "migrate", args: args))
+        var expected = PeerDeadlines()
+        (expected.welcome, expected.roundAck, expected.frozenRoundAck, expected.keepaliveDrain, expected.verification) = (3, 4, 5, 6, 7.5)
+        #expect(r.deadlines == expected)
+        #expect(try SenderControl.request(from: ControlRequest(op: "migrate", args: ["pid": 1, "to": "h:1"])).deadlines == PeerDeadlines())
+        args["verification_timeout_s"] = 0
+        do {
+            _ = try SenderControl.request(from: ControlRequest(op: "migrate", args: args))
+            Issue.record("a zero deadline was accepted")
+        } catch {
+            #expect(error.code == .badRequest && error.message.contains("verification deadline must be > 0"), "\(error)")
+        }
     }
 
     // MARK: - Downtime overrun: reported, not gated
