@@ -17,6 +17,9 @@ public struct LayoutDelta: Sendable {
     public var current: [MapsEntry]
     /// Mappings not tracked now, and why.
     public var skipped: [SkippedMapping]
+    /// The tracked ranges whose clean page-cache pages are content
+    /// (``FileBacking/notReopenable``), coalesced and ascending.
+    public var fileContent: [AddressRange]
 }
 
 /// A foreign process whose private writable memory is registered for
@@ -48,6 +51,11 @@ public final class AttachedProcess: Sendable {
         /// VmFlags per mapping seen so far (smaps is costly: read only for new mappings).
         /// Keyed without the end address, so a growing heap or stack is not "new".
         var flags: [MappingIdentity: VmFlags] = [:]
+        /// FileBacking per mapping seen so far: one stat(2) per new file mapping.
+        /// A file unlinked or replaced later changes the maps path (` (deleted)`),
+        /// hence the identity, so it is decided again.
+        var backing: [MappingIdentity: FileBacking] = [:]
+        var fileContent: [AddressRange] = []
         var detached = false
     }
     private let state = Mutex(State())
@@ -71,6 +79,15 @@ public final class AttachedProcess: Sendable {
     public var registeredRanges: [AddressRange] { state.withLock { $0.registeredRanges } }
     /// Mappings left out, and why.
     public var skipped: [SkippedMapping] { state.withLock { $0.skipped } }
+    /// Registered ranges of private mappings of files that cannot be reopened
+    /// (deleted, memfd, replaced): their clean page-cache pages are content
+    /// (pass them as `fileContent` to the scanner and the tracker). Coalesced,
+    /// ascending, as of the last refresh.
+    public var fileContentRanges: [AddressRange] { state.withLock { $0.fileContent } }
+    /// How the file behind a registered mapping was judged (``FileBacking/none`` if unknown).
+    public func fileBacking(of entry: MapsEntry) -> FileBacking {
+        state.withLock { $0.backing[MappingIdentity(entry)] ?? .none }
+    }
     /// The uffd had to be created with UFFD_USER_MODE_ONLY.
     public var userModeOnly: Bool { uffd.userModeOnly }
 
@@ -171,13 +188,25 @@ public final class AttachedProcess: Sendable {
             var registered: [MapsEntry] = []
             var skipped: [SkippedMapping] = []
             var firstFailure: SystemError?
+            var backing: [MappingIdentity: FileBacking] = [:]
+            var fileContent: [AddressRange] = []
             // PROT_NONE mappings are tracked once they hold content (one page-table scan each).
             var emptinessScanner: PagemapScanner?
             for entry in maps {
-                var decision = ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)])
+                let id = MappingIdentity(entry)
+                var decision = ProcMaps.trackability(of: entry, flags: s.flags[id])
+                // Only private mappings reach here as tracked or PROT_NONE; a
+                // shared one is skipped before any stat.
+                var file = FileBacking.none
+                if decision == .tracked || decision == .skipped(.noAccessAndEmpty) {
+                    file = s.backing[id] ?? ProcMaps.fileBacking(of: entry)
+                    backing[id] = file
+                }
                 if decision == .skipped(.noAccessAndEmpty) {
                     emptinessScanner = emptinessScanner ?? PagemapScanner(pagemap: pagemap, vectorCapacity: 16)
-                    if try !emptinessScanner!.populated([AddressRange(start: entry.start, end: entry.end)]).isEmpty { decision = .tracked }
+                    let range = AddressRange(start: entry.start, end: entry.end)
+                    let content = try emptinessScanner!.populated([range], fileContent: file.cleanPagesAreContent ? [range] : [])
+                    if !content.isEmpty { decision = .tracked }
                 }
                 switch decision {
                 case .skipped(let reason):
@@ -186,6 +215,7 @@ public final class AttachedProcess: Sendable {
                     do {
                         try uffd.registerWriteProtect(entry.range)
                         registered.append(entry)
+                        if file.cleanPagesAreContent { fileContent.append(entry.range) }
                     } catch let error as SystemError {
                         if error.errno == .EBUSY {
                             if attaching { throw AttachError.alreadyTracked(pid: pid) }
@@ -203,10 +233,12 @@ public final class AttachedProcess: Sendable {
             let delta = LayoutDelta(
                 added: ranges.subtracting(s.registeredRanges),
                 removed: s.registeredRanges.subtracting(ranges),
-                current: registered, skipped: skipped)
+                current: registered, skipped: skipped, fileContent: fileContent.coalesced())
             s.registered = registered
             s.registeredRanges = ranges
             s.skipped = skipped
+            s.backing = backing
+            s.fileContent = delta.fileContent
             return delta
         }
     }
