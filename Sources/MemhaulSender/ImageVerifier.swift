@@ -94,7 +94,55 @@ public enum ImageVerifier {
             }
         }
         try checkCoverage(store, pid: pid, maps: maps, fileContent: fileContent, scanner: scanner, into: &report)
+        if report.mismatches.count >= maxMismatches { return report }
+        try checkUnresidentFilePages(store, pid: pid, maps: maps, fileContent: fileContent, scanner: scanner, into: &report)
         return report
+    }
+
+    /// A page of a mapping of a file that cannot be reopened that holds no page
+    /// in the process (never read, reclaimed, or a copy-on-write copy dropped by
+    /// MADV_DONTNEED) still reads as the file's bytes, and nothing but the image
+    /// can provide them after the migration: where the file holds non-zero
+    /// bytes the image must hold them too. The file is read through
+    /// `/proc/PID/map_files/START-END` (the kernel's own file, deleted or not;
+    /// pread never faults anything into the process); without access to it
+    /// (CAP_CHECKPOINT_RESTORE) this check is skipped.
+    static func checkUnresidentFilePages(
+        _ store: some CommittedImage, pid: Int32, maps: [MapsEntry], fileContent: [AddressRange], scanner: PagemapScanner,
+        into report: inout Report
+    ) throws {
+        let layout = store.layout.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
+        let file = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        let image = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { file.deallocate(); image.deallocate() }
+        for entry in maps where !entry.permissions.contains(.shared) && fileContent.contains(where: { $0.contains(entry.range) }) {
+            let link = "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+            let fd = open(link, O_RDONLY | O_CLOEXEC)
+            guard fd >= 0 else { continue }
+            defer { close(fd) }
+            var st = stat()
+            guard fstat(fd, &st) == 0, UInt64(st.st_size) > entry.offset else { continue }
+            // Pages past the end of the file fault with SIGBUS: nothing to hold.
+            let extent = AddressRange(start: entry.start, end: min(entry.end, entry.start + PageSize.roundUp(UInt64(st.st_size) - entry.offset)))
+            let resident = try scanner.populated([extent], fileContent: [extent])
+            for r in [extent].subtracting(resident) {
+                var at = r.start
+                while at < r.end {
+                    defer { at += PageSize.bytes }
+                    let n = pread(fd, file.baseAddress, 4096, off_t(entry.offset + (at - entry.start)))
+                    if n > 0 && n < 4096 { memset(file.baseAddress! + n, 0, 4096 - n) }
+                    guard n > 0, !PageClassifier.isZero(page: UnsafeRawBufferPointer(file)) else { continue }
+                    let inImage = layout.contains { $0.contains(at) }
+                    if inImage { try store.read(at: at, into: image) }
+                    if !inImage || memcmp(file.baseAddress!, image.baseAddress!, 4096) != 0 {
+                        report.mismatches.append(Mismatch(
+                            range: AddressRange(start: at, pages: 1),
+                            reason: "not resident in the process and missing from the image: \(entry.path) cannot be reopened, so nothing else holds these bytes"))
+                        break
+                    }
+                }
+            }
+        }
     }
 
     /// Private file mappings whose file cannot be opened again by its path:

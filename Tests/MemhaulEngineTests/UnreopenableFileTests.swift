@@ -95,6 +95,32 @@ import Testing
         #expect(report.mismatches.first?.range.start == kept + 4 * 4096, "\(report.mismatches)")
         #expect(report.mismatches.first?.reason.contains("cannot be reopened") == true, "\(report.mismatches)")
     }
+
+    /// The limit, made loud: pages of a deleted file that were never read hold
+    /// no page in the process, so nothing is sent for them and both digests
+    /// agree, yet the process would read the file's bytes there. `image verify`
+    /// reads the file through /proc/PID/map_files and fails.
+    @Test func pagesOfADeletedFileThatWereNeverReadFailImageVerify() throws {
+        let dir = temporaryDirectory("nolose")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        var untouched: UInt64 = 0
+        let live = try LiveMigration(id: "nolose-3", workload: ["--size", "4M"]) { w in
+            untouched = try startAddress(w.command("mapfile \(dir)/untouched 1M private"))
+            try w.command("read \(hex(untouched)) 8")
+            guard unlink("\(dir)/untouched") == 0 else { throw TestSetupError("unlink: errno \(errno)") }
+        }
+        defer { live.end() }
+        try live.waitRounds()
+        let store = try live.finish()
+        defer { store.close() }
+        let (_, differ) = try comparePages(live.workload.pid, store, untouched, 8)
+        #expect(differ.isEmpty, "the 8 pages read are in the image")
+        let report = try ImageVerifier.verify(store, pid: live.workload.pid)
+        // (A read fault maps up to 64 KiB around it: the kernel's fault-around.)
+        let first = try #require(report.mismatches.first, "verify passed")
+        #expect(first.range.start >= untouched + 8 * 4096 && first.range.start < untouched + (1 << 20), "\(report.mismatches)")
+        #expect(report.mismatches.allSatisfy { $0.reason.contains("not resident") }, "\(report.mismatches)")
+    }
 }
 
 private func hex(_ a: UInt64) -> String { "0x" + String(a, radix: 16) }
