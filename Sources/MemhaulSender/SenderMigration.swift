@@ -293,6 +293,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
         }
+        if let w = UnresidentFilePages.warning(
+            pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
+        {
+            updateStatus { $0.warnings.append(w) }
+            log(w)
+        }
         try? box.channel.send(.close(Close(reason: .complete)))
     }
 

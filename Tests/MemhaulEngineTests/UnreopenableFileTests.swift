@@ -45,6 +45,7 @@ import Testing
             #expect(differ.isEmpty, "\(name): \(differ.count) of \(pages) pages differ from the process in the image, first \(differ.first.map(hex) ?? "")")
         }
         try live.verify(store)
+        #expect(!live.migration.status.warnings.contains { $0.contains("not resident") }, "\(live.migration.status.warnings)")
     }
 
     @Test func cleanPagesOfAReopenableFileCountAsZeroAndAReplacedFileIsMigrated() throws {
@@ -113,6 +114,8 @@ import Testing
         try live.waitRounds()
         let store = try live.finish()
         defer { store.close() }
+        #expect(live.migration.status.warnings.contains { $0.contains("not resident") && $0.contains("untouched (deleted)") },
+                "\(live.migration.status.warnings)")
         let (_, differ) = try comparePages(live.workload.pid, store, untouched, 8)
         #expect(differ.isEmpty, "the 8 pages read are in the image")
         let report = try ImageVerifier.verify(store, pid: live.workload.pid)
