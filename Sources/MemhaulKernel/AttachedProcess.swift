@@ -199,7 +199,7 @@ public final class AttachedProcess: Sendable {
                 // shared one is skipped before any stat.
                 var file = FileBacking.none
                 if decision == .tracked || decision == .skipped(.noAccessAndEmpty) {
-                    file = s.backing[id] ?? ProcMaps.fileBacking(of: entry)
+                    file = s.backing[id] ?? ProcMaps.fileBacking(of: entry, pid: pid)
                     backing[id] = file
                 }
                 if decision == .skipped(.noAccessAndEmpty) {

@@ -200,14 +200,23 @@ public enum ProcMaps {
     /// the device and inode of the maps line. A path that cannot be stat'ed
     /// (ENOENT, a ` (deleted)` suffix, `/memfd:…`, an escaped name) is not
     /// reopenable: when in doubt the pages are sent.
-    public static func fileBacking(of entry: MapsEntry) -> FileBacking {
+    ///
+    /// Some file systems report another `st_dev` than the superblock's, which
+    /// maps prints (btrfs subvolumes): with the same inode but another device,
+    /// and `pid` given, the kernel's own file decides — `stat` of
+    /// `/proc/PID/map_files/START-END` against `stat(path)` (a second stat,
+    /// only then).
+    public static func fileBacking(of entry: MapsEntry, pid: Int32? = nil) -> FileBacking {
         if entry.inode == 0 || entry.path.isEmpty || entry.isPseudo { return .none }
         guard !entry.isDeleted, let (major, minor) = parseDevice(entry.device) else { return .notReopenable }
         var st = stat()
-        guard stat(entry.path, &st) == 0 else { return .notReopenable }
-        let same = UInt64(st.st_ino) == entry.inode && deviceMajor(UInt64(st.st_dev)) == major
-            && deviceMinor(UInt64(st.st_dev)) == minor
-        return same ? .reopenable : .notReopenable
+        guard stat(entry.path, &st) == 0, UInt64(st.st_ino) == entry.inode else { return .notReopenable }
+        if deviceMajor(UInt64(st.st_dev)) == major && deviceMinor(UInt64(st.st_dev)) == minor { return .reopenable }
+        guard let pid else { return .notReopenable }
+        var mapped = stat()
+        let link = "/proc/\(pid == 0 ? "self" : String(pid))/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+        guard stat(link, &mapped) == 0 else { return .notReopenable }
+        return mapped.st_dev == st.st_dev && mapped.st_ino == st.st_ino ? .reopenable : .notReopenable
     }
 
     /// `fd:01` → (0xfd, 0x01).

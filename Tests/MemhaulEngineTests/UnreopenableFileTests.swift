@@ -64,8 +64,8 @@ import Testing
         }
         defer { live.end() }
         let maps = try ProcMaps.read(pid: live.workload.pid)
-        #expect(maps.first { $0.start == kept }.map(ProcMaps.fileBacking) == .reopenable)
-        #expect(maps.first { $0.start == replaced }.map(ProcMaps.fileBacking) == .notReopenable)
+        #expect(maps.first { $0.start == kept }.map { ProcMaps.fileBacking(of: $0, pid: live.workload.pid) } == .reopenable)
+        #expect(maps.first { $0.start == replaced }.map { ProcMaps.fileBacking(of: $0, pid: live.workload.pid) } == .notReopenable)
         try live.waitRounds()
         let store = try live.finish()
         defer { store.close() }

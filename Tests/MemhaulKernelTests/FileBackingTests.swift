@@ -38,6 +38,18 @@ import MemhaulSystem
         var e = try entry(at: kept)
         e.inode += 1
         #expect(ProcMaps.fileBacking(of: e) == .notReopenable)
+        #expect(ProcMaps.fileBacking(of: e, pid: 0) == .notReopenable)
+        // Same inode, a device number stat does not report (btrfs subvolumes):
+        // the mapped file itself, through map_files, decides.
+        e = try entry(at: kept)
+        e.device = "ff:ff"
+        #expect(ProcMaps.fileBacking(of: e) == .notReopenable)
+        #expect(ProcMaps.fileBacking(of: e, pid: 0) == .reopenable)
+        // A maps line claiming the kept file's path and inode for the deleted
+        // file's mapping: map_files shows the file actually mapped.
+        var g = try entry(at: gone)
+        (g.path, g.inode, g.device) = (dir + "/kept", try entry(at: kept).inode, "ff:ff")
+        #expect(ProcMaps.fileBacking(of: g, pid: 0) == .notReopenable)
         #expect(ProcMaps.fileBacking(of: MapsEntry(start: 0, end: 4096, permissions: [.read], path: "[heap]")) == .none)
         #expect(ProcMaps.fileBacking(of: MapsEntry(start: 0, end: 4096, permissions: [.read])) == .none)
         let memfd = MapsEntry(start: 0, end: 4096, permissions: [.read, .write], device: "00:01", inode: 1026, path: "/memfd:x (deleted)")
