@@ -95,7 +95,8 @@ public enum ImageVerifier {
         }
         try checkCoverage(store, pid: pid, maps: maps, fileContent: fileContent, scanner: scanner, into: &report)
         if report.mismatches.count >= maxMismatches { return report }
-        try checkUnresidentFilePages(store, pid: pid, maps: maps, fileContent: fileContent, scanner: scanner, into: &report)
+        try checkUnresidentFilePages(
+            store, pid: pid, maps: maps, fileContent: fileContent, scanner: scanner, into: &report, maxMismatches: maxMismatches)
         return report
     }
 
@@ -106,16 +107,21 @@ public enum ImageVerifier {
     /// bytes the image must hold them too. The file is read through
     /// `/proc/PID/map_files/START-END` (the kernel's own file, deleted or not;
     /// pread never faults anything into the process); without access to it
-    /// (CAP_CHECKPOINT_RESTORE) this check is skipped.
+    /// (CAP_CHECKPOINT_RESTORE) this check is skipped. `PROT_NONE` mappings are
+    /// left out: the gaps ld.so maps between a library's segments are never
+    /// read, and the sender tracks them only once they hold pages.
     static func checkUnresidentFilePages(
         _ store: some CommittedImage, pid: Int32, maps: [MapsEntry], fileContent: [AddressRange], scanner: PagemapScanner,
-        into report: inout Report
+        into report: inout Report, maxMismatches: Int
     ) throws {
         let layout = store.layout.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
         let file = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         let image = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { file.deallocate(); image.deallocate() }
-        for entry in maps where !entry.permissions.contains(.shared) && fileContent.contains(where: { $0.contains(entry.range) }) {
+        for entry in maps where !entry.permissions.contains(.shared) && !entry.permissions.isDisjoint(with: [.read, .write, .execute])
+            && fileContent.contains(where: { $0.contains(entry.range) })
+        {
+            if report.mismatches.count >= maxMismatches { return }
             let link = "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
             let fd = open(link, O_RDONLY | O_CLOEXEC)
             guard fd >= 0 else { continue }

@@ -19,7 +19,9 @@ enum UnresidentFilePages {
         guard !fileContent.isEmpty else { return nil }
         var named: [String] = []
         var total: UInt64 = 0
-        for entry in mappings where fileContent.contains(where: { $0.contains(entry.range) }) {
+        for entry in mappings where !entry.permissions.isDisjoint(with: [.read, .write, .execute])
+            && fileContent.contains(where: { $0.contains(entry.range) })
+        {
             var st = stat()
             let link = "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
             guard stat(link, &st) == 0, UInt64(st.st_size) > entry.offset else { continue }

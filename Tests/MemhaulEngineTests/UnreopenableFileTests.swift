@@ -108,6 +108,9 @@ import Testing
         let live = try LiveMigration(id: "nolose-3", workload: ["--size", "4M"]) { w in
             untouched = try startAddress(w.command("mapfile \(dir)/untouched 1M private"))
             try w.command("read \(hex(untouched)) 8")
+            // The second half inaccessible, as ld.so maps the gaps between a
+            // library's segments: never read, not reported.
+            try w.command("mprotect \(hex(untouched + (512 << 10))) 512K none")
             guard unlink("\(dir)/untouched") == 0 else { throw TestSetupError("unlink: errno \(errno)") }
         }
         defer { live.end() }
@@ -121,7 +124,8 @@ import Testing
         let report = try ImageVerifier.verify(store, pid: live.workload.pid)
         // (A read fault maps up to 64 KiB around it: the kernel's fault-around.)
         let first = try #require(report.mismatches.first, "verify passed")
-        #expect(first.range.start >= untouched + 8 * 4096 && first.range.start < untouched + (1 << 20), "\(report.mismatches)")
+        #expect(first.range.start >= untouched + 8 * 4096, "\(report.mismatches)")
+        #expect(report.mismatches.allSatisfy { $0.range.start < untouched + (512 << 10) }, "\(report.mismatches)")
         #expect(report.mismatches.allSatisfy { $0.reason.contains("not resident") }, "\(report.mismatches)")
     }
 }
