@@ -5,11 +5,12 @@ import Glibc
 #endif
 
 /// Clean pages of a file that cannot be reopened are sent while they are
-/// resident (ARCHITECTURE.md, "What is tracked"). A page of such a file that
-/// the frozen target does not hold (never read, reclaimed) is in neither
-/// digest nor the image, although the process would read the file's bytes
-/// there: this names those mappings, so that the migration's status says so
-/// (`memhaul image verify` compares those pages themselves).
+/// resident; the sender reads a mapping's file data in when it first judges it
+/// (ARCHITECTURE.md, "What is tracked"). A page of such a file that the frozen
+/// target does not hold (reclaimed since, an execute-only mapping) is in
+/// neither digest nor the image, although the process would read the file's
+/// bytes there: this names those mappings, so that the migration's status says
+/// so (`memhaul image verify` compares those pages themselves).
 enum UnresidentFilePages {
     /// One warning for every such mapping with file data outside its resident
     /// pages, or nil. The file's size and allocated blocks come from
