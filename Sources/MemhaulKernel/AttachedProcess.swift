@@ -218,7 +218,7 @@ public final class AttachedProcess: Sendable {
                 let start = lseek(fd.rawValue, off_t(at), seekData)
                 guard start >= 0, start < Int64(fileEnd) else { break }  // ENXIO: no data after `at`
                 var end = lseek(fd.rawValue, off_t(start), seekHole)
-                if end < 0 || end > Int64(fileEnd) { end = off_t(fileEnd) }
+                if end <= start || end > Int64(fileEnd) { end = off_t(fileEnd) }  // no SEEK_HOLE: data to the end
                 let first = entry.start + PageSize.roundDown(UInt64(start) - entry.offset)
                 let last = entry.start + PageSize.roundUp(UInt64(end) - entry.offset)
                 data.appendCoalescing(AddressRange(start: first, end: min(last, entry.end)))
