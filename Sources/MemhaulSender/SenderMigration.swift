@@ -355,7 +355,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
-        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner)
+        let digest = try ProcessDigest.compute(
+            pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges)
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {
@@ -376,6 +377,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.digest = digest.hex
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
+        }
+        if let w = UnresidentFilePages.warning(
+            pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
+        {
+            updateStatus { $0.warnings.append(w) }
+            log(w)
         }
         try? box.channel.send(.close(Close(reason: .complete)))
     }
@@ -481,7 +488,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
         for attempt in 1... {
             do {
-                return try tracker.initialRound(ranges: Self.ranges(layout))
+                return try tracker.initialRound(ranges: Self.ranges(layout), fileContent: process.fileContentRanges)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the first scan at \(range); rescanning")
                 _ = try process.refreshLayout()
@@ -505,7 +512,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             layout = Self.regions(of: process)
             removed += delta.removed
             do {
-                return try tracker.nextRound(ranges: Self.ranges(layout), removed: removed)
+                return try tracker.nextRound(
+                    ranges: Self.ranges(layout), removed: removed, fileContent: process.fileContentRanges)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }
