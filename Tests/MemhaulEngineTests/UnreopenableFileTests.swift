@@ -3,6 +3,7 @@ import Glibc
 import MemhaulImage
 import MemhaulKernel
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulSender
 
 /// Clean page-cache pages of private mappings (issue #13, item 9). They count

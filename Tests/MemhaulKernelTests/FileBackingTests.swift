@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulKernel
 import MemhaulSystem
 
