@@ -123,7 +123,7 @@ final class HostileReceiver: @unchecked Sendable {  // counters behind `conditio
                 welcome = Welcome(version: version, capabilities: caps, lastCommittedRound: round)
             } else {
                 let resumed = hello.resumeFromRound.flatMap { $0 == 0 ? nil : $0 }
-                welcome = Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive]), lastCommittedRound: resumed)
+                welcome = Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive, .resume]), lastCommittedRound: resumed)
             }
             try send([.welcome(welcome)])
             var acked = 0
