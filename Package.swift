@@ -64,7 +64,7 @@ let package = Package(
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulControl", "MemhaulSender", "MemhaulReceiver", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
     ]
