@@ -80,7 +80,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
             }
             box?.channel.close()
-            finish(after: request.after, frozen: frozen, process: attached)
+            finish(after: request.after, frozen: frozen, process: attached, freezer: freezer)
         } catch var error {
             throttle.stop()
             // A send that failed because the receiver gave up: report its reason.
@@ -496,14 +496,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
     }
 
-    private func finish(after: AfterAction, frozen: Bool, process: AttachedProcess) {
+    private func finish(after: AfterAction, frozen: Bool, process: AttachedProcess, freezer: TargetFreezer) {
         try? process.detach()
         switch after {
-        case .stop: break
-        case .kill: kill(request.pid, SIGKILL)
-        case .resume: if frozen { kill(request.pid, SIGCONT) }
+        case .stop: try? freezer.detachKeepingStopped()  // our ptrace hold ends with us: hand over to a group stop
+        case .kill: freezer.kill()
+        case .resume: try? freezer.thaw()
         }
-        log("migration \(request.id) completed; source \(after == .stop ? "left stopped" : after == .kill ? "killed" : "resumed")")
+        log("migration \(request.id) completed; source \(after == .stop ? "left stopped (SIGSTOP)" : after == .kill ? "killed" : "resumed")")
     }
 
     static func ranges(_ layout: [RegionDescriptor]) -> [AddressRange] {

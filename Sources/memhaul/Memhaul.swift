@@ -1,7 +1,23 @@
 import ArgumentParser
+import CMemhaulSignals
+
+/// The entry: the commands that hold targets (and the receiver) take
+/// SIGINT/SIGTERM/SIGHUP on a signal thread (``ShutdownSignals``); the others
+/// get the default actions back.
+@main
+enum MemhaulMain {
+    static func main() async {
+        let graceful: Set<String> = ["migrate", "sender", "receive"]
+        if let verb = CommandLine.arguments.dropFirst().first, graceful.contains(verb), cms_blocked_early() != 0 {
+            ShutdownSignals.start()
+        } else {
+            ShutdownSignals.restoreDefault()
+        }
+        await Memhaul.main()
+    }
+}
 
 /// `memhaul`: the one command; each verb is a subcommand in its own file.
-@main
 struct Memhaul: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "memhaul",

@@ -82,7 +82,25 @@ struct MigrateCommand: ParsableCommand {
         let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
         let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
         progress?.start()
+        // SIGINT/SIGTERM/SIGHUP: cancel, let the migration thaw and untrack its
+        // target (bounded), then release whatever is still held and exit 128+N.
+        ShutdownSignals.onTerminate { [request = migration.request] sig in
+            Log.line("memhaul migrate: \(ShutdownSignals.name(sig)): cancelling migration \(request.id) and releasing PID \(request.pid)")
+            migration.cancel()
+            migration.waitUntilFinished(timeoutSeconds: ShutdownSignals.graceSeconds)
+            let ended = migration.status.state.isFinal
+            let forced = TargetRelease.shared.releaseAll()
+            progress?.stop()
+            if !ended || !forced.isEmpty {
+                Log.line("memhaul migrate: the migration did not end within \(Int(ShutdownSignals.graceSeconds)) s; released PID \(request.pid) directly (its userfaultfd registration goes when this process exits)")
+            }
+            let state = migration.status.state
+            Log.line("memhaul migrate: stopped by \(ShutdownSignals.name(sig)); migration \(request.id) \(state == .completed ? "had completed" : "cancelled"), PID \(request.pid) \(state == .completed ? "handled as --after \(request.after.rawValue)" : "runs on, untracked")")
+            return state == .completed ? 0 : 128 + sig
+        }
         migration.run()
+        // A shutdown in progress decides the exit (and its message).
+        ShutdownSignals.parkIfShuttingDown()
         progress?.stop()
         let status = migration.status
         if json {

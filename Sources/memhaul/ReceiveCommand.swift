@@ -55,7 +55,6 @@ struct ReceiveCommand: ParsableCommand {
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         agent.authorization = authorization
-        ReceiverAuthorization.reloadOnHangup(authorization, log: Log.line)
         if !transport.insecure {
             Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
                 ?? "receiver: no --authorize policy: any sender with a certificate from the CA may start a migration (each image is bound to its first sender)")
@@ -64,7 +63,15 @@ struct ReceiveCommand: ParsableCommand {
         defer { server.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
         Console.announce("listening \(listener.localDescription)")
-        AgentSignals.stopOnTerminate { agent.close(); server.close() }
+        // SIGHUP re-reads the policy (also without one: a reload never kills a receiver);
+        // SIGINT/SIGTERM end the agent cleanly (socket file removed).
+        ShutdownSignals.onSignal { sig in
+            if sig == SIGHUP { return ReceiverAuthorization.hangUp(authorization, log: Log.line) }
+            Log.line("stopping on \(ShutdownSignals.name(sig))")
+            agent.close()
+            server.close()
+            ShutdownSignals.exitOnce(0)
+        }
         agent.serve()
     }
 }
@@ -87,28 +94,24 @@ struct SenderCommand: ParsableCommand {
         }
         Log.line("sender: control socket \(control) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3") to receivers)")
         Console.announce("ready \(control)")
-        let done = DispatchSemaphore(value: 0)
-        AgentSignals.stopOnTerminate { server.close(); done.signal() }
-        done.wait()
-    }
-}
-
-/// SIGTERM/SIGINT end an agent cleanly (socket file removed).
-enum AgentSignals {
-    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
-
-    static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            source.setEventHandler {
-                Log.line("stopping on signal \(sig)")
-                stop()
-                exit(0)
+        // SIGINT/SIGTERM/SIGHUP: no new work, cancel the migrations (each thaws
+        // and untracks its target), release whatever is still held after the
+        // grace period, exit (non-zero when migrations had to be cancelled).
+        ShutdownSignals.onTerminate { sig in
+            server.close()
+            let (cancelled, unfinished) = senderControl.shutdown(timeoutSeconds: ShutdownSignals.graceSeconds)
+            let forced = TargetRelease.shared.releaseAll()
+            if !unfinished.isEmpty || !forced.isEmpty {
+                Log.line("sender: \(unfinished.joined(separator: ", ")) did not end within \(Int(ShutdownSignals.graceSeconds)) s; released PID \(forced.map(String.init).joined(separator: ", ")) directly")
             }
-            source.resume()
-            sources.append(source)
+            if cancelled.isEmpty {
+                Log.line("sender: stopping on \(ShutdownSignals.name(sig)); no migration was running")
+                return 0
+            }
+            Log.line("sender: stopped by \(ShutdownSignals.name(sig)); cancelled migration \(cancelled.joined(separator: ", ")); their targets run on, untracked")
+            return 128 + sig
         }
+        while true { pause() }
     }
 }
 
