@@ -83,38 +83,46 @@ public final class ThreadGroupHold: @unchecked Sendable {  // `held` is touched 
                 if held.isEmpty { throw AttachError.noSuchProcess(pid: pid) }
                 return
             }
-            for tid in seized { try waitStopped(tid, deadline: deadline) }
+            try waitStopped(seized, deadline: deadline)
         }
     }
 
-    /// Waits (polling, bounded) for `tid`'s first stop after the interrupt.
-    private func waitStopped(_ tid: Int32, deadline: Double) throws {
-        let tracee = Tracee(tid: tid)
+    /// Waits (polling all of them in each sweep, bounded) for the first stop of
+    /// each thread after its interrupt: the threads stop in parallel, so the
+    /// wait is the slowest one, not the sum.
+    private func waitStopped(_ tids: [Int32], deadline: Double) throws {
+        var pending = tids
         var spins = 0
-        while true {
-            let stop: TraceeStop?
-            do { stop = try tracee.poll() } catch let e as SystemError where e.errno == .ECHILD || e.errno == .ESRCH {
-                held[tid] = nil
-                return
+        while !pending.isEmpty {
+            pending = pending.filter { tid in
+                let tracee = Tracee(tid: tid)
+                let stop: TraceeStop?
+                do { stop = try tracee.poll() } catch {
+                    held[tid] = nil  // ECHILD/ESRCH: gone
+                    return false
+                }
+                switch stop {
+                case .eventStop(let sig)?:
+                    if sig != SIGTRAP { wasGroupStopped = true }
+                    return false
+                case .signalDelivery(let sig)?:
+                    // Stopped on its way to deliver `sig`: keep it here, deliver it at release.
+                    held[tid] = sig
+                    return false
+                case .syscall?, .otherEvent?:
+                    try? tracee.resume()
+                    return true
+                case .exited?, .killed?:
+                    held[tid] = nil
+                    return false
+                case nil:
+                    return true
+                }
             }
-            switch stop {
-            case .eventStop(let sig)?:
-                if sig != SIGTRAP { wasGroupStopped = true }
-                return
-            case .signalDelivery(let sig)?:
-                // Stopped on its way to deliver `sig`: keep it here, deliver it at release.
-                held[tid] = sig
-                return
-            case .syscall?, .otherEvent?:
-                try? tracee.resume()
-            case .exited?, .killed?:
-                held[tid] = nil
-                return
-            case nil:
-                if MonotonicClock.seconds() > deadline { throw HoldTimeout(pid: pid, tid: tid) }
-                spins += 1
-                if spins > 64 { usleep(50) } else { sched_yield() }
-            }
+            if pending.isEmpty { return }
+            if MonotonicClock.seconds() > deadline { throw HoldTimeout(pid: pid, tid: pending[0]) }
+            spins += 1
+            if spins > 8 { usleep(20) } else { sched_yield() }
         }
     }
 

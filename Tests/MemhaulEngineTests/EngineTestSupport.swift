@@ -85,6 +85,9 @@ final class Child: @unchecked Sendable {
 
     func send(_ line: String) { input?.write(Data((line + "\n").utf8)) }
 
+    /// Closes the child's stdin (EOF).
+    func closeInput() { try? input?.close() }
+
     /// The single-letter state from /proc/PID/stat.
     var state: Character? {
         guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
