@@ -62,7 +62,6 @@ struct ReceiveCommand: ParsableCommand {
         let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
         defer { server.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
-        Console.announce("listening \(listener.localDescription)")
         // SIGHUP re-reads the policy (also without one: a reload never kills a receiver);
         // SIGINT/SIGTERM end the agent cleanly (socket file removed).
         ShutdownSignals.onSignal { sig in
@@ -72,6 +71,7 @@ struct ReceiveCommand: ParsableCommand {
             server.close()
             ShutdownSignals.exitOnce(0)
         }
+        Console.announce("listening \(listener.localDescription)")
         agent.serve()
     }
 }
@@ -93,7 +93,6 @@ struct SenderCommand: ParsableCommand {
             try senderControl.handle(r)
         }
         Log.line("sender: control socket \(control) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3") to receivers)")
-        Console.announce("ready \(control)")
         // SIGINT/SIGTERM/SIGHUP: no new work, cancel the migrations (each thaws
         // and untracks its target), release whatever is still held after the
         // grace period, exit (non-zero when migrations had to be cancelled).
@@ -111,6 +110,7 @@ struct SenderCommand: ParsableCommand {
             Log.line("sender: stopped by \(ShutdownSignals.name(sig)); cancelled migration \(cancelled.joined(separator: ", ")); their targets run on, untracked")
             return 128 + sig
         }
+        Console.announce("ready \(control)")
         while true { pause() }
     }
 }

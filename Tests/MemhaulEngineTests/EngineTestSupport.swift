@@ -34,6 +34,7 @@ func temporaryDirectory(_ tag: String) -> String {
 /// A child process with its stdout on a pipe; killed in deinit if still alive.
 final class Child: @unchecked Sendable {
     let pid: pid_t
+    private let process: Process
     private let output: FileHandle
     private let input: FileHandle?
     private var buffer = Data()
@@ -41,11 +42,14 @@ final class Child: @unchecked Sendable {
     /// The workload's `ready` line (startWorkload).
     var readyLine = ""
 
-    init(_ path: String, _ args: [String], stdin: Bool = false) throws {
+    init(_ path: String, _ args: [String], stdin: Bool = false, environment: [String: String] = [:]) throws {
         let out = Pipe()
         let process = Process()
         process.executableURL = URL(fileURLWithPath: path)
         process.arguments = args
+        if !environment.isEmpty {
+            process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 }
+        }
         process.standardOutput = out
         process.standardError = FileHandle.standardError
         var inPipe: Pipe?
@@ -56,6 +60,7 @@ final class Child: @unchecked Sendable {
             process.standardInput = FileHandle.nullDevice
         }
         try process.run()
+        self.process = process
         pid = process.processIdentifier
         output = out.fileHandleForReading
         input = inPipe?.fileHandleForWriting
@@ -118,6 +123,15 @@ final class Child: @unchecked Sendable {
     }
 
     func kill(_ sig: Int32 = SIGKILL) { Glibc.kill(pid, sig) }
+
+    /// Waits for the exit through Foundation (which reaps its children itself, so
+    /// a waitpid of ours can lose the status): the exit code, or nil when a
+    /// signal ended the child.
+    func waitExitCode() -> Int32? {
+        process.waitUntilExit()
+        exitStatus = process.terminationStatus
+        return process.terminationReason == .exit ? process.terminationStatus : nil
+    }
 
     deinit {
         if exitStatus == nil {

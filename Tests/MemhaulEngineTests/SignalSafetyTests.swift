@@ -1,0 +1,223 @@
+import Foundation
+import Glibc
+import Testing
+import MemhaulSystem
+
+/// Signals to memhaul's own processes never abandon a target: SIGINT/SIGTERM to
+/// `memhaul migrate` and SIGTERM to the sender agent in each phase end with the
+/// target running and untracked; SIGKILL of the agent inside the syscall
+/// injection leaves a target that runs on correctly. All against real
+/// processes: `memhaul receive`, `memhaul migrate` / `memhaul sender`, workloads.
+@Suite(.serialized) struct SignalSafetyTests {
+    /// Polls `condition` (an event we cannot be told about) with a bound, so a
+    /// broken build fails instead of hanging.
+    @discardableResult
+    func eventually(_ what: String, bound: Int = 120_000, _ condition: () -> Bool) -> Bool {
+        for _ in 0..<bound {
+            if condition() { return true }
+            usleep(1000)
+        }
+        Issue.record("never happened: \(what)")
+        return false
+    }
+
+    func threadStates(_ pid: pid_t) -> [Character] {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.compactMap { ProcFS.state(pid: pid, thread: Int32($0)!) }
+    }
+    func frozen(_ pid: pid_t) -> Bool { let s = threadStates(pid); return !s.isEmpty && s.allSatisfy { $0 == "t" } }
+    func anyStopped(_ pid: pid_t) -> Bool { threadStates(pid).contains { $0 == "t" || $0 == "T" } }
+    func tracer(_ pid: pid_t) -> String? {
+        readProcFile("/proc/\(pid)/status")?.split(separator: "\n").first { $0.hasPrefix("TracerPid:") }
+            .map { $0.dropFirst(10).trimmingCharacters(in: .whitespaces) }
+    }
+
+    /// After memhaul has gone: the target runs, has no tracer, no userfaultfd, no uffd-wp.
+    func expectReleased(_ workload: Child, _ context: String) {
+        #expect(!anyStopped(workload.pid), "\(context): target left stopped: \(threadStates(workload.pid))")
+        #expect(tracer(workload.pid) == "0", "\(context): still traced")
+        #expect(!workload.holdsUserfaultfd, "\(context): target holds a userfaultfd")
+        #expect(!workload.hasUffdWriteProtect, "\(context): uffd-wp left on its mappings")
+    }
+
+    // MARK: - memhaul migrate
+
+    /// SIGINT (Ctrl-C) and SIGTERM to `memhaul migrate` while the target is frozen
+    /// (stop-and-copy of 256 MiB over a 20 MB/s cap: the frozen phase lasts ~13 s).
+    @Test(arguments: [SIGINT, SIGTERM])
+    func migrateCommandReleasesAFrozenTargetOnSignal(_ sig: Int32) throws {
+        let pki = try TestPKI()
+        let receiver = try ReceiverProcess(pki: pki)
+        let workload = try startWorkload(["--size", "256M", "--threads", "2", "--rate", "2000"])
+        let migrate = try Child(builtBinary("memhaul"), [
+            "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--certs", pki.directory,
+            "--max-rounds", "0", "--max-bandwidth", "20000000", "--after", "resume", "--id", "sig-\(sig)"])
+        eventually("the target frozen by the stop-and-copy") { frozen(workload.pid) }
+        migrate.kill(sig)
+        let code = migrate.waitExitCode()
+        #expect(code == 128 + sig, "memhaul migrate exits 128+N after releasing the target (exit code \(code.map(String.init) ?? "none: killed by a signal"))")
+        expectReleased(workload, "migrate after \(sig)")
+        // And it runs: its writers use CPU again.
+        #expect(kill(workload.pid, 0) == 0)
+    }
+
+    // MARK: - the sender agent
+
+    final class Agent {
+        let child: Child
+        let socket: String
+        init(pki: TestPKI) throws {
+            socket = temporaryDirectory("sender") + "/sender.sock"
+            child = try Child(builtBinary("memhaul"), ["sender", "--control", socket, "--certs", pki.directory])
+            _ = try child.waitFor("ready")
+        }
+
+        /// One control request over the Unix socket.
+        func request(_ op: String, _ args: [String: Any] = [:]) throws -> [String: Any] {
+            let fd = socket_unix()
+            defer { close(fd) }
+            var addr = sockaddr_un()
+            addr.sun_family = sa_family_t(AF_UNIX)
+            withUnsafeMutableBytes(of: &addr.sun_path) { buf in
+                for (i, b) in socket.utf8.enumerated() where i < buf.count - 1 { buf[i] = b }
+            }
+            let ok = withUnsafePointer(to: &addr) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+            }
+            guard ok == 0 else { throw TestSetupError("connect \(socket): \(errno)") }
+            let line = try JSONSerialization.data(withJSONObject: ["id": 1, "op": op, "args": args]) + Data("\n".utf8)
+            _ = line.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+            var reply = Data()
+            var byte: UInt8 = 0
+            while read(fd, &byte, 1) == 1, byte != 0x0A { reply.append(byte) }
+            guard let object = try JSONSerialization.jsonObject(with: reply) as? [String: Any] else { throw TestSetupError("bad reply") }
+            guard object["ok"] as? Bool == true else { throw TestSetupError("\(op): \(object)") }
+            return object["result"] as? [String: Any] ?? [:]
+        }
+
+        func status(_ id: String) -> [String: Any] {
+            ((try? request("status", ["migration": id]))?["status"] as? [String: Any]) ?? [:]
+        }
+    }
+
+    private static func socket_unix() -> Int32 { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0) }
+
+    enum Phase: String, CaseIterable, Sendable { case rounds, throttled, frozen }
+
+    /// `systemctl stop` of the sender agent (SIGTERM) in each phase of a migration.
+    @Test(arguments: Phase.allCases)
+    func senderAgentReleasesItsTargetsOnSIGTERM(_ phase: Phase) throws {
+        let pki = try TestPKI()
+        let receiver = try ReceiverProcess(pki: pki)
+        let agent = try Agent(pki: pki)
+        let workload: Child
+        var args: [String: Any] = ["to": "127.0.0.1:\(receiver.port)", "id": "agent-\(phase)", "after": "resume"]
+        switch phase {
+        case .rounds:
+            workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
+            args.merge(["downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 20e6]) { $1 }
+        case .throttled:
+            // A hot set rewritten as fast as two threads can, over an 8 MB/s link: auto-converge throttles.
+            workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "0", "--pattern", "hot:0.5"])
+            args.merge(["downtime_limit_ms": 0.001, "max_rounds": 1000, "max_bandwidth_bps": 8e6]) { $1 }
+        case .frozen:
+            workload = try startWorkload(["--size", "256M", "--threads", "2", "--rate", "2000"])
+            args.merge(["max_rounds": 0, "max_bandwidth_bps": 20e6]) { $1 }
+        }
+        args["pid"] = Int(workload.pid)
+        _ = try agent.request("migrate", args)
+        let id = "agent-\(phase)"
+        switch phase {
+        case .rounds:
+            eventually("rounds under way") { workload.hasUffdWriteProtect && agent.status(id)["state"] as? String == "active" }
+        case .throttled:
+            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
+            eventually("the target in a throttle stop") { workload.state == "T" }
+        case .frozen:
+            eventually("the target frozen") { frozen(workload.pid) }
+        }
+        agent.child.kill(SIGTERM)
+        let code = agent.child.waitExitCode()
+        #expect(code == 128 + SIGTERM, "the agent exits 143 after cancelling (exit code \(code.map(String.init) ?? "none: killed by a signal"))")
+        expectReleased(workload, "agent SIGTERM while \(phase)")
+    }
+
+    /// Every thread of the agent blocks SIGINT/SIGTERM/SIGHUP (only the signal
+    /// thread takes them, with sigwait): no default action can end it mid-step.
+    @Test func everyAgentThreadBlocksTheShutdownSignals() throws {
+        let agent = try Agent(pki: try TestPKI())
+        let want: UInt64 = (1 << (UInt64(SIGINT) - 1)) | (1 << (UInt64(SIGTERM) - 1)) | (1 << (UInt64(SIGHUP) - 1))
+        let tasks = try FileManager.default.contentsOfDirectory(atPath: "/proc/\(agent.child.pid)/task")
+        #expect(tasks.count > 1)
+        var waiting = 0
+        for t in tasks {
+            // The signal thread, inside sigwait, has the set unblocked (the kernel's sigtimedwait).
+            if (readProcFile("/proc/\(agent.child.pid)/task/\(t)/wchan") ?? "").contains("sigtimedwait") { waiting += 1; continue }
+            let status = readProcFile("/proc/\(agent.child.pid)/task/\(t)/status") ?? ""
+            let blk = status.split(separator: "\n").first { $0.hasPrefix("SigBlk:") }.flatMap { UInt64($0.dropFirst(7).trimmingCharacters(in: .whitespaces), radix: 16) } ?? 0
+            #expect(blk & want == want, "thread \(t) SigBlk \(String(blk, radix: 16))")
+        }
+        #expect(waiting == 1, "one signal thread")
+        agent.child.kill(SIGTERM)
+        #expect(agent.child.waitExitCode() == 0, "an idle agent stops cleanly")
+    }
+
+    /// SIGHUP still reloads the receiver's policy and never ends it.
+    @Test func receiverSurvivesSIGHUP() throws {
+        let receiver = try ReceiverProcess(pki: try TestPKI())
+        receiver.child.kill(SIGHUP)
+        receiver.child.kill(SIGHUP)
+        receiver.child.kill(SIGTERM)
+        #expect(receiver.child.waitExitCode() == 0)
+    }
+
+    // MARK: - SIGKILL inside the syscall injection
+
+    /// `memhaul migrate` paused (debug hook) at `step` of the attach, then SIGKILLed.
+    func killDuringInjection(at step: String) throws -> Child {
+        let receiver = try ReceiverProcess(pki: nil)
+        let workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "1000"], control: true)
+        let migrate = try Child(builtBinary("memhaul"), [
+            "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure"],
+            stdin: true, environment: ["MEMHAUL_TEST_PAUSE_INJECTION": step])
+        _ = try migrate.waitFor("injection paused at \(step)")
+        let tracerThread = tracer(workload.pid) ?? "0"
+        #expect(FileManager.default.fileExists(atPath: "/proc/\(migrate.pid)/task/\(tracerThread)"), "paused while memhaul traces the target")
+        migrate.kill(SIGKILL)
+        _ = migrate.waitExitCode()
+        eventually("the tracer gone") { tracer(workload.pid) == "0" }
+        return workload
+    }
+
+    /// Killed after the injected close: the registers were put back at the
+    /// syscall-exit stop, so the target (blocked in read(2) on its control pipe)
+    /// restarts its read and answers; nothing of memhaul is left in it.
+    @Test func sigkillBetweenInjectedCallsLeavesTheTargetCorrect() throws {
+        let workload = try killDuringInjection(at: "after-close")
+        let digest = try LiveMigrationCommand.run(workload, "digest")
+        #expect(digest["event"] as? String == "digest")
+        expectReleased(workload, "SIGKILL after the injected close")
+        // Still answering after a write: its state is intact.
+        _ = try LiveMigrationCommand.run(workload, "digest")
+    }
+
+    /// Killed between the injected userfaultfd and the injected close: the target
+    /// runs on correctly but keeps one idle userfaultfd descriptor (never
+    /// registered: no page is write-protected). Documented, not fixable from outside:
+    /// the descriptor can only be closed by a call in the target.
+    @Test func sigkillBetweenUserfaultfdAndCloseLeavesOneIdleDescriptor() throws {
+        let workload = try killDuringInjection(at: "after-userfaultfd")
+        let digest = try LiveMigrationCommand.run(workload, "digest")
+        #expect(digest["event"] as? String == "digest")
+        #expect(!anyStopped(workload.pid))
+        #expect(workload.holdsUserfaultfd, "the documented leftover: one idle uffd")
+        #expect(!workload.hasUffdWriteProtect, "nothing registered")
+    }
+}
+
+enum LiveMigrationCommand {
+    static func run(_ workload: Child, _ line: String) throws -> [String: Any] {
+        try LiveMigration.command(workload, line, state: "after the kill")
+    }
+}
