@@ -20,7 +20,7 @@ struct ConvergenceOptions: ParsableArguments {
     var noAutoConverge = false
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
-    @Option(help: "Source after success: stop (left frozen), kill or resume.")
+    @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
     var resumeTimeout: Double = 30

@@ -174,32 +174,57 @@ import MemhaulSystem
 
     // MARK: - SIGKILL inside the syscall injection
 
-    /// `memhaul migrate` paused (debug hook) at `step` of the attach, then SIGKILLed.
-    func killDuringInjection(at step: String) throws -> Child {
+    /// A target whose main thread computes in user mode (so the injection borrows a
+    /// `syscall` instruction elsewhere, in the vdso) and prints `tick N` as it goes:
+    /// wrong registers after the injection would crash it or break the count.
+    func startTicker() throws -> Child {
+        let ticker = try Child("/usr/bin/perl", ["-e", #"$| = 1; my $n = 0; my $t = 0; while (1) { if (++$n % 300000 == 0) { $t++; print "tick $t\n"; } }"#])
+        _ = try ticker.waitFor("tick 1")
+        return ticker
+    }
+
+    /// The ticker keeps counting: the next ticks are consecutive.
+    func expectTicking(_ ticker: Child, _ context: String) {
+        var last: Int?
+        for _ in 0..<3 {
+            guard let line = ticker.readLine(), line.hasPrefix("tick "), let n = Int(line.dropFirst(5)) else {
+                Issue.record("\(context): the target stopped ticking (exit status \(ticker.waitExitCode().map(String.init) ?? "killed by a signal"))")
+                return
+            }
+            if let last { #expect(n == last + 1, "\(context): count broken \(last) → \(n)") }
+            last = n
+        }
+    }
+
+    /// `memhaul migrate` paused (debug hook) at `step` of the attach to `target`, then SIGKILLed.
+    func killDuringInjection(at step: String, target: Child) throws {
         let receiver = try ReceiverProcess(pki: nil)
-        let workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "1000"], control: true)
         let migrate = try Child(builtBinary("memhaul"), [
-            "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure"],
+            "migrate", "--pid", "\(target.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure"],
             stdin: true, environment: ["MEMHAUL_TEST_PAUSE_INJECTION": step])
         _ = try migrate.waitFor("injection paused at \(step)")
-        let tracerThread = tracer(workload.pid) ?? "0"
+        let tracerThread = tracer(target.pid) ?? "0"
         #expect(FileManager.default.fileExists(atPath: "/proc/\(migrate.pid)/task/\(tracerThread)"), "paused while memhaul traces the target")
         migrate.kill(SIGKILL)
         _ = migrate.waitExitCode()
-        eventually("the tracer gone") { tracer(workload.pid) == "0" }
-        return workload
+        eventually("the tracer gone") { tracer(target.pid) != tracerThread }
     }
 
     /// Killed after the injected close: the registers were put back at the
-    /// syscall-exit stop, so the target (blocked in read(2) on its control pipe)
-    /// restarts its read and answers; nothing of memhaul is left in it.
+    /// syscall-exit stop, so the target runs on exactly (a computing thread keeps
+    /// counting; a workload blocked in its control read answers); nothing of
+    /// memhaul is left in it.
     @Test func sigkillBetweenInjectedCallsLeavesTheTargetCorrect() throws {
-        let workload = try killDuringInjection(at: "after-close")
+        let ticker = try startTicker()
+        try killDuringInjection(at: "after-close", target: ticker)
+        expectTicking(ticker, "SIGKILL after the injected close")
+        expectReleased(ticker, "SIGKILL after the injected close")
+
+        let workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "1000"], control: true)
+        try killDuringInjection(at: "after-close", target: workload)
         let digest = try LiveMigrationCommand.run(workload, "digest")
         #expect(digest["event"] as? String == "digest")
         expectReleased(workload, "SIGKILL after the injected close")
-        // Still answering after a write: its state is intact.
-        _ = try LiveMigrationCommand.run(workload, "digest")
     }
 
     /// Killed between the injected userfaultfd and the injected close: the target
@@ -207,12 +232,12 @@ import MemhaulSystem
     /// registered: no page is write-protected). Documented, not fixable from outside:
     /// the descriptor can only be closed by a call in the target.
     @Test func sigkillBetweenUserfaultfdAndCloseLeavesOneIdleDescriptor() throws {
-        let workload = try killDuringInjection(at: "after-userfaultfd")
-        let digest = try LiveMigrationCommand.run(workload, "digest")
-        #expect(digest["event"] as? String == "digest")
-        #expect(!anyStopped(workload.pid))
-        #expect(workload.holdsUserfaultfd, "the documented leftover: one idle uffd")
-        #expect(!workload.hasUffdWriteProtect, "nothing registered")
+        let ticker = try startTicker()
+        try killDuringInjection(at: "after-userfaultfd", target: ticker)
+        expectTicking(ticker, "SIGKILL after the injected userfaultfd")
+        #expect(!anyStopped(ticker.pid))
+        #expect(ticker.holdsUserfaultfd, "the documented leftover: one idle uffd")
+        #expect(!ticker.hasUffdWriteProtect, "nothing registered")
     }
 }
 
