@@ -25,7 +25,8 @@ import MemhaulSystem
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return tasks.compactMap { ProcFS.state(pid: pid, thread: Int32($0)!) }
     }
-    func frozen(_ pid: pid_t) -> Bool { let s = threadStates(pid); return !s.isEmpty && s.allSatisfy { $0 == "t" } }
+    /// Every thread stopped: `t` (the ptrace hold) or `T` (a group stop, the old freezer).
+    func frozen(_ pid: pid_t) -> Bool { let s = threadStates(pid); return !s.isEmpty && s.allSatisfy { $0 == "t" || $0 == "T" } }
     func anyStopped(_ pid: pid_t) -> Bool { threadStates(pid).contains { $0 == "t" || $0 == "T" } }
     func tracer(_ pid: pid_t) -> String? {
         readProcFile("/proc/\(pid)/status")?.split(separator: "\n").first { $0.hasPrefix("TracerPid:") }
