@@ -65,12 +65,12 @@ public final class ThreadGroupHold: @unchecked Sendable {  // `held` is touched 
             let fresh = names.compactMap(Int32.init).filter { held[$0] == nil }
             var seized: [Int32] = []
             for tid in fresh {
-                if let s = ProcFS.state(pid: pid, thread: tid), s == "Z" || s == "X" { continue }  // exited thread (zombie leader)
                 do {
                     _ = try Tracee.seize(tid)
                 } catch AttachError.noSuchProcess {
                     continue  // exited between the listing and the seize
                 } catch {
+                    // A zombie (exited leader) cannot be seized: nothing to hold there.
                     if let s = ProcFS.state(pid: pid, thread: tid), s == "Z" || s == "X" { continue }
                     throw error
                 }
@@ -216,7 +216,12 @@ final class TracerThread: @unchecked Sendable {  // `jobs` behind the mutex
         let done = DispatchSemaphore(value: 0)
         let accepted = stopped.withLock { isStopped -> Bool in
             if isStopped { return false }
-            jobs.withLock { $0.append { result = Result { try work() }; done.signal() } }
+            jobs.withLock {
+                $0.append {
+                    result = Result { try work() }
+                    done.signal()
+                }
+            }
             return true
         }
         guard accepted else { throw SystemError("tracer thread", .ESRCH) }
