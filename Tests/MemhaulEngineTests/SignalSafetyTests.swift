@@ -43,9 +43,10 @@ import MemhaulSystem
 
     // MARK: - memhaul migrate
 
-    /// SIGINT (Ctrl-C) and SIGTERM to `memhaul migrate` while the target is frozen
-    /// (stop-and-copy of 256 MiB over a 20 MB/s cap: the frozen phase lasts ~13 s).
-    @Test(arguments: [SIGINT, SIGTERM])
+    /// SIGINT (Ctrl-C), SIGTERM and SIGHUP (the terminal went away) to `memhaul migrate`
+    /// while the target is frozen (stop-and-copy of 256 MiB over a 20 MB/s cap: the
+    /// frozen phase lasts ~13 s).
+    @Test(arguments: [SIGINT, SIGTERM, SIGHUP])
     func migrateCommandReleasesAFrozenTargetOnSignal(_ sig: Int32) throws {
         let pki = try TestPKI()
         let receiver = try ReceiverProcess(pki: pki)
@@ -67,9 +68,9 @@ import MemhaulSystem
     final class Agent {
         let child: Child
         let socket: String
-        init(pki: TestPKI) throws {
+        init(pki: TestPKI?) throws {
             socket = temporaryDirectory("sender") + "/sender.sock"
-            child = try Child(builtBinary("memhaul"), ["sender", "--control", socket, "--certs", pki.directory])
+            child = try Child(builtBinary("memhaul"), ["sender", "--control", socket] + (pki.map { ["--certs", $0.directory] } ?? ["--insecure"]))
             _ = try child.waitFor("ready")
         }
 
@@ -142,6 +143,51 @@ import MemhaulSystem
         let code = agent.child.waitExitCode()
         #expect(code == 128 + SIGTERM, "the agent exits 143 after cancelling (exit code \(code.map(String.init) ?? "none: killed by a signal"))")
         expectReleased(workload, "agent SIGTERM while \(phase)")
+    }
+
+    /// SIGTERM while the receiver is stopped and the sender is blocked in a send:
+    /// the cancellation still ends the migration (it closes the connection) and the
+    /// frozen target is released; exit 143.
+    @Test func senderAgentReleasesAFrozenTargetWhenItsMigrationIsStuck() throws {
+        // Plain TCP: a blocking write(2) on the full socket is where it sticks.
+        let receiver = try ReceiverProcess(pki: nil)
+        let agent = try Agent(pki: nil)
+        let workload = try startWorkload(["--size", "512M", "--threads", "2", "--rate", "2000"])
+        _ = try agent.request("migrate", ["pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "stuck-1",
+                                          "max_rounds": 0, "after": "resume"])
+        eventually("the target frozen") { frozen(workload.pid) }
+        receiver.child.kill(SIGSTOP)
+        defer { receiver.child.kill(SIGCONT) }
+        // The sender's socket stuck: megabytes queued and unacknowledged towards the
+        // stopped receiver (tx_queue in /proc/net/tcp), so its send cannot return.
+        var seen = ""
+        eventually("the sender stuck in a send") {
+            let port = String(format: "%04X", receiver.port)
+            let lines = (readProcFile("/proc/net/tcp") ?? "").split(separator: "\n").dropFirst()
+            return lines.contains { line in
+                let f = line.split(separator: " ")
+                guard f.count > 4, f[2].hasSuffix(":" + port) else { return false }
+                let queues = f[4].split(separator: ":")
+                guard let tx = UInt64(queues[0], radix: 16) else { return false }
+                seen = "tx_queue \(tx)"
+                return tx >= 1 << 20
+            } && senderBlocked(agent.child.pid)
+        }
+        #expect(frozen(workload.pid), "still frozen while stuck in \(seen)")
+        agent.child.kill(SIGTERM)
+        let code = agent.child.waitExitCode()
+        #expect(code == 128 + SIGTERM, "exit code \(code.map(String.init) ?? "none: killed by a signal")")
+        expectReleased(workload, "agent SIGTERM with a stuck migration")
+    }
+
+    /// Some thread of `pid` sleeps in a TCP send on a full socket
+    /// (sk_stream_wait_memory, which sleeps in wait_woken).
+    func senderBlocked(_ pid: pid_t) -> Bool {
+        let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
+        return tasks.contains { t in
+            let stack = readProcFile("/proc/\(pid)/task/\(t)/stack") ?? ""
+            return stack.contains("sk_stream_wait_memory")
+        }
     }
 
     /// Every thread of the agent blocks SIGINT/SIGTERM/SIGHUP (only the signal
