@@ -266,6 +266,8 @@ import MemhaulTestSupport
             throw MigrationError.freezeTimeout(pid: real.pid)
         }
         func resumeTarget() throws { try real.thaw() }
+        func leaveTargetStopped() throws { try real.detachKeepingStopped() }
+        func killTarget() { real.kill() }
     }
 
     @Test func aFreezeThatFailsHalfWayIsStillUndone() throws {
