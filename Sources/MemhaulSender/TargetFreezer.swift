@@ -54,9 +54,18 @@ public final class TargetFreezer: @unchecked Sendable {  // `hold` behind the mu
     /// process: what `--after stop` leaves, and the state to hand to CRIU (one
     /// tracer per task: CRIU's own PTRACE_SEIZE can only come after ours is gone).
     /// From then on a SIGCONT resumes it, as after any SIGSTOP.
-    public func detachKeepingStopped() throws {
+    public func detachKeepingStopped(timeoutSeconds: Double = 5) throws {
         guard let h = take() else { return }
         try h.releaseIntoGroupStop()
+        // The threads enter the group stop as they leave our trace stops: wait
+        // for it, so whoever runs next (an orchestrator, CRIU) finds it stopped.
+        let deadline = MonotonicClock.seconds() + timeoutSeconds
+        while MonotonicClock.seconds() < deadline {
+            let states = try ProcFS.threadStates(pid: pid)
+            if states.allSatisfy({ $0.state == "T" || $0.state == "Z" || $0.state == "X" }) { return }
+            usleep(100)
+        }
+        throw MigrationError.freezeTimeout(pid: pid)
     }
 
     /// SIGKILL while frozen (no thread runs again), then drops the hold.
