@@ -115,10 +115,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive, .resume], migrationID: request.id,
+        let extra = request.afterProof?.capabilities ?? []
+        try channel.send(.hello(Hello(capabilities: Capabilities([.zstd, .keepalive, .resume]).union(extra), migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive() {
         case .welcome(let w):
+            if let step = request.afterProof, !w.capabilities.isSuperset(of: step.capabilities) {
+                throw MigrationError.invalidParameter("the receiver at \(request.destination) cannot do the step after the proof: \(step.requirement)")
+            }
             return (channel, w.lastCommittedRound ?? 0)
         case .error(let e):
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
@@ -257,6 +261,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.digest = digest.hex
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
+        }
+        if let step = request.afterProof {
+            try? process.detach()  // the step's tools (CRIU) seize the source themselves
+            try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
+                                           frozenSince: freezeStart, update: { self.updateStatus($0) }))
         }
         try? box.channel.send(.close(Close(reason: .complete)))
     }

@@ -26,6 +26,7 @@ struct ReceiveCommand: ParsableCommand {
     var maxConnections = 64
     @Option(help: "Connections open at once from one address; more are refused.")
     var maxConnectionsPerHost = 16
+    @OptionGroup var restore: RestoreOptions
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
@@ -55,6 +56,11 @@ struct ReceiveCommand: ParsableCommand {
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         agent.authorization = authorization
+        if restore.enabled {
+            let runner = try restore.runner()
+            agent.restore = .criu(runner: runner, extraArguments: restore.criuArgs, log: Log.line)
+            Log.line("receiver: restores processes with \(runner.path) (CRIU \(runner.version))")
+        }
         ReceiverAuthorization.reloadOnHangup(authorization, log: Log.line)
         if !transport.insecure {
             Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
