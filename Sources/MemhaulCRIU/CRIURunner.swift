@@ -199,6 +199,7 @@ public final class CRIURunner: Sendable {
     /// source is left stopped, CRIU detached. The log goes to `log` (outside the
     /// images, which travel).
     public func dump(pid: Int32, directory: String, log: String, options: CRIUOptions) throws -> DumpResult {
+        let directory = Self.absolute(directory), log = Self.absolute(log)
         let start = MonotonicClock.seconds()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let port = try Self.freeLoopbackPort()
@@ -322,6 +323,7 @@ public final class CRIURunner: Sendable {
     /// of the process the image holds (its `pagemap-N.img`). Logs go to `logPrefix-*.log`.
     public func restore(directory: String, source: CRIUPageSource, servedPID: UInt64, logPrefix: String, options: CRIUOptions,
                         log: @escaping @Sendable (String) -> Void) throws -> Restored {
+        let directory = Self.absolute(directory), logPrefix = Self.absolute(logPrefix)
         let start = MonotonicClock.seconds()
         let server = try ServerRun(source: source, servedPID: servedPID, acceptTimeout: timeouts.restore + 30, log: log)
         let listener = server.listener
@@ -370,6 +372,7 @@ public final class CRIURunner: Sendable {
 
     /// `criu restore -d --pidfile` of a dump that holds all its pages (the rewrite route).
     public func restorePlain(directory: String, logPrefix: String, options: CRIUOptions) throws -> Int32 {
+        let directory = Self.absolute(directory), logPrefix = Self.absolute(logPrefix)
         let pidfile = logPrefix + "-restored.pid", restoreLog = logPrefix + "-restore.log"
         unlink(pidfile)
         let child = try CRIUChild(executable: path, arguments: ["restore", "-D", directory, "-d", "-o", restoreLog, "-v4", "--pidfile", pidfile] + options.arguments,
@@ -387,6 +390,11 @@ public final class CRIURunner: Sendable {
     }
 
     // MARK: - Support
+
+    /// CRIU opens -o, --pidfile and the like relative to its work directory (-D): pass absolute paths.
+    static func absolute(_ path: String) -> String {
+        path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+    }
 
     static func failure(_ step: String, _ child: CRIUChild, _ log: String) -> CRIURunnerError {
         let text = (try? String(contentsOfFile: log, encoding: .utf8)) ?? ""
