@@ -124,7 +124,8 @@ public final class CRIURunner: Sendable {
 
     /// The criu to use: `explicit` (`--criu PATH`), else `$MEMHAUL_CRIU`, else `criu` on PATH
     /// (then /usr/local/sbin, /usr/sbin, /sbin).
-    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment) throws(CRIURunnerError) -> String {
+    public static func locate(explicit: String?, environment: [String: String] = ProcessInfo.processInfo.environment,
+                              fallbackDirectories: [String] = ["/usr/local/sbin", "/usr/sbin", "/sbin"]) throws(CRIURunnerError) -> String {
         func usable(_ p: String) -> Bool { access(p, X_OK) == 0 && !isDirectory(p) }
         if let explicit, !explicit.isEmpty {
             guard usable(explicit) else { throw .notFound("criu not found at \(explicit) (--criu): no executable file there; install CRIU ≥ \(CRIUVersion.minimum) or fix --criu PATH") }
@@ -134,7 +135,7 @@ public final class CRIURunner: Sendable {
             guard usable(env) else { throw .notFound("criu not found at \(env) (MEMHAUL_CRIU): no executable file there; install CRIU ≥ \(CRIUVersion.minimum) or fix MEMHAUL_CRIU / pass --criu PATH") }
             return env
         }
-        let dirs = (environment["PATH"] ?? "").split(separator: ":").map(String.init) + ["/usr/local/sbin", "/usr/sbin", "/sbin"]
+        let dirs = (environment["PATH"] ?? "").split(separator: ":").map(String.init) + fallbackDirectories
         for dir in dirs where !dir.isEmpty {
             let p = dir + "/criu"
             if usable(p) { return p }
@@ -412,15 +413,15 @@ public final class CRIURunner: Sendable {
 
 /// Reading CRIU's logs.
 public enum CRIULog {
-    /// The line that says why CRIU failed: the first `Error (…)` line that is
-    /// not the generic "… FAILED." summary (the root cause comes first; later
-    /// errors are its consequences), else the summary, else the last line
-    /// printed.
+    /// The line that says why CRIU failed: the last `Error (…)` line that is
+    /// not the generic "… FAILED." summary (CRIU logs some errors it then
+    /// ignores, such as failing to raise RLIMIT_NOFILE, so the first is often
+    /// not the one), else the summary, else the last line printed.
     public static func errorLine(in text: String) -> String? {
         let lines = text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
         let errors = lines.filter { $0.contains("Error (") || $0.hasPrefix("Error") }
         let specific = errors.filter { !$0.hasSuffix("FAILED.") }
-        let pick = specific.first ?? errors.last ?? lines.last
+        let pick = specific.last ?? errors.last ?? lines.last
         return pick.map { strip($0) }.map { String($0.prefix(400)) }
     }
 
