@@ -23,9 +23,11 @@ struct RestoreOptions: ParsableArguments {
     }
 
     /// Finds and checks criu now, before anything is migrated.
-    func runner() throws -> CRIURunner {
+    func runner() throws -> CRIURunner { try Self.openRunner(criuPath) }
+
+    static func openRunner(_ path: String?) throws -> CRIURunner {
         do {
-            return try CRIURunner.open(explicit: criuPath)
+            return try CRIURunner.open(explicit: path)
         } catch {
             throw CLIError("--restore criu: \(error)")
         }
