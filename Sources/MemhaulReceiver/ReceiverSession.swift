@@ -390,10 +390,18 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         } catch {
             throw Refusal(code: .restoreFailed, description: "restore: \(error)")
         }
+        do {
+            try channel.send(.restoreDone(RestoreDone(pid: UInt32(outcome.pid), restoreMicros: UInt64(outcome.restoreSeconds * 1e6),
+                                                      completeMicros: UInt64(outcome.completeSeconds * 1e6))))
+        } catch {
+            // The sender cannot learn that the process runs here, so it resumes its
+            // source: never leave two copies running.
+            kill(outcome.pid, SIGKILL)
+            log("receiver: migration \(id): RESTORE_DONE could not be sent (\(error)); killed the restored PID \(outcome.pid), the sender resumes its source")
+            throw error
+        }
         setInfo { $0.state = "running"; $0.restoredPID = outcome.pid }
         log("receiver: migration \(id): process running on this host as PID \(outcome.pid) (restore \(Int(outcome.restoreSeconds * 1000)) ms, all pages in \(Int(outcome.completeSeconds * 1000)) ms)")
-        try channel.send(.restoreDone(RestoreDone(pid: UInt32(outcome.pid), restoreMicros: UInt64(outcome.restoreSeconds * 1e6),
-                                                  completeMicros: UInt64(outcome.completeSeconds * 1e6))))
     }
 
     private func expect(_ open: UInt64?, _ round: UInt64) throws {

@@ -296,6 +296,44 @@ enum CRIUEndToEnd {
     }
 }
 
+extension CRIURestoreEndToEndTests {
+    /// A real dump on A, a restore that fails on B (a fake criu there): the
+    /// source must run on at A, untracked, and the error quote B's CRIU.
+    @Test(.enabled(if: CRIUEndToEnd.haveRealCRIU, "needs $MEMHAUL_CRIU naming a CRIU ≥ 4.1 that passes `criu check` (and root, cc)"))
+    func aRestoreFailingOnTheReceiverLeavesTheSourceRunning() throws {
+        let criu = CRIUEndToEnd.realCRIU!
+        let fakeB = try FakeCRIU(body: #"""
+            case "$1" in
+            lazy-pages) : > "$dir/lazy-pages.socket"; exec sleep 60;;
+            restore) echo "(00.1) Error (criu/files-reg.c:2170): File tmp/app.log has bad size 4096 (expect 8192)" >> "$log"; exit 1;;
+            esac
+            """#)
+        let dir = try temporaryDirectory()
+        try Self.targetSource.write(toFile: dir + "/target.c", atomically: true, encoding: .utf8)
+        let cc = try MemhaulBinaryProcess.run("/usr/bin/cc", ["-O2", "-o", dir + "/target", dir + "/target.c"])
+        try #require(cc.status == 0, "\(cc.output)")
+        try FileManager.default.createDirectory(atPath: dir + "/images", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/out", withIntermediateDirectories: true)
+        let receiver = try CRIUEndToEnd.Receiver(images: dir + "/images", criu: fakeB.path)
+        let unshare = try CRIUEndToEnd.Child("/usr/bin/unshare", ["--pid", "--fork", dir + "/target", "16", dir + "/out"])
+        defer { withExtendedLifetime(unshare) {}; withExtendedLifetime(receiver) {} }
+        _ = try #require(Self.waitFile(dir + "/out/ready-0", seconds: 30))
+        let children = try String(contentsOfFile: "/proc/\(unshare.pid)/task/\(unshare.pid)/children", encoding: .utf8)
+        let source = try #require(Int32(children.trimmingCharacters(in: .whitespacesAndNewlines)))
+        defer { kill(source, SIGKILL) }
+
+        let r = try CRIUEndToEnd.migrate(pid: source, port: receiver.port, id: "criu-restore-fails", criu: criu)
+        #expect(r.status != 0)
+        let error = r.json["error"] as? String ?? ""
+        #expect(error.contains("restore-failed") && error.contains("File tmp/app.log has bad size 4096 (expect 8192)"), "\(error)")
+        #expect(r.json["criu_dump_ms"] is NSNumber && r.json["restored_pid"] == nil)
+        let s = try #require(CRIUEndToEnd.inspect(source))
+        #expect(s.state != "T" && !s.traced && !s.tracked, "\(s)")
+        kill(source, SIGUSR1)  // and it runs: it answers
+        #expect(Self.waitFile(dir + "/out/sum-1", seconds: 10) != nil)
+    }
+}
+
 enum MemhaulBinaryProcess {
     static func run(_ path: String, _ args: [String]) throws -> (status: Int32, output: String) {
         let p = Process()
