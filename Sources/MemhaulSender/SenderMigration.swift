@@ -263,7 +263,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
         }
         if let step = request.afterProof {
-            try? process.detach()  // the step's tools (CRIU) seize the source themselves
+            // The step's tools (CRIU) seize the source themselves (a task has one
+            // tracer): memhaul lets go first, leaving it in its SIGSTOP group stop.
+            try? process.detach()
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: freezeStart, update: { self.updateStatus($0) }))
         }
