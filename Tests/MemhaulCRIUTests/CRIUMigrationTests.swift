@@ -18,6 +18,7 @@ enum CRIUEndToEnd {
         let process = Process()
         let port: UInt16
         let stderrPath: String
+        var controlPath: String { (stderrPath as NSString).deletingLastPathComponent + "/receiver.sock" }
         init(images: String, criu: String) throws {
             stderrPath = images + "/../receiver.err"
             FileManager.default.createFile(atPath: stderrPath, contents: nil)
@@ -293,6 +294,11 @@ enum CRIUEndToEnd {
         let counters = [before, after].map { UInt64($0.split(separator: " ")[1]) ?? 0 }
         #expect(counters[1] > counters[0])  // it ran on from where it was
         #expect(receiver.log.contains("process running on this host as PID \(restored)"))
+        let status = try MemhaulBinary.run(["ctl", "status", "--socket", receiver.controlPath])
+        let session = ((try? JSONSerialization.jsonObject(with: Data(status.output.utf8))) as? [String: Any])
+            .flatMap { ($0["result"] as? [String: Any])?["sessions"] as? [[String: Any]] }?.first { $0["migration"] as? String == "criu-e2e" }
+        #expect(session?["state"] as? String == "running", "\(status.output)")
+        #expect((session?["restored_pid"] as? NSNumber)?.int32Value == restored)
     }
 }
 
@@ -331,6 +337,55 @@ extension CRIURestoreEndToEndTests {
         #expect(s.state != "T" && !s.traced && !s.tracked, "\(s)")
         kill(source, SIGUSR1)  // and it runs: it answers
         #expect(Self.waitFile(dir + "/out/sum-1", seconds: 10) != nil)
+    }
+}
+
+extension CRIURestoreEndToEndTests {
+    /// The receiver dies while it restores (its criu restore hangs; the test kills
+    /// the agent): the sender loses the connection and resumes its source.
+    @Test(.enabled(if: CRIUEndToEnd.haveRealCRIU, "needs $MEMHAUL_CRIU naming a CRIU ≥ 4.1 that passes `criu check` (and root, cc)"))
+    func aReceiverLostDuringTheRestoreLeavesTheSourceRunning() throws {
+        let criu = CRIUEndToEnd.realCRIU!
+        let fakeB = try FakeCRIU(body: #"""
+            case "$1" in
+            lazy-pages) echo $$ > "$dir/../../pid-lazy"; : > "$dir/lazy-pages.socket"; exec sleep 60;;
+            restore) echo $$ > "$dir/../../pid-restore"; : > "$dir/../../restoring"; exec sleep 60;;
+            esac
+            """#)
+        let dir = try temporaryDirectory()
+        try Self.targetSource.write(toFile: dir + "/target.c", atomically: true, encoding: .utf8)
+        let cc = try MemhaulBinaryProcess.run("/usr/bin/cc", ["-O2", "-o", dir + "/target", dir + "/target.c"])
+        try #require(cc.status == 0, "\(cc.output)")
+        try FileManager.default.createDirectory(atPath: dir + "/images", withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(atPath: dir + "/out", withIntermediateDirectories: true)
+        let receiver = try CRIUEndToEnd.Receiver(images: dir + "/images", criu: fakeB.path)
+        let unshare = try CRIUEndToEnd.Child("/usr/bin/unshare", ["--pid", "--fork", dir + "/target", "16", dir + "/out"])
+        defer { withExtendedLifetime(unshare) {}; withExtendedLifetime(receiver) {} }
+        _ = try #require(Self.waitFile(dir + "/out/ready-0", seconds: 30))
+        let children = try String(contentsOfFile: "/proc/\(unshare.pid)/task/\(unshare.pid)/children", encoding: .utf8)
+        let source = try #require(Int32(children.trimmingCharacters(in: .whitespacesAndNewlines)))
+        defer { kill(source, SIGKILL) }
+        // Kill the receiver agent once its criu restore runs (<images>/<id>/criu/../../restoring).
+        let agent = receiver.process.processIdentifier
+        let watcher = Thread {
+            let deadline = Date().addingTimeInterval(60)
+            while Date() < deadline, !FileManager.default.fileExists(atPath: dir + "/images/restoring") { usleep(10_000) }
+            kill(agent, SIGKILL)
+        }
+        watcher.start()
+        let r = try CRIUEndToEnd.migrate(pid: source, port: receiver.port, id: "criu-lost", criu: criu)
+        #expect(r.status != 0)
+        #expect(r.json["state"] as? String == "failed", "\(r.output)")
+        #expect(r.json["criu_dump_ms"] is NSNumber && r.json["restored_pid"] == nil)
+        let s = try #require(CRIUEndToEnd.inspect(source))
+        #expect(s.state != "T" && !s.traced && !s.tracked, "\(s)")
+        kill(source, SIGUSR1)
+        #expect(Self.waitFile(dir + "/out/sum-1", seconds: 10) != nil)
+        // The fake restore and lazy-pages the dead agent left behind (started by this test).
+        for name in ["pid-lazy", "pid-restore"] {
+            if let text = try? String(contentsOfFile: dir + "/images/" + name, encoding: .utf8),
+               let pid = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) { kill(pid, SIGKILL) }
+        }
     }
 }
 
