@@ -72,6 +72,7 @@ public struct CRIUHandOver: Sendable {
     }
 
     func run(channel: FrameChannel, pid: Int32, id: String, frozenSince: Double, update: ((inout MigrationStatus) -> Void) -> Void) throws {
+        try Self.checkPrivateDirectory(workRoot)
         let dir = workRoot + "/" + id
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
@@ -138,6 +139,19 @@ public struct CRIUHandOver: Sendable {
             case let other:
                 throw MigrationError.protocolViolation("expected RESTORE_DONE, got \(other.frameType)")
             }
+        }
+    }
+
+    /// The dumps are restored as root on B: their directory must be ours alone
+    /// (created 0700 if missing; refused if it is a symlink, someone else's, or
+    /// writable by others, as a /tmp path pre-created by another user would be).
+    static func checkPrivateDirectory(_ path: String) throws {
+        if mkdir(path, 0o700) != 0 && errno != EEXIST {
+            throw CRIURunnerError.handOver("cannot create the dump directory \(path): \(String(cString: strerror(errno)))")
+        }
+        var st = stat()
+        guard lstat(path, &st) == 0, st.st_mode & S_IFMT == S_IFDIR, st.st_uid == geteuid(), st.st_mode & 0o022 == 0 else {
+            throw CRIURunnerError.handOver("the dump directory \(path) must be a directory of this user that nobody else can write (--criu-dir)")
         }
     }
 
