@@ -11,13 +11,15 @@ public enum ReceiverControl {
                 if let v = s.committedRound { d["committed_round"] = v }
                 if let v = s.image { d["image"] = v }
                 if let v = s.error { d["error"] = v }
+                if let v = s.restoredPID { d["restored_pid"] = v }
                 if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
                 return d
             }
             let l = agent.connections.limits
             return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
                     "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
-                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost]]
+                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost],
+                    "restore": agent.restore == nil ? "none" : "criu"]
         }
     }
 }

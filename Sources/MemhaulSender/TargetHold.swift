@@ -94,6 +94,19 @@ final class TargetHold {
     /// Ends the throttle; the target runs.
     func stopThrottle() { throttle.stop() }
 
+    /// Lets go of a frozen target for a tool that seizes it itself (CRIU: a
+    /// task has one tracer): untracked, in a SIGSTOP group stop, no tracer.
+    /// The release still ends it: SIGCONT on failure, SIGKILL for `kill`.
+    func handOver() throws {
+        precondition(released == nil && isFrozen)
+        throttle.stop()
+        try process?.detach()
+        process = nil
+        try freezer.leaveTargetStopped()
+        handedOver = true
+    }
+    private var handedOver = false
+
     /// Lets go of the target: throttle off, thawed (unless completed with
     /// `stop` or `kill`), untracked, killed for `kill`. Every step runs even
     /// if an earlier one failed. Idempotent: a second call returns the first
@@ -108,7 +121,8 @@ final class TargetHold {
         var action = isFrozen ? "left stopped" : "running"
         if isFrozen && !keepStopped {
             do {
-                try freezer.resumeTarget()
+                // Handed over: no hold of ours is left, a SIGCONT ends the group stop.
+                if handedOver { _ = try Syscall.run("kill(SIGCONT)") { kill(pid, SIGCONT) } } else { try freezer.resumeTarget() }
                 action = "resumed"
             } catch {
                 problems.append("thaw failed: \(error)")
@@ -117,12 +131,12 @@ final class TargetHold {
         let letGo = MonotonicClock.seconds()
         do { try process?.detach() } catch { problems.append("untrack failed: \(error)") }
         var end = isFrozen && !keepStopped ? letGo : MonotonicClock.seconds()
-        if outcome == .completed(.stop) && isFrozen {
+        if outcome == .completed(.stop) && isFrozen && !handedOver {
             do { try freezer.leaveTargetStopped() } catch { problems.append("hand-over to a group stop failed: \(error)") }
             end = MonotonicClock.seconds()
         }
         if outcome == .completed(.kill) {
-            if isFrozen { freezer.killTarget() } else if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
+            if isFrozen && !handedOver { freezer.killTarget() } else if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
             action = "killed"
             end = MonotonicClock.seconds()
         }

@@ -151,6 +151,9 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// The sender's certificate is valid but not authorised for this migration
     /// id (another sender's image, or no policy rule allows it).
     public static let unauthorized = ErrorCode(rawValue: 16)
+    /// The CRIU hand-over failed on the receiver (files refused, CRIU's restore failed):
+    /// the message quotes why. The sender resumes its source.
+    public static let restoreFailed = ErrorCode(rawValue: 17)
 
     public var description: String {
         switch self {
@@ -170,6 +173,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .cancelled: "cancelled"
         case .internalError: "internal-error"
         case .unauthorized: "unauthorized"
+        case .restoreFailed: "restore-failed"
         default: "error-\(rawValue)"
         }
     }

@@ -52,6 +52,9 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     public static let resume = Capabilities(rawValue: 1 << 1)
     /// KEEPALIVE frames may be sent and must be answered.
     public static let keepalive = Capabilities(rawValue: 1 << 2)
+    /// The CRIU hand-over after the proof (RESTORE_FILE, RESTORE_BEGIN, RESTORE_DONE): the
+    /// receiver restores the process. A receiver sets it only when it runs CRIU.
+    public static let criuRestore = Capabilities(rawValue: 1 << 3)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]
