@@ -73,6 +73,11 @@ final class TargetHold {
     /// Registers the target for tracking (uffd-wp). A failed attach holds nothing.
     func attach() throws -> AttachedProcess {
         precondition(released == nil && process == nil)
+        // The freeze is a ptrace hold, but the throttle, `--after stop|kill` and
+        // the SIGCONT after a CRIU hand-over are signals: find out now, before
+        // anything is done to the target, rather than at the end (CAP_KILL for
+        // another user's process).
+        _ = try Syscall.run("kill(\(pid), 0)") { kill(pid, 0) }
         let attached = try AttachedProcess.attach(pid: pid)
         process = attached
         return attached
