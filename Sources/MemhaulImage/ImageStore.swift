@@ -892,11 +892,16 @@ public final class ImageStore: @unchecked Sendable {
     /// The memory digest (ARCHITECTURE.md) of the committed image: per region
     /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
     /// without reading them.
-    public func computeDigest() throws(ImageError) -> MemoryDigest {
+    ///
+    /// `version` picks the canonical form (v2: zero runs cost O(1), so the time
+    /// follows the stored data, not the declared layout). `isCancelled` is asked
+    /// before every region and every read chunk (≤ 8 MiB); when it answers true
+    /// the walk stops with ``ImageError/cancelled(_:)``.
+    public func computeDigest(version: DigestVersion = .v1, isCancelled: () -> Bool = { false }) throws(ImageError) -> MemoryDigest {
         try applyPending()
         try checkUsable()
-        let digester = MemoryDigester()
-        try walkCommitted { region in
+        let digester = MemoryDigester(version: version)
+        try walkCommitted(isCancelled: isCancelled) { region in
             digester.beginRegion(start: region.start, end: region.end)
         } data: { p in
             digester.update(p)
@@ -909,12 +914,14 @@ public final class ImageStore: @unchecked Sendable {
     /// Walks the committed layout region by region, data extents read in large
     /// chunks, holes reported by length.
     private func walkCommitted(
+        isCancelled: () -> Bool = { false },
         region: (ImageRegion) -> Void, data: (UnsafeRawBufferPointer) -> Void, zeros: (UInt64) -> Void
     ) throws(ImageError) {
         let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         readBufferAllocated = true
         let buffer = readBuffer
         for r in manifest.regions {
+            if isCancelled() { throw .cancelled("digest stopped at region 0x\(String(r.start, radix: 16))") }
             region(r)
             try forEachPiece(manifest.segments, r.start, r.end) { s, a, e throws(ImageError) in
                 let f = try file(s.fileID, create: false)
@@ -929,6 +936,7 @@ public final class ImageStore: @unchecked Sendable {
                     }
                     let holeAt = min(max(try f.nextHole(pos), pos + imagePageSize), end)
                     while pos < holeAt {
+                        if isCancelled() { throw .cancelled("digest stopped at 0x\(String(pos + bases[s.fileID]!, radix: 16))") }
                         let n = Int(min(UInt64(buffer.count), holeAt - pos))
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
                         _ = try f.preadFull(chunk, at: pos)

@@ -185,6 +185,8 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A step after the commit point failed; the commit is durable but the
     /// store must be reopened (which re-applies the journal).
     case mustReopen(String)
+    /// Long work (a digest) stopped because its caller asked (the peer went away).
+    case cancelled(String)
 
     public var description: String {
         switch self {
@@ -207,6 +209,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .staleRound(round, committed): "round \(round) is not after the committed round \(committed)"
         case let .closedImage(state): "the image is \(state) and takes no more rounds"
         case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
+        case let .cancelled(what): "cancelled: \(what)"
         }
     }
 

@@ -12,8 +12,13 @@ import MemhaulSystem
 /// stores it. Clean file-backed pages of private mappings count as zero on both
 /// sides: they are not migrated (the restorer maps the file), see README "Limits".
 enum ProcessDigest {
-    static func compute(pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner) throws -> MemoryDigest {
-        let digester = MemoryDigester()
+    ///
+    /// `version`: the form the receiver accepted (capability `digestV2`). In v2
+    /// the digester classifies every page it is given by its bytes, so a
+    /// populated all-zero page and an unpopulated one hash alike, as on the
+    /// image side; the gaps between populated ranges cost O(1).
+    static func compute(pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner, version: DigestVersion = .v1) throws -> MemoryDigest {
+        let digester = MemoryDigester(version: version)
         let reader = RemoteMemoryReader(pid: pid, bufferBytes: 8 << 20)
         let chunkPages = (8 << 20) / Int(PageSize.bytes)
         for region in regions {

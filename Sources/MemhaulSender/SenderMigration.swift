@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import MemhaulSession
+import MemhaulDigest
 import MemhaulKernel
 import MemhaulSystem
 import MemhaulTLS
@@ -26,6 +27,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let shared: Mutex<Shared>
     private let finished = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
+    /// The digest form the last WELCOME accepted (v2 with capability `digestV2`); the run thread only.
+    private var digestVersion: DigestVersion = .v1
 
     public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.request = request
@@ -115,10 +118,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive, .resume], migrationID: request.id,
+        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive, .resume, .digestV2], migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive() {
         case .welcome(let w):
+            digestVersion = w.capabilities.contains(.digestV2) ? .v2 : .v1  // the receiver computes the form it accepted
             return (channel, w.lastCommittedRound ?? 0)
         case .error(let e):
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
@@ -237,7 +241,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
-        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner)
+        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner, version: digestVersion)
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {

@@ -151,6 +151,10 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// The sender's certificate is valid but not authorised for this migration
     /// id (another sender's image, or no policy rule allows it).
     public static let unauthorized = ErrorCode(rawValue: 16)
+    /// A limit of the receiver (wire.md "Receiver limits") was reached: regions
+    /// or bytes of a round's layout, pages of a round, image bytes of a
+    /// migration, images of one sender.
+    public static let limitExceeded = ErrorCode(rawValue: 17)
 
     public var description: String {
         switch self {
@@ -170,6 +174,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .cancelled: "cancelled"
         case .internalError: "internal-error"
         case .unauthorized: "unauthorized"
+        case .limitExceeded: "limit-exceeded"
         default: "error-\(rawValue)"
         }
     }

@@ -22,8 +22,22 @@ struct ImageCommand: ParsableCommand {
         @Flag(help: "Print one JSON object.")
         var json = false
 
-        @Flag(help: "Recompute the memory digest from the stored pages.")
+        @Flag(help: "Recompute the memory digest from the stored pages (in the stored digest's version; v2 costs the stored data, v1 the whole layout).")
         var verifyDigest = false
+
+        @Option(help: "Digest version to recompute (1 or 2); default: the stored digest's, else 2.")
+        var digestVersion: UInt8?
+
+        /// `--digest-version`, else the stored digest's, else v2.
+        func chosenVersion(_ info: ImageInfo) -> DigestVersion {
+            if let v = digestVersion, let version = DigestVersion(rawValue: v) { return version }
+            if let stored = info.finalDigest { return stored.version }
+            return .v2
+        }
+
+        func validate() throws {
+            if let v = digestVersion, DigestVersion(rawValue: v) == nil { throw ValidationError("--digest-version must be 1 or 2") }
+        }
 
         func run() throws {
             var info: ImageInfo
@@ -33,7 +47,7 @@ struct ImageCommand: ParsableCommand {
                 let store = try ImageStore.open(directory: directory)
                 defer { store.close() }
                 info = try store.info()
-                if verifyDigest { recomputed = try store.computeDigest() }
+                if verifyDigest { recomputed = try store.computeDigest(version: chosenVersion(info)) }
             } catch ImageError.locked {
                 // A receiver is writing it: show the committed manifest, read-only.
                 if verifyDigest { throw ImageError.locked(directory: directory) }
@@ -78,6 +92,7 @@ struct ImageCommand: ParsableCommand {
             object["pendingJournals"] = info.pendingJournals.map { Int($0) }
             object["failureReason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
+            object["digestVersion"] = info.finalDigest.map { Int($0.version.rawValue) } ?? NSNull()
             switch info.owner {
             case .success(let owner?):
                 object["owner"] = [
@@ -89,6 +104,7 @@ struct ImageCommand: ParsableCommand {
             }
             if let recomputed {
                 object["recomputedDigest"] = recomputed.hex
+                object["recomputedDigestVersion"] = Int(recomputed.version.rawValue)
                 if let stored = info.finalDigest { object["digestMatches"] = stored == recomputed }
             }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
@@ -116,10 +132,10 @@ struct ImageCommand: ParsableCommand {
                 out += "  \(hex(r.start))-\(hex(r.end)) \(r.protection) \(String(r.pageCount).leftPad(8)) pages  \(r.name)\n"
             }
             line("stored", "\(info.storedPages) pages (\(bytes(info.storedPages * imagePageSize))), \(bytes(info.diskBytes)) on disk")
-            line("digest", info.finalDigest?.hex ?? "none stored")
+            line("digest", info.finalDigest.map { "\($0.hex) (\($0.version))" } ?? "none stored")
             if let recomputed {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
-                line("recomputed", recomputed.hex + verdict)
+                line("recomputed", "\(recomputed.hex) (\(recomputed.version))" + verdict)
             }
             line("recovery", live ? "not attempted (locked)" : recoveryText(info.recovery))
             if !info.rounds.isEmpty {
