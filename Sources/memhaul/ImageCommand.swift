@@ -8,7 +8,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self, Bench.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self, Bench.self, DigestBench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
@@ -365,7 +365,7 @@ extension ImageCommand {
 
 private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
-private func parseNumber(_ s: String) -> UInt64? {
+func parseNumber(_ s: String) -> UInt64? {
     var text = s.lowercased()
     var scale: UInt64 = 1
     if !text.hasPrefix("0x"), let last = text.last, let m = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30][String(last)] {
@@ -376,7 +376,7 @@ private func parseNumber(_ s: String) -> UInt64? {
     return value.flatMap { $0.multipliedReportingOverflow(by: scale).overflow ? nil : $0 * scale }
 }
 
-private func bytes(_ n: UInt64) -> String {
+func bytes(_ n: UInt64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
     var v = Double(n)
     var u = 0

@@ -62,7 +62,7 @@ extension RawSender {
     }
 
     /// The flood: 16 MiB LAYOUT frames flagged continued, 256 MiB in
-    /// all. With the default 32 MiB cap the second frame is refused; the
+    /// all. With the default 32 MiB cap the third frame is refused; the
     /// receiver's peak memory is reported (the assertion is on the refusal).
     @Test func layoutFloodIsRefusedAtTheByteCap() throws {
         let pki = try TestPKI()
@@ -71,8 +71,8 @@ extension RawSender {
         try sender.goodRound(1, value: 0x31)
         resetPeak()
         let before = vmHWM()
-        // 65536 regions of 20 + 236 bytes: one 16 MiB frame.
-        let (error, sent) = sender.layoutFlood(round: 2, frames: 16, regionsPerFrame: 65536, nameBytes: 236)
+        // 16384 regions of 20 + 1000 bytes: one frame just under 16 MiB (the region cap is not reached first).
+        let (error, sent) = sender.layoutFlood(round: 2, frames: 16, regionsPerFrame: 16384, nameBytes: 1000)
         #expect(error?.code == .limitExceeded, "got \(String(describing: error)) after \(sent) frames")
         #expect(error?.message.contains("--max-layout-bytes") == true)
         sender.stream.close()
