@@ -27,10 +27,10 @@ let package = Package(
         .target(name: "MemhaulSystem"),
         .target(name: "MemhaulKernel", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
         .target(name: "MemhaulWire"),  // pure Swift, imports no C: fuzzable
-        .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
+        .target(name: "MemhaulCompression", dependencies: ["CZstd", "MemhaulSystem"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
-        .target(name: "MemhaulImage", dependencies: ["MemhaulDigest", "MemhaulSystem", "CXXHash"]),
+        .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),  // Wire: the one migration-id rule
         // What both sides of a connection share: framing over a stream, the error type and what a lost connection is.
         .target(name: "MemhaulSession", dependencies: ["MemhaulTLS", "MemhaulWire", "MemhaulSystem"]),
         // Sender side: attach, rounds, convergence, freeze, proof. Needs the kernel layer (ptrace, PAGEMAP_SCAN).
@@ -43,29 +43,35 @@ let package = Package(
             name: "MemhaulReceiver",
             dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
         ),
+        // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
+        .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
-        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulSystem", "CZstd"]),
+        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem", "CZstd"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulSystem",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
         // The test and benchmark target process: known content, controlled writes, self-digest.
         .executableTarget(name: "memhaul-workload", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulDigest"]),
 
-        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
-        .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
-        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire"]),
-        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulBench"]),
-        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
-        .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTLS", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulImage", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
-        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
-        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulSystem"]),
+        // Helpers the test targets share (child processes, the built binaries,
+        // scratch directories, test certificates, streams); not a test target itself.
+        .target(name: "MemhaulTestSupport", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulTLS"], path: "Tests/MemhaulTestSupport"),
+        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulTestSupport", "MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
+        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulTestSupport", "MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulTestSupport", "MemhaulCompression", "MemhaulBench"]),
+        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulTestSupport", "MemhaulDigest"]),
+        .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTestSupport", "MemhaulTLS", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulCompression", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulDigest", "MemhaulSystem", "MemhaulTLS"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulTestSupport", "MemhaulControl"]),
+        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
     ]
 )

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import MemhaulCompression
+import MemhaulSystem
 
 /// Deterministic test/bench page content: zero, text-like and random pages.
 public enum MixedPages {

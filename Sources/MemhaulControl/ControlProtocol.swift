@@ -8,6 +8,8 @@ public struct ControlError: Error, Equatable, CustomStringConvertible {
         case notFound = "not_found"
         case conflict
         case tooLarge = "too_large"
+        /// All control connection slots are taken.
+        case busy
         case failed
         case `internal`
     }

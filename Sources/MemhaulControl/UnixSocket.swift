@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Foundation
 import MemhaulSystem
 
 /// Unix stream sockets for the control interface.
@@ -26,13 +27,23 @@ enum UnixSocket {
             // Explicitly: the umask may have narrowed or widened it.
             _ = try Syscall.run("chmod(\(dir))") { chmod(dir, 0o700) }
         }
-        // A socket file nobody listens on is stale; a live one means another agent.
-        if access(path, F_OK) == 0 {
-            if let probe = try? connect(path: path) {
-                _ = probe
-                throw ControlError(.conflict, "another agent is already listening on \(path)")
+        // A socket file nobody listens on is stale; a live one means another
+        // agent. Anything else at the path (a file, a symbolic link, a
+        // directory) is not ours to remove: refuse to start.
+        var st = stat()
+        if lstat(path, &st) == 0 {
+            switch st.st_mode & S_IFMT {
+            case S_IFSOCK:
+                if let probe = try? connect(path: path) {
+                    _ = probe
+                    throw ControlError(.conflict, "another agent is already listening on \(path)")
+                }
+                unlink(path)
+            case S_IFLNK:
+                throw ControlError(.conflict, "control socket path \(path) is a symbolic link; refusing to replace it")
+            default:
+                throw ControlError(.conflict, "control socket path \(path) exists and is not a socket; refusing to replace it")
             }
-            unlink(path)
         }
         let fd = FileDescriptor(owning: try Syscall.run("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         var addr = try address(path)
@@ -55,6 +66,17 @@ enum UnixSocket {
         return fd
     }
 
+    /// `send(2)` with MSG_NOSIGNAL until every byte is out: a peer that has
+    /// hung up is EPIPE, never SIGPIPE (which would end the agent).
+    static func sendAll(_ fd: Int32, _ data: Data) throws {
+        try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
+            var done = 0
+            while done < buffer.count {
+                done += try Syscall.run("send") { Glibc.send(fd, buffer.baseAddress! + done, buffer.count - done, Int32(MSG_NOSIGNAL)) }
+            }
+        }
+    }
+
     static func setTimeout(_ fd: Int32, seconds: Int) {
         var tv = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -73,9 +95,11 @@ struct LineReader {
         self.limit = limit
     }
 
-    enum Line { case line([UInt8]), tooLong, eof }
+    enum Line { case line([UInt8]), tooLong, eof, timedOut }
 
-    mutating func next() -> Line {
+    /// The next line; with a `deadline`, `.timedOut` if it is not complete by
+    /// then, however the bytes trickle in.
+    mutating func next(deadline: ContinuousClock.Instant? = nil) -> Line {
         var chunk = [UInt8](repeating: 0, count: 16384)
         while true {
             if let nl = buffer.firstIndex(of: 0x0A) {
@@ -85,6 +109,15 @@ struct LineReader {
                 return .line(line)
             }
             if buffer.count > limit { return .tooLong }
+            if let deadline {
+                let remaining = ContinuousClock.now.duration(to: deadline)
+                if remaining <= .zero { return .timedOut }
+                let ms = min(remaining.components.seconds, 3600) * 1000 + remaining.components.attoseconds / 1_000_000_000_000_000 + 1
+                var p = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
+                let ready = poll(&p, 1, Int32(ms))
+                if ready < 0 && errno == EINTR { continue }
+                if ready == 0 { return .timedOut }
+            }
             let n = chunk.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
             if n < 0 && errno == EINTR { continue }
             if n <= 0 { return buffer.isEmpty ? .eof : .line(buffer.splice()) }

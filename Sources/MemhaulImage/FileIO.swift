@@ -202,28 +202,20 @@ func fsyncDirectory(_ path: String) throws(ImageError) {
     try dir.fsync()
 }
 
-/// Reads a whole (small) file.
+/// Reads a whole image file (manifest, owner record): at most 256 MiB.
 func readWholeFile(_ path: String) throws(ImageError) -> [UInt8] {
-    let f = try ImageFile(path: path, flags: O_RDONLY)
-    let size = Int(try f.size())
-    let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(size, 1), alignment: 16)
-    defer { buffer.deallocate() }
-    let n = try f.preadFull(UnsafeMutableRawBufferPointer(rebasing: buffer[0..<size]), at: 0)
-    return Array(buffer[0..<n])
+    do {
+        return try SmallFile.read(path, limit: 256 << 20)
+    } catch let e as SystemError {
+        throw .io(file: path, call: e.call, errno: e.errno)
+    } catch {
+        throw .corrupt(file: path, reason: "\(error)")
+    }
 }
 
-/// Names in a directory (`opendir`/`readdir`).
+/// Names in a directory.
 func listDirectory(_ path: String) throws(ImageError) -> [String] {
-    guard let dir = opendir(path) else { throw ImageError.io(file: path, call: "opendir", errno: .current) }
-    defer { closedir(dir) }
-    var names: [String] = []
-    while let entry = readdir(dir) {
-        let name = withUnsafePointer(to: entry.pointee.d_name) {
-            $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
-        }
-        if name != "." && name != ".." { names.append(name) }
-    }
-    return names
+    do { return try Directory.entries(path) } catch { throw .io(file: path, call: "opendir", errno: error.errno) }
 }
 
 func unlinkIfPresent(_ path: String) throws(ImageError) {
@@ -234,14 +226,3 @@ func unlinkIfPresent(_ path: String) throws(ImageError) {
     }
 }
 
-func monotonicNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}
-
-func wallNanoseconds() -> UInt64 {
-    var ts = timespec()
-    clock_gettime(CLOCK_REALTIME, &ts)
-    return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-}

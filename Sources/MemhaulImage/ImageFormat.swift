@@ -1,3 +1,4 @@
+import MemhaulSystem
 import CXXHash
 import MemhaulDigest
 
@@ -162,7 +163,7 @@ struct JournalEntry: Hashable {
     /// Ranges new to the layout in the round that went to a file that already
     /// existed (growth): zeroed on replay before the journal's records, so bytes
     /// of an earlier life of those addresses cannot come back.
-    var grown: [ImageRange] = []
+    var grown: [AddressRange] = []
 }
 
 /// The manifest: the commit record of the last committed round.
@@ -317,7 +318,7 @@ struct Manifest: Equatable {
                     guard start < end, start % imagePageSize == 0, end % imagePageSize == 0 else {
                         throw .corrupt(file: file, reason: "bad grown range in the journal list")
                     }
-                    entry.grown.append(ImageRange(start: start, end: end))
+                    entry.grown.append(AddressRange(start: start, end: end))
                 }
                 m.journals.append(entry)
             }

@@ -11,6 +11,14 @@ import MemhaulSystem
 /// through a redo journal so that after a crash at any point the image opens at
 /// its last committed round.
 ///
+/// This is the writer's facade (the receiver's): create/open, rounds, commit,
+/// the deferred apply and checkpoints. The pieces live beside it: names in
+/// ImageNaming, the lock in ImageLock, the layout → files plan in
+/// LayoutPlanner, the round's write-ahead log in JournalWriter (the open
+/// round's state in OpenRound), journal replay in JournalApplier, what open
+/// does after a crash in ImageRecovery, and committed reads and the digest in
+/// ImageReader (which also serves read-only tools without a store).
+///
 /// Thread safety: one writer per image. The store does no locking of its own;
 /// its owner serialises calls (e.g. one receiver session task). Separate images
 /// (separate directories) are fully independent. Across processes,
@@ -24,7 +32,8 @@ public final class ImageStore: @unchecked Sendable {
     /// What `open` found and did.
     public private(set) var recovery: ImageRecovery = .clean
 
-    private let lock: ImageFile
+    let paths: ImagePaths
+    private let lock: ImageLock
     private var manifest: Manifest
     private let imageID: UInt64
     private var files: [UInt32: ImageFile] = [:]
@@ -32,7 +41,7 @@ public final class ImageStore: @unchecked Sendable {
     /// Set when a step after the commit point failed: the store refuses work until reopened.
     private var poisoned: String?
     /// A committed round whose journal is not applied yet (``commitRound(final:digest:deferApply:)``).
-    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: [FileRange])?
+    private var pendingApply: (round: UInt32, layoutPass: Bool, punches: FileRanges)?
     /// Region files changed by applies since the last checkpoint (page cache only, not fsynced).
     private var dirtyFiles: Set<UInt32> = []
     /// Journals the last `open` replayed, ascending.
@@ -43,7 +52,11 @@ public final class ImageStore: @unchecked Sendable {
     public var checkpointThreshold: UInt64?
     /// Duration of the last checkpoint, nanoseconds.
     public private(set) var lastCheckpointNanoseconds: UInt64 = 0
-    /// Journal buffer while a round is open, journal read window while applying, read buffer for digests.
+    /// What the last `commitRound` did (as it returned it), completed once a
+    /// deferred apply is joined (its `applyNanoseconds`) and by a checkpoint
+    /// `finishApply` takes for it (`checkpointNanoseconds`).
+    public private(set) var lastCommit: CommitInfo?
+    /// The open round's journal buffer (lent to its ``JournalWriter``).
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
     private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
@@ -56,48 +69,37 @@ public final class ImageStore: @unchecked Sendable {
     private var running: ApplyJob?
     private let hashState: OpaquePointer
 
-    /// Tests: stop right after the commit point, leaving the journal unapplied
-    /// (the state a crash there leaves).
-    var testStopAfterPublish = false
+#if DEBUG
+    /// Test hooks (ImageStoreTestHooks.swift); not in release builds.
+    var hooks = TestHooks()
 
-    /// Tests: never apply journals to the region files, as if no apply had
-    /// reached the disk before a crash (only fsynced in-place writes did).
-    var testSkipApply = false
+    func poisonForTest(_ reason: String) { poisoned = reason }
 
-    /// Tests: drop the store as a crash would: no checkpoint, journals left for `open`.
-    func testCrash() {
-        poisoned = "crashed (test)"
-        close()
-    }
-
-    /// Tests: leave the open round's journal on disk as a crash before the commit would.
-    func testStopBeforeCommit() {
+    /// The open round's journal stays on disk, as a crash before the commit leaves it.
+    func dropOpenRoundForTest() {
         guard let r = open else { return }
-        try? flush(r)
+        try? r.journal.flush()
         open = nil
     }
+#endif
 
     static let scratchSize = 8 << 20
     /// Runs background applies (one per store at a time).
     static let applyQueue = DispatchQueue(label: "memhaul.image.apply", qos: .userInitiated, attributes: .concurrent)
     /// Closes unlinked journals in the background.
     static let reaper = DispatchQueue(label: "memhaul.image.reaper", qos: .utility)
-    /// Largest data record; writes are split so any record fits the read window.
-    static let maxRecordData = 4 << 20
 
     // MARK: paths
 
-    var manifestPath: String { directory + "/manifest" }
-    func journalPath(_ round: UInt32) -> String {
-        let digits = String(round)
-        return directory + "/journal-" + String(repeating: "0", count: max(0, 10 - digits.count)) + digits
-    }
-    func filePath(_ id: UInt32) -> String { directory + "/mem-" + hex8(id) + ".bin" }
+    var manifestPath: String { paths.manifest }
+    func journalPath(_ round: UInt32) -> String { paths.journal(round) }
+    func filePath(_ id: UInt32) -> String { paths.regionFile(id) }
 
     // MARK: create / open
 
-    private init(directory: String, lock: ImageFile, manifest: Manifest) {
+    private init(directory: String, lock: ImageLock, manifest: Manifest) {
         self.directory = directory
+        self.paths = ImagePaths(directory)
         self.lock = lock
         self.manifest = manifest
         self.imageID = MemhaulImage.imageID(of: manifest.migrationID)
@@ -112,27 +114,11 @@ public final class ImageStore: @unchecked Sendable {
         try? join()  // the lock must outlive any write to the image
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
-        unlock()
+        lock.release()
         scratch.deallocate()
         if readBufferAllocated { readBuffer.deallocate() }
         zeros.deallocate()
         XXH3_freeState(hashState)
-    }
-
-    /// Checks a migration id can name a directory: 1–128 of `[A-Za-z0-9._-]`, not `.` or `..`.
-    public static func validate(migrationID id: String) throws(ImageError) {
-        let ok = !id.isEmpty && id.utf8.count <= 128 && id != "." && id != ".."
-            && id.utf8.allSatisfy { c in
-                (c >= 0x30 && c <= 0x39) || (c >= 0x41 && c <= 0x5A) || (c >= 0x61 && c <= 0x7A) || c == 0x2E || c == 0x2D
-                    || c == 0x5F
-            }
-        guard ok else { throw .invalidMigrationID(id) }
-    }
-
-    /// The image directory of `migrationID` under the images root.
-    public static func directory(root: String, migrationID: String) throws(ImageError) -> String {
-        try validate(migrationID: migrationID)
-        return (root.hasSuffix("/") ? String(root.dropLast()) : root) + "/" + migrationID
     }
 
     /// Creates a new, empty image in `directory` (mode 0700; missing parents are
@@ -140,7 +126,7 @@ public final class ImageStore: @unchecked Sendable {
     /// the owner record is made durable before the first manifest.
     public static func create(directory: String, migrationID: String, owner: ImageOwner? = nil) throws(ImageError) -> ImageStore {
         try validate(migrationID: migrationID)
-        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
+        let dir = ImagePaths.normalised(directory)
         try makeParents(of: dir)
         do {
             _ = try Syscall.run("mkdir(\(dir))") { mkdir(dir, 0o700) }
@@ -149,8 +135,8 @@ public final class ImageStore: @unchecked Sendable {
             throw .io(file: dir, call: "mkdir", errno: error.errno)
         }
         _ = try onFile("chmod", dir) { chmod(dir, 0o700) }  // whatever the umask
-        let lock = try lockImage(dir)
-        let now = wallNanoseconds()
+        let lock = try ImageLock.exclusive(ImagePaths(dir))
+        let now = WallClock.nanoseconds()
         if var owner {
             if owner.recordedAt == 0 { owner.recordedAt = now }
             try writeOwner(owner, migrationID: migrationID, directory: dir)
@@ -158,7 +144,7 @@ public final class ImageStore: @unchecked Sendable {
         let store = ImageStore(
             directory: dir, lock: lock, manifest: Manifest(migrationID: migrationID, createdAt: now, updatedAt: now))
         try store.publish(store.manifest)
-        try fsyncDirectory(parent(of: dir))
+        try fsyncDirectory(ImagePaths.parent(of: dir))
         return store
     }
 
@@ -166,16 +152,10 @@ public final class ImageStore: @unchecked Sendable {
     /// whose journal was not applied is re-applied; an uncommitted journal is
     /// discarded; files no committed round references are removed.
     public static func open(directory: String) throws(ImageError) -> ImageStore {
-        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        let lock = try lockImage(dir)
-        let bytes: [UInt8]
-        do {
-            bytes = try readWholeFile(dir + "/manifest")
-        } catch {
-            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
-            throw error
-        }
-        let manifest = try Manifest.decode(bytes, file: dir + "/manifest")
+        let paths = ImagePaths(directory)
+        let dir = paths.directory
+        let lock = try ImageLock.exclusive(paths)
+        let manifest = try Manifest.read(paths)
         let store = ImageStore(directory: dir, lock: lock, manifest: manifest)
         // Until recovery finishes nothing may checkpoint (deinit of a failed open).
         store.poisoned = "recovery did not finish"
@@ -184,31 +164,8 @@ public final class ImageStore: @unchecked Sendable {
         return store
     }
 
-    private static func lockImage(_ dir: String) throws(ImageError) -> ImageFile {
-        let path = dir + "/migration.lock"
-        let file: ImageFile
-        do {
-            file = try ImageFile(path: path, flags: O_RDWR | O_CREAT)
-        } catch {
-            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
-            throw error
-        }
-        do {
-            _ = try Syscall.run("flock(\(path))") { flock(file.raw, LOCK_EX | LOCK_NB) }
-        } catch {
-            if error.errno == .EAGAIN { throw .locked(directory: dir) }
-            throw .io(file: path, call: "flock", errno: error.errno)
-        }
-        return file
-    }
-
-    private static func parent(of path: String) -> String {
-        guard let slash = path.lastIndex(of: "/") else { return "." }
-        return slash == path.startIndex ? "/" : String(path[..<slash])
-    }
-
     private static func makeParents(of dir: String) throws(ImageError) {
-        let p = parent(of: dir)
+        let p = ImagePaths.parent(of: dir)
         if p == "/" || p == "." || access(p, F_OK) == 0 { return }
         try makeParents(of: p)
         do {
@@ -225,17 +182,8 @@ public final class ImageStore: @unchecked Sendable {
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         files.removeAll()
-        unlock()
+        lock.release()
         poisoned = "store closed"
-    }
-
-    /// Releases the flock explicitly before closing: a child forked meanwhile
-    /// (not yet at exec, where O_CLOEXEC acts) shares the open file description
-    /// and would otherwise keep the image locked.
-    private func unlock() {
-        guard lock.raw >= 0 else { return }
-        _ = try? Syscall.run("flock(\(lock.path))") { flock(lock.raw, LOCK_UN) }
-        try? lock.fd.close()
     }
 
     // MARK: state
@@ -279,7 +227,10 @@ public final class ImageStore: @unchecked Sendable {
     /// is applied.
     public func finishApply() throws(ImageError) {
         try startPendingApply()
-        if checkpointDue { try checkpoint() }
+        if checkpointDue {
+            try checkpoint()
+            if lastCommit?.round == manifest.committedRound { lastCommit?.checkpointNanoseconds += lastCheckpointNanoseconds }
+        }
     }
 
     /// Starts the deferred apply in the background (after the previous one).
@@ -287,18 +238,25 @@ public final class ImageStore: @unchecked Sendable {
         guard let p = pendingApply else { return }
         try join()
         pendingApply = nil
-        if testSkipApply { return }
+#if DEBUG
+        if hooks.skipApply { return }
+#endif
         guard let entry = manifest.journals.last, entry.round == p.round else { return }
         let job = ApplyJob(round: p.round, layoutPass: p.layoutPass, punches: p.punches)
         let applier = self.applier
         let m = manifest
+        let faults = Syscall.currentFaults  // the apply's writes fail as the caller's would (tests)
         job.item = DispatchWorkItem { [job] in
-            do throws(ImageError) {
-                job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
-            } catch {
-                job.error = error
+            let t0 = MonotonicClock.nanoseconds()
+            Syscall.withFaults(faults) {
+                do throws(ImageError) {
+                    job.touched = try applier.apply(entry, m: m, verifyFirst: false, layoutPass: p.layoutPass, replay: false)
+                } catch {
+                    job.error = error
+                }
             }
             applier.dropDescriptors()
+            job.nanoseconds = MonotonicClock.nanoseconds() - t0
         }
         running = job
         Self.applyQueue.async(execute: job.item!)
@@ -310,6 +268,7 @@ public final class ImageStore: @unchecked Sendable {
         running = nil
         job.item!.wait()
         dirtyFiles.formUnion(job.touched)
+        if lastCommit?.round == job.round { lastCommit?.applyNanoseconds = job.nanoseconds }  // a deferred apply
         if let error = job.error {
             poisoned = "applying round \(job.round) failed: \(error)"
             throw .mustReopen(poisoned!)
@@ -344,7 +303,7 @@ public final class ImageStore: @unchecked Sendable {
         try applyPending()
         try checkUsable()
         guard !manifest.journals.isEmpty else { return }
-        let t0 = monotonicNanoseconds()
+        let t0 = MonotonicClock.nanoseconds()
         let old = manifest.journals
         var m = manifest
         m.checkpointedRound = m.committedRound
@@ -367,7 +326,7 @@ public final class ImageStore: @unchecked Sendable {
             try? unlinkIfPresent(path)
             if let raw = journal?.fd.release() { Self.reaper.async { _ = Glibc.close(raw) } }
         }
-        lastCheckpointNanoseconds = monotonicNanoseconds() - t0
+        lastCheckpointNanoseconds = MonotonicClock.nanoseconds() - t0
     }
 
     /// Opens round `round` with its layout (regions must be page-aligned and
@@ -381,107 +340,19 @@ public final class ImageStore: @unchecked Sendable {
         guard manifest.state == .inProgress else { throw .closedImage(manifest.state) }
         if let open { throw .roundAlreadyOpen(open.round) }
         if let committed = manifest.committedRound, round <= committed { throw .staleRound(round: round, committed: committed) }
-        let regions = try Self.validated(layout)
-        let plan = planLayout(regions)
-        let path = journalPath(round)
-        let journal = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
-        let r = OpenRound(
-            round: round, regions: regions, segments: plan.segments, files: plan.files, nextFileID: plan.nextFileID,
-            fresh: plan.fresh, grown: plan.grown, layoutChanged: regions != manifest.regions, journal: journal)
-        let header = encodeJournalHeader(round: round, imageID: imageID)
-        header.withUnsafeBytes { scratch.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: $0.count) }
-        r.buffered = header.count
-        open = r
+        let regions = try LayoutPlanner.validated(layout)
+        let plan = LayoutPlanner.plan(
+            regions, segments: manifest.segments, files: manifest.files, nextFileID: manifest.nextFileID)
+        let journal = try JournalWriter(
+            path: journalPath(round), round: round, imageID: imageID, buffer: scratch, hashState: hashState)
+        open = OpenRound(
+            round: round, regions: regions, plan: plan, layoutChanged: regions != manifest.regions, journal: journal)
     }
 
     /// Regions end at or below this address: above any Linux user address space (57 bits with
     /// 5-level paging), and it keeps sizes, file offsets (off_t) and the checkpoint threshold
     /// (twice the layout) far from overflowing, whatever layout a peer declares.
-    public static let maxLayoutAddress: UInt64 = 1 << 57
-
-    static func validated(_ layout: [ImageRegion]) throws(ImageError) -> [ImageRegion] {
-        let sorted = layout.sorted { $0.start < $1.start }
-        var last: UInt64 = 0
-        for r in sorted {
-            guard r.end <= maxLayoutAddress else {
-                throw .invalidLayout("region 0x\(String(r.start, radix: 16))-0x\(String(r.end, radix: 16)) ends above 2^57")
-            }
-            guard r.start % imagePageSize == 0, r.end % imagePageSize == 0 else {
-                throw .invalidLayout("region 0x\(String(r.start, radix: 16))-0x\(String(r.end, radix: 16)) is not page-aligned")
-            }
-            guard r.start < r.end else { throw .invalidLayout("empty region at 0x\(String(r.start, radix: 16))") }
-            guard r.start >= last else { throw .invalidLayout("regions overlap at 0x\(String(r.start, radix: 16))") }
-            last = r.end
-        }
-        return sorted
-    }
-
-    /// Maps the new layout onto region files: kept addresses stay in their
-    /// file; an added range extends the file that ends right before it (heap
-    /// growth) or gets a new file; files left without addresses are dropped.
-    /// `fresh`: added ranges in new files (written in place); `grown`: added
-    /// ranges in files that exist (journaled: an earlier apply of that file may
-    /// not be durable yet, so in-place writes would need its fsync).
-    private func planLayout(_ regions: [ImageRegion]) -> (
-        segments: [Segment], files: [FileEntry], nextFileID: UInt32, fresh: [(UInt64, UInt64)], grown: [ImageRange]
-    ) {
-        // Union of the new regions.
-        var wanted: [(UInt64, UInt64)] = []
-        for r in regions {
-            if let last = wanted.last, last.1 == r.start { wanted[wanted.count - 1].1 = r.end } else { wanted.append((r.start, r.end)) }
-        }
-        let old = manifest.segments
-        var pieces: [Segment] = []
-        var added: [(UInt64, UInt64)] = []
-        var j = 0
-        for (ws, we) in wanted {
-            var cursor = ws
-            while j < old.count && old[j].end <= ws { j += 1 }
-            var k = j
-            while k < old.count && old[k].start < we {
-                let s = max(old[k].start, ws), e = min(old[k].end, we)
-                if s > cursor { added.append((cursor, s)) }
-                pieces.append(Segment(start: s, end: e, fileID: old[k].fileID))
-                cursor = e
-                k += 1
-            }
-            if cursor < we { added.append((cursor, we)) }
-        }
-        let oldFiles = Dictionary(manifest.files.map { ($0.id, $0) }, uniquingKeysWith: { a, _ in a })
-        var sizes: [UInt32: UInt64] = [:]
-        for p in pieces { sizes[p.fileID] = max(sizes[p.fileID] ?? 0, p.end - oldFiles[p.fileID]!.base) }
-        var endsAt: [UInt64: UInt32] = [:]
-        for (id, size) in sizes { endsAt[oldFiles[id]!.base + size] = id }
-        var bases: [UInt32: UInt64] = oldFiles.mapValues(\.base)
-        var nextID = manifest.nextFileID
-        var fresh: [(UInt64, UInt64)] = []
-        var grown: [ImageRange] = []
-        for (s, e) in added {
-            let id: UInt32
-            if let extend = endsAt.removeValue(forKey: s) {
-                id = extend
-            } else {
-                id = nextID
-                nextID += 1
-                bases[id] = s
-            }
-            sizes[id] = e - bases[id]!
-            endsAt[e] = id
-            pieces.append(Segment(start: s, end: e, fileID: id))
-            if id < manifest.nextFileID { grown.append(ImageRange(start: s, end: e)) } else { fresh.append((s, e)) }
-        }
-        pieces.sort { $0.start < $1.start }
-        var segments: [Segment] = []
-        for p in pieces {
-            if let last = segments.last, last.end == p.start, last.fileID == p.fileID {
-                segments[segments.count - 1].end = p.end
-            } else {
-                segments.append(p)
-            }
-        }
-        let files = sizes.map { FileEntry(id: $0.key, base: bases[$0.key]!, size: $0.value) }.sorted { $0.id < $1.id }
-        return (segments, files, nextID, fresh, grown)
-    }
+    public static let maxLayoutAddress: UInt64 = LayoutPlanner.maxLayoutAddress
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
     /// the open round's layout). Pages at addresses new to the layout that
@@ -510,12 +381,7 @@ public final class ImageStore: @unchecked Sendable {
                         return
                     }
                     r.addReservation(s.fileID, x - base(s, r), y - x)
-                    var done = 0
-                    while done < piece.count {
-                        let n = min(Self.maxRecordData, piece.count - done)
-                        try append(r, .data, x + UInt64(done), UInt64(n), UnsafeRawBufferPointer(rebasing: piece[done..<done + n]))
-                        done += n
-                    }
+                    try r.journal.appendData(at: x, piece)
                 }
             }
         } catch {
@@ -527,33 +393,33 @@ public final class ImageStore: @unchecked Sendable {
     }
 
     /// Makes a range of pages read as zeros (a hole in the region file).
-    public func zeroPages(_ range: ImageRange) throws(ImageError) {
+    public func zeroPages(_ range: AddressRange) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
         try forEachPiece(r.segments, range.start, range.end) { _, _, _ in }
         try clear(r, .zero, range)
-        r.zeroPages += range.pageCount
+        r.zeroPages += UInt64(range.pageCount)
     }
 
     /// Discards pages (now unpopulated at the source): they read as zeros and
     /// free their blocks. Parts of the range outside the layout are ignored:
     /// the layout change already dropped them.
-    public func discardPages(_ range: ImageRange) throws(ImageError) {
+    public func discardPages(_ range: AddressRange) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
         try checkAligned(range)
         guard range.start < range.end else { return }
         try clear(r, .discard, range)
-        r.discardedPages += range.pageCount
+        r.discardedPages += UInt64(range.pageCount)
     }
 
-    private func checkAligned(_ range: ImageRange) throws(ImageError) {
+    private func checkAligned(_ range: AddressRange) throws(ImageError) {
         guard range.start % imagePageSize == 0 else { throw .unaligned(range.start) }
         guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
     }
 
     /// Zero or discard: punched now where no committed byte lives, journaled elsewhere.
-    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: ImageRange) throws(ImageError) {
+    private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: AddressRange) throws(ImageError) {
         do {
             try forEachCoveredPiece(r.segments, range.start, range.end) { s, a, e throws(ImageError) in
                 try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
@@ -562,8 +428,8 @@ public final class ImageStore: @unchecked Sendable {
                             at: x - base(s, r), length: y - x, zeros: UnsafeRawBufferPointer(zeros))
                         r.directFiles.insert(s.fileID)
                     } else {
-                        try append(r, kind, x, y - x, nil)
-                        r.punches.append(FileRange(fileID: s.fileID, offset: x - base(s, r), length: y - x))
+                        try r.journal.append(kind, x, y - x, nil)
+                        r.punches.add(s.fileID, AddressRange(start: x - base(s, r), end: y - base(s, r)))
                     }
                 }
             }
@@ -581,18 +447,18 @@ public final class ImageStore: @unchecked Sendable {
         var lo = 0, hi = r.fresh.count
         while lo < hi {
             let mid = (lo + hi) / 2
-            if r.fresh[mid].1 <= start { lo = mid + 1 } else { hi = mid }
+            if r.fresh[mid].end <= start { lo = mid + 1 } else { hi = mid }
         }
         var cursor = start
         var i = lo
         while cursor < end {
-            if i < r.fresh.count, r.fresh[i].0 <= cursor {
-                let e = min(end, r.fresh[i].1)
+            if i < r.fresh.count, r.fresh[i].start <= cursor {
+                let e = min(end, r.fresh[i].end)
                 try body(cursor, e, true)
                 cursor = e
                 i += 1
             } else {
-                let e = i < r.fresh.count ? min(end, r.fresh[i].0) : end
+                let e = i < r.fresh.count ? min(end, r.fresh[i].start) : end
                 try body(cursor, e, false)
                 cursor = e
             }
@@ -601,60 +467,11 @@ public final class ImageStore: @unchecked Sendable {
 
     private func base(_ s: Segment, _ r: OpenRound) -> UInt64 { r.fileBases[s.fileID]! }
 
-    /// Calls `body(segment, start, end)` for each piece of `[start, end)`;
-    /// throws `outsideLayout` naming the first address no segment covers.
-    private func forEachPiece(
-        _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
-    ) throws(ImageError) {
-        var lo = 0, hi = segments.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if segments[mid].end <= start { lo = mid + 1 } else { hi = mid }
-        }
-        var cursor = start
-        var i = lo
-        while cursor < end {
-            guard i < segments.count, segments[i].start <= cursor else { throw .outsideLayout(cursor) }
-            let e = min(end, segments[i].end)
-            try body(segments[i], cursor, e)
-            cursor = e
-            i += 1
-        }
-    }
-
-    /// Appends one journal record through the scratch buffer.
-    private func append(
-        _ r: OpenRound, _ kind: RecordKind, _ address: UInt64, _ length: UInt64, _ data: UnsafeRawBufferPointer?
-    ) throws(ImageError) {
-        let need = ImageFormat.recordHeaderSize + (data?.count ?? 0)
-        if r.buffered + need > scratch.count { try flush(r) }
-        let at = UnsafeMutableRawBufferPointer(rebasing: scratch[r.buffered..<r.buffered + need])
-        var copied: UnsafeRawBufferPointer?
-        if let data, data.count > 0 {
-            let dst = UnsafeMutableRawBufferPointer(rebasing: at[ImageFormat.recordHeaderSize...])
-            dst.copyMemory(from: data)
-            copied = UnsafeRawBufferPointer(dst)
-        }
-        encodeRecordHeader(
-            UnsafeMutableRawBufferPointer(rebasing: at[0..<ImageFormat.recordHeaderSize]), kind: kind, address: address,
-            length: length, data: copied, state: hashState)
-        r.buffered += need
-        if kind != .seal { r.records += 1 }
-    }
-
-    private func flush(_ r: OpenRound) throws(ImageError) {
-        guard r.buffered > 0 else { return }
-        try r.journal.writeAll(UnsafeRawBufferPointer(rebasing: scratch[0..<r.buffered]))
-        r.written += UInt64(r.buffered)
-        r.buffered = 0
-    }
-
     /// Drops the open round: its journal is removed; the committed round is untouched.
     public func abortRound() {
         guard let r = open else { return }
         open = nil
-        try? r.journal.fd.close()
-        try? unlinkIfPresent(r.journal.path)
+        r.journal.remove()
         // Undo in-place writes to fresh addresses: back to the committed files.
         do {
             try join()
@@ -687,13 +504,10 @@ public final class ImageStore: @unchecked Sendable {
         try startPendingApply()  // the previous round's apply may still run: only its result is needed, after the commit point
         try checkUsable()
         guard let r = open else { throw .noOpenRound }
-        let t0 = monotonicNanoseconds()
+        let t0 = MonotonicClock.nanoseconds()
         var m = manifest
         do {
-            let sealAt = r.written + UInt64(r.buffered)
-            try append(r, .seal, r.records, sealAt, nil)
-            try flush(r)
-            try r.journal.fsync()
+            try r.journal.seal()
             for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
             // A running apply that punches or truncates where this round reserves would undo the reservation.
             if let job = running, job.conflicts(with: r) { try join() }
@@ -703,17 +517,18 @@ public final class ImageStore: @unchecked Sendable {
             abortRound()
             throw error
         }
-        let t1 = monotonicNanoseconds()
-        let now = wallNanoseconds()
+        let t1 = MonotonicClock.nanoseconds()
+        let now = WallClock.nanoseconds()
+        let journalBytes = r.journal.written, journalRecords = r.journal.records
         let record = RoundRecord(
             round: r.round, dataPages: r.dataPages, dataBytes: r.dataBytes, zeroPages: r.zeroPages,
-            discardedPages: r.discardedPages, journalBytes: r.written, committedAt: now, layoutChanged: r.layoutChanged)
+            discardedPages: r.discardedPages, journalBytes: journalBytes, committedAt: now, layoutChanged: r.layoutChanged)
         m.committedRound = r.round
         m.updatedAt = now
-        m.journalBytes = r.written
-        m.journalRecords = r.records
+        m.journalBytes = journalBytes
+        m.journalRecords = journalRecords
         m.journals.append(
-            JournalEntry(round: r.round, bytes: r.written, records: r.records, nextFileID: r.nextFileID, grown: r.grown))
+            JournalEntry(round: r.round, bytes: journalBytes, records: journalRecords, nextFileID: r.nextFileID, grown: r.grown))
         m.legacy = false
         m.nextFileID = r.nextFileID
         m.regions = r.regions
@@ -738,12 +553,14 @@ public final class ImageStore: @unchecked Sendable {
         }
         // Committed.
         open = nil
-        try? r.journal.fd.close()
-        let t2 = monotonicNanoseconds()
-        if testStopAfterPublish {
+        r.journal.close()
+        let t2 = MonotonicClock.nanoseconds()
+#if DEBUG
+        if hooks.stopAfterPublish {
             poisoned = "stopped after the commit point (test)"
             throw .mustReopen(poisoned!)
         }
+#endif
         pendingApply = (r.round, r.layoutChanged, r.punches)
         var checkpointNs: UInt64 = 0
         if !deferApply {
@@ -753,25 +570,28 @@ public final class ImageStore: @unchecked Sendable {
                 checkpointNs = lastCheckpointNanoseconds
             }
         }
-        let t3 = monotonicNanoseconds()
-        return CommitInfo(
+        let t3 = MonotonicClock.nanoseconds()
+        let info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
-            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs)
+            publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
+            applyDeferred: deferApply)
+        lastCommit = info
+        return info
     }
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
     /// applying it after the commit point cannot fail with ENOSPC.
     private func reserveBlocks(_ r: OpenRound) throws(ImageError) {
-        for res in r.reservations {
-            let f = try file(res.fileID, create: true)
-            if try !f.reserve(at: res.offset, length: res.length) { return }
+        for (id, ranges) in r.reservations.byFile.sorted(by: { $0.key < $1.key }) {
+            let f = try file(id, create: true)
+            for res in ranges where try !f.reserve(at: res.start, length: res.byteCount) { return }
         }
     }
 
     /// Writes `m` to `manifest.tmp`, fsyncs it, renames it over `manifest` and
     /// fsyncs the directory: the atomic commit point.
     private func publish(_ m: Manifest) throws(ImageError) {
-        let tmp = directory + "/manifest.tmp"
+        let tmp = paths.manifestTmp
         do throws(ImageError) {
             let f = try ImageFile(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC)
             try f.writeAll(m.encode())
@@ -798,7 +618,7 @@ public final class ImageStore: @unchecked Sendable {
         var m = manifest
         m.state = .failed
         m.failureReason = reason
-        m.updatedAt = wallNanoseconds()
+        m.updatedAt = WallClock.nanoseconds()
         try publish(m)
     }
 
@@ -812,68 +632,24 @@ public final class ImageStore: @unchecked Sendable {
     }
 
     private func recover() throws(ImageError) {
-        let names = try listDirectory(directory)
-        try? unlinkIfPresent(directory + "/manifest.tmp")
-        var action = ImageRecovery.clean
-        let listed = Set(manifest.journals.map(\.round))
-        for name in names.sorted() where name.hasPrefix("journal-") {
-            guard let round = UInt32(name.dropFirst("journal-".count)), !listed.contains(round) else { continue }
-            // Older: checkpointed, its unlink was not durable. Newer: never committed.
-            try unlinkIfPresent(directory + "/" + name)
-            if round > manifest.committedRound ?? 0 || manifest.committedRound == nil, action == .clean {
-                action = .discardedJournal(round: round)
-            }
-        }
-        var entries = manifest.journals
-        if manifest.legacy {
-            // 1.x: the committed journal may have been applied and removed already.
-            entries = entries.filter { access(journalPath($0.round), F_OK) == 0 }
-        }
-        if entries.isEmpty {
-            // Fully checkpointed: every file the manifest names must be there (a
-            // missing one would otherwise be recreated empty and read as zeros).
-            for f in manifest.files where access(filePath(f.id), F_OK) != 0 {
-                throw .corrupt(file: filePath(f.id), reason: "region file missing")
-            }
-        }
-        // Verify every committed journal before changing anything.
-        var journals: [ImageFile] = []
-        for entry in entries {
-            let path = journalPath(entry.round)
-            guard access(path, F_OK) == 0 else { throw .corrupt(file: path, reason: "committed journal missing") }
-            let journal = try ImageFile(path: path, flags: O_RDONLY)
-            try applier.verify(entry, journal)
-            journals.append(journal)
-        }
-        // Undo in-place writes of an uncommitted round (and anything else outside
-        // the manifest), size the files, then replay the journals in order.
-        dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
-        for (entry, journal) in zip(entries, journals) {
-            dirtyFiles.formUnion(
-                try applier.apply(entry, m: manifest, journal: journal, verifyFirst: false, layoutPass: false, replay: true))
-        }
-        applier.dropDescriptors()
-        try removeUnreferencedFiles(try listDirectory(directory))
-        if let last = entries.last { action = .reappliedJournal(round: last.round) }
-        replayedJournals = entries.map(\.round)
-        recovery = action
-        journals.removeAll()
+        let result = try Recovery.run(paths, manifest, applier)
+        dirtyFiles.formUnion(result.dirty)
+        replayedJournals = result.replayed
+        recovery = result.outcome
         poisoned = nil
         if !manifest.journals.isEmpty { try checkpoint() }
     }
 
     private func removeUnreferencedFiles(_ names: [String]) throws(ImageError) {
-        let live = Set(manifest.files.map(\.id))
-        for name in names where name.hasPrefix("mem-") && name.hasSuffix(".bin") {
-            guard let id = UInt32(name.dropFirst(4).dropLast(4), radix: 16), !live.contains(id) else { continue }
-            if open != nil && id >= manifest.nextFileID { continue }  // the open round's new files
+        // An open round's new files stay.
+        for (id, name) in Recovery.unreferencedFiles(names, manifest, keepingFrom: open != nil ? manifest.nextFileID : nil) {
             files[id] = nil
             dirtyFiles.remove(id)
             try unlinkIfPresent(directory + "/" + name)
         }
     }
 
-    // MARK: reading
+    // MARK: reading (ImageReader.swift reads the same way, without a store)
 
     /// Reads committed memory `[address, address + buffer.count)`; never-written
     /// and discarded pages read as zeros. Throws `outsideLayout` for addresses
@@ -881,12 +657,7 @@ public final class ImageStore: @unchecked Sendable {
     public func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(ImageError) {
         try applyPending()
         try checkUsable()
-        guard buffer.count > 0 else { return }
-        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
-        try forEachPiece(manifest.segments, address, address + UInt64(buffer.count)) { s, a, e throws(ImageError) in
-            let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(a - address)..<Int(e - address)])
-            _ = try file(s.fileID, create: false).preadFull(dst, at: a - bases[s.fileID]!)
-        }
+        try CommittedContent(manifest).read(at: address, into: buffer) { id throws(ImageError) in try file(id, create: false) }
     }
 
     /// The memory digest (ARCHITECTURE.md) of the committed image: per region
@@ -900,115 +671,16 @@ public final class ImageStore: @unchecked Sendable {
     public func computeDigest(version: DigestVersion = .v1, isCancelled: () -> Bool = { false }) throws(ImageError) -> MemoryDigest {
         try applyPending()
         try checkUsable()
-        let digester = MemoryDigester(version: version)
-        try walkCommitted(isCancelled: isCancelled) { region in
-            digester.beginRegion(start: region.start, end: region.end)
-        } data: { p in
-            digester.update(p)
-        } zeros: { n in
-            digester.updateZeros(count: Int(n))
-        }
-        return digester.finalize()
-    }
-
-    /// Walks the committed layout region by region, data extents read in large
-    /// chunks, holes reported by length.
-    private func walkCommitted(
-        isCancelled: () -> Bool = { false },
-        region: (ImageRegion) -> Void, data: (UnsafeRawBufferPointer) -> Void, zeros: (UInt64) -> Void
-    ) throws(ImageError) {
-        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
         readBufferAllocated = true
-        let buffer = readBuffer
-        for r in manifest.regions {
-            if isCancelled() { throw .cancelled("digest stopped at region 0x\(String(r.start, radix: 16))") }
-            region(r)
-            try forEachPiece(manifest.segments, r.start, r.end) { s, a, e throws(ImageError) in
-                let f = try file(s.fileID, create: false)
-                var pos = a - bases[s.fileID]!
-                let end = e - bases[s.fileID]!
-                while pos < end {
-                    let dataAt = min(try f.nextData(pos) ?? end, end)
-                    if dataAt > pos {
-                        zeros(dataAt - pos)
-                        pos = dataAt
-                        continue
-                    }
-                    let holeAt = min(max(try f.nextHole(pos), pos + imagePageSize), end)
-                    while pos < holeAt {
-                        if isCancelled() { throw .cancelled("digest stopped at 0x\(String(pos + bases[s.fileID]!, radix: 16))") }
-                        let n = Int(min(UInt64(buffer.count), holeAt - pos))
-                        let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
-                        _ = try f.preadFull(chunk, at: pos)
-                        data(UnsafeRawBufferPointer(chunk))
-                        pos += UInt64(n)
-                    }
-                }
-            }
+        return try CommittedContent(manifest).digest(buffer: readBuffer, version: version, isCancelled: isCancelled) { id throws(ImageError) in
+            try file(id, create: false)
         }
     }
 
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
     public func storedBytes() throws(ImageError) -> UInt64 {
         try applyPending()
-        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
-        var total: UInt64 = 0
-        for s in manifest.segments {
-            let f = try file(s.fileID, create: false)
-            var pos = s.start - bases[s.fileID]!
-            let end = s.end - bases[s.fileID]!
-            while pos < end, let dataAt = try f.nextData(pos), dataAt < end {
-                let holeAt = min(max(try f.nextHole(dataAt), dataAt + imagePageSize), end)
-                total += holeAt - dataAt
-                pos = holeAt
-            }
-        }
-        return total
-    }
-
-    /// Reads an image's committed manifest without locking or recovering it, to
-    /// watch a migration a receiver is writing. Stored pages and disk use are
-    /// best effort (the writer may be changing the files meanwhile).
-    public static func peek(directory: String) throws(ImageError) -> ImageInfo {
-        let dir = directory.hasSuffix("/") ? String(directory.dropLast()) : directory
-        let path = dir + "/manifest"
-        let bytes: [UInt8]
-        do {
-            bytes = try readWholeFile(path)
-        } catch {
-            if case .io(_, _, .ENOENT) = error { throw .notAnImage(directory: dir) }
-            throw error
-        }
-        let m = try Manifest.decode(bytes, file: path)
-        var stored: UInt64 = 0
-        for s in m.segments {
-            guard let f = m.files.first(where: { $0.id == s.fileID }),
-                let file = try? ImageFile(path: dir + "/mem-" + hex8(f.id) + ".bin", flags: O_RDONLY)
-            else { continue }
-            var pos = s.start - f.base
-            let end = s.end - f.base
-            while pos < end, let d = (try? file.nextData(pos)) ?? nil, d < end {
-                let holeAt = min(max((try? file.nextHole(d)) ?? end, d + imagePageSize), end)
-                stored += holeAt - d
-                pos = holeAt
-            }
-        }
-        return ImageInfo(
-            directory: dir, migrationID: m.migrationID, state: m.state,
-            failureReason: m.state == .failed ? m.failureReason : nil, committedRound: m.committedRound,
-            layout: m.regions, rounds: m.history, storedPages: stored / imagePageSize, diskBytes: diskUse(dir),
-            logicalBytes: m.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: m.digest, createdAt: m.createdAt,
-            updatedAt: m.updatedAt, recovery: .clean, checkpointedRound: m.checkpointedRound,
-            pendingJournals: m.journals.map(\.round), owner: Self.ownerOrProblem(dir, m.migrationID))
-    }
-
-    static func diskUse(_ dir: String) -> UInt64 {
-        var disk: UInt64 = 0
-        for name in (try? listDirectory(dir)) ?? [] {
-            var st = stat()
-            if lstat(dir + "/" + name, &st) == 0 { disk += UInt64(st.st_blocks) * 512 }
-        }
-        return disk
+        return try CommittedContent(manifest).storedBytes { id throws(ImageError) in try file(id, create: false) }
     }
 
     /// A summary for `memhaul image inspect`.
@@ -1016,141 +688,6 @@ public final class ImageStore: @unchecked Sendable {
         try applyPending()
         try checkUsable()
         let stored = try storedBytes()
-        let disk = Self.diskUse(directory)
-        return ImageInfo(
-            directory: directory, migrationID: manifest.migrationID, state: manifest.state,
-            failureReason: failureReason, committedRound: manifest.committedRound, layout: manifest.regions,
-            rounds: manifest.history, storedPages: stored / imagePageSize, diskBytes: disk,
-            logicalBytes: manifest.regions.reduce(0) { $0 + $1.byteCount }, finalDigest: manifest.digest,
-            createdAt: manifest.createdAt, updatedAt: manifest.updatedAt, recovery: recovery,
-            checkpointedRound: manifest.checkpointedRound, pendingJournals: manifest.journals.map(\.round),
-            owner: Self.ownerOrProblem(directory, manifest.migrationID))
-    }
-}
-
-/// 8 lower-case hex digits.
-func hex8(_ v: UInt32) -> String {
-    let hex = String(v, radix: 16)
-    return String(repeating: "0", count: max(0, 8 - hex.count)) + hex
-}
-
-/// The state of the open round.
-final class OpenRound {
-    let round: UInt32
-    let regions: [ImageRegion]
-    let segments: [Segment]
-    let files: [FileEntry]
-    let fileBases: [UInt32: UInt64]
-    let nextFileID: UInt32
-    /// Address ranges not in the committed layout, in new files: written in place, not journaled.
-    let fresh: [(UInt64, UInt64)]
-    /// Address ranges not in the committed layout, in files that exist: journaled.
-    let grown: [ImageRange]
-    let layoutChanged: Bool
-    let journal: ImageFile
-    var directFiles: Set<UInt32> = []
-    /// In-place writes since writeback was last started: (file, fd, range, bytes).
-    private var unsynced: (file: UInt32, fd: Int32, from: UInt64, to: UInt64, bytes: UInt64)?
-
-    /// Starts writeback of in-place writes every `ImageStore.writebackKickBytes`
-    /// (or when another file is written), so the disk works during the round
-    /// and the fsync at the commit point finds little left.
-    func noteUnsynced(file: UInt32, fd: Int32, from: UInt64, to: UInt64) {
-        if var u = unsynced, u.file == file {
-            u.from = min(u.from, from)
-            u.to = max(u.to, to)
-            u.bytes += to - from
-            unsynced = u
-        } else {
-            kickWriteback()
-            unsynced = (file, fd, from, to, to - from)
-        }
-        if let u = unsynced, u.bytes >= ImageStore.writebackKickBytes { kickWriteback() }
-    }
-
-    func kickWriteback() {
-        guard let u = unsynced else { return }
-        startWriteback(u.fd, from: u.from, count: u.to - u.from)
-        unsynced = nil
-    }
-    var directBytes: UInt64 = 0
-    /// Journal bytes written to the file, and waiting in the scratch buffer.
-    var written: UInt64 = 0
-    var buffered = 0
-    var records: UInt64 = 0
-    var dataPages: UInt64 = 0
-    var dataBytes: UInt64 = 0
-    var zeroPages: UInt64 = 0
-    var discardedPages: UInt64 = 0
-    /// File ranges the round writes, coalesced, reserved before the commit.
-    var reservations: [(fileID: UInt32, offset: UInt64, length: UInt64)] = []
-    /// File ranges the round's journal punches (zero, discard) when applied.
-    var punches: [FileRange] = []
-
-    init(
-        round: UInt32, regions: [ImageRegion], segments: [Segment], files: [FileEntry], nextFileID: UInt32,
-        fresh: [(UInt64, UInt64)], grown: [ImageRange], layoutChanged: Bool, journal: ImageFile
-    ) {
-        self.fresh = fresh
-        self.grown = grown
-        self.round = round
-        self.regions = regions
-        self.segments = segments
-        self.files = files
-        self.fileBases = Dictionary(files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
-        self.nextFileID = nextFileID
-        self.layoutChanged = layoutChanged
-        self.journal = journal
-    }
-
-    func addReservation(_ fileID: UInt32, _ offset: UInt64, _ length: UInt64) {
-        if let last = reservations.last, last.fileID == fileID, last.offset + last.length == offset {
-            reservations[reservations.count - 1].length += length
-        } else {
-            reservations.append((fileID, offset, length))
-        }
-    }
-}
-
-/// A range of a region file.
-struct FileRange: Hashable {
-    var fileID: UInt32
-    var offset: UInt64
-    var length: UInt64
-}
-
-/// An apply running on `ImageStore.applyQueue`; its fields are written by the
-/// worker and read by the store only after `item.wait()`.
-final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by DispatchWorkItem.wait (happens-before)
-    let round: UInt32
-    let layoutPass: Bool
-    let punches: [FileRange]
-    var item: DispatchWorkItem?
-    var touched: Set<UInt32> = []
-    var error: ImageError?
-
-    init(round: UInt32, layoutPass: Bool, punches: [FileRange]) {
-        self.round = round
-        self.layoutPass = layoutPass
-        self.punches = punches
-    }
-
-    /// Whether this apply could free blocks the open round reserves: its layout
-    /// pass truncates files the round grows, or a punch overlaps a reservation.
-    func conflicts(with r: OpenRound) -> Bool {
-        if layoutPass && !r.grown.isEmpty { return true }
-        guard !punches.isEmpty, !r.reservations.isEmpty else { return false }
-        let a = punches.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
-        let b = r.reservations.sorted { ($0.fileID, $0.offset) < ($1.fileID, $1.offset) }
-        var i = 0, j = 0
-        while i < a.count && j < b.count {
-            if a[i].fileID != b[j].fileID {
-                if a[i].fileID < b[j].fileID { i += 1 } else { j += 1 }
-                continue
-            }
-            if a[i].offset < b[j].offset + b[j].length && b[j].offset < a[i].offset + a[i].length { return true }
-            if a[i].offset + a[i].length <= b[j].offset + b[j].length { i += 1 } else { j += 1 }
-        }
-        return false
+        return ImageInfo(manifest, directory: directory, storedBytes: stored, recovery: recovery)
     }
 }

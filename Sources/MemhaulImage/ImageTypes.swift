@@ -1,3 +1,4 @@
+import MemhaulWire
 import MemhaulDigest
 import MemhaulSystem
 
@@ -43,20 +44,6 @@ public struct ImageRegion: Hashable, Sendable {
     public var pageCount: UInt64 { (end - start) / imagePageSize }
 }
 
-/// A page-aligned, half-open address range `[start, end)` (MemhaulKernel's
-/// `AddressRange` has the same shape; this layer may not import it).
-public struct ImageRange: Hashable, Sendable, Comparable, CustomStringConvertible {
-    public var start: UInt64
-    public var end: UInt64
-    public init(start: UInt64, end: UInt64) {
-        self.start = start
-        self.end = end
-    }
-    public var byteCount: UInt64 { end - start }
-    public var pageCount: UInt64 { (end - start) / imagePageSize }
-    public static func < (a: ImageRange, b: ImageRange) -> Bool { (a.start, a.end) < (b.start, b.end) }
-    public var description: String { "0x\(String(start, radix: 16))-0x\(String(end, radix: 16))" }
-}
 
 /// Where a migration's image stands.
 public enum ImageState: UInt8, Sendable, CustomStringConvertible {
@@ -95,7 +82,8 @@ public struct RoundRecord: Hashable, Sendable {
     public var layoutChanged: Bool
 }
 
-/// What `commitRound` did and how long each step took.
+/// What `commitRound` did and how long each step took. The store keeps the
+/// last one (`ImageStore.lastCommit`), completed when a deferred apply ends.
 public struct CommitInfo: Hashable, Sendable {
     public var round: UInt32
     public var record: RoundRecord
@@ -110,18 +98,10 @@ public struct CommitInfo: Hashable, Sendable {
     /// A checkpoint the commit took (fsync of the region files, publish, journals
     /// unlinked), nanoseconds; 0 when none was due or the apply was deferred.
     public var checkpointNanoseconds: UInt64 = 0
+    /// The commit returned at the commit point (`deferApply`): `applyNanoseconds`
+    /// is then known only from `ImageStore.lastCommit`, once the apply is joined.
+    public var applyDeferred: Bool = false
     public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
-}
-
-/// What `open` found and did to recover.
-public enum ImageRecovery: Hashable, Sendable {
-    /// Nothing to do: the last commit was fully applied.
-    case clean
-    /// Committed journals after the checkpoint were replayed, the last of
-    /// `round` (the committed round); `ImageStore.replayedJournals` lists them.
-    case reappliedJournal(round: UInt32)
-    /// An uncommitted round's journal was found and discarded.
-    case discardedJournal(round: UInt32)
 }
 
 /// A summary of an image for `memhaul image inspect`.
@@ -187,6 +167,9 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
     case mustReopen(String)
     /// Long work (a digest) stopped because its caller asked (the peer went away).
     case cancelled(String)
+    /// A receiver committed to the image while an ``ImageReader`` without the
+    /// shared lock (``ImageReader/live``) read it: what was read may mix rounds.
+    case changedWhileReading(directory: String)
 
     public var description: String {
         switch self {
@@ -200,7 +183,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .unsupportedVersion(file, major, minor):
             "\(file): format version \(major).\(minor) is newer than this memhaul reads (\(ImageFormat.major).x)"
         case let .corrupt(file, reason): "\(file): corrupt: \(reason)"
-        case let .invalidMigrationID(id): "invalid migration id \"\(id)\" (use 1-128 of [A-Za-z0-9._-], not . or ..)"
+        case let .invalidMigrationID(id): "invalid migration id \"\(id)\" (use \(MigrationID.rule))"
         case let .invalidLayout(reason): "invalid layout: \(reason)"
         case let .outsideLayout(addr): "address 0x\(String(addr, radix: 16)) is outside the round's layout"
         case let .unaligned(addr): "0x\(String(addr, radix: 16)) is not page-aligned"
@@ -210,6 +193,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .closedImage(state): "the image is \(state) and takes no more rounds"
         case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
         case let .cancelled(what): "cancelled: \(what)"
+        case let .changedWhileReading(dir): "image \(dir) changed while it was read (a receiver committed meanwhile); read it again"
         }
     }
 

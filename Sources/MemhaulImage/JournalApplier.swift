@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import CXXHash
+import Dispatch
 import MemhaulSystem
 
 /// Applies committed journals to the region files with its own read window,
@@ -34,14 +35,11 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
         XXH3_freeState(hashState)
     }
 
-    func journalPath(_ round: UInt32) -> String {
-        let digits = String(round)
-        return directory + "/journal-" + String(repeating: "0", count: max(0, 10 - digits.count)) + digits
-    }
+    func journalPath(_ round: UInt32) -> String { ImagePaths(directory).journal(round) }
 
     private func file(_ id: UInt32) throws(ImageError) -> ImageFile {
         if let f = files[id] { return f }
-        let f = try ImageFile(path: directory + "/mem-" + hex8(id) + ".bin", flags: O_RDWR | O_CREAT)
+        let f = try ImageFile(path: ImagePaths(directory).regionFile(id), flags: O_RDWR | O_CREAT)
         files[id] = f
         return f
     }
@@ -207,7 +205,7 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
             let address = loadLE(h, 8, as: UInt64.self)
             let length = loadLE(h, 16, as: UInt64.self)
             let dataLength = kind == .data ? Int(clamping: length) : 0
-            guard dataLength <= ImageStore.maxRecordData else { throw .corrupt(file: path, reason: "record of \(length) bytes at byte \(at)") }
+            guard dataLength <= JournalWriter.maxRecordData else { throw .corrupt(file: path, reason: "record of \(length) bytes at byte \(at)") }
             guard try ensure(ImageFormat.recordHeaderSize + dataLength) else { throw .truncated(file: path) }
             let header = UnsafeRawBufferPointer(rebasing: window[pos..<pos + 24])
             let data = UnsafeRawBufferPointer(
@@ -234,12 +232,28 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
 
 }
 
-/// Like forEachPiece, but skips parts no segment covers (discards may name unmapped pages).
-func forEachCoveredPiece(
-    _ segments: [Segment], _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64) throws(ImageError) -> Void
-) throws(ImageError) {
-    for s in segments where s.end > start && s.start < end {
-        try body(s, max(s.start, start), min(s.end, end))
+/// An apply running on `ImageStore.applyQueue`; its fields are written by the
+/// worker and read by the store only after `item.wait()`.
+final class ApplyJob: @unchecked Sendable {  // unchecked: handed over by DispatchWorkItem.wait (happens-before)
+    let round: UInt32
+    let layoutPass: Bool
+    let punches: FileRanges
+    var item: DispatchWorkItem?
+    var touched: Set<UInt32> = []
+    var error: ImageError?
+    /// How long the apply took.
+    var nanoseconds: UInt64 = 0
+
+    init(round: UInt32, layoutPass: Bool, punches: FileRanges) {
+        self.round = round
+        self.layoutPass = layoutPass
+        self.punches = punches
+    }
+
+    /// Whether this apply could free blocks the open round reserves: its layout
+    /// pass truncates files the round grows, or a punch overlaps a reservation.
+    func conflicts(with r: OpenRound) -> Bool {
+        if layoutPass && !r.grown.isEmpty { return true }
+        return punches.overlaps(r.reservations)
     }
 }
-

@@ -275,7 +275,7 @@ final class SyscallInjector {
     /// exited (pthread_exit in main leaves a zombie leader), the first live thread.
     static func injectableThread(of pid: Int32) throws -> Int32 {
         guard let state = ProcFS.state(pid: pid), state == "Z" || state == "X" else { return pid }
-        let tasks = (try? ProcFS.listDirectory("/proc/\(pid)/task")) ?? []
+        let tasks = (try? Directory.entries("/proc/\(pid)/task")) ?? []
         for name in tasks {
             guard let tid = Int32(name), tid != pid else { continue }
             if let s = ProcFS.state(pid: pid, thread: tid), s != "Z" && s != "X" { return tid }

@@ -30,6 +30,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var error: String?
         /// The sender's verified certificate (nil with `--insecure`).
         public var sender: ImageOwner?
+        /// What the image store's last commit did (pages, journal bytes, step
+        /// times); with a deferred apply, `ImageStore.lastCommit` completes it.
+        public var lastCommit: CommitInfo?
     }
 
     /// Calls from the agent, so two connections cannot write one image.
@@ -176,6 +179,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
     }
 
+    /// What this receiver supports, and accepts when a HELLO offers it:
+    /// resume included (a sender uses only what WELCOME accepts).
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
+
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
             throw Refusal(code: .unexpectedMessage, description: "expected HELLO")
@@ -188,6 +195,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         // connection: the policy, then the owner of an existing image.
         try checkPolicy(id)
         try checkOwner(id, directory)
+        // The preamble's major was checked on arrival; HELLO must repeat it.
+        guard hello.version.major == WireVersion.current.major else {
+            throw Refusal(code: .badHello, description: "HELLO version \(hello.version) differs from the preamble's major \(WireVersion.current.major)")
+        }
         guard hello.pageSize == WireLimits.default.pageSize else {
             throw Refusal(code: .pageSizeMismatch, description: "page size \(hello.pageSize) is not \(WireLimits.default.pageSize)")
         }
@@ -222,11 +233,16 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
             log("receiver: migration \(id) resumes at committed round \(store.committedRound.map(String.init) ?? "none") (sender saw \(hello.resumeFromRound ?? 0))")
         } else {
+            // Nothing to resume: creating a fresh image would let the sender
+            // carry on from a round the receiver never had (wire.md, resume-rejected).
+            guard hello.resumeFromRound == nil else {
+                throw Refusal(code: .resumeRejected, description: "no image for migration \(id) to resume; nothing was created")
+            }
             store = try createImage(directory: directory, id: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
         digestVersion = hello.capabilities.contains(.digestV2) ? .v2 : .v1
-        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection([.zstd, .keepalive, .digestV2]), lastCommittedRound: store.committedRound.map(UInt64.init))))
+        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection(Self.capabilities), lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
     }
@@ -321,14 +337,14 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
                 for run in list.runs {
-                    try store.zeroPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.zeroPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.zeroPages += UInt64(run.pageCount)
                 }
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
                 for run in list.runs {
-                    try store.discardPages(ImageRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+                    try store.discardPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.discardedPages += UInt64(run.pageCount)
                 }
             case .roundEnd(let end):
@@ -349,16 +365,16 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
-                    _ = try store.commitRound(final: true, digest: digest)
+                    let commit = try store.commitRound(final: true, digest: digest)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
-                    setInfo { $0.state = "complete"; $0.committedRound = store.committedRound }
+                    setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
                 } else {
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
-                    _ = try store.commitRound(final: false, deferApply: true)
+                    let commit = try store.commitRound(final: false, deferApply: true)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
-                    setInfo { $0.committedRound = store.committedRound }
+                    setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
                 }
                 openRound = nil

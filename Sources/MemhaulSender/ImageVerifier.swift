@@ -31,7 +31,7 @@ public enum ImageVerifier {
     }
 
     /// `pid` must be stopped (or otherwise not writing), or the comparison races.
-    public static func verify(_ store: ImageStore, pid: Int32, maxMismatches: Int = 16) throws -> Report {
+    public static func verify(_ store: some CommittedImage, pid: Int32, maxMismatches: Int = 16) throws -> Report {
         let scanner = try PagemapScanner(pid: pid)
         let reader = RemoteMemoryReader(pid: pid, bufferBytes: 8 << 20)
         let image = UnsafeMutableRawBufferPointer.allocate(byteCount: 8 << 20, alignment: 4096)
@@ -89,7 +89,7 @@ public enum ImageVerifier {
     /// the process with content must lie inside the image's layout. Mappings
     /// memhaul documents as not migrated (shared, kernel-provided, device
     /// memory, hugetlb) are listed in `notMigrated` instead.
-    static func checkCoverage(_ store: ImageStore, pid: Int32, scanner: PagemapScanner, into report: inout Report) throws {
+    static func checkCoverage(_ store: some CommittedImage, pid: Int32, scanner: PagemapScanner, into report: inout Report) throws {
         let layout = store.layout.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
         let maps = try ProcMaps.read(pid: pid)
         let flags = try ProcMaps.readFlags(pid: pid)

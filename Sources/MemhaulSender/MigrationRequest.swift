@@ -35,8 +35,14 @@ public struct MigrationRequest: Sendable {
 
     public var destination: String { host.contains(":") ? "[\(host)]:\(port)" : "\(host):\(port)" }
 
-    /// `m-<pid>-<unix seconds>`.
-    public static func defaultID(pid: Int32) -> String { "m-\(pid)-\(Int(Date().timeIntervalSince1970))" }
+    /// `m-<pid>-<unix seconds>-<6 random hex digits>`: the random part keeps two
+    /// migrations of one PID within a second apart (the receiver refuses a
+    /// fresh HELLO for an id it already has). At most 31 bytes, well inside
+    /// the 64-byte wire limit.
+    public static func defaultID(pid: Int32) -> String {
+        let random = String(UInt32.random(in: 0..<(1 << 24)), radix: 16)
+        return "m-\(pid)-\(Int(Date().timeIntervalSince1970))-\(String(repeating: "0", count: 6 - random.count))\(random)"
+    }
 
     /// The one check of a request, whoever built it (CLI, control interface,
     /// bench): each problem is one line naming the parameter.

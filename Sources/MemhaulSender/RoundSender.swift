@@ -19,6 +19,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var poolSize = 8
         /// nil = adaptive (``CompressionGovernor``).
         var compressionLevel: Int32? = nil
+        /// The receiver accepted the zstd capability; without it every batch is raw.
+        var zstd = true
     }
 
     /// One batch moving through the pipeline.
@@ -203,7 +205,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var encoding = PageEncoding.raw
         job.payloadIsPages = true
         job.payloadCount = plain.count
-        if let level = governor.level {
+        if configuration.zstd, let level = governor.level {
             let bound = ZstdCompressor.bound(Int(PageSize.bytes) * configuration.batchPages)
             let encoder = encoders[worker].encoder(level: level, maxBatchBytes: bound)
             let (e, count) = try encoder.encode(plain, into: job.encoded)

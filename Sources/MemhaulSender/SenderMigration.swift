@@ -27,8 +27,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let shared: Mutex<Shared>
     private let finished = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
-    /// The digest form the last WELCOME accepted (v2 with capability `digestV2`); the run thread only.
-    private var digestVersion: DigestVersion = .v1
 
     public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.request = request
@@ -74,7 +72,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let freezer = TargetFreezer(pid: request.pid)
         var frozen = false
         do {
-            box = ChannelBox(try openChannel(resumeFrom: nil).channel)
+            let first = try openChannel(resumeFrom: nil)
+            box = ChannelBox(first.channel, capabilities: first.accepted)
+            if !first.accepted.contains(.zstd) && request.compressionLevel != nil {
+                updateStatus { $0.warnings.append("the receiver does not accept zstd: pages are sent raw") }
+            }
             let attached = try AttachedProcess.attach(pid: request.pid)
             process = attached
             try migrate(attached, box!, throttle, freezer, &frozen, start: start)
@@ -109,25 +111,52 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
     }
 
+    /// What the sender offers in HELLO; it then uses only what WELCOME accepts.
+    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
+
     /// Connects and shakes hands; with `resumeFrom`, asks the receiver to
-    /// reopen the image and returns the round it has committed.
-    private func openChannel(resumeFrom: UInt64?) throws -> (channel: FrameChannel, committed: UInt64) {
+    /// reopen the image and returns the round it has committed. The WELCOME
+    /// is checked: same major, accepted capabilities a subset of the offer,
+    /// no committed round for a fresh start, resume accepted for a resume.
+    private func openChannel(resumeFrom: UInt64?) throws -> (channel: FrameChannel, committed: UInt64, accepted: Capabilities) {
         let stream = try connect(request)
         let channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: [.zstd, .keepalive, .resume, .digestV2], migrationID: request.id,
+        try channel.send(.hello(Hello(capabilities: Self.offeredCapabilities, migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive() {
         case .welcome(let w):
-            digestVersion = w.capabilities.contains(.digestV2) ? .v2 : .v1  // the receiver computes the form it accepted
-            return (channel, w.lastCommittedRound ?? 0)
+            do {
+                try Self.check(w, resumeFrom: resumeFrom)
+            } catch {
+                channel.close()
+                throw error
+            }
+            return (channel, w.lastCommittedRound ?? 0, w.capabilities)
         case .error(let e):
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
         default:
             throw MigrationError.protocolViolation("expected WELCOME")
+        }
+    }
+
+    /// A WELCOME a receiver could lie in (wire.md, WELCOME): refused as a protocol violation.
+    static func check(_ w: Welcome, resumeFrom: UInt64?) throws {
+        guard w.version.major == WireVersion.current.major else {
+            throw MigrationError.protocolViolation("WELCOME version \(w.version) is not major \(WireVersion.current.major)")
+        }
+        guard w.capabilities.isSubset(of: offeredCapabilities) else {
+            throw MigrationError.protocolViolation(
+                "WELCOME accepts capabilities 0x\(String(w.capabilities.rawValue, radix: 16)) beyond the HELLO's 0x\(String(offeredCapabilities.rawValue, radix: 16))")
+        }
+        if resumeFrom == nil, let round = w.lastCommittedRound {
+            throw MigrationError.protocolViolation("WELCOME of a new migration claims committed round \(round)")
+        }
+        if resumeFrom != nil, !w.capabilities.contains(.resume) {
+            throw MigrationError.protocolViolation("WELCOME answers a resume without accepting the resume capability")
         }
     }
 
@@ -138,7 +167,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         _ freezer: TargetFreezer, _ frozen: inout Bool, start: Double
     ) throws {
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
-        let sender = RoundSender(pid: request.pid, configuration: .init(workers: request.workers, compressionLevel: request.compressionLevel))
+        let sender = RoundSender(pid: request.pid, configuration: .init(
+            workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd)))
         var policy = ConvergencePolicy(parameters: parameters)
         var layout = Self.regions(of: process)
         updateStatus {
@@ -162,7 +192,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let sent: SentRound
             do {
                 sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender)
-            } catch let broken as BrokenRound where isResumable(broken.error) {
+            } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
                 let committed = try resume(box, after: broken.error, lastAcked: box.lastAcked, nextRound: round)
@@ -208,7 +238,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .nextRound:
                 scan = next
             case .throttle(let percent):
-                throttle.set(percent: percent)
+                try throttle.set(percent: percent)
                 updateStatus { $0.throttlePercent = percent }
                 log("auto-converge: throttling the target to \(percent)%")
                 scan = next
@@ -218,8 +248,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 // The receiver applies the last round after acknowledging it;
                 // let it finish before the clock of the downtime starts.
                 do {
-                    try drain(box.channel)
-                } catch where isResumable(error) {
+                    // Without keepalive there is no way to ask; the freeze just starts sooner.
+                    if box.capabilities.contains(.keepalive) { try drain(box.channel) }
+                } catch where isResumable(error, box) {
                     try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round)
                 }
                 freezeStart = MonotonicClock.seconds()
@@ -241,7 +272,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
-        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner, version: digestVersion)
+        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner,
+                                               version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {
@@ -251,7 +283,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try box.channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
                 ack = try awaitAck(verifyRound, box.channel)
                 break
-            } catch where isResumable(error) {
+            } catch where isResumable(error, box) {
                 try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
             }
         }
@@ -282,7 +314,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var lostBytes: UInt64 = 0
         /// The last wire round the receiver acknowledged (0: none).
         var lastAcked: UInt64 = 0
-        init(_ channel: FrameChannel) { self.channel = channel }
+        /// What the receiver accepted in its first WELCOME; a resumed
+        /// connection must accept the same.
+        let capabilities: Capabilities
+        init(_ channel: FrameChannel, capabilities: Capabilities) {
+            self.channel = channel
+            self.capabilities = capabilities
+        }
     }
 
     /// A round whose connection broke: which chunks it had (some may be committed).
@@ -291,9 +329,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var chunks: [(wireRound: UInt64, scan: RoundScan)]
     }
 
-    /// A broken connection, as opposed to a refusal by the receiver.
-    private func isResumable(_ error: Error) -> Bool {
-        if isCancelled || parameters.resumeTimeoutSeconds <= 0 { return false }
+    /// A broken connection, as opposed to a refusal by the receiver, with a
+    /// receiver that accepted the resume capability.
+    private func isResumable(_ error: Error, _ box: ChannelBox) -> Bool {
+        if isCancelled || parameters.resumeTimeoutSeconds <= 0 || !box.capabilities.contains(.resume) { return false }
         return MigrationError.isConnectionLoss(error)
     }
 
@@ -319,9 +358,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         while MonotonicClock.seconds() < deadline {
             if isCancelled { throw MigrationError.cancelled }
             do {
-                let (channel, committed) = try openChannel(resumeFrom: lastAcked)
+                let (channel, committed, accepted) = try openChannel(resumeFrom: lastAcked)
                 guard committed >= lastAcked else {
+                    channel.close()
                     throw MigrationError.protocolViolation("receiver committed round \(committed) < acknowledged \(lastAcked)")
+                }
+                guard accepted == box.capabilities else {
+                    channel.close()
+                    throw MigrationError.protocolViolation(
+                        "resumed WELCOME accepts capabilities 0x\(String(accepted.rawValue, radix: 16)), the first one 0x\(String(box.capabilities.rawValue, radix: 16))")
                 }
                 // Lost: what went out after the receiver's last commit (its
                 // acknowledgement may not have reached us before the break).
@@ -337,6 +382,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 return committed
             } catch MigrationError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
                 throw MigrationError.peerError(code: code, message: message)
+            } catch MigrationError.protocolViolation(let message) {
+                // A receiver that answers wrongly does not get better by asking again.
+                throw MigrationError.protocolViolation(message)
             } catch {
                 last = error
             }

@@ -55,6 +55,11 @@ public final class FileDescriptor: @unchecked Sendable {
         }
     }
 
+    /// `fsync(2)`.
+    public func fsync() throws(SystemError) {
+        _ = try Syscall.run("fsync") { Glibc.fsync(rawValue) }
+    }
+
     /// `read(2)` once; 0 means end of file.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Int {
         try Syscall.run("read") { Glibc.read(rawValue, buffer.baseAddress, buffer.count) }
@@ -84,3 +89,18 @@ public enum SmallFile {
     }
 }
 
+
+/// A directory's entries.
+public enum Directory {
+    /// Entry names (without `.` and `..`); `opendir`/`readdir`.
+    public static func entries(_ path: String) throws(SystemError) -> [String] {
+        guard let dir = opendir(path) else { throw SystemError("opendir(\(path))", .current) }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names
+    }
+}

@@ -15,18 +15,6 @@ public enum ProcFS {
         String(decoding: try read(path), as: UTF8.self)
     }
 
-    /// Entry names of a directory (without `.` and `..`); `opendir`/`readdir`.
-    public static func listDirectory(_ path: String) throws(SystemError) -> [String] {
-        guard let dir = opendir(path) else { throw SystemError("opendir(\(path))", .current) }
-        defer { closedir(dir) }
-        var names: [String] = []
-        while let entry = readdir(dir) {
-            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { names.append(name) }
-        }
-        return names
-    }
-
     /// The state letter of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`):
     /// R, S, D, T, t, Z, X…; nil if the process or thread is gone. The field
     /// after the last `)`, since the command name may hold anything.
@@ -40,7 +28,7 @@ public enum ProcFS {
     /// `(tid, state)` for every thread of `pid`, sorted by tid; empty if the process is gone.
     public static func threadStates(pid: Int32) throws(SystemError) -> [(tid: Int32, state: Character)] {
         let names: [String]
-        do { names = try listDirectory("/proc/\(pid)/task") } catch where error.errno == .ENOENT { return [] }
+        do { names = try Directory.entries("/proc/\(pid)/task") } catch where error.errno == .ENOENT || error.errno == .ESRCH { return [] }  // the target is gone
         var result: [(tid: Int32, state: Character)] = []
         for name in names {
             guard let tid = Int32(name), let state = state(pid: pid, thread: tid) else { continue }

@@ -207,7 +207,8 @@ public final class TLSClientContext: TLSContextBase, @unchecked Sendable {
     ///
     /// `serverName` is checked against the certificate: an IP literal against
     /// its IP SANs (`X509_VERIFY_PARAM_set1_ip_asc`), a name against DNS SANs
-    /// (`SSL_set1_host`, also sent as SNI). In TLS 1.3 the server judges our
+    /// (`SSL_set1_host`, also sent as SNI), never against the subject CN
+    /// (`X509_CHECK_FLAG_NEVER_CHECK_SUBJECT`). In TLS 1.3 the server judges our
     /// certificate after our side has finished; connect waits (within the
     /// handshake timeout) for the server's session ticket or its alert, so a
     /// refusal surfaces here as ``TLSError/Kind/rejectedByPeer``, not on the
@@ -219,6 +220,9 @@ public final class TLSClientContext: TLSContextBase, @unchecked Sendable {
                 let ssl = try newSSL(for: stream)
                 let tls = TLSStream(ssl: ssl, transport: stream)
                 let name = serverName.hasPrefix("[") && serverName.hasSuffix("]") ? String(serverName.dropFirst().dropLast()) : serverName
+                // SAN only (README, "Security"): never fall back to the subject CN,
+                // which OpenSSL does for a certificate without DNS SANs.
+                SSL_set_hostflags(ssl, UInt32(X509_CHECK_FLAG_NEVER_CHECK_SUBJECT))
                 if SocketAddressText.isIPLiteral(name) {
                     guard X509_VERIFY_PARAM_set1_ip_asc(SSL_get0_param(ssl), name) == 1 else {
                         throw OpenSSLErrors.configurationError("cannot verify against address \(name)")

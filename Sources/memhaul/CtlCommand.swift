@@ -12,7 +12,7 @@ struct CtlCommand: ParsableCommand {
 
     struct Connection: ParsableArguments {
         @Option(name: .long, help: "Control socket of the agent (default: $MEMHAUL_CONTROL, else the sender's).")
-        var socket: String = ProcessInfo.processInfo.environment["MEMHAUL_CONTROL"] ?? "/run/memhaul/sender.sock"
+        var socket: String = ProcessInfo.processInfo.environment["MEMHAUL_CONTROL"] ?? AgentDefaults.senderControl
     }
 
     /// Sends one request, prints the response line, and exits 1 if it was not ok.

@@ -1,3 +1,4 @@
+import MemhaulBench
 import ArgumentParser
 import Foundation
 import MemhaulDigest
@@ -8,7 +9,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Verify.self, Torture.self, Bench.self, DigestBench.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Export.self, ServeCRIU.self, Torture.self, Bench.self, DigestBench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
@@ -40,31 +41,28 @@ struct ImageCommand: ParsableCommand {
         }
 
         func run() throws {
-            var info: ImageInfo
+            // Read-only: a shared lock (none if a receiver is writing it), no recovery.
+            let reader = try ImageReader.open(directory: directory)
+            defer { reader.close() }
+            let info = try reader.info()
             var recomputed: MemoryDigest?
-            var live = false
-            do {
-                let store = try ImageStore.open(directory: directory)
-                defer { store.close() }
-                info = try store.info()
-                if verifyDigest { recomputed = try store.computeDigest(version: chosenVersion(info)) }
-            } catch ImageError.locked {
-                // A receiver is writing it: show the committed manifest, read-only.
-                if verifyDigest { throw ImageError.locked(directory: directory) }
-                info = try ImageStore.peek(directory: directory)
-                live = true
+            if verifyDigest {
+                recomputed = try reader.computeDigest(version: chosenVersion(info))
+                if reader.live { try reader.checkUnchanged() }
             }
+            let live = reader.live
+            let recovery = readerRecoveryText(reader)
             if json {
-                print(try jsonText(info, recomputed, live: live))
+                print(try jsonText(info, recomputed, live: live, recovery: recovery))
             } else {
-                print(humanText(info, recomputed, live: live), terminator: "")
+                print(humanText(info, recomputed, live: live, recovery: recovery), terminator: "")
             }
             if let recomputed, let stored = info.finalDigest, recomputed != stored {
                 throw ValidationError("digest mismatch: stored \(stored), recomputed \(recomputed)")
             }
         }
 
-        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) throws -> String {
+        func jsonText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool, recovery: String) throws -> String {
             var object: [String: Any] = [
                 "directory": info.directory,
                 "migration": info.migrationID,
@@ -84,7 +82,7 @@ struct ImageCommand: ParsableCommand {
                 "logicalBytes": info.logicalBytes,
                 "createdAt": isoTime(info.createdAt),
                 "updatedAt": isoTime(info.updatedAt),
-                "recovery": live ? "not attempted (locked by a receiver)" : recoveryText(info.recovery),
+                "recovery": recovery,
                 "live": live,
             ]
             object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
@@ -111,7 +109,7 @@ struct ImageCommand: ParsableCommand {
             return String(decoding: data, as: UTF8.self)
         }
 
-        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool) -> String {
+        func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool, recovery: String) -> String {
             var out = ""
             func line(_ key: String, _ value: String) { out += key.padding(toLength: 11, withPad: " ", startingAt: 0) + value + "\n" }
             line("image", info.directory)
@@ -137,7 +135,7 @@ struct ImageCommand: ParsableCommand {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
                 line("recomputed", "\(recomputed.hex) (\(recomputed.version))" + verdict)
             }
-            line("recovery", live ? "not attempted (locked)" : recoveryText(info.recovery))
+            line("recovery", recovery)
             if !info.rounds.isEmpty {
                 out += "rounds:\n   round  data pages   zero  discard     journal  committed\n"
                 for h in info.rounds {
@@ -169,14 +167,18 @@ struct ImageCommand: ParsableCommand {
         func run() throws {
             guard let start = parseNumber(address) else { throw ValidationError("bad address \(address)") }
             guard let count = parseNumber(length) else { throw ValidationError("bad length \(length)") }
-            let store = try ImageStore.open(directory: directory)
+            // Read-only: a shared lock (refused while a receiver writes it), no recovery.
+            let store = try ImageReader.open(directory: directory, requireLock: true)
             defer { store.close() }
             let sink: FileHandle
             if let output {
-                guard FileManager.default.createFile(atPath: output, contents: nil) else {
-                    throw ValidationError("cannot create \(output)")
-                }
-                sink = try FileHandle(forWritingTo: URL(fileURLWithPath: output))
+                // In place, like `cat > FILE`: a device stays a device and a
+                // symbolic link keeps pointing where it did (FileManager.createFile
+                // writes a temporary file and renames it over the path). A new
+                // file is 0600: image memory is the migrated process's secrets.
+                let fd = open(output, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600)
+                guard fd >= 0 else { throw CLIError("cannot open \(output) for writing: \(String(cString: strerror(errno)))") }
+                sink = FileHandle(fileDescriptor: fd, closeOnDealloc: true)
             } else {
                 sink = FileHandle.standardOutput
             }
@@ -394,12 +396,12 @@ private func isoTime(_ ns: UInt64) -> String {
     return f.string(from: date)
 }
 
-private func recoveryText(_ r: ImageRecovery) -> String {
-    switch r {
-    case .clean: "clean"
-    case let .reappliedJournal(round): "replayed the committed journals up to round \(round)"
-    case let .discardedJournal(round): "discarded the journal of uncommitted round \(round)"
-    }
+/// A reader recovers nothing: it says whether it read committed journals through.
+private func readerRecoveryText(_ reader: ImageReader) -> String {
+    if reader.live { return "not attempted (locked by a receiver)" }
+    let rounds = reader.journalsReadThrough
+    if rounds.isEmpty { return "clean" }
+    return "not attempted (read-only): committed journals of rounds \(rounds.map(String.init).joined(separator: ", ")) read through; a receiver replays them on open"
 }
 
 /// `hexdump -C` style lines.

@@ -21,9 +21,10 @@ extension ImageCommand {
             guard state == "T" || state == "t" else {
                 throw CLIError("process \(pid) is running (state \(state)); stop it first (kill -STOP \(pid)) or compare the frozen source")
             }
-            let store = try ImageStore.open(directory: directory)
-            defer { store.close() }
-            let report = try ImageVerifier.verify(store, pid: pid)
+            // Read-only: a shared lock (refused while a receiver writes it), no recovery.
+            let image = try ImageReader.open(directory: directory, requireLock: true)
+            defer { image.close() }
+            let report = try ImageVerifier.verify(image, pid: pid)
             if json {
                 let obj: [String: Any] = [
                     "ok": report.ok, "regions": report.regions, "pages_compared": report.pagesCompared,

@@ -72,6 +72,7 @@ struct MigrateCommand: ParsableCommand {
     }
 
     func run() throws {
+        AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))

@@ -17,7 +17,7 @@ struct ReceiveCommand: ParsableCommand {
     @Option(help: "Directory holding one image directory per migration (created 0700).")
     var images: String
     @Option(help: "Control socket (Unix, mode 0600).")
-    var control: String = "/run/memhaul/receiver.sock"
+    var control: String = AgentDefaults.receiverControl
     @Option(help: "Seconds from accept to a complete HELLO (TLS handshake included); slower peers are cut.")
     var handshakeTimeout: Double = 10
     @Option(help: "Seconds within which the next frame must have arrived whole while the receiver waits for one; slower peers are cut.")
@@ -66,6 +66,7 @@ struct ReceiveCommand: ParsableCommand {
     }
 
     func run() throws {
+        AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
         if authorize != nil && transport.insecure { throw CLIError("--authorize needs TLS: an --insecure sender has no certificate to authorise") }
         let authorization = try authorize.map { path throws(AuthorizationPolicyError) in try ReceiverAuthorization(path: path) }
@@ -86,6 +87,7 @@ struct ReceiveCommand: ParsableCommand {
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
         Console.announce("listening \(listener.localDescription)")
         AgentSignals.stopOnTerminate { agent.close(); server.close() }
+        SystemdNotify.ready(status: "listening on \(listener.localDescription), control \(control)")
         agent.serve()
     }
 }
@@ -97,10 +99,11 @@ struct SenderCommand: ParsableCommand {
         abstract: "Run the sender agent: start and follow migrations on request (see `memhaul ctl`).")
 
     @Option(help: "Control socket (Unix, mode 0600).")
-    var control: String = "/run/memhaul/sender.sock"
+    var control: String = AgentDefaults.senderControl
     @OptionGroup var transport: TransportOptions
 
     func run() throws {
+        AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
         let senderControl = SenderControl(connect: try transport.connector(), log: Log.line)
         let server = try ControlServer(path: control) { (r: ControlRequest) throws(ControlError) -> [String: Any] in
@@ -110,24 +113,50 @@ struct SenderCommand: ParsableCommand {
         Console.announce("ready \(control)")
         let done = DispatchSemaphore(value: 0)
         AgentSignals.stopOnTerminate { server.close(); done.signal() }
+        SystemdNotify.ready(status: "control socket \(control)")
         done.wait()
     }
+}
+
+/// Default control sockets, one place: each agent has its own runtime
+/// directory (systemd removes a unit's RuntimeDirectory= when that unit stops,
+/// so a shared one would take the other agent's socket with it).
+enum AgentDefaults {
+    static let senderControl = "/run/memhaul-sender/sender.sock"
+    static let receiverControl = "/run/memhaul-receiver/receiver.sock"
 }
 
 /// SIGTERM/SIGINT end an agent cleanly (socket file removed).
 enum AgentSignals {
     nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
 
+    /// A peer that hangs up before reading (a control client, a receiver, a
+    /// sender) must cost one connection, not the process: a write to it fails
+    /// with EPIPE instead of raising SIGPIPE, whose default action ends the
+    /// agent (status 141). Called first by every long-running command
+    /// (`receive`, `sender`, `migrate`); sockets are also written with
+    /// MSG_NOSIGNAL, this covers any path that is not.
+    static func ignoreBrokenPipes() {
+        signal(SIGPIPE, SIG_IGN)
+    }
+
+    /// Returns once the handlers are in place: a dispatch source registers
+    /// asynchronously, and a signal between `SIG_IGN` and the registration
+    /// would be lost (an agent that announced READY=1 and then ignored SIGTERM).
     static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
         for sig in [SIGTERM, SIGINT] {
             signal(sig, SIG_IGN)
             let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
+            let registered = DispatchSemaphore(value: 0)
+            source.setRegistrationHandler { registered.signal() }
             source.setEventHandler {
                 Log.line("stopping on signal \(sig)")
+                SystemdNotify.stopping()
                 stop()
                 exit(0)
             }
             source.resume()
+            registered.wait()
             sources.append(source)
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import MemhaulTestSupport
 
 /// Bad limits and timeouts are refused before an agent starts, in one clear line.
 @Suite(.serialized) struct AgentOptionsCLITests {
@@ -10,7 +11,7 @@ import Testing
     }
 
     @Test func receiverLimitsAreChecked() throws {
-        let images = NSTemporaryDirectory() + "memhaul-cli-\(getpid())"
+        let images = temporaryDirectory("cli") + "/images"  // must not exist yet
         try expectRefused(["receive", "--images", images, "--insecure", "--max-connections", "0"], "--max-connections")
         try expectRefused(["receive", "--images", images, "--insecure", "--frame-timeout", "0"], "--frame-timeout")
         try expectRefused(["receive", "--images", images, "--insecure", "--peer-timeout", "0.1"], "--peer-timeout")

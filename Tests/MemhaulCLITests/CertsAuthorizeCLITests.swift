@@ -1,13 +1,10 @@
 import Foundation
 import Glibc
 import Testing
+import MemhaulTestSupport
 
 /// `memhaul certs issue` and `memhaul receive --authorize`, run as the built binary.
 @Suite(.serialized) struct CertsAuthorizeCLITests {
-    func scratch(_ tag: String) -> String {
-        var template = Array("/tmp/memhaul-\(tag)-XXXXXX".utf8CString)
-        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    }
 
     func mode(_ path: String) -> mode_t {
         var st = stat()
@@ -19,7 +16,7 @@ import Testing
     /// prints the same way; no overwrite without --force; a directory without
     /// ca.key is one clear line.
     @Test func issueAddsASenderCertificateFromTheSameCA() throws {
-        let dir = scratch("pki") + "/pki"
+        let dir = temporaryDirectory("pki") + "/pki"
         defer { try? FileManager.default.removeItem(atPath: URL(fileURLWithPath: dir).deletingLastPathComponent().path) }
         let initRun = try runMemhaul(["certs", "init", dir])
         #expect(initRun.status == 0, "\(initRun.err)")
@@ -32,13 +29,8 @@ import Testing
         #expect(fingerprint.count == 95, "\(issued.out)")  // 32 bytes as AB:CD:…
 
         // Chains to the CA, for client authentication, with CN sender-b.
-        let verify = Process()
-        verify.executableURL = URL(fileURLWithPath: "/usr/bin/openssl")
-        verify.arguments = ["verify", "-CAfile", dir + "/ca.pem", "-purpose", "sslclient", dir + "/sender-b.pem"]
-        verify.standardOutput = FileHandle.nullDevice
-        try verify.run()
-        verify.waitUntilExit()
-        #expect(verify.terminationStatus == 0)
+        let verify = try runProgram(["/usr/bin/openssl", "verify", "-CAfile", dir + "/ca.pem", "-purpose", "sslclient", dir + "/sender-b.pem"])
+        #expect(verify.status == 0, "\(verify.err)")
 
         let show = try runMemhaul(["certs", "show", dir + "/sender-b.pem", dir + "/sender.pem"])
         #expect(show.status == 0, "\(show.err)")
@@ -68,7 +60,7 @@ import Testing
     /// A malformed policy stops `memhaul receive` before it listens, with the
     /// file and line number; --authorize without TLS is refused too.
     @Test func malformedPolicyFailsReceiverStartupWithTheLineNumber() throws {
-        let root = scratch("authz")
+        let root = temporaryDirectory("authz")
         defer { try? FileManager.default.removeItem(atPath: root) }
         #expect(try runMemhaul(["certs", "init", root + "/pki"]).status == 0)
         let policy = root + "/authorize"

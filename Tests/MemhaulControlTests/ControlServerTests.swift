@@ -83,4 +83,66 @@ import Testing
         defer { server.close() }
         #expect(throws: ControlError.self) { _ = try echoServer(path) }
     }
+
+    /// A client that connects and sends nothing, or only part of a line, is
+    /// closed at the request deadline instead of holding its slot for ever.
+    @Test func idleAndTricklingClientsAreClosedAtTheDeadline() throws {
+        let path = tempSocketPath()
+        let server = try ControlServer(path: path, requestTimeoutSeconds: 0.2) { (_: ControlRequest) throws(ControlError) -> [String: Any] in [:] }
+        defer { server.close() }
+        for partial in ["", "{\"op\":"] {
+            let fd = try UnixSocket.connect(path: path)
+            UnixSocket.setTimeout(fd.rawValue, seconds: 30)  // the test's guard, far beyond the deadline
+            if !partial.isEmpty { try UnixSocket.sendAll(fd.rawValue, Data(partial.utf8)) }
+            var reader = LineReader(fd: fd.rawValue, limit: 1 << 20)
+            guard case .eof = reader.next() else { Issue.record("connection not closed by the agent"); continue }
+        }
+        // A prompt client is served as before.
+        #expect(try ControlClient(path: path).call("x")["ok"] as? Bool == true)
+    }
+
+    @Test func connectionsBeyondTheCapAreRefusedWithOneLine() throws {
+        let path = tempSocketPath()
+        let server = try ControlServer(path: path, maxConnections: 2) { (_: ControlRequest) throws(ControlError) -> [String: Any] in [:] }
+        defer { server.close() }
+        let a = try ControlClient(path: path), b = try ControlClient(path: path)
+        #expect(try a.call("x")["ok"] as? Bool == true)
+        #expect(try b.call("x")["ok"] as? Bool == true)
+        let r = try ControlClient(path: path).call("x")
+        #expect((r["error"] as? [String: Any])?["code"] as? String == "busy", "\(r)")
+        #expect(try a.call("x")["ok"] as? Bool == true)
+    }
+
+    /// `--control PATH` replaces only a stale socket: a regular file or a
+    /// symbolic link at PATH is refused, named, and left as it was.
+    @Test func aFileOrSymlinkAtTheSocketPathIsRefusedAndKept() throws {
+        let path = tempSocketPath()
+        let dir = (path as NSString).deletingLastPathComponent
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        try Data("precious\n".utf8).write(to: URL(fileURLWithPath: path))
+        let fileError = #expect(throws: ControlError.self) { _ = try echoServer(path) }
+        #expect(fileError?.message.contains(path) == true && fileError?.message.contains("not a socket") == true, "\(String(describing: fileError))")
+        #expect(try String(contentsOfFile: path, encoding: .utf8) == "precious\n")
+
+        let target = dir + "/target"
+        try Data("target\n".utf8).write(to: URL(fileURLWithPath: target))
+        let link = dir + "/link.sock"
+        #expect(symlink(target, link) == 0)
+        let linkError = #expect(throws: ControlError.self) { _ = try echoServer(link) }
+        #expect(linkError?.message.contains(link) == true && linkError?.message.contains("symbolic link") == true, "\(String(describing: linkError))")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: link) == target)
+        #expect(try String(contentsOfFile: target, encoding: .utf8) == "target\n")
+
+        // A stale socket (nobody listening) is still replaced.
+        let stale = dir + "/stale.sock"
+        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = try UnixSocket.address(stale)
+        _ = withUnsafePointer(to: &addr) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) } }
+        close(fd)  // bound, never listened on: stale
+        var st = stat()
+        #expect(lstat(stale, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK)
+        let server = try echoServer(stale)
+        defer { server.close() }
+        #expect(try ControlClient(path: stale).call("echo", ["n": 1])["ok"] as? Bool == true)
+    }
 }

@@ -4,94 +4,11 @@ import Glibc
 import MemhaulSystem
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 import MemhaulImage
 import MemhaulTLS
 
-struct TestSetupError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
-
-/// The repository root, from this file's path.
-let repositoryRoot: String = {
-    var url = URL(fileURLWithPath: #filePath)
-    for _ in 0..<3 { url.deleteLastPathComponent() }
-    return url.path
-}()
-
-/// A built executable: `$MEMHAUL_BIN_DIR` or `.build/debug`.
-func builtBinary(_ name: String) -> String {
-    let dir = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"] ?? repositoryRoot + "/.build/debug"
-    return dir + "/" + name
-}
-
-func temporaryDirectory(_ tag: String) -> String {
-    let path = FileManager.default.temporaryDirectory.appendingPathComponent("memhaul-\(tag)-\(UUID().uuidString.prefix(8))").path
-    try? FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true)
-    return path
-}
-
-/// A child process with its stdout on a pipe; killed in deinit if still alive.
-final class Child: @unchecked Sendable {
-    let pid: pid_t
-    private let output: FileHandle
-    private let input: FileHandle?
-    private var buffer = Data()
-    private(set) var exitStatus: Int32?
-    /// The workload's `ready` line (startWorkload).
-    var readyLine = ""
-
-    init(_ path: String, _ args: [String], stdin: Bool = false) throws {
-        let out = Pipe()
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: path)
-        process.arguments = args
-        process.standardOutput = out
-        process.standardError = FileHandle.standardError
-        var inPipe: Pipe?
-        if stdin {
-            inPipe = Pipe()
-            process.standardInput = inPipe
-        } else {
-            process.standardInput = FileHandle.nullDevice
-        }
-        try process.run()
-        pid = process.processIdentifier
-        output = out.fileHandleForReading
-        input = inPipe?.fileHandleForWriting
-    }
-
-    /// The next stdout line, nil at end of file.
-    func readLine() -> String? {
-        while true {
-            if let nl = buffer.firstIndex(of: 0x0A) {
-                let line = String(decoding: buffer[buffer.startIndex..<nl], as: UTF8.self)
-                buffer.removeSubrange(buffer.startIndex...nl)
-                return line
-            }
-            let chunk = output.availableData
-            if chunk.isEmpty { return nil }
-            buffer.append(chunk)
-        }
-    }
-
-    /// Reads lines until one contains `needle`.
-    func waitFor(_ needle: String) throws -> String {
-        while let line = readLine() {
-            if line.contains(needle) { return line }
-        }
-        throw TestSetupError("child \(pid) ended before printing \(needle)")
-    }
-
-    func send(_ line: String) { input?.write(Data((line + "\n").utf8)) }
-
-    /// The single-letter state from /proc/PID/stat.
-    var state: Character? {
-        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
-              let close = text.lastIndex(of: ")") else { return nil }
-        return text[text.index(after: close)...].drop(while: { $0 == " " }).first
-    }
-
+extension ChildProcess {
     /// Whether the target holds a userfaultfd.
     var holdsUserfaultfd: Bool {
         let dir = "/proc/\(pid)/fd"
@@ -104,44 +21,11 @@ final class Child: @unchecked Sendable {
         let smaps = readProcFile("/proc/\(pid)/smaps") ?? ""
         return smaps.split(separator: "\n").contains { $0.hasPrefix("VmFlags:") && $0.split(separator: " ").contains("uw") }
     }
-
-    @discardableResult
-    func wait() -> Int32 {
-        if let exitStatus { return exitStatus }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        exitStatus = status
-        return status
-    }
-
-    func kill(_ sig: Int32 = SIGKILL) { Glibc.kill(pid, sig) }
-
-    deinit {
-        if exitStatus == nil {
-            Glibc.kill(pid, SIGKILL)
-            Glibc.kill(pid, SIGCONT)
-            wait()
-        }
-    }
 }
 
-/// A workload child; `pid` is valid once it printed its ready line.
-func startWorkload(_ args: [String], control: Bool = false) throws -> Child {
-    let child = try Child(builtBinary("memhaul-workload"), args + ["--exit-after", "300"] + (control ? ["--control"] : []), stdin: control)
-    child.readyLine = try child.waitFor("\"ready\"")
-    return child
-}
-
-/// Certificates for one test (never committed).
-struct TestPKI {
-    let directory: String
-    init() throws {
-        directory = temporaryDirectory("pki")
-        _ = try CertificateBundle.create(directory: directory, force: true)
-    }
-    func configuration(_ role: String) -> TLSConfiguration {
-        TLSConfiguration(caFile: directory + "/ca.pem", certificateFile: directory + "/\(role).pem", privateKeyFile: directory + "/\(role).key")
-    }
+/// A workload child (at most 300 s); `pid` is valid once it printed its ready line.
+func startWorkload(_ args: [String], control: Bool = false) throws -> WorkloadProcess {
+    try WorkloadProcess(args + ["--exit-after", "300"] + (control ? ["--control"] : []), stdin: control ? .pipe : .null)
 }
 
 /// A receiver agent on 127.0.0.1:<ephemeral> in this process.
@@ -199,7 +83,7 @@ final class LogSink: @unchecked Sendable {  // lines behind the lock
 
 /// `memhaul receive` as a separate process (so it can be killed like a real agent).
 final class ReceiverProcess {
-    let child: Child
+    let child: ChildProcess
     let port: UInt16
     let images: String
     let control: String
@@ -211,8 +95,8 @@ final class ReceiverProcess {
         var args = ["receive", "--listen", "127.0.0.1:\(port)", "--images", images, "--control", control]
         if let pki { args += ["--certs", pki.directory] } else { args += ["--insecure"] }
         args += extraArgs
-        child = try Child(builtBinary("memhaul"), args)
-        let line = try child.waitFor("listening")
+        child = try ChildProcess([builtBinary("memhaul")] + args, stdin: .null)
+        let line = try child.expectLine(containing: "listening")
         guard let p = line.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw TestSetupError("bad line \(line)") }
         self.port = p
     }

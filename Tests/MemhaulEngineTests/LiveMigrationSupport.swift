@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// A real migration (TLS, receiver in this process) of a `--control` workload
 /// that runs rounds until the test asks for the cutover, so that every change
@@ -13,7 +14,7 @@ import Testing
 /// acknowledged after the call.
 final class LiveMigration: @unchecked Sendable {  // immutable; counters live in RoundEvents
     let receiver: TestReceiver
-    let workload: Child
+    let workload: WorkloadProcess
     let migration: SenderMigration
     let id: String
     private let events: RoundEvents
@@ -66,7 +67,7 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
 
     /// The workload before the attach.
     struct Before {
-        let workload: Child
+        let workload: WorkloadProcess
         @discardableResult
         func command(_ line: String) throws -> [String: Any] { try LiveMigration.command(workload, line, state: "not started") }
     }
@@ -77,9 +78,9 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
         try Self.command(workload, line, state: "\(migration.status.state): \(migration.status.error ?? "")")
     }
 
-    static func command(_ workload: Child, _ line: String, state: @autoclosure () -> String) throws -> [String: Any] {
+    static func command(_ workload: ChildProcess, _ line: String, state: @autoclosure () -> String) throws -> [String: Any] {
         workload.send(line)
-        guard let answer = workload.readLine() else {
+        guard let answer = try workload.readLine() else {
             throw TestSetupError("workload gone while running \(line) (migration \(state()))")
         }
         guard let object = try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any],
@@ -99,10 +100,10 @@ final class LiveMigration: @unchecked Sendable {  // immutable; counters live in
     /// The start of the workload's first main region, from its ready line.
     func mainRegionStart() throws -> String { try Self.mainRegionStart(workload) }
 
-    static func mainRegionStart(_ workload: Child) throws -> String {
-        guard let object = try JSONSerialization.jsonObject(with: Data(workload.readyLine.utf8)) as? [String: Any],
+    static func mainRegionStart(_ workload: WorkloadProcess) throws -> String {
+        guard let object = try JSONSerialization.jsonObject(with: Data(workload.ready.utf8)) as? [String: Any],
               let regions = object["regions"] as? [[String: Any]], let start = regions.first?["start"] as? String else {
-            throw TestSetupError("no region in \(workload.readyLine)")
+            throw TestSetupError("no region in \(workload.ready)")
         }
         return start
     }
@@ -241,15 +242,4 @@ func imagePage(_ store: ImageStore, _ address: UInt64) throws -> [UInt8] {
     var page = [UInt8](repeating: 0, count: 4096)
     try page.withUnsafeMutableBytes { try store.read(at: address, into: $0) }
     return page
-}
-
-/// Runs a program to its end; throws on a non-zero exit.
-func runProgram(_ path: String, _ args: [String]) throws {
-    let p = Process()
-    p.executableURL = URL(fileURLWithPath: path)
-    p.arguments = args
-    p.standardInput = FileHandle.nullDevice
-    try p.run()
-    p.waitUntilExit()
-    guard p.terminationStatus == 0 else { throw TestSetupError("\(path) \(args.joined(separator: " ")) exited \(p.terminationStatus)") }
 }

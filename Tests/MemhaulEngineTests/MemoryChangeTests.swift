@@ -6,15 +6,16 @@ import Testing
 import MemhaulSystem
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// The target changes its memory in the ways real programs do while rounds
 /// run; the image must still equal the frozen source byte for byte.
 @Suite(.serialized) struct MemoryChangeTests {
     /// Sends one control command and returns the answer's "start" if any.
     @discardableResult
-    func command(_ w: Child, _ line: String) -> String? {
+    func command(_ w: ChildProcess, _ line: String) -> String? {
         w.send(line)
-        guard let answer = w.readLine() else { return nil }
+        guard let answer = try? w.readLine() else { return nil }
         guard let obj = try? JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any] else { return nil }
         return obj["start"] as? String
     }

@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// Transparent huge pages, and memory pushed out to swap (or zswap) and read
 /// or written back in, while rounds run; the image must equal the frozen
@@ -181,23 +182,23 @@ final class TestSwap {
             }
         }
         fsync(fd)
-        try runProgram("/usr/sbin/mkswap", ["-q", path])
-        try runProgram("/usr/sbin/swapon", [path])
+        try runProgram(["/usr/sbin/mkswap", "-q", path]).requireSuccess("mkswap")
+        try runProgram(["/usr/sbin/swapon", path]).requireSuccess("swapon")
         active = true
     }
 
     /// swapoff then swapon: every swapped-out page is read back in between.
     func cycle() throws {
-        try runProgram("/usr/sbin/swapoff", [path])
+        try runProgram(["/usr/sbin/swapoff", path]).requireSuccess("swapoff")
         active = false
-        try runProgram("/usr/sbin/swapon", [path])
+        try runProgram(["/usr/sbin/swapon", path]).requireSuccess("swapon")
         active = true
     }
 
     /// swapoff (the kernel reads back what is still out), then deletes the file.
     func remove() {
         if active {
-            do { try runProgram("/usr/sbin/swapoff", [path]) } catch { Issue.record("swapoff \(path): \(error)") }
+            do { try runProgram(["/usr/sbin/swapoff", path]).requireSuccess("swapoff") } catch { Issue.record("swapoff \(path): \(error)") }
             active = false
         }
         try? FileManager.default.removeItem(atPath: directory)

@@ -5,10 +5,11 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// End-to-end migrations of real processes over real mutual TLS on loopback.
 @Suite(.serialized) struct MigrationTests {
-    func request(_ child: Child, _ receiver: TestReceiver, id: String) -> MigrationRequest {
+    func request(_ child: ChildProcess, _ receiver: TestReceiver, id: String) -> MigrationRequest {
         var r = MigrationRequest(pid: child.pid, host: "127.0.0.1", port: receiver.port, id: id)
         r.parameters.downtimeLimitMs = 300
         return r

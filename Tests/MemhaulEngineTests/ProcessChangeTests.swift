@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// The target grows and shrinks its heap, starts and ends threads, and forks
 /// while rounds run; the image must equal the frozen source byte for byte.

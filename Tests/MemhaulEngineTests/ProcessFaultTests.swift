@@ -5,13 +5,14 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// Faults of the processes around a migration: the sender dies, the target dies.
 @Suite(.serialized) struct ProcessFaultTests {
     @Test func senderKilledLeavesTheTargetRunningUntracked() throws {
         let receiver = try ReceiverProcess(pki: nil)
         let workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
-        let sender = try Child(builtBinary("memhaul"), [
+        let sender = try ChildProcess([builtBinary("memhaul"),
             "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure",
             "--max-bandwidth", "20000000", "--downtime-limit", "0.001", "--no-auto-converge", "-v", "--json"])
         // Wait until the target is tracked (uffd-wp registered), then kill the agent.

@@ -8,6 +8,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// Every file of an image directory with its bytes: "untouched" means this
 /// stays equal (manifest, journals, region files, owner record).
@@ -122,8 +123,8 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         store.close()
 
         // `image inspect` names the owner.
-        let inspect = try Child(builtBinary("memhaul"), ["image", "inspect", "--json", dir])
-        let json = try #require(inspect.readLine())
+        let inspect = try ChildProcess([builtBinary("memhaul"), "image", "inspect", "--json", dir], stdin: .null)
+        let json = try #require(try inspect.readLine())
         #expect(inspect.wait() == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
         let owner = try #require(object["owner"] as? [String: Any], "\(json)")
@@ -161,9 +162,9 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         let aElsewhere = try expectRefusal(port: receiver.port, pki, role: "sender", id: "b-2")
         #expect(aElsewhere.code == .unauthorized)
         // The receiver's status names each session's sender certificate.
-        let ctl = try Child(builtBinary("memhaul"), ["ctl", "status", "--socket", receiver.control])
+        let ctl = try ChildProcess([builtBinary("memhaul"), "ctl", "status", "--socket", receiver.control], stdin: .null)
         var output = ""
-        while let line = ctl.readLine() { output += line }
+        while let line = try ctl.readLine() { output += line }
         #expect(ctl.wait() == 0)
         let status = try #require(try JSONSerialization.jsonObject(with: Data(output.utf8)) as? [String: Any], "\(output)")
         let sessions = try #require((status["result"] as? [String: Any])?["sessions"] as? [[String: Any]], "\(output)")

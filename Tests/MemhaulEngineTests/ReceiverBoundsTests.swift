@@ -9,6 +9,7 @@ import Testing
 import MemhaulSystem
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// Peak resident set of this process (the receiver runs in it), KiB.
 func vmHWM() -> Int {

@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// The receiver's image directory fills up mid-migration.
 @Suite(.serialized) struct ReceiverDiskFullTests {

@@ -9,6 +9,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// A hand-driven sender speaking the wire protocol over real mutual TLS, so a
 /// test can commit a good round and then misbehave in a chosen way.

@@ -8,6 +8,7 @@ import Testing
 import MemhaulSystem
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// A plain TCP connection to the receiver from a chosen loopback address
 /// (127.0.0.x), so per-host limits can be told apart from the global one.

@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// A broken connection mid-migration: the sender reconnects with backoff and
 /// resumes at the receiver's last committed round.

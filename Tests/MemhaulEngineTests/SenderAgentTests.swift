@@ -5,6 +5,7 @@ import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
 @testable import MemhaulReceiver
+import MemhaulTestSupport
 
 /// The sender agent's control operations against a real receiver process.
 @Suite(.serialized) struct SenderAgentTests {

@@ -1,8 +1,10 @@
+import MemhaulBench
 import Foundation
 import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// Crashes, full disks and I/O errors: the image always opens at a committed round.
 @Suite struct ImageCrashTests {
@@ -46,7 +48,7 @@ import Testing
     }
 
     @Test func killNineAtRandomPointsAlwaysOpensAtACommittedRound() throws {
-        let binary = memhaulBinary()
+        let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary), "build memhaul first: \(binary)")
         let root = temporaryDirectory("crash")
         defer { removeTree(root) }
@@ -88,8 +90,19 @@ import Testing
                 outcomes["before create", default: 0] += 1
                 continue
             }
+            // Before recovery, a reader opens at the same committed round, reads it
+            // through the journals left pending, and changes nothing.
+            let untouched = try DirectorySnapshot(dir)
+            let reader = try ImageReader.open(directory: dir)
+            let readerRound = reader.committedRound ?? 0
+            let readerModel = expectedModel(seed: seed, round: readerRound)
+            #expect(readerRound == 0 ? reader.layout.isEmpty : try reader.matches(readerModel), "iteration \(iteration) reader")
+            if !reader.journalsReadThrough.isEmpty { outcomes["reader read journals through", default: 0] += 1 }
+            reader.close()
+            #expect(try DirectorySnapshot(dir) == untouched)
             let store = try ImageStore.open(directory: dir)
             let committed = store.committedRound ?? 0
+            #expect(committed == readerRound)
             #expect(committed >= printed && committed <= printed + 1, "iteration \(iteration): printed \(printed), opened at \(committed)")
             let model = expectedModel(seed: seed, round: committed)
             #expect(committed == 0 ? store.layout.isEmpty : try store.matches(model), "iteration \(iteration) round \(committed)")
@@ -188,32 +201,32 @@ import Testing
 
         // fsync of the journal fails: round aborted, round 1 intact.
         let journal = dir + "/journal-0000000002"
-        Syscall.injectFault("fsync(\(journal))", .EIO)
         try store.beginRound(2, layout: layout)
         try store.write(a, pageBytes(2, pages: 4))
-        #expect(throws: ImageError.io(file: journal, call: "fsync", errno: .EIO)) { try store.commitRound() }
-        Syscall.injectFault("fsync(\(journal))", nil)
+        Syscall.withFaults([.init("fsync(\(journal))", .EIO)]) {
+            #expect(throws: ImageError.io(file: journal, call: "fsync", errno: .EIO)) { try store.commitRound() }
+        }
         #expect(try store.matches(model))
 
         // The manifest rename fails: aborted too.
-        Syscall.injectFault("rename(\(dir)/manifest.tmp)", .EIO)
         try store.beginRound(2, layout: layout)
         try store.write(a, pageBytes(2, pages: 4))
-        #expect(throws: ImageError.io(file: dir + "/manifest.tmp", call: "rename", errno: .EIO)) { try store.commitRound() }
-        Syscall.injectFault("rename(\(dir)/manifest.tmp)", nil)
+        Syscall.withFaults([.init("rename(\(dir)/manifest.tmp)", .EIO)]) {
+            #expect(throws: ImageError.io(file: dir + "/manifest.tmp", call: "rename", errno: .EIO)) { try store.commitRound() }
+        }
         #expect(try store.matches(model))
 
         // Writing the region file fails after the commit point: the round is
         // committed; the store asks to be reopened, and reopening applies it.
         let file = dir + "/" + memFiles(dir)[0]
-        Syscall.injectFault("pwritev(\(file))", .EIO)
-        try store.beginRound(3, layout: layout)
-        let three = pageBytes(3, pages: 4)
-        try store.write(a + 4096, three)
-        model.write(a + 4096, three)
-        #expect(throws: ImageError.self) { try store.commitRound() }
-        #expect(throws: ImageError.self) { try store.beginRound(4, layout: layout) }
-        Syscall.injectFault("pwritev(\(file))", nil)
+        try Syscall.withFaults([.init("pwritev(\(file))", .EIO)]) {
+            try store.beginRound(3, layout: layout)
+            let three = pageBytes(3, pages: 4)
+            try store.write(a + 4096, three)
+            model.write(a + 4096, three)
+            #expect(throws: ImageError.self) { try store.commitRound() }
+            #expect(throws: ImageError.self) { try store.beginRound(4, layout: layout) }
+        }
         store.close()
         let reopened = try ImageStore.open(directory: dir)
         #expect(reopened.recovery == .reappliedJournal(round: 3))
@@ -221,7 +234,7 @@ import Testing
     }
 
     @Test func cliInspectAndRead() throws {
-        let binary = memhaulBinary()
+        let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary))
         let root = temporaryDirectory()
         defer { removeTree(root) }
@@ -239,16 +252,8 @@ import Testing
             store.close()
         }
         func run(_ args: [String]) throws -> (Int32, Data) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: binary)
-            p.arguments = args
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = FileHandle.nullDevice
-            try p.run()
-            let data = out.fileHandleForReading.readDataToEndOfFile()
-            p.waitUntilExit()
-            return (p.terminationStatus, data)
+            let r = try runProgram([binary] + args)
+            return (r.status, Data(r.outBytes))
         }
         let (status, json) = try run(["image", "inspect", dir, "--json", "--verify-digest"])
         #expect(status == 0)

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// Damaged manifests and journals are refused with the error that names the damage.
 @Suite struct ImageFormatTests {

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// The owner record (image.md, "owner"): written before the first manifest,
 /// 0600, kept by commits, recovery and checkpoints, damage is an error.
@@ -77,10 +78,10 @@ import Testing
         let root = temporaryDirectory()
         defer { removeTree(root) }
         let dir = root + "/fail"
-        Syscall.injectFault("fsync(\(dir)/owner.tmp)", .EIO)
-        defer { Syscall.injectFault("fsync(\(dir)/owner.tmp)", nil) }
-        #expect(throws: ImageError.io(file: dir + "/owner.tmp", call: "fsync", errno: .EIO)) {
-            _ = try ImageStore.create(directory: dir, migrationID: "fail", owner: owner)
+        Syscall.withFaults([.init("fsync(\(dir)/owner.tmp)", .EIO)]) {
+            #expect(throws: ImageError.io(file: dir + "/owner.tmp", call: "fsync", errno: .EIO)) {
+                _ = try ImageStore.create(directory: dir, migrationID: "fail", owner: owner)
+            }
         }
         #expect(access(dir + "/manifest", F_OK) != 0)
         #expect(access(dir + "/owner.tmp", F_OK) != 0)

@@ -4,6 +4,7 @@ import MemhaulDigest
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 @Suite struct ImageStoreTests {
     let a: UInt64 = 0x5555_0000_0000
@@ -149,18 +150,18 @@ import Testing
         #expect(try store.info().storedPages == 256)
 
         try store.beginRound(2, layout: layout)
-        let zero = ImageRange(start: a + 16 * 4096, end: a + 80 * 4096)
-        let discard = ImageRange(start: a + 100 * 4096, end: a + 200 * 4096)
+        let zero = AddressRange(start: a + 16 * 4096, end: a + 80 * 4096)
+        let discard = AddressRange(start: a + 100 * 4096, end: a + 200 * 4096)
         try store.zeroPages(zero)
         try store.discardPages(discard)
         // Discards may name pages outside the layout (already unmapped): ignored.
-        try store.discardPages(ImageRange(start: a + 250 * 4096, end: a + 300 * 4096))
+        try store.discardPages(AddressRange(start: a + 250 * 4096, end: a + 300 * 4096))
         // A write after a zero in the same round wins (records apply in order).
         let late = pageBytes(10, pages: 2)
         try store.write(a + 20 * 4096, late)
         model.clear(zero)
         model.clear(discard)
-        model.clear(ImageRange(start: a + 250 * 4096, end: a + 256 * 4096))
+        model.clear(AddressRange(start: a + 250 * 4096, end: a + 256 * 4096))
         model.write(a + 20 * 4096, late)
         let info = try store.commitRound()
         #expect(info.record.zeroPages == 64)
@@ -169,7 +170,7 @@ import Testing
         #expect(try store.info().storedPages == 256 - 64 - 100 - 6 + 2)
         #expect(throws: ImageError.outsideLayout(a + 256 * 4096)) {
             try store.beginRound(3, layout: layout)
-            try store.zeroPages(ImageRange(start: a + 255 * 4096, end: a + 257 * 4096))
+            try store.zeroPages(AddressRange(start: a + 255 * 4096, end: a + 257 * 4096))
         }
     }
 
@@ -191,7 +192,7 @@ import Testing
         #expect(throws: ImageError.outsideLayout(a - 4096)) { try store.write(a - 4096, one) }
         #expect(throws: ImageError.unaligned(a + 12)) { try store.write(a + 12, one) }
         #expect(throws: ImageError.unaligned(a + 100)) { try store.write(a, Array(one[0..<100])) }
-        #expect(throws: ImageError.unaligned(a + 1)) { try store.zeroPages(ImageRange(start: a + 1, end: a + 4096)) }
+        #expect(throws: ImageError.unaligned(a + 1)) { try store.zeroPages(AddressRange(start: a + 1, end: a + 4096)) }
         // The round survives refused calls.
         try store.write(a, one)
         try store.commitRound()
@@ -301,8 +302,8 @@ import Testing
             let more = pageBytes(2, pages: 4)
             try store.write(b, more)
             model.write(b, more)
-            try store.zeroPages(ImageRange(start: a, end: a + 4096))
-            model.clear(ImageRange(start: a, end: a + 4096))
+            try store.zeroPages(AddressRange(start: a, end: a + 4096))
+            model.clear(AddressRange(start: a, end: a + 4096))
             store.testStopAfterPublish = true
             #expect(throws: ImageError.self) { try store.commitRound() }
             store.close()

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulImage
+import MemhaulTestSupport
 
 /// The write-ahead log: several committed journals pending at once, checkpoints,
 /// and recovery that replays them in order.
@@ -49,16 +50,16 @@ import Testing
         try round(4, a16) { try write(a + 12 * 4096, 4, 2) }  // regrown in the same file: journaled, rest zeros
         try round(5, a16 + [region(b, pages: 4)]) {
             try write(b, 5, 4)  // new file: in place
-            try store.zeroPages(ImageRange(start: a, end: a + 4096))
-            model.clear(ImageRange(start: a, end: a + 4096))
+            try store.zeroPages(AddressRange(start: a, end: a + 4096))
+            model.clear(AddressRange(start: a, end: a + 4096))
         }
         try round(6, a16 + [region(b, pages: 4)]) { try write(b, 6, 1) }  // journaled into b's file
         try round(7, a16) {}  // b leaves
         try round(8, a16 + [region(b, pages: 4)]) { try write(b + 4096, 8, 1) }  // b back, in a new file
         try round(9, a16) {
             try write(a + 3 * 4096, 9, 2)
-            try store.discardPages(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
-            model.clear(ImageRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            try store.discardPages(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
+            model.clear(AddressRange(start: a + 14 * 4096, end: a + 15 * 4096))
         }
         try round(10, a16 + [region(b, pages: 4)]) {}
     }
@@ -172,9 +173,9 @@ import Testing
         try store.write(a + 16 * 4096, pageBytes(41, pages: 4))
         try store.write(b, pageBytes(42, pages: 8))
         let journal4 = dir + "/" + journalName(4)
-        Syscall.injectFault("fsync(\(journal4))", .EIO)
-        #expect(throws: ImageError.io(file: journal4, call: "fsync", errno: .EIO)) { try store.commitRound() }
-        Syscall.injectFault("fsync(\(journal4))", nil)
+        Syscall.withFaults([.init("fsync(\(journal4))", .EIO)]) {
+            #expect(throws: ImageError.io(file: journal4, call: "fsync", errno: .EIO)) { try store.commitRound() }
+        }
         #expect(store.openRound == nil)
         #expect(store.pendingJournals == [1, 2, 3])
         #expect(journals(dir) == [1, 2, 3].map(journalName))
@@ -264,10 +265,10 @@ import Testing
             try round(store, k)
             let pending = store.pendingJournals
             #expect(pending == (k == 2 ? [1, 2] : [k - 1, k]))
-            Syscall.injectFault(fault, .EIO)
             var caught: ImageError?
-            do { try store.checkpoint() } catch { caught = error }
-            Syscall.injectFault(fault, nil)
+            Syscall.withFaults([.init(fault, .EIO)]) {
+                do throws(ImageError) { try store.checkpoint() } catch { caught = error }
+            }
             if case .mustReopen(let reason) = caught {
                 #expect(reason.contains("EIO"), "\(reason)")
             } else {

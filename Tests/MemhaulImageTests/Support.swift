@@ -1,3 +1,4 @@
+import MemhaulSystem
 import CXXHash
 import Foundation
 import Glibc
@@ -6,14 +7,6 @@ import MemhaulDigest
 
 let page = Int(imagePageSize)
 
-/// A fresh directory under /tmp, removed by `cleanup`.
-func temporaryDirectory(_ tag: String = "img") -> String {
-    var template = Array("/tmp/memhaul-\(tag)-XXXXXX".utf8CString)
-    let path = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)!) }
-    return path
-}
-
-func removeTree(_ path: String) { try? FileManager.default.removeItem(atPath: path) }
 
 /// A simple model of image memory: page address -> page bytes (absent = zeros).
 struct MemoryModel {
@@ -27,7 +20,7 @@ struct MemoryModel {
     mutating func write(_ address: UInt64, _ bytes: [UInt8]) {
         for i in stride(from: 0, to: bytes.count, by: page) { pages[address + UInt64(i)] = Array(bytes[i..<i + page]) }
     }
-    mutating func clear(_ range: ImageRange) {
+    mutating func clear(_ range: AddressRange) {
         var a = range.start
         while a < range.end {
             pages[a] = nil
@@ -108,11 +101,4 @@ func region(_ start: UInt64, pages: Int, _ prot: ImageProtection = [.read, .writ
 
 func memFiles(_ dir: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("mem-") }.sorted()
-}
-
-/// The built memhaul binary: $MEMHAUL_BIN_DIR or <repo>/.build/debug.
-func memhaulBinary() -> String {
-    if let dir = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"] { return dir + "/memhaul" }
-    let repo = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    return repo.path + "/.build/debug/memhaul"
 }

@@ -2,12 +2,13 @@ import CMemhaulLinux
 import Glibc
 import Testing
 @testable import MemhaulKernel
+import MemhaulTestSupport
 
 extension AttachProcessTests {
     /// The syscall injector on its own: signals arriving mid-injection, targets dying mid-injection.
     @Suite struct AttachInjectorTests {
         @Test func injectedGetpidReturnsThePidAndTheTargetCarriesOn() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
             let injector = try SyscallInjector.begin(pid: child.pid)
             #expect(try injector.call(cmh_SYS_getpid) == Int64(child.pid))
@@ -18,7 +19,7 @@ extension AttachProcessTests {
         }
 
         @Test func signalArrivingDuringInjectionIsDeliveredOnceAfterwards() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
             try AttachFixtures.waitUntilBlocked(child.pid, in: [0])
             let injector = try SyscallInjector.begin(pid: child.pid)
@@ -38,7 +39,7 @@ extension AttachProcessTests {
         }
 
         @Test func targetKilledMidInjectionIsAClearError() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
             let injector = try SyscallInjector.begin(pid: child.pid)
             kill(child.pid, SIGKILL)

@@ -1,21 +1,15 @@
 import Glibc
 import Testing
 @testable import MemhaulKernel
+import MemhaulTestSupport
 
 extension AttachProcessTests {
-    /// `memhaul probe`, and the feature probe in-process. Faults are injected only into
-    /// the child binary (MEMHAUL_INJECT_FAULTS), never into this shared test process
-    /// (the in-process probe uses ptrace and UFFDIO_API, hence serialized with the attach tests).
+    /// `memhaul probe` (faults injected into the child binary with
+    /// MEMHAUL_INJECT_FAULTS), and the feature probe in-process.
     @Suite struct AttachProbeTests {
-        static func memhaulBinary() -> String {
-            if let dir = getenv("MEMHAUL_BIN_DIR") { return String(cString: dir) + "/memhaul" }
-            let repo = String(#filePath).split(separator: "/").dropLast(3).joined(separator: "/")
-            return "/" + repo + "/.build/debug/memhaul"
-        }
-
         func probe(faults: String?) throws -> (code: Int32, json: String) {
-            let child = try AttachChild(
-                [Self.memhaulBinary(), "probe", "--json"],
+            let child = try ChildProcess(
+                [builtBinary("memhaul"), "probe", "--json"],
                 environment: faults.map { ["MEMHAUL_INJECT_FAULTS": $0] } ?? [:])
             var out = ""
             while let line = try child.readLine() { out += line }

@@ -2,12 +2,13 @@ import Glibc
 import Testing
 @testable import MemhaulKernel
 import MemhaulSystem
+import MemhaulTestSupport
 
 extension AttachProcessTests {
     /// Attach to and detach from a real redis-server while redis-benchmark hammers it.
     @Suite struct AttachRedisTests {
         func redisCLI(_ socket: String, _ args: String...) throws -> String {
-            let cli = try AttachChild(["redis-cli", "-s", socket] + args)
+            let cli = try ChildProcess(["redis-cli", "-s", socket] + args)
             var out: [String] = []
             while let line = try cli.readLine() { out.append(line) }
             cli.wait()
@@ -18,7 +19,7 @@ extension AttachProcessTests {
             let socket = "/tmp/memhaul-attach-redis-\(getpid()).sock"
             unlink(socket)
             defer { unlink(socket) }
-            let server = try AttachChild([
+            let server = try ChildProcess([
                 "redis-server", "--port", "0", "--unixsocket", socket, "--save", "", "--appendonly", "no",
             ])
             defer {
@@ -30,7 +31,7 @@ extension AttachProcessTests {
             }
             #expect(try redisCLI(socket, "ping") == "PONG")
 
-            let bench = try AttachChild(["redis-benchmark", "-s", socket, "-t", "set,get", "-n", "200000", "-q"])
+            let bench = try ChildProcess(["redis-benchmark", "-s", socket, "-t", "set,get", "-n", "200000", "-q"])
             // The SET phase has finished: the GET phase is running while we attach.
             let first = try bench.expectLine(containing: "SET: ")
             var registered = 0

@@ -3,158 +3,10 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulKernel
+import MemhaulTestSupport
 
-/// Parent of every suite that attaches to processes, run one test at a time: some
-/// tests inject faults into the process-wide syscall seam ("ptrace(SEIZE)",
-/// "ioctl(UFFDIO_API)"), which must not hit a concurrent attach of another test.
-@Suite(.serialized) struct AttachProcessTests {}
-
-/// A child process spawned with posix_spawn (not Foundation.Process: its SIGCHLD
-/// reaper could swallow our ptrace stops), with pipes on stdin and stdout.
-final class AttachChild {
-    let pid: pid_t
-    private var stdinFD: Int32
-    private let stdoutFD: Int32
-    private var buffer: [UInt8] = []
-    private var exitStatus: Int32?
-
-    struct Failure: Error, CustomStringConvertible {
-        var description: String
-    }
-
-    init(_ args: [String], environment: [String: String] = [:]) throws {
-        var inPipe: [Int32] = [0, 0]
-        var outPipe: [Int32] = [0, 0]
-        // O_CLOEXEC: children spawned concurrently by other tests must not inherit them.
-        guard cmh_pipe2(&inPipe, O_CLOEXEC) == 0, cmh_pipe2(&outPipe, O_CLOEXEC) == 0 else {
-            throw SystemError("pipe2", .current)
-        }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, inPipe[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var env: [String: String] = [:]
-        var e = environ
-        while let p = e.pointee {
-            let s = String(cString: p)
-            if let eq = s.firstIndex(of: "=") { env[String(s[..<eq])] = String(s[s.index(after: eq)...]) }
-            e += 1
-        }
-        env.merge(environment) { $1 }
-        var envp: [UnsafeMutablePointer<CChar>?] = env.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer { envp.forEach { free($0) } }
-        // Test threads (libdispatch workers) block most signals and posix_spawn
-        // would pass that mask on: give the child an empty mask and default actions.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        var all = sigset_t()
-        sigfillset(&all)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setsigdefault(&attr, &all)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF))
-        var pid: pid_t = 0
-        let rc = posix_spawnp(&pid, args[0], &actions, &attr, &argv, &envp)
-        close(inPipe[0])
-        close(outPipe[1])
-        guard rc == 0 else {
-            close(inPipe[1])
-            close(outPipe[0])
-            throw SystemError("posix_spawn(\(args[0]))", Errno(rawValue: rc))
-        }
-        self.pid = pid
-        self.stdinFD = inPipe[1]
-        self.stdoutFD = outPipe[0]
-    }
-
-    /// The next line of stdout (without newline); nil at end of file. Fails after
-    /// `timeout` seconds so a broken target cannot hang the suite (a guard, not a timing check).
-    func readLine(timeout: Int32 = 60) throws -> String? {
-        while true {
-            if let nl = buffer.firstIndex(of: 0x0A) {
-                let line = String(decoding: buffer[..<nl], as: UTF8.self)
-                buffer.removeSubrange(...nl)
-                return line
-            }
-            var pfd = pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)
-            let ready = poll(&pfd, 1, timeout * 1000)
-            if ready == 0 { throw Failure(description: "PID \(pid): no output line within \(timeout) s") }
-            if ready < 0 { if errno == EINTR { continue } else { throw SystemError("poll", .current) } }
-            var chunk = [UInt8](repeating: 0, count: 4096)
-            let n = read(stdoutFD, &chunk, chunk.count)
-            if n < 0 { if errno == EINTR { continue } else { throw SystemError("read", .current) } }
-            if n == 0 {
-                if buffer.isEmpty { return nil }
-                let line = String(decoding: buffer, as: UTF8.self)
-                buffer.removeAll()
-                return line
-            }
-            buffer += chunk[0..<n]
-        }
-    }
-
-    /// Reads lines until one starts with `prefix`; returns it.
-    func expectLine(startingWith prefix: String) throws -> String {
-        while let line = try readLine() {
-            if line.hasPrefix(prefix) { return line }
-        }
-        throw Failure(description: "PID \(pid): end of output before a line starting with \(prefix)")
-    }
-
-    /// Reads lines until one contains `text`; returns it.
-    func expectLine(containing text: String) throws -> String {
-        while let line = try readLine() {
-            if line.contains(text) { return line }
-        }
-        throw Failure(description: "PID \(pid): end of output before a line containing \(text)")
-    }
-
-    func write(_ text: String) throws { try writeRaw(Array(text.utf8)) }
-
-    func writeRaw(_ data: [UInt8]) throws {
-        var done = 0
-        while done < data.count {
-            let n = data.withUnsafeBytes { Glibc.write(stdinFD, $0.baseAddress! + done, $0.count - done) }
-            if n < 0 { if errno == EINTR { continue } else { throw SystemError("write", .current) } }
-            done += n
-        }
-    }
-
-    func closeStdin() {
-        if stdinFD >= 0 { close(stdinFD) }
-        stdinFD = -1
-    }
-
-    /// waitpid for exit; returns the exit code, or 128+signal.
-    @discardableResult
-    func wait() -> Int32 {
-        if let exitStatus { return exitStatus }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
-        exitStatus = code
-        return code
-    }
-
-    func kill(_ sig: Int32 = SIGKILL) {
-        if exitStatus == nil { Glibc.kill(pid, sig) }
-    }
-
-    deinit {
-        closeStdin()
-        if exitStatus == nil {
-            Glibc.kill(pid, SIGKILL)
-            var status: Int32 = 0
-            waitpid(pid, &status, 0)
-        }
-        close(stdoutFD)
-    }
-}
+/// Parent of every suite that attaches to processes.
+@Suite struct AttachProcessTests {}
 
 enum AttachFixtures {
     /// The C test target, compiled once per test run (cc is in the build image).
@@ -322,28 +174,7 @@ enum AttachFixtures {
         }
         """#
 
-    static let compiled: Result<String, AttachChild.Failure> = {
-        let dir = "/tmp/memhaul-attach-tests-\(getpid())"
-        mkdir(dir, 0o755)
-        let source = dir + "/target.c"
-        let binary = dir + "/target"
-        guard let f = fopen(source, "w") else { return .failure(.init(description: "cannot write \(source)")) }
-        fputs(targetSource, f)
-        fclose(f)
-        // cc (gcc) if installed, else the clang that ships with the Swift toolchain.
-        var failures: [String] = []
-        for compiler in ["cc", "clang"] {
-            guard let cc = try? AttachChild([compiler, "-O1", "-pthread", "-o", binary, source]) else {
-                failures.append("cannot run \(compiler)")
-                continue
-            }
-            while (try? cc.readLine()) ?? nil != nil {}
-            let rc = cc.wait()
-            if rc == 0 { return .success(binary) }
-            failures.append("\(compiler) failed with \(rc)")
-        }
-        return .failure(.init(description: failures.joined(separator: "; ")))
-    }()
+    static let compiled = compileCProgram(targetSource, name: "attach-target", flags: ["-O1", "-pthread"])
 
     static func target() throws -> String { try compiled.get() }
 
@@ -384,6 +215,6 @@ enum AttachFixtures {
             }
             usleep(1000)
         }
-        throw AttachChild.Failure(description: "PID \(pid) never blocked in \(syscalls)")
+        throw TestSetupError("PID \(pid) never blocked in \(syscalls)")
     }
 }

@@ -3,6 +3,7 @@ import Glibc
 import MemhaulSystem
 import Testing
 @testable import MemhaulKernel
+import MemhaulTestSupport
 
 extension AttachProcessTests {
     /// Attach/detach against real processes. Serialized: some tests inject faults into
@@ -18,7 +19,7 @@ extension AttachProcessTests {
         }
 
         @Test func sleepingTargetFinishesItsNanosleepAfterAttachAndDetach() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "sleep", "1500"])
+            let child = try ChildProcess([try AttachFixtures.target(), "sleep", "1500"])
             _ = try child.expectLine(startingWith: "ready")
             try AttachFixtures.waitUntilBlocked(child.pid, in: Self.nanosleepCalls)
 
@@ -51,7 +52,7 @@ extension AttachProcessTests {
                 print('slept %.3f' % (time.monotonic() - t), flush=True)
                 sys.exit(7)
                 """
-            let child = try AttachChild(["python3", "-c", script])
+            let child = try ChildProcess(["python3", "-c", script])
             _ = try child.expectLine(startingWith: "ready")
             try AttachFixtures.waitUntilBlocked(child.pid, in: Self.nanosleepCalls)
             let process = try AttachedProcess.attach(pid: child.pid)
@@ -63,7 +64,7 @@ extension AttachProcessTests {
         }
 
         @Test func targetBlockedInReadKeepsReading() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
             try AttachFixtures.waitUntilBlocked(child.pid, in: Self.readCall)
             let process = try AttachedProcess.attach(pid: child.pid)
@@ -77,7 +78,7 @@ extension AttachProcessTests {
         }
 
         @Test func busyMultiThreadedTargetStaysConsistent() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "busy", "4", "64"])
+            let child = try ChildProcess([try AttachFixtures.target(), "busy", "4", "64"])
             let ready = try child.expectLine(startingWith: "ready")
             let area = UInt64(ready.split(separator: " ")[2].dropFirst(2), radix: 16)!
             for _ in 0..<3 {
@@ -99,7 +100,7 @@ extension AttachProcessTests {
         func kernelWritesIntoProtectedPagesDoNotFault(asNobody: Bool) throws {
             let pages = 16
             let command = [try AttachFixtures.target(), "kwrite", "\(pages)"]
-            let child = try AttachChild(
+            let child = try ChildProcess(
                 asNobody ? ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--"] + command : command)
             let ready = try child.expectLine(startingWith: "ready").split(separator: " ")
             let buffer = UInt64(ready[2].dropFirst(2), radix: 16)!
@@ -133,7 +134,7 @@ extension AttachProcessTests {
         }
 
         @Test func groupStoppedTargetStaysStoppedAndResumesCorrectly() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "sleep", "1500"])
+            let child = try ChildProcess([try AttachFixtures.target(), "sleep", "1500"])
             _ = try child.expectLine(startingWith: "ready")
             try AttachFixtures.waitUntilBlocked(child.pid, in: Self.nanosleepCalls)
             kill(child.pid, SIGSTOP)
@@ -153,7 +154,7 @@ extension AttachProcessTests {
         }
 
         @Test func zombieLeaderIsInjectedThroughALiveThread() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "zombieleader"])
+            let child = try ChildProcess([try AttachFixtures.target(), "zombieleader"])
             _ = try child.expectLine(startingWith: "ready")
             for _ in 0..<10_000 where AttachFixtures.state(of: child.pid) != "Z" { usleep(1000) }
             #expect(AttachFixtures.state(of: child.pid) == "Z")
@@ -171,7 +172,7 @@ extension AttachProcessTests {
         }
 
         @Test func secondAttachIsRefused() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
             let first = try AttachedProcess.attach(pid: child.pid)
             #expect(throws: AttachError.alreadyTracked(pid: child.pid)) { _ = try AttachedProcess.attach(pid: child.pid) }
@@ -186,7 +187,7 @@ extension AttachProcessTests {
         }
 
         @Test func layoutRefreshFollowsMmapMremapMprotectMunmap() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "layout"])
+            let child = try ChildProcess([try AttachFixtures.target(), "layout"])
             _ = try child.expectLine(startingWith: "ready")
             let process = try AttachedProcess.attach(pid: child.pid)
             defer { try? process.detach() }
@@ -249,37 +250,37 @@ extension AttachProcessTests {
         }
 
         @Test func attachingToAMissingProcessSaysSo() throws {
-            let gone = try AttachChild(["/bin/true"])
+            let gone = try ChildProcess(["/bin/true"])
             _ = gone.wait()
             #expect(throws: AttachError.noSuchProcess(pid: gone.pid)) { _ = try AttachedProcess.attach(pid: gone.pid) }
             #expect(AttachError.noSuchProcess(pid: 42).description == "cannot attach to PID 42: no such process")
         }
 
         @Test func ptracePermissionErrorIsReadable() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("ptrace(SEIZE)", .EPERM)
-            defer { Syscall.injectFault("ptrace(SEIZE)", nil) }
-            do {
-                _ = try AttachedProcess.attach(pid: child.pid)
-                Issue.record("attach should have failed")
-            } catch let error as AttachError {
-                #expect(error == .permissionDenied(pid: child.pid))
-                #expect(error.description == "cannot trace PID \(child.pid): permission denied (need root or CAP_SYS_PTRACE; check kernel.yama.ptrace_scope)")
+            try Syscall.withFaults([.init("ptrace(SEIZE)", .EPERM)]) {
+                do {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                    Issue.record("attach should have failed")
+                } catch let error as AttachError {
+                    #expect(error == .permissionDenied(pid: child.pid))
+                    #expect(error.description == "cannot trace PID \(child.pid): permission denied (need root or CAP_SYS_PTRACE; check kernel.yama.ptrace_scope)")
+                }
             }
             try expectClean(child.pid)
         }
 
         @Test func missingAsyncWriteProtectFailsCleanly() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("ioctl(UFFDIO_API)", .EINVAL)
-            defer { Syscall.injectFault("ioctl(UFFDIO_API)", nil) }
-            do {
-                _ = try AttachedProcess.attach(pid: child.pid)
-                Issue.record("attach should have failed")
-            } catch let error as AttachError {
-                #expect(error.description == "kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)")
+            try Syscall.withFaults([.init("ioctl(UFFDIO_API)", .EINVAL)]) {
+                do {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                    Issue.record("attach should have failed")
+                } catch let error as AttachError {
+                    #expect(error.description == "kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)")
+                }
             }
             // Nothing left behind, and the target still works.
             try expectClean(child.pid)
@@ -288,11 +289,11 @@ extension AttachProcessTests {
         }
 
         @Test func failedPidfdGetfdStillClosesTheTargetsUffd() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("pidfd_getfd", .EPERM)
-            defer { Syscall.injectFault("pidfd_getfd", nil) }
-            #expect(throws: SystemError("pidfd_getfd", .EPERM)) { _ = try AttachedProcess.attach(pid: child.pid) }
+            Syscall.withFaults([.init("pidfd_getfd", .EPERM)]) {
+                #expect(throws: SystemError("pidfd_getfd", .EPERM)) { _ = try AttachedProcess.attach(pid: child.pid) }
+            }
             // The uffd created inside the target was closed there again.
             try expectClean(child.pid)
             try child.write("fine\n")
@@ -300,12 +301,12 @@ extension AttachProcessTests {
         }
 
         @Test func injectedUserfaultfdFailureIsReported() throws {
-            let child = try AttachChild([try AttachFixtures.target(), "read"])
+            let child = try ChildProcess([try AttachFixtures.target(), "read"])
             _ = try child.expectLine(startingWith: "ready")
-            Syscall.injectFault("userfaultfd(injected)", .ENOSYS)
-            defer { Syscall.injectFault("userfaultfd(injected)", nil) }
-            #expect(throws: AttachError.injectedCallFailed(call: "userfaultfd(injected)", errno: .ENOSYS)) {
-                _ = try AttachedProcess.attach(pid: child.pid)
+            Syscall.withFaults([.init("userfaultfd(injected)", .ENOSYS)]) {
+                #expect(throws: AttachError.injectedCallFailed(call: "userfaultfd(injected)", errno: .ENOSYS)) {
+                    _ = try AttachedProcess.attach(pid: child.pid)
+                }
             }
             try expectClean(child.pid)
             try child.write("fine\n")

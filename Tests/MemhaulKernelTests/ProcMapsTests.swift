@@ -3,6 +3,7 @@ import Glibc
 import Testing
 @testable import MemhaulKernel
 import MemhaulSystem
+import MemhaulTestSupport
 
 @Suite struct ProcMapsTests {
     static let sample = """
@@ -93,13 +94,9 @@ import MemhaulSystem
         #expect(flags[stack.range]?.contains(.uffdWriteProtect) == false)
         // Other tests map and unmap concurrently in this process, so compare
         // counts on a quiet process instead.
-        let quiet = Process()
-        quiet.executableURL = URL(fileURLWithPath: "/bin/sleep")
-        quiet.arguments = ["30"]
-        try quiet.run()
-        defer { kill(quiet.processIdentifier, SIGKILL); quiet.waitUntilExit() }
-        let qMaps = try ProcMaps.read(pid: quiet.processIdentifier)
-        let qFlags = try ProcMaps.readFlags(pid: quiet.processIdentifier)
+        let quiet = try ChildProcess(["/bin/sleep", "30"], stdin: .null)  // killed in deinit
+        let qMaps = try ProcMaps.read(pid: quiet.pid)
+        let qFlags = try ProcMaps.readFlags(pid: quiet.pid)
         #expect(qFlags.count >= qMaps.count - 1)  // [vsyscall] has no smaps block on some kernels
     }
 

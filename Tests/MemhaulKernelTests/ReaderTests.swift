@@ -6,7 +6,7 @@ import Testing
 import Glibc
 #endif
 
-@Suite(.serialized) struct ReaderTests {
+@Suite struct ReaderTests {
     @Test func readsAChildsMemoryExactly() throws {
         let (child, region) = try ForeignTarget.spawn(pages: 3000, track: false)
         for i in 0..<3000 where i % 3 != 2 { try ForeignTarget.command(child, "f \(i) \(i % 251)") }
@@ -72,9 +72,9 @@ import Glibc
         defer { page.deallocate() }
         let range = AddressRange(start: UInt64(UInt(bitPattern: page)), pages: 1)
         #expect(try reader.read([range]).bytes == 4096)
-        Syscall.injectFault("process_vm_readv", .EPERM)
-        defer { Syscall.injectFault("process_vm_readv", nil) }
-        let error = #expect(throws: RemoteReadError.self) { try reader.read([range]) }
+        let error = Syscall.withFaults([.init("process_vm_readv", .EPERM)]) {
+            #expect(throws: RemoteReadError.self) { try reader.read([range]) }
+        }
         #expect(error == .system(SystemError("process_vm_readv", .EPERM)))
         #expect(error?.description.hasPrefix("process_vm_readv: EPERM") == true)
     }

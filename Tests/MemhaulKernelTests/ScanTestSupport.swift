@@ -6,11 +6,7 @@ import Synchronization
 #if canImport(Glibc)
 import Glibc
 #endif
-
-struct TestSetupError: Error, CustomStringConvertible {
-    var description: String
-    init(_ d: String) { description = d }
-}
+import MemhaulTestSupport
 
 /// A userfaultfd in the test process with async WP (the tests' own memory is the target).
 final class TestUffd {
@@ -126,118 +122,6 @@ func runThreads(_ count: Int, _ body: @escaping @Sendable (Int) -> Void) {
     for t in threads { pthread_join(t, nil) }
 }
 
-// MARK: Child processes
-
-/// A spawned child with line-oriented stdin/stdout pipes.
-final class TestChild {
-    let pid: pid_t
-    let input: Int32
-    let output: Int32
-    private var pending: [UInt8] = []
-    private(set) var reaped = false
-
-    init(_ path: String, _ args: [String], env: [String]? = nil) throws {
-        var toChild: [Int32] = [0, 0]
-        var fromChild: [Int32] = [0, 0]
-        guard pipe(&toChild) == 0, pipe(&fromChild) == 0 else {
-            throw TestSetupError("pipe: \(Errno.current)")
-        }
-        // pipe2 is not imported without _GNU_SOURCE; close-on-exec right after.
-        for fd in toChild + fromChild { _ = fcntl(fd, F_SETFD, FD_CLOEXEC) }
-        var actions = posix_spawn_file_actions_t()
-        posix_spawn_file_actions_init(&actions)
-        defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_adddup2(&actions, toChild[0], 0)
-        posix_spawn_file_actions_adddup2(&actions, fromChild[1], 1)
-        // Test runner threads block signals; the child starts with none blocked.
-        var attr = posix_spawnattr_t()
-        posix_spawnattr_init(&attr)
-        defer { posix_spawnattr_destroy(&attr) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigmask(&attr, &empty)
-        posix_spawnattr_setflags(&attr, Int16(POSIX_SPAWN_SETSIGMASK))
-        let argv = ([path] + args).map { strdup($0) } + [nil]
-        defer { argv.forEach { free($0) } }
-        var envp: [UnsafeMutablePointer<CChar>?] = []
-        if let env { envp = env.map { strdup($0) } + [nil] }
-        defer { envp.forEach { free($0) } }
-        var p: pid_t = 0
-        let rc = env == nil
-            ? posix_spawn(&p, path, &actions, &attr, argv, environ)
-            : posix_spawn(&p, path, &actions, &attr, argv, envp)
-        close(toChild[0])
-        close(fromChild[1])
-        guard rc == 0 else {
-            close(toChild[1])
-            close(fromChild[0])
-            throw TestSetupError("posix_spawn \(path): \(Errno(rawValue: rc))")
-        }
-        pid = p
-        input = toChild[1]
-        output = fromChild[0]
-    }
-
-    func send(_ line: String) {
-        let bytes = Array((line + "\n").utf8)
-        _ = bytes.withUnsafeBytes { write(input, $0.baseAddress, $0.count) }
-    }
-
-    /// One line from stdout, nil at end of file.
-    func readLine() -> String? {
-        while true {
-            if let nl = pending.firstIndex(of: 10) {
-                let line = String(decoding: pending[..<nl], as: UTF8.self)
-                pending.removeFirst(nl + 1)
-                return line
-            }
-            var buf = [UInt8](repeating: 0, count: 4096)
-            let n = buf.withUnsafeMutableBytes { read(output, $0.baseAddress, $0.count) }
-            if n < 0 && errno == EINTR { continue }
-            if n <= 0 { return nil }
-            pending += buf[..<n]
-        }
-    }
-
-    func closeInput() { close(input) }
-
-    /// Waits until it has exited without reaping it (pid stays valid).
-    func waitExitedNoReap() {
-        var info = siginfo_t()
-        while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
-    }
-
-    @discardableResult
-    func wait() -> Int32 {
-        guard !reaped else { return 0 }
-        var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
-        reaped = true
-        return status
-    }
-
-    deinit {
-        if !reaped {
-            kill(pid, SIGKILL)
-            wait()
-        }
-        close(input)
-        close(output)
-    }
-}
-
-/// Runs a command to completion; returns its exit status.
-func runCommand(_ path: String, _ args: [String]) throws -> Int32 {
-    var p: pid_t = 0
-    let argv = ([path] + args).map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    let rc = posix_spawnp(&p, path, nil, nil, argv, environ)
-    guard rc == 0 else { throw TestSetupError("posix_spawn \(path): \(Errno(rawValue: rc))") }
-    var status: Int32 = 0
-    while waitpid(p, &status, 0) < 0 && errno == EINTR {}
-    return status
-}
-
 /// A C target program compiled once per test run: it creates its own uffd,
 /// registers its own memory for async WP, prints `READY <hex addr> <pages>`,
 /// then obeys stdin commands (`w I`, `f I V`, `d I`, `u I`, `q`), answering `ok`.
@@ -293,26 +177,12 @@ enum ForeignTarget {
         """#
 
     /// Path of the compiled target (compiled on first use).
-    static let path: Result<String, TestSetupError> = {
-        let dir = "/tmp/memhaul-scan-tests-\(getpid())"
-        mkdir(dir, 0o700)
-        let src = dir + "/target.c"
-        let exe = dir + "/target"
-        guard let f = fopen(src, "w") else { return .failure(TestSetupError("cannot write \(src)")) }
-        fputs(source, f)
-        fclose(f)
-        // cc if installed, else the clang that ships with the Swift toolchain.
-        let built = ["cc", "clang"].contains { compiler in
-            (try? runCommand(compiler, ["-O2", "-o", exe, src])) == 0
-        }
-        guard built else { return .failure(TestSetupError("neither cc nor clang built the foreign test target")) }
-        return .success(exe)
-    }()
+    static let path = compileCProgram(source, name: "scan-target", flags: ["-O2"])
 
     /// Spawns the target; returns it and its region.
-    static func spawn(pages: Int, track: Bool) throws -> (TestChild, AddressRange) {
-        let child = try TestChild(try path.get(), [String(pages), track ? "1" : "0"])
-        guard let line = child.readLine() else { throw TestSetupError("foreign target died before READY") }
+    static func spawn(pages: Int, track: Bool) throws -> (ChildProcess, AddressRange) {
+        let child = try ChildProcess([try path.get(), String(pages), track ? "1" : "0"])
+        guard let line = try child.readLine() else { throw TestSetupError("foreign target died before READY") }
         let parts = line.split(separator: " ")
         guard parts.count == 3, parts[0] == "READY", let addr = UInt64(parts[1], radix: 16) else {
             throw TestSetupError("bad READY line: \(line)")
@@ -321,8 +191,8 @@ enum ForeignTarget {
     }
 
     /// Sends a command and waits for its `ok`.
-    static func command(_ child: TestChild, _ line: String) throws {
+    static func command(_ child: ChildProcess, _ line: String) throws {
         child.send(line)
-        guard child.readLine() == "ok" else { throw TestSetupError("foreign target did not answer \(line)") }
+        guard try child.readLine() == "ok" else { throw TestSetupError("foreign target did not answer \(line)") }
     }
 }

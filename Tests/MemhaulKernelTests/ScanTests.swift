@@ -7,9 +7,10 @@ import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
+import MemhaulTestSupport
 
 /// PAGEMAP_SCAN on the test process's own memory (/proc/self/pagemap).
-@Suite(.serialized) struct ScanTests {
+@Suite struct ScanTests {
     @Test func collectWrittenReportsExactlyTheWrittenPagesAcrossVMAs() throws {
         let uffd = try TestUffd()
         let areas = try (0..<3).map { _ in try TestArea(pages: 300, uffd: uffd) }
@@ -142,9 +143,9 @@ import Glibc
         let uffd = try TestUffd()
         let a = try TestArea(pages: 4, uffd: uffd)
         let scanner = try selfScanner()
-        Syscall.injectFault("ioctl(PAGEMAP_SCAN)", .ENOTTY)
-        defer { Syscall.injectFault("ioctl(PAGEMAP_SCAN)", nil) }
-        let error = #expect(throws: PagemapScanError.self) { try scanner.collectWritten([a.range]) }
+        let error = Syscall.withFaults([.init("ioctl(PAGEMAP_SCAN)", .ENOTTY)]) {
+            #expect(throws: PagemapScanError.self) { try scanner.collectWritten([a.range]) }
+        }
         guard case .unsupportedKernel = error else {
             Issue.record("wrong error \(String(describing: error))")
             return

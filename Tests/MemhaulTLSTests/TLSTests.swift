@@ -2,10 +2,11 @@ import Foundation
 import Testing
 @testable import MemhaulSystem
 @testable import MemhaulTLS
+import MemhaulTestSupport
 
 /// Real sockets on 127.0.0.1 / ::1 and real TLS 1.3.
 @Suite struct TLSTests {
-    let pki = TestPKI.shared
+    let pki = CertificateFixtures.shared
 
     @Test func mutualTLSMovesMegabytesBothWays() throws {
         let harness = try TLSServerHarness(pki.server())
@@ -121,6 +122,28 @@ import Testing
         #expect(clientError?.kind == .certificateRejected)
         #expect(clientError?.message.contains("certificate verify failed (IP address mismatch)") == true)
         #expect(harness.server.error() is TLSError)
+    }
+
+    /// Names are checked against SANs only (README, "Security"): a certificate
+    /// whose CN is the name but which has no SAN is refused, where OpenSSL's
+    /// default would fall back to the CN.
+    @Test func serverNameOnlyInTheCommonNameIsRefused() throws {
+        let harness = try TLSServerHarness(pki.server("cn-only-receiver"))
+        let client = try TLSClientContext(configuration: pki.client(serverName: "localhost"))
+        let clientError = #expect(throws: TLSError.self) {
+            _ = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        }
+        #expect(clientError?.kind == .certificateRejected)
+        #expect(clientError?.message.contains("certificate verify failed (hostname mismatch)") == true, "\(String(describing: clientError))")
+        #expect(harness.server.error() is TLSError)
+    }
+
+    @Test func serverNameInADNSSANIsAccepted() throws {
+        let harness = try TLSServerHarness(pki.server())
+        let client = try TLSClientContext(configuration: pki.client(serverName: "localhost"))
+        let tls = try client.connect(host: "127.0.0.1", port: harness.listener.port)
+        #expect(tls.peerIdentity?.dnsNames.contains("localhost") == true)
+        _ = try harness.server.value()
     }
 
     @Test func serverNameOverrideIsWhatGetsVerified() throws {
@@ -343,16 +366,15 @@ import Testing
         let listener = try TCPListener(host: "127.0.0.1", port: 0)
         // Call names carry the address, so these faults touch no other test.
         let connectName = "connect(127.0.0.1:\(listener.port))"
-        Syscall.injectFault(connectName, .EHOSTUNREACH)
-        #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
-        Syscall.injectFault(connectName, nil)
+        Syscall.withFaults([.init(connectName, .EHOSTUNREACH)]) {
+            #expect(throws: SystemError(connectName, .EHOSTUNREACH)) { _ = try TCPStream.connect(host: "127.0.0.1", port: listener.port) }
+        }
 
         let acceptName = "accept4(127.0.0.1:\(listener.port))"
-        Syscall.injectFault(acceptName, .EMFILE)
-        defer { Syscall.injectFault(acceptName, nil) }
         let client = try TCPStream.connect(host: "127.0.0.1", port: listener.port)
-        #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
-        Syscall.injectFault(acceptName, nil)
+        Syscall.withFaults([.init(acceptName, .EMFILE)]) {
+            #expect(throws: SystemError(acceptName, .EMFILE)) { _ = try listener.accept(timeout: .seconds(10)) }
+        }
         try client.write([5])
         #expect(try listener.accept(timeout: .seconds(10)).readAll(count: 1) == [5])
     }
@@ -363,10 +385,7 @@ import Testing
 }
 
 @Suite struct CertificateBundleTests {
-    private func tempDir() -> String {
-        var template = Array("/tmp/memhaul-certs-test-XXXXXX".utf8CString)
-        return template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) } + "/pki"
-    }
+    private func tempDir() -> String { temporaryDirectory("certs-test") + "/pki" }
 
     private func mode(_ path: String) -> mode_t {
         var st = stat()
@@ -431,22 +450,11 @@ import Testing
     }
 
     @Test func cliCertsInitWritesTheBundle() throws {
-        let bin = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"]
-            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
-            .deletingLastPathComponent().appendingPathComponent(".build/debug").path
         let dir = tempDir()
         defer { try? FileManager.default.removeItem(atPath: (dir as NSString).deletingLastPathComponent) }
         func run(_ args: [String]) throws -> (Int32, String) {
-            let p = Process()
-            p.executableURL = URL(fileURLWithPath: "\(bin)/memhaul")
-            p.arguments = ["certs", "init", dir] + args
-            let out = Pipe()
-            p.standardOutput = out
-            p.standardError = out
-            try p.run()
-            let text = String(decoding: out.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
-            p.waitUntilExit()
-            return (p.terminationStatus, text)
+            let r = try runProgram([builtBinary("memhaul"), "certs", "init", dir] + args)
+            return (r.status, r.out + r.err)
         }
         let (rc, text) = try run(["--receiver-name", "r.example", "--days", "30"])
         #expect(rc == 0, "\(text)")

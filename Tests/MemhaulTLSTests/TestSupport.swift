@@ -1,6 +1,7 @@
 import Foundation
 import Synchronization
 @testable import MemhaulTLS
+import MemhaulTestSupport
 
 /// Runs `body` on its own OS thread (so blocking socket calls never tie up
 /// the test's cooperative threads) and hands back its result.
@@ -43,16 +44,15 @@ nonisolated(unsafe) private var testPKIDirectory: String?
 
 /// A throw-away PKI in a temporary directory: our CA and a foreign one, and
 /// certificates good and bad. Built once per test process.
-final class TestPKI: Sendable {
-    static let shared = try! TestPKI()
+final class CertificateFixtures: Sendable {
+    static let shared = try! CertificateFixtures()
 
     let dir: String
     var ca: String { "\(dir)/ca.pem" }
     var foreignCA: String { "\(dir)/foreign-ca.pem" }
 
     init() throws {
-        var template = Array("/tmp/memhaul-tls-test-XXXXXX".utf8CString)
-        dir = template.withUnsafeMutableBufferPointer { String(cString: mkdtemp($0.baseAddress!)) }
+        dir = temporaryDirectory("tls-test")
         testPKIDirectory = dir
         atexit { if let dir = testPKIDirectory { try? FileManager.default.removeItem(atPath: dir) } }
         let ca = try CertificateAuthority.create(commonName: "test CA")
@@ -66,6 +66,8 @@ final class TestPKI: Sendable {
             ("foreign-sender", foreign, "intruder", [], .clientAuth, nil, nil),
             ("expired-sender", ca, "old-sender", [], .clientAuth, now - 10 * 86400, now - 86400),
             ("wrong-name-receiver", ca, "elsewhere", [.dns("wrong.example")], .serverAuth, nil, nil),
+            // The right name, but only as the subject CN: no SAN at all.
+            ("cn-only-receiver", ca, "localhost", [], .serverAuth, nil, nil),
             ("foreign-receiver", foreign, "impostor", [.dns("localhost"), .ip("127.0.0.1")], .serverAuth, nil, nil),
         ]
         for (name, issuer, cn, sans, usage, notBefore, notAfter) in sets {
@@ -119,16 +121,4 @@ func pattern(_ count: Int, seed: UInt8) -> [UInt8] {
         out[i] = UInt8(truncatingIfNeeded: x >> 16)
     }
     return out
-}
-
-extension ByteStream {
-    func readAll(count: Int) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        let ok = try out.withUnsafeMutableBytes { try readExactly(into: $0) }
-        return ok ? out : []
-    }
-
-    func write(_ bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try writeAll($0) }
-    }
 }

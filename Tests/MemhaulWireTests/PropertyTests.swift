@@ -1,26 +1,14 @@
+import MemhaulSystem
 import MemhaulWire
 import Testing
 
-/// SplitMix64: small, seeded, reproducible.
-struct SeededRNG: RandomNumberGenerator {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 /// Random valid messages (under default limits).
 struct MessageGenerator {
-    var rng: SeededRNG
+    var rng: SplitMix64
     /// Keeps batches small so thousands of iterations stay fast.
     var maxBatchPages = 8
 
-    init(seed: UInt64) { rng = SeededRNG(seed: seed) }
+    init(seed: UInt64) { rng = SplitMix64(seed: seed) }
 
     mutating func int(_ r: ClosedRange<Int>) -> Int { Int.random(in: r, using: &rng) }
     mutating func u64() -> UInt64 { rng.next() }
@@ -110,7 +98,7 @@ struct MessageGenerator {
         }
         // The whole stream through the incremental decoder, in random chunk sizes.
         var decoder = FrameDecoder(expectsPreamble: false)
-        var rng = SeededRNG(seed: 7)
+        var rng = SplitMix64(seed: 7)
         var offset = 0
         var decoded: [Message] = []
         while offset < stream.count {
@@ -165,7 +153,7 @@ struct MessageGenerator {
     @Test func randomMutationsNeverTrap() throws {
         var gen = MessageGenerator(seed: 2024)
         gen.maxBatchPages = 2
-        var rng = SeededRNG(seed: 31337)
+        var rng = SplitMix64(seed: 31337)
         var base: [[UInt8]] = try VectorTable.valid.filter { $0.file != "page_batch_raw.bin" }.map { try encodedFrame($0) }
         for _ in 0..<100 {
             var out: [UInt8] = []
@@ -205,7 +193,7 @@ struct MessageGenerator {
 
     /// Random byte soup after a valid preamble: the stream decoder never traps and stops at the first error.
     @Test func randomStreamsNeverTrap() throws {
-        var rng = SeededRNG(seed: 5)
+        var rng = SplitMix64(seed: 5)
         for _ in 0..<3000 {
             var decoder = FrameDecoder()
             var bytes: [UInt8] = []

@@ -169,7 +169,8 @@ struct StreamBuilder {
         if f & 1 != 0 { resume = f & 0x10 != 0 ? UInt64(rawResume) : committed ?? 0 }
         let pageSize: UInt32 = f & 0x04 != 0 ? 8192 : 4096
         let caps: Capabilities = f & 0x08 != 0 ? [] : .v1_0
-        emit(.hello(Hello(capabilities: caps, pageSize: pageSize, migrationID: id, senderName: "fuzz", resumeFromRound: resume)))
+        let version = f & 0x20 != 0 ? WireVersion(major: 2, minor: 0) : .current  // refused: bad-hello
+        emit(.hello(Hello(version: version, capabilities: caps, pageSize: pageSize, migrationID: id, senderName: "fuzz", resumeFromRound: resume)))
         if models[id] == nil { models[id] = ImageModel() }
         round = (models[id]?.committedRound ?? 0) + 1
     }

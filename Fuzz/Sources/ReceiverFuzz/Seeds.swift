@@ -34,7 +34,11 @@ struct Program {
     mutating func op(_ o: Op, _ fields: [UInt8] = []) { bytes.append(o.rawValue); bytes += fields }
 
     /// HELLO: `migration` 0/1 picks fz-a/fz-b; resume asks to resume from the modelled round.
-    mutating func hello(migration: UInt8 = 0, resume: Bool = false) { op(.hello, [(resume ? 1 : 0) | migration << 1, 0]) }
+    /// `otherMajor`: the HELLO's version field says 2.0 (the preamble 1.0).
+    /// `noCapabilities`: the HELLO offers none (WELCOME must accept none).
+    mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false, noCapabilities: Bool = false) {
+        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0), 0])
+    }
     /// LAYOUT of the current round: regions as (gap pages, length pages - 1, protection).
     mutating func layout(_ regions: [(UInt8, UInt8, UInt8)], continued: Bool = false) {
         op(.layout, [continued ? 1 : 0, UInt8(regions.count - 1)])
@@ -174,6 +178,35 @@ enum SeedPrograms {
         p.roundEnd()
         p.close(2)
         list.append(("continued_layout_shrink", p))
+
+        // A resume of a migration the receiver never had: resume-rejected, nothing created
+        // (the round after it must not be acknowledged).
+        p = Program()
+        p.hello(resume: true)
+        p.goodRound([[(0, 0, 1)]], fill: 0xc1)
+        list.append(("resume_unknown", p))
+
+        // A HELLO whose version field names major 2 after a 1.0 preamble: bad-hello, nothing
+        // created; then a good migration on a new connection.
+        p = Program()
+        p.hello(otherMajor: true)
+        p.goodRound([[(0, 0, 1)]], fill: 0xd1)
+        p.newConnection()
+        p.hello(migration: 1)
+        p.goodRound([[(0, 0, 1)]], fill: 0xd2, verify: true)
+        p.close()
+        list.append(("hello_other_major", p))
+
+        // A sender that offers no capability: WELCOME accepts none; raw batches only, a cut,
+        // then a resume (offering all) that continues.
+        p = Program()
+        p.hello(noCapabilities: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0xe1)
+        p.newConnection()
+        p.hello(resume: true)
+        p.goodRound([[(0, 4, 1)]], fill: 0xe2, verify: true)
+        p.close()
+        list.append(("no_capabilities", p))
 
         // Small reads: frames split across many reads.
         p = Program(chunk: 7)

@@ -1,3 +1,5 @@
+import MemhaulImage
+import MemhaulSystem
 /// A deterministic round generator for crash tests (`memhaul image torture`)
 /// and their checker: the same seed always yields the same layouts, writes,
 /// zeros and discards, so a checker can replay the model to any round and
@@ -6,8 +8,8 @@ public struct ImageTorture: Sendable {
     /// One operation of a round.
     public enum Operation: Hashable, Sendable {
         case write(address: UInt64, pages: Int)
-        case zero(ImageRange)
-        case discard(ImageRange)
+        case zero(AddressRange)
+        case discard(AddressRange)
     }
 
     public struct Round: Sendable {
@@ -32,13 +34,7 @@ public struct ImageTorture: Sendable {
         slots = Array(repeating: (0, 0), count: Self.slots)
     }
 
-    /// SplitMix64.
-    static func mix(_ x: UInt64) -> UInt64 {
-        var z = x &+ 0x9E37_79B9_7F4A_7C15
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
+    static func mix(_ x: UInt64) -> UInt64 { SplitMix64.mix(x) }
 
     /// The pattern of a page written in `round` at `address` (never 0).
     public func pattern(round: UInt32, address: UInt64) -> UInt64 {
@@ -93,7 +89,7 @@ public struct ImageTorture: Sendable {
             let count = 1 + random(min(64, len - first))
             let address = Self.base + (UInt64(slot) * Self.slotPages + first) * imagePageSize
             let kind = random(10)
-            let range = ImageRange(start: address, end: address + count * imagePageSize)
+            let range = AddressRange(start: address, end: address + count * imagePageSize)
             if kind < 7 {
                 ops.append(.write(address: address, pages: Int(count)))
                 for p in 0..<count { pages[address + p * imagePageSize] = pattern(round: round, address: address + p * imagePageSize) }
