@@ -59,7 +59,9 @@ struct ImageModel {
     /// The memory digest (ARCHITECTURE.md) of the modelled image, nil when the layout is
     /// too large to hash here (v1 only: v2 costs the written pages, whatever the layout).
     func digest(_ version: DigestVersion = .v1) -> MemoryDigest? {
-        guard regions.allSatisfy({ $0.start < $0.end }), version == .v2 || layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
+        // Regions end at or below 2^57 (the store refuses others), so lengths fit an Int.
+        guard regions.allSatisfy({ $0.start < $0.end && $0.end <= 1 << 57 }),
+              version == .v2 || layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
         let d = MemoryDigester(version: version)
         let sorted = pages.keys.sorted()
         var i = 0
