@@ -248,4 +248,24 @@ extension RawSender {
         #expect(image.committedRound == 1)
         #expect(image.state == .inProgress, "a gone peer does not fail the image")
     }
+
+    /// The reference sender and receiver agree on digest v2 for a real process
+    /// with zero pages (written-then-zeroed ones are present all-zero pages:
+    /// the sender reads them, the image holds holes or zero bytes; both
+    /// classify by content), and the image stores the digest as v2.
+    @Test func realMigrationUsesDigestV2() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let workload = try startWorkload(["--size", "32M", "--mix", "zero=50,text=30,random=20", "--threads", "1", "--rate", "2000"])
+        var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "v2-live")
+        r.parameters.downtimeLimitMs = 300
+        let migration = SenderMigration(request: r, connect: try connector(pki))
+        migration.run()
+        #expect(migration.status.state == .completed, "\(migration.status.error ?? "")")
+        let store = try openImageWhenReleased(receiver.images + "/v2-live")
+        defer { store.close() }
+        #expect(store.finalDigest?.version == .v2)
+        #expect(store.finalDigest?.hex == migration.status.digest)
+        #expect(try ImageVerifier.verify(store, pid: workload.pid).ok)
+    }
 }
