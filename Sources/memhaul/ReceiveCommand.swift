@@ -45,9 +45,10 @@ struct ReceiveCommand: ParsableCommand {
     func validate() throws {
         guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
         guard maxConnections > 0, maxConnectionsPerHost > 0 else { throw ValidationError("--max-connections and --max-connections-per-host must be at least 1") }
-        guard maxLayoutRegions > 0, maxLayoutBytes > 0, maxPagesPerRound > 0, maxRangesPerRound > 0, maxImagesPerSender >= 0 else {
+        guard maxLayoutRegions > 0, maxLayoutBytes > 0, maxPagesPerRound > 0, maxRangesPerRound > 0 else {
             throw ValidationError("--max-layout-regions, --max-layout-bytes, --max-pages-per-round and --max-ranges-per-round must be at least 1")
         }
+        guard maxImagesPerSender >= 0 else { throw ValidationError("--max-images-per-sender must be 0 (unlimited) or more") }
     }
 
     var limits: ReceiverLimits {

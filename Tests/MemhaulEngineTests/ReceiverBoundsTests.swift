@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import MemhaulDigest
+import MemhaulControl
 import MemhaulImage
 import MemhaulTLS
 import MemhaulWire
@@ -267,5 +268,18 @@ extension RawSender {
         #expect(store.finalDigest?.version == .v2)
         #expect(store.finalDigest?.hex == migration.status.digest)
         #expect(try ImageVerifier.verify(store, pid: workload.pid).ok)
+    }
+
+    /// The receiver's `status` shows every limit in effect.
+    @Test func statusShowsTheLimits() throws {
+        let receiver = try TestReceiver(pki: nil, limits: limits { $0.maxImageBytes = 5 << 30; $0.maxImagesPerSender = 7 })
+        let status = try ReceiverControl.handler(receiver.agent)(ControlRequest(op: "status"))
+        let l = try #require(status["limits"] as? [String: Any])
+        #expect(l["max_layout_regions"] as? Int == 131_072)
+        #expect(l["max_layout_bytes"] as? Int == 32 << 20)
+        #expect(l["max_pages_per_round"] as? Int == 1 << 20)
+        #expect(l["max_ranges_per_round"] as? Int == 1 << 20)
+        #expect(l["max_image_bytes"] as? UInt64 == 5 << 30)
+        #expect(l["max_images_per_sender"] as? Int == 7)
     }
 }
