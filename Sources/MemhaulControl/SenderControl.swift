@@ -72,7 +72,9 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
-                        "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes"])
+                        "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
+                        "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
+                        "verification_timeout_s"])
         let request = try Self.request(from: r)
         let migration = SenderMigration(request: request, connect: connect, log: log)
         let conflict: ControlError? = lock.withLock {
@@ -123,6 +125,11 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             guard v >= 0, v <= Double(UInt64.max / 2) else { throw ControlError(.badRequest, "commit_chunk_bytes must be 4096…2^40") }
             request.parameters.commitChunkBytes = UInt64(v)
         }
+        if let v = try r.number("welcome_timeout_s") { request.deadlines.welcome = v }
+        if let v = try r.number("round_ack_timeout_s") { request.deadlines.roundAck = v }
+        if let v = try r.number("frozen_round_ack_timeout_s") { request.deadlines.frozenRoundAck = v }
+        if let v = try r.number("keepalive_drain_timeout_s") { request.deadlines.keepaliveDrain = v }
+        if let v = try r.number("verification_timeout_s") { request.deadlines.verification = v }
         do { try request.validate() } catch { throw ControlError(.badRequest, error.description) }
         return request
     }

@@ -17,6 +17,9 @@ public struct LayoutDelta: Sendable {
     public var current: [MapsEntry]
     /// Mappings not tracked now, and why.
     public var skipped: [SkippedMapping]
+    /// The tracked ranges whose clean page-cache pages are content
+    /// (``FileBacking/notReopenable``), coalesced and ascending.
+    public var fileContent: [AddressRange]
 }
 
 /// A foreign process whose private writable memory is registered for
@@ -48,6 +51,11 @@ public final class AttachedProcess: Sendable {
         /// VmFlags per mapping seen so far (smaps is costly: read only for new mappings).
         /// Keyed without the end address, so a growing heap or stack is not "new".
         var flags: [MappingIdentity: VmFlags] = [:]
+        /// FileBacking per mapping seen so far: one stat(2) per new file mapping.
+        /// A file unlinked or replaced later changes the maps path (` (deleted)`),
+        /// hence the identity, so it is decided again.
+        var backing: [MappingIdentity: FileBacking] = [:]
+        var fileContent: [AddressRange] = []
         var detached = false
     }
     private let state = Mutex(State())
@@ -71,6 +79,15 @@ public final class AttachedProcess: Sendable {
     public var registeredRanges: [AddressRange] { state.withLock { $0.registeredRanges } }
     /// Mappings left out, and why.
     public var skipped: [SkippedMapping] { state.withLock { $0.skipped } }
+    /// Registered ranges of private mappings of files that cannot be reopened
+    /// (deleted, memfd, replaced): their clean page-cache pages are content
+    /// (pass them as `fileContent` to the scanner and the tracker). Coalesced,
+    /// ascending, as of the last refresh.
+    public var fileContentRanges: [AddressRange] { state.withLock { $0.fileContent } }
+    /// How the file behind a registered mapping was judged (``FileBacking/none`` if unknown).
+    public func fileBacking(of entry: MapsEntry) -> FileBacking {
+        state.withLock { $0.backing[MappingIdentity(entry)] ?? .none }
+    }
     /// The uffd had to be created with UFFD_USER_MODE_ONLY.
     public var userModeOnly: Bool { uffd.userModeOnly }
 
@@ -166,18 +183,86 @@ public final class AttachedProcess: Sendable {
     }
 
     private func register(_ maps: [MapsEntry], attaching: Bool) throws -> LayoutDelta {
-        try state.withLock { (s: inout State) throws -> LayoutDelta in
+        let (delta, newlyUnreopenable) = try registerLocked(maps, attaching: attaching)
+        // Outside the lock: this reads up to the mapped size of those files.
+        if !newlyUnreopenable.isEmpty { Self.faultInFileData(pid: pid, newlyUnreopenable) }
+        return delta
+    }
+
+    /// Reads (never writes) the pages of `entries` that hold file data, so that
+    /// a mapping of a file that cannot be reopened holds every byte it can show
+    /// as resident clean page-cache pages, which the scanner counts as content:
+    /// nothing else can provide the pages a read fault has not mapped yet (a
+    /// deleted library's code not run so far). Only file data is read: the
+    /// extent comes from `/proc/PID/map_files/START-END` (size, then
+    /// SEEK_DATA/SEEK_HOLE), so holes of a sparse memfd or file allocate
+    /// nothing. Best effort: a mapping whose file cannot be opened there, or
+    /// that the target cannot read (PROT_NONE, execute-only), is left alone,
+    /// and so is a page reclaimed again before the cutover (the sender warns,
+    /// `image verify` fails). Returns the bytes read.
+    @discardableResult
+    static func faultInFileData(pid: Int32, _ entries: [MapsEntry]) -> UInt64 {
+        let seekData: Int32 = 3, seekHole: Int32 = 4  // glibc defines them only under _GNU_SOURCE
+        let reader = RemoteMemoryReader(pid: pid, bufferBytes: 1 << 20)
+        var total: UInt64 = 0
+        for entry in entries where entry.permissions.contains(.read) {
+            let link = "/proc/\(pid)/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+            guard let fd = try? FileDescriptor.open(link, O_RDONLY | O_CLOEXEC) else { continue }
+            defer { try? fd.close() }
+            var st = stat()
+            guard fstat(fd.rawValue, &st) == 0, UInt64(st.st_size) > entry.offset else { continue }
+            let fileEnd = min(UInt64(st.st_size), entry.offset + entry.byteCount)
+            var data: [AddressRange] = []
+            var at = Int64(entry.offset)
+            while at < Int64(fileEnd) {
+                let start = lseek(fd.rawValue, off_t(at), seekData)
+                guard start >= 0, start < Int64(fileEnd) else { break }  // ENXIO: no data after `at`
+                var end = lseek(fd.rawValue, off_t(start), seekHole)
+                if end <= start || end > Int64(fileEnd) { end = off_t(fileEnd) }  // no SEEK_HOLE: data to the end
+                let first = entry.start + PageSize.roundDown(UInt64(start) - entry.offset)
+                let last = entry.start + PageSize.roundUp(UInt64(end) - entry.offset)
+                data.appendCoalescing(AddressRange(start: first, end: min(last, entry.end)))
+                at = Int64(end)
+            }
+            for r in data {
+                var chunk = r.start
+                while chunk < r.end {
+                    let next = min(r.end, chunk + UInt64(reader.buffer.count))
+                    guard (try? reader.read([AddressRange(start: chunk, end: next)])) != nil else { break }
+                    total += next - chunk
+                    chunk = next
+                }
+            }
+        }
+        return total
+    }
+
+    private func registerLocked(_ maps: [MapsEntry], attaching: Bool) throws -> (LayoutDelta, [MapsEntry]) {
+        try state.withLock { (s: inout State) throws -> (LayoutDelta, [MapsEntry]) in
             guard !s.detached else { throw SystemError("ioctl(UFFDIO_REGISTER)", .EBADF) }
             var registered: [MapsEntry] = []
             var skipped: [SkippedMapping] = []
             var firstFailure: SystemError?
+            var backing: [MappingIdentity: FileBacking] = [:]
+            var fileContent: [AddressRange] = []
+            var newlyUnreopenable: [MapsEntry] = []
             // PROT_NONE mappings are tracked once they hold content (one page-table scan each).
             var emptinessScanner: PagemapScanner?
             for entry in maps {
-                var decision = ProcMaps.trackability(of: entry, flags: s.flags[MappingIdentity(entry)])
+                let id = MappingIdentity(entry)
+                var decision = ProcMaps.trackability(of: entry, flags: s.flags[id])
+                // Only private mappings reach here as tracked or PROT_NONE; a
+                // shared one is skipped before any stat.
+                var file = FileBacking.none
+                if decision == .tracked || decision == .skipped(.noAccessAndEmpty) {
+                    file = s.backing[id] ?? ProcMaps.fileBacking(of: entry, pid: pid)
+                    backing[id] = file
+                }
                 if decision == .skipped(.noAccessAndEmpty) {
                     emptinessScanner = emptinessScanner ?? PagemapScanner(pagemap: pagemap, vectorCapacity: 16)
-                    if try !emptinessScanner!.populated([AddressRange(start: entry.start, end: entry.end)]).isEmpty { decision = .tracked }
+                    let range = AddressRange(start: entry.start, end: entry.end)
+                    let content = try emptinessScanner!.populated([range], fileContent: file.cleanPagesAreContent ? [range] : [])
+                    if !content.isEmpty { decision = .tracked }
                 }
                 switch decision {
                 case .skipped(let reason):
@@ -186,6 +271,10 @@ public final class AttachedProcess: Sendable {
                     do {
                         try uffd.registerWriteProtect(entry.range)
                         registered.append(entry)
+                        if file.cleanPagesAreContent {
+                            fileContent.append(entry.range)
+                            if s.backing[id] == nil { newlyUnreopenable.append(entry) }
+                        }
                     } catch let error as SystemError {
                         if error.errno == .EBUSY {
                             if attaching { throw AttachError.alreadyTracked(pid: pid) }
@@ -203,11 +292,13 @@ public final class AttachedProcess: Sendable {
             let delta = LayoutDelta(
                 added: ranges.subtracting(s.registeredRanges),
                 removed: s.registeredRanges.subtracting(ranges),
-                current: registered, skipped: skipped)
+                current: registered, skipped: skipped, fileContent: fileContent.coalesced())
             s.registered = registered
             s.registeredRanges = ranges
             s.skipped = skipped
-            return delta
+            s.backing = backing
+            s.fileContent = delta.fileContent
+            return (delta, newlyUnreopenable)
         }
     }
 

@@ -30,6 +30,13 @@ public struct RoundScan: Hashable, Sendable {
 /// MADV_DONTNEED that frees the page table, MADV_FREE reclaim) is caught by
 /// `known \ P`. Pages known before but outside `ranges` are reported discarded.
 ///
+/// `fileContent` (per round) names the mappings whose clean page-cache pages
+/// are content (``FileBacking/notReopenable``). Such a page appears by a mere
+/// read fault, which leaves no WRITTEN trace, and needs sending only once: a
+/// populated page of `fileContent` not in `known` is dirty (new ranges send
+/// theirs whole anyway; a mapping that becomes not reopenable mid-migration
+/// sends the pages it holds).
+///
 /// Exact for private anonymous memory. For shared/file mappings, a zapped PTE
 /// does not mean the content is gone (it stays in the page cache): callers must
 /// not track those as populated-by-PTE.
@@ -49,12 +56,12 @@ public final class DirtyTracker {
     }
 
     /// Round 0: write-protect everything, then report every populated page.
-    public func initialRound(ranges: [AddressRange]) throws -> RoundScan {
+    public func initialRound(ranges: [AddressRange], fileContent: [AddressRange] = []) throws -> RoundScan {
         var stats = ScanStats()
         let cur = ranges.coalesced()
         try scanner.protectAll(cur)
         stats += scanner.lastStats
-        let p = try scanner.populated(cur)
+        let p = try scanner.populated(cur, fileContent: fileContent)
         stats += scanner.lastStats
         // pending may hold pages of an earlier life of this tracker: keep them.
         let dirty = p.union(pending.intersecting(p))
@@ -78,10 +85,13 @@ public final class DirtyTracker {
     /// (a discarded one reads as zeros), and discards that left no WRITTEN
     /// trace wait for the next checking round. The final round (target frozen)
     /// must check discards.
-    public func nextRound(ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true) throws -> RoundScan {
-        if round < 0 { return try initialRound(ranges: ranges) }
+    public func nextRound(
+        ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true, fileContent: [AddressRange] = []
+    ) throws -> RoundScan {
+        if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
         var stats = ScanStats()
         let cur = ranges.coalesced()
+        let fileContent = fileContent.coalesced()
         let alive = tracked.subtracting(removed.coalesced())
         let fresh = cur.subtracting(alive)
         let old = cur.intersecting(alive)
@@ -102,11 +112,11 @@ public final class DirtyTracker {
             stats += scanner.lastStats
             if checkDiscards {
                 let care = known.union(written).union(pending)
-                pOld = try scanner.populated(old, resolveWithin: care)
+                pOld = try scanner.populated(old, resolveWithin: care, fileContent: fileContent)
                 stats += scanner.lastStats
             }
             if !fresh.isEmpty {
-                pFresh = try scanner.populated(fresh)
+                pFresh = try scanner.populated(fresh, fileContent: fileContent)
                 stats += scanner.lastStats
             }
         } catch {
@@ -117,12 +127,17 @@ public final class DirtyTracker {
         let discarded: [AddressRange]
         if checkDiscards {
             let p = pOld.union(pFresh)
-            dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p))
+            // Clean file pages that became content since the last scan (read
+            // faults, or the mapping's file became unreopenable) show in no W.
+            let newlyRead = fileContent.isEmpty ? [] : pOld.intersecting(fileContent).subtracting(known)
+            dirty = written.intersecting(pOld).union(pFresh).union(pending.intersecting(p)).union(newlyRead)
             discarded = known.union(pending).subtracting(p)
             known = p
         } else {
             // Without P: every written or requeued page still mapped is sent
             // (unpopulated ones as zeros); only pages no longer mapped are discarded.
+            // Clean file pages read since wait for the next checking round
+            // (they are not in `known`); the final round checks.
             dirty = written.union(pFresh).union(pending.intersecting(cur))
             discarded = known.union(pending).subtracting(cur)
             known = known.intersecting(cur).union(dirty)

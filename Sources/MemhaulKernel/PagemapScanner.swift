@@ -190,26 +190,33 @@ public final class PagemapScanner {
     }
 
     /// Pages with content: present and not the zero page, or swapped out, and
-    /// not a clean page-cache page of a file mapping (its content is the file's).
+    /// not a clean page-cache page of a file mapping (its content is the file's)
+    /// unless it lies in `fileContent`: the mappings of files that cannot be
+    /// reopened (``FileBacking/notReopenable``), whose clean page-cache pages
+    /// are content like anonymous memory. This is the one definition of
+    /// "content" of the sender (rounds and digest).
     ///
     /// uffd-wp markers (left on unpopulated pages by ``protectAll(_:)``) are
     /// swap entries too, so the kernel reports them PAGE_IS_SWAPPED; swapped
     /// pages that are not PAGE_IS_WRITTEN are resolved by reading their
     /// `/proc/PID/pagemap` entries (a marker has swap type 31).
-    public func populated(_ ranges: [AddressRange]) throws -> [AddressRange] {
-        try populated(ranges, resolveWithin: nil)
+    public func populated(_ ranges: [AddressRange], fileContent: [AddressRange] = []) throws -> [AddressRange] {
+        try populated(ranges, resolveWithin: nil, fileContent: fileContent)
     }
 
-    /// Like ``populated(_:)``, but swap-or-marker pages outside `resolveWithin`
+    /// Like ``populated(_:fileContent:)``, but swap-or-marker pages outside `resolveWithin`
     /// are reported as unpopulated without reading pagemap (the tracker only
     /// needs exact answers for pages it knows or that were just written).
-    public func populated(_ ranges: [AddressRange], resolveWithin: [AddressRange]?) throws -> [AddressRange] {
+    public func populated(
+        _ ranges: [AddressRange], resolveWithin: [AddressRange]?, fileContent: [AddressRange] = []
+    ) throws -> [AddressRange] {
         var stats = ScanStats()
         let t0 = MonotonicClock.nanoseconds()
         defer { stats.nanoseconds = MonotonicClock.nanoseconds() - t0; lastStats = stats }
         var out: [AddressRange] = []
         var ambiguous: [AddressRange] = []
-        for r in try Self.checked(ranges) {
+        let fileContent = fileContent.coalesced()
+        for (r, cleanFileIsContent) in Self.split(try Self.checked(ranges), by: fileContent) {
             try walk(r, flags: [], anyOf: [.present, .swapped],
                      returnMask: [.present, .swapped, .pfnZero, .written, .file],
                      output: true, stats: &stats) { start, end, raw in
@@ -218,6 +225,11 @@ public final class PagemapScanner {
                     // A page-cache page of a private file mapping: its content is the
                     // file's (a written one is an anonymous COW copy instead). It may
                     // appear by a mere read fault, which no write-tracking sees.
+                    // Content only where the file cannot be reopened (present, or
+                    // a migration entry: a FILE page never sits in swap here).
+                    if cleanFileIsContent {
+                        out.appendCoalescing(AddressRange(start: start, end: end))
+                    }
                 } else if c.contains(.present) {
                     if !c.contains(.pfnZero) { out.appendCoalescing(AddressRange(start: start, end: end)) }
                 } else if c.contains(.written) {
@@ -232,6 +244,32 @@ public final class PagemapScanner {
         if !ambiguous.isEmpty {
             let resolved = try resolveSwapEntries(ambiguous, stats: &stats)
             out = out.union(resolved)
+        }
+        return out
+    }
+
+    /// `ranges` (sorted, disjoint) cut at the edges of `marked` (sorted,
+    /// disjoint), in address order, each piece with whether it lies in `marked`.
+    static func split(_ ranges: [AddressRange], by marked: [AddressRange]) -> [(AddressRange, Bool)] {
+        if marked.isEmpty { return ranges.map { ($0, false) } }
+        var out: [(AddressRange, Bool)] = []
+        var j = 0
+        for r in ranges {
+            var cursor = r.start
+            while j < marked.count && marked[j].end <= r.start { j += 1 }
+            var k = j
+            while cursor < r.end {
+                guard k < marked.count, marked[k].start < r.end else {
+                    out.append((AddressRange(start: cursor, end: r.end), false))
+                    break
+                }
+                let m = marked[k]
+                if m.start > cursor { out.append((AddressRange(start: cursor, end: m.start), false)) }
+                let end = min(m.end, r.end)
+                out.append((AddressRange(start: max(cursor, m.start), end: end), true))
+                cursor = end
+                if m.end <= r.end { k += 1 }
+            }
         }
         return out
     }

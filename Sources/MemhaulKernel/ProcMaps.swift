@@ -157,6 +157,25 @@ public enum Trackability: Hashable, Sendable {
     case skipped(SkipReason)
 }
 
+/// Whether the file behind a private mapping can be opened again by its path:
+/// decides whether its clean page-cache pages (PAGE_IS_FILE, never written)
+/// are the file's or content to migrate (ARCHITECTURE.md, "What is tracked").
+/// Decided once per mapping, when a layout refresh first sees it.
+public enum FileBacking: Hashable, Sendable {
+    /// Anonymous memory or a pseudo mapping (`[heap]`, `[stack]`, `[anon:…]`).
+    case none
+    /// The maps path names the very inode mapped (same device and inode):
+    /// clean page-cache pages count as zero, the restorer maps the file.
+    case reopenable
+    /// Deleted (also a file replaced by a rename over its path, a library
+    /// replaced by an upgrade), a memfd, or a path that no longer exists or
+    /// names another inode: nothing can map these bytes again, so its clean
+    /// page-cache pages are content, migrated like anonymous memory.
+    case notReopenable
+
+    public var cleanPagesAreContent: Bool { self == .notReopenable }
+}
+
 /// `/proc/PID/maps` and `/proc/PID/smaps`.
 public enum ProcMaps {
     public static let kernelProvidedNames: Set<String> = ["[vvar]", "[vvar_vclock]", "[vsyscall]", "[vdso]", "[uprobes]"]
@@ -175,6 +194,41 @@ public enum ProcMaps {
         if entry.permissions.isDisjoint(with: [.read, .write, .execute]) { return .skipped(.noAccessAndEmpty) }
         return .tracked
     }
+
+    /// ``FileBacking`` of `entry`: one `stat(2)` of its path (in the reader's
+    /// root and mount namespace, where the maps path was printed), compared with
+    /// the device and inode of the maps line. A path that cannot be stat'ed
+    /// (ENOENT, a ` (deleted)` suffix, `/memfd:…`, an escaped name) is not
+    /// reopenable: when in doubt the pages are sent.
+    ///
+    /// Some file systems report another `st_dev` than the superblock's, which
+    /// maps prints (btrfs subvolumes): with the same inode but another device,
+    /// and `pid` given, the kernel's own file decides — `stat` of
+    /// `/proc/PID/map_files/START-END` against `stat(path)` (a second stat,
+    /// only then).
+    public static func fileBacking(of entry: MapsEntry, pid: Int32? = nil) -> FileBacking {
+        if entry.inode == 0 || entry.path.isEmpty || entry.isPseudo { return .none }
+        guard !entry.isDeleted, let (major, minor) = parseDevice(entry.device) else { return .notReopenable }
+        var st = stat()
+        guard stat(entry.path, &st) == 0, UInt64(st.st_ino) == entry.inode else { return .notReopenable }
+        if deviceMajor(UInt64(st.st_dev)) == major && deviceMinor(UInt64(st.st_dev)) == minor { return .reopenable }
+        guard let pid else { return .notReopenable }
+        var mapped = stat()
+        let link = "/proc/\(pid == 0 ? "self" : String(pid))/map_files/\(String(entry.start, radix: 16))-\(String(entry.end, radix: 16))"
+        guard stat(link, &mapped) == 0 else { return .notReopenable }
+        return mapped.st_dev == st.st_dev && mapped.st_ino == st.st_ino ? .reopenable : .notReopenable
+    }
+
+    /// `fd:01` → (0xfd, 0x01).
+    static func parseDevice(_ text: String) -> (UInt64, UInt64)? {
+        let parts = text.split(separator: ":")
+        guard parts.count == 2, let major = UInt64(parts[0], radix: 16), let minor = UInt64(parts[1], radix: 16) else { return nil }
+        return (major, minor)
+    }
+
+    /// glibc's major()/minor() of a user-space dev_t (macros Swift does not import).
+    public static func deviceMajor(_ dev: UInt64) -> UInt64 { ((dev >> 8) & 0xfff) | ((dev >> 32) & ~UInt64(0xfff)) }
+    public static func deviceMinor(_ dev: UInt64) -> UInt64 { (dev & 0xff) | ((dev >> 12) & ~UInt64(0xff)) }
 
     /// Reads and parses `/proc/PID/maps` (`pid` 0 means self). `thread` reads it
     /// through `/proc/PID/task/TID/` (needed when the thread-group leader has exited).

@@ -12,6 +12,40 @@ public enum AfterAction: String, Sendable, CaseIterable {
     case resume
 }
 
+/// How long the sender waits for the receiver, per wait (`Protocol/wire.md`,
+/// "Deadlines"). Each limit covers the whole wait: KEEPALIVE traffic and
+/// dripped bytes do not extend it. A missed deadline fails the migration with
+/// ``MigrationError/peerTimeout(wait:seconds:)``; the target is then resumed
+/// and untracked (``TargetHold``). Limits are seconds, > 0.
+public struct PeerDeadlines: Sendable, Equatable {
+    /// HELLO sent → WELCOME (or ERROR), first connection and every resume.
+    /// The receiver only checks the policy and opens or creates the image.
+    public var welcome: Double = 10
+    /// ROUND_END of a pre-copy commit chunk (≤ `commitChunkBytes`, 64 MiB by
+    /// default) → its ROUND_ACK, counted from when the sender starts waiting
+    /// for it. The receiver writes and syncs the chunk first: 64 MiB at
+    /// 20 MB/s on a slow or busy disk is 3–4 s, so 60 s is a wide margin;
+    /// the target runs meanwhile.
+    public var roundAck: Double = 60
+    /// The same while the target is frozen (the final delta): shorter,
+    /// because every second of it is downtime.
+    public var frozenRoundAck: Double = 30
+    /// Pre-cutover KEEPALIVE round trip (the receiver has applied everything).
+    public var keepaliveDrain: Double = 60
+    /// Verification round: ROUND_END with the sender's digest → the final
+    /// ROUND_ACK with the receiver's. The receiver digests the whole image
+    /// (about a second per few GiB from the page cache); the target is frozen.
+    public var verification: Double = 30
+
+    public init() {}
+
+    /// `(name, value)` for messages and checks, in the order of the table.
+    public var all: [(String, Double)] {
+        [("welcome", welcome), ("round ack", roundAck), ("frozen round ack", frozenRoundAck),
+         ("keepalive drain", keepaliveDrain), ("verification", verification)]
+    }
+}
+
 /// Everything one migration needs to start.
 public struct MigrationRequest: Sendable {
     public var pid: Int32
@@ -19,6 +53,7 @@ public struct MigrationRequest: Sendable {
     public var port: UInt16
     public var id: String
     public var parameters = ConvergenceParameters()
+    public var deadlines = PeerDeadlines()
     public var after: AfterAction = .stop
     /// zstd level; nil = adaptive (raw … level 6, following the bottleneck).
     public var compressionLevel: Int32? = nil
@@ -60,6 +95,9 @@ public struct MigrationRequest: Sendable {
         guard (4096...(1 << 40)).contains(p.commitChunkBytes) else { throw fail("commit chunk must be 4096 bytes…1 TiB") }
         if let level = compressionLevel { guard (-5...19).contains(level) else { throw fail("compression level must be auto or -5…19") } }
         guard (1...64).contains(workers) else { throw fail("workers must be 1…64") }
+        for (name, value) in deadlines.all {
+            guard value > 0, value <= 86400 else { throw fail("\(name) deadline must be > 0 and at most 86400 s") }
+        }
     }
 
     /// Splits `HOST:PORT` (`[v6]:PORT` for IPv6).

@@ -30,6 +30,10 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var maxBandwidth: Double?
     /// Set at the end.
     public var downtimeMs: Double?
+    /// The whole frozen window: SIGSTOP sent → the target let go (thawed,
+    /// killed, or handed over stopped), the final delta and the proof
+    /// included. Set whenever the target was frozen, also on failure.
+    public var frozenMs: Double?
     public var freezeMs: Double?
     public var verifyMs: Double?
     public var totalTimeMs: Double?
@@ -65,6 +69,7 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case downtimeLimitMs = "downtime_limit_ms"
         case maxBandwidth = "max_bandwidth_bps"
         case downtimeMs = "downtime_ms"
+        case frozenMs = "frozen_ms"
         case freezeMs = "freeze_ms"
         case verifyMs = "verify_ms"
         case totalTimeMs = "total_time_ms"

@@ -10,20 +10,24 @@ import MemhaulSystem
 /// Pages with content (present, not the zero page, or swapped) are read with
 /// process_vm_readv; every other page counts as zero, exactly as the image
 /// stores it. Clean file-backed pages of private mappings count as zero on both
-/// sides: they are not migrated (the restorer maps the file), see README "Limits".
+/// sides (the restorer maps the file), except in `fileContent`, the mappings of
+/// files that cannot be reopened (deleted, memfd, replaced): there they are
+/// content, sent and digested like anonymous memory (README "What memhaul migrates").
 enum ProcessDigest {
-    ///
     /// `version`: the form the receiver accepted (capability `digestV2`). In v2
     /// the digester classifies every page it is given by its bytes, so a
     /// populated all-zero page and an unpopulated one hash alike, as on the
     /// image side; the gaps between populated ranges cost O(1).
-    static func compute(pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner, version: DigestVersion = .v1) throws -> MemoryDigest {
+    static func compute(
+        pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner, fileContent: [AddressRange] = [],
+        version: DigestVersion = .v1
+    ) throws -> MemoryDigest {
         let digester = MemoryDigester(version: version)
         let reader = RemoteMemoryReader(pid: pid, bufferBytes: 8 << 20)
         let chunkPages = (8 << 20) / Int(PageSize.bytes)
         for region in regions {
             digester.beginRegion(start: region.start, end: region.end)
-            let populated = try scanner.populated([AddressRange(start: region.start, end: region.end)])
+            let populated = try scanner.populated([AddressRange(start: region.start, end: region.end)], fileContent: fileContent)
             var cursor = region.start
             var iterator = BatchIterator(ranges: populated, batchPages: chunkPages)
             while let batch = iterator.next() {

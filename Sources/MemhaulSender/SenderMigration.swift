@@ -13,6 +13,12 @@ import Synchronization
 /// One live migration, sender side: attach, pre-copy rounds, freeze, final
 /// delta, digest proof, then the `after` action. `run()` blocks; the control
 /// calls (`status`, `set`, `requestCutover`, `cancel`) may come from any thread.
+///
+/// The target is held by one ``TargetHold``, released in `run()`'s `defer`:
+/// whatever ends the migration (an error of any phase, a missed peer
+/// deadline, `cancel()`), the target is running and untracked when `run()`
+/// returns, unless it completed with `--after stop|kill`. Every wait for the
+/// receiver has a deadline (``PeerDeadlines``).
 public final class SenderMigration: @unchecked Sendable {  // shared state behind `shared`
     public typealias Connector = @Sendable (_ request: MigrationRequest) throws -> ByteStream
 
@@ -23,9 +29,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var parameters: ConvergenceParameters
         var cutoverRequested = false
         var cancelRequested = false
+        /// The connection in use, for `cancel()` to cut.
+        var stream: ByteStream?
+        /// After a cancel: the connection that tells the receiver (not cut).
+        var farewell = false
     }
     private let shared: Mutex<Shared>
     private let finished = DispatchSemaphore(value: 0)
+    /// Signalled by `cancel()`: wakes the sleeps (resume backoff, pacing).
+    private let cancelSignal = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
 
     public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
@@ -50,65 +62,142 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
     }
 
-    /// Waits until `run()` has returned (or the timeout passes).
-    public func waitUntilFinished(timeoutSeconds: Double) {
-        if finished.wait(timeout: .now() + timeoutSeconds) == .success { finished.signal() }
+    /// Waits until `run()` has returned (or the timeout passes); true if it has.
+    @discardableResult
+    public func waitUntilFinished(timeoutSeconds: Double) -> Bool {
+        guard finished.wait(timeout: .now() + timeoutSeconds) == .success else { return false }
+        finished.signal()
+        return true
     }
 
     public func requestCutover() { shared.withLock { $0.cutoverRequested = true } }
-    public func cancel() { shared.withLock { $0.cancelRequested = true } }
+
+    /// Ends the migration as soon as possible, from any thread (control
+    /// `cancel`, a signal handler's thread): sets the flag and cuts the
+    /// connection (`ByteStream.abort()`), so a send or receive blocked on the
+    /// receiver fails at once. `run()` then releases the target like any
+    /// failure — thawed, untracked — and returns with state `cancelled`.
+    /// Returns at once; `waitUntilFinished` waits for the release. A
+    /// migration that has already completed stays completed.
+    public func cancel() {
+        shared.withLock {
+            $0.cancelRequested = true
+            $0.stream?.abort()
+        }
+        cancelSignal.signal()
+    }
 
     private var parameters: ConvergenceParameters { shared.withLock { $0.parameters } }
     private var isCancelled: Bool { shared.withLock { $0.cancelRequested } }
+
+    /// Makes `stream` the one `cancel()` cuts (at once if already cancelled).
+    private func adopt(_ stream: ByteStream) {
+        shared.withLock {
+            $0.stream = stream
+            if $0.cancelRequested && !$0.farewell { stream.abort() }
+        }
+    }
+
+    /// Closes a channel; forgotten by `cancel()` first, so a late abort cannot
+    /// reach a descriptor number the system has handed out again.
+    private func retire(_ channel: FrameChannel?) {
+        guard let channel else { return }
+        shared.withLock { if $0.stream === channel.stream { $0.stream = nil } }
+        channel.close()
+    }
+
+    /// Sleeps, waking early on `cancel()`.
+    private func sleep(seconds: Double) {
+        if cancelSignal.wait(timeout: .now() + seconds) == .success { cancelSignal.signal() }
+    }
     private func updateStatus(_ body: (inout MigrationStatus) -> Void) { shared.withLock { body(&$0.status) } }
 
     /// Runs the migration to its end; the final state is in `status`.
     public func run() {
-        defer { finished.signal() }
         let start = MonotonicClock.seconds()
-        var process: AttachedProcess?
+        let hold = TargetHold(pid: request.pid)
         var box: ChannelBox?
-        let throttle = DutyCycleThrottle(pid: request.pid)
-        let freezer = TargetFreezer(pid: request.pid)
-        var frozen = false
+        var failure: Error?
+        // The one way out: the target is released before anything else
+        // (before the receiver is told, before the status says the end).
+        defer {
+            end(hold, box, failure, start: start)
+            finished.signal()
+        }
         do {
             let first = try openChannel(resumeFrom: nil)
             box = ChannelBox(first.channel, capabilities: first.accepted)
             if !first.accepted.contains(.zstd) && request.compressionLevel != nil {
                 updateStatus { $0.warnings.append("the receiver does not accept zstd: pages are sent raw") }
             }
-            let attached = try AttachedProcess.attach(pid: request.pid)
-            process = attached
-            try migrate(attached, box!, throttle, freezer, &frozen, start: start)
-            updateStatus {
-                $0.state = .completed
-                $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
-            }
-            box?.channel.close()
-            finish(after: request.after, frozen: frozen, process: attached)
-        } catch var error {
-            throttle.stop()
+            let attached = try hold.attach()
+            try migrate(attached, box!, hold, start: start)
+        } catch {
+            failure = error
+        }
+    }
+
+    /// Releases the target, then tells the receiver about a failure, closes
+    /// the connection and sets the final status.
+    private func end(_ hold: TargetHold, _ box: ChannelBox?, _ failure: Error?, start: Double) {
+        let cancelled = failure != nil && (isCancelled || (failure as? MigrationError) == .cancelled)
+        let outcome: TargetHold.Outcome = failure == nil ? .completed(request.after) : cancelled ? .cancelled : .failed
+        let release = hold.release(outcome)
+        var error = failure
+        if let failure, let channel = box?.channel {
+            // Bounded: the target runs already, but run() must still return.
+            try? channel.stream.setTimeouts(read: .seconds(2), write: .seconds(1))
             // A send that failed because the receiver gave up: report its reason.
-            if MigrationError.isConnectionLoss(error), let e = box?.channel.peerErrorAfterFailure() {
+            if !cancelled, MigrationError.isConnectionLoss(failure), let e = channel.peerErrorAfterFailure() {
                 error = MigrationError.peerError(code: e.code.rawValue, message: e.message)
             }
-            let cancelled = isCancelled || (error as? MigrationError) == .cancelled
-            if let channel = box?.channel {
-                let code: ErrorCode = cancelled ? .cancelled : .internalError
-                try? channel.send(.error(ErrorMessage(code: code, message: String(describing: error).prefix(1000).description)))
-                channel.close()
-            }
-            // Never a frozen source with a broken image: resume, untrack.
-            if frozen { try? freezer.thaw() }
-            try? process?.detach()
-            updateStatus {
-                $0.state = cancelled ? .cancelled : .failed
-                $0.error = cancelled ? nil : String(describing: error)
-                $0.throttlePercent = 0
-                $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
-            }
-            log("migration \(request.id): \(cancelled ? "cancelled" : "failed: \(error)")")
+            let code: ErrorCode = cancelled ? .cancelled : .internalError
+            try? channel.send(.error(ErrorMessage(code: code, message: String(describing: error!).prefix(1000).description)))
         }
+        retire(box?.channel)
+        if cancelled, let box { farewell(lastAcked: box.lastAcked) }
+        updateStatus {
+            $0.state = failure == nil ? .completed : cancelled ? .cancelled : .failed
+            $0.error = failure == nil || cancelled ? nil : String(describing: error!)
+            $0.throttlePercent = 0
+            $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
+            if let frozen = release.frozenSeconds {
+                $0.frozenMs = frozen * 1000
+                if let warning = Self.downtimeWarning(frozenMs: frozen * 1000, status: $0) { $0.warnings.append(warning) }
+            }
+            $0.warnings += release.problems.map { "source PID \(request.pid): \($0)" }
+        }
+        for problem in release.problems { log("migration \(request.id): source PID \(request.pid): \(problem)") }
+        if failure == nil {
+            log("migration \(request.id) completed; source \(release.action)")
+        } else {
+            log("migration \(request.id): \(cancelled ? "cancelled" : "failed: \(error!)"); source \(release.action), untracked")
+        }
+    }
+
+    /// Cancel cut the connection, so the ERROR could not go out on it: tell
+    /// the receiver on a new one (a resume HELLO, then ERROR `cancelled`), so
+    /// that it marks the image failed instead of keeping it for a resume that
+    /// will not come. Best effort, bounded by the WELCOME deadline; the
+    /// target is already released. A second `cancel()` cuts this one too.
+    private func farewell(lastAcked: UInt64) {
+        shared.withLock { $0.farewell = true }
+        guard let (channel, _, _) = try? openChannel(resumeFrom: lastAcked) else { return }
+        try? channel.stream.setTimeouts(read: .seconds(2), write: .seconds(1))
+        try? channel.send(.error(ErrorMessage(code: .cancelled, message: "migration cancelled")))
+        retire(channel)
+    }
+
+    /// The status warning when the frozen window overran the limit. The
+    /// figure is the whole window (freeze → release), the proof included.
+    static func downtimeWarning(frozenMs: Double, status s: MigrationStatus) -> String? {
+        guard s.downtimeLimitMs > 0, frozenMs > s.downtimeLimitMs else { return nil }
+        var parts: [String] = []
+        if let p = s.expectedDowntimeMs { parts.append("predicted \(Int(p.rounded())) ms") }
+        if let v = s.verifyMs { parts.append("verification \(Int(v.rounded())) ms of it") }
+        let detail = parts.isEmpty ? "" : " (\(parts.joined(separator: ", ")))"
+        let limit = s.downtimeLimitMs == s.downtimeLimitMs.rounded() ? String(Int(s.downtimeLimitMs)) : String(s.downtimeLimitMs)
+        return "downtime \(Int(frozenMs.rounded())) ms exceeded the limit of \(limit) ms\(detail)"
     }
 
     /// What the sender offers in HELLO; it then uses only what WELCOME accepts.
@@ -120,21 +209,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// no committed round for a fresh start, resume accepted for a resume.
     private func openChannel(resumeFrom: UInt64?) throws -> (channel: FrameChannel, committed: UInt64, accepted: Capabilities) {
         let stream = try connect(request)
+        adopt(stream)
         let channel = FrameChannel(stream: stream)
+        var welcomed = false
+        defer { if !welcomed { retire(channel) } }
         try channel.sendPreamble()
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
         try channel.send(.hello(Hello(capabilities: Self.offeredCapabilities, migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
-        switch try channel.receive() {
+        switch try channel.receive(by: PeerDeadline("WELCOME", seconds: request.deadlines.welcome)) {
         case .welcome(let w):
-            do {
-                try Self.check(w, resumeFrom: resumeFrom)
-            } catch {
-                channel.close()
-                throw error
-            }
+            try Self.check(w, resumeFrom: resumeFrom)
+            welcomed = true
             return (channel, w.lastCommittedRound ?? 0, w.capabilities)
         case .error(let e):
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
@@ -162,10 +250,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
     // MARK: - Rounds
 
-    private func migrate(
-        _ process: AttachedProcess, _ box: ChannelBox, _ throttle: DutyCycleThrottle,
-        _ freezer: TargetFreezer, _ frozen: inout Bool, start: Double
-    ) throws {
+    private func migrate(_ process: AttachedProcess, _ box: ChannelBox, _ hold: TargetHold, start: Double) throws {
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
         let sender = RoundSender(pid: request.pid, configuration: .init(
             workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd)))
@@ -179,8 +264,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
-            let ns = try freezer.freeze()
-            frozen = true
+            let ns = try hold.freeze()
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
@@ -191,7 +275,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let roundStart = MonotonicClock.seconds()
             let sent: SentRound
             do {
-                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender)
+                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
@@ -212,7 +296,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             updateStatus { $0.compression = sender.governor.description }
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
-            if frozen { break }
+            if hold.isFrozen { break }
 
             // Scan for the next round: the pending set the policy judges.
             let scanStart = MonotonicClock.seconds()
@@ -231,20 +315,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.remainingBytes = UInt64(pending)
                 $0.dirtyRateBps = policy.dirtyRate
                 $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
-                $0.throttlePercent = throttle.percent
+                $0.throttlePercent = hold.throttlePercent
             }
             round += 1
             switch decision {
             case .nextRound:
                 scan = next
             case .throttle(let percent):
-                try throttle.set(percent: percent)
+                try hold.setThrottle(percent: percent)
                 updateStatus { $0.throttlePercent = percent }
                 log("auto-converge: throttling the target to \(percent)%")
                 scan = next
             case .cutover(let reason):
                 tracker.requeue(next)
-                throttle.stop()
+                hold.stopThrottle()
                 // The receiver applies the last round after acknowledging it;
                 // let it finish before the clock of the downtime starts.
                 do {
@@ -254,8 +338,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round)
                 }
                 freezeStart = MonotonicClock.seconds()
-                let ns = try freezer.freeze()
-                frozen = true
+                let ns = try hold.freeze()
                 scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
@@ -267,13 +350,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 log("cutover: \(reason)")
             }
         }
-        let downtime = (MonotonicClock.seconds() - freezeStart) * 1000
+        // From the moment the hold froze the target, as the frozen window is.
+        let downtime = (MonotonicClock.seconds() - (hold.frozenAt ?? freezeStart)) * 1000
         updateStatus { $0.downtimeMs = downtime; $0.rounds = round + 1; $0.remainingBytes = 0 }
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
-        let digest = try ProcessDigest.compute(pid: request.pid, regions: layout, scanner: tracker.scanner,
-                                               version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
+        let digest = try ProcessDigest.compute(
+            pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
+            version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {
@@ -281,7 +366,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             do {
                 try sendLayout(verifyRound, layout, box.channel)
                 try box.channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
-                ack = try awaitAck(verifyRound, box.channel)
+                ack = try awaitAck(verifyRound, box.channel, PeerDeadline(
+                    "verification ROUND_ACK (digest) for round \(verifyRound), source frozen", seconds: request.deadlines.verification))
                 break
             } catch where isResumable(error, box) {
                 try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
@@ -293,6 +379,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.digest = digest.hex
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
+        }
+        if let w = UnresidentFilePages.warning(
+            pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
+        {
+            updateStatus { $0.warnings.append(w) }
+            log(w)
         }
         try? box.channel.send(.close(Close(reason: .complete)))
     }
@@ -349,7 +441,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let brokenSent = box.channel.bytesSent
         let brokenEnds = box.chunkEnds
         box.sentBefore += brokenSent
-        box.channel.close()
+        retire(box.channel)
         log("connection to \(request.destination) lost (\(error)); resuming from round \(lastAcked)")
         updateStatus { $0.resumes += 1 }
         let deadline = MonotonicClock.seconds() + parameters.resumeTimeoutSeconds
@@ -388,7 +480,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             } catch {
                 last = error
             }
-            usleep(useconds_t(delay * 1e6))
+            sleep(seconds: delay)
             delay = min(delay * 2, 1)
         }
         throw MigrationError.resumeTimedOut(String(describing: last))
@@ -398,7 +490,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
         for attempt in 1... {
             do {
-                return try tracker.initialRound(ranges: Self.ranges(layout))
+                return try tracker.initialRound(ranges: Self.ranges(layout), fileContent: process.fileContentRanges)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the first scan at \(range); rescanning")
                 _ = try process.refreshLayout()
@@ -422,7 +514,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             layout = Self.regions(of: process)
             removed += delta.removed
             do {
-                return try tracker.nextRound(ranges: Self.ranges(layout), removed: removed)
+                return try tracker.nextRound(
+                    ranges: Self.ranges(layout), removed: removed, fileContent: process.fileContentRanges)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }
@@ -448,7 +541,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// order. Advances `box.offset` by the extra chunks. A broken connection
     /// is thrown as ``BrokenRound`` with the chunks, so the caller requeues
     /// only what the receiver did not commit.
-    private func sendRound(_ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender) throws -> SentRound {
+    private func sendRound(_ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender, frozen: Bool) throws -> SentRound {
         let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
         let channel = box.channel
         let before = channel.bytesSent
@@ -457,7 +550,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var acked = 0
         var sent = 0  // chunks whose ROUND_END is out
         func ackNext() throws {
-            _ = try awaitAck(chunks[acked].wireRound, channel)
+            let round = chunks[acked].wireRound
+            // From when the wait starts: chunks still streaming out do not use up the limit.
+            let deadline = frozen
+                ? PeerDeadline("ROUND_ACK for round \(round) (final delta, source frozen)", seconds: request.deadlines.frozenRoundAck)
+                : PeerDeadline("ROUND_ACK for round \(round)", seconds: request.deadlines.roundAck)
+            _ = try awaitAck(round, channel, deadline)
             box.lastAcked = chunks[acked].wireRound
             box.committedMark = box.chunkEnds.removeValue(forKey: chunks[acked].wireRound) ?? box.committedMark
             acked += 1
@@ -475,7 +573,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                         paced += bytes
                         let due = Double(paced) / cap
                         let elapsed = MonotonicClock.seconds() - paceStart
-                        if due > elapsed { usleep(useconds_t(min(1.0, due - elapsed) * 1e6)) }
+                        if due > elapsed { self.sleep(seconds: min(1.0, due - elapsed)) }
                         if paced > 64 << 20 { paceStart = MonotonicClock.seconds(); paced = 0 }
                     },
                     cancelled: { self.isCancelled })
@@ -517,8 +615,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func drain(_ channel: FrameChannel) throws {
         let nonce = UInt64.random(in: 1...UInt64.max)
         try channel.send(.keepalive(Keepalive(nonce: nonce)))
+        let deadline = PeerDeadline("KEEPALIVE reply before the cutover", seconds: request.deadlines.keepaliveDrain)
         while true {
-            switch try channel.receive() {
+            switch try channel.receive(by: deadline) {
             case .keepalive(let k) where k.isReply && k.nonce == nonce:
                 return
             case .keepalive(let k) where !k.isReply:
@@ -531,9 +630,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
     }
 
-    private func awaitAck(_ round: UInt64, _ channel: FrameChannel) throws -> RoundAck {
+    /// Waits for the ROUND_ACK of `round`, answering the receiver's
+    /// keepalives meanwhile; they do not extend `deadline`.
+    private func awaitAck(_ round: UInt64, _ channel: FrameChannel, _ deadline: PeerDeadline) throws -> RoundAck {
         while true {
-            switch try channel.receive() {
+            switch try channel.receive(by: deadline) {
             case .roundAck(let ack) where ack.round == round:
                 return ack
             case .keepalive(let k) where !k.isReply:
@@ -546,16 +647,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 throw MigrationError.protocolViolation("expected ROUND_ACK \(round), got \(other.frameType)")
             }
         }
-    }
-
-    private func finish(after: AfterAction, frozen: Bool, process: AttachedProcess) {
-        try? process.detach()
-        switch after {
-        case .stop: break
-        case .kill: kill(request.pid, SIGKILL)
-        case .resume: if frozen { kill(request.pid, SIGCONT) }
-        }
-        log("migration \(request.id) completed; source \(after == .stop ? "left stopped" : after == .kill ? "killed" : "resumed")")
     }
 
     static func ranges(_ layout: [RegionDescriptor]) -> [AddressRange] {

@@ -1,6 +1,30 @@
+import Dispatch
 import MemhaulTLS
 import MemhaulSystem
 import MemhaulWire
+import Synchronization
+
+/// A bound on one wait for the peer (`Protocol/wire.md`, "Deadlines"): an
+/// instant, fixed when the wait starts, that covers the whole wait — every
+/// byte and every other frame (a KEEPALIVE, say) that comes in it. A peer
+/// that drips bytes or answers keepalives does not move it.
+public struct PeerDeadline: Sendable {
+    /// What is awaited, for the error: `ROUND_ACK for round 7`.
+    public var wait: String
+    /// The limit, seconds.
+    public var seconds: Double
+    /// Monotonic seconds (``MonotonicClock``) at which the wait fails.
+    public var instant: Double
+
+    public init(_ wait: String, seconds: Double, from start: Double = MonotonicClock.seconds()) {
+        self.wait = wait
+        self.seconds = seconds
+        self.instant = start + seconds
+    }
+
+    public var remaining: Double { instant - MonotonicClock.seconds() }
+    public var error: MigrationError { .peerTimeout(wait: wait, seconds: seconds) }
+}
 
 /// One peer connection speaking `Protocol/wire.md`: frames out with sequence
 /// numbers, frames in through the incremental decoder. Not thread-safe: one
@@ -47,19 +71,75 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
 
     /// Blocks until one whole frame has arrived; its payload is valid until the
     /// next call. End of stream before a frame is `connectionClosed`.
-    public func receiveFrame() throws -> Frame {
+    ///
+    /// With a `deadline`, a frame not complete by its instant is
+    /// ``MigrationError/peerTimeout(wait:seconds:)``, and the stream is cut if
+    /// a read was under way: `waitReadable` says yes to a single byte, and a
+    /// TLS read then waits for the rest of the record, which a peer dripping
+    /// one byte at a time can stretch without end; a watchdog shuts the socket
+    /// down at the instant so the read fails. After a timeout the channel is
+    /// not to be used again.
+    public func receiveFrame(by deadline: PeerDeadline? = nil) throws -> Frame {
         while true {
             if let frame = try decoder.nextFrame() { return frame }
             let want = max(decoder.bytesWanted, 64 << 10)
-            let n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
+            let n: Int
+            if let deadline {
+                n = try fill(want, by: deadline)
+            } else {
+                n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
+            }
             if n == 0 { throw MigrationError.connectionClosed }
             bytesReceived &+= UInt64(n)
         }
     }
 
-    public func receive() throws -> Message {
-        let frame = try receiveFrame()
+    public func receive(by deadline: PeerDeadline? = nil) throws -> Message {
+        let frame = try receiveFrame(by: deadline)
         return try frame.message(limits: decoder.limits)
+    }
+
+    private func fill(_ want: Int, by deadline: PeerDeadline) throws -> Int {
+        let remaining = deadline.remaining
+        guard remaining > 0, try stream.waitReadable(timeout: .nanoseconds(Int64(min(remaining, 1e9) * 1e9))) else {
+            throw deadline.error
+        }
+        let watchdog = Watchdog(cutting: stream, after: deadline.remaining)
+        do {
+            let n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
+            if watchdog.disarm() { throw deadline.error }
+            return n
+        } catch {
+            if watchdog.disarm() { throw deadline.error }
+            throw error
+        }
+    }
+
+    /// Shuts a stream down (``ByteStream/abort()``) at an instant unless
+    /// disarmed first. The cut happens under the same lock as the disarm, so
+    /// once `disarm` returns no cut can follow (and the owner may close the
+    /// stream without a late shutdown hitting a reused descriptor).
+    final class Watchdog: Sendable {
+        private enum State { case armed, disarmed, fired }
+        private let state = Mutex(State.armed)
+
+        init(cutting stream: ByteStream, after seconds: Double) {
+            DispatchQueue.global().asyncAfter(deadline: .now() + max(0, seconds)) { [weak self, weak stream] in
+                self?.state.withLock { s in
+                    guard s == .armed else { return }
+                    s = .fired
+                    stream?.abort()
+                }
+            }
+        }
+
+        /// True when the watchdog had fired (the stream is cut).
+        func disarm() -> Bool {
+            state.withLock { s in
+                if s == .armed { s = .disarmed }
+                return s == .fired
+            }
+        }
     }
 
     public func close() {
@@ -68,10 +148,13 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
 
     /// After a failed send: an ERROR the peer sent before hanging up says why,
     /// better than our EPIPE/ECONNRESET. Waits at most `seconds` for it.
+    /// The wait is bounded as a whole: a peer that keeps sending other frames
+    /// or drips bytes cannot stretch it.
     public func peerErrorAfterFailure(seconds: Double = 2) -> ErrorMessage? {
         try? stream.setTimeouts(read: .milliseconds(Int64(seconds * 1000)), write: .milliseconds(Int64(seconds * 1000)))
+        let deadline = PeerDeadline("ERROR after a failure", seconds: seconds)
         for _ in 0..<64 {
-            guard let message = try? receive() else { return nil }
+            guard let message = try? receive(by: deadline) else { return nil }
             if case .error(let e) = message { return e }
         }
         return nil

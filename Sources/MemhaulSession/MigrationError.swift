@@ -13,6 +13,9 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
     case invalidParameter(String)
     case connectionClosed
     case resumeTimedOut(String)
+    /// The peer did not deliver what `wait` names within `seconds` (the
+    /// whole wait, however many bytes or other frames came in it).
+    case peerTimeout(wait: String, seconds: Double)
 
     public var description: String {
         switch self {
@@ -25,11 +28,17 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
         case .invalidParameter(let m): return "invalid parameter: \(m)"
         case .connectionClosed: return "the peer closed the connection"
         case .resumeTimedOut(let last): return "could not resume the migration in time (last attempt: \(last))"
+        case .peerTimeout(let wait, let seconds): return "receiver deadline missed: \(wait) not received within \(Self.seconds(seconds)) s"
         }
     }
 }
 
 extension MigrationError {
+    /// `10`, `0.5`: a limit as the operator wrote it.
+    static func seconds(_ s: Double) -> String {
+        s == s.rounded() && abs(s) < 1e15 ? String(Int(s)) : String(s)
+    }
+
     /// A broken connection (reset, timeout, TLS failure, end of stream), as
     /// opposed to a refusal by the peer: what the sender resumes after and the
     /// receiver keeps the image open for. The one place this is decided.

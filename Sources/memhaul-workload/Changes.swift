@@ -242,6 +242,54 @@ extension Workload {
         return ok("\"sum\":\(sum)")
     }
 
+    /// `mapfile PATH LEN private|memfd`: LEN bytes of text-like content (never
+    /// a zero page) written with write(2) to a new file at PATH (created or
+    /// truncated) or to a memfd named PATH, then mapped MAP_PRIVATE read-write
+    /// and the descriptor closed. The pages are not touched: `read` faults them
+    /// in as clean page-cache pages, `write` makes copy-on-write copies. The
+    /// region joins the workload's regions (digest, read, write). Answers
+    /// `"start"`/`"end"`. The test unlinks or replaces the file itself.
+    func mapfileCommand(_ words: [String]) throws -> String {
+        guard words.count == 4, ["private", "memfd"].contains(words[3]) else {
+            throw CommandError(message: "mapfile: need PATH LEN private|memfd")
+        }
+        guard let length = Options.parseSize(words[2]), length > 0, length % 4096 == 0 else {
+            throw CommandError(message: "mapfile: LEN must be a positive multiple of 4096")
+        }
+        let path = words[1]
+        let fd: Int32
+        if words[3] == "memfd" {
+            // glibc declares memfd_create only under _GNU_SOURCE, which Swift's Glibc lacks.
+            typealias MemfdCreate = @convention(c) (UnsafePointer<CChar>, UInt32) -> Int32
+            guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "memfd_create") else {
+                throw CommandError(message: "mapfile: no memfd_create in libc")
+            }
+            fd = try sys("memfd_create") { unsafeBitCast(symbol, to: MemfdCreate.self)(path, 1 /* MFD_CLOEXEC */) }
+        } else {
+            fd = try sys("open \(path)") { open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0o600) }
+        }
+        defer { close(fd) }
+        var rng = XorShift(seed: length ^ 0x6d61_7066)
+        let page = UnsafeMutableRawPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { page.deallocate() }
+        for _ in 0..<(length / 4096) {
+            Content.fillText(page, &rng)
+            var done = 0
+            while done < 4096 {
+                let n = Glibc.write(fd, page + done, 4096 - done)
+                if n < 0 && errno == EINTR { continue }
+                guard n > 0 else { throw CommandError(message: "write \(path): \(String(cString: strerror(errno)))") }
+                done += n
+            }
+        }
+        guard let p = mmap(nil, Int(length), PROT_READ | PROT_WRITE, MAP_PRIVATE, fd, 0), p != MAP_FAILED else {
+            throw CommandError(message: "mmap \(path): \(String(cString: strerror(errno)))")
+        }
+        let r = Region(start: UInt64(UInt(bitPattern: p)), end: UInt64(UInt(bitPattern: p)) + length)
+        registry.withLock { $0 = adding($0, r) }
+        return ok("\"start\":\"\(hex(r.start))\",\"end\":\"\(hex(r.end))\"")
+    }
+
     /// `pageout ADDR LEN`: MADV_PAGEOUT; answers VmSwap of this process afterwards.
     func pageoutCommand(_ words: [String]) throws -> String {
         let (a, len) = try (address(words, 1), size(words, 2))

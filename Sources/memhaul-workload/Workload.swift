@@ -330,6 +330,7 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
             case "stack": return try stackCommand(words)
             case "spawn": return try spawnCommand(words)
             case "pageout": return try pageoutCommand(words)
+            case "mapfile": return try mapfileCommand(words)
             case "digest":
                 return digestLine()
             case "pause":

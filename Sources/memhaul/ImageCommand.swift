@@ -3,6 +3,7 @@ import ArgumentParser
 import Foundation
 import MemhaulDigest
 import MemhaulImage
+import MemhaulSystem
 
 /// `memhaul image`: look inside a receiver image (Protocol/image.md).
 struct ImageCommand: ParsableCommand {
@@ -309,9 +310,9 @@ extension ImageCommand {
             var t0: UInt64 = 0
             for round in UInt32(1)...2 {
                 try store.beginRound(round, layout: layout)
-                t0 = DispatchTime.now().uptimeNanoseconds
+                t0 = MonotonicClock.nanoseconds()
                 try writeRange(base, total)
-                let writeNs = DispatchTime.now().uptimeNanoseconds - t0
+                let writeNs = MonotonicClock.nanoseconds() - t0
                 let info = try store.commitRound(deferApply: round == 2)
                 let how = round == 1 ? "new pages, in place" : "overwrites, journaled, deferApply"
                 print("round \(round): \(bytes(total)) (\(how)) in \(bytes(chunk)) writePages calls: \(seconds(writeNs)) (\(rate(total, writeNs)))")
@@ -319,17 +320,17 @@ extension ImageCommand {
                 print("  end to end (writes + commit): \(rate(total, writeNs + info.totalNanoseconds))")
             }
             let smallBytes = min(small, total)
-            t0 = DispatchTime.now().uptimeNanoseconds
+            t0 = MonotonicClock.nanoseconds()
             let checkpointsBefore = store.checkpointedRound
             try store.finishApply()
-            let finishNs = DispatchTime.now().uptimeNanoseconds - t0
+            let finishNs = MonotonicClock.nanoseconds() - t0
             let checkpointed = store.checkpointedRound != checkpointsBefore
             try store.beginRound(3, layout: layout)
-            let t1 = DispatchTime.now().uptimeNanoseconds
+            let t1 = MonotonicClock.nanoseconds()
             try writeRange(base, smallBytes)
-            let smallWriteNs = DispatchTime.now().uptimeNanoseconds - t1
+            let smallWriteNs = MonotonicClock.nanoseconds() - t1
             var info = try store.commitRound(deferApply: true)
-            let criticalNs = DispatchTime.now().uptimeNanoseconds - t0
+            let criticalNs = MonotonicClock.nanoseconds() - t0
             print("round 3: \(bytes(smallBytes)) overwrites right after round 2 (deferApply):")
             print("  finishApply of round 2: \(ms(finishNs))\(checkpointed ? " (with checkpoint \(ms(store.lastCheckpointNanoseconds)))" : " (no checkpoint)"), writes \(ms(smallWriteNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)))")
             print("  round 2 ack -> round 3 ack (finishApply + writes + commit): \(ms(criticalNs))")
@@ -338,12 +339,12 @@ extension ImageCommand {
             // Round 4: scattered single pages, 1% of the size.
             let pages = max(1, total / imagePageSize / 100)
             try store.beginRound(4, layout: layout)
-            t0 = DispatchTime.now().uptimeNanoseconds
+            t0 = MonotonicClock.nanoseconds()
             for i in 0..<pages {
                 let address = base + ((i &* 7919) % (total / imagePageSize)) * imagePageSize
                 try store.writePages(at: address, UnsafeRawBufferPointer(rebasing: buffer[0..<Int(imagePageSize)]))
             }
-            let scatterNs = DispatchTime.now().uptimeNanoseconds - t0
+            let scatterNs = MonotonicClock.nanoseconds() - t0
             info = try store.commitRound()
             print("round 4: \(pages) scattered pages: append \(ms(scatterNs)), commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)), checkpoint \(ms(info.checkpointNanoseconds)))")
 
@@ -352,13 +353,13 @@ extension ImageCommand {
             info = try store.commitRound()
             print("round 5: empty: commit \(ms(info.totalNanoseconds)) (sync \(ms(info.syncNanoseconds)), publish \(ms(info.publishNanoseconds)), apply \(ms(info.applyNanoseconds)))")
             print("pending journals: \(store.pendingJournals.count) (\(bytes(store.pendingJournalBytes)))")
-            t0 = DispatchTime.now().uptimeNanoseconds
+            t0 = MonotonicClock.nanoseconds()
             try store.checkpoint()
-            print("checkpoint: \(ms(DispatchTime.now().uptimeNanoseconds - t0))")
+            print("checkpoint: \(ms(MonotonicClock.nanoseconds() - t0))")
 
-            t0 = DispatchTime.now().uptimeNanoseconds
+            t0 = MonotonicClock.nanoseconds()
             let digest = try store.computeDigest()
-            let digestNs = DispatchTime.now().uptimeNanoseconds - t0
+            let digestNs = MonotonicClock.nanoseconds() - t0
             print("digest: \(digest) over \(bytes(span)) (\(bytes(total)) data) in \(seconds(digestNs)) (\(rate(span, digestNs)))")
             print("disk: \(bytes(try store.info().diskBytes))")
         }

@@ -26,6 +26,16 @@ struct ConvergenceOptions: ParsableArguments {
     var resumeTimeout: Double = 30
     @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit: a break loses at most what was sent after the last commit.")
     var commitChunkMiB: UInt64 = 64
+    @Option(name: .customLong("welcome-timeout"), help: "Seconds to wait for the receiver's WELCOME (each connection).")
+    var welcomeTimeout: Double = PeerDeadlines().welcome
+    @Option(name: .customLong("ack-timeout"), help: "Seconds to wait for each ROUND_ACK while the source runs.")
+    var ackTimeout: Double = PeerDeadlines().roundAck
+    @Option(name: .customLong("frozen-ack-timeout"), help: "Seconds to wait for each ROUND_ACK of the final delta (source frozen).")
+    var frozenAckTimeout: Double = PeerDeadlines().frozenRoundAck
+    @Option(name: .customLong("drain-timeout"), help: "Seconds to wait for the KEEPALIVE reply before the cutover.")
+    var drainTimeout: Double = PeerDeadlines().keepaliveDrain
+    @Option(name: .customLong("verify-timeout"), help: "Seconds to wait for the receiver's digest (source frozen).")
+    var verifyTimeout: Double = PeerDeadlines().verification
 
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
@@ -35,6 +45,10 @@ struct ConvergenceOptions: ParsableArguments {
         }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
         guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
+        for (flag, v) in [("--welcome-timeout", welcomeTimeout), ("--ack-timeout", ackTimeout), ("--frozen-ack-timeout", frozenAckTimeout),
+                          ("--drain-timeout", drainTimeout), ("--verify-timeout", verifyTimeout)] {
+            guard v > 0, v <= 86400 else { throw ValidationError("\(flag) must be > 0 and at most 86400 s") }
+        }
     }
 
     func apply(to request: inout MigrationRequest) {
@@ -47,6 +61,11 @@ struct ConvergenceOptions: ParsableArguments {
         request.after = AfterAction(rawValue: after) ?? .stop
         request.parameters.resumeTimeoutSeconds = resumeTimeout
         request.parameters.commitChunkBytes = commitChunkMiB << 20
+        request.deadlines.welcome = welcomeTimeout
+        request.deadlines.roundAck = ackTimeout
+        request.deadlines.frozenRoundAck = frozenAckTimeout
+        request.deadlines.keepaliveDrain = drainTimeout
+        request.deadlines.verification = verifyTimeout
     }
 }
 
@@ -136,7 +155,8 @@ enum Summary {
         if let e = s.error { lines.append("  error: \(e)") }
         if let r = s.rounds { lines.append("  rounds: \(r)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
-        if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
+        if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
+        if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
         if let v = s.verifyMs { lines.append(String(format: "  verify: %.1f ms, digest %@", v, s.digest ?? "-")) }
         if let t = s.totalTimeMs { lines.append(String(format: "  total: %.2f s", t / 1000)) }
         if let c = s.cutoverReason { lines.append("  cutover: \(c)") }

@@ -39,7 +39,10 @@ struct TrackCommand: ParsableCommand {
         } else {
             print("tracking PID \(pid): \(process.registered.count) mappings, \(Summary.bytes(Double(trackedBytes))); \(process.skipped.count) skipped")
             if showMappings {
-                for e in process.registered { print("  tracked  \(e.range) \(e.permissions) \(e.path)") }
+                for e in process.registered {
+                    let note = process.fileBacking(of: e).cleanPagesAreContent ? "  (file cannot be reopened: its pages are migrated)" : ""
+                    print("  tracked  \(e.range) \(e.permissions) \(e.path)\(note)")
+                }
                 for s in process.skipped { print("  skipped  \(s.entry.range) \(s.entry.permissions) \(s.entry.path): \(s.reason)") }
             } else {
                 var reasons: [String: Int] = [:]
@@ -49,13 +52,13 @@ struct TrackCommand: ParsableCommand {
             print(String(format: "%6@ %12@ %12@ %10@ %14@ %10@", "round", "dirty pages", "discarded", "scan ms", "dirty rate", "regions"))
         }
         var last = MonotonicClock.seconds()
-        var scan = try tracker.initialRound(ranges: tracked)
+        var scan = try tracker.initialRound(ranges: tracked, fileContent: process.fileContentRanges)
         report(scan, window: 0)
         for _ in 0..<rounds {
             usleep(useconds_t(interval * 1000))
             let delta = try process.refreshLayout()
             let now = MonotonicClock.seconds()
-            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed)
+            scan = try tracker.nextRound(ranges: ranges(), removed: delta.removed, fileContent: delta.fileContent)
             report(scan, window: now - last)
             last = now
         }

@@ -24,4 +24,40 @@ import MemhaulTestSupport
     @Test func commitChunkIsChecked() throws {
         try expectRefused(["migrate", "--pid", "1", "--to", "127.0.0.1:1", "--insecure", "--commit-chunk", "0"], "--commit-chunk")
     }
+
+    @Test func peerDeadlinesAreChecked() throws {
+        for flag in ["--welcome-timeout", "--ack-timeout", "--frozen-ack-timeout", "--drain-timeout", "--verify-timeout"] {
+            try expectRefused(["migrate", "--pid", "1", "--to", "127.0.0.1:1", "--insecure", flag, "0"], "\(flag) must be > 0")
+        }
+    }
+
+    /// The summary shows the whole frozen window and, when it overran the
+    /// limit, the warning with the figures (a limit no real freeze can meet).
+    @Test func migrateSummaryReportsADowntimeOverrun() throws {
+        let dir = NSTemporaryDirectory() + "memhaul-cli-summary-\(getpid())"
+        try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        let bin = ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"]
+            ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/.build/debug"
+        let receiver = Process()
+        receiver.executableURL = URL(fileURLWithPath: bin + "/memhaul")
+        receiver.arguments = ["receive", "--listen", "127.0.0.1:0", "--images", dir + "/images", "--insecure", "--control", dir + "/r.sock"]
+        let out = Pipe()
+        receiver.standardOutput = out
+        receiver.standardError = FileHandle.nullDevice
+        try receiver.run()
+        defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
+        var text = ""
+        while !text.contains("listening"), case let chunk = out.fileHandleForReading.availableData, !chunk.isEmpty {
+            text += String(decoding: chunk, as: UTF8.self)
+        }
+        let line = try #require(text.split(separator: "\n").first { $0.contains("listening") })
+        let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
+        let target = try sleeper()
+        let r = try runMemhaul(["migrate", "--pid", "\(target.pid)", "--to", "127.0.0.1:\(port)", "--insecure",
+                                "--max-rounds", "0", "--downtime-limit", "0.001", "--after", "resume"])
+        #expect(r.status == 0, "\(r.out)\(r.err)")
+        #expect(r.out.contains("  frozen: ") && r.out.contains("freeze to release (limit 0.001 ms)"), "\(r.out)")
+        #expect(r.out.contains("warning: downtime ") && r.out.contains("exceeded the limit of 0.001 ms"), "\(r.out)")
+    }
 }

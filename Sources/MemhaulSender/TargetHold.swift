@@ -1,0 +1,127 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import MemhaulKernel
+import MemhaulSystem
+
+/// How the hold stops and resumes the target: ``TargetFreezer`` (whatever its
+/// mechanism), or a test's stand-in.
+protocol TargetFreezing {
+    func stopTarget() throws -> UInt64
+    func resumeTarget() throws
+}
+
+extension TargetFreezer: TargetFreezing {
+    func stopTarget() throws -> UInt64 { try freeze() }
+    func resumeTarget() throws { try thaw() }
+}
+
+/// Everything memhaul does to the target, and the one way to let go of it.
+///
+/// The rule (README "Safety"): from the moment memhaul tracks, throttles or
+/// stops the target, every path out of the migration ends with the target
+/// running and untracked — unless the migration completed and `--after` is
+/// `stop` (left frozen, untracked) or `kill`. ``SenderMigration/run()`` makes
+/// one hold before it touches the target and releases it in a `defer`, so no
+/// thrown error, cancel or early return skips the release; nothing else
+/// thaws, detaches or kills.
+///
+/// Used from the migration's thread only (the freezer may be one whose
+/// thaw must come from the thread that froze).
+final class TargetHold {
+    enum Outcome: Equatable {
+        case completed(AfterAction)
+        case failed
+        case cancelled
+    }
+
+    /// What the release did.
+    struct Release {
+        /// SIGSTOP sent → the target let go, seconds; nil if never frozen.
+        var frozenSeconds: Double?
+        /// `resumed`, `left stopped`, `killed`, `running` (never frozen).
+        var action: String
+        /// Steps that failed (thaw, detach); empty when clean.
+        var problems: [String]
+    }
+
+    let pid: Int32
+    private let freezer: TargetFreezing
+    private let throttle: DutyCycleThrottle
+    private(set) var process: AttachedProcess?
+    /// Monotonic seconds when the freeze began (set before the freeze
+    /// starts, so a freeze that fails half-way is still undone).
+    private(set) var frozenAt: Double?
+    private(set) var released: Release?
+
+    init(pid: Int32, freezer: TargetFreezing? = nil, throttle: DutyCycleThrottle? = nil) {
+        self.pid = pid
+        self.freezer = freezer ?? TargetFreezer(pid: pid)
+        self.throttle = throttle ?? DutyCycleThrottle(pid: pid)
+    }
+
+    var isFrozen: Bool { frozenAt != nil }
+    var throttlePercent: Int { throttle.percent }
+
+    /// Registers the target for tracking (uffd-wp). A failed attach holds nothing.
+    func attach() throws -> AttachedProcess {
+        precondition(released == nil && process == nil)
+        let attached = try AttachedProcess.attach(pid: pid)
+        process = attached
+        return attached
+    }
+
+    /// Freezes the target; returns the nanoseconds the freeze took.
+    func freeze() throws -> UInt64 {
+        precondition(released == nil)
+        throttle.stop()
+        frozenAt = MonotonicClock.seconds()
+        return try freezer.stopTarget()
+    }
+
+    func setThrottle(percent: Int) throws {
+        precondition(released == nil)
+        try throttle.set(percent: percent)
+    }
+
+    /// Ends the throttle; the target runs.
+    func stopThrottle() { throttle.stop() }
+
+    /// Lets go of the target: throttle off, thawed (unless completed with
+    /// `stop` or `kill`), untracked, killed for `kill`. Every step runs even
+    /// if an earlier one failed. Idempotent: a second call returns the first
+    /// result.
+    @discardableResult
+    func release(_ outcome: Outcome) -> Release {
+        if let released { return released }
+        var problems: [String] = []
+        // Ends with SIGCONT if it ran, so a throttled target runs again.
+        throttle.stop()
+        let keepStopped = outcome == .completed(.stop) || outcome == .completed(.kill)
+        var action = isFrozen ? "left stopped" : "running"
+        if isFrozen && !keepStopped {
+            do {
+                try freezer.resumeTarget()
+                action = "resumed"
+            } catch {
+                problems.append("thaw failed: \(error)")
+            }
+        }
+        let letGo = MonotonicClock.seconds()
+        do { try process?.detach() } catch { problems.append("untrack failed: \(error)") }
+        var end = isFrozen && !keepStopped ? letGo : MonotonicClock.seconds()
+        if outcome == .completed(.kill) {
+            if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
+            action = "killed"
+            end = MonotonicClock.seconds()
+        }
+        let release = Release(frozenSeconds: frozenAt.map { end - $0 }, action: action, problems: problems)
+        released = release
+        return release
+    }
+
+    deinit {
+        // run() always releases; this only guards a hold dropped by a future caller.
+        if released == nil { release(.failed) }
+    }
+}
