@@ -59,7 +59,7 @@ public final class ImageStore: @unchecked Sendable {
     /// The open round's journal buffer (lent to its ``JournalWriter``).
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
-    private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
+    private lazy var readBuffer: UnsafeMutableRawBufferPointer = BufferPool.take(Self.scratchSize)
     private var readBufferAllocated = false
     private let zeros: UnsafeMutableRawBufferPointer
     /// Applies journals (inline, or on a background thread: ``finishApply()``).
@@ -103,9 +103,8 @@ public final class ImageStore: @unchecked Sendable {
         self.lock = lock
         self.manifest = manifest
         self.imageID = MemhaulImage.imageID(of: manifest.migrationID)
-        scratch = .allocate(byteCount: Self.scratchSize, alignment: 4096)
-        zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        scratch = BufferPool.take(Self.scratchSize)
+        zeros = BufferPool.takeZeroed(1 << 20)
         applier = JournalApplier(directory: directory, imageID: MemhaulImage.imageID(of: manifest.migrationID))
         hashState = XXH3_createState()
     }
@@ -115,9 +114,9 @@ public final class ImageStore: @unchecked Sendable {
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         lock.release()
-        scratch.deallocate()
-        if readBufferAllocated { readBuffer.deallocate() }
-        zeros.deallocate()
+        BufferPool.give(scratch)
+        if readBufferAllocated { BufferPool.give(readBuffer) }
+        BufferPool.giveZeroed(zeros)
         XXH3_freeState(hashState)
     }
 
