@@ -22,6 +22,8 @@ let package = Package(
         .systemLibrary(name: "CXXHash", pkgConfig: "libxxhash", providers: [.apt(["libxxhash-dev"])]),
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .target(name: "CMemhaulTLS", dependencies: ["COpenSSL"]),
+        // C: blocks SIGINT/SIGTERM/SIGHUP before main (memhaul executable only; see ShutdownSignals).
+        .target(name: "CMemhaulSignals"),
 
         // Swift layers, bottom up.
         .target(name: "MemhaulSystem"),
@@ -52,7 +54,7 @@ let package = Package(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem", "CMemhaulSignals",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),

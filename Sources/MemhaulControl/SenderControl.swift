@@ -11,6 +11,8 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
     private let log: @Sendable (String) -> Void
     private let lock = NSLock()
     private var migrations: [SenderMigration] = []
+    /// Set by ``shutdown(timeoutSeconds:)``: no migration starts after it.
+    private var closed = false
 
     public init(connect: @escaping SenderMigration.Connector, log: @escaping @Sendable (String) -> Void) {
         self.connect = connect
@@ -63,6 +65,21 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         }
     }
 
+    /// The agent's shutdown: refuses new migrations, cancels every running one
+    /// (each thaws and untracks its target on the way out) and waits for them
+    /// together, at most `timeoutSeconds`. Returns the ids cancelled and those
+    /// that had not ended by then.
+    public func shutdown(timeoutSeconds: Double) -> (cancelled: [String], unfinished: [String]) {
+        let running = lock.withLock { () -> [SenderMigration] in
+            closed = true
+            return migrations.filter { !$0.status.state.isFinal }
+        }
+        for m in running { m.cancel() }
+        let deadline = Date().addingTimeInterval(timeoutSeconds)
+        for m in running { m.waitUntilFinished(timeoutSeconds: max(0, deadline.timeIntervalSinceNow)) }
+        return (running.map(\.request.id), running.filter { !$0.status.state.isFinal }.map(\.request.id))
+    }
+
     private func find(_ id: String) throws(ControlError) -> SenderMigration {
         guard let m = lock.withLock({ migrations.last { $0.request.id == id } }) else {
             throw ControlError(.notFound, "no migration \(id)")
@@ -78,6 +95,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         let request = try Self.request(from: r)
         let migration = SenderMigration(request: request, connect: connect, log: log)
         let conflict: ControlError? = lock.withLock {
+            if closed { return ControlError(.conflict, "the sender agent is shutting down") }
             if let busy = migrations.first(where: { $0.request.pid == request.pid && !$0.status.state.isFinal }) {
                 return ControlError(.conflict, "PID \(request.pid) is already being migrated (\(busy.request.id))")
             }

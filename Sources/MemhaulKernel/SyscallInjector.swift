@@ -24,6 +24,10 @@ import MemhaulSystem
 /// the original siginfo (sender, si_code, si_value) is put back with
 /// PTRACE_SETSIGINFO, so the target sees the signal it was sent.
 ///
+/// Between calls the thread holds its original registers (restored at each
+/// syscall-exit stop), so an agent killed between calls leaves a target that
+/// runs on correctly; only a kill inside one injected call leaves it with ours.
+///
 /// ptrace binds the tracer to a thread: use an injector on one thread only,
 /// from ``begin(pid:)`` to ``finish()``.
 final class SyscallInjector {
@@ -135,7 +139,15 @@ final class SyscallInjector {
             throw AttachError.unexpectedStop(pid: pid, status: Int32(truncatingIfNeeded: entry.orig_rax))
         }
         try runToSyscallStop()  // exit
-        return Int64(bitPattern: try tracee.registers().rax)
+        let result = Int64(bitPattern: try tracee.registers().rax)
+        // Put the original registers back at once, at the syscall-exit stop: should
+        // we die now (SIGKILL), the kernel detaches the thread and it leaves the
+        // kernel through the signal path with its own registers (the restart logic
+        // applies to an interrupted call), instead of running on from the borrowed
+        // `syscall` instruction with ours. What stays unsafe is the call itself:
+        // from the PTRACE_SETREGS above to this stop (one system call).
+        try tracee.setRegisters(saved)
+        return result
     }
 
     private func runToSyscallStop() throws {

@@ -93,11 +93,13 @@ public final class Userfaultfd: @unchecked Sendable {
             throw AttachError.injectedCallFailed(call: "userfaultfd(injected)", errno: Errno(rawValue: Int32(-result)))
         }
         let targetFD = Int32(result)
+        InjectionTestPause.at("after-userfaultfd")
         let taken: Result<Int32, SystemError> = Result { () throws(SystemError) -> Int32 in
             try Syscall.run("pidfd_getfd") { cmh_pidfd_getfd(pidfd.rawValue, targetFD, 0) }
         }
         // Close the target's copy whether or not we got ours.
         let closed = try injector.call(cmh_SYS_close, UInt64(targetFD))
+        InjectionTestPause.at("after-close")
         let mine = try taken.get()
         let uffd = Userfaultfd(adopting: FileDescriptor(owning: mine), userModeOnly: userModeOnly)
         if closed < 0 {
@@ -121,5 +123,25 @@ func faultInjected(_ call: String) -> Errno? {
         return nil
     } catch {
         return error.errno
+    }
+}
+
+/// Debug builds only: `MEMHAUL_TEST_PAUSE_INJECTION=STEP` stops the injection at
+/// the named step (`after-userfaultfd`, `after-close`), prints
+/// `memhaul-test: injection paused at STEP` on stdout and waits for a byte (or EOF)
+/// on stdin, so a test can kill the agent exactly there.
+enum InjectionTestPause {
+    #if DEBUG
+    static let step: String? = getenv("MEMHAUL_TEST_PAUSE_INJECTION").map { String(cString: $0) }
+    #endif
+
+    static func at(_ name: String) {
+        #if DEBUG
+        guard step == name else { return }
+        let line = Array("memhaul-test: injection paused at \(name)\n".utf8)
+        _ = line.withUnsafeBytes { write(1, $0.baseAddress, $0.count) }
+        var byte: UInt8 = 0
+        while read(0, &byte, 1) < 0 && errno == EINTR {}
+        #endif
     }
 }

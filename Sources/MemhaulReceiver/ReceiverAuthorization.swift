@@ -200,17 +200,21 @@ public final class ReceiverAuthorization: @unchecked Sendable {  // `policy` beh
     public static func reloadOnHangup(_ authorization: ReceiverAuthorization?, log: @escaping @Sendable (String) -> Void) {
         signal(SIGHUP, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler {
-            guard let authorization else { return log("receiver: SIGHUP: no --authorize policy to reload") }
-            do {
-                let p = try authorization.reload()
-                log("receiver: SIGHUP: reloaded authorisation policy \(authorization.path) (\(p.rules.count) rules)")
-            } catch {
-                log("receiver: SIGHUP: kept the previous authorisation policy: \(error)")
-            }
-        }
+        source.setEventHandler { hangUp(authorization, log: log) }
         source.resume()
         hangup?.cancel()
         hangup = source
+    }
+
+    /// What SIGHUP does: re-read the policy, log the outcome (the memhaul
+    /// executable calls this from its signal thread).
+    public static func hangUp(_ authorization: ReceiverAuthorization?, log: @escaping @Sendable (String) -> Void) {
+        guard let authorization else { return log("receiver: SIGHUP: no --authorize policy to reload") }
+        do {
+            let p = try authorization.reload()
+            log("receiver: SIGHUP: reloaded authorisation policy \(authorization.path) (\(p.rules.count) rules)")
+        } catch {
+            log("receiver: SIGHUP: kept the previous authorisation policy: \(error)")
+        }
     }
 }

@@ -8,12 +8,17 @@ import Synchronization
 /// (SIGSTOP) for `percent`% and running (SIGCONT) for the rest.
 ///
 /// Works for any target without cgroup setup; the cost is two signals per period.
-/// The throttle never leaves the target stopped: `stop()` always ends with SIGCONT.
+/// The throttle never leaves the target stopped: `stop()` always ends with SIGCONT,
+/// and while cycling it is registered with ``TargetRelease`` so a shutdown ends it
+/// from any thread. (A SIGKILL of the agent inside a stopped slice cannot run
+/// code: the target then stays stopped until someone sends SIGCONT.)
 public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mutex; thread owned here
-    private let pid: Int32
+    public let pid: Int32
     private let periodMs: Int
     private let state = Mutex<(percent: Int, running: Bool, failure: SystemError?)>((0, true, nil))
-    private var thread: pthread_t?
+    /// The cycling thread; start and stop are serialised on this lock (a shutdown
+    /// and the migration may both stop the throttle: both return once it ended).
+    private let thread = Mutex<pthread_t?>(nil)
 
     public init(pid: Int32, periodMs: Int = 50) {
         self.pid = pid
@@ -28,25 +33,28 @@ public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mut
     public func set(percent: Int) throws(SystemError) {
         let p = max(0, min(99, percent))
         if let failure = state.withLock({ $0.percent = p; return $0.failure }) { throw failure }
-        if thread == nil && p > 0 { try start() }
-    }
-
-    private func start() throws(SystemError) {
-        let box = Unmanaged.passRetained(self)
-        var tid = pthread_t()
-        do {
-            _ = try Syscall.runNegated("pthread_create(throttle)") {
-                -pthread_create(&tid, nil, { arg in
-                    let me = Unmanaged<DutyCycleThrottle>.fromOpaque(arg!).takeRetainedValue()
-                    me.loop()
-                    return nil
-                }, box.toOpaque())
+        guard p > 0 else { return }
+        let failed: SystemError? = thread.withLock { (t: inout pthread_t?) -> SystemError? in
+            guard t == nil, state.withLock({ $0.running }) else { return nil }
+            let box = Unmanaged.passRetained(self)
+            var tid = pthread_t()
+            do throws(SystemError) {
+                _ = try Syscall.runNegated("pthread_create(throttle)") {
+                    -pthread_create(&tid, nil, { arg in
+                        let me = Unmanaged<DutyCycleThrottle>.fromOpaque(arg!).takeRetainedValue()
+                        me.loop()
+                        return nil
+                    }, box.toOpaque())
+                }
+            } catch {
+                box.release()
+                return error
             }
-        } catch {
-            box.release()
-            throw error
+            TargetRelease.shared.add(self)
+            t = tid
+            return nil
         }
-        thread = tid
+        if let failed { throw failed }
     }
 
     /// `kill(pid, sig)` through the seam; a failure ends the cycle and is kept for `set`.
@@ -75,12 +83,16 @@ public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mut
         _ = signal(SIGCONT, "kill(SIGCONT)")
     }
 
-    /// Ends the cycle and leaves the target running.
+    /// Ends the cycle and leaves the target running. Idempotent, any thread; no
+    /// throttle can start after it.
     public func stop() {
         state.withLock { $0.running = false }
-        if let t = thread {
-            pthread_join(t, nil)
-            thread = nil
+        thread.withLock { t in
+            if let tid = t {
+                pthread_join(tid, nil)
+                t = nil
+                TargetRelease.shared.remove(self)
+            }
         }
     }
 

@@ -9,11 +9,18 @@ import MemhaulSystem
 protocol TargetFreezing {
     func stopTarget() throws -> UInt64
     func resumeTarget() throws
+    /// Completed with `--after stop`: from our hold (which ends with us) to a
+    /// plain group stop, so the source stays stopped after memhaul exits.
+    func leaveTargetStopped() throws
+    /// Completed with `--after kill`.
+    func killTarget()
 }
 
 extension TargetFreezer: TargetFreezing {
     func stopTarget() throws -> UInt64 { try freeze() }
     func resumeTarget() throws { try thaw() }
+    func leaveTargetStopped() throws { try detachKeepingStopped() }
+    func killTarget() { kill() }
 }
 
 /// Everything memhaul does to the target, and the one way to let go of it.
@@ -110,8 +117,12 @@ final class TargetHold {
         let letGo = MonotonicClock.seconds()
         do { try process?.detach() } catch { problems.append("untrack failed: \(error)") }
         var end = isFrozen && !keepStopped ? letGo : MonotonicClock.seconds()
+        if outcome == .completed(.stop) && isFrozen {
+            do { try freezer.leaveTargetStopped() } catch { problems.append("hand-over to a group stop failed: \(error)") }
+            end = MonotonicClock.seconds()
+        }
         if outcome == .completed(.kill) {
-            if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
+            if isFrozen { freezer.killTarget() } else if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
             action = "killed"
             end = MonotonicClock.seconds()
         }

@@ -1,8 +1,26 @@
 import ArgumentParser
+import CMemhaulSignals
+
+/// The entry: the commands that hold targets (and the receiver) take
+/// SIGINT/SIGTERM/SIGHUP on a signal thread (``ShutdownSignals``); the others
+/// get the default actions back. A synchronous main on purpose: an async one
+/// parks the main thread in dispatch_main's sigsuspend with an empty mask,
+/// where SIGTERM would take its default action.
+@main
+enum MemhaulMain {
+    static func main() {
+        let graceful: Set<String> = ["migrate", "sender", "receive"]
+        if let verb = CommandLine.arguments.dropFirst().first, graceful.contains(verb), cms_blocked_early() != 0 {
+            ShutdownSignals.start()
+        } else {
+            ShutdownSignals.restoreDefault()
+        }
+        Memhaul.main()
+    }
+}
 
 /// `memhaul`: the one command; each verb is a subcommand in its own file.
-@main
-struct Memhaul: AsyncParsableCommand {
+struct Memhaul: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "memhaul",
         abstract: "Live-migrate the memory of a running Linux process (uffd-async + PAGEMAP_SCAN pre-copy).",

@@ -20,7 +20,7 @@ struct ConvergenceOptions: ParsableArguments {
     var noAutoConverge = false
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
-    @Option(help: "Source after success: stop (left frozen), kill or resume.")
+    @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
     var resumeTimeout: Double = 30
@@ -102,7 +102,25 @@ struct MigrateCommand: ParsableCommand {
         let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
         let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
         progress?.start()
+        // SIGINT/SIGTERM/SIGHUP: cancel, let the migration thaw and untrack its
+        // target (bounded), then release whatever is still held and exit 128+N.
+        ShutdownSignals.onTerminate { [request = migration.request] sig in
+            Log.line("memhaul migrate: \(ShutdownSignals.name(sig)): cancelling migration \(request.id) and releasing PID \(request.pid)")
+            migration.cancel()
+            migration.waitUntilFinished(timeoutSeconds: ShutdownSignals.graceSeconds)
+            let ended = migration.status.state.isFinal
+            let forced = TargetRelease.shared.releaseAll()
+            progress?.stop()
+            if !ended || !forced.isEmpty {
+                Log.line("memhaul migrate: the migration did not end within \(Int(ShutdownSignals.graceSeconds)) s; released PID \(request.pid) directly (its userfaultfd registration goes when this process exits)")
+            }
+            let state = migration.status.state
+            Log.line("memhaul migrate: stopped by \(ShutdownSignals.name(sig)); migration \(request.id) \(state == .completed ? "had completed" : "cancelled"), PID \(request.pid) \(state == .completed ? "handled as --after \(request.after.rawValue)" : "runs on, untracked")")
+            return state == .completed ? 0 : 128 + sig
+        }
         migration.run()
+        // A shutdown in progress decides the exit (and its message).
+        ShutdownSignals.parkIfShuttingDown()
         progress?.stop()
         let status = migration.status
         if json {

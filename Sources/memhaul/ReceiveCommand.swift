@@ -78,7 +78,6 @@ struct ReceiveCommand: ParsableCommand {
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         agent.authorization = authorization
-        ReceiverAuthorization.reloadOnHangup(authorization, log: Log.line)
         if !transport.insecure {
             Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
                 ?? "receiver: no --authorize policy: any sender with a certificate from the CA may start a migration (each image is bound to its first sender)")
@@ -86,8 +85,18 @@ struct ReceiveCommand: ParsableCommand {
         let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
         defer { server.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
+        // SIGHUP re-reads the policy (also without one: a reload never kills a receiver);
+        // SIGINT/SIGTERM end the agent cleanly (socket file removed). Handled by
+        // the one sigwait thread (ShutdownSignals), set up before READY.
+        ShutdownSignals.onSignal { sig in
+            if sig == SIGHUP { return ReceiverAuthorization.hangUp(authorization, log: Log.line) }
+            Log.line("stopping on \(ShutdownSignals.name(sig))")
+            SystemdNotify.stopping()
+            agent.close()
+            server.close()
+            ShutdownSignals.exitOnce(0)
+        }
         Console.announce("listening \(listener.localDescription)")
-        AgentSignals.stopOnTerminate { agent.close(); server.close() }
         SystemdNotify.ready(status: "listening on \(listener.localDescription), control \(control)")
         agent.serve()
     }
@@ -111,11 +120,27 @@ struct SenderCommand: ParsableCommand {
             try senderControl.handle(r)
         }
         Log.line("sender: control socket \(control) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3") to receivers)")
+        // SIGINT/SIGTERM/SIGHUP: no new work, cancel the migrations (each thaws
+        // and untracks its target), release whatever is still held after the
+        // grace period, exit (non-zero when migrations had to be cancelled).
+        ShutdownSignals.onTerminate { sig in
+            SystemdNotify.stopping()
+            server.close()
+            let (cancelled, unfinished) = senderControl.shutdown(timeoutSeconds: ShutdownSignals.graceSeconds)
+            let forced = TargetRelease.shared.releaseAll()
+            if !unfinished.isEmpty || !forced.isEmpty {
+                Log.line("sender: \(unfinished.joined(separator: ", ")) did not end within \(Int(ShutdownSignals.graceSeconds)) s; released PID \(forced.map(String.init).joined(separator: ", ")) directly")
+            }
+            if cancelled.isEmpty {
+                Log.line("sender: stopping on \(ShutdownSignals.name(sig)); no migration was running")
+                return 0
+            }
+            Log.line("sender: stopped by \(ShutdownSignals.name(sig)); cancelled migration \(cancelled.joined(separator: ", ")); their targets run on, untracked")
+            return 128 + sig
+        }
         Console.announce("ready \(control)")
-        let done = DispatchSemaphore(value: 0)
-        AgentSignals.stopOnTerminate { server.close(); done.signal() }
         SystemdNotify.ready(status: "control socket \(control)")
-        done.wait()
+        while true { pause() }
     }
 }
 
@@ -127,10 +152,8 @@ enum AgentDefaults {
     static let receiverControl = "/run/memhaul-receiver/receiver.sock"
 }
 
-/// SIGTERM/SIGINT end an agent cleanly (socket file removed).
+/// What every long-running command does first.
 enum AgentSignals {
-    nonisolated(unsafe) private static var sources: [DispatchSourceSignal] = []
-
     /// A peer that hangs up before reading (a control client, a receiver, a
     /// sender) must cost one connection, not the process: a write to it fails
     /// with EPIPE instead of raising SIGPIPE, whose default action ends the
@@ -139,27 +162,6 @@ enum AgentSignals {
     /// MSG_NOSIGNAL, this covers any path that is not.
     static func ignoreBrokenPipes() {
         signal(SIGPIPE, SIG_IGN)
-    }
-
-    /// Returns once the handlers are in place: a dispatch source registers
-    /// asynchronously, and a signal between `SIG_IGN` and the registration
-    /// would be lost (an agent that announced READY=1 and then ignored SIGTERM).
-    static func stopOnTerminate(_ stop: @escaping @Sendable () -> Void) {
-        for sig in [SIGTERM, SIGINT] {
-            signal(sig, SIG_IGN)
-            let source = DispatchSource.makeSignalSource(signal: sig, queue: .global())
-            let registered = DispatchSemaphore(value: 0)
-            source.setRegistrationHandler { registered.signal() }
-            source.setEventHandler {
-                Log.line("stopping on signal \(sig)")
-                SystemdNotify.stopping()
-                stop()
-                exit(0)
-            }
-            source.resume()
-            registered.wait()
-            sources.append(source)
-        }
     }
 }
 

@@ -194,7 +194,7 @@ import MemhaulTestSupport
             $0.deadlines.frozenRoundAck = 600
         }
         #expect(run.hostile.wait { $0.roundEnds >= 1 })
-        #expect(run.workload.state == "T", "frozen while the final round waits")
+        #expect(run.workload.state == "t", "frozen (held by ptrace) while the final round waits")
         let t0 = MonotonicClock.seconds()
         run.migration.cancel()
         let returned = MonotonicClock.seconds()
@@ -266,6 +266,8 @@ import MemhaulTestSupport
             throw MigrationError.freezeTimeout(pid: real.pid)
         }
         func resumeTarget() throws { try real.thaw() }
+        func leaveTargetStopped() throws { try real.detachKeepingStopped() }
+        func killTarget() { real.kill() }
     }
 
     @Test func aFreezeThatFailsHalfWayIsStillUndone() throws {
@@ -273,7 +275,7 @@ import MemhaulTestSupport
         let hold = TargetHold(pid: workload.pid, freezer: FailingFreezer(real: TargetFreezer(pid: workload.pid)))
         _ = try hold.attach()
         #expect(throws: MigrationError.freezeTimeout(pid: workload.pid)) { _ = try hold.freeze() }
-        #expect(workload.state == "T", "the stop went out")
+        #expect(workload.state == "t", "the hold went on")
         let release = hold.release(.failed)
         #expect(release.action == "resumed" && release.problems.isEmpty, "\(release)")
         #expect(release.frozenSeconds != nil)

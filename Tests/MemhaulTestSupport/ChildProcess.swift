@@ -19,6 +19,8 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     private let stderrFD: Int32
     private var buffer: [UInt8] = []
     private var exitCode: Int32?
+    /// Set with `exitCode` when a signal ended the process.
+    private var terminatingSignal: Int32?
 
     public enum Stdin { case pipe, null }
 
@@ -190,8 +192,16 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
         var status: Int32 = 0
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+        if (status & 0x7f) != 0 { terminatingSignal = status & 0x7f }
         exitCode = code
         return code
+    }
+
+    /// waitpid for the exit; the exit code, or nil if a signal ended the
+    /// process (so an exit(128+N) is told from a death by signal N).
+    public func waitExitCode() -> Int32? {
+        let code = wait()
+        return terminatingSignal == nil ? code : nil
     }
 
     public var hasBeenReaped: Bool { exitCode != nil }
