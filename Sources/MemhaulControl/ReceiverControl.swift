@@ -18,7 +18,10 @@ public enum ReceiverControl {
             let l = agent.connections.limits
             return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
                     "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
-                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost],
+                               "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost,
+                               "max_layout_regions": l.maxLayoutRegions, "max_layout_bytes": l.maxLayoutBytes,
+                               "max_pages_per_round": l.maxPagesPerRound, "max_ranges_per_round": l.maxRangesPerRound,
+                               "max_image_bytes": l.maxImageBytes, "max_images_per_sender": l.maxImagesPerSender],
                     "restore": agent.restore == nil ? "none" : "criu"]
         }
     }

@@ -9,7 +9,8 @@ public enum ImageFormat {
     /// 1.x reader would delete unread, so the change is not a minor one.
     public static let major: UInt16 = 2
     /// Minor version: newer minors only append fields; older readers ignore them.
-    public static let minor: UInt16 = 0
+    /// 1: the final digest's version (memory digest v1/v2) follows the journal list.
+    public static let minor: UInt16 = 1
     /// Journal version: the journal format did not change with manifest 2.0.
     public static let journalMajor: UInt16 = 1
     public static let journalMinor: UInt16 = 0
@@ -250,6 +251,7 @@ struct Manifest: Equatable {
                 body.u64(g.end)
             }
         }
+        body.u8(digest?.version.rawValue ?? 0)  // 2.1
 
         return FramedFile.encode(magic: ImageFormat.manifestMagic, major: ImageFormat.major, minor: ImageFormat.minor, body: body.bytes)
     }
@@ -319,6 +321,14 @@ struct Manifest: Equatable {
                     entry.grown.append(AddressRange(start: start, end: end))
                 }
                 m.journals.append(entry)
+            }
+        }
+        if major >= 2, r.offset < r.end {
+            // 2.1: the digest's version (absent: v1, the only one before).
+            let v = try r.u8()
+            if m.digest != nil {
+                guard let version = DigestVersion(rawValue: v) else { throw .corrupt(file: file, reason: "unknown digest version \(v)") }
+                m.digest!.version = version
             }
         }
         // Fields a newer minor appended after these are ignored.

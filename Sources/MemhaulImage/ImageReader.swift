@@ -158,12 +158,14 @@ public final class ImageReader: CommittedImage {
     }
 
     /// The memory digest (ARCHITECTURE.md) of the committed image, as
-    /// ``ImageStore/computeDigest()`` computes it after recovery.
-    public func computeDigest() throws(ImageError) -> MemoryDigest {
+    /// ``ImageStore/computeDigest(version:isCancelled:)`` computes it after recovery.
+    /// With unapplied journals it reads the whole layout through the overlay
+    /// (cost: the layout, whatever the version).
+    public func computeDigest(version: DigestVersion = .v1) throws(ImageError) -> MemoryDigest {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: ImageStore.scratchSize, alignment: 4096)
         defer { buffer.deallocate() }
-        if journals.isEmpty { return try content.digest(buffer: buffer, file: file) }
-        let digester = MemoryDigester()
+        if journals.isEmpty { return try content.digest(buffer: buffer, version: version, file: file) }
+        let digester = MemoryDigester(version: version)
         for r in manifest.regions {
             digester.beginRegion(start: r.start, end: r.end)
             var at = r.start
@@ -212,10 +214,13 @@ struct CommittedContent {
     }
 
     /// The memory digest: per region ascending, its bounds then its bytes;
-    /// holes (SEEK_HOLE) fed as zeros without reading them.
-    func digest(buffer: UnsafeMutableRawBufferPointer, file: Files) throws(ImageError) -> MemoryDigest {
-        let digester = MemoryDigester()
+    /// holes (SEEK_HOLE) fed as zeros without reading them (v2: counted, O(1)).
+    /// `isCancelled` is asked before each region and each read chunk.
+    func digest(buffer: UnsafeMutableRawBufferPointer, version: DigestVersion = .v1, isCancelled: () -> Bool = { false },
+                file: Files) throws(ImageError) -> MemoryDigest {
+        let digester = MemoryDigester(version: version)
         for r in m.regions {
+            if isCancelled() { throw .cancelled("digest stopped at region 0x\(String(r.start, radix: 16))") }
             digester.beginRegion(start: r.start, end: r.end)
             try forEachPiece(m.segments, r.start, r.end) { s, a, e throws(ImageError) in
                 guard let f = try file(s.fileID) else {
@@ -233,6 +238,7 @@ struct CommittedContent {
                     }
                     let holeAt = min(max(try f.nextHole(pos), pos + imagePageSize), end)
                     while pos < holeAt {
+                        if isCancelled() { throw .cancelled("digest stopped at 0x\(String(pos + bases[s.fileID]!, radix: 16))") }
                         let n = Int(min(UInt64(buffer.count), holeAt - pos))
                         let chunk = UnsafeMutableRawBufferPointer(rebasing: buffer[0..<n])
                         _ = try f.preadFull(chunk, at: pos)

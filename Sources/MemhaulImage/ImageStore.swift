@@ -59,7 +59,7 @@ public final class ImageStore: @unchecked Sendable {
     /// The open round's journal buffer (lent to its ``JournalWriter``).
     private let scratch: UnsafeMutableRawBufferPointer
     /// Read buffer for digests and info (a round's journal may be buffered in `scratch` meanwhile).
-    private lazy var readBuffer: UnsafeMutableRawBufferPointer = .allocate(byteCount: Self.scratchSize, alignment: 4096)
+    private lazy var readBuffer: UnsafeMutableRawBufferPointer = BufferPool.take(Self.scratchSize)
     private var readBufferAllocated = false
     private let zeros: UnsafeMutableRawBufferPointer
     /// Applies journals (inline, or on a background thread: ``finishApply()``).
@@ -103,9 +103,8 @@ public final class ImageStore: @unchecked Sendable {
         self.lock = lock
         self.manifest = manifest
         self.imageID = MemhaulImage.imageID(of: manifest.migrationID)
-        scratch = .allocate(byteCount: Self.scratchSize, alignment: 4096)
-        zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        scratch = BufferPool.take(Self.scratchSize)
+        zeros = BufferPool.takeZeroed(1 << 20)
         applier = JournalApplier(directory: directory, imageID: MemhaulImage.imageID(of: manifest.migrationID))
         hashState = XXH3_createState()
     }
@@ -115,9 +114,9 @@ public final class ImageStore: @unchecked Sendable {
         abortRound()
         if poisoned == nil { try? checkpoint() }  // or the next open replays the journals
         lock.release()
-        scratch.deallocate()
-        if readBufferAllocated { readBuffer.deallocate() }
-        zeros.deallocate()
+        BufferPool.give(scratch)
+        if readBufferAllocated { BufferPool.give(readBuffer) }
+        BufferPool.giveZeroed(zeros)
         XXH3_freeState(hashState)
     }
 
@@ -663,11 +662,18 @@ public final class ImageStore: @unchecked Sendable {
     /// The memory digest (ARCHITECTURE.md) of the committed image: per region
     /// ascending, its bounds then its bytes. Holes (SEEK_HOLE) are fed as zeros
     /// without reading them.
-    public func computeDigest() throws(ImageError) -> MemoryDigest {
+    ///
+    /// `version` picks the canonical form (v2: zero runs cost O(1), so the time
+    /// follows the stored data, not the declared layout). `isCancelled` is asked
+    /// before every region and every read chunk (≤ 8 MiB); when it answers true
+    /// the walk stops with ``ImageError/cancelled(_:)``.
+    public func computeDigest(version: DigestVersion = .v1, isCancelled: () -> Bool = { false }) throws(ImageError) -> MemoryDigest {
         try applyPending()
         try checkUsable()
         readBufferAllocated = true
-        return try CommittedContent(manifest).digest(buffer: readBuffer) { id throws(ImageError) in try file(id, create: false) }
+        return try CommittedContent(manifest).digest(buffer: readBuffer, version: version, isCancelled: isCancelled) { id throws(ImageError) in
+            try file(id, create: false)
+        }
     }
 
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).

@@ -165,6 +165,8 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
     /// A step after the commit point failed; the commit is durable but the
     /// store must be reopened (which re-applies the journal).
     case mustReopen(String)
+    /// Long work (a digest) stopped because its caller asked (the peer went away).
+    case cancelled(String)
     /// A receiver committed to the image while an ``ImageReader`` without the
     /// shared lock (``ImageReader/live``) read it: what was read may mix rounds.
     case changedWhileReading(directory: String)
@@ -190,6 +192,7 @@ public enum ImageError: Error, Hashable, Sendable, CustomStringConvertible {
         case let .staleRound(round, committed): "round \(round) is not after the committed round \(committed)"
         case let .closedImage(state): "the image is \(state) and takes no more rounds"
         case let .mustReopen(reason): "image must be reopened to recover: \(reason)"
+        case let .cancelled(what): "cancelled: \(what)"
         case let .changedWhileReading(dir): "image \(dir) changed while it was read (a receiver committed meanwhile); read it again"
         }
     }

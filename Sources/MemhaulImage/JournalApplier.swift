@@ -21,16 +21,15 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
     init(directory: String, imageID: UInt64) {
         self.directory = directory
         self.imageID = imageID
-        window = .allocate(byteCount: ImageStore.scratchSize, alignment: 4096)
-        zeros = .allocate(byteCount: 1 << 20, alignment: 4096)
-        zeros.initializeMemory(as: UInt8.self, repeating: 0)
+        window = BufferPool.take(ImageStore.scratchSize)
+        zeros = BufferPool.takeZeroed(1 << 20)
         iov = .allocate(capacity: iovMax)
         hashState = XXH3_createState()
     }
 
     deinit {
-        window.deallocate()
-        zeros.deallocate()
+        BufferPool.give(window)
+        BufferPool.giveZeroed(zeros)
         iov.deallocate()
         XXH3_freeState(hashState)
     }

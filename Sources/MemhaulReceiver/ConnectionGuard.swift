@@ -22,6 +22,30 @@ public struct ReceiverLimits: Sendable, Equatable {
     /// Connections open at once from one peer address.
     public var maxConnectionsPerHost = 16
 
+    // What one connection may make the receiver hold (wire.md "Receiver
+    // limits"); over any of them the peer gets ERROR `limit-exceeded`.
+
+    /// Regions of one round's layout, all its LAYOUT frames together: twice
+    /// Linux's default `vm.max_map_count` (65530), so any ordinary process fits.
+    public var maxLayoutRegions = 131_072
+    /// Wire bytes of one round's layout (20 + name per region) held before the
+    /// last LAYOUT frame: ~3 × the region cap at a typical 60-byte path.
+    public var maxLayoutBytes = 32 << 20
+    /// Pages with data (PAGE_BATCH) in one round: 4 GiB, 64 × the reference
+    /// sender's 64 MiB commit chunk (the round's journal and its block reservations).
+    public var maxPagesPerRound = 1 << 20
+    /// Runs of ZERO_RANGES and DISCARD_RANGES in one round (one journal record
+    /// and one in-memory punch each).
+    public var maxRangesPerRound = 1 << 20
+    /// Disk bytes of one migration's image (region files + journals, as
+    /// allocated); 0 = unlimited. 1 TiB: above any single process we expect,
+    /// so only a runaway or hostile sender meets it; size it to the disk.
+    public var maxImageBytes: UInt64 = 1 << 40
+    /// Image directories one sender certificate may own (new migrations beyond
+    /// it are refused; resumes are not); 0 = unlimited. Unauthenticated
+    /// (`--insecure`) senders count as one sender.
+    public var maxImagesPerSender = 64
+
     public init() {}
 }
 
@@ -90,6 +114,18 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
     }
 
     public var openConnections: Int { condition.withLock { entries.count } }
+
+    /// Whether the connection is over while the receiver works: the peer hung
+    /// up (FIN or reset: `POLLRDHUP`/`POLLHUP`/`POLLERR`), or the watchdog or
+    /// a preemption cut it. Cheap (one `poll(2)` with timeout 0): long work
+    /// (a digest) asks between chunks and stops.
+    public func peerGone(_ ticket: Ticket) -> Bool {
+        guard let fd = condition.withLock({ entries[ticket.id]?.fd }) else { return true }  // cut by the watchdog
+        let rdhup: Int16 = 0x2000  // POLLRDHUP (<poll.h> with _GNU_SOURCE; Glibc does not export it)
+        var p = pollfd(fd: fd, events: rdhup, revents: 0)
+        guard poll(&p, 1, 0) >= 0 else { return false }
+        return p.revents & (rdhup | Int16(POLLHUP | POLLERR | POLLNVAL)) != 0
+    }
 
     public func stop() {
         condition.withLock { stopped = true; condition.signal() }

@@ -86,10 +86,11 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
         let watch = ReceiverSession.Watch(
             awaitingFrame: { guardian.awaitingFrame(ticket) },
             working: { guardian.working(ticket) },
-            ended: { guardian.release(ticket) })
+            ended: { guardian.release(ticket) },
+            peerGone: { guardian.peerGone(ticket) })
         let session = ReceiverSession(
             stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization,
-            restore: restore, log: log)
+            restore: restore, limits: limits, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

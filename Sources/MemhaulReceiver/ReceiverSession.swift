@@ -61,11 +61,14 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var awaitingFrame: @Sendable () -> Void
         public var working: @Sendable () -> Void
         public var ended: @Sendable () -> Void
+        /// Whether the connection is over (peer hung up, or cut): long work stops.
+        public var peerGone: @Sendable () -> Bool
         public init(awaitingFrame: @escaping @Sendable () -> Void = {}, working: @escaping @Sendable () -> Void = {},
-                    ended: @escaping @Sendable () -> Void = {}) {
+                    ended: @escaping @Sendable () -> Void = {}, peerGone: @escaping @Sendable () -> Bool = { false }) {
             self.awaitingFrame = awaitingFrame
             self.working = working
             self.ended = ended
+            self.peerGone = peerGone
         }
     }
 
@@ -88,6 +91,13 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var _info: Info
     private let decoder = BatchDecoder()
     private let pageBuffer: UnsafeMutableRawBufferPointer
+    /// What this connection may make the receiver hold.
+    private let limits: ReceiverLimits
+    /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
+    private var digestVersion: DigestVersion = .v1
+    /// Set by ``abortConnection()``: long work stops at its next check.
+    private let cancelLock = NSLock()
+    private var _cancelled = false
     /// The socket under the stream, to cut it from another thread (preemption).
 
     public var info: Info { infoLock.withLock { _info } }
@@ -96,9 +106,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
     /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
-                authorization: ReceiverAuthorization? = nil, restore: RestoreService? = nil,
+                authorization: ReceiverAuthorization? = nil, restore: RestoreService? = nil, limits: ReceiverLimits = ReceiverLimits(),
                 log: @escaping @Sendable (String) -> Void) {
         self.restore = restore
+        self.limits = limits
         channel = FrameChannel(stream: stream)
         self.imagesRoot = imagesRoot
         self.registry = registry
@@ -115,7 +126,14 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// Cuts the connection (`shutdown(2)` on the socket, safe from any thread):
     /// the session's next read fails, it aborts its open round and releases the image.
     public func abortConnection() {
+        cancelLock.withLock { _cancelled = true }
         channel.stream.abort()
+    }
+
+    /// Whether long work (the digest) should stop: the connection was cut or
+    /// the peer hung up. Asked between chunks.
+    private func connectionGone() -> Bool {
+        cancelLock.withLock { _cancelled } || watch.peerGone()
     }
 
     /// A failure to report to the peer with a wire error code.
@@ -127,6 +145,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         /// What the log says instead of `description`, when the peer must not
         /// learn it (another sender's identity).
         var logDetail: String? = nil
+        /// The peer went away while the receiver worked; the work was stopped.
+        var aborted = false
     }
 
     /// Serves the connection until CLOSE, an error or end of stream.
@@ -159,7 +179,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try? store.markFailed(reason: refusal.description)
             }
             setInfo {
-                $0.state = refusal.connectionLost ? "disconnected" : "failed"
+                $0.state = refusal.aborted ? "aborted" : refusal.connectionLost ? "disconnected" : "failed"
                 $0.error = refusal.description
                 $0.committedRound = store?.committedRound
             }
@@ -169,7 +189,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -226,15 +246,24 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             guard hello.resumeFromRound == nil else {
                 throw Refusal(code: .resumeRejected, description: "no image for migration \(id) to resume; nothing was created")
             }
-            store = try ImageStore.create(directory: directory, migrationID: id, owner: sender)
+            store = try createImage(directory: directory, id: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
+        digestVersion = hello.capabilities.contains(.digestV2) ? .v2 : .v1
         let offered = restore == nil ? Self.capabilities : Self.capabilities.union([.criuRestore])
         let agreed = hello.capabilities.intersection(offered)
         restoreAgreed = agreed.contains(.criuRestore)
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
+    }
+
+    /// A new image, within the sender's image quota (`--max-images-per-sender`).
+    private func createImage(directory: String, id: String) throws -> ImageStore {
+        try ReceiverBudget.creation.withLock {
+            try ReceiverBudget.checkImageCount(root: imagesRoot, sender: sender, limit: limits.maxImagesPerSender)
+            return try ImageStore.create(directory: directory, migrationID: id, owner: sender)
+        }
     }
 
     /// With a policy, the sender must have a rule allowing `id`.
@@ -286,6 +315,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var layoutRound: UInt64?
         var openRound: UInt64?
         var counts = RoundStats()
+        var budget = ReceiverBudget(limits: limits)
         while true {
             watch.awaitingFrame()
             let message = try channel.receive()
@@ -295,10 +325,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 guard openRound == nil else { throw Refusal(code: .unexpectedMessage, description: "LAYOUT inside round \(openRound!)") }
                 if let r = layoutRound, r != layout.round { throw Refusal(code: .roundMismatch, description: "LAYOUT for round \(layout.round) while round \(r) is being declared") }
                 layoutRound = layout.round
+                try budget.addLayout(layout)
                 pendingLayout += layout.regions.map(ImageRegion.init)
                 if !layout.continued {
                     guard let round32 = UInt32(exactly: layout.round) else { throw Refusal(code: .roundMismatch, description: "round \(layout.round) out of range") }
                     try store.beginRound(round32, layout: pendingLayout)
+                    budget.beginRound(store)
                     openRound = layout.round
                     counts = RoundStats()
                     pendingLayout = []
@@ -307,18 +339,21 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 }
             case .pageBatch(let batch):
                 try expect(openRound, batch.header.round)
+                try budget.addPages(Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize))
                 try receive(batch, store)
                 counts.pages += UInt64(batch.header.pageCount)
                 counts.batches += 1
                 setInfo { $0.pages += UInt64(batch.header.pageCount); $0.bytes = channel.bytesReceived }
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
+                try budget.addRanges(list.runs.count, round: list.round)
                 for run in list.runs {
                     try store.zeroPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.zeroPages += UInt64(run.pageCount)
                 }
             case .discardRanges(let list):
                 try expect(openRound, list.round)
+                try budget.addRanges(list.runs.count, round: list.round)
                 for run in list.runs {
                     try store.discardPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
                     counts.discardedPages += UInt64(run.pageCount)
@@ -335,7 +370,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     guard counts.pages == 0, counts.zeroPages == 0, counts.discardedPages == 0 else {
                         throw Refusal(code: .unexpectedMessage, description: "the final (verification) round must carry no pages")
                     }
-                    let digest = try store.computeDigest()
+                    // Stops at once when the peer goes (it polls the socket between chunks).
+                    let digest = try store.computeDigest(version: digestVersion, isCancelled: connectionGone)
                     let wire = WireDigest(high: digest.high, low: digest.low)
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
@@ -455,6 +491,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .outsideLayout, .unaligned: return Refusal(code: .outsideLayout, description: String(describing: e))
             case .invalidLayout, .staleRound, .noOpenRound, .roundAlreadyOpen: return Refusal(code: .roundMismatch, description: String(describing: e))
             case .locked: return Refusal(code: .migrationBusy, description: String(describing: e))
+            case .cancelled(let what):
+                return Refusal(code: .cancelled, description: "the peer went away while the receiver worked; \(what) (the image waits for a resume)",
+                               connectionLost: true, aborted: true)
             default: return Refusal(code: .storageFailure, description: "image store: \(e)")
             }
         case MigrationError.connectionClosed:

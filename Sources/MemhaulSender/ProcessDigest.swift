@@ -14,10 +14,15 @@ import MemhaulSystem
 /// files that cannot be reopened (deleted, memfd, replaced): there they are
 /// content, sent and digested like anonymous memory (README "What memhaul migrates").
 enum ProcessDigest {
+    /// `version`: the form the receiver accepted (capability `digestV2`). In v2
+    /// the digester classifies every page it is given by its bytes, so a
+    /// populated all-zero page and an unpopulated one hash alike, as on the
+    /// image side; the gaps between populated ranges cost O(1).
     static func compute(
-        pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner, fileContent: [AddressRange] = []
+        pid: Int32, regions: [RegionDescriptor], scanner: PagemapScanner, fileContent: [AddressRange] = [],
+        version: DigestVersion = .v1
     ) throws -> MemoryDigest {
-        let digester = MemoryDigester()
+        let digester = MemoryDigester(version: version)
         let reader = RemoteMemoryReader(pid: pid, bufferBytes: 8 << 20)
         let chunkPages = (8 << 20) / Int(PageSize.bytes)
         for region in regions {

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Foundation
 import MemhaulSession
+import MemhaulDigest
 import MemhaulKernel
 import MemhaulSystem
 import MemhaulTLS
@@ -200,7 +201,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// What the sender offers in HELLO; it then uses only what WELCOME accepts.
-    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume]
+    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
 
     /// Connects and shakes hands; with `resumeFrom`, asks the receiver to
     /// reopen the image and returns the round it has committed. The WELCOME
@@ -360,7 +361,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
         let digest = try ProcessDigest.compute(
-            pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges)
+            pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
+            version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {

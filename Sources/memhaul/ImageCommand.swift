@@ -10,7 +10,7 @@ struct ImageCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "image",
         abstract: "Inspect and read receiver images.",
-        subcommands: [Inspect.self, Read.self, Verify.self, Export.self, ServeCRIU.self, Torture.self, Bench.self]
+        subcommands: [Inspect.self, Read.self, Verify.self, Export.self, ServeCRIU.self, Torture.self, Bench.self, DigestBench.self]
     )
 
     /// `memhaul image inspect DIR [--json] [--verify-digest]`
@@ -24,8 +24,22 @@ struct ImageCommand: ParsableCommand {
         @Flag(help: "Print one JSON object.")
         var json = false
 
-        @Flag(help: "Recompute the memory digest from the stored pages.")
+        @Flag(help: "Recompute the memory digest from the stored pages (in the stored digest's version; v2 costs the stored data, v1 the whole layout).")
         var verifyDigest = false
+
+        @Option(help: "Digest version to recompute (1 or 2); default: the stored digest's, else 2.")
+        var digestVersion: UInt8?
+
+        /// `--digest-version`, else the stored digest's, else v2.
+        func chosenVersion(_ info: ImageInfo) -> DigestVersion {
+            if let v = digestVersion, let version = DigestVersion(rawValue: v) { return version }
+            if let stored = info.finalDigest { return stored.version }
+            return .v2
+        }
+
+        func validate() throws {
+            if let v = digestVersion, DigestVersion(rawValue: v) == nil { throw ValidationError("--digest-version must be 1 or 2") }
+        }
 
         func run() throws {
             // Read-only: a shared lock (none if a receiver is writing it), no recovery.
@@ -34,7 +48,7 @@ struct ImageCommand: ParsableCommand {
             let info = try reader.info()
             var recomputed: MemoryDigest?
             if verifyDigest {
-                recomputed = try reader.computeDigest()
+                recomputed = try reader.computeDigest(version: chosenVersion(info))
                 if reader.live { try reader.checkUnchanged() }
             }
             let live = reader.live
@@ -77,6 +91,7 @@ struct ImageCommand: ParsableCommand {
             object["pendingJournals"] = info.pendingJournals.map { Int($0) }
             object["failureReason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
+            object["digestVersion"] = info.finalDigest.map { Int($0.version.rawValue) } ?? NSNull()
             switch info.owner {
             case .success(let owner?):
                 object["owner"] = [
@@ -88,6 +103,7 @@ struct ImageCommand: ParsableCommand {
             }
             if let recomputed {
                 object["recomputedDigest"] = recomputed.hex
+                object["recomputedDigestVersion"] = Int(recomputed.version.rawValue)
                 if let stored = info.finalDigest { object["digestMatches"] = stored == recomputed }
             }
             let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
@@ -115,10 +131,10 @@ struct ImageCommand: ParsableCommand {
                 out += "  \(hex(r.start))-\(hex(r.end)) \(r.protection) \(String(r.pageCount).leftPad(8)) pages  \(r.name)\n"
             }
             line("stored", "\(info.storedPages) pages (\(bytes(info.storedPages * imagePageSize))), \(bytes(info.diskBytes)) on disk")
-            line("digest", info.finalDigest?.hex ?? "none stored")
+            line("digest", info.finalDigest.map { "\($0.hex) (\($0.version))" } ?? "none stored")
             if let recomputed {
                 let verdict = info.finalDigest.map { $0 == recomputed ? " (matches)" : " (MISMATCH)" } ?? ""
-                line("recomputed", recomputed.hex + verdict)
+                line("recomputed", "\(recomputed.hex) (\(recomputed.version))" + verdict)
             }
             line("recovery", recovery)
             if !info.rounds.isEmpty {
@@ -352,7 +368,7 @@ extension ImageCommand {
 
 private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
-private func parseNumber(_ s: String) -> UInt64? {
+func parseNumber(_ s: String) -> UInt64? {
     var text = s.lowercased()
     var scale: UInt64 = 1
     if !text.hasPrefix("0x"), let last = text.last, let m = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30][String(last)] {
@@ -363,7 +379,7 @@ private func parseNumber(_ s: String) -> UInt64? {
     return value.flatMap { $0.multipliedReportingOverflow(by: scale).overflow ? nil : $0 * scale }
 }
 
-private func bytes(_ n: UInt64) -> String {
+func bytes(_ n: UInt64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]
     var v = Double(n)
     var u = 0

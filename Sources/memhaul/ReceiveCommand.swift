@@ -28,6 +28,18 @@ struct ReceiveCommand: ParsableCommand {
     @Option(help: "Connections open at once from one address; more are refused.")
     var maxConnectionsPerHost = 16
     @OptionGroup var restore: RestoreOptions
+    @Option(help: "Regions in one round's layout (all its LAYOUT frames); more: ERROR limit-exceeded.")
+    var maxLayoutRegions = 131_072
+    @Option(help: "Bytes of one round's layout held before its last LAYOUT frame; more: ERROR limit-exceeded.")
+    var maxLayoutBytes = 32 << 20
+    @Option(help: "Pages with data in one round; more: ERROR limit-exceeded.")
+    var maxPagesPerRound = 1 << 20
+    @Option(help: "Zero and discard runs in one round; more: ERROR limit-exceeded.")
+    var maxRangesPerRound = 1 << 20
+    @Option(help: "Disk bytes of one migration's image (0 = unlimited); more: ERROR limit-exceeded.")
+    var maxImageBytes: UInt64 = 1 << 40
+    @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
+    var maxImagesPerSender = 64
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
@@ -35,6 +47,10 @@ struct ReceiveCommand: ParsableCommand {
     func validate() throws {
         guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
         guard maxConnections > 0, maxConnectionsPerHost > 0 else { throw ValidationError("--max-connections and --max-connections-per-host must be at least 1") }
+        guard maxLayoutRegions > 0, maxLayoutBytes > 0, maxPagesPerRound > 0, maxRangesPerRound > 0 else {
+            throw ValidationError("--max-layout-regions, --max-layout-bytes, --max-pages-per-round and --max-ranges-per-round must be at least 1")
+        }
+        guard maxImagesPerSender >= 0 else { throw ValidationError("--max-images-per-sender must be 0 (unlimited) or more") }
     }
 
     var limits: ReceiverLimits {
@@ -43,6 +59,12 @@ struct ReceiveCommand: ParsableCommand {
         l.frameTimeout = .milliseconds(Int64(frameTimeout * 1000))
         l.maxConnections = maxConnections
         l.maxConnectionsPerHost = maxConnectionsPerHost
+        l.maxLayoutRegions = maxLayoutRegions
+        l.maxLayoutBytes = maxLayoutBytes
+        l.maxPagesPerRound = maxPagesPerRound
+        l.maxRangesPerRound = maxRangesPerRound
+        l.maxImageBytes = maxImageBytes
+        l.maxImagesPerSender = maxImagesPerSender
         return l
     }
 

@@ -15,6 +15,9 @@ import MemhaulTestSupport
         try expectRefused(["receive", "--images", images, "--insecure", "--max-connections", "0"], "--max-connections")
         try expectRefused(["receive", "--images", images, "--insecure", "--frame-timeout", "0"], "--frame-timeout")
         try expectRefused(["receive", "--images", images, "--insecure", "--peer-timeout", "0.1"], "--peer-timeout")
+        try expectRefused(["receive", "--images", images, "--insecure", "--max-layout-regions", "0"], "--max-layout-regions")
+        try expectRefused(["receive", "--images", images, "--insecure", "--max-pages-per-round", "0"], "--max-pages-per-round")
+        try expectRefused(["receive", "--images", images, "--insecure", "--max-images-per-sender", "-1"], "--max-images-per-sender")
         #expect(!FileManager.default.fileExists(atPath: images), "nothing created for refused options")
     }
 

@@ -79,4 +79,67 @@ import Testing
         d.reset()
         #expect(d.finalize().hex == "99aa06d3014798d86001c324468d497f")
     }
+
+    // MARK: digest v2 (ARCHITECTURE.md "Memory digest"); vectors from libxxhash's
+    // XXH3_128bits (python ctypes) over the canonical stream built by hand.
+
+    /// b'MEMHAUL-DIGEST2\0'
+    @Test func v2EmptyIsItsMagic() {
+        #expect(MemoryDigester(version: .v2).finalize().hex == "102208e875cb3828d2430d1020d74829")
+        #expect(MemoryDigester(version: .v2).finalize().version == .v2)
+    }
+
+    /// magic + R(0x10000,0x14000) + P pattern + Z(0x11000,2) + P pattern
+    ///       + R(0x7f0000000000,0x7f0000003000) + Z(0x7f0000000000,3)
+    /// Page 1 is present but all zero (fed through update), page 2 is a hole
+    /// (updateZeros): both are one zero run, classified by content.
+    @Test func v2CanonicalFormOfTwoRegions() {
+        let zeroPage = [UInt8](repeating: 0, count: 4096)
+        let d = MemoryDigester(version: .v2)
+        d.beginRegion(start: 0x10000, end: 0x14000)
+        Self.pattern.withUnsafeBytes { d.update($0) }
+        zeroPage.withUnsafeBytes { d.update($0) }
+        d.updateZeros(count: 4096)
+        Self.pattern.withUnsafeBytes { d.update($0) }
+        d.beginRegion(start: 0x7f00_0000_0000, end: 0x7f00_0000_3000)
+        d.updateZeros(count: 3 * 4096)
+        #expect(d.finalize().hex == "e65f8a5d81e18341d61e97c05d270072")
+        #expect(d.finalize().hex == "e65f8a5d81e18341d61e97c05d270072", "finalize does not consume the state")
+
+        // Any split of the same bytes, pages straddling updates, gives the same digest.
+        var bytes = Self.pattern + zeroPage + zeroPage + Self.pattern
+        let e = MemoryDigester(version: .v2)
+        e.beginRegion(start: 0x10000, end: 0x14000)
+        var at = 0
+        for piece in [1, 4094, 3, 5000, 100] {
+            bytes.withUnsafeBytes { e.update(UnsafeRawBufferPointer(rebasing: $0[at..<at + piece])) }
+            at += piece
+        }
+        bytes.withUnsafeBytes { e.update(UnsafeRawBufferPointer(rebasing: $0[at...])) }
+        e.beginRegion(start: 0x7f00_0000_0000, end: 0x7f00_0000_3000)
+        e.updateZeros(count: 10)
+        e.updateZeros(count: 3 * 4096 - 10)
+        #expect(e.finalize() == d.finalize())
+        bytes[0] ^= 1
+        #expect(MemoryDigester(version: .v2).finalize() != d.finalize())
+    }
+
+    /// 1000 regions of 8 TiB, all zero: v2 costs O(regions), not 8 PiB of hashing.
+    /// magic + for i in 0..<1000: R(s, s+8TiB) + Z(s, 8TiB/4096), s = 2^44 + i * 16 TiB
+    @Test func v2HugeEmptyLayoutIsConstantPerRegion() {
+        let d = MemoryDigester(version: .v2)
+        let t: UInt64 = 8 << 40
+        for i in 0..<UInt64(1000) {
+            let s = (1 << 44) + i * 2 * t
+            d.beginRegion(start: s, end: s + t)
+            d.updateZeros(count: Int(t))
+        }
+        #expect(d.finalize().hex == "bc8f3dc16bcafc65aed0cfcedae7d33a")
+    }
+
+    @Test func versionsNeverCompareEqual() {
+        let a = MemoryDigest(high: 1, low: 2, version: .v1)
+        #expect(a != MemoryDigest(high: 1, low: 2, version: .v2))
+        #expect(MemoryDigester(version: .v2).finalize() != MemoryDigester().finalize())
+    }
 }

@@ -54,7 +54,7 @@ import MemhaulTestSupport
             try reset()
         }
         try edit(manifest) { $0[8] = 3 }  // major 3
-        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 3, minor: 0))
+        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 3, minor: ImageFormat.minor))
         try reset()
         // A newer minor is read (fields are only ever appended); checksum must still match.
         try edit(manifest) { bytes in

@@ -319,6 +319,49 @@ import MemhaulTestSupport
         #expect(try again.matches(model))
     }
 
+    /// Digest v2 classifies pages by content: a stored all-zero page and a hole
+    /// digest alike, and the stored digest keeps its version across a reopen
+    /// (manifest 2.1). The cancellation hook stops the walk.
+    @Test func digestV2ClassifiesByContentAndKeepsItsVersion() throws {
+        let root = temporaryDirectory()
+        defer { removeTree(root) }
+        let layout = [region(a, pages: 64)]
+        let content = pageBytes(3, pages: 1)
+        let zero = [UInt8](repeating: 0, count: page)
+        var digests: [MemoryDigest] = []
+        for stored in [false, true] {
+            let store = try ImageStore.create(directory: root + "/s\(stored)", migrationID: "s")
+            try store.beginRound(1, layout: layout)
+            try store.write(a, content)
+            if stored { try store.write(a + UInt64(page), zero) }  // present, all zero
+            try store.write(a + UInt64(2 * page), content)
+            try store.commitRound()
+            digests.append(try store.computeDigest(version: .v2))
+            store.close()
+        }
+        #expect(digests[0] == digests[1])
+        #expect(digests[0].version == .v2)
+        let d = MemoryDigester(version: .v2)
+        d.beginRegion(start: a, end: a + 64 * UInt64(page))
+        content.withUnsafeBytes { d.update($0) }
+        d.updateZeros(count: page)
+        content.withUnsafeBytes { d.update($0) }
+        d.updateZeros(count: 61 * page)
+        #expect(d.finalize() == digests[0], "the image side and the digester agree")
+
+        let store = try ImageStore.open(directory: root + "/strue")
+        try store.beginRound(2, layout: layout)
+        try store.commitRound(final: true, digest: digests[1])
+        store.close()
+        let reopened = try ImageStore.open(directory: root + "/strue")
+        defer { reopened.close() }
+        #expect(reopened.finalDigest == digests[1])
+        #expect(reopened.finalDigest?.version == .v2)
+        #expect(try reopened.computeDigest(version: .v2) == digests[1])
+        #expect(try reopened.computeDigest(version: .v1) != digests[1])
+        #expect(throws: ImageError.self) { try reopened.computeDigest(version: .v2, isCancelled: { true }) }
+    }
+
     @Test func digestEqualsAnIndependentDigestAndFinalCommitStoresIt() throws {
         let root = temporaryDirectory()
         defer { removeTree(root) }

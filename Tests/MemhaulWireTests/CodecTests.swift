@@ -176,6 +176,17 @@ private let le32 = VectorTable.le32
         guard case .error(let e) = try decode(bytes) else { Issue.record("not an ERROR"); return }
         #expect(e == ErrorMessage(code: .unauthorized, message: "no"))
     }
+
+    /// Code 18 (wire.md, "Error codes"): ERROR bytes 09… 12 00, named `limit-exceeded`;
+    /// capability bit 4 is `digestV2` (HELLO/WELCOME).
+    @Test func limitExceededErrorCodeAndDigestV2Capability() throws {
+        #expect(ErrorCode.limitExceeded.rawValue == 18)
+        #expect(ErrorCode.limitExceeded.description == "limit-exceeded")
+        let bytes = frame(0x09, [18, 0, 2, 0] + Array("no".utf8))
+        guard case .error(let e) = try decode(bytes) else { Issue.record("not an ERROR"); return }
+        #expect(e == ErrorMessage(code: .limitExceeded, message: "no"))
+        #expect(Capabilities.digestV2.rawValue == 16)
+    }
 }
 
 @Suite struct FrameDecoderTests {

@@ -62,6 +62,8 @@ struct StreamBuilder {
     /// Final digests the builder computes per input (each hashes up to 16 MiB: a record list of
     /// final rounds must not turn into a libFuzzer timeout of the harness itself).
     private var digestBudget = 4
+    /// The digest form the current connection's HELLO asked for (flag 0x40: `digestV2`).
+    private var digestVersion: DigestVersion = .v1
     private let compressor = ZstdCompressor(level: 1)
     private var scratch = [UInt8](repeating: 0, count: ZstdCompressor.bound(1024 * 4096))
 
@@ -168,7 +170,9 @@ struct StreamBuilder {
         var resume: UInt64? = nil
         if f & 1 != 0 { resume = f & 0x10 != 0 ? UInt64(rawResume) : committed ?? 0 }
         let pageSize: UInt32 = f & 0x04 != 0 ? 8192 : 4096
-        let caps: Capabilities = f & 0x08 != 0 ? [] : .v1_0
+        var caps: Capabilities = f & 0x08 != 0 ? [] : .v1_0
+        if f & 0x40 != 0 { caps.insert(.digestV2) }
+        digestVersion = f & 0x40 != 0 ? .v2 : .v1
         let version = f & 0x20 != 0 ? WireVersion(major: 2, minor: 0) : .current  // refused: bad-hello
         emit(.hello(Hello(version: version, capabilities: caps, pageSize: pageSize, migrationID: id, senderName: "fuzz", resumeFromRound: resume)))
         if models[id] == nil { models[id] = ImageModel() }
@@ -315,7 +319,7 @@ struct StreamBuilder {
     private mutating func budgetedDigest(_ model: ImageModel) -> MemoryDigest? {
         guard digestBudget > 0 else { return nil }
         digestBudget -= 1
-        return model.digest()
+        return model.digest(digestVersion)
     }
 
     /// A whole well-formed round (same layout, a few batches), to get deep quickly.

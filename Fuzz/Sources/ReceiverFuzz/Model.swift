@@ -56,10 +56,13 @@ struct ImageModel {
         regions.contains { address >= $0.start && address < $0.end }
     }
 
-    /// The memory digest (ARCHITECTURE.md) of the modelled image, nil when the layout is too large to hash here.
-    func digest() -> MemoryDigest? {
-        guard regions.allSatisfy({ $0.start < $0.end }), layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
-        let d = MemoryDigester()
+    /// The memory digest (ARCHITECTURE.md) of the modelled image, nil when the layout is
+    /// too large to hash here (v1 only: v2 costs the written pages, whatever the layout).
+    func digest(_ version: DigestVersion = .v1) -> MemoryDigest? {
+        // Regions end at or below 2^57 (the store refuses others), so lengths fit an Int.
+        guard regions.allSatisfy({ $0.start < $0.end && $0.end <= 1 << 57 }),
+              version == .v2 || layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
+        let d = MemoryDigester(version: version)
         let sorted = pages.keys.sorted()
         var i = 0
         for r in regions {
@@ -92,6 +95,8 @@ struct OpenRoundModel {
 struct ConnectionModel {
     var migrationID: String?
     var helloResume: UInt64??  // .some(nil): fresh HELLO
+    /// The verification round's digest form: v2 when HELLO asked for it (the receiver accepts it).
+    var digestVersion: DigestVersion = .v1
     private var pending: [RegionDescriptor] = []
     private(set) var open: OpenRoundModel?
     private(set) var openRound: UInt64?
@@ -107,6 +112,7 @@ struct ConnectionModel {
             guard migrationID == nil else { return false }
             migrationID = h.migrationID
             helloResume = .some(h.resumeFromRound)
+            digestVersion = h.capabilities.contains(.digestV2) ? .v2 : .v1
         case .layout(let l):
             guard migrationID != nil, openRound == nil else { return false }
             pending += l.regions

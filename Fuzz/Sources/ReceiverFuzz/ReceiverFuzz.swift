@@ -16,6 +16,7 @@ import MemhaulWire
 //   even: raw bytes, connections separated by "@@NEXT@@" (the receiver's frame decoder sees
 //         exactly these bytes; the preamble is part of them)
 //   odd:  structure-aware records (Builder.swift), encoded with the real codec, checksums right
+// Byte 0 bit 1: tight receiver limits (``tightLimits``), so small inputs reach every limit.
 // Byte 1 sets how many bytes each read returns (1...256 KiB), so frames split anywhere.
 //
 // Invariants beyond "no crash" (a violation traps; libFuzzer records it as a crash):
@@ -68,8 +69,8 @@ public func fuzz(_ data: UnsafePointer<UInt8>, _ size: Int) -> CInt {
     }
     let chunk = bytes[1] == 0 ? 256 << 10 : Int(bytes[1])
     let root = "\(scratchRoot)/images"
-    run(connections, chunk: chunk, root: root)
-    removeTree(root)
+    run(connections, chunk: chunk, root: root, limits: bytes[0] & 2 != 0 ? tightLimits : ReceiverLimits())
+    clearImages(root)
     executions += 1
     if executions % 256 == 0 { checkDescriptors() }
     return 0
@@ -93,13 +94,47 @@ func split(_ bytes: ArraySlice<UInt8>) -> [[UInt8]] {
 }
 
 /// Runs each connection through a fresh session and checks the receiver against the model.
-func run(_ connections: [[UInt8]], chunk: Int, root: String) {
+/// Receiver limits small enough for a fuzz input (≤ 64 KiB) to reach each of them.
+let tightLimits: ReceiverLimits = {
+    var l = ReceiverLimits()
+    l.maxLayoutRegions = 12
+    l.maxLayoutBytes = 512
+    l.maxPagesPerRound = 48
+    l.maxRangesPerRound = 6
+    l.maxImageBytes = 256 << 10
+    l.maxImagesPerSender = 1
+    return l
+}()
+
+/// Empties the images root for the next input, keeping the root itself (tmpfs):
+/// unlinks each image's few files and removes its directory, without
+/// Foundation's recursive walk.
+func clearImages(_ root: String) {
+    guard let top = opendir(root) else { return }
+    defer { closedir(top) }
+    while let e = readdir(top) {
+        let name = withUnsafePointer(to: e.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+        if name == "." || name == ".." { continue }
+        let dir = root + "/" + name
+        if let d = opendir(dir) {
+            let fd = dirfd(d)
+            while let f = readdir(d) {
+                let file = withUnsafePointer(to: f.pointee.d_name) { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+                if file != "." && file != ".." { unlinkat(fd, file, 0) }
+            }
+            closedir(d)
+        }
+        if rmdir(dir) != 0 { removeTree(dir) }  // anything unexpected: the slow way
+    }
+}
+
+func run(_ connections: [[UInt8]], chunk: Int, root: String, limits: ReceiverLimits) {
     var images: [String: ImageModel] = [:]
     let registry = ReceiverSession.Registry(
         claim: { _ in true }, release: { _ in }, preempt: { _, _ in })
     for (index, input) in connections.enumerated() {
         let stream = MemoryStream(input, chunk: chunk)
-        let session = ReceiverSession(stream: stream, imagesRoot: root, registry: registry) { line in
+        let session = ReceiverSession(stream: stream, imagesRoot: root, registry: registry, limits: limits) { line in
             if !quiet { eprint("  \(line)\n") }
         }
         session.run()  // returns: the input is finite (a hang is a libFuzzer timeout)
@@ -164,7 +199,7 @@ func run(_ connections: [[UInt8]], chunk: Int, root: String) {
             image.commit(end.model, number: end.round, final: end.final)
             if end.final {
                 check(ack.imageDigest != nil, "connection \(index): final ack without digest")
-                if let d = image.digest() {
+                if let d = image.digest(model.digestVersion) {
                     check(ack.imageDigest == WireDigest(high: d.high, low: d.low),
                           "connection \(index): final ack digest \(String(describing: ack.imageDigest)) differs from the model's")
                 }
@@ -199,9 +234,10 @@ func verifyImages(root: String, _ images: [String: ImageModel]) {
         } else {
             check(store.state != .complete, "image \(name): complete without an acknowledged final round")
         }
-        if let expected = model.digest() {
+        // v2: costs the stored pages, so images of any declared layout are compared.
+        if let expected = model.digest(.v2) {
             do {
-                let digest = try store.computeDigest()
+                let digest = try store.computeDigest(version: .v2)
                 if digest != expected { check(false, "image \(name): content differs from the model: \(firstDifference(store, model))") }
             } catch {
                 check(false, "image \(name): digest failed: \(error)")

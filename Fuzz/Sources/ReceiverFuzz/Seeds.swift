@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulWire
 
 /// Writes the seed corpus: realistic sender programs in the structure-aware format (odd mode
 /// byte), and the same streams as raw bytes (even mode byte). `ReceiverFuzz --generate-seeds DIR`.
@@ -13,11 +14,12 @@ public func generateSeeds(_ directory: UnsafePointer<CChar>) -> CInt {
         write(dir + "/s_" + name, program.bytes)
         var builder = StreamBuilder(program.bytes, from: 2)
         let raw = builder.build()
-        var bytes: [UInt8] = [0, program.bytes[1]]
+        var bytes: [UInt8] = [program.bytes[0] & 2, program.bytes[1]]  // raw, same limits
         for (i, c) in raw.enumerated() { bytes += (i > 0 ? separator : []) + c }
         write(dir + "/r_" + name, bytes)
     }
-    print("ReceiverFuzz: wrote \(2 * SeedPrograms.all.count) seeds to \(dir)")
+    for (name, bytes) in SeedPrograms.raw { write(dir + "/r_" + name, bytes) }
+    print("ReceiverFuzz: wrote \(2 * SeedPrograms.all.count + SeedPrograms.raw.count) seeds to \(dir)")
     return 0
 }
 
@@ -28,7 +30,8 @@ private func write(_ path: String, _ bytes: [UInt8]) {
 /// Emits records in the format StreamBuilder reads (field for field, in its order).
 struct Program {
     var bytes: [UInt8]
-    init(chunk: UInt8 = 0) { bytes = [1, chunk] }
+    /// `tight`: the receiver runs with the harness's tight limits (mode bit 1).
+    init(chunk: UInt8 = 0, tight: Bool = false) { bytes = [tight ? 3 : 1, chunk] }
 
     mutating func u64(_ v: UInt64) { for i in 0..<8 { bytes.append(UInt8(truncatingIfNeeded: v >> (8 * UInt64(i)))) } }
     mutating func op(_ o: Op, _ fields: [UInt8] = []) { bytes.append(o.rawValue); bytes += fields }
@@ -36,8 +39,10 @@ struct Program {
     /// HELLO: `migration` 0/1 picks fz-a/fz-b; resume asks to resume from the modelled round.
     /// `otherMajor`: the HELLO's version field says 2.0 (the preamble 1.0).
     /// `noCapabilities`: the HELLO offers none (WELCOME must accept none).
-    mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false, noCapabilities: Bool = false) {
-        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0), 0])
+    /// `digestV2`: it offers capability digestV2 (the verification round uses digest v2).
+    mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false, noCapabilities: Bool = false,
+                        digestV2: Bool = false) {
+        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0) | (digestV2 ? 0x40 : 0), 0])
     }
     /// LAYOUT of the current round: regions as (gap pages, length pages - 1, protection).
     mutating func layout(_ regions: [(UInt8, UInt8, UInt8)], continued: Bool = false) {
@@ -208,11 +213,109 @@ enum SeedPrograms {
         p.close()
         list.append(("no_capabilities", p))
 
+        // Digest v2 (capability digestV2): a migration whose verification round uses v2,
+        // with right and wrong digests, and a resume that asks for v2 again.
+        p = Program()
+        p.hello(digestV2: true)
+        p.layout([(0, 15, 3), (40, 15, 3)])
+        p.batch([(0, 0, 3), (1, 2, 1)], kind: 3, fill: 0x12)
+        p.batch([(0, 8, 1)], kind: 0, fill: 0)  // present but all-zero pages: a zero run in v2
+        p.roundEnd()
+        p.layout([(0, 15, 3), (40, 15, 3)])
+        p.roundEnd(final: true)
+        p.close()
+        list.append(("digest_v2", p))
+        p = Program()
+        p.hello(digestV2: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0x13)
+        p.layout([(0, 63, 3)])
+        p.roundEnd(final: true, wrongDigest: true)
+        p.newConnection()
+        p.hello(resume: true, digestV2: true)
+        list.append(("digest_v2_wrong", p))
+        p = Program()
+        p.hello(digestV2: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0x14)
+        p.newConnection()
+        p.hello(resume: true, digestV2: true)
+        p.goodRound([[(0, 5, 1)]], fill: 0x15, verify: true)
+        list.append(("digest_v2_resume", p))
+
+        // Receiver limits (tight limits, ReceiverFuzz.swift): each reached after a committed round.
+        p = Program(tight: true)
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 0x21)
+        for _ in 0..<3 { p.layout([(0, 1, 3), (0, 1, 3), (0, 1, 3), (0, 1, 3)], continued: true) }
+        p.layout([(0, 1, 3), (0, 1, 3), (0, 1, 3), (0, 1, 3)])
+        p.roundEnd()
+        list.append(("limit_layout_regions", p))
+        p = Program(tight: true)
+        p.hello()
+        p.layout([(0, 15, 3), (0, 15, 3), (0, 15, 3), (0, 15, 3)])
+        p.batch([(0, 0, 7), (1, 0, 7), (2, 0, 7), (3, 0, 7)], fill: 0x22)
+        p.batch([(0, 8, 7), (1, 8, 7), (2, 8, 7), (3, 8, 7)], fill: 0x23)
+        p.roundEnd()
+        list.append(("limit_pages_per_round", p))
+        p = Program(tight: true)
+        p.hello()
+        p.layout([(0, 15, 3), (0, 15, 3), (0, 15, 3), (0, 15, 3)])
+        p.zero([(0, 0, 0), (1, 0, 0), (2, 0, 0), (3, 0, 0)])
+        p.discard([(0, 4, 0), (1, 4, 0), (2, 4, 0), (3, 4, 0)])
+        p.roundEnd()
+        list.append(("limit_ranges_per_round", p))
+        p = Program(tight: true)
+        p.hello()
+        p.layout([(0, 15, 3), (0, 15, 3), (0, 15, 3), (0, 15, 3)])
+        p.batch([(0, 0, 7), (1, 0, 7), (2, 0, 7), (3, 0, 7)], fill: 0x24)
+        p.roundEnd()
+        p.layout([(0, 15, 3), (0, 15, 3), (0, 15, 3), (0, 15, 3)])
+        p.batch([(0, 8, 7), (1, 8, 7), (2, 8, 7), (3, 8, 7)], fill: 0x25)
+        p.roundEnd()
+        p.layout([(0, 15, 3), (0, 15, 3), (0, 15, 3), (0, 15, 3)])
+        p.batch([(0, 0, 7), (1, 0, 7), (2, 0, 7), (3, 0, 7)], fill: 0x26)
+        p.roundEnd()
+        list.append(("limit_image_bytes", p))
+        p = Program(tight: true)
+        p.hello()
+        p.goodRound([[(0, 0, 1)]], fill: 0x27)
+        p.newConnection()
+        p.hello(migration: 1)
+        p.goodRound([[(0, 1, 1)]], fill: 0x28)
+        p.newConnection()
+        p.hello(resume: true)
+        p.goodRound([[(0, 2, 1)]], fill: 0x29, verify: true)
+        list.append(("limit_images_per_sender", p))
+
         // Small reads: frames split across many reads.
         p = Program(chunk: 7)
         p.hello()
         p.goodRound([[(0, 0, 2)], [(0, 7, 0)]], fill: 0xb1, verify: true)
         list.append(("small_reads", p))
         return list
+    }
+
+    /// Raw streams built with the codec directly (mode byte 2: raw, tight limits): what the
+    /// structured format cannot say, here LAYOUT frames with long names (over the 512-byte
+    /// layout cap in two frames, the region cap not reached).
+    static var raw: [(String, [UInt8])] {
+        var out: [UInt8] = [2, 0]
+        Preamble.encode(into: &out)
+        var seq: UInt32 = 0
+        func frame(_ m: Message) {
+            try? m.encodeFrame(sequence: seq, into: &out)
+            seq &+= 1
+        }
+        frame(.hello(Hello(capabilities: .v1_0, migrationID: "fz-a", senderName: "fuzz")))
+        let name = String(repeating: "/usr/lib/x", count: 20)
+        var start: UInt64 = 0x7f00_0000_0000
+        for i in 0..<3 {
+            let regions = (0..<2).map { _ -> RegionDescriptor in
+                defer { start += 0x2000 }
+                return RegionDescriptor(start: start, end: start + 0x1000, protection: [.read], flags: [.fileBacked], name: name)
+            }
+            frame(.layout(Layout(round: 1, continued: i < 2, regions: regions)))
+        }
+        frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats())))
+        return [("limit_layout_bytes", out)]
     }
 }
