@@ -29,7 +29,7 @@ let package = Package(
         .target(name: "MemhaulSystem"),
         .target(name: "MemhaulKernel", dependencies: ["CMemhaulLinux", "MemhaulSystem"]),
         .target(name: "MemhaulWire"),  // pure Swift, imports no C: fuzzable
-        .target(name: "MemhaulCompression", dependencies: ["CZstd", "MemhaulSystem"]),
+        .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
         .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),  // Wire: the one migration-id rule
@@ -46,10 +46,10 @@ let package = Package(
             dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
         ),
         // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
-        .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
-        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
+        .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS", "MemhaulSession", "MemhaulWire", "MemhaulSender"]),
+        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
-        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem", "CZstd"]),
+        .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
@@ -64,16 +64,16 @@ let package = Package(
         // Helpers the test targets share (child processes, the built binaries,
         // scratch directories, test certificates, streams); not a test target itself.
         .target(name: "MemhaulTestSupport", dependencies: ["CMemhaulLinux", "MemhaulSystem", "MemhaulTLS"], path: "Tests/MemhaulTestSupport"),
-        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulSystemTests", dependencies: ["MemhaulSystem"]),
         .testTarget(name: "MemhaulKernelTests", dependencies: ["MemhaulTestSupport", "MemhaulKernel", "MemhaulSystem", "CMemhaulLinux"]),
-        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulTestSupport", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulTestSupport", "MemhaulCompression", "MemhaulBench"]),
-        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulTestSupport", "MemhaulDigest"]),
+        .testTarget(name: "MemhaulWireTests", dependencies: ["MemhaulWire", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulCompressionTests", dependencies: ["MemhaulCompression", "MemhaulBench"]),
+        .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTestSupport", "MemhaulTLS", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulWire", "MemhaulSystem"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulCompression", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
-        .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulDigest", "MemhaulSystem", "MemhaulTLS"]),
-        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulTestSupport", "MemhaulControl"]),
+        .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
     ]
 )

@@ -11,6 +11,7 @@ public enum ReceiverControl {
                 if let v = s.committedRound { d["committed_round"] = v }
                 if let v = s.image { d["image"] = v }
                 if let v = s.error { d["error"] = v }
+                if let v = s.restoredPID { d["restored_pid"] = v }
                 if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
                 return d
             }
@@ -20,7 +21,8 @@ public enum ReceiverControl {
                                "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost,
                                "max_layout_regions": l.maxLayoutRegions, "max_layout_bytes": l.maxLayoutBytes,
                                "max_pages_per_round": l.maxPagesPerRound, "max_ranges_per_round": l.maxRangesPerRound,
-                               "max_image_bytes": l.maxImageBytes, "max_images_per_sender": l.maxImagesPerSender]]
+                               "max_image_bytes": l.maxImageBytes, "max_images_per_sender": l.maxImagesPerSender],
+                    "restore": agent.restore == nil ? "none" : "criu"]
         }
     }
 }

@@ -7,15 +7,29 @@ import MemhaulTLS
 /// The sender agent's operations (`Protocol/control.md`): it owns the
 /// migrations it started and runs each on its own thread.
 public final class SenderControl: @unchecked Sendable {  // `migrations` behind `lock`
+    /// What a `migrate` request with `"restore": "criu"` asks for after the proof.
+    public struct RestoreRequest: Sendable {
+        public var migrationID: String
+        /// `lazy` or `rewrite`.
+        public var route: String
+        public var shellJob: Bool
+        /// `none`, `established` or `close`.
+        public var tcp: String
+    }
+    /// Builds the after-proof step (the CLI's CRIU hand-over); throws a one-line reason.
+    public typealias RestoreStepFactory = @Sendable (RestoreRequest) throws -> AfterProof
+
     private let connect: SenderMigration.Connector
     private let log: @Sendable (String) -> Void
+    private let restoreStep: RestoreStepFactory?
     private let lock = NSLock()
     private var migrations: [SenderMigration] = []
     /// Set by ``shutdown(timeoutSeconds:)``: no migration starts after it.
     private var closed = false
 
-    public init(connect: @escaping SenderMigration.Connector, log: @escaping @Sendable (String) -> Void) {
+    public init(connect: @escaping SenderMigration.Connector, restoreStep: RestoreStepFactory? = nil, log: @escaping @Sendable (String) -> Void) {
         self.connect = connect
+        self.restoreStep = restoreStep
         self.log = log
     }
 
@@ -91,8 +105,9 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
-                        "verification_timeout_s"])
-        let request = try Self.request(from: r)
+                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp"])
+        var request = try Self.request(from: r)
+        try addRestore(r, &request)
         let migration = SenderMigration(request: request, connect: connect, log: log)
         let conflict: ControlError? = lock.withLock {
             if closed { return ControlError(.conflict, "the sender agent is shutting down") }
@@ -110,6 +125,27 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         thread.name = "memhaul-migration-\(request.id)"
         thread.start()
         return ["migration": request.id, "status": ControlJSON.object(migration.status)]
+    }
+
+    /// `restore: "criu"` (with `criu_route`, `shell_job`, `tcp`): the CRIU hand-over after the proof.
+    private func addRestore(_ r: ControlRequest, _ request: inout MigrationRequest) throws(ControlError) {
+        let restore = try r.string("restore") ?? "none"
+        let route = try r.string("criu_route"), shellJob = try r.bool("shell_job"), tcp = try r.string("tcp")
+        guard restore == "criu" else {
+            guard restore == "none" else { throw ControlError(.badRequest, "restore must be none or criu") }
+            if route != nil || shellJob != nil || tcp != nil { throw ControlError(.badRequest, "criu_route, shell_job and tcp need restore: criu") }
+            return
+        }
+        guard let restoreStep else { throw ControlError(.badRequest, "this sender agent does not restore processes (start it with --criu-restore)") }
+        guard ["lazy", "rewrite"].contains(route ?? "lazy") else { throw ControlError(.badRequest, "criu_route must be lazy or rewrite") }
+        guard ["none", "established", "close"].contains(tcp ?? "none") else { throw ControlError(.badRequest, "tcp must be none, established or close") }
+        if r.args["after"] as? String == "resume" { throw ControlError(.badRequest, "restore: criu moves the process; after: resume would run it twice") }
+        do {
+            request.afterProof = try restoreStep(RestoreRequest(migrationID: request.id, route: route ?? "lazy", shellJob: shellJob ?? false, tcp: tcp ?? "none"))
+        } catch {
+            throw ControlError(.badRequest, "restore: criu: \(error)")
+        }
+        request.after = .kill  // only reached once the process runs on the receiver
     }
 
     /// Builds a request from control arguments, with the documented defaults.

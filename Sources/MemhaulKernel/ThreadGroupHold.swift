@@ -140,7 +140,9 @@ public final class ThreadGroupHold: @unchecked Sendable {  // `held` is touched 
     /// would leave it: the state CRIU's own seize (or `--freeze-cgroup`) expects.
     public func releaseIntoGroupStop() throws {
         try tracer.run {
-            _ = Glibc.kill(self.pid, SIGSTOP)
+            // Without permission to signal (no CAP_KILL) the threads would run
+            // on once detached: keep holding them and say so.
+            _ = try Syscall.run("kill(SIGSTOP)") { Glibc.kill(self.pid, SIGSTOP) }
             self.detachAll()
         }
         state.withLock { $0 = false }

@@ -22,6 +22,8 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     public let connections: ConnectionGuard
     /// Which sender may write which migration ids (`--authorize`); set before `serve()`.
     public var authorization: ReceiverAuthorization?
+    /// Restores processes after their proof (`--restore criu`); set before `serve()`.
+    public var restore: RestoreService?
 
     public init(listener: TCPListener, imagesRoot: String, limits: ReceiverLimits = ReceiverLimits(),
                 handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
@@ -88,7 +90,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             peerGone: { guardian.peerGone(ticket) })
         let session = ReceiverSession(
             stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization,
-            limits: limits, log: log)
+            limits: limits, restore: restore, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

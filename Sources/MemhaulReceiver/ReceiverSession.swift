@@ -33,6 +33,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         /// What the image store's last commit did (pages, journal bytes, step
         /// times); with a deferred apply, `ImageStore.lastCommit` completes it.
         public var lastCommit: CommitInfo?
+        /// With `--restore criu`: the restored process's PID once it runs on this host.
+        public var restoredPID: Int32?
     }
 
     /// Calls from the agent, so two connections cannot write one image.
@@ -80,6 +82,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// a migration (each image stays bound to the sender that created it).
     private let authorization: ReceiverAuthorization?
     private let log: @Sendable (String) -> Void
+    /// Restores processes from complete images (capability criu-restore); nil: not offered.
+    private let restore: RestoreService?
+    /// HELLO and WELCOME agreed on criu-restore.
+    private var restoreAgreed = false
+    private var restoreFiles: RestoreFileWriter?
     private let infoLock = NSLock()
     private var _info: Info
     private let decoder = BatchDecoder()
@@ -100,8 +107,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
                 authorization: ReceiverAuthorization? = nil, limits: ReceiverLimits = ReceiverLimits(),
-                log: @escaping @Sendable (String) -> Void) {
+                restore: RestoreService? = nil, log: @escaping @Sendable (String) -> Void) {
         self.limits = limits
+        self.restore = restore
         channel = FrameChannel(stream: stream)
         self.imagesRoot = imagesRoot
         self.registry = registry
@@ -155,7 +163,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             try channel.sendPreamble()
             store = try handshake(&claimed)
             try serve(store!)
-            setInfo { $0.state = $0.state == "complete" ? "complete" : "closed" }
+            setInfo { $0.state = $0.state == "complete" || $0.state == "running" ? $0.state : "closed" }
         } catch {
             let refusal = Self.refusal(for: error)
             store?.abortRound()
@@ -241,8 +249,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store = try createImage(directory: directory, id: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
-        digestVersion = hello.capabilities.contains(.digestV2) ? .v2 : .v1
-        try channel.send(.welcome(Welcome(capabilities: hello.capabilities.intersection(Self.capabilities), lastCommittedRound: store.committedRound.map(UInt64.init))))
+        let offered = restore == nil ? Self.capabilities : Self.capabilities.union([.criuRestore])
+        let agreed = hello.capabilities.intersection(offered)
+        restoreAgreed = agreed.contains(.criuRestore)
+        digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
+        try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store
     }
@@ -382,13 +393,64 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 if !k.isReply { try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true))) }
             case .error(let e):
                 throw Refusal(code: .cancelled, description: "sender reported error \(e.code): \(e.message)")
+            case .restoreFile(let chunk):
+                try checkRestore(store, openRound, chunk.name)
+                if restoreFiles == nil {
+                    restoreFiles = try RestoreFileWriter(directory: store.directory + "/criu", maxFiles: restore!.maxFiles, maxTotalBytes: restore!.maxTotalBytes)
+                    setInfo { $0.state = "receiving criu files" }
+                }
+                try restoreFiles!.write(chunk)
+            case .restoreBegin(let begin):
+                try checkRestore(store, openRound, nil)
+                guard let files = restoreFiles else { throw Refusal(code: .restoreFailed, description: "RESTORE_BEGIN without files") }
+                try files.finish(begin)
+                restoreFiles = nil
+                try runRestore(store, files, begin)
             case .close:
                 if openRound != nil { store.abortRound() }
                 return
-            case .hello, .welcome, .roundAck:
+            case .hello, .welcome, .roundAck, .restoreDone:
                 throw Refusal(code: .unexpectedMessage, description: "unexpected \(message.frameType)")
             }
         }
+    }
+
+    /// The hand-over comes after the proof, only when agreed, once.
+    private func checkRestore(_ store: ImageStore, _ openRound: UInt64?, _ name: String?) throws {
+        guard restoreAgreed, restore != nil else {
+            throw Refusal(code: .unexpectedMessage, description: "restore frames without the criu-restore capability")
+        }
+        guard openRound == nil, store.state == .complete else {
+            throw Refusal(code: .unexpectedMessage, description: "restore frames before the image is complete (the proof comes first)")
+        }
+        guard info.restoredPID == nil else { throw Refusal(code: .unexpectedMessage, description: "the process was restored already") }
+    }
+
+    private func runRestore(_ store: ImageStore, _ files: RestoreFileWriter, _ begin: RestoreBegin) throws {
+        let id = info.migration ?? "?"
+        setInfo { $0.state = "restoring" }
+        log("receiver: migration \(id): restoring from \(files.sizes.count) CRIU files (\(files.totalBytes) bytes) and the image")
+        let job = RestoreService.Job(migrationID: id, imageDirectory: store.directory, criuDirectory: files.directory, options: begin.options)
+        let outcome: RestoreService.Outcome
+        do {
+            outcome = try restore!.restore(job)
+        } catch let r as Refusal {
+            throw r
+        } catch {
+            throw Refusal(code: .restoreFailed, description: "restore: \(error)")
+        }
+        do {
+            try channel.send(.restoreDone(RestoreDone(pid: UInt32(outcome.pid), restoreMicros: UInt64(outcome.restoreSeconds * 1e6),
+                                                      completeMicros: UInt64(outcome.completeSeconds * 1e6))))
+        } catch {
+            // The sender cannot learn that the process runs here, so it resumes its
+            // source: never leave two copies running.
+            kill(outcome.pid, SIGKILL)
+            log("receiver: migration \(id): RESTORE_DONE could not be sent (\(error)); killed the restored PID \(outcome.pid), the sender resumes its source")
+            throw error
+        }
+        setInfo { $0.state = "running"; $0.restoredPID = outcome.pid }
+        log("receiver: migration \(id): process running on this host as PID \(outcome.pid) (restore \(Int(outcome.restoreSeconds * 1000)) ms, all pages in \(Int(outcome.completeSeconds * 1000)) ms)")
     }
 
     private func expect(_ open: UInt64?, _ round: UInt64) throws {

@@ -60,6 +60,9 @@ public struct MigrationRequest: Sendable {
     public var workers = 2
     /// Name the receiver's certificate must carry; nil = the host dialled.
     public var serverName: String?
+    /// A last step after the proof (the CRIU hand-over: dump, ship, restore on
+    /// the receiver); nil = the migration ends with the proof.
+    public var afterProof: AfterProof?
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid
@@ -121,4 +124,34 @@ public struct MigrationRequest: Sendable {
         host = host.isEmpty ? "localhost" : host
         return (String(host), port)
     }
+}
+
+/// A step run after the proof passed, on the migration's connection (before
+/// CLOSE), with the source frozen and released by memhaul: SIGSTOPped, no
+/// tracer, no userfaultfd. Throwing fails the migration: the source is resumed
+/// (SIGCONT) and left untracked, as for any failure while frozen.
+public struct AfterProof: Sendable {
+    /// Asked for in HELLO; a receiver that does not grant them fails the
+    /// migration at the handshake, before anything is sent or frozen.
+    public var capabilities: Capabilities
+    /// What the receiver must run to grant them (for the error).
+    public var requirement: String
+    public var run: @Sendable (AfterProofContext) throws -> Void
+
+    public init(capabilities: Capabilities, requirement: String, run: @escaping @Sendable (AfterProofContext) throws -> Void) {
+        self.capabilities = capabilities
+        self.requirement = requirement
+        self.run = run
+    }
+}
+
+/// What an ``AfterProof`` step gets.
+public struct AfterProofContext {
+    public let channel: FrameChannel
+    public let pid: Int32
+    public let migrationID: String
+    /// Monotonic seconds when the source was frozen.
+    public let frozenSince: Double
+    /// Changes the migration's status (the step's own fields).
+    public let update: ((inout MigrationStatus) -> Void) -> Void
 }

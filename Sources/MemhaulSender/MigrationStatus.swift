@@ -47,6 +47,22 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var resentBytesAfterResume: UInt64 = 0
     public var warnings: [String] = []
     public var error: String?
+    /// The CRIU hand-over (`--restore criu`), after the proof; all nil without it.
+    /// `criu dump` of the frozen source (no pages: the image has them).
+    public var criuDumpMs: Double?
+    /// The dump's files to the receiver, until RESTORE_BEGIN is sent.
+    public var transferMs: Double?
+    /// RESTORE_BEGIN received → restored process SIGCONTed, as the receiver measured it.
+    public var restoreMs: Double?
+    /// RESTORE_BEGIN received → every image page in the restored process (the source is killed after this).
+    public var pagesCompleteMs: Double?
+    /// Source frozen → process running on the receiver's host: freeze, final delta,
+    /// verify, criu dump, transfer, restore (the service gap).
+    public var frozenWindowMs: Double?
+    public var criuFiles: Int?
+    public var criuBytes: UInt64?
+    /// The process's PID on the receiver's host.
+    public var restoredPID: Int32?
 
     public init(id: String, pid: Int32, destination: String) {
         self.id = id
@@ -78,5 +94,13 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
         case warnings, error
+        case criuDumpMs = "criu_dump_ms"
+        case transferMs = "transfer_ms"
+        case restoreMs = "restore_ms"
+        case pagesCompleteMs = "pages_complete_ms"
+        case frozenWindowMs = "frozen_window_ms"
+        case criuFiles = "criu_files"
+        case criuBytes = "criu_bytes"
+        case restoredPID = "restored_pid"
     }
 }

@@ -217,11 +217,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var name = [CChar](repeating: 0, count: 256)
         gethostname(&name, name.count)
         let host = String(cString: name)
-        try channel.send(.hello(Hello(capabilities: Self.offeredCapabilities, migrationID: request.id,
+        let offered = Self.offeredCapabilities.union(request.afterProof?.capabilities ?? [])
+        try channel.send(.hello(Hello(capabilities: offered, migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive(by: PeerDeadline("WELCOME", seconds: request.deadlines.welcome)) {
         case .welcome(let w):
-            try Self.check(w, resumeFrom: resumeFrom)
+            try Self.check(w, resumeFrom: resumeFrom, offered: offered)
+            if let step = request.afterProof, !w.capabilities.isSuperset(of: step.capabilities) {
+                throw MigrationError.invalidParameter("the receiver at \(request.destination) cannot do the step after the proof: \(step.requirement)")
+            }
             welcomed = true
             return (channel, w.lastCommittedRound ?? 0, w.capabilities)
         case .error(let e):
@@ -232,13 +236,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// A WELCOME a receiver could lie in (wire.md, WELCOME): refused as a protocol violation.
-    static func check(_ w: Welcome, resumeFrom: UInt64?) throws {
+    static func check(_ w: Welcome, resumeFrom: UInt64?, offered: Capabilities = offeredCapabilities) throws {
         guard w.version.major == WireVersion.current.major else {
             throw MigrationError.protocolViolation("WELCOME version \(w.version) is not major \(WireVersion.current.major)")
         }
-        guard w.capabilities.isSubset(of: offeredCapabilities) else {
+        guard w.capabilities.isSubset(of: offered) else {
             throw MigrationError.protocolViolation(
-                "WELCOME accepts capabilities 0x\(String(w.capabilities.rawValue, radix: 16)) beyond the HELLO's 0x\(String(offeredCapabilities.rawValue, radix: 16))")
+                "WELCOME accepts capabilities 0x\(String(w.capabilities.rawValue, radix: 16)) beyond the HELLO's 0x\(String(offered.rawValue, radix: 16))")
         }
         if resumeFrom == nil, let round = w.lastCommittedRound {
             throw MigrationError.protocolViolation("WELCOME of a new migration claims committed round \(round)")
@@ -385,6 +389,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         {
             updateStatus { $0.warnings.append(w) }
             log(w)
+        }
+        if let step = request.afterProof {
+            // The step's tools (CRIU) seize the source themselves (a task has one
+            // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
+            try hold.handOver()
+            try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
+                                           frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
         }
         try? box.channel.send(.close(Close(reason: .complete)))
     }

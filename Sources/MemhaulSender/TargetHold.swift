@@ -73,6 +73,11 @@ final class TargetHold {
     /// Registers the target for tracking (uffd-wp). A failed attach holds nothing.
     func attach() throws -> AttachedProcess {
         precondition(released == nil && process == nil)
+        // The freeze is a ptrace hold, but the throttle, `--after stop|kill` and
+        // the SIGCONT after a CRIU hand-over are signals: find out now, before
+        // anything is done to the target, rather than at the end (CAP_KILL for
+        // another user's process).
+        _ = try Syscall.run("kill(\(pid), 0)") { kill(pid, 0) }
         let attached = try AttachedProcess.attach(pid: pid)
         process = attached
         return attached
@@ -94,6 +99,19 @@ final class TargetHold {
     /// Ends the throttle; the target runs.
     func stopThrottle() { throttle.stop() }
 
+    /// Lets go of a frozen target for a tool that seizes it itself (CRIU: a
+    /// task has one tracer): untracked, in a SIGSTOP group stop, no tracer.
+    /// The release still ends it: SIGCONT on failure, SIGKILL for `kill`.
+    func handOver() throws {
+        precondition(released == nil && isFrozen)
+        throttle.stop()
+        try process?.detach()
+        process = nil
+        try freezer.leaveTargetStopped()
+        handedOver = true
+    }
+    private var handedOver = false
+
     /// Lets go of the target: throttle off, thawed (unless completed with
     /// `stop` or `kill`), untracked, killed for `kill`. Every step runs even
     /// if an earlier one failed. Idempotent: a second call returns the first
@@ -108,7 +126,8 @@ final class TargetHold {
         var action = isFrozen ? "left stopped" : "running"
         if isFrozen && !keepStopped {
             do {
-                try freezer.resumeTarget()
+                // Handed over: no hold of ours is left, a SIGCONT ends the group stop.
+                if handedOver { _ = try Syscall.run("kill(SIGCONT)") { kill(pid, SIGCONT) } } else { try freezer.resumeTarget() }
                 action = "resumed"
             } catch {
                 problems.append("thaw failed: \(error)")
@@ -117,12 +136,12 @@ final class TargetHold {
         let letGo = MonotonicClock.seconds()
         do { try process?.detach() } catch { problems.append("untrack failed: \(error)") }
         var end = isFrozen && !keepStopped ? letGo : MonotonicClock.seconds()
-        if outcome == .completed(.stop) && isFrozen {
+        if outcome == .completed(.stop) && isFrozen && !handedOver {
             do { try freezer.leaveTargetStopped() } catch { problems.append("hand-over to a group stop failed: \(error)") }
             end = MonotonicClock.seconds()
         }
         if outcome == .completed(.kill) {
-            if isFrozen { freezer.killTarget() } else if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
+            if isFrozen && !handedOver { freezer.killTarget() } else if kill(pid, SIGKILL) != 0 { problems.append("kill failed: errno \(errno)") }
             action = "killed"
             end = MonotonicClock.seconds()
         }

@@ -11,6 +11,9 @@ public enum FrameType: UInt8, CaseIterable, Hashable, Sendable {
     case error = 0x09
     case keepalive = 0x0A
     case close = 0x0B
+    case restoreFile = 0x0C
+    case restoreBegin = 0x0D
+    case restoreDone = 0x0E
 
     /// The largest payload a valid frame of this type can have under `limits`; the header
     /// decoder rejects anything bigger before a byte of payload is buffered.
@@ -31,6 +34,9 @@ public enum FrameType: UInt8, CaseIterable, Hashable, Sendable {
         case .error: n = UInt64(ErrorMessage.fixedSize) + UInt64(max(limits.maxErrorMessageLength, 0))
         case .keepalive: n = UInt64(Keepalive.size)
         case .close: n = UInt64(Close.size)
+        case .restoreFile: n = UInt64(RestoreFile.fixedSize + RestoreFileName.maxLength + RestoreFile.maxChunk)
+        case .restoreBegin: n = UInt64(RestoreBegin.size)
+        case .restoreDone: n = UInt64(RestoreDone.size)
         }
         return UInt32(min(n, cap))
     }

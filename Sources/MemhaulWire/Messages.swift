@@ -558,6 +558,9 @@ public enum Message: Hashable, Sendable {
     case error(ErrorMessage)
     case keepalive(Keepalive)
     case close(Close)
+    case restoreFile(RestoreFile)
+    case restoreBegin(RestoreBegin)
+    case restoreDone(RestoreDone)
 
     public var frameType: FrameType {
         switch self {
@@ -572,6 +575,9 @@ public enum Message: Hashable, Sendable {
         case .error: .error
         case .keepalive: .keepalive
         case .close: .close
+        case .restoreFile: .restoreFile
+        case .restoreBegin: .restoreBegin
+        case .restoreDone: .restoreDone
         }
     }
 
@@ -628,6 +634,9 @@ public enum Message: Hashable, Sendable {
         case let .error(m): try m.encode(into: &out, limits: limits)
         case let .keepalive(m): m.encode(into: &out)
         case let .close(m): m.encode(into: &out)
+        case let .restoreFile(m): try m.encode(into: &out)
+        case let .restoreBegin(m): try m.encode(into: &out)
+        case let .restoreDone(m): try m.encode(into: &out)
         }
     }
 
@@ -683,6 +692,9 @@ public enum Message: Hashable, Sendable {
         case .error: return (.error(try ErrorMessage.decode(&r, limits: limits)), nil)
         case .keepalive: return (.keepalive(try Keepalive.decode(&r)), nil)
         case .close: return (.close(try Close.decode(&r)), nil)
+        case .restoreFile: return (.restoreFile(try RestoreFile.decode(&r)), nil)
+        case .restoreBegin: return (.restoreBegin(try RestoreBegin.decode(&r)), nil)
+        case .restoreDone: return (.restoreDone(try RestoreDone.decode(&r)), nil)
         }
     }
 }

@@ -151,10 +151,13 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
     /// The sender's certificate is valid but not authorised for this migration
     /// id (another sender's image, or no policy rule allows it).
     public static let unauthorized = ErrorCode(rawValue: 16)
+    /// The CRIU hand-over failed on the receiver (files refused, CRIU's restore failed):
+    /// the message quotes why. The sender resumes its source.
+    public static let restoreFailed = ErrorCode(rawValue: 17)
     /// A limit of the receiver (wire.md "Receiver limits") was reached: regions
     /// or bytes of a round's layout, pages of a round, image bytes of a
     /// migration, images of one sender.
-    public static let limitExceeded = ErrorCode(rawValue: 17)
+    public static let limitExceeded = ErrorCode(rawValue: 18)
 
     public var description: String {
         switch self {
@@ -174,6 +177,7 @@ public struct ErrorCode: RawRepresentable, Hashable, Sendable, CustomStringConve
         case .cancelled: "cancelled"
         case .internalError: "internal-error"
         case .unauthorized: "unauthorized"
+        case .restoreFailed: "restore-failed"
         case .limitExceeded: "limit-exceeded"
         default: "error-\(rawValue)"
         }

@@ -52,11 +52,14 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     public static let resume = Capabilities(rawValue: 1 << 1)
     /// KEEPALIVE frames may be sent and must be answered.
     public static let keepalive = Capabilities(rawValue: 1 << 2)
+    /// The CRIU hand-over after the proof (RESTORE_FILE, RESTORE_BEGIN, RESTORE_DONE): the
+    /// receiver restores the process. A receiver sets it only when it runs CRIU.
+    public static let criuRestore = Capabilities(rawValue: 1 << 3)
     /// The verification round's digests (ROUND_END, final ROUND_ACK) are memory
     /// digest v2 (ARCHITECTURE.md "Memory digest"): runs of zero pages hashed as
     /// one record, so the cost follows the content, not the declared layout.
     /// Without it both sides use v1.
-    public static let digestV2 = Capabilities(rawValue: 1 << 3)
+    public static let digestV2 = Capabilities(rawValue: 1 << 4)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

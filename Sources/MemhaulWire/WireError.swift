@@ -48,6 +48,10 @@ public enum WireError: Error, Hashable, Sendable {
     case unknownEncoding(UInt8)
     /// A zstd PAGE_BATCH payload is empty or larger than the uncompressed data.
     case compressedTooLarge(length: Int, uncompressed: Int)
+    /// A RESTORE_FILE name outside `RestoreFileName.rule`.
+    case invalidFileName
+    /// A PID of 0.
+    case invalidPID
 }
 
 extension WireError: CustomStringConvertible {
@@ -76,6 +80,8 @@ extension WireError: CustomStringConvertible {
         case let .rangesUnsorted(start): "wire: range at 0x\(String(start, radix: 16)) is unsorted or overlaps the previous one"
         case let .unknownEncoding(e): "wire: unknown page encoding \(e)"
         case let .compressedTooLarge(length, uncompressed): "wire: compressed payload \(length) bytes for \(uncompressed) uncompressed"
+        case .invalidFileName: "wire: restore file name must be \(RestoreFileName.rule)"
+        case .invalidPID: "wire: PID 0 is invalid"
         }
     }
 }

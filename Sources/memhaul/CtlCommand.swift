@@ -43,9 +43,17 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
         @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).") var resumeTimeout: Double?
         @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.") var noAutoConverge = false
+        @Option(help: "After the proof: none, or criu (move the process; the agent needs --criu-restore).") var restore: String?
+        @Option(name: .customLong("criu-route"), help: "lazy or rewrite.") var criuRoute: String?
+        @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job.") var shellJob = false
+        @Option(help: "CRIU TCP mode: none, established or close.") var tcp: String?
 
         func run() throws {
             var args: [String: Any] = ["pid": Int(pid), "to": to]
+            if let restore { args["restore"] = restore }
+            if let criuRoute { args["criu_route"] = criuRoute }
+            if shellJob { args["shell_job"] = true }
+            if let tcp { args["tcp"] = tcp }
             if let id { args["id"] = id }
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }

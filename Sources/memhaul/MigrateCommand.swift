@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
+import MemhaulCRIU
 import MemhaulSession
 import MemhaulSender
 import MemhaulReceiver
@@ -83,10 +84,16 @@ struct MigrateCommand: ParsableCommand {
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
     @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
     @OptionGroup var convergence: ConvergenceOptions
+    @OptionGroup var restore: RestoreOptions
+    @OptionGroup var dump: DumpOptions
     @OptionGroup var transport: TransportOptions
 
     func validate() throws {
         _ = try MigrationRequest.parseDestination(to)
+        if restore.enabled && convergence.after == "resume" {
+            throw ValidationError("--restore criu moves the process: the source is killed once it runs on the receiver (--after resume would run it twice)")
+        }
+        if !restore.enabled && !dump.isDefault { throw ValidationError("--criu-route, --shell-job, --tcp-established and --tcp-close need --restore criu") }
         if let id, !MigrationID.isValid(id.utf8) { throw ValidationError("--id must be \(MigrationID.rule)") }
     }
 
@@ -99,6 +106,15 @@ struct MigrateCommand: ParsableCommand {
         convergence.apply(to: &request)
         do { try request.validate() } catch { throw ValidationError(error.description) }
         let verbose = self.verbose
+        if restore.enabled {
+            // criu found and checked before the process is touched.
+            let runner = try restore.runner()
+            var handOver = CRIUHandOver(runner: runner, options: dump.options(extra: restore.criuArgs), workRoot: dump.criuDir,
+                                        log: { if verbose { Log.line($0) } })
+            handOver.route = dump.route == "rewrite" ? .rewrite : .lazy
+            request.afterProof = handOver.step
+            request.after = .kill  // only reached once the process runs on the receiver
+        }
         let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
         let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
         progress?.start()
@@ -176,6 +192,17 @@ enum Summary {
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
         if let v = s.verifyMs { lines.append(String(format: "  verify: %.1f ms, digest %@", v, s.digest ?? "-")) }
+        if let d = s.criuDumpMs {
+            lines.append(String(format: "  criu dump: %.1f ms; images to the receiver: %.1f ms (%d files, %@); restore: %.1f ms",
+                                d, s.transferMs ?? 0, s.criuFiles ?? 0, bytes(Double(s.criuBytes ?? 0)), s.restoreMs ?? 0))
+        }
+        if let w = s.frozenWindowMs {
+            lines.append(String(format: "  frozen window: %.1f ms (freeze %.1f + final delta %.1f + verify %.1f + criu dump %.1f + transfer %.1f + restore %.1f)",
+                                w, s.freezeMs ?? 0, (s.downtimeMs ?? 0) - (s.freezeMs ?? 0), s.verifyMs ?? 0, s.criuDumpMs ?? 0, s.transferMs ?? 0, s.restoreMs ?? 0))
+        }
+        if let p = s.restoredPID {
+            lines.append(String(format: "  running on the receiver as PID %d (every page in %.1f ms after the hand-over began)", p, s.pagesCompleteMs ?? 0))
+        }
         if let t = s.totalTimeMs { lines.append(String(format: "  total: %.2f s", t / 1000)) }
         if let c = s.cutoverReason { lines.append("  cutover: \(c)") }
         for w in s.warnings { lines.append("  warning: \(w)") }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
+import MemhaulCRIU
 import MemhaulSession
 import MemhaulSender
 import MemhaulReceiver
@@ -38,6 +39,7 @@ struct ReceiveCommand: ParsableCommand {
     var maxImageBytes: UInt64 = 1 << 40
     @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
     var maxImagesPerSender = 64
+    @OptionGroup var restore: RestoreOptions
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
@@ -78,6 +80,11 @@ struct ReceiveCommand: ParsableCommand {
         let listener = try TCPListener(host: host, port: port, options: transport.tcpOptions)
         let agent = ReceiverAgent(listener: listener, imagesRoot: images, limits: limits, handshake: try transport.handshake(), log: Log.line)
         agent.authorization = authorization
+        if restore.enabled {
+            let runner = try restore.runner()
+            agent.restore = .criu(runner: runner, extraArguments: restore.criuArgs, log: Log.line)
+            Log.line("receiver: restores processes with \(runner.path) (CRIU \(runner.version))")
+        }
         if !transport.insecure {
             Log.line(authorization.map { "receiver: authorisation policy \($0.path): \($0.current.rules.count) rules" }
                 ?? "receiver: no --authorize policy: any sender with a certificate from the CA may start a migration (each image is bound to its first sender)")
@@ -110,12 +117,35 @@ struct SenderCommand: ParsableCommand {
 
     @Option(help: "Control socket (Unix, mode 0600).")
     var control: String = AgentDefaults.senderControl
+    @Flag(name: .customLong("criu-restore"), help: "Accept migrate requests with restore: criu (CRIU ≥ 4.1 on this host and the receiver's).")
+    var criuRestore = false
+    @Option(name: .customLong("criu"), help: "The criu binary; default $MEMHAUL_CRIU, then criu on PATH.")
+    var criuPath: String?
+    @Option(name: .customLong("criu-arg"), help: "An extra argument for criu dump; repeatable.")
+    var criuArgs: [String] = []
+    @Option(name: .customLong("criu-dir"), help: "Where dumps are written (<dir>/<migration id>/; removed after success).")
+    var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
     @OptionGroup var transport: TransportOptions
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
-        let senderControl = SenderControl(connect: try transport.connector(), log: Log.line)
+        var restoreStep: SenderControl.RestoreStepFactory?
+        if criuRestore {
+            let runner = try RestoreOptions.openRunner(criuPath)
+            Log.line("sender: restores with \(runner.path) (CRIU \(runner.version))")
+            let (args, dir) = (criuArgs, criuDir)
+            restoreStep = { r in
+                var options = CRIUOptions()
+                options.shellJob = r.shellJob
+                options.tcp = CRIUTCPMode(rawValue: r.tcp) ?? .none
+                options.extraArguments = args
+                var handOver = CRIUHandOver(runner: runner, options: options, workRoot: dir, log: Log.line)
+                handOver.route = r.route == "rewrite" ? .rewrite : .lazy
+                return handOver.step
+            }
+        }
+        let senderControl = SenderControl(connect: try transport.connector(), restoreStep: restoreStep, log: Log.line)
         let server = try ControlServer(path: control) { (r: ControlRequest) throws(ControlError) -> [String: Any] in
             try senderControl.handle(r)
         }

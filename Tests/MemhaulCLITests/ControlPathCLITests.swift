@@ -1,24 +1,15 @@
 import Foundation
 import Glibc
 import Testing
+import MemhaulTestSupport
 
 /// `--control PATH` of a real agent never removes what is not a stale socket.
 @Suite(.serialized) struct ControlPathCLITests {
-    static let memhaul = (ProcessInfo.processInfo.environment["MEMHAUL_BIN_DIR"]
-        ?? URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent().path + "/.build/debug") + "/memhaul"
+    static let memhaul = builtBinary("memhaul")
 
     func runMemhaul(_ args: [String], executable: String) throws -> (status: Int32, out: String, err: String) {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: executable)
-        p.arguments = args
-        let out = Pipe(), err = Pipe()
-        p.standardOutput = out
-        p.standardError = err
-        try p.run()
-        let o = out.fileHandleForReading.readDataToEndOfFile()
-        let e = err.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        return (p.terminationStatus, String(decoding: o, as: UTF8.self), String(decoding: e, as: UTF8.self))
+        let r = try runProgram([executable] + args)
+        return (r.status, r.out, r.err)
     }
 
     func expectRefused(_ control: String, _ what: String) throws {

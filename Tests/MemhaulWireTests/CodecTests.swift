@@ -21,7 +21,7 @@ private let le32 = VectorTable.le32
 
     @Test func headerRejects() {
         #expect(throws: WireError.unknownFrameType(0)) { try decode([0, 0, 0, 0] + le32(0) + le32(0)) }
-        #expect(throws: WireError.unknownFrameType(0x0C)) { try decode([0x0C, 0, 0, 0] + le32(0) + le32(0)) }
+        #expect(throws: WireError.unknownFrameType(0x0F)) { try decode([0x0F, 0, 0, 0] + le32(0) + le32(0)) }
         #expect(throws: WireError.invalidFlags(0x80)) { try decode([0x0A, 0x80, 0, 0] + le32(12) + le32(0)) }
         #expect(throws: WireError.reservedNotZero) { try decode([0x0A, 0, 0, 1] + le32(12) + le32(0)) }
         #expect(throws: WireError.payloadTooLarge(length: 13, limit: 12)) { try decode([0x0A, 0, 0, 0] + le32(13) + le32(0)) }
@@ -177,15 +177,15 @@ private let le32 = VectorTable.le32
         #expect(e == ErrorMessage(code: .unauthorized, message: "no"))
     }
 
-    /// Code 17 (wire.md, "Error codes"): ERROR bytes 09… 11 00, named `limit-exceeded`;
-    /// capability bit 3 is `digestV2` (HELLO/WELCOME).
+    /// Code 18 (wire.md, "Error codes"): ERROR bytes 09… 12 00, named `limit-exceeded`;
+    /// capability bit 4 is `digestV2` (HELLO/WELCOME).
     @Test func limitExceededErrorCodeAndDigestV2Capability() throws {
-        #expect(ErrorCode.limitExceeded.rawValue == 17)
+        #expect(ErrorCode.limitExceeded.rawValue == 18)
         #expect(ErrorCode.limitExceeded.description == "limit-exceeded")
-        let bytes = frame(0x09, [17, 0, 2, 0] + Array("no".utf8))
+        let bytes = frame(0x09, [18, 0, 2, 0] + Array("no".utf8))
         guard case .error(let e) = try decode(bytes) else { Issue.record("not an ERROR"); return }
         #expect(e == ErrorMessage(code: .limitExceeded, message: "no"))
-        #expect(Capabilities.digestV2.rawValue == 8)
+        #expect(Capabilities.digestV2.rawValue == 16)
     }
 }
 
@@ -256,5 +256,40 @@ private let le32 = VectorTable.le32
         try Message.pageBatch(batch).encodeFrame(sequence: 0, into: &out)
         #expect(out.count == FrameHeader.size + Int(FrameType.pageBatch.maxPayloadLength(.default)))
         #expect(try Message.decodeFrame(out[...]).message == .pageBatch(batch))
+    }
+}
+
+@Suite struct RestoreMessageTests {
+    @Test func namesFollowTheRule() {
+        for good in ["pstree.img", "core-1.img", "pages-1.img", "a", "A_b-c.d", String(repeating: "x", count: 128)] {
+            #expect(RestoreFileName.isValid(good.utf8), "\(good)")
+        }
+        for bad in ["", ".", "..", ".hidden", "a/b", "../x", "x y", "é.img", String(repeating: "x", count: 129), "a\u{0}b"] {
+            #expect(!RestoreFileName.isValid(bad.utf8), "\(bad)")
+        }
+    }
+
+    @Test func roundTripAndRefusals() throws {
+        for m: Message in [
+            .restoreFile(RestoreFile(name: "mm-1.img", offset: 0, data: [])),
+            .restoreFile(RestoreFile(name: "pages-1.img", offset: 1 << 20, data: ArraySlice([UInt8](repeating: 7, count: RestoreFile.maxChunk)))),
+            .restoreBegin(RestoreBegin(fileCount: 0, options: [.tcpClose, .rewrite], totalBytes: 0)),
+            .restoreDone(RestoreDone(pid: 1, restoreMicros: 0, completeMicros: .max)),
+        ] {
+            var out: [UInt8] = []
+            try m.encodeFrame(sequence: 3, into: &out)
+            let (header, decoded, used) = try Message.decodeFrame(out[...])
+            #expect(header.sequence == 3 && used == out.count && decoded == m)
+        }
+        var out: [UInt8] = []
+        #expect(throws: WireError.invalidFileName) { try Message.restoreFile(RestoreFile(name: "../etc/passwd", offset: 0, data: [])).encodeFrame(sequence: 0, into: &out) }
+        #expect(throws: WireError.self) { try Message.restoreFile(RestoreFile(name: "x", offset: 0, data: ArraySlice([UInt8](repeating: 0, count: RestoreFile.maxChunk + 1)))).encodeFrame(sequence: 0, into: &out) }
+        #expect(throws: WireError.self) { try Message.restoreBegin(RestoreBegin(fileCount: 1, options: [.tcpClose, .tcpEstablished], totalBytes: 0)).encodeFrame(sequence: 0, into: &out) }
+        #expect(throws: WireError.invalidPID) { try Message.restoreDone(RestoreDone(pid: 0, restoreMicros: 0, completeMicros: 0)).encodeFrame(sequence: 0, into: &out) }
+        #expect(out.isEmpty)
+        // A name with a slash, by hand: the decoder refuses it.
+        var payload: [UInt8] = [0, 0, 0, 0, 0, 0, 0, 0, 3, 0, 0, 0, 0, 0, 0, 0]
+        payload += Array("a/b".utf8)
+        #expect(throws: WireError.invalidFileName) { try Message.decode(type: .restoreFile, payload: payload[...]) }
     }
 }

@@ -103,6 +103,18 @@ enum VectorTable {
             file: "close.bin", sequence: 10,
             message: .close(Close(reason: .complete)),
             description: "CLOSE, sequence 10: reason 0 (complete)."),
+        ValidVector(
+            file: "restore_file.bin", sequence: 11,
+            message: .restoreFile(RestoreFile(name: "pstree.img", offset: 4096, data: ArraySlice("criu image bytes".utf8))),
+            description: "RESTORE_FILE, sequence 11: offset 4096, name `pstree.img` (10 bytes), 16 data bytes `criu image bytes`."),
+        ValidVector(
+            file: "restore_begin.bin", sequence: 12,
+            message: .restoreBegin(RestoreBegin(fileCount: 13, options: [.shellJob, .tcpEstablished], totalBytes: 70_694)),
+            description: "RESTORE_BEGIN, sequence 12: 13 files, options 0x3 (shell-job + tcp-established), 70694 bytes."),
+        ValidVector(
+            file: "restore_done.bin", sequence: 0,
+            message: .restoreDone(RestoreDone(pid: 6122, restoreMicros: 56_700, completeMicros: 524_400)),
+            description: "RESTORE_DONE, sequence 0 (as if first of its direction): PID 6122, restore 56700 µs, every page in after 524400 µs."),
     ]
 
     static let preambleDescription = "Preamble: magic `MEMHAUL\\0` (4d 45 4d 48 41 55 4c 00), major 1, minor 0."

@@ -88,7 +88,8 @@ for opt in --timeout --interval --downtime-limit --max-bandwidth --max-rounds --
     [[ $(wc -l <<<"$err") -eq 1 && $err == memhaul-orchestrate:* ]] || fail "$what: want one error line, got: $err"
   done
 done
-for bad in "--to x;touch\$IFS$pwned:1" "--to host:0" "--to host:99999" "--id a/b" "--id \$(touch$pwned)" "--after rm" "--timeout 0" "--interval 0.0"; do
+for bad in "--to x;touch\$IFS$pwned:1" "--to host:0" "--to host:99999" "--id a/b" "--id \$(touch$pwned)" "--after rm" "--timeout 0" "--interval 0.0" \
+  "--restore \$(touch$pwned)" "--restore podman" "--criu-route fast" "--tcp open"; do
   read -r o v <<<"$bad"
   run --pid 4242 --to 127.0.0.1:7070 "$o" "$v"
   [[ $rc -eq 2 && ! -e $pwned && ! -s $FAKE_LOG ]] || fail "$bad: exit $rc, calls: $(cat "$FAKE_LOG")"
@@ -110,6 +111,15 @@ grep -q '300.5' "$FAKE_LOG" && grep -q 'resume' "$FAKE_LOG" || fail "migrate opt
 [[ $(jq -r '.state' <<<"$out" 2>/dev/null) == completed && $(jq -r '.receiver.migration' <<<"$out" 2>/dev/null) == m-1 ]] \
   || fail "result JSON: $out"
 [[ $fails -eq $before ]] && pass "a ctl prefix keeps quoted spaces, \$ and * literal; result JSON printed"
+
+# 2b. --restore criu and its CRIU options reach the sender agent as ctl options.
+before=$fails
+prefix=$work/fakectl
+run --pid 4242 --to 127.0.0.1:7070 --restore criu --criu-route rewrite --tcp close --shell-job
+[[ $rc -eq 0 ]] || fail "--restore criu: exit $rc: $err"
+grep -q '\[migrate\].*\[--restore=criu\]' "$FAKE_LOG" && grep -q '\[--criu-route=rewrite\]' "$FAKE_LOG" \
+  && grep -q '\[--tcp=close\]' "$FAKE_LOG" && grep -q '\[--shell-job\]' "$FAKE_LOG" || fail "--restore options not passed: $(cat "$FAKE_LOG")"
+[[ $fails -eq $before ]] && pass "--restore criu, --criu-route, --tcp and --shell-job are passed to the sender agent"
 
 before=$fails
 run --pid 4242 --to 127.0.0.1:7070 --sender-ctl "'$fake' 'unbalanced"

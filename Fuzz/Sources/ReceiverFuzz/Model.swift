@@ -149,7 +149,9 @@ struct ConnectionModel {
             openRound = nil
         case .keepalive:
             break
-        case .error, .close, .welcome, .roundAck:
+        case .restoreFile, .restoreBegin:
+            return false  // the harness's receiver does not restore: unexpected-message ends the session
+        case .error, .close, .welcome, .roundAck, .restoreDone:
             return false  // the session ends here (CLOSE included: nothing after it is read)
         }
         return true
