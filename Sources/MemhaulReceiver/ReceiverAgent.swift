@@ -90,7 +90,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             peerGone: { guardian.peerGone(ticket) })
         let session = ReceiverSession(
             stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization,
-            restore: restore, limits: limits, log: log)
+            limits: limits, restore: restore, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

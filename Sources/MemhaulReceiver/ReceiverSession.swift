@@ -106,10 +106,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
     /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
-                authorization: ReceiverAuthorization? = nil, restore: RestoreService? = nil, limits: ReceiverLimits = ReceiverLimits(),
-                log: @escaping @Sendable (String) -> Void) {
-        self.restore = restore
+                authorization: ReceiverAuthorization? = nil, limits: ReceiverLimits = ReceiverLimits(),
+                restore: RestoreService? = nil, log: @escaping @Sendable (String) -> Void) {
         self.limits = limits
+        self.restore = restore
         channel = FrameChannel(stream: stream)
         self.imagesRoot = imagesRoot
         self.registry = registry
@@ -249,10 +249,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store = try createImage(directory: directory, id: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
-        digestVersion = hello.capabilities.contains(.digestV2) ? .v2 : .v1
         let offered = restore == nil ? Self.capabilities : Self.capabilities.union([.criuRestore])
         let agreed = hello.capabilities.intersection(offered)
         restoreAgreed = agreed.contains(.criuRestore)
+        digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         return store

@@ -27,7 +27,6 @@ struct ReceiveCommand: ParsableCommand {
     var maxConnections = 64
     @Option(help: "Connections open at once from one address; more are refused.")
     var maxConnectionsPerHost = 16
-    @OptionGroup var restore: RestoreOptions
     @Option(help: "Regions in one round's layout (all its LAYOUT frames); more: ERROR limit-exceeded.")
     var maxLayoutRegions = 131_072
     @Option(help: "Bytes of one round's layout held before its last LAYOUT frame; more: ERROR limit-exceeded.")
@@ -40,6 +39,7 @@ struct ReceiveCommand: ParsableCommand {
     var maxImageBytes: UInt64 = 1 << 40
     @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
     var maxImagesPerSender = 64
+    @OptionGroup var restore: RestoreOptions
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
