@@ -347,17 +347,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
-                for run in list.runs {
-                    try store.zeroPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
-                    counts.zeroPages += UInt64(run.pageCount)
-                }
+                counts.zeroPages += try Self.apply(list.runs, store.zeroPages)
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
-                for run in list.runs {
-                    try store.discardPages(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
-                    counts.discardedPages += UInt64(run.pageCount)
-                }
+                counts.discardedPages += try Self.apply(list.runs, store.discardPages)
             case .roundEnd(let end):
                 try expect(openRound, end.round)
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
@@ -479,6 +473,16 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             try store.writePages(at: run.start, UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)]))
             offset += bytes
         }
+    }
+
+    /// Runs of pages (ZERO_RANGES, DISCARD_RANGES) as ranges to `op`; returns the pages.
+    static func apply(_ runs: [PageRun], _ op: (AddressRange) throws(ImageError) -> Void) throws(ImageError) -> UInt64 {
+        var pages: UInt64 = 0
+        for run in runs {
+            try op(AddressRange(start: run.start, end: run.start + UInt64(run.pageCount) * UInt64(WireLimits.default.pageSize)))
+            pages += UInt64(run.pageCount)
+        }
+        return pages
     }
 
     static func refusal(for error: Error) -> Refusal {

@@ -67,13 +67,6 @@ final class ReadOnlyMount {
 }
 
 extension ImageReader {
-    func readBytes(_ address: UInt64, _ count: Int) throws(ImageError) -> [UInt8] {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 4096)
-        defer { buffer.deallocate() }
-        try read(at: address, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
-        return Array(buffer[0..<count])
-    }
-
     /// Every region of the committed layout equals the model, and so does the digest.
     func matches(_ model: MemoryModel) throws -> Bool {
         guard layout == model.layout else { return false }

@@ -80,13 +80,6 @@ extension ImageStore {
         try result.get()
     }
 
-    func readBytes(_ address: UInt64, _ count: Int) throws(ImageError) -> [UInt8] {
-        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 4096)
-        defer { buffer.deallocate() }
-        try read(at: address, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
-        return Array(buffer[0..<count])
-    }
-
     /// Every region of the committed layout equals the model, and so does the digest.
     func matches(_ model: MemoryModel) throws -> Bool {
         guard layout == model.layout else { return false }
@@ -101,4 +94,14 @@ func region(_ start: UInt64, pages: Int, _ prot: ImageProtection = [.read, .writ
 
 func memFiles(_ dir: String) -> [String] {
     ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("mem-") }.sorted()
+}
+
+extension CommittedImage {
+    /// `count` committed bytes from `address` (the store and the reader alike).
+    func readBytes(_ address: UInt64, _ count: Int) throws(ImageError) -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: max(count, 1), alignment: 4096)
+        defer { buffer.deallocate() }
+        try read(at: address, into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]))
+        return Array(buffer[0..<count])
+    }
 }
