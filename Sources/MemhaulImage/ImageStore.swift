@@ -245,7 +245,11 @@ public final class ImageStore: @unchecked Sendable {
         let applier = self.applier
         let m = manifest
         let faults = Syscall.currentFaults  // the apply's writes fail as the caller's would (tests)
-        job.item = DispatchWorkItem { [job] in
+        // Weak: the job holds its item; a strong capture was a cycle, and every
+        // apply leaked the job, the manifest copy and the applier with it.
+        // `running` (then join) keeps the job alive until the item has run.
+        job.item = DispatchWorkItem { [weak job] in
+            guard let job else { return }
             let t0 = MonotonicClock.nanoseconds()
             Syscall.withFaults(faults) {
                 do throws(ImageError) {
@@ -258,6 +262,9 @@ public final class ImageStore: @unchecked Sendable {
             job.nanoseconds = MonotonicClock.nanoseconds() - t0
         }
         running = job
+#if DEBUG
+        hooks.lastApply = job
+#endif
         Self.applyQueue.async(execute: job.item!)
     }
 

@@ -8,6 +8,8 @@ struct TestHooks {
     /// Never apply journals to the region files, as if no apply had reached
     /// the disk before a crash (only fsynced in-place writes did).
     var skipApply = false
+    /// The last background apply, held weakly: a test checks it is freed once joined.
+    weak var lastApply: ApplyJob?
 }
 
 extension ImageStore {
@@ -22,6 +24,9 @@ extension ImageStore {
         get { hooks.skipApply }
         set { hooks.skipApply = newValue }
     }
+
+    /// Tests: whether the last background apply is still alive (it must not outlive its join).
+    var testLastApplyIsAlive: Bool { hooks.lastApply != nil }
 
     /// Tests: drop the store as a crash would: no checkpoint, journals left for `open`.
     func testCrash() {
