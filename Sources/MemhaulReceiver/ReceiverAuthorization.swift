@@ -192,20 +192,6 @@ public final class ReceiverAuthorization: @unchecked Sendable {  // `policy` beh
         return fresh
     }
 
-    nonisolated(unsafe) private static var hangup: DispatchSourceSignal?
-
-    /// SIGHUP re-reads `authorization`'s file, logging the outcome. Installed
-    /// also without a policy, so that a reload (`systemctl reload`) never
-    /// kills a receiver. Call once, from the main thread at startup.
-    public static func reloadOnHangup(_ authorization: ReceiverAuthorization?, log: @escaping @Sendable (String) -> Void) {
-        signal(SIGHUP, SIG_IGN)
-        let source = DispatchSource.makeSignalSource(signal: SIGHUP, queue: .global())
-        source.setEventHandler { hangUp(authorization, log: log) }
-        source.resume()
-        hangup?.cancel()
-        hangup = source
-    }
-
     /// What SIGHUP does: re-read the policy, log the outcome (the memhaul
     /// executable calls this from its signal thread).
     public static func hangUp(_ authorization: ReceiverAuthorization?, log: @escaping @Sendable (String) -> Void) {

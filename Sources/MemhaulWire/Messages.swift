@@ -25,13 +25,11 @@ public struct Hello: Hashable, Sendable {
         self.resumeFromRound = resumeFromRound
     }
 
-    /// See ``MigrationID/isValid(_:)``.
-    public static func isValidMigrationID(_ id: some Collection<UInt8>) -> Bool { MigrationID.isValid(id) }
 
     static func isValidPageSize(_ s: UInt32) -> Bool { s >= 4096 && s <= 65536 && s & (s &- 1) == 0 }
 
     func encode(into out: inout [UInt8]) throws(WireError) {
-        guard Hello.isValidMigrationID(migrationID.utf8) else { throw .invalidMigrationID }
+        guard MigrationID.isValid(migrationID.utf8) else { throw .invalidMigrationID }
         let nameLength = senderName.utf8.count
         guard nameLength <= WireLimits.maxSenderNameLength else {
             throw .nameTooLong(length: nameLength, limit: WireLimits.maxSenderNameLength)
@@ -64,7 +62,7 @@ public struct Hello: Hashable, Sendable {
         if flags == 0, resume != 0 { throw .reservedNotZero }
         guard isValidPageSize(pageSize) else { throw .invalidPageSize(pageSize) }
         let idBytes = try r.bytes(idLength)
-        guard isValidMigrationID(idBytes) else { throw .invalidMigrationID }
+        guard MigrationID.isValid(idBytes) else { throw .invalidMigrationID }
         let id = String(decoding: idBytes, as: UTF8.self)  // ASCII, checked above
         let name = try r.string(nameLength)
         try r.finish()
