@@ -21,12 +21,35 @@ public func builtBinary(_ name: String) -> String {
 }
 
 /// A new, empty directory `/tmp/memhaul-<tag>-XXXXXX` (mkdtemp: unique even
-/// when tests run in parallel or in several processes at once).
+/// when tests run in parallel or in several processes at once). It is removed
+/// when the test process exits (set `MEMHAUL_KEEP_TEST_DIRS=1` to keep them for
+/// a post-mortem): images of hundreds of MiB per test filled the disk otherwise.
 public func temporaryDirectory(_ tag: String = "test") -> String {
     var template = Array("/tmp/memhaul-\(tag)-XXXXXX".utf8CString)
-    return template.withUnsafeMutableBufferPointer { buffer in
+    let path = template.withUnsafeMutableBufferPointer { buffer in
         guard let path = mkdtemp(buffer.baseAddress!) else { fatalError("mkdtemp /tmp/memhaul-\(tag)-XXXXXX: errno \(errno)") }
         return String(cString: path)
+    }
+    ScratchDirectories.shared.add(path)
+    return path
+}
+
+/// The scratch directories this process made, removed at exit.
+final class ScratchDirectories: @unchecked Sendable {
+    static let shared = ScratchDirectories()
+    private let lock = NSLock()
+    private var paths: [String] = []
+
+    private init() {
+        if ProcessInfo.processInfo.environment["MEMHAUL_KEEP_TEST_DIRS"] == nil {
+            atexit { ScratchDirectories.shared.removeAll() }
+        }
+    }
+
+    func add(_ path: String) { lock.withLock { paths.append(path) } }
+
+    private func removeAll() {
+        for path in lock.withLock({ paths }) { removeTree(path) }
     }
 }
 

@@ -9,7 +9,8 @@ root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 bin=${MEMHAUL_BIN_DIR:-$root/.build/debug}
 memhaul=$bin/memhaul
 work=$(mktemp -d "/tmp/${work_prefix:-memhaul-e2e}.XXXXXX")
-A=mh-a B=mh-b
+A=${MEMHAUL_NETNS_A:-mh-a} B=${MEMHAUL_NETNS_B:-mh-b}
+export MEMHAUL_NETNS_A=$A MEMHAUL_NETNS_B=$B   # scripts/netns reads them
 pids=()
 cleanup() {
   set +e
