@@ -77,7 +77,8 @@ public struct CRIUHandOver: Sendable {
         try? FileManager.default.removeItem(atPath: dir)
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let images = dir + "/images"
-        let dump = try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options)
+        let (runner, options) = (runner, options)
+        let dump = try channel.keepingAlive { try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options) }
         update { $0.criuDumpMs = dump.seconds * 1000 }
         log("criu dump of PID \(pid): \(Int(dump.seconds * 1000)) ms, images in \(images)")
 

@@ -400,6 +400,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try files.finish(begin)
                 restoreFiles = nil
                 try runRestore(store, files, begin)
+                return  // the sender's CLOSE was the commit
             case .close:
                 if openRound != nil { store.abortRound() }
                 return
@@ -443,8 +444,38 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             log("receiver: migration \(id): RESTORE_DONE could not be sent (\(error)); killed the restored PID \(outcome.pid), the sender resumes its source")
             throw error
         }
+        do {
+            try awaitCommit()
+        } catch {
+            kill(outcome.pid, SIGKILL)
+            log("receiver: migration \(id): no CLOSE from the sender after RESTORE_DONE (\(error)); killed the restored PID \(outcome.pid): "
+                + "the sender resumes its source unless it saw RESTORE_DONE; the image and \(files.directory) are kept")
+            throw error
+        }
         setInfo { $0.state = "running"; $0.restoredPID = outcome.pid }
         log("receiver: migration \(id): process running on this host as PID \(outcome.pid) (restore \(Int(outcome.restoreSeconds * 1000)) ms, all pages in \(Int(outcome.completeSeconds * 1000)) ms)")
+    }
+
+    /// The sender kills its source on RESTORE_DONE and then says CLOSE
+    /// (complete): that CLOSE commits the move. A broken connection or a
+    /// silent sender before it means the sender may have resumed its source,
+    /// so the restored copy must not run on (wire.md, "Restore on the receiver").
+    private func awaitCommit() throws {
+        let deadline = PeerDeadline("CLOSE after RESTORE_DONE", seconds: Double(limits.frameTimeout.components.seconds))
+        while true {
+            watch.awaitingFrame()
+            let message = try channel.receive(by: deadline)
+            watch.working()
+            switch message {
+            case .close(let c) where c.reason == .complete: return
+            case .keepalive(let k):
+                if !k.isReply { try channel.send(.keepalive(Keepalive(nonce: k.nonce, isReply: true))) }
+            case .error(let e):
+                throw Refusal(code: .cancelled, description: "sender reported error \(e.code) after RESTORE_DONE: \(e.message)")
+            case let other:
+                throw Refusal(code: .unexpectedMessage, description: "expected CLOSE (complete) after RESTORE_DONE, got \(other.frameType)")
+            }
+        }
     }
 
     private func expect(_ open: UInt64?, _ round: UInt64) throws {

@@ -2,6 +2,7 @@ import Foundation
 import Glibc
 import MemhaulWire
 import Testing
+import MemhaulTestSupport
 @testable import MemhaulReceiver
 @testable import MemhaulSender
 @testable import MemhaulSession
@@ -68,6 +69,39 @@ import Testing
         }
         #expect(gone, "source state \(String(describing: workload.state))")
         #expect(receiver.agent.sessionInfo.last?.state == "running" && receiver.agent.sessionInfo.last?.restoredPID == 4242)
+    }
+
+    /// The connection breaks after RESTORE_DONE, before the sender's CLOSE
+    /// commits the move: the sender resumes its source, so the receiver must
+    /// kill its restored copy. Never two copies running.
+    @Test func aBreakBeforeTheCommitKillsTheRestoredCopy() throws {
+        let restored = try ChildProcess(["/bin/sleep", "600"], stdin: .null)
+        defer { restored.kill() }
+        let receiver = try Self.receiver { _ in .init(pid: restored.pid, restoreSeconds: 0.01, completeSeconds: 0.02) }
+        let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "2000"])
+        defer { workload.kill() }
+        var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "after-break")
+        let inner = Self.step(seen: SeenBox())
+        r.afterProof = AfterProof(capabilities: inner.capabilities, requirement: inner.requirement) { ctx in
+            try inner.run(ctx)  // up to RESTORE_DONE
+            ctx.channel.stream.abort()  // the link goes before CLOSE
+            throw MigrationError.connectionClosed
+        }
+        r.after = .kill
+        let migration = SenderMigration(request: r, connect: try connector(nil))
+        migration.run()
+        #expect(migration.status.state == .failed)
+        #expect(workload.state != "T" && workload.state != nil, "the source runs on")
+        #expect(!workload.holdsUserfaultfd && !workload.hasUffdWriteProtect)
+        // The receiver noticed and killed its copy (a zombie of this test process until reaped).
+        for _ in 0..<3000 where restored.state != "Z" && restored.state != nil { usleep(10_000) }  // a bound, not a timing
+        #expect(restored.state == "Z" || restored.state == nil, "the restored copy still runs")
+        var info = receiver.agent.sessionInfo.last
+        for _ in 0..<500 where info?.state == "running" || info?.state == "restoring" {
+            usleep(10_000)
+            info = receiver.agent.sessionInfo.last
+        }
+        #expect(info?.state != "running" && info?.restoredPID == nil, "\(String(describing: info))")
     }
 
     @Test func aFailedRestoreResumesTheSourceUntracked() throws {
