@@ -14,40 +14,24 @@ enum CRIUEndToEnd {
     static var haveRealCRIU: Bool { realCRIU != nil && haveCompiler }
     static let haveCompiler = FileManager.default.isExecutableFile(atPath: "/usr/bin/cc")
 
-    /// A running `memhaul receive --restore criu`.
+    /// A running `memhaul receive --restore criu`; its stderr in a file.
     final class Receiver {
-        let process = Process()
+        let process: ChildProcess
         let port: UInt16
         let stderrPath: String
         var controlPath: String { (stderrPath as NSString).deletingLastPathComponent + "/receiver.sock" }
         init(images: String, criu: String) throws {
             stderrPath = images + "/../receiver.err"
-            FileManager.default.createFile(atPath: stderrPath, contents: nil)
-            process.executableURL = URL(fileURLWithPath: builtBinary("memhaul"))
-            process.arguments = ["receive", "--listen", "127.0.0.1:0", "--images", images, "--insecure",
-                                 "--control", images + "/../receiver.sock", "--restore", "criu", "--criu", criu]
-            let out = Pipe()
-            process.standardOutput = out
-            process.standardError = FileHandle(forWritingAtPath: stderrPath)
-            try process.run()
-            var line = Data()
-            while !line.contains(UInt8(ascii: "\n")) {
-                let chunk = out.fileHandleForReading.availableData
-                if chunk.isEmpty { break }
-                line += chunk
-            }
-            let text = String(decoding: line, as: UTF8.self)
-            guard let p = text.split(separator: ":").last.flatMap({ UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
-                process.terminate()
-                throw CRIURunnerError.handOver("receiver did not start: \(text) \((try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "")")
+            process = try ChildProcess([builtBinary("memhaul"), "receive", "--listen", "127.0.0.1:0", "--images", images, "--insecure",
+                                        "--control", images + "/../receiver.sock", "--restore", "criu", "--criu", criu],
+                                       stdin: .null, stderr: .file(stderrPath))
+            let text = (try? process.readLine(timeout: 60)) ?? nil
+            guard let p = text?.split(separator: ":").last.flatMap({ UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+                throw CRIURunnerError.handOver("receiver did not start: \(text ?? "") \((try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "")")
             }
             port = p
         }
         var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
-        deinit {
-            process.terminate()
-            for _ in 0..<200 where process.isRunning { usleep(10_000) }
-        }
     }
 
     static func migrate(pid: Int32, port: UInt16, id: String, criu: String) throws -> (status: Int32, json: [String: Any], output: String) {
@@ -79,22 +63,14 @@ enum CRIUEndToEnd {
         return false
     }
 
-    /// A child process we own, killed at the end.
+    /// A child process we own, killed at the end. Its stdio is /dev/null: CRIU
+    /// refuses to dump a task whose stdio is a pipe to a process outside the dump.
     final class Child {
-        let process = Process()
+        let process: ChildProcess
         init(_ path: String, _ args: [String]) throws {
-            process.executableURL = URL(fileURLWithPath: path)
-            process.arguments = args
-            process.standardInput = FileHandle.nullDevice
-            process.standardOutput = FileHandle.nullDevice
-            process.standardError = FileHandle.nullDevice
-            try process.run()
+            process = try ChildProcess([path] + args, stdin: .null, stdout: .null, stderr: .null)
         }
-        var pid: Int32 { process.processIdentifier }
-        deinit {
-            kill(process.processIdentifier, SIGKILL)
-            for _ in 0..<200 where process.isRunning { usleep(10_000) }  // waitUntilExit can hang on Linux Foundation
-        }
+        var pid: Int32 { process.pid }
     }
 }
 
@@ -128,15 +104,9 @@ enum CRIUEndToEnd {
         let dir = temporaryDirectory("criu")
         try FileManager.default.createDirectory(atPath: dir + "/images", withIntermediateDirectories: true)
         // A receiver without --restore: start it by hand.
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: builtBinary("memhaul"))
-        p.arguments = ["receive", "--listen", "127.0.0.1:0", "--images", dir + "/images", "--insecure", "--control", dir + "/r.sock"]
-        let out = Pipe()
-        p.standardOutput = out
-        p.standardError = FileHandle.nullDevice
-        try p.run()
-        defer { p.terminate(); p.waitUntilExit() }
-        let line = String(decoding: out.fileHandleForReading.availableData, as: UTF8.self)
+        let p = try ChildProcess([builtBinary("memhaul"), "receive", "--listen", "127.0.0.1:0", "--images", dir + "/images", "--insecure",
+                                  "--control", dir + "/r.sock"], stdin: .null, stderr: .null)
+        let line = try p.readLine(timeout: 60) ?? ""
         let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0.trimmingCharacters(in: .whitespacesAndNewlines)) })
         let source = try CRIUEndToEnd.Child("/bin/sleep", ["600"])
         let r = try CRIUEndToEnd.migrate(pid: source.pid, port: port, id: "no-restore", criu: fake.path)
@@ -367,7 +337,7 @@ extension CRIURestoreEndToEndTests {
         let source = try #require(Int32(children.trimmingCharacters(in: .whitespacesAndNewlines)))
         defer { kill(source, SIGKILL) }
         // Kill the receiver agent once its criu restore runs (<images>/<id>/criu/../../restoring).
-        let agent = receiver.process.processIdentifier
+        let agent = receiver.process.pid
         let watcher = Thread {
             let deadline = Date().addingTimeInterval(60)
             while Date() < deadline, !FileManager.default.fileExists(atPath: dir + "/images/restoring") { usleep(10_000) }

@@ -145,16 +145,9 @@ enum CritTool {
     static let path: String? = ["/usr/sbin/crit", "/usr/bin/crit", "/usr/local/bin/crit"].first { FileManager.default.isExecutableFile(atPath: $0) }
 
     static func decode(_ file: String) throws -> [String: Any] {
-        let p = Process()
-        p.executableURL = URL(fileURLWithPath: path!)
-        p.arguments = ["decode", "-i", file]
-        let out = Pipe()
-        p.standardOutput = out
-        try p.run()
-        let data = out.fileHandleForReading.readDataToEndOfFile()
-        p.waitUntilExit()
-        guard p.terminationStatus == 0, let json = try JSONSerialization.jsonObject(with: data) as? [String: Any] else {
-            throw CRIUError.malformed("crit decode \(file) failed: \(String(decoding: data, as: UTF8.self))")
+        let r = try runProgram([path!, "decode", "-i", file])
+        guard r.status == 0, let json = try JSONSerialization.jsonObject(with: Data(r.outBytes)) as? [String: Any] else {
+            throw CRIUError.malformed("crit decode \(file) failed: \(r.out) \(r.err)")
         }
         return json
     }

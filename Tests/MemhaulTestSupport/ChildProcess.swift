@@ -23,10 +23,18 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     private var terminatingSignal: Int32?
 
     public enum Stdin { case pipe, null }
+    /// Where stdout goes: a pipe (``readLine()``), /dev/null, or a file
+    /// (created, truncated). CRIU refuses to dump a task whose stdio is a pipe
+    /// to a process outside the dump, so its targets take `.null`.
+    public enum Output: Sendable { case pipe, null, file(String) }
 
     /// Spawns `args[0]` (searched in PATH) with `environment` merged into ours.
-    /// `captureStderr`: stderr on a pipe too, for ``readToEnd()``; else inherited.
-    public init(_ args: [String], environment: [String: String] = [:], stdin: Stdin = .pipe, captureStderr: Bool = false) throws {
+    /// `captureStderr`: stderr on a pipe too, for ``readToEnd()``; else
+    /// `stderr` (nil: inherited).
+    public init(_ args: [String], environment: [String: String] = [:], stdin: Stdin = .pipe, stdout: Output = .pipe,
+                stderr: Output? = nil, captureStderr: Bool = false) throws {
+        let stdoutPipe: Bool
+        if case .pipe = stdout { stdoutPipe = true } else { stdoutPipe = false }
         var inPipe: [Int32] = [-1, -1]
         var outPipe: [Int32] = [-1, -1]
         var errPipe: [Int32] = [-1, -1]
@@ -44,8 +52,12 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
         } else {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         }
-        posix_spawn_file_actions_adddup2(&actions, outPipe[1], 1)
-        if captureStderr { posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2) }
+        Self.redirect(&actions, 1, stdout, pipe: outPipe[1])
+        if captureStderr {
+            posix_spawn_file_actions_adddup2(&actions, errPipe[1], 2)
+        } else if let stderr {
+            Self.redirect(&actions, 2, stderr, pipe: -1)
+        }
         var argv: [UnsafeMutablePointer<CChar>?] = args.map { strdup($0) } + [nil]
         defer { argv.forEach { free($0) } }
         var env: [String: String] = [:]
@@ -83,8 +95,21 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
         }
         self.pid = pid
         stdinFD = inPipe[1]
-        stdoutFD = outPipe[0]
+        if stdoutPipe {
+            stdoutFD = outPipe[0]
+        } else {
+            close(outPipe[0])
+            stdoutFD = -1
+        }
         stderrFD = captureStderr ? errPipe[0] : -1
+    }
+
+    private static func redirect(_ actions: inout posix_spawn_file_actions_t, _ fd: Int32, _ output: Output, pipe: Int32) {
+        switch output {
+        case .pipe: posix_spawn_file_actions_adddup2(&actions, pipe, fd)
+        case .null: posix_spawn_file_actions_addopen(&actions, fd, "/dev/null", O_WRONLY, 0)
+        case .file(let path): posix_spawn_file_actions_addopen(&actions, fd, path, O_WRONLY | O_CREAT | O_TRUNC, 0o600)
+        }
     }
 
     /// The next line of stdout (without newline); nil at end of file. Throws
@@ -135,7 +160,8 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     public func readToEnd() throws -> (out: [UInt8], err: [UInt8]) {
         var out = buffer, err: [UInt8] = []
         buffer.removeAll()
-        var fds = [pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)]
+        var fds: [pollfd] = []
+        if stdoutFD >= 0 { fds.append(pollfd(fd: stdoutFD, events: Int16(POLLIN), revents: 0)) }
         if stderrFD >= 0 { fds.append(pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0)) }
         var open = fds.count
         var chunk = [UInt8](repeating: 0, count: 65536)
@@ -150,7 +176,7 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
                 if n <= 0 {
                     fds[i].fd = -1  // poll ignores it from now on; closed in deinit
                     open -= 1
-                } else if i == 0 {
+                } else if fds[i].fd == stdoutFD {
                     out += chunk[0..<n]
                 } else {
                     err += chunk[0..<n]
@@ -218,7 +244,7 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
             var status: Int32 = 0
             while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         }
-        close(stdoutFD)
+        if stdoutFD >= 0 { close(stdoutFD) }
         if stderrFD >= 0 { close(stderrFD) }
     }
 }
