@@ -105,7 +105,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
-                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp"])
+                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
         let migration = SenderMigration(request: request, connect: connect, log: log)
@@ -184,6 +184,14 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         if let v = try r.number("frozen_round_ack_timeout_s") { request.deadlines.frozenRoundAck = v }
         if let v = try r.number("keepalive_drain_timeout_s") { request.deadlines.keepaliveDrain = v }
         if let v = try r.number("verification_timeout_s") { request.deadlines.verification = v }
+        if let v = try r.string("throttle") {
+            guard let b = ThrottleBackend(rawValue: v) else { throw ControlError(.badRequest, "throttle must be auto, cgroup or signals") }
+            request.throttle = b
+        }
+        if let v = try r.string("throttle_steps") {
+            guard let t = ThrottleSteps(rawValue: v) else { throw ControlError(.badRequest, "throttle_steps must be adaptive or classic") }
+            request.parameters.throttleSteps = t
+        }
         do { try request.validate() } catch { throw ControlError(.badRequest, error.description) }
         return request
     }

@@ -5,8 +5,9 @@
 /// `pending dirty bytes / throughput + fixed round costs` (scan, and the
 /// receiver's commit until its acknowledgement). It cuts over as soon as that prediction
 /// fits `downtimeLimit`. If the dirty set stops shrinking for `stallRounds`
-/// rounds it throttles the target (auto-converge: 20 %, then +10 % per stall,
-/// up to 99 %, as QEMU does). It cuts over anyway at `maxRounds` or `maxTime`,
+/// rounds it throttles the target (auto-converge, ``ThrottleStepper``: 20 %,
+/// then +10 % per stall up to 99 % as QEMU does, or sooner and in larger
+/// steps while the dirty rate far exceeds the throughput). It cuts over anyway at `maxRounds` or `maxTime`,
 /// with a warning that states the downtime to expect.
 public struct ConvergenceParameters: Sendable, Equatable {
     /// Cut over when the expected downtime is at or below this (QEMU's default: 300 ms).
@@ -22,6 +23,11 @@ public struct ConvergenceParameters: Sendable, Equatable {
     public var throttleInitialPct: Int = 20
     public var throttleIncrementPct: Int = 10
     public var throttleMaxPct: Int = 99
+    /// How the throttle steps (``ThrottleStepper``).
+    public var throttleSteps: ThrottleSteps = .adaptive
+    /// `adaptive`: throttle while the dirty rate exceeds this fraction of the
+    /// throughput (QEMU's throttle-trigger-threshold, 50 %).
+    public var throttleTriggerRatio: Double = 0.5
     /// How long a broken connection may take to come back before the
     /// migration fails (the source is then resumed and untracked); 0 = no resume.
     public var resumeTimeoutSeconds: Double = 30
@@ -139,11 +145,10 @@ public struct ConvergencePolicy: Sendable {
             stalled = 0
         }
         lastPending = m.pendingBytes
-        if parameters.autoConverge, stalled >= parameters.stallRounds, throttlePercent < parameters.throttleMaxPct {
+        if let next = ThrottleStepper.next(current: throttlePercent, stalled: stalled, afterFullCopy: m.round == 0, dirtyRate: dirtyRate,
+                                           throughput: throughput, parameters: parameters) {
             stalled = 0
-            throttlePercent = throttlePercent == 0
-                ? parameters.throttleInitialPct
-                : min(parameters.throttleMaxPct, throttlePercent + parameters.throttleIncrementPct)
+            throttlePercent = next
             return .throttle(percent: throttlePercent)
         }
         return .nextRound

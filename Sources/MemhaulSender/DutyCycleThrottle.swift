@@ -12,8 +12,12 @@ import Synchronization
 /// and while cycling it is registered with ``TargetRelease`` so a shutdown ends it
 /// from any thread. (A SIGKILL of the agent inside a stopped slice cannot run
 /// code: the target then stays stopped until someone sends SIGCONT.)
-public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mutex; thread owned here
+public final class DutyCycleThrottle: TargetThrottle, @unchecked Sendable {  // state behind Mutex; thread owned here
     public let pid: Int32
+    public var mechanism: ThrottleMechanism { .signals }
+    /// Stop slices so far (SIGSTOPs sent).
+    private let slices = Atomic<Int>(0)
+    public var stopSlices: Int { slices.load(ordering: .relaxed) }
     private let periodMs: Int
     private let state = Mutex<(percent: Int, running: Bool, failure: SystemError?)>((0, true, nil))
     /// The cycling thread; start and stop are serialised on this lock (a shutdown
@@ -75,6 +79,7 @@ public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mut
             let stopped = periodMs * 1000 * p / 100
             if stopped > 0 {
                 guard signal(SIGSTOP, "kill(SIGSTOP)") else { break }
+                slices.add(1, ordering: .relaxed)
                 usleep(useconds_t(stopped))
                 guard signal(SIGCONT, "kill(SIGCONT)") else { break }
             }
@@ -85,7 +90,8 @@ public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mut
 
     /// Ends the cycle and leaves the target running. Idempotent, any thread; no
     /// throttle can start after it.
-    public func stop() {
+    @discardableResult
+    public func stop() -> String? {
         state.withLock { $0.running = false }
         thread.withLock { t in
             if let tid = t {
@@ -94,6 +100,7 @@ public final class DutyCycleThrottle: @unchecked Sendable {  // state behind Mut
                 TargetRelease.shared.remove(self)
             }
         }
+        return nil
     }
 
     deinit { stop() }

@@ -63,6 +63,8 @@ public struct MigrationRequest: Sendable {
     /// A last step after the proof (the CRIU hand-over: dump, ship, restore on
     /// the receiver); nil = the migration ends with the proof.
     public var afterProof: AfterProof?
+    /// How auto-converge may throttle the target (cgroup, signals, or auto).
+    public var throttle: ThrottleBackend = .auto
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid

@@ -24,6 +24,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var wireBps: Double = 0
     public var expectedDowntimeMs: Double?
     public var throttlePercent: Int = 0
+    /// The throttle auto-converge used: `cgroup` or `signals`; nil if it never throttled.
+    public var throttleMechanism: ThrottleMechanism?
     /// Compression in use: `zstd N` or `raw`.
     public var compression: String?
     public var downtimeLimitMs: Double = 300
@@ -81,6 +83,7 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case wireBps = "wire_bps"
         case expectedDowntimeMs = "expected_downtime_ms"
         case throttlePercent = "throttle_percent"
+        case throttleMechanism = "throttle_mechanism"
         case compression
         case downtimeLimitMs = "downtime_limit_ms"
         case maxBandwidth = "max_bandwidth_bps"

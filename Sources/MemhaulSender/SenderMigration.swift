@@ -115,7 +115,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// Runs the migration to its end; the final state is in `status`.
     public func run() {
         let start = MonotonicClock.seconds()
-        let hold = TargetHold(pid: request.pid)
+        let hold = TargetHold(pid: request.pid, throttle: request.throttle)
         var box: ChannelBox?
         var failure: Error?
         // The one way out: the target is released before anything else
@@ -326,9 +326,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .nextRound:
                 scan = next
             case .throttle(let percent):
+                let first = hold.throttleMechanism == nil
                 try hold.setThrottle(percent: percent)
-                updateStatus { $0.throttlePercent = percent }
-                log("auto-converge: throttling the target to \(percent)%")
+                updateStatus {
+                    $0.throttlePercent = percent
+                    $0.throttleMechanism = hold.throttleMechanism
+                    if first, let why = hold.throttleFallback { $0.warnings.append("throttling by SIGSTOP/SIGCONT: no cgroup to use (\(why))") }
+                }
+                log("auto-converge: throttling the target to \(percent)% (\(hold.throttleMechanism?.rawValue ?? "?"))")
                 scan = next
             case .cutover(let reason):
                 tracker.requeue(next)

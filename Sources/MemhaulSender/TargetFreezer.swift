@@ -128,21 +128,21 @@ public final class TargetRelease: @unchecked Sendable {  // sets behind the mute
     public static let shared = TargetRelease()
     private struct Holders {
         var freezers: [ObjectIdentifier: TargetFreezer] = [:]
-        var throttles: [ObjectIdentifier: DutyCycleThrottle] = [:]
+        var throttles: [ObjectIdentifier: any TargetThrottle] = [:]
     }
     private let holders = Mutex(Holders())
 
     func add(_ f: TargetFreezer) { holders.withLock { $0.freezers[ObjectIdentifier(f)] = f } }
     func remove(_ f: TargetFreezer) { holders.withLock { _ = $0.freezers.removeValue(forKey: ObjectIdentifier(f)) } }
-    func add(_ t: DutyCycleThrottle) { holders.withLock { $0.throttles[ObjectIdentifier(t)] = t } }
-    func remove(_ t: DutyCycleThrottle) { holders.withLock { _ = $0.throttles.removeValue(forKey: ObjectIdentifier(t)) } }
+    func add(_ t: any TargetThrottle) { holders.withLock { $0.throttles[ObjectIdentifier(t)] = t } }
+    func remove(_ t: any TargetThrottle) { holders.withLock { _ = $0.throttles.removeValue(forKey: ObjectIdentifier(t)) } }
 
     /// PIDs held or throttled right now.
     public var heldPIDs: [Int32] {
         holders.withLock { h in h.freezers.values.map(\.pid) + h.throttles.values.map(\.pid) }
     }
 
-    /// Ends every throttle (each ends with SIGCONT) and thaws every frozen target.
+    /// Ends every throttle (SIGCONT, or the cgroup put back) and thaws every frozen target.
     /// Returns the PIDs released.
     @discardableResult
     public func releaseAll() -> [Int32] {

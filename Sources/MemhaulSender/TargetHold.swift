@@ -54,21 +54,33 @@ final class TargetHold {
 
     let pid: Int32
     private let freezer: TargetFreezing
-    private let throttle: DutyCycleThrottle
+    /// Which throttle the first `setThrottle` makes (none until then).
+    private let throttleBackend: ThrottleBackend
+    private var throttle: TargetThrottle?
+    /// Why `auto` throttles by signals (the cgroup could not be used); nil otherwise.
+    private(set) var throttleFallback: String?
     private(set) var process: AttachedProcess?
     /// Monotonic seconds when the freeze began (set before the freeze
     /// starts, so a freeze that fails half-way is still undone).
     private(set) var frozenAt: Double?
     private(set) var released: Release?
 
-    init(pid: Int32, freezer: TargetFreezing? = nil, throttle: DutyCycleThrottle? = nil) {
+    init(pid: Int32, freezer: TargetFreezing? = nil, throttle: ThrottleBackend = .auto) {
         self.pid = pid
         self.freezer = freezer ?? TargetFreezer(pid: pid)
-        self.throttle = throttle ?? DutyCycleThrottle(pid: pid)
+        self.throttleBackend = throttle
     }
 
     var isFrozen: Bool { frozenAt != nil }
-    var throttlePercent: Int { throttle.percent }
+    var throttlePercent: Int { throttle?.percent ?? 0 }
+    /// The throttle mechanism chosen at the first throttle; nil before.
+    var throttleMechanism: ThrottleMechanism? { throttle?.mechanism }
+    /// What undoing the throttle could not put back (kept for the release).
+    private var throttleProblems: [String] = []
+
+    private func endThrottle() {
+        if let problem = throttle?.stop() { throttleProblems.append(problem) }
+    }
 
     /// Registers the target for tracking (uffd-wp). A failed attach holds nothing.
     func attach() throws -> AttachedProcess {
@@ -86,25 +98,28 @@ final class TargetHold {
     /// Freezes the target; returns the nanoseconds the freeze took.
     func freeze() throws -> UInt64 {
         precondition(released == nil)
-        throttle.stop()
+        endThrottle()
         frozenAt = MonotonicClock.seconds()
         return try freezer.stopTarget()
     }
 
     func setThrottle(percent: Int) throws {
         precondition(released == nil)
-        try throttle.set(percent: percent)
+        if throttle == nil {
+            (throttle, throttleFallback) = try TargetThrottles.make(pid: pid, backend: throttleBackend)
+        }
+        try throttle!.set(percent: percent)
     }
 
     /// Ends the throttle; the target runs.
-    func stopThrottle() { throttle.stop() }
+    func stopThrottle() { endThrottle() }
 
     /// Lets go of a frozen target for a tool that seizes it itself (CRIU: a
     /// task has one tracer): untracked, in a SIGSTOP group stop, no tracer.
     /// The release still ends it: SIGCONT on failure, SIGKILL for `kill`.
     func handOver() throws {
         precondition(released == nil && isFrozen)
-        throttle.stop()
+        endThrottle()
         try process?.detach()
         process = nil
         try freezer.leaveTargetStopped()
@@ -120,8 +135,9 @@ final class TargetHold {
     func release(_ outcome: Outcome) -> Release {
         if let released { return released }
         var problems: [String] = []
-        // Ends with SIGCONT if it ran, so a throttled target runs again.
-        throttle.stop()
+        // Ends with SIGCONT or the cgroup put back, so a throttled target runs again.
+        endThrottle()
+        problems += throttleProblems
         let keepStopped = outcome == .completed(.stop) || outcome == .completed(.kill)
         var action = isFrozen ? "left stopped" : "running"
         if isFrozen && !keepStopped {

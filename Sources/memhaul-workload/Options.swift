@@ -25,11 +25,14 @@ struct Options {
     var reportEvery: Double = 0
     var exitAfter: Double = 0
     var seed: UInt64 = 1
+    /// Threads blocking in these calls that count their EINTRs (`eintr` command).
+    var eintrProbes: [EINTRProbe.Kind] = []
 
     static let usage = """
         usage: memhaul-workload --size 64M [--regions N] [--mix zero=30,text=40,random=30]
                [--thp on|off] [--threads T --rate PAGES_PER_SEC --pattern uniform|hot:0.1]
                [--churn OPS_PER_SEC] [--control] [--report-every SECONDS] [--exit-after SECONDS] [--seed N]
+               [--eintr-probe sigtimedwait]
         """
 
     struct ParseError: Error { var message: String }
@@ -84,6 +87,10 @@ struct Options {
             case "--seed":
                 guard let v = UInt64(try value(a)) else { throw ParseError(message: "--seed: need an integer") }
                 o.seed = v
+            case "--eintr-probe":
+                let s = try value(a)
+                guard let k = EINTRProbe.Kind(rawValue: s) else { throw ParseError(message: "--eintr-probe: expected sigtimedwait, got \(s)") }
+                o.eintrProbes = [k]
             case "--help", "-h":
                 throw ParseError(message: usage)
             default:

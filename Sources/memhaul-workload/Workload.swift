@@ -74,6 +74,8 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
     let options: Options
     let gate = Gate()
     let writes = Atomic<Int>(0)
+    /// `--eintr-probe`: the blocking threads and their EINTR counts.
+    lazy var probe = EINTRProbe(kinds: options.eintrProbes)
     /// Every region to digest, sorted.
     let registry: Mutex<[Region]>
     let mainBase: [UInt64]
@@ -147,6 +149,7 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
     // MARK: Threads
 
     func startThreads() {
+        probe.start()
         for t in 0..<options.threads {
             gate.join()
             spawnThread { [self] in writer(t) }
@@ -272,6 +275,7 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
         do {
             switch cmd {
             case "write": return try write(words)
+            case "eintr": return ok(probe.fields)
             case "discard", "free":
                 let (a, len) = try (address(words, 1), size(words, 2))
                 try advise(a, len, cmd == "discard" ? MADV_DONTNEED : MADV_FREE, cmd)

@@ -61,7 +61,7 @@ while true {
     if reportInterval > 0 && now >= nextReport {
         let w = workload.writes.load(ordering: .relaxed)
         let rate = Double(w - lastReportWrites) * 1e9 / Double(max(1, now - lastReportTime))
-        emit("{\"event\":\"stats\",\"writes_per_sec\":\(Int(rate.rounded()))}")
+        emit("{\"event\":\"stats\",\"writes_per_sec\":\(Int(rate.rounded())),\"writes\":\(w),\(workload.probe.fields)}")
         lastReportWrites = w
         lastReportTime = now
         nextReport = now + reportInterval

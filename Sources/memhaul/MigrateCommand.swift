@@ -19,6 +19,10 @@ struct ConvergenceOptions: ParsableArguments {
     var maxBandwidth: Double = 0
     @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.")
     var noAutoConverge = false
+    @Option(help: "Auto-converge throttle: auto (the target's cgroup CPU quota where it has or can be given a cgroup, else SIGSTOP duty cycling), cgroup or signals.")
+    var throttle: ThrottleBackend = .auto
+    @Option(name: .customLong("throttle-steps"), help: "Throttle steps: adaptive (start early and step by the measured excess while the dirty rate far exceeds the throughput) or classic (QEMU: 20 %, +10 % per stall).")
+    var throttleSteps: ThrottleSteps = .adaptive
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
@@ -58,6 +62,8 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.maxTimeSeconds = maxTime
         request.parameters.maxBandwidth = maxBandwidth > 0 ? maxBandwidth : nil
         request.parameters.autoConverge = !noAutoConverge
+        request.throttle = throttle
+        request.parameters.throttleSteps = throttleSteps
         request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
         request.parameters.resumeTimeoutSeconds = resumeTimeout
@@ -100,6 +106,7 @@ struct MigrateCommand: ParsableCommand {
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
+        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
         request.serverName = serverName
@@ -165,7 +172,7 @@ final class ProgressLine: @unchecked Sendable {  // the timer thread only reads 
             let line = String(format: "\r\u{1B}[K%@ round %d  %.0f%%  %@ sent  dirty %@/s  %@/s  expected downtime %@%@",
                               s.state.rawValue, s.round, pct, Summary.bytes(Double(s.transferredBytes)),
                               Summary.bytes(s.dirtyRateBps), Summary.bytes(s.throughputBps), expected,
-                              s.throttlePercent > 0 ? "  throttle \(s.throttlePercent)%" : "")
+                              s.throttlePercent > 0 ? "  throttle \(s.throttlePercent)% (\(s.throttleMechanism?.rawValue ?? "-"))" : "")
             FileHandle.standardError.write(Data(line.utf8))
         }
         timer.resume()
@@ -205,7 +212,11 @@ enum Summary {
         }
         if let t = s.totalTimeMs { lines.append(String(format: "  total: %.2f s", t / 1000)) }
         if let c = s.cutoverReason { lines.append("  cutover: \(c)") }
+        if let m = s.throttleMechanism { lines.append("  throttle: by \(m == .cgroup ? "cgroup CPU quota" : "SIGSTOP/SIGCONT duty cycling")") }
         for w in s.warnings { lines.append("  warning: \(w)") }
         return lines.joined(separator: "\n")
     }
 }
+
+extension ThrottleBackend: ExpressibleByArgument {}
+extension ThrottleSteps: ExpressibleByArgument {}

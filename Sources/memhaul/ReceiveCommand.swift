@@ -130,6 +130,8 @@ struct SenderCommand: ParsableCommand {
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
         transport.warnIfInsecure()
+        // Cgroup throttles of an agent that died by SIGKILL (ThrottleLeftovers).
+        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("sender: \(line)") }
         var restoreStep: SenderControl.RestoreStepFactory?
         if criuRestore {
             let runner = try RestoreOptions.openRunner(criuPath)
