@@ -105,7 +105,7 @@ public enum ThrottleLeftovers {
     /// a later step fails), then the target moved home and the created cgroup
     /// removed, or the saved bandwidth put back; then the record deleted (kept
     /// when a step failed, so a later start tries again). Returns the problems.
-    static func undo(_ r: Record) -> String? {
+    static func undo(_ r: Record, in directory: String = directory) -> String? {
         var problems: [String] = []
         let unlimited = CPUCgroup.Bandwidth(quotaMicros: nil, periodMicros: r.saved?.periodMicros ?? CgroupThrottle.periodMicros)
         if r.created {
@@ -135,7 +135,7 @@ public enum ThrottleLeftovers {
     /// Undoes every record whose owner is gone (another live agent's records
     /// are left alone). Returns one line per record undone or failed.
     @discardableResult
-    public static func restoreAbandoned() -> [String] {
+    public static func restoreAbandoned(in directory: String = directory) -> [String] {
         guard let names = try? Directory.entries(directory) else { return [] }
         var lines: [String] = []
         for name in names.sorted() where name.hasSuffix(".rec") {
@@ -145,7 +145,7 @@ public enum ThrottleLeftovers {
                 continue
             }
             if let start = startTime(of: r.owner), start == r.ownerStart { continue }
-            if let problem = undo(r) {
+            if let problem = undo(r, in: directory) {
                 lines.append("PID \(r.pid): \(problem)")
             } else {
                 lines.append("PID \(r.pid): undid the cgroup throttle of agent PID \(r.owner), which had died (\(r.used))")

@@ -38,6 +38,7 @@ import MemhaulSystem
     @Test func stallEscalatesThrottleLikeQEMU() {
         var p = ConvergenceParameters()
         p.maxRounds = 100
+        p.throttleSteps = .classic
         var policy = ConvergencePolicy(parameters: p)
         var throttles: [Int] = []
         for round in 0..<40 {

@@ -105,7 +105,7 @@ import MemhaulSystem
 
     private static func socket_unix() -> Int32 { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0) }
 
-    enum Phase: String, CaseIterable, Sendable { case rounds, throttled, frozen }
+    enum Phase: String, CaseIterable, Sendable { case rounds, throttled, cgroupThrottled, frozen }
 
     /// `systemctl stop` of the sender agent (SIGTERM) in each phase of a migration.
     @Test(arguments: Phase.allCases)
@@ -119,15 +119,17 @@ import MemhaulSystem
         case .rounds:
             workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
             args.merge(["downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 20e6]) { $1 }
-        case .throttled:
+        case .throttled, .cgroupThrottled:
             // A hot set rewritten as fast as two threads can, over an 8 MB/s link: auto-converge throttles.
             workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "0", "--pattern", "hot:0.5"])
-            args.merge(["downtime_limit_ms": 0.001, "max_rounds": 1000, "max_bandwidth_bps": 8e6]) { $1 }
+            args.merge(["downtime_limit_ms": 0.001, "max_rounds": 1000, "max_bandwidth_bps": 8e6,
+                        "throttle": phase == .throttled ? "signals" : "cgroup"]) { $1 }
         case .frozen:
             workload = try startWorkload(["--size", "256M", "--threads", "2", "--rate", "2000"])
             args.merge(["max_rounds": 0, "max_bandwidth_bps": 20e6]) { $1 }
         }
         args["pid"] = Int(workload.pid)
+        let cgroupBefore = readProcFile("/proc/\(workload.pid)/cgroup")
         _ = try agent.request("migrate", args)
         let id = "agent-\(phase)"
         switch phase {
@@ -137,6 +139,10 @@ import MemhaulSystem
             eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
             // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
             eventually("the target in a throttle stop") { workload.state == "T" }
+        case .cgroupThrottled:
+            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            #expect(agent.status(id)["throttle_mechanism"] as? String == "cgroup")
+            #expect(readProcFile("/proc/\(workload.pid)/cgroup") != cgroupBefore, "the target in the throttle's cgroup")
         case .frozen:
             eventually("the target frozen") { frozen(workload.pid) }
         }
@@ -144,6 +150,7 @@ import MemhaulSystem
         let code = agent.child.waitExitCode()
         #expect(code == 128 + SIGTERM, "the agent exits 143 after cancelling (exit code \(code.map(String.init) ?? "none: killed by a signal"))")
         expectReleased(workload, "agent SIGTERM while \(phase)")
+        #expect(readProcFile("/proc/\(workload.pid)/cgroup") == cgroupBefore, "the target back in its cgroup")
     }
 
     /// SIGTERM while the receiver is stopped and the sender is blocked in a send:

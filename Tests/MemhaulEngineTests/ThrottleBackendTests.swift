@@ -1,0 +1,155 @@
+import Foundation
+import Glibc
+import MemhaulKernel
+import MemhaulSystem
+import MemhaulTestSupport
+import Testing
+@testable import MemhaulSender
+
+/// The two auto-converge throttles against real targets and the real kernel:
+/// the cgroup CPU quota slows the target without one EINTR in it, the SIGSTOP
+/// duty cycle interrupts its blocking calls; every way out puts the target's
+/// cgroup and CPU quota back as they were.
+@Suite(.serialized) struct ThrottleBackendTests {
+    /// Polls `condition` (an event we cannot be told about) with a bound, so a
+    /// broken build fails instead of hanging.
+    @discardableResult
+    func eventually(_ what: String, bound: Int = 120_000, _ condition: () -> Bool) -> Bool {
+        for _ in 0..<bound {
+            if condition() { return true }
+            usleep(1000)
+        }
+        Issue.record("never happened: \(what)")
+        return false
+    }
+
+    /// A target writing as fast as two threads can, plus the EINTR probe.
+    func busyTarget(size: String = "16M", pattern: String = "uniform") throws -> WorkloadProcess {
+        try startWorkload(["--size", size, "--threads", "2", "--rate", "0", "--pattern", pattern, "--eintr-probe", "sigtimedwait"], control: true)
+    }
+
+    /// The probe's counts: EINTRs, and waits that ended otherwise.
+    func probe(_ w: WorkloadProcess) throws -> (eintr: Int, waits: Int) {
+        let line = try w.command("eintr")
+        let obj = try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any]
+        guard let e = obj?["eintr"] as? Int, let n = obj?["waits"] as? Int else { throw TestSetupError("eintr answered \(line)") }
+        return (e, n)
+    }
+
+    /// What the throttle must leave as it found it.
+    struct CgroupState: Equatable {
+        var membership: String
+        var bandwidth: CPUCgroup.Bandwidth?
+        init(_ pid: Int32) throws {
+            membership = try ProcFS.readString("/proc/\(pid)/cgroup")
+            bandwidth = try? CPUCgroup.of(pid: pid).bandwidth()
+        }
+    }
+
+    @Test func cgroupThrottleSlowsTheTargetWithoutEINTR() throws {
+        let w = try busyTarget()
+        let before = try CgroupState(w.pid)
+        let throttle = try CgroupThrottle.prepare(pid: w.pid)
+        #expect(try CgroupState(w.pid) == before, "prepare changes nothing")
+        let start = try probe(w)
+        try throttle.set(percent: 90)
+        #expect(throttle.mechanism == .cgroup)
+        let throttledAtStart = throttle.throttledPeriods() ?? 0
+        // The quota acts: the kernel reports periods in which the target ran out of it.
+        eventually("20 throttled periods") { (throttle.throttledPeriods() ?? 0) >= throttledAtStart + 20 }
+        // …and the probe kept waiting (its 1 s timeouts) meanwhile.
+        eventually("the probe waited while throttled") { ((try? probe(w).waits) ?? 0) > start.waits }
+        let during = try probe(w)
+        throttle.stop()
+        #expect(during.eintr == start.eintr, "EINTR while cgroup-throttled: \(during.eintr - start.eintr)")
+        #expect(try CgroupState(w.pid) == before, "cgroup and CPU quota put back")
+        #expect(!throttle.cgroup.exists || !throttle.record.created, "the throttle's cgroup is removed")
+        #expect(access(ThrottleLeftovers.directory + "/" + throttle.record.fileName, F_OK) != 0, "the record is removed")
+    }
+
+    /// The same measurement with the SIGSTOP fallback: it interrupts the probe,
+    /// so the EINTR count can tell the two apart.
+    @Test func signalThrottleInterruptsBlockingCalls() throws {
+        let w = try busyTarget()
+        let start = try probe(w)
+        let throttle = DutyCycleThrottle(pid: w.pid)
+        try throttle.set(percent: 50)
+        eventually("20 stop slices") { throttle.stopSlices >= 20 }
+        throttle.stop()
+        let after = try probe(w)
+        #expect(after.eintr > start.eintr, "SIGSTOP/SIGCONT makes sigtimedwait fail with EINTR")
+        #expect(ProcFS.state(pid: w.pid) != "T")
+    }
+
+    /// A throttle that fails half-way (the move into its cgroup refused) is
+    /// still undone: quota lifted, cgroup removed, target where it was.
+    #if DEBUG
+    @Test func cgroupThrottleFailingHalfWayIsUndone() throws {
+        let w = try busyTarget()
+        let before = try CgroupState(w.pid)
+        let throttle = try CgroupThrottle.prepare(pid: w.pid)
+        guard throttle.record.created else { return }  // only a created cgroup has a move to fail
+        let faults = [Syscall.Fault("write(\(throttle.cgroup.directory)/cgroup.procs)", .EACCES, after: 0)]
+        #expect(throws: SystemError.self) { try Syscall.withFaults(faults) { try throttle.set(percent: 80) } }
+        throttle.stop()
+        #expect(try CgroupState(w.pid) == before)
+        #expect(!throttle.cgroup.exists)
+    }
+    #endif
+
+    /// Auto-converge through a migration, cancelled while the cgroup throttles:
+    /// the target runs in its own cgroup with its own quota again.
+    @Test(arguments: ["cancel", "receiver gone"])
+    func migrationPutsTheCgroupBack(_ ending: String) throws {
+        let receiver = try ReceiverProcess(pki: nil)
+        let w = try busyTarget(size: "32M", pattern: "hot:0.5")
+        let before = try CgroupState(w.pid)
+        var r = MigrationRequest(pid: w.pid, host: "127.0.0.1", port: receiver.port, id: "throttle-\(ending.prefix(6))")
+        r.parameters.maxBandwidth = 8e6
+        r.parameters.maxRounds = 1000
+        r.parameters.downtimeLimitMs = 0.001
+        r.parameters.resumeTimeoutSeconds = 0
+        r.throttle = .cgroup
+        r.after = .resume
+        let migration = SenderMigration(request: r, connect: try connector(nil))
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { migration.run(); done.signal() }
+        eventually("throttled by the cgroup", bound: 300_000) {
+            migration.status.throttleMechanism == .cgroup && migration.status.throttlePercent > 0
+                && ((try? CgroupState(w.pid)) ?? before) != before
+        }
+        if ending == "cancel" {
+            migration.cancel()
+        } else {
+            receiver.child.kill(SIGKILL)
+        }
+        done.wait()
+        let s = migration.status
+        #expect(s.state == (ending == "cancel" ? .cancelled : .failed), "\(s.state) \(s.error ?? "")")
+        #expect(s.throttleMechanism == .cgroup)
+        #expect(try CgroupState(w.pid) == before, "the target's cgroup and quota as before")
+        #expect(ProcFS.state(pid: w.pid) != "T")
+    }
+
+    /// A throttle whose agent died by SIGKILL: its record lets the next agent
+    /// start undo it (here `memhaul migrate`, killed while throttling).
+    @Test func leftoversOfAKilledAgentAreUndone() throws {
+        let records = temporaryDirectory("throttle-records")
+        let receiver = try ReceiverProcess(pki: nil)
+        let w = try busyTarget(size: "32M", pattern: "hot:0.5")
+        let before = try CgroupState(w.pid)
+        let env = ["MEMHAUL_THROTTLE_RECORDS": records]
+        let migrate = try ChildProcess(
+            [builtBinary("memhaul"), "migrate", "--pid", "\(w.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure",
+             "--throttle", "cgroup", "--max-bandwidth", "8000000", "--max-rounds", "1000", "--downtime-limit", "0.001",
+             "--after", "resume"], environment: env, stdin: .null)
+        eventually("throttled by the cgroup", bound: 300_000) { ((try? CgroupState(w.pid)) ?? before) != before }
+        migrate.kill(SIGKILL)
+        _ = migrate.waitExitCode()
+        #expect(try CgroupState(w.pid) != before, "a SIGKILLed agent runs no code: the target stays in the throttle cgroup")
+        let lines = ThrottleLeftovers.restoreAbandoned(in: records)
+        #expect(lines.count == 1, "\(lines)")
+        #expect(try CgroupState(w.pid) == before, "undone from the record")
+        #expect(((try? Directory.entries(records)) ?? ["?"]).isEmpty)
+    }
+}
