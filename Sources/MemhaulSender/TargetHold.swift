@@ -107,6 +107,16 @@ final class TargetHold {
         precondition(released == nil)
         if throttle == nil {
             (throttle, throttleFallback) = try TargetThrottles.make(pid: pid, backend: throttleBackend)
+            do {
+                try throttle!.set(percent: percent)
+            } catch where throttleBackend == .auto && throttle!.mechanism == .cgroup {
+                // The cgroup refused (read-only cgroupfs, no permission): undo and use signals.
+                endThrottle()
+                throttleFallback = "\(error)"
+                throttle = DutyCycleThrottle(pid: pid)
+                try throttle!.set(percent: percent)
+            }
+            return
         }
         try throttle!.set(percent: percent)
     }

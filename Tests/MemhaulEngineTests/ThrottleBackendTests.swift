@@ -67,6 +67,32 @@ import Testing
         #expect(access(ThrottleLeftovers.directory + "/" + throttle.record.fileName, F_OK) != 0, "the record is removed")
     }
 
+    /// A target alone in a cgroup of its own: that cgroup is throttled in place
+    /// and its own quota put back (not the unlimited default).
+    @Test func aCgroupOfItsOwnGetsItsQuotaBack() throws {
+        let w = try busyTarget()
+        let root = try CPUCgroup.of(pid: w.pid)
+        let own = root.child("memhaul-test-own-\(w.pid)")
+        try own.create()
+        defer {
+            try? root.move(pid: w.pid)
+            try? own.remove()
+        }
+        let saved = CPUCgroup.Bandwidth(quotaMicros: 150_000, periodMicros: 100_000)
+        try own.setBandwidth(saved)
+        try own.move(pid: w.pid)
+        let before = try CgroupState(w.pid)
+        #expect(before.bandwidth == saved)
+        let throttle = try CgroupThrottle.prepare(pid: w.pid)
+        #expect(!throttle.record.created && throttle.cgroup == own, "uses the target's own cgroup")
+        try throttle.set(percent: 80)
+        #expect(try own.bandwidth() != saved)
+        let start = throttle.throttledPeriods() ?? 0
+        eventually("throttled periods") { (throttle.throttledPeriods() ?? 0) >= start + 5 }
+        #expect(throttle.stop() == nil)
+        #expect(try CgroupState(w.pid) == before, "its own quota, 150 ms per 100 ms, put back")
+    }
+
     /// The same measurement with the SIGSTOP fallback: it interrupts the probe,
     /// so the EINTR count can tell the two apart.
     @Test func signalThrottleInterruptsBlockingCalls() throws {
@@ -153,3 +179,32 @@ import Testing
         #expect(((try? Directory.entries(records)) ?? ["?"]).isEmpty)
     }
 }
+
+#if DEBUG
+/// `auto` falls back to signals when the cgroup refuses the throttle at its
+/// first write (a read-only cgroupfs, as under systemd's ProtectControlGroups);
+/// `cgroup` fails instead. Either way the release leaves the target as it was.
+@Suite(.serialized) struct ThrottleFallbackTests {
+    @Test(arguments: [ThrottleBackend.auto, .cgroup])
+    func aRefusedCgroup(_ backend: ThrottleBackend) throws {
+        let w = try startWorkload(["--size", "8M", "--threads", "1", "--rate", "0"])
+        let before = try ProcFS.readString("/proc/\(w.pid)/cgroup")
+        let planned = try CgroupThrottle.prepare(pid: w.pid)
+        guard planned.record.created else { return }  // the target alone in a cgroup: no mkdir to refuse
+        let hold = TargetHold(pid: w.pid, throttle: backend)
+        let faults = [Syscall.Fault("mkdir(\(planned.cgroup.directory))", .EROFS, after: 0)]
+        if backend == .auto {
+            try Syscall.withFaults(faults) { try hold.setThrottle(percent: 50) }
+            #expect(hold.throttleMechanism == .signals)
+            #expect(hold.throttleFallback?.contains("EROFS") == true, "\(hold.throttleFallback ?? "")")
+        } else {
+            #expect(throws: SystemError.self) { try Syscall.withFaults(faults) { try hold.setThrottle(percent: 50) } }
+        }
+        let release = hold.release(.failed)
+        #expect(release.problems.isEmpty, "\(release.problems)")
+        #expect(try ProcFS.readString("/proc/\(w.pid)/cgroup") == before)
+        #expect(!planned.cgroup.exists)
+        #expect(ProcFS.state(pid: w.pid) != "T")
+    }
+}
+#endif
