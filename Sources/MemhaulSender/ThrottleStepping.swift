@@ -3,11 +3,12 @@ public enum ThrottleSteps: String, Sendable, Codable, CaseIterable {
     /// QEMU's default: start at `throttleInitialPct` after `stallRounds`
     /// stalled rounds, then `throttleIncrementPct` per further stall.
     case classic
-    /// Starts as soon as the dirty rate outruns the link and steps by the
-    /// measured excess (QEMU's cpu-throttle-tailslow arithmetic, used in both
-    /// directions): the CPU share that would bring the dirty rate down to
-    /// `throttleTriggerRatio` × throughput, never less than the classic step
-    /// while far above it, never more than the remaining gap near it.
+    /// Classic while the dirty rate is near the throughput; while it is far
+    /// above (≥ `farRatio` × `throttleTriggerRatio` × throughput, a
+    /// write-everything workload) it starts right after round 0 and steps by
+    /// the measured excess (QEMU's cpu-throttle-tailslow arithmetic): to the
+    /// CPU share that would bring the dirty rate down to the trigger, never
+    /// less than the classic step.
     case adaptive
 }
 
@@ -19,10 +20,12 @@ public enum ThrottleSteps: String, Sendable, Codable, CaseIterable {
 /// `throttle-trigger-threshold` (50 %) of the bytes transferred. Tail-slow only
 /// slows the last steps; a write-everything workload whose dirty rate is many
 /// times the throughput still climbs 10 % per two stalled rounds. `adaptive`
-/// keeps the slow tail but takes the whole computed step when the dirty rate is
-/// at least `farRatio` × the trigger (here: the first steps of such a workload),
-/// and then starts right after round 0 (or after one stalled round) instead of
-/// after `stallRounds`.
+/// takes the whole computed step (at least the increment) while the dirty rate
+/// is at least `farRatio` × the threshold, and then starts right after round 0
+/// (or after one stalled round) instead of after `stallRounds`. Near the
+/// threshold it steps as classic does: the threshold is not the goal (the
+/// cutover needs pending / throughput ≤ the limit, usually well below it), so
+/// QEMU's slow tail would only take smaller steps there.
 struct ThrottleStepper: Sendable {
     /// Dirty rate / (trigger × throughput) above which a step is "far".
     static let farRatio = 2.0
@@ -45,14 +48,8 @@ struct ThrottleStepper: Sendable {
             // Far above: right after the full copy, or after one stalled round.
             guard stalled >= (far ? (afterFullCopy ? 0 : 1) : p.stallRounds) else { return nil }
             let cpuNow = Double(100 - current)
-            let cpuIdeal = pressure > 0 ? cpuNow / max(1, pressure) : cpuNow
-            let gap = Int((cpuNow - cpuIdeal).rounded())
-            let step: Int
-            if current == 0 {
-                step = far ? max(p.throttleInitialPct, gap) : p.throttleInitialPct
-            } else {
-                step = far ? max(p.throttleIncrementPct, gap) : max(1, min(p.throttleIncrementPct, gap))
-            }
+            let gap = far ? Int((cpuNow - cpuNow / pressure).rounded()) : 0
+            let step = max(current == 0 ? p.throttleInitialPct : p.throttleIncrementPct, gap)
             return min(p.throttleMaxPct, current + step)
         }
     }
