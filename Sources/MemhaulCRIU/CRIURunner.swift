@@ -239,6 +239,10 @@ public final class CRIURunner: Sendable {
             var iov = [UInt8](repeating: 0, count: 32)  // struct page_server_iov { u32 cmd; u64 nr_pages, vaddr, dst_id }
             withUnsafeBytes(of: CRIUPageServer.Command.close.littleEndian) { iov.replaceSubrange(0..<4, with: $0) }
             try iov.withUnsafeBytes { try stream.writeAll($0) }
+            // The dump corks this socket (TCP_CORK), so its 4-byte answer waits
+            // for the kernel's 200 ms cork timer, unless the socket closes; and
+            // it closes only after it read our end of stream. Half-close first.
+            stream.shutdown()
             var status: Int32 = -1
             let got = try withUnsafeMutableBytes(of: &status) { try stream.readExactly(into: $0) }
             guard got else { throw CRIURunnerError.handOver("criu dump's page server closed without answering PS_IOV_CLOSE [log: \(log)]") }
