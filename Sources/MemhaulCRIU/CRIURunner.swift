@@ -204,7 +204,9 @@ public final class CRIURunner: Sendable {
         let start = MonotonicClock.seconds()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let port = try Self.freeLoopbackPort()
-        let arguments = ["dump", "-t", String(pid), "-D", directory, "-o", log, "-v4",
+        // -v2 (errors and warnings): at -v4 CRIU logs a line per run of pages,
+        // which cost 0.3-0.5 s of the frozen window at 1 GiB. `--criu-arg -v4` overrides it.
+        let arguments = ["dump", "-t", String(pid), "-D", directory, "-o", log, "-v2",
                          "--lazy-pages", "--leave-stopped", "--address", "127.0.0.1", "--port", String(port)] + options.arguments
         let child = try CRIUChild(executable: path, arguments: arguments, step: "criu dump", outputPath: log + ".out")
         do {
