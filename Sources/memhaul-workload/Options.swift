@@ -27,12 +27,15 @@ struct Options {
     var seed: UInt64 = 1
     /// Threads blocking in these calls that count their EINTRs (`eintr` command).
     var eintrProbes: [EINTRProbe.Kind] = []
+    /// Where the heartbeat thread keeps the longest gap it saw (Heartbeat.swift).
+    var heartbeat: String?
 
     static let usage = """
         usage: memhaul-workload --size 64M [--regions N] [--mix zero=30,text=40,random=30]
                [--thp on|off] [--threads T --rate PAGES_PER_SEC --pattern uniform|hot:0.1]
                [--churn OPS_PER_SEC] [--control] [--report-every SECONDS] [--exit-after SECONDS] [--seed N]
                [--eintr-probe sigtimedwait]
+               [--heartbeat FILE]
         """
 
     struct ParseError: Error { var message: String }
@@ -84,6 +87,7 @@ struct Options {
             case "--control": o.control = true
             case "--report-every": o.reportEvery = try number(a, try value(a))
             case "--exit-after": o.exitAfter = try number(a, try value(a))
+            case "--heartbeat": o.heartbeat = try value(a)
             case "--seed":
                 guard let v = UInt64(try value(a)) else { throw ParseError(message: "--seed: need an integer") }
                 o.seed = v

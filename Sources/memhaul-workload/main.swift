@@ -43,6 +43,7 @@ do {
     exit(1)
 }
 workload.startThreads()
+if let path = options.heartbeat { Heartbeat.start(path: path) }
 emit(workload.readyLine)
 
 let start = nowNanoseconds()

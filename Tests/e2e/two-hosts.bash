@@ -24,15 +24,25 @@ trap cleanup EXIT
 fail() { echo "FAIL: $*" >&2; for f in "$work"/*.log; do echo "--- $f" >&2; tail -25 "$f" >&2; done; exit 1; }
 sctl() { env MEMHAUL_CONTROL="$work/sender.sock" "$memhaul" ctl "$@"; }
 rctl() { env MEMHAUL_CONTROL="$work/receiver.sock" "$memhaul" ctl "$@"; }
+# host_exec NS CMD...: run CMD on a test host; the prefix it uses is
+# host_prefix NS (sets the array hp; `"${hp[@]}" CMD &` leaves CMD's PID in $!).
+# `ip netns exec` also gives CMD a mount namespace of its own; with net_only=1
+# only the network namespace is entered (CRIU dumps a target whose mount
+# namespace differs from its own).
+host_prefix() { if [[ ${net_only:-0} == 1 ]]; then hp=(nsenter "--net=/run/netns/$1"); else hp=(ip netns exec "$1"); fi; }
+host_exec() { local hp; host_prefix "$1"; shift; "${hp[@]}" "$@"; }
+receiver_opts=()  # extra options for the receiver agent, set before two_hosts_up
 
 two_hosts_up() {
   local rate=$1; shift
   "$root/scripts/netns" up "$rate"
   "$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
-  ip netns exec $B "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
-    --certs "$work/pki" --control "$work/receiver.sock" >"$work/receiver.out" 2>"$work/receiver.log" &
+  host_prefix $B
+  "${hp[@]}" "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
+    --certs "$work/pki" --control "$work/receiver.sock" "${receiver_opts[@]}" >"$work/receiver.out" 2>"$work/receiver.log" &
   pids+=($!)
-  ip netns exec $A "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" "$@" \
+  host_prefix $A
+  "${hp[@]}" "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" "$@" \
     >"$work/sender.out" 2>"$work/sender.log" &
   pids+=($!)
   # Each agent prints one line once it listens.
