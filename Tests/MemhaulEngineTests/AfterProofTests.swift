@@ -68,7 +68,13 @@ import MemhaulTestSupport
             if !gone { usleep(10_000) }
         }
         #expect(gone, "source state \(String(describing: workload.state))")
-        #expect(receiver.agent.sessionInfo.last?.state == "running" && receiver.agent.sessionInfo.last?.restoredPID == 4242)
+        // "running" once the sender's CLOSE committed the move (it may trail the sender's return).
+        var info = receiver.agent.sessionInfo.last
+        for _ in 0..<3000 where info?.state != "running" {
+            usleep(10_000)
+            info = receiver.agent.sessionInfo.last
+        }
+        #expect(info?.state == "running" && info?.restoredPID == 4242, "\(String(describing: info))")
     }
 
     /// The connection breaks after RESTORE_DONE, before the sender's CLOSE
