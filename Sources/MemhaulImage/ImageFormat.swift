@@ -6,11 +6,13 @@ import MemhaulDigest
 public enum ImageFormat {
     /// Manifest major version: a reader refuses files with a newer major. 2: several
     /// committed journals may be pending (write-ahead log with checkpoints), which a
-    /// 1.x reader would delete unread, so the change is not a minor one.
-    public static let major: UInt16 = 2
+    /// 1.x reader would delete unread, so the change is not a minor one. 3: vacant
+    /// ranges, written in place by an open round, which a 2.x reader would read as
+    /// committed content.
+    public static let major: UInt16 = 3
     /// Minor version: newer minors only append fields; older readers ignore them.
-    /// 1: the final digest's version (memory digest v1/v2) follows the journal list.
-    public static let minor: UInt16 = 1
+    /// (2.1: the final digest's version follows the journal list.)
+    public static let minor: UInt16 = 0
     /// Journal version: the journal format did not change with manifest 2.0.
     public static let journalMajor: UInt16 = 1
     public static let journalMinor: UInt16 = 0
@@ -189,6 +191,9 @@ struct Manifest: Equatable {
     var journals: [JournalEntry] = []
     /// Read from a 1.x manifest: the committed round's journal may already be applied and gone.
     var legacy = false
+    /// Vacant ranges of the layout (3.0): no committed content (holes), no pending
+    /// journal touches them; an open round writes there in place (VacantSpace).
+    var vacant: [AddressRange] = []
 
     var journalBytesPending: UInt64 { journals.reduce(0) { $0 + $1.bytes } }
 
@@ -252,6 +257,11 @@ struct Manifest: Equatable {
             }
         }
         body.u8(digest?.version.rawValue ?? 0)  // 2.1
+        body.u32(UInt32(vacant.count))  // 3.0
+        for v in vacant {
+            body.u64(v.start)
+            body.u64(v.end)
+        }
 
         return FramedFile.encode(magic: ImageFormat.manifestMagic, major: ImageFormat.major, minor: ImageFormat.minor, body: body.bytes)
     }
@@ -329,6 +339,15 @@ struct Manifest: Equatable {
             if m.digest != nil {
                 guard let version = DigestVersion(rawValue: v) else { throw .corrupt(file: file, reason: "unknown digest version \(v)") }
                 m.digest!.version = version
+            }
+        }
+        if major >= 3 {
+            for _ in 0..<(try r.u32()) {
+                let start = try r.u64(), end = try r.u64()
+                guard start < end, start % imagePageSize == 0, end % imagePageSize == 0,
+                    m.vacant.last.map({ start >= $0.end }) ?? true
+                else { throw .corrupt(file: file, reason: "bad vacant range") }
+                m.vacant.append(AddressRange(start: start, end: end))
             }
         }
         // Fields a newer minor appended after these are ignored.

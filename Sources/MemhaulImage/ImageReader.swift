@@ -201,11 +201,42 @@ struct CommittedContent {
     /// A region file by id; nil when it does not exist (reads as zeros).
     typealias Files = (UInt32) throws(ImageError) -> ImageFile?
 
+    /// Calls `body(segment, start, end, vacant)` for each piece of `[start,
+    /// end)`, split at the vacant ranges: those read as zeros, whatever the
+    /// file holds (an open or crashed round's in-place writes). `outsideLayout`
+    /// as ``forEachPiece``.
+    private func forEachContentPiece(
+        _ start: UInt64, _ end: UInt64, _ body: (Segment, UInt64, UInt64, Bool) throws(ImageError) -> Void
+    ) throws(ImageError) {
+        let vacant = m.vacant
+        try forEachPiece(m.segments, start, end) { s, a, e throws(ImageError) in
+            var lo = 0, hi = vacant.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if vacant[mid].end <= a { lo = mid + 1 } else { hi = mid }
+            }
+            var cursor = a
+            var i = lo
+            while cursor < e {
+                if i < vacant.count, vacant[i].start <= cursor {
+                    let y = min(e, vacant[i].end)
+                    try body(s, cursor, y, true)
+                    cursor = y
+                    i += 1
+                } else {
+                    let y = i < vacant.count ? min(e, vacant[i].start) : e
+                    try body(s, cursor, y, false)
+                    cursor = y
+                }
+            }
+        }
+    }
+
     func read(at address: UInt64, into buffer: UnsafeMutableRawBufferPointer, file: Files) throws(ImageError) {
         guard buffer.count > 0 else { return }
-        try forEachPiece(m.segments, address, address + UInt64(buffer.count)) { s, a, e throws(ImageError) in
+        try forEachContentPiece(address, address + UInt64(buffer.count)) { s, a, e, vacant throws(ImageError) in
             let dst = UnsafeMutableRawBufferPointer(rebasing: buffer[Int(a - address)..<Int(e - address)])
-            if let f = try file(s.fileID) {
+            if !vacant, let f = try file(s.fileID) {
                 _ = try f.preadFull(dst, at: a - bases[s.fileID]!)
             } else {
                 dst.initializeMemory(as: UInt8.self, repeating: 0)
@@ -222,8 +253,8 @@ struct CommittedContent {
         for r in m.regions {
             if isCancelled() { throw .cancelled("digest stopped at region 0x\(String(r.start, radix: 16))") }
             digester.beginRegion(start: r.start, end: r.end)
-            try forEachPiece(m.segments, r.start, r.end) { s, a, e throws(ImageError) in
-                guard let f = try file(s.fileID) else {
+            try forEachContentPiece(r.start, r.end) { s, a, e, vacant throws(ImageError) in
+                guard !vacant, let f = try file(s.fileID) else {
                     digester.updateZeros(count: Int(e - a))
                     return
                 }
@@ -254,14 +285,16 @@ struct CommittedContent {
     /// Bytes of the committed layout that are data, not holes (SEEK_DATA/SEEK_HOLE only, no reads).
     func storedBytes(file: Files) throws(ImageError) -> UInt64 {
         var total: UInt64 = 0
-        for s in m.segments {
-            guard let f = try file(s.fileID) else { continue }
-            var pos = s.start - bases[s.fileID]!
-            let end = s.end - bases[s.fileID]!
-            while pos < end, let dataAt = try f.nextData(pos), dataAt < end {
-                let holeAt = min(max(try f.nextHole(dataAt), dataAt + imagePageSize), end)
-                total += holeAt - dataAt
-                pos = holeAt
+        for seg in m.segments {
+            try forEachContentPiece(seg.start, seg.end) { s, a, e, vacant throws(ImageError) in
+                guard !vacant, let f = try file(s.fileID) else { return }
+                var pos = a - bases[s.fileID]!
+                let end = e - bases[s.fileID]!
+                while pos < end, let dataAt = try f.nextData(pos), dataAt < end {
+                    let holeAt = min(max(try f.nextHole(dataAt), dataAt + imagePageSize), end)
+                    total += holeAt - dataAt
+                    pos = holeAt
+                }
             }
         }
         return total

@@ -53,10 +53,18 @@ enum Recovery {
             journals.append(journal)
         }
         // Undo in-place writes of an uncommitted round (and anything else outside
-        // the manifest), size the files, then replay the journals in order.
+        // the manifest), size the files, replay the journals in order, then
+        // punch the vacant ranges (in-place writes of an uncommitted round).
         var dirty = try applier.reconcileFiles(m)
         for (entry, journal) in zip(entries, journals) {
             dirty.formUnion(try applier.apply(entry, m: m, journal: journal, verifyFirst: false, layoutPass: false, replay: true))
+        }
+        // Vacant ranges hold no committed byte and no journal touches them:
+        // holes again, whatever an uncommitted round wrote there in place.
+        // Fsynced now, not at a checkpoint: a later round may commit these
+        // pages as they are on disk (VacantSpace.after bridges its writes).
+        for id in try applier.punch(m.vacant, m: m).sorted() {
+            try ImageFile(path: paths.regionFile(id), flags: O_RDWR).fsync()
         }
         applier.dropDescriptors()
         for (id, name) in unreferencedFiles(try listDirectory(paths.directory), m, keepingFrom: nil) {

@@ -352,7 +352,8 @@ public final class ImageStore: @unchecked Sendable {
         let journal = try JournalWriter(
             path: journalPath(round), round: round, imageID: imageID, buffer: scratch, hashState: hashState)
         open = OpenRound(
-            round: round, regions: regions, plan: plan, layoutChanged: regions != manifest.regions, journal: journal)
+            round: round, regions: regions, plan: plan, vacant: manifest.vacant, layoutChanged: regions != manifest.regions,
+            journal: journal)
     }
 
     /// Regions end at or below this address: above any Linux user address space (57 bits with
@@ -362,8 +363,9 @@ public final class ImageStore: @unchecked Sendable {
 
     /// Stores pages at `address` (page-aligned, a whole number of pages, inside
     /// the open round's layout). Pages at addresses new to the layout that
-    /// live in a new region file are written in place, the others go to the
-    /// round's journal; all become visible when the round commits. An I/O
+    /// live in a new region file, and pages at vacant addresses (no committed
+    /// content, no pending journal), are written in place; the others go to
+    /// the round's journal. All become visible when the round commits. An I/O
     /// error aborts the round.
     public func writePages(at address: UInt64, _ bytes: UnsafeRawBufferPointer) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
@@ -374,13 +376,14 @@ public final class ImageStore: @unchecked Sendable {
         try forEachPiece(r.segments, address, end) { _, _, _ in }  // refuse before any side effect
         do {
             try forEachPiece(r.segments, address, end) { s, a, e throws(ImageError) in
-                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
+                try splitInPlace(r, a, e) { x, y, inPlace throws(ImageError) in
                     let piece = UnsafeRawBufferPointer(rebasing: bytes[Int(x - address)..<Int(y - address)])
-                    if fresh {
+                    if inPlace {
                         // No committed byte lives here: write in place, fsync before the commit.
                         let f = try file(s.fileID, create: true)
                         let offset = x - base(s, r)
                         try f.pwriteAll(piece, at: offset)
+                        r.written.insert(AddressRange(start: x, end: y))
                         r.directFiles.insert(s.fileID)
                         r.directBytes += UInt64(piece.count)
                         r.noteUnsynced(file: s.fileID, fd: f.fd.rawValue, from: offset, to: offset + UInt64(piece.count))
@@ -424,15 +427,19 @@ public final class ImageStore: @unchecked Sendable {
         guard range.end % imagePageSize == 0 else { throw .unaligned(range.end) }
     }
 
-    /// Zero or discard: punched now where no committed byte lives, journaled elsewhere.
+    /// Zero or discard: journaled where committed bytes live; where none do
+    /// (in place), only what this round wrote there is punched: the rest is a
+    /// hole already, and costs no fallocate.
     private func clear(_ r: OpenRound, _ kind: RecordKind, _ range: AddressRange) throws(ImageError) {
         do {
             try forEachCoveredPiece(r.segments, range.start, range.end) { s, a, e throws(ImageError) in
-                try splitFresh(r, a, e) { x, y, fresh throws(ImageError) in
-                    if fresh {
-                        try file(s.fileID, create: true).punchHole(
-                            at: x - base(s, r), length: y - x, zeros: UnsafeRawBufferPointer(zeros))
-                        r.directFiles.insert(s.fileID)
+                try splitInPlace(r, a, e) { x, y, inPlace throws(ImageError) in
+                    if inPlace {
+                        for w in r.written.intersection(with: AddressRange(start: x, end: y)) {
+                            try file(s.fileID, create: true).punchHole(
+                                at: w.start - base(s, r), length: w.byteCount, zeros: UnsafeRawBufferPointer(zeros))
+                            r.directFiles.insert(s.fileID)
+                        }
                     } else {
                         try r.journal.append(kind, x, y - x, nil)
                         r.punches.add(s.fileID, AddressRange(start: x - base(s, r), end: y - base(s, r)))
@@ -445,26 +452,27 @@ public final class ImageStore: @unchecked Sendable {
         }
     }
 
-    /// Splits `[start, end)` into runs that are fresh (not in the committed
-    /// layout: written in place) or not (journaled).
-    private func splitFresh(
+    /// Splits `[start, end)` into runs written in place (fresh or vacant: no
+    /// committed byte lives there) or not (journaled).
+    private func splitInPlace(
         _ r: OpenRound, _ start: UInt64, _ end: UInt64, _ body: (UInt64, UInt64, Bool) throws(ImageError) -> Void
     ) throws(ImageError) {
-        var lo = 0, hi = r.fresh.count
+        let inPlace = r.inPlace
+        var lo = 0, hi = inPlace.count
         while lo < hi {
             let mid = (lo + hi) / 2
-            if r.fresh[mid].end <= start { lo = mid + 1 } else { hi = mid }
+            if inPlace[mid].end <= start { lo = mid + 1 } else { hi = mid }
         }
         var cursor = start
         var i = lo
         while cursor < end {
-            if i < r.fresh.count, r.fresh[i].start <= cursor {
-                let e = min(end, r.fresh[i].end)
+            if i < inPlace.count, inPlace[i].start <= cursor {
+                let e = min(end, inPlace[i].end)
                 try body(cursor, e, true)
                 cursor = e
                 i += 1
             } else {
-                let e = i < r.fresh.count ? min(end, r.fresh[i].start) : end
+                let e = i < inPlace.count ? min(end, inPlace[i].start) : end
                 try body(cursor, e, false)
                 cursor = e
             }
@@ -478,10 +486,14 @@ public final class ImageStore: @unchecked Sendable {
         guard let r = open else { return }
         open = nil
         r.journal.remove()
-        // Undo in-place writes to fresh addresses: back to the committed files.
+        // Undo in-place writes: fresh addresses go with the files reconciling
+        // drops, vacant ones are punched back to holes.
         do {
             try join()
             dirtyFiles.formUnion(try applier.reconcileFiles(manifest))
+            // Durably: a later round may bridge its writes across these pages
+            // and so commit them as they are on disk (VacantSpace.after).
+            for id in try applier.punch(r.written.ranges, m: manifest).sorted() { try file(id, create: true).fsync() }
             applier.dropDescriptors()
             try removeUnreferencedFiles(try listDirectory(directory))
         } catch {
@@ -540,6 +552,7 @@ public final class ImageStore: @unchecked Sendable {
         m.regions = r.regions
         m.files = r.files
         m.segments = r.segments
+        m.vacant = VacantSpace.after(inPlace: r.inPlace, written: r.written)
         m.history.append(record)
         if final {
             m.state = .complete
@@ -587,12 +600,19 @@ public final class ImageStore: @unchecked Sendable {
 
     /// Reserves (fallocate KEEP_SIZE) the file blocks the round will write, so
     /// applying it after the commit point cannot fail with ENOSPC.
+    /// Ranges are sorted and small gaps bridged first, so scattered pages cost
+    /// one fallocate per run of them, not one per page.
     private func reserveBlocks(_ r: OpenRound) throws(ImageError) {
-        for (id, ranges) in r.reservations.byFile.sorted(by: { $0.key < $1.key }) {
+        for (id, ranges) in r.reservations.coalesced(bridging: Self.reserveGap).sorted(by: { $0.key < $1.key }) {
             let f = try file(id, create: true)
             for res in ranges where try !f.reserve(at: res.start, length: res.byteCount) { return }
         }
     }
+
+    /// Reservations closer than this are made as one (the gap's blocks are
+    /// reserved too: at most this much disk per gap, until a checkpoint's
+    /// punches or the next write).
+    static let reserveGap: UInt64 = 64 << 10
 
     /// Writes `m` to `manifest.tmp`, fsyncs it, renames it over `manifest` and
     /// fsyncs the directory: the atomic commit point.

@@ -130,6 +130,22 @@ final class JournalApplier: @unchecked Sendable {  // unchecked: one thread at a
         return touched
     }
 
+    /// Punches `ranges` (addresses) where `m`'s segments map them: vacant
+    /// ranges back to holes, undoing in-place writes of a round that did not
+    /// commit. Addresses outside the layout are skipped. Returns the files.
+    func punch(_ ranges: [AddressRange], m: Manifest) throws(ImageError) -> Set<UInt32> {
+        var touched: Set<UInt32> = []
+        let bases = Dictionary(m.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        let z = UnsafeRawBufferPointer(zeros)
+        for r in ranges {
+            try forEachCoveredPiece(m.segments, r.start, r.end) { s, a, e throws(ImageError) in
+                try file(s.fileID).punchHole(at: a - bases[s.fileID]!, length: e - a, zeros: z)
+                touched.insert(s.fileID)
+            }
+        }
+        return touched
+    }
+
     /// Makes the region files match `m`: each file exists at its size, and
     /// every range no segment uses is a hole. Idempotent; returns the files.
     func reconcileFiles(_ m: Manifest) throws(ImageError) -> Set<UInt32> {

@@ -13,6 +13,11 @@ final class OpenRound {
     let fresh: [AddressRange]
     /// Address ranges not in the committed layout, in files that exist: journaled.
     let grown: [AddressRange]
+    /// Where pages go in place, not to the journal: the fresh ranges and the
+    /// committed layout's vacant ranges the round keeps (sorted, disjoint).
+    let inPlace: [AddressRange]
+    /// Pages written in place this round (addresses).
+    var written = SortedRanges()
     let layoutChanged: Bool
     let journal: JournalWriter
     var directFiles: Set<UInt32> = []
@@ -50,9 +55,14 @@ final class OpenRound {
     /// Byte ranges of each region file the round's journal punches (zero, discard) when applied.
     var punches = FileRanges()
 
-    init(round: UInt32, regions: [ImageRegion], plan: LayoutPlan, layoutChanged: Bool, journal: JournalWriter) {
+    init(
+        round: UInt32, regions: [ImageRegion], plan: LayoutPlan, vacant: [AddressRange], layoutChanged: Bool,
+        journal: JournalWriter
+    ) {
         self.fresh = plan.fresh
         self.grown = plan.grown
+        let layout = regions.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
+        self.inPlace = plan.fresh.coalesced().union(vacant.intersecting(layout))
         self.round = round
         self.regions = regions
         self.segments = plan.segments
@@ -76,6 +86,17 @@ struct FileRanges {
     /// Ranges arrive in write order; touching ones merge.
     mutating func add(_ fileID: UInt32, _ range: AddressRange) {
         byFile[fileID, default: []].appendCoalescing(range)
+    }
+
+    /// Per file: sorted, merged, and gaps of at most `gap` bytes closed.
+    func coalesced(bridging gap: UInt64) -> [UInt32: [AddressRange]] {
+        byFile.mapValues { ranges in
+            var out: [AddressRange] = []
+            for r in ranges.coalesced() {
+                if let last = out.last, r.start - last.end <= gap { out[out.count - 1].end = r.end } else { out.append(r) }
+            }
+            return out
+        }
     }
 
     /// Whether any byte of any file is in both.

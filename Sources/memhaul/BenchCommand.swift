@@ -66,13 +66,16 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Workload size (mixed zero/text/random pages).") var size: String = "1G"
         @Option(name: .customLong("compression-level"), help: "memhaul's zstd level, or auto.") var level: String = "auto"
         @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
+        @Option(help: "Directory the receiver keeps its images in (e.g. on tmpfs: /dev/shm/x); default: a scratch directory under TMPDIR.")
+        var images: String?
 
         func run() throws {
             let env = try BenchSupport.Environment()
             let workload = try env.startWorkload(["--size", size])
             defer { workload.stop() }
-            let receiver = try env.startReceiver()
+            let receiver = try env.startReceiver(images: images)
             defer { receiver.stop() }
+            var written = BenchSupport.WriteCounters()
 
             // memhaul: stop-and-copy of the whole process, source resumed after each run.
             var best: (seconds: Double, status: MigrationStatus)?
@@ -82,10 +85,14 @@ struct BenchCommand: ParsableCommand {
                 request.after = .resume
                 request.compressionLevel = Int32(level)
                 let migration = SenderMigration(request: request, connect: try env.connector())
+                let before = BenchSupport.WriteCounters.read(pid: receiver.child.pid)
                 migration.run()
                 let s = migration.status
                 guard s.state == .completed, let downtime = s.downtimeMs else { throw CLIError("memhaul run failed: \(s.error ?? s.state.rawValue)") }
-                if best == nil || downtime / 1000 < best!.seconds { best = (downtime / 1000, s) }
+                if best == nil || downtime / 1000 < best!.seconds {
+                    best = (downtime / 1000, s)
+                    written = BenchSupport.WriteCounters.read(pid: receiver.child.pid) - before
+                }
             }
             let memoryBytes = Double(best!.status.totalBytes)
 
@@ -104,13 +111,16 @@ struct BenchCommand: ParsableCommand {
                   memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes)
                   baseline zstd -1 -T2|socat  %.2f s  %7.1f MB/s  wire %@ (ratio %.3f)
                   throughput ratio memhaul/baseline: %.2fx
+                  receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs); images in %@
                 """,
                 size, workload.pid, ProcessInfo.processInfo.activeProcessorCount,
                 Summary.bytes(memoryBytes), (best!.status.compression ?? level).padding(toLength: 9, withPad: " ", startingAt: 0), best!.seconds, ours / 1e6,
                 Summary.bytes(Double(best!.status.transferredBytes)),
                 Double(best!.status.transferredBytes) / max(1, Double(best!.status.pageBytes)),
                 baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),
-                ours / theirs))
+                ours / theirs,
+                Double(written.wchar) / max(1, Double(best!.status.pageBytes)),
+                Double(written.writeBytes) / max(1, Double(best!.status.pageBytes)), images ?? env.scratch + "/images"))
         }
     }
 

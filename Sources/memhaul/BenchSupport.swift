@@ -71,6 +71,30 @@ enum BenchSupport {
         func stop() { child.stop() }
     }
 
+    /// A process's write counters (`/proc/PID/io`): `wchar`, bytes passed to
+    /// write calls (files and sockets, any file system), and `write_bytes`,
+    /// bytes sent to the block layer (0 on tmpfs).
+    struct WriteCounters {
+        var wchar: UInt64 = 0
+        var writeBytes: UInt64 = 0
+
+        static func read(pid: Int32) -> WriteCounters {
+            var c = WriteCounters()
+            guard let text = try? String(contentsOfFile: "/proc/\(pid)/io", encoding: .utf8) else { return c }
+            for line in text.split(separator: "\n") {
+                let parts = line.split(separator: ":")
+                guard parts.count == 2, let v = UInt64(parts[1].trimmingCharacters(in: .whitespaces)) else { continue }
+                if parts[0] == "wchar" { c.wchar = v }
+                if parts[0] == "write_bytes" { c.writeBytes = v }
+            }
+            return c
+        }
+
+        static func - (a: WriteCounters, b: WriteCounters) -> WriteCounters {
+            WriteCounters(wchar: a.wchar &- b.wchar, writeBytes: a.writeBytes &- b.writeBytes)
+        }
+    }
+
     final class Environment {
         let scratch: String
         let certs: String
@@ -109,9 +133,10 @@ enum BenchSupport {
             return child
         }
 
-        func startReceiver() throws -> Receiver {
+        /// A receiver on loopback keeping its images under `images` (default: the scratch directory).
+        func startReceiver(images: String? = nil) throws -> Receiver {
             let child = try Child(binaryDirectory + "/memhaul", [
-                "receive", "--listen", "127.0.0.1:0", "--images", scratch + "/images",
+                "receive", "--listen", "127.0.0.1:0", "--images", images ?? scratch + "/images",
                 "--certs", certs, "--control", scratch + "/receiver.sock"])
             let line = try child.waitFor("listening")
             guard let port = line.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw CLIError("receiver said \(line)") }

@@ -134,9 +134,9 @@ import MemhaulTestSupport
         model.write(a, first)
         try store.commitRound()
 
-        // 3 MiB cannot fit the journal.
+        // 3 MiB cannot fit the journal (rewrites of committed pages are journaled).
         try store.beginRound(2, layout: layout)
-        try store.write(a + 64 * 4096, pageBytes(2, pages: 768))
+        for _ in 0..<12 { try store.write(a, pageBytes(2, pages: 64)) }
         var caught: ImageError?
         do { try store.commitRound() } catch { caught = error }
         let journal = dir + "/journal-0000000002"
@@ -146,11 +146,14 @@ import MemhaulTestSupport
         #expect(!FileManager.default.fileExists(atPath: journal))
         #expect(try store.matches(model))
 
-        // 1.1 MiB fits the journal but not the journal plus the reserved blocks.
+        // 1 MiB fits the journal, but not with 1.1 MiB written in place to vacant pages.
         try store.beginRound(3, layout: layout)
-        try store.write(a + 64 * 4096, pageBytes(3, pages: 280))
         caught = nil
-        do { try store.commitRound() } catch { caught = error }
+        do {
+            for _ in 0..<4 { try store.write(a, pageBytes(3, pages: 64)) }
+            try store.write(a + 64 * 4096, pageBytes(3, pages: 280))
+            try store.commitRound()
+        } catch { caught = error }
         #expect(caught?.file?.hasPrefix(dir + "/mem-") == true || caught?.file == dir + "/journal-0000000003", "\(String(describing: caught))")
         if case .io(_, _, let errno) = caught { #expect(errno == .ENOSPC) } else { Issue.record("not an I/O error: \(String(describing: caught))") }
         #expect(try store.matches(model))

@@ -53,8 +53,8 @@ import MemhaulTestSupport
             expectOpen(dir, throws: .truncated(file: manifest))
             try reset()
         }
-        try edit(manifest) { $0[8] = 3 }  // major 3
-        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 3, minor: ImageFormat.minor))
+        try edit(manifest) { $0[8] = 4 }  // major 4
+        expectOpen(dir, throws: .unsupportedVersion(file: manifest, major: 4, minor: ImageFormat.minor))
         try reset()
         // A newer minor is read (fields are only ever appended); checksum must still match.
         try edit(manifest) { bytes in

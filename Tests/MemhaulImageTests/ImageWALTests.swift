@@ -107,9 +107,11 @@ import MemhaulTestSupport
         var checkpoints: [UInt32?] = []
         for k in UInt32(1)...6 {
             try store.beginRound(k, layout: layout)
-            let bytes = pageBytes(UInt64(k), pages: 1)
-            try store.write(a + UInt64(k) * 4096, bytes)
-            model.write(a + UInt64(k) * 4096, bytes)
+            // Round 1 fills the region (in place), so each later page is journaled.
+            let bytes = pageBytes(UInt64(k), pages: k == 1 ? 16 : 1)
+            let at = k == 1 ? a : a + UInt64(k) * 4096
+            try store.write(at, bytes)
+            model.write(at, bytes)
             try commit(store)
             checkpoints.append(store.checkpointedRound)
             #expect(store.pendingJournalBytes < 3 * 4096)
@@ -215,9 +217,9 @@ import MemhaulTestSupport
         }
         #expect(store.pendingJournals == [1, 2, 3])
 
-        // 3 MiB cannot fit the journal.
+        // 3 MiB cannot fit the journal (rewrites of committed pages are journaled).
         try store.beginRound(4, layout: layout)
-        try store.write(a + 100 * 4096, pageBytes(4, pages: 768))
+        for _ in 0..<12 { try store.write(a + 4096, pageBytes(4, pages: 64)) }
         var caught: ImageError?
         do { try store.commitRound(deferApply: true) } catch { caught = error }
         let journal = dir + "/" + journalName(4)
