@@ -14,7 +14,8 @@ import MemhaulWire
 ///
 /// Nothing from the peer is trusted: frames are decoded by the bounded codec,
 /// payloads are decompressed into a fixed 4 MiB buffer against the declared
-/// size, checksums are verified, and the image store refuses addresses outside
+/// size, checksums are verified (on the ``StorageStage`` thread, which also
+/// stores pages), and the image store refuses addresses outside
 /// the round's declared layout. Any error aborts the open round (the last
 /// committed round stays intact), is sent to the peer as ERROR, and is logged.
 public final class ReceiverSession: @unchecked Sendable {  // one thread runs it; `info` is behind a lock
@@ -89,8 +90,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var restoreFiles: RestoreFileWriter?
     private let infoLock = NSLock()
     private var _info: Info
-    private let decoder = BatchDecoder()
-    private let pageBuffer: UnsafeMutableRawBufferPointer
     /// What this connection may make the receiver hold.
     private let limits: ReceiverLimits
     /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
@@ -118,10 +117,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         self.log = log
         sender = stream.peerIdentity.map(ImageOwner.init(peer:))
         _info = Info(peer: stream.peerDescription, sender: sender)
-        pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
     }
-
-    deinit { pageBuffer.deallocate() }
 
     /// Cuts the connection (`shutdown(2)` on the socket, safe from any thread):
     /// the session's next read fails, it aborts its open round and releases the image.
@@ -316,9 +312,21 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var openRound: UInt64?
         var counts = RoundStats()
         var budget = ReceiverBudget(limits: limits)
+        // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
+        let stage = StorageStage(store: store)
+        defer { stage.stop() }
         while true {
+            // Never wait for the peer with work in flight: a peer that waits for
+            // our answer (an ERROR for a bad batch) would wait forever.
+            if stage.hasPending, try !channel.frameReadyWithoutWaiting() { try stage.drain() }
             watch.awaitingFrame()
-            let message = try channel.receive()
+            let message: Message
+            do {
+                message = try channel.receive()
+            } catch {
+                try stage.drain()  // an earlier batch's error comes first
+                throw error
+            }
             watch.working()
             switch message {
             case .layout(let layout):
@@ -340,20 +348,23 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             case .pageBatch(let batch):
                 try expect(openRound, batch.header.round)
                 try budget.addPages(Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize))
-                try receive(batch, store)
+                try stage.submit(batch)
                 counts.pages += UInt64(batch.header.pageCount)
                 counts.batches += 1
                 setInfo { $0.pages += UInt64(batch.header.pageCount); $0.bytes = channel.bytesReceived }
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
-                counts.zeroPages += try Self.apply(list.runs, store.zeroPages)
+                try stage.submit(.zero(list.runs))
+                counts.zeroPages += Self.pageCount(list.runs)
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
-                counts.discardedPages += try Self.apply(list.runs, store.discardPages)
+                try stage.submit(.discard(list.runs))
+                counts.discardedPages += Self.pageCount(list.runs)
             case .roundEnd(let end):
                 try expect(openRound, end.round)
+                try stage.drain()  // the store is this thread's again until the next page frame
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
                       end.stats.discardedPages == counts.discardedPages, end.stats.batches == counts.batches else {
                     throw Refusal(code: .roundMismatch, description: "round \(end.round) counts differ: sender \(end.stats), received \(counts)")
@@ -402,6 +413,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try runRestore(store, files, begin)
                 return  // the sender's CLOSE was the commit
             case .close:
+                stage.stop()
                 if openRound != nil { store.abortRound() }
                 return
             case .hello, .welcome, .roundAck, .restoreDone:
@@ -483,28 +495,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         guard open == round else { throw Refusal(code: .roundMismatch, description: "frame for round \(round) inside round \(open)") }
     }
 
-    private func receive(_ batch: PageBatch, _ store: ImageStore) throws {
-        let header = batch.header
-        let expected = Int(header.uncompressedLength)
-        guard expected <= pageBuffer.count else {
-            throw Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(pageBuffer.count)")
-        }
-        let encoding: BatchEncoding = header.encoding == .zstd ? .zstd : .raw
-        try batch.payload.withUnsafeBytes { payload in
-            _ = try decoder.decode(encoding, payload: payload, into: pageBuffer, expectedSize: expected)
-        }
-        let plain = UnsafeRawBufferPointer(start: pageBuffer.baseAddress, count: expected)
-        guard PageChecksum.xxh3_64(plain) == header.checksum else {
-            throw Refusal(code: .checksumMismatch, description: "page batch checksum mismatch in round \(header.round)")
-        }
-        var offset = 0
-        let pageSize = Int(WireLimits.default.pageSize)
-        for run in header.runs {
-            let bytes = Int(run.pageCount) * pageSize
-            try store.writePages(at: run.start, UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)]))
-            offset += bytes
-        }
-    }
+    /// Pages of runs (their counts are checked by the codec: no overflow).
+    static func pageCount(_ runs: [PageRun]) -> UInt64 { runs.reduce(0) { $0 + UInt64($1.pageCount) } }
 
     /// Runs of pages (ZERO_RANGES, DISCARD_RANGES) as ranges to `op`; returns the pages.
     static func apply(_ runs: [PageRun], _ op: (AddressRange) throws(ImageError) -> Void) throws(ImageError) -> UInt64 {

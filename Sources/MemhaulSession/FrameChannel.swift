@@ -94,6 +94,13 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
         }
     }
 
+    /// Whether ``receive(by:)`` can return without waiting for the peer: a
+    /// whole frame is buffered, or bytes are readable now.
+    public func frameReadyWithoutWaiting() throws -> Bool {
+        if decoder.hasCompleteFrame { return true }
+        return try stream.waitReadable(timeout: .zero)
+    }
+
     public func receive(by deadline: PeerDeadline? = nil) throws -> Message {
         let frame = try receiveFrame(by: deadline)
         return try frame.message(limits: decoder.limits)

@@ -139,6 +139,15 @@ public struct FrameDecoder: Sendable {
         return max(total - have, 1)
     }
 
+    /// Whether `nextFrame` can return a frame (or consume the preamble) without more bytes.
+    public var hasCompleteFrame: Bool {
+        let have = tail - head
+        if expectsPreamble { return have >= Preamble.size }
+        guard have >= FrameHeader.size else { return false }
+        let length = storage.withUnsafeBytes { UnsafeRawBufferPointer(rebasing: $0[head..<tail]).le(UInt32.self, at: 4) }
+        return have >= FrameHeader.size + Int(length)
+    }
+
     public mutating func append(_ bytes: UnsafeRawBufferPointer) {
         guard !bytes.isEmpty else { return }
         reserveSpace(bytes.count)

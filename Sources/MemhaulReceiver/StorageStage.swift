@@ -1,0 +1,201 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Foundation
+import MemhaulCompression
+import MemhaulDigest
+import MemhaulImage
+import MemhaulSystem
+import MemhaulWire
+
+/// The receiver's second pipeline stage: decompress, checksum and store page
+/// batches, and apply zero/discard runs, on a thread of its own, while the
+/// session thread reads and decrypts the next frames.
+///
+/// Bounded: at most `slots` batches are in flight (each copied out of the
+/// frame buffer into a slot of `WireLimits.maxPagesPerBatch` pages, so the
+/// frame decoder's buffer is free for the next frame) and at most
+/// `maxQueued` items of any kind; `submit` blocks while full. Work runs in
+/// submission order. The first error stops the stage: later work is dropped
+/// and every later `submit`/`drain` throws it.
+///
+/// The image store is touched by this thread only between the round's
+/// beginRound and a `drain()` (or `stop()`), which the session thread calls
+/// before it uses the store itself; the condition variable orders the two.
+final class StorageStage: @unchecked Sendable {  // unchecked: all state behind `condition`
+    enum Work {
+        case batch(PageBatchHeader, slot: Int, payloadLength: Int)
+        case zero([PageRun])
+        case discard([PageRun])
+    }
+
+    /// Called on the stage's thread with each run of pages once the store has
+    /// it (address, plain bytes); it becomes committed at the round's commit.
+    /// The hook for a per-page ledger of stored content.
+    typealias StoredPages = (UInt64, UnsafeRawBufferPointer) -> Void
+
+    static let defaultSlots = 3
+    static let maxQueued = 16
+
+    private let store: ImageStore
+    private let slotBytes: Int
+    private let slotBuffers: [UnsafeMutableRawBufferPointer]
+    private let pageBuffer: UnsafeMutableRawBufferPointer
+    private let decoder = BatchDecoder()
+    private let stored: StoredPages?
+    private let condition = NSCondition()
+    private var freeSlots: [Int]
+    private var queue: [Work] = []
+    private var running = false
+    private var stopping = false
+    private var finished = false
+    private var failure: Error?
+    /// Nanoseconds the stage spent working (not waiting), for the busy fraction.
+    private var busy: UInt64 = 0
+    private var thread: Thread?
+
+    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, stored: StoredPages? = nil) {
+        self.store = store
+        self.stored = stored
+        slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
+        slotBuffers = (0..<slots).map { _ in .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096) }
+        pageBuffer = .allocate(byteCount: slotBytes, alignment: 4096)
+        freeSlots = Array(0..<slots)
+        let thread = Thread { [unowned self] in self.work() }
+        thread.name = "memhaul.receiver.storage"
+        self.thread = thread
+        thread.start()
+    }
+
+    deinit {
+        stop()
+        for b in slotBuffers { b.deallocate() }
+        pageBuffer.deallocate()
+    }
+
+    /// Whether work is queued or running.
+    var hasPending: Bool { condition.withLock { !queue.isEmpty || running } }
+
+    /// Time the stage has spent working.
+    var busyNanoseconds: UInt64 { condition.withLock { busy } }
+
+    /// Copies a batch's payload into a free slot (waiting for one) and queues it.
+    func submit(_ batch: PageBatch) throws {
+        let slot: Int = try condition.withLock {
+            while freeSlots.isEmpty || queue.count >= Self.maxQueued, failure == nil, !stopping { condition.wait() }
+            if let failure { throw failure }
+            return freeSlots.removeLast()
+        }
+        let n = batch.payload.count
+        precondition(n <= slotBytes, "PAGE_BATCH payload over the decoder's limit")
+        batch.payload.withUnsafeBytes { slotBuffers[slot].baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        try enqueue(.batch(batch.header, slot: slot, payloadLength: n))
+    }
+
+    /// Queues zero or discard runs (waiting while the queue is full).
+    func submit(_ work: Work) throws {
+        try condition.withLock {
+            while queue.count >= Self.maxQueued, failure == nil, !stopping { condition.wait() }
+            if let failure { throw failure }
+        }
+        try enqueue(work)
+    }
+
+    private func enqueue(_ work: Work) throws {
+        try condition.withLock {
+            if let failure { throw failure }
+            queue.append(work)
+            condition.broadcast()
+        }
+    }
+
+    /// Waits until every submitted item is done; throws the stage's error.
+    func drain() throws {
+        try condition.withLock {
+            while (!queue.isEmpty || running) && failure == nil { condition.wait() }
+            if let failure { throw failure }
+        }
+    }
+
+    /// Drops queued work, waits for the item in progress and ends the thread.
+    /// Idempotent; afterwards the session thread owns the store again.
+    func stop() {
+        condition.withLock {
+            stopping = true
+            queue.removeAll()
+            condition.broadcast()
+            while !finished && thread != nil { condition.wait() }
+        }
+    }
+
+    private func work() {
+        while true {
+            let item: Work? = condition.withLock {
+                while queue.isEmpty && !stopping { condition.wait() }
+                if stopping {
+                    finished = true
+                    condition.broadcast()
+                    return nil
+                }
+                running = true
+                return queue.removeFirst()
+            }
+            guard let item else { return }
+            let t0 = MonotonicClock.nanoseconds()
+            var error: Error?
+            do { try perform(item) } catch let e { error = e }
+            let spent = MonotonicClock.nanoseconds() - t0
+            condition.withLock {
+                running = false
+                busy += spent
+                if case .batch(_, let slot, _) = item { freeSlots.append(slot) }
+                if let error, failure == nil {
+                    failure = error
+                    queue.removeAll()
+                }
+                condition.broadcast()
+            }
+        }
+    }
+
+    private func perform(_ item: Work) throws {
+        switch item {
+        case .batch(let header, let slot, let payloadLength):
+            try storeBatch(header, UnsafeRawBufferPointer(rebasing: slotBuffers[slot][0..<payloadLength]))
+        case .zero(let runs):
+            _ = try ReceiverSession.apply(runs, store.zeroPages)
+        case .discard(let runs):
+            _ = try ReceiverSession.apply(runs, store.discardPages)
+        }
+    }
+
+    /// Decompresses (raw pages are used where they are), checks the checksum, stores the runs.
+    private func storeBatch(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer) throws {
+        let expected = Int(header.uncompressedLength)
+        guard expected <= pageBuffer.count else {
+            throw ReceiverSession.Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(pageBuffer.count)")
+        }
+        let plain: UnsafeRawBufferPointer
+        if header.encoding == .zstd {
+            _ = try decoder.decode(.zstd, payload: payload, into: pageBuffer, expectedSize: expected)
+            plain = UnsafeRawBufferPointer(start: pageBuffer.baseAddress, count: expected)
+        } else {
+            guard payload.count == expected else {
+                throw ReceiverSession.Refusal(code: .malformedFrame, description: "raw batch of \(payload.count) bytes, \(expected) declared")
+            }
+            plain = payload
+        }
+        guard PageChecksum.xxh3_64(plain) == header.checksum else {
+            throw ReceiverSession.Refusal(code: .checksumMismatch, description: "page batch checksum mismatch in round \(header.round)")
+        }
+        var offset = 0
+        let pageSize = Int(WireLimits.default.pageSize)
+        for run in header.runs {
+            let bytes = Int(run.pageCount) * pageSize
+            let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
+            try store.writePages(at: run.start, pages)
+            stored?(run.start, pages)
+            offset += bytes
+        }
+    }
+}
