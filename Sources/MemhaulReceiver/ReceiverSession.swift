@@ -307,26 +307,31 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     }
 
     private func serve(_ store: ImageStore) throws {
+        // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
+        let stage = StorageStage(store: store)
+        defer { stage.stop() }
+        do {
+            try serveFrames(store, stage)
+        } catch {
+            // The stage's work came from earlier frames: its error comes first,
+            // as it would if this thread had stored the pages itself.
+            try stage.drain()
+            throw error
+        }
+    }
+
+    private func serveFrames(_ store: ImageStore, _ stage: StorageStage) throws {
         var pendingLayout: [ImageRegion] = []
         var layoutRound: UInt64?
         var openRound: UInt64?
         var counts = RoundStats()
         var budget = ReceiverBudget(limits: limits)
-        // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
-        let stage = StorageStage(store: store)
-        defer { stage.stop() }
         while true {
             // Never wait for the peer with work in flight: a peer that waits for
             // our answer (an ERROR for a bad batch) would wait forever.
             if stage.hasPending, try !channel.frameReadyWithoutWaiting() { try stage.drain() }
             watch.awaitingFrame()
-            let message: Message
-            do {
-                message = try channel.receive()
-            } catch {
-                try stage.drain()  // an earlier batch's error comes first
-                throw error
-            }
+            let message = try channel.receive()
             watch.working()
             switch message {
             case .layout(let layout):
