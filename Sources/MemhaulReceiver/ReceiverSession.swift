@@ -329,7 +329,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         while true {
             // Never wait for the peer with work in flight: a peer that waits for
             // our answer (an ERROR for a bad batch) would wait forever.
-            if stage.hasPending, try !channel.frameReadyWithoutWaiting() { try stage.drain() }
+            if stage.needsDrain, try !channel.frameReadyWithoutWaiting() { try stage.drain() }
             watch.awaitingFrame()
             let message = try channel.receive()
             watch.working()

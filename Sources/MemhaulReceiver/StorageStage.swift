@@ -73,8 +73,9 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         pageBuffer.deallocate()
     }
 
-    /// Whether work is queued or running.
-    var hasPending: Bool { condition.withLock { !queue.isEmpty || running } }
+    /// Whether `drain()` has something to wait for or report: work queued or
+    /// running, or an error not reported yet.
+    var needsDrain: Bool { condition.withLock { !queue.isEmpty || running || failure != nil } }
 
     /// Time the stage has spent working.
     var busyNanoseconds: UInt64 { condition.withLock { busy } }

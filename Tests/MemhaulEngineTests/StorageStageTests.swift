@@ -42,7 +42,7 @@ import MemhaulTestSupport
         for i in 0..<8 { try stage.submit(batch(a + UInt64(i) * 8 * 4096, pages: 8, seed: UInt8(i))) }
         try stage.submit(.zero([PageRun(start: a, pageCount: 1)]))  // after the batch that wrote page 0
         try stage.drain()
-        #expect(!stage.hasPending)
+        #expect(!stage.needsDrain)
         stage.stop()
         #expect(seen.withLock { $0.map(\.0) } == (0..<8).map { a + UInt64($0) * 8 * 4096 })
         #expect(seen.withLock { $0.allSatisfy { !$0.1 } }, "stored on the session's thread")
@@ -64,6 +64,7 @@ import MemhaulTestSupport
         try stage.submit(batch(a, pages: 1, seed: 1, badChecksum: true))
         // Later submissions either queue (and are dropped) or see the error.
         for i in 1..<6 { _ = try? stage.submit(batch(a + UInt64(i) * 4096, pages: 1, seed: 2)) }
+        #expect(stage.needsDrain, "an unreported error needs a drain")
         #expect(throws: ReceiverSession.Refusal.self) { try stage.drain() }
         #expect(throws: ReceiverSession.Refusal.self) { try stage.submit(batch(a, pages: 1, seed: 3)) }
         stage.stop()
