@@ -39,8 +39,9 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
 
     private let store: ImageStore
     private let slotBytes: Int
-    private let slotBuffers: [UnsafeMutableRawBufferPointer]
-    private let pageBuffer: UnsafeMutableRawBufferPointer
+    /// Allocated on first use (a session that sends few pages costs little).
+    private var slotBuffers: [UnsafeMutableRawBufferPointer?]
+    private var zstdBuffer: UnsafeMutableRawBufferPointer?
     private let decoder = BatchDecoder()
     private let stored: StoredPages?
     private let condition = NSCondition()
@@ -58,8 +59,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         self.store = store
         self.stored = stored
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
-        slotBuffers = (0..<slots).map { _ in .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096) }
-        pageBuffer = .allocate(byteCount: slotBytes, alignment: 4096)
+        slotBuffers = Array(repeating: nil, count: slots)
         freeSlots = Array(0..<slots)
         let thread = Thread { [unowned self] in self.work() }
         thread.name = "memhaul.receiver.storage"
@@ -69,8 +69,8 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
 
     deinit {
         stop()
-        for b in slotBuffers { b.deallocate() }
-        pageBuffer.deallocate()
+        for b in slotBuffers { b?.deallocate() }
+        zstdBuffer?.deallocate()
     }
 
     /// Whether `drain()` has something to wait for or report: work queued or
@@ -85,11 +85,14 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         let slot: Int = try condition.withLock {
             while freeSlots.isEmpty || queue.count >= Self.maxQueued, failure == nil, !stopping { condition.wait() }
             if let failure { throw failure }
-            return freeSlots.removeLast()
+            let slot = freeSlots.removeLast()
+            if slotBuffers[slot] == nil { slotBuffers[slot] = .allocate(byteCount: slotBytes, alignment: 4096) }
+            return slot
         }
         let n = batch.payload.count
         precondition(n <= slotBytes, "PAGE_BATCH payload over the decoder's limit")
-        batch.payload.withUnsafeBytes { slotBuffers[slot].baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        let buffer = condition.withLock { slotBuffers[slot]! }
+        batch.payload.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
         try enqueue(.batch(batch.header, slot: slot, payloadLength: n))
     }
 
@@ -162,7 +165,8 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     private func perform(_ item: Work) throws {
         switch item {
         case .batch(let header, let slot, let payloadLength):
-            try storeBatch(header, UnsafeRawBufferPointer(rebasing: slotBuffers[slot][0..<payloadLength]))
+            let buffer = condition.withLock { slotBuffers[slot]! }
+            try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]))
         case .zero(let runs):
             _ = try ReceiverSession.apply(runs, store.zeroPages)
         case .discard(let runs):
@@ -173,11 +177,13 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// Decompresses (raw pages are used where they are), checks the checksum, stores the runs.
     private func storeBatch(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer) throws {
         let expected = Int(header.uncompressedLength)
-        guard expected <= pageBuffer.count else {
-            throw ReceiverSession.Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(pageBuffer.count)")
+        guard expected <= slotBytes else {
+            throw ReceiverSession.Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(slotBytes)")
         }
         let plain: UnsafeRawBufferPointer
         if header.encoding == .zstd {
+            if zstdBuffer == nil { zstdBuffer = .allocate(byteCount: slotBytes, alignment: 4096) }
+            let pageBuffer = zstdBuffer!
             _ = try decoder.decode(.zstd, payload: payload, into: pageBuffer, expectedSize: expected)
             plain = UnsafeRawBufferPointer(start: pageBuffer.baseAddress, count: expected)
         } else {
