@@ -20,8 +20,14 @@ struct FakeCRIU {
             for a in "$@"; do [ "$prev" = -o ] && log=$a; [ "$prev" = -D ] && dir=$a; prev=$a; done
             \(body)
             """
-        try script.write(toFile: path, atomically: true, encoding: .utf8)
-        chmod(path, 0o755)
+        // O_CLOEXEC: a child another test forks meanwhile must not keep it open
+        // for writing, or exec of the script fails with ETXTBSY ("could not be completed").
+        let fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o755)
+        guard fd >= 0 else { throw TestSetupError("cannot create \(path)") }
+        let bytes = Array(script.utf8)
+        let written = bytes.withUnsafeBytes { write(fd, $0.baseAddress, $0.count) }
+        close(fd)
+        guard written == bytes.count else { throw TestSetupError("cannot write \(path)") }
     }
 }
 
