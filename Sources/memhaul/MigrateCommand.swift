@@ -88,7 +88,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry (default: the host in --to).")
     var serverName: String?
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
-    @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
+    @Flag(name: .shortAndLong, help: "Log every round (--log-level info).") var verbose = false
+    @OptionGroup var logging: LoggingOptions
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var restore: RestoreOptions
     @OptionGroup var dump: DumpOptions
@@ -105,26 +106,30 @@ struct MigrateCommand: ParsableCommand {
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
-        transport.warnIfInsecure()
-        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
+        var logger = logging.bootstrap(component: "sender", defaultLevel: verbose ? .info : .notice)
+        logger[metadataKey: "migration"] = .string(request.id)
+        let engineLog = logger.textSink(level: .info)
+        transport.warnIfInsecure()
+        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         request.serverName = serverName
         convergence.apply(to: &request)
         do { try request.validate() } catch { throw ValidationError(error.description) }
-        let verbose = self.verbose
         if restore.enabled {
             // criu found and checked before the process is touched.
             let runner = try restore.runner()
             var handOver = CRIUHandOver(runner: runner, options: dump.options(extra: restore.criuArgs), workRoot: dump.criuDir,
-                                        log: { if verbose { Log.line($0) } })
+                                        log: engineLog)
             handOver.route = dump.route == "rewrite" ? .rewrite : .lazy
             request.afterProof = handOver.step
             request.after = .kill  // only reached once the process runs on the receiver
         }
-        let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
-        let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
-        progress?.start()
+        // Progress on stderr unless --json; on a terminal with a live line.
+        let progress = json ? nil : ProgressView()
+        let migration = SenderMigration(request: request, connect: try transport.connector(), log: engineLog,
+                                        progress: { progress?.update($0) })
+        progress?.start(destination: request.destination, pid: request.pid)
         // SIGINT/SIGTERM/SIGHUP: cancel, let the migration thaw and untrack its
         // target (bounded), then release whatever is still held and exit 128+N.
         ShutdownSignals.onTerminate { [request = migration.request] sig in
@@ -155,41 +160,8 @@ struct MigrateCommand: ParsableCommand {
     }
 }
 
-/// The one-line live view on a terminal.
-final class ProgressLine: @unchecked Sendable {  // the timer thread only reads the migration's status
-    private let migration: SenderMigration
-    private let timer: DispatchSourceTimer
-    init(_ migration: SenderMigration) {
-        self.migration = migration
-        timer = DispatchSource.makeTimerSource(queue: .global())
-    }
-    func start() {
-        timer.schedule(deadline: .now(), repeating: .milliseconds(200))
-        timer.setEventHandler { [migration] in
-            let s = migration.status
-            let pct = s.totalBytes > 0 ? Double(s.pageBytes) / Double(s.totalBytes) * 100 : 0
-            let expected = s.expectedDowntimeMs.map { "\(Int($0)) ms" } ?? "-"
-            let line = String(format: "\r\u{1B}[K%@ round %d  %.0f%%  %@ sent  dirty %@/s  %@/s  expected downtime %@%@",
-                              s.state.rawValue, s.round, pct, Summary.bytes(Double(s.transferredBytes)),
-                              Summary.bytes(s.dirtyRateBps), Summary.bytes(s.throughputBps), expected,
-                              s.throttlePercent > 0 ? "  throttle \(s.throttlePercent)% (\(s.throttleMechanism?.rawValue ?? "-"))" : "")
-            FileHandle.standardError.write(Data(line.utf8))
-        }
-        timer.resume()
-    }
-    func stop() {
-        timer.cancel()
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
-    }
-}
-
 enum Summary {
-    static func bytes(_ v: Double) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = v, i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return String(format: i == 0 ? "%.0f %@" : "%.1f %@", v, units[i])
-    }
+    static func bytes(_ v: Double) -> String { ByteFormat.bytes(v) }
 
     static func text(_ s: MigrationStatus) -> String {
         var lines = ["migration \(s.id): \(s.state.rawValue)"]

@@ -43,6 +43,7 @@ struct ReceiveCommand: ParsableCommand {
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
+    @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
@@ -70,6 +71,7 @@ struct ReceiveCommand: ParsableCommand {
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
+        logging.bootstrap(component: "receiver")
         transport.warnIfInsecure()
         if authorize != nil && transport.insecure { throw CLIError("--authorize needs TLS: an --insecure sender has no certificate to authorise") }
         let authorization = try authorize.map { path throws(AuthorizationPolicyError) in try ReceiverAuthorization(path: path) }
@@ -126,9 +128,11 @@ struct SenderCommand: ParsableCommand {
     @Option(name: .customLong("criu-dir"), help: "Where dumps are written (<dir>/<migration id>/; removed after success).")
     var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
     @OptionGroup var transport: TransportOptions
+    @OptionGroup var logging: LoggingOptions
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
+        logging.bootstrap(component: "sender")
         transport.warnIfInsecure()
         // Cgroup throttles of an agent that died by SIGKILL (ThrottleLeftovers).
         for line in ThrottleLeftovers.restoreAbandoned() { Log.line("sender: \(line)") }
