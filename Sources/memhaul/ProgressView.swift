@@ -64,7 +64,8 @@ final class ProgressView: @unchecked Sendable {  // `timer` is set up before the
         default: s.stage.rawValue
         }
         let inRound = s.stage == .precopy || s.stage == .finalDelta
-        let fraction = s.roundTotalBytes > 0 ? min(1, Double(s.roundSentBytes) / Double(s.roundTotalBytes)) : 0
+        // A round with nothing to send is complete.
+        let fraction = s.roundTotalBytes > 0 ? min(1, Double(s.roundSentBytes) / Double(s.roundTotalBytes)) : 1
         // Most important first: what does not fit is dropped from the end.
         var tail: [String] = []
         if inRound {
@@ -82,7 +83,7 @@ final class ProgressView: @unchecked Sendable {  // `timer` is set up before the
             tail.append("expected downtime \(s.expectedDowntimeMs.map { "\(Int($0.rounded())) ms" } ?? "-")")
         }
         let width = max(20, columns - 1)
-        let barWidth = inRound && width >= 80 ? 20 : 0
+        let barWidth = inRound && columns >= 80 ? 20 : 0
         let bar = barWidth == 0 ? "" : " [" + String(repeating: "#", count: Int(fraction * Double(barWidth))) + String(repeating: "-", count: barWidth - Int(fraction * Double(barWidth))) + "]"
         while !tail.isEmpty, (stage + bar + "  " + tail.joined(separator: "  ")).count > width { tail.removeLast() }
         return tail.isEmpty ? stage + bar : stage + bar + "  " + tail.joined(separator: "  ")
