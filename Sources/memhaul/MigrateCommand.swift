@@ -15,8 +15,8 @@ struct ConvergenceOptions: ParsableArguments {
     var maxRounds: Int = 30
     @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.")
     var maxTime: Double = 600
-    @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (0 = unlimited).")
-    var maxBandwidth: Double = 0
+    @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s with K/M/G suffixes: 100M (0 = unlimited).")
+    var maxBandwidth = ByteCount(0)
     @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.")
     var noAutoConverge = false
     @Option(help: "Auto-converge throttle: auto (the target's cgroup CPU quota where it has or can be given a cgroup, else SIGSTOP duty cycling), cgroup or signals.")
@@ -60,7 +60,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.downtimeLimitMs = downtimeLimit
         request.parameters.maxRounds = maxRounds
         request.parameters.maxTimeSeconds = maxTime
-        request.parameters.maxBandwidth = maxBandwidth > 0 ? maxBandwidth : nil
+        request.parameters.maxBandwidth = maxBandwidth.bytes > 0 ? Double(maxBandwidth.bytes) : nil
         request.parameters.autoConverge = !noAutoConverge
         request.throttle = throttle
         request.parameters.throttleSteps = throttleSteps
@@ -166,7 +166,7 @@ enum Summary {
     static func text(_ s: MigrationStatus) -> String {
         var lines = ["migration \(s.id): \(s.state.rawValue)"]
         if let e = s.error { lines.append("  error: \(e)") }
-        if let r = s.rounds { lines.append("  rounds: \(r)") }
+        if let r = s.rounds { lines.append("  engine rounds: \(r) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
