@@ -94,9 +94,10 @@ struct LoggingOptions: ParsableArguments {
 
     /// Installs the handler (once per process) and makes `component`'s logger
     /// the one ``Log`` writes to.
+    /// With `migration`, every line of the process names it.
     @discardableResult
-    func bootstrap(component: String, defaultLevel: Logger.Level = .info) -> Logger {
-        Log.bootstrap(component: component, format: format ?? .automatic, level: level ?? defaultLevel)
+    func bootstrap(component: String, migration: String? = nil, defaultLevel: Logger.Level = .info) -> Logger {
+        Log.bootstrap(component: component, migration: migration, format: format ?? .automatic, level: level ?? defaultLevel)
     }
 }
 
@@ -108,11 +109,12 @@ enum Log {
     private static let current = Mutex<Logger?>(nil)
 
     /// LoggingSystem.bootstrap may run once per process: the first call wins the format.
-    static func bootstrap(component: String, format: LogFormat, level: Logger.Level) -> Logger {
+    static func bootstrap(component: String, migration: String? = nil, format: LogFormat, level: Logger.Level) -> Logger {
         current.withLock { current in
             if current == nil { LoggingSystem.bootstrap { MemhaulLogHandler(component: $0, format: format, level: level) } }
             var logger = Logger(label: component)
             logger.logLevel = level
+            if let migration { logger[metadataKey: "migration"] = .string(migration) }
             current = logger
             return logger
         }
@@ -120,7 +122,7 @@ enum Log {
 
     static var logger: Logger {
         if let logger = current.withLock({ $0 }) { return logger }
-        return bootstrap(component: "memhaul", format: .automatic, level: .info)
+        return bootstrap(component: "memhaul", migration: nil, format: .automatic, level: .info)
     }
 
     static func line(_ message: String) { logger.textSink(level: .notice)(message) }

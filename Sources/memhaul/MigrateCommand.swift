@@ -108,8 +108,7 @@ struct MigrateCommand: ParsableCommand {
         AgentSignals.ignoreBrokenPipes()
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
-        var logger = logging.bootstrap(component: "sender", defaultLevel: verbose ? .info : .notice)
-        logger[metadataKey: "migration"] = .string(request.id)
+        let logger = logging.bootstrap(component: "sender", migration: request.id, defaultLevel: verbose ? .info : .notice)
         let engineLog = logger.textSink(level: .info)
         transport.warnIfInsecure()
         for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }

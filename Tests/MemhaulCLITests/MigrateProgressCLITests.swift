@@ -97,3 +97,38 @@ func isRunning(_ pid: Int32) -> Bool {
           let close = stat.lastIndex(of: ")") else { return false }
     return stat[stat.index(close, offsetBy: 2)] != "Z"
 }
+
+/// swift-log through our handler: every line has a date, a level, the
+/// component and the migration id; `--log-format json` is one object a line;
+/// with -v the engine's lines and the progress lines stay whole lines.
+@Suite(.serialized) struct StructuredLogCLITests {
+    @Test func everyLogLineCarriesDateLevelComponentAndMigration() throws {
+        let dir = temporaryDirectory("logs")
+        let receiver = try MigrateProgressCLITests.Receiver(dir)
+        for format in ["json", "plain"] {
+            let target = try sleeper()
+            let id = "log-\(format)"
+            let r = try runMemhaul(["migrate", "--pid", "\(target.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure", "--id", id,
+                                    "--max-rounds", "0", "--after", "resume", "-v", "--log-format", format])
+            #expect(r.status == 0, "\(r.err)")
+            let lines = r.err.split(separator: "\n").map(String.init)
+            let progress = lines.filter { $0.hasPrefix("[") }
+            let logs = lines.filter { !$0.hasPrefix("[") }
+            #expect(progress.contains { $0.contains("] done: ") }, "\(r.err)")
+            #expect(logs.count >= 3, "the insecure warning, a round, the end: \(r.err)")
+            for line in logs {
+                if format == "json" {
+                    let object = try #require(try JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: String], "\(line)")
+                    #expect(object["migration"] == id && object["component"] == "sender", "\(line)")
+                    #expect(["info", "notice", "warning"].contains(object["level"] ?? ""), "\(line)")
+                    #expect(object["time"]?.range(of: #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$"#, options: .regularExpression) != nil, "\(line)")
+                    #expect(!(object["message"] ?? "").isEmpty, "\(line)")
+                } else {
+                    let pattern = #"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z (info|notice|warning) +sender migration="# + id + ": "
+                    #expect(line.range(of: pattern, options: .regularExpression) != nil, "\(line)")
+                }
+            }
+            #expect(logs.contains { $0.contains("round 0") }, "-v logs the engine's rounds: \(r.err)")
+        }
+    }
+}
