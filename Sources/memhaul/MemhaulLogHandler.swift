@@ -139,6 +139,10 @@ extension Logger {
             if let colon = message.firstIndex(of: ":"), message[..<colon] == logger.label { message = message[message.index(after: colon)...].drop { $0 == " " } }
             var metadata: Logger.Metadata = [:]
             if logger[metadataKey: "migration"] == nil, let id = Self.migrationID(in: message) { metadata["migration"] = .string(id) }
+            // "migration ID: text": the id is in the metadata now.
+            if let id = metadata["migration"] ?? logger[metadataKey: "migration"], message.hasPrefix("migration \(id): ") {
+                message = message.dropFirst("migration \(id): ".count)
+            }
             logger.log(level: level, "\(message)", metadata: metadata)
         }
     }
