@@ -14,7 +14,7 @@ public enum ProgressLines {
             || old.stage == .finalDelta && new.stage != .finalDelta
         if roundEnded { lines.append(roundLine(old)) }
         if new.throttlePercent > 0 && new.throttlePercent != old.throttlePercent {
-            lines.append("throttled: the target runs \(100 - new.throttlePercent)% of the time (throttle \(new.throttlePercent)%)")
+            lines.append("throttled: the target runs \(100 - new.throttlePercent)% of the time (throttle \(new.throttlePercent)%\(new.throttleMechanism.map { ", \($0.rawValue)" } ?? ""))")
         }
         if new.stage != old.stage {
             switch new.stage {

@@ -58,7 +58,7 @@ final class ProgressView: @unchecked Sendable {  // `timer` is set up before the
 
     static func liveLine(_ s: MigrationStatus, elapsed: Double, frozenFor: Double?, columns: Int) -> String {
         let stage: String = switch s.stage {
-        case .precopy: s.throttlePercent > 0 ? "round \(s.round) throttled \(s.throttlePercent)%" : "round \(s.round)"
+        case .precopy: s.throttlePercent > 0 ? "round \(s.round) throttled \(s.throttlePercent)%\(s.throttleMechanism.map { " (\($0.rawValue))" } ?? "")" : "round \(s.round)"
         case .finalDelta: "final delta"
         case .restoring: "restoring on B"
         default: s.stage.rawValue

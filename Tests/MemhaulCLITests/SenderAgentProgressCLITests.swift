@@ -43,8 +43,14 @@ import MemhaulTestSupport
 
         let cancelled = try runMemhaul(["ctl", "cancel", "--socket", socket, "--migration", "agent-progress"])
         #expect(cancelled.status == 0, "\(cancelled.out)")
-        let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
-        let mine = lines.filter { $0.contains("migration=agent-progress") }
+        // The agent writes its log off the migration's thread: wait for the line (a guard, not a timing check).
+        var mine: [Substring] = []
+        for _ in 0..<3000 {
+            let lines = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+            mine = lines.filter { $0.contains("migration=agent-progress") }
+            if mine.contains(where: { $0.hasSuffix(": cancelled") }) { break }
+            usleep(10_000)
+        }
         #expect(mine.filter { $0.contains(": round 0: ") }.count == 1, "\(mine)")
         #expect(mine.filter { $0.hasSuffix(": cancelled") }.count == 1, "\(mine)")
     }
