@@ -108,7 +108,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
                         "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
-        let migration = SenderMigration(request: request, connect: connect, log: log)
+        // Lines of several migrations interleave: each names its own.
+        let log = self.log, id = request.id
+        let migrationLog: @Sendable (String) -> Void = { log($0.hasPrefix("migration ") ? $0 : "migration \(id): \($0)") }
+        let migration = SenderMigration(request: request, connect: connect, log: migrationLog, progress: ProgressLog(log: log).record)
         let conflict: ControlError? = lock.withLock {
             if closed { return ControlError(.conflict, "the sender agent is shutting down") }
             if let busy = migrations.first(where: { $0.request.pid == request.pid && !$0.status.state.isFinal }) {

@@ -10,7 +10,14 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var pid: Int32
     public var destination: String
     public var state: MigrationState = .setup
+    /// What the migration is doing now (the progress line's stage).
+    public var stage: MigrationStage = .setup
+    /// The engine round in progress (or the last one, once pre-copy is over).
     public var round: Int = 0
+    /// Dirty bytes the current engine round sends, and how many of them are out
+    /// (updated per commit chunk).
+    public var roundTotalBytes: UInt64 = 0
+    public var roundSentBytes: UInt64 = 0
     /// Bytes on the wire so far (frames, compressed).
     public var transferredBytes: UInt64 = 0
     /// Page bytes sent so far (uncompressed).
@@ -73,7 +80,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, pid, destination, state, round
+        case id, pid, destination, state, stage, round
+        case roundTotalBytes = "round_total_bytes"
+        case roundSentBytes = "round_sent_bytes"
         case transferredBytes = "transferred_bytes"
         case pageBytes = "page_bytes"
         case remainingBytes = "remaining_bytes"

@@ -39,11 +39,17 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// Signalled by `cancel()`: wakes the sleeps (resume backoff, pacing).
     private let cancelSignal = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
+    private let progress: @Sendable (MigrationStatus) -> Void
 
-    public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
+    /// `progress` sees the status after every change (per commit chunk during
+    /// a round, and at each stage change), on the migration's thread: it must
+    /// not block (hand the status to another thread).
+    public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in },
+                progress: @escaping @Sendable (MigrationStatus) -> Void = { _ in }) {
         self.request = request
         self.connect = connect
         self.log = log
+        self.progress = progress
         var status = MigrationStatus(id: request.id, pid: request.pid, destination: request.destination)
         status.downtimeLimitMs = request.parameters.downtimeLimitMs
         status.maxBandwidth = request.parameters.maxBandwidth
@@ -110,7 +116,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func sleep(seconds: Double) {
         if cancelSignal.wait(timeout: .now() + seconds) == .success { cancelSignal.signal() }
     }
-    private func updateStatus(_ body: (inout MigrationStatus) -> Void) { shared.withLock { body(&$0.status) } }
+    private func updateStatus(_ body: (inout MigrationStatus) -> Void) {
+        progress(shared.withLock { body(&$0.status); return $0.status })
+    }
 
     /// Runs the migration to its end; the final state is in `status`.
     public func run() {
@@ -158,6 +166,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if cancelled, let box { farewell(lastAcked: box.lastAcked) }
         updateStatus {
             $0.state = failure == nil ? .completed : cancelled ? .cancelled : .failed
+            $0.stage = failure == nil ? .done : cancelled ? .cancelled : .failed
             $0.error = failure == nil || cancelled ? nil : String(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
@@ -263,13 +272,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         updateStatus {
             $0.state = .active
             $0.totalBytes = layout.reduce(0) { $0 + ($1.end - $1.start) }
+            $0.remainingBytes = $0.totalBytes  // until the first scan says what is populated
             $0.warnings += process.skipped.isEmpty ? [] : ["\(process.skipped.count) mappings not tracked (see memhaul track --pid for reasons)"]
         }
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
             let ns = try hold.freeze()
-            updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
+            updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.stage = .frozen; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
         var lastScanAt = MonotonicClock.seconds()
@@ -277,6 +287,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         while true {
             if isCancelled { throw MigrationError.cancelled }
             let roundStart = MonotonicClock.seconds()
+            let roundBytes = scan.dirty.reduce(0) { $0 + $1.byteCount }
+            updateStatus {
+                $0.round = round
+                $0.stage = hold.isFrozen ? .finalDelta : .precopy
+                $0.roundTotalBytes = roundBytes
+                $0.roundSentBytes = 0
+                $0.remainingBytes = roundBytes
+            }
             let sent: SentRound
             do {
                 sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
@@ -292,8 +310,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             let roundEnd = MonotonicClock.seconds()
             updateStatus {
-                $0.round = round
-                $0.pageBytes += sent.pageBytes
                 $0.transferredBytes = box.sentBefore + box.channel.bytesSent
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
@@ -351,6 +367,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
+                    $0.stage = .frozen
                     $0.freezeMs = Double(ns) / 1e6
                     $0.cutoverReason = reason.description
                     $0.throttlePercent = 0
@@ -361,7 +378,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
         // From the moment the hold froze the target, as the frozen window is.
         let downtime = (MonotonicClock.seconds() - (hold.frozenAt ?? freezeStart)) * 1000
-        updateStatus { $0.downtimeMs = downtime; $0.rounds = round + 1; $0.remainingBytes = 0 }
+        updateStatus { $0.downtimeMs = downtime; $0.rounds = round + 1; $0.remainingBytes = 0; $0.stage = .verifying }
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
@@ -399,6 +416,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             // The step's tools (CRIU) seize the source themselves (a task has one
             // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
             try hold.handOver()
+            updateStatus { $0.stage = .restoring }
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
         }
@@ -599,6 +617,19 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats)))
                 box.chunkEnds[chunk.wireRound] = channel.bytesSent
                 sent += 1
+                // Per chunk, so the counters move within a round (several GiB take a while).
+                let chunkBytes = chunk.scan.dirty.reduce(0) { $0 + $1.byteCount }
+                let seconds = MonotonicClock.seconds() - streamStart
+                updateStatus {
+                    $0.pageBytes += totals.pageBytes
+                    $0.roundSentBytes += chunkBytes
+                    $0.remainingBytes = $0.roundTotalBytes - min($0.roundTotalBytes, $0.roundSentBytes)
+                    $0.transferredBytes = box.sentBefore + channel.bytesSent
+                    if seconds > 0 {
+                        $0.throughputBps = Double(total.pageBytes + totals.pageBytes) / seconds
+                        $0.wireBps = Double(channel.bytesSent - before) / seconds
+                    }
+                }
                 total.pages += totals.pages
                 total.zeroPages += totals.zeroPages
                 total.discardedPages += totals.discardedPages

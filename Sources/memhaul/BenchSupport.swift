@@ -10,12 +10,7 @@ import MemhaulTLS
 /// Child processes and fixtures the benchmarks share.
 enum BenchSupport {
     /// "4G", "512M", "64K", "1024".
-    static func parseSize(_ text: String) -> UInt64? {
-        let units: [Character: UInt64] = ["K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40]
-        guard let last = text.uppercased().last else { return nil }
-        if let mult = units[last] { return UInt64(text.dropLast()).map { $0 * mult } }
-        return UInt64(text)
-    }
+    static func parseSize(_ text: String) -> UInt64? { ByteCount.parse(text) }
 
     /// The directory of this executable (the workload is built beside it).
     static var binaryDirectory: String {

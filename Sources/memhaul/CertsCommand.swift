@@ -57,8 +57,9 @@ struct CertsCommand: ParsableCommand {
                 "sender certificate (CN=\(senderName))", "sender private key",
             ]
             for (path, role) in zip(paths, roles) { print("wrote \(path)  \(role)") }
-            let names = ["localhost", "127.0.0.1", "::1"] + receiverNames
-            print("receiver names: \(names.joined(separator: ", ")); valid for \(days) days")
+            // What the certificate carries (a name given twice is in it once).
+            let receiver = try PeerIdentity(certificatePEM: try readText("\(directory)/receiver.pem"))
+            print("receiver names: \((receiver.dnsNames + receiver.ipAddresses).joined(separator: ", ")); valid for \(days) days")
             for role in ["receiver", "sender"] {
                 let pem = try readText("\(directory)/\(role).pem")
                 print("\(role) SHA-256 fingerprint: \(try PeerIdentity(certificatePEM: pem).colonFingerprint)")

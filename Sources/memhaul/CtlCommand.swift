@@ -7,6 +7,11 @@ struct CtlCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "ctl",
         abstract: "Talk to a running sender or receiver agent (prints JSON; see Protocol/control.md).",
+        discussion: """
+            Exit status: 0 the agent answered ok; 1 the agent refused the request \
+            (the JSON's error says why); 2 the agent could not be reached, or \
+            did not answer (no socket, connection refused or cut).
+            """,
         subcommands: [Migrate.self, Status.self, Set.self, Cutover.self, Cancel.self, Raw.self]
     )
 
@@ -15,17 +20,30 @@ struct CtlCommand: ParsableCommand {
         var socket: String = ProcessInfo.processInfo.environment["MEMHAUL_CONTROL"] ?? AgentDefaults.senderControl
     }
 
-    /// Sends one request, prints the response line, and exits 1 if it was not ok.
+    /// The exit statuses (Protocol/control.md, "Exit status of memhaul ctl").
+    enum Exit {
+        static let refused = ExitCode(1)
+        static let unreachable = ExitCode(2)
+    }
+
+    /// Sends one request, prints the response line; exits 1 if it was refused,
+    /// 2 if the agent could not be reached or did not answer.
     static func run(_ connection: Connection, _ op: String, _ args: [String: Any]) throws {
-        let client: ControlClient
+        let response: [String: Any]
         do {
-            client = try ControlClient(path: connection.socket)
+            let client = try ControlClient(path: connection.socket)
+            response = try client.call(op, args)
         } catch {
-            throw CLIError("cannot reach the agent at \(connection.socket): \(error)")
+            throw unreachable(connection, error)
         }
-        let response = try client.call(op, args)
         FileHandle.standardOutput.write(ControlJSON.line(response))
-        if response["ok"] as? Bool != true { throw ExitCode(1) }
+        if response["ok"] as? Bool != true { throw Exit.refused }
+    }
+
+    /// Says why on stderr; the error to throw for exit status 2.
+    static func unreachable(_ connection: Connection, _ error: Error) -> ExitCode {
+        FileHandle.standardError.write(Data("memhaul ctl: cannot reach the agent at \(connection.socket): \(error)\n".utf8))
+        return Exit.unreachable
     }
 
     struct Migrate: ParsableCommand {
@@ -37,7 +55,7 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("downtime-limit"), help: "Downtime limit, ms.") var downtimeLimit: Double?
         @Option(name: .customLong("max-rounds"), help: "Forced cutover after N rounds; 0 = stop-and-copy.") var maxRounds: Int?
         @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.") var maxTime: Double?
-        @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s.") var maxBandwidth: Double?
+        @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (K/M/G suffixes: 100M).") var maxBandwidth: ByteCount?
         @Option(help: "Source after success: stop, kill or resume.") var after: String?
         @Option(name: .customLong("compression-level"), help: "zstd level (-5…19) or auto.") var compressionLevel: String?
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
@@ -58,7 +76,7 @@ struct CtlCommand: ParsableCommand {
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
-            if let maxBandwidth { args["max_bandwidth_bps"] = maxBandwidth }
+            if let maxBandwidth { args["max_bandwidth_bps"] = Double(maxBandwidth.bytes) }
             if let after { args["after"] = after }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
@@ -82,7 +100,7 @@ struct CtlCommand: ParsableCommand {
         @OptionGroup var connection: Connection
         @Option(help: "Migration id.") var migration: String
         @Option(name: .customLong("downtime-limit"), help: "Downtime limit, ms.") var downtimeLimit: Double?
-        @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (0 = unlimited).") var maxBandwidth: Double?
+        @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (K/M/G suffixes: 100M; 0 = unlimited).") var maxBandwidth: ByteCount?
         @Option(name: .customLong("max-rounds")) var maxRounds: Int?
         @Option(name: .customLong("max-time")) var maxTime: Double?
         @Option(name: .customLong("auto-converge"), help: "true or false.") var autoConverge: Bool?
@@ -96,7 +114,7 @@ struct CtlCommand: ParsableCommand {
         func run() throws {
             var args: [String: Any] = ["migration": migration]
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
-            if let maxBandwidth { args["max_bandwidth_bps"] = maxBandwidth }
+            if let maxBandwidth { args["max_bandwidth_bps"] = Double(maxBandwidth.bytes) }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
             if let autoConverge { args["auto_converge"] = autoConverge }
@@ -123,10 +141,15 @@ struct CtlCommand: ParsableCommand {
         @OptionGroup var connection: Connection
         @Argument(help: "A JSON object, e.g. '{\"op\":\"status\"}'.") var request: String
         func run() throws {
-            let client = try ControlClient(path: connection.socket)
-            guard let response = try client.callRaw(Data((request + "\n").utf8)) else { throw ExitCode(1) }
+            let answer: [String: Any]?
+            do {
+                answer = try ControlClient(path: connection.socket).callRaw(Data((request + "\n").utf8))
+            } catch {
+                throw CtlCommand.unreachable(connection, error)
+            }
+            guard let response = answer else { throw CtlCommand.unreachable(connection, CLIError("no answer (the connection closed)")) }
             FileHandle.standardOutput.write(ControlJSON.line(response))
-            if response["ok"] as? Bool != true { throw ExitCode(1) }
+            if response["ok"] as? Bool != true { throw Exit.refused }
         }
     }
 }

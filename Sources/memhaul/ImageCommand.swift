@@ -368,16 +368,7 @@ extension ImageCommand {
 
 private func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
-func parseNumber(_ s: String) -> UInt64? {
-    var text = s.lowercased()
-    var scale: UInt64 = 1
-    if !text.hasPrefix("0x"), let last = text.last, let m = ["k": UInt64(1) << 10, "m": 1 << 20, "g": 1 << 30][String(last)] {
-        scale = m
-        text.removeLast()
-    }
-    let value = text.hasPrefix("0x") ? UInt64(text.dropFirst(2), radix: 16) : UInt64(text)
-    return value.flatMap { $0.multipliedReportingOverflow(by: scale).overflow ? nil : $0 * scale }
-}
+func parseNumber(_ s: String) -> UInt64? { ByteCount.parse(s) }
 
 func bytes(_ n: UInt64) -> String {
     let units = ["B", "KiB", "MiB", "GiB", "TiB"]

@@ -1,5 +1,6 @@
 import ArgumentParser
 import CMemhaulSignals
+import Foundation
 
 /// The entry: the commands that hold targets (and the receiver) take
 /// SIGINT/SIGTERM/SIGHUP on a signal thread (``ShutdownSignals``); the others
@@ -15,6 +16,8 @@ enum MemhaulMain {
         } else {
             ShutdownSignals.restoreDefault()
         }
+        // Log lines still queued for stderr go out before any exit (bounded: StderrWriter).
+        atexit { StderrWriter.shared.flush() }
         Memhaul.main()
     }
 }

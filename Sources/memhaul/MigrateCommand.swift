@@ -15,8 +15,8 @@ struct ConvergenceOptions: ParsableArguments {
     var maxRounds: Int = 30
     @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.")
     var maxTime: Double = 600
-    @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (0 = unlimited).")
-    var maxBandwidth: Double = 0
+    @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s with K/M/G suffixes: 100M (0 = unlimited).")
+    var maxBandwidth = ByteCount(0)
     @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.")
     var noAutoConverge = false
     @Option(help: "Auto-converge throttle: auto (the target's cgroup CPU quota where it has or can be given a cgroup, else SIGSTOP duty cycling), cgroup or signals.")
@@ -60,7 +60,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.downtimeLimitMs = downtimeLimit
         request.parameters.maxRounds = maxRounds
         request.parameters.maxTimeSeconds = maxTime
-        request.parameters.maxBandwidth = maxBandwidth > 0 ? maxBandwidth : nil
+        request.parameters.maxBandwidth = maxBandwidth.bytes > 0 ? Double(maxBandwidth.bytes) : nil
         request.parameters.autoConverge = !noAutoConverge
         request.throttle = throttle
         request.parameters.throttleSteps = throttleSteps
@@ -88,7 +88,8 @@ struct MigrateCommand: ParsableCommand {
     @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry (default: the host in --to).")
     var serverName: String?
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
-    @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
+    @Flag(name: .shortAndLong, help: "Log every round (--log-level info).") var verbose = false
+    @OptionGroup var logging: LoggingOptions
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var restore: RestoreOptions
     @OptionGroup var dump: DumpOptions
@@ -105,26 +106,29 @@ struct MigrateCommand: ParsableCommand {
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
-        transport.warnIfInsecure()
-        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
+        let logger = logging.bootstrap(component: "sender", migration: request.id, defaultLevel: verbose ? .info : .notice)
+        let engineLog = logger.textSink(level: .info)
+        transport.warnIfInsecure()
+        for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         request.serverName = serverName
         convergence.apply(to: &request)
         do { try request.validate() } catch { throw ValidationError(error.description) }
-        let verbose = self.verbose
         if restore.enabled {
             // criu found and checked before the process is touched.
             let runner = try restore.runner()
             var handOver = CRIUHandOver(runner: runner, options: dump.options(extra: restore.criuArgs), workRoot: dump.criuDir,
-                                        log: { if verbose { Log.line($0) } })
+                                        log: engineLog)
             handOver.route = dump.route == "rewrite" ? .rewrite : .lazy
             request.afterProof = handOver.step
             request.after = .kill  // only reached once the process runs on the receiver
         }
-        let migration = SenderMigration(request: request, connect: try transport.connector(), log: { if verbose { Log.line($0) } })
-        let progress = isatty(STDERR_FILENO) == 1 && !json ? ProgressLine(migration) : nil
-        progress?.start()
+        // Progress on stderr unless --json; on a terminal with a live line.
+        let progress = json ? nil : ProgressView()
+        let migration = SenderMigration(request: request, connect: try transport.connector(), log: engineLog,
+                                        progress: { progress?.update($0) })
+        progress?.start(destination: request.destination, pid: request.pid)
         // SIGINT/SIGTERM/SIGHUP: cancel, let the migration thaw and untrack its
         // target (bounded), then release whatever is still held and exit 128+N.
         ShutdownSignals.onTerminate { [request = migration.request] sig in
@@ -155,46 +159,13 @@ struct MigrateCommand: ParsableCommand {
     }
 }
 
-/// The one-line live view on a terminal.
-final class ProgressLine: @unchecked Sendable {  // the timer thread only reads the migration's status
-    private let migration: SenderMigration
-    private let timer: DispatchSourceTimer
-    init(_ migration: SenderMigration) {
-        self.migration = migration
-        timer = DispatchSource.makeTimerSource(queue: .global())
-    }
-    func start() {
-        timer.schedule(deadline: .now(), repeating: .milliseconds(200))
-        timer.setEventHandler { [migration] in
-            let s = migration.status
-            let pct = s.totalBytes > 0 ? Double(s.pageBytes) / Double(s.totalBytes) * 100 : 0
-            let expected = s.expectedDowntimeMs.map { "\(Int($0)) ms" } ?? "-"
-            let line = String(format: "\r\u{1B}[K%@ round %d  %.0f%%  %@ sent  dirty %@/s  %@/s  expected downtime %@%@",
-                              s.state.rawValue, s.round, pct, Summary.bytes(Double(s.transferredBytes)),
-                              Summary.bytes(s.dirtyRateBps), Summary.bytes(s.throughputBps), expected,
-                              s.throttlePercent > 0 ? "  throttle \(s.throttlePercent)% (\(s.throttleMechanism?.rawValue ?? "-"))" : "")
-            FileHandle.standardError.write(Data(line.utf8))
-        }
-        timer.resume()
-    }
-    func stop() {
-        timer.cancel()
-        FileHandle.standardError.write(Data("\r\u{1B}[K".utf8))
-    }
-}
-
 enum Summary {
-    static func bytes(_ v: Double) -> String {
-        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
-        var v = v, i = 0
-        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
-        return String(format: i == 0 ? "%.0f %@" : "%.1f %@", v, units[i])
-    }
+    static func bytes(_ v: Double) -> String { ByteFormat.bytes(v) }
 
     static func text(_ s: MigrationStatus) -> String {
         var lines = ["migration \(s.id): \(s.state.rawValue)"]
         if let e = s.error { lines.append("  error: \(e)") }
-        if let r = s.rounds { lines.append("  rounds: \(r)") }
+        if let r = s.rounds { lines.append("  engine rounds: \(r) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }

@@ -29,25 +29,26 @@ struct ReceiveCommand: ParsableCommand {
     var maxConnectionsPerHost = 16
     @Option(help: "Regions in one round's layout (all its LAYOUT frames); more: ERROR limit-exceeded.")
     var maxLayoutRegions = 131_072
-    @Option(help: "Bytes of one round's layout held before its last LAYOUT frame; more: ERROR limit-exceeded.")
-    var maxLayoutBytes = 32 << 20
+    @Option(help: "Bytes of one round's layout held before its last LAYOUT frame (K/M/G suffixes); more: ERROR limit-exceeded.")
+    var maxLayoutBytes = ByteCount(32 << 20)
     @Option(help: "Pages with data in one round; more: ERROR limit-exceeded.")
     var maxPagesPerRound = 1 << 20
     @Option(help: "Zero and discard runs in one round; more: ERROR limit-exceeded.")
     var maxRangesPerRound = 1 << 20
-    @Option(help: "Disk bytes of one migration's image (0 = unlimited); more: ERROR limit-exceeded.")
-    var maxImageBytes: UInt64 = 1 << 40
+    @Option(help: "Disk bytes of one migration's image (K/M/G/T suffixes; 0 = unlimited); more: ERROR limit-exceeded.")
+    var maxImageBytes = ByteCount(1 << 40)
     @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
     var maxImagesPerSender = 64
     @OptionGroup var restore: RestoreOptions
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
+    @OptionGroup var logging: LoggingOptions
 
     func validate() throws {
         guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
         guard maxConnections > 0, maxConnectionsPerHost > 0 else { throw ValidationError("--max-connections and --max-connections-per-host must be at least 1") }
-        guard maxLayoutRegions > 0, maxLayoutBytes > 0, maxPagesPerRound > 0, maxRangesPerRound > 0 else {
+        guard maxLayoutRegions > 0, maxLayoutBytes.bytes > 0, maxLayoutBytes.bytes <= UInt64(Int.max), maxPagesPerRound > 0, maxRangesPerRound > 0 else {
             throw ValidationError("--max-layout-regions, --max-layout-bytes, --max-pages-per-round and --max-ranges-per-round must be at least 1")
         }
         guard maxImagesPerSender >= 0 else { throw ValidationError("--max-images-per-sender must be 0 (unlimited) or more") }
@@ -60,16 +61,17 @@ struct ReceiveCommand: ParsableCommand {
         l.maxConnections = maxConnections
         l.maxConnectionsPerHost = maxConnectionsPerHost
         l.maxLayoutRegions = maxLayoutRegions
-        l.maxLayoutBytes = maxLayoutBytes
+        l.maxLayoutBytes = Int(maxLayoutBytes.bytes)
         l.maxPagesPerRound = maxPagesPerRound
         l.maxRangesPerRound = maxRangesPerRound
-        l.maxImageBytes = maxImageBytes
+        l.maxImageBytes = maxImageBytes.bytes
         l.maxImagesPerSender = maxImagesPerSender
         return l
     }
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
+        logging.bootstrap(component: "receiver")
         transport.warnIfInsecure()
         if authorize != nil && transport.insecure { throw CLIError("--authorize needs TLS: an --insecure sender has no certificate to authorise") }
         let authorization = try authorize.map { path throws(AuthorizationPolicyError) in try ReceiverAuthorization(path: path) }
@@ -126,9 +128,11 @@ struct SenderCommand: ParsableCommand {
     @Option(name: .customLong("criu-dir"), help: "Where dumps are written (<dir>/<migration id>/; removed after success).")
     var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
     @OptionGroup var transport: TransportOptions
+    @OptionGroup var logging: LoggingOptions
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
+        logging.bootstrap(component: "sender")
         transport.warnIfInsecure()
         // Cgroup throttles of an agent that died by SIGKILL (ThrottleLeftovers).
         for line in ThrottleLeftovers.restoreAbandoned() { Log.line("sender: \(line)") }

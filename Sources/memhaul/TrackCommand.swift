@@ -49,7 +49,7 @@ struct TrackCommand: ParsableCommand {
                 for s in process.skipped { reasons["\(s.reason)", default: 0] += 1 }
                 for (r, n) in reasons.sorted(by: { $0.key < $1.key }) { print("  skipped \(n)× \(r)") }
             }
-            print(String(format: "%6@ %12@ %12@ %10@ %14@ %10@", "round", "dirty pages", "discarded", "scan ms", "dirty rate", "regions"))
+            print(Self.columns(["round", "dirty pages", "discarded", "scan ms", "dirty rate", "regions"]))
         }
         var last = MonotonicClock.seconds()
         var scan = try tracker.initialRound(ranges: tracked, fileContent: process.fileContentRanges)
@@ -72,9 +72,16 @@ struct TrackCommand: ParsableCommand {
             emit(["event": "round", "round": scan.round, "dirty_pages": scan.stats.dirtyPages, "discarded_pages": scan.stats.discardedPages,
                   "scan_ms": ms, "dirty_rate_bps": rate, "pages_scanned": scan.stats.pagesScanned, "ioctls": scan.stats.ioctls])
         } else {
-            print(String(format: "%6d %12d %12d %10.2f %12@/s %10d", scan.round, scan.stats.dirtyPages, scan.stats.discardedPages,
-                         ms, window > 0 ? Summary.bytes(rate) : "-", scan.stats.regions))
+            print(Self.columns(["\(scan.round)", "\(scan.stats.dirtyPages)", "\(scan.stats.discardedPages)", String(format: "%.2f", ms),
+                                window > 0 ? Summary.bytes(rate) + "/s" : "-", "\(scan.stats.regions)"]))
         }
+    }
+
+    /// The header and the rows share these widths, right-aligned (String(format:)'s
+    /// `%12@` does not pad on Linux, which is how the header once slipped).
+    static let widths = [6, 12, 12, 10, 14, 10]
+    static func columns(_ cells: [String]) -> String {
+        zip(cells, widths).map { cell, width in String(repeating: " ", count: max(0, width - cell.count)) + cell }.joined(separator: " ")
     }
 
     private func emit(_ object: [String: Any]) {

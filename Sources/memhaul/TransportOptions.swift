@@ -41,7 +41,7 @@ struct TransportOptions: ParsableArguments {
 
     func warnIfInsecure() {
         if insecure {
-            FileHandle.standardError.write(Data("memhaul: WARNING: --insecure: memory pages travel in plaintext, and the peer is not authenticated\n".utf8))
+            Log.logger.warning("--insecure: memory pages travel in plaintext, and the peer is not authenticated")
         }
     }
 
@@ -78,13 +78,5 @@ struct TransportOptions: ParsableArguments {
 
     var tcpOptions: TCPOptions {
         TCPOptions(socketBufferBytes: 4 << 20, deadPeerTimeout: .milliseconds(Int64(peerTimeout * 1000)))
-    }
-}
-
-/// `[time] message` lines on stderr.
-enum Log {
-    static func line(_ message: String) {
-        let t = Date().ISO8601Format(.iso8601.time(includingFractionalSeconds: true))
-        FileHandle.standardError.write(Data("[\(t)] \(message)\n".utf8))
     }
 }
