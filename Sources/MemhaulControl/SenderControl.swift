@@ -105,7 +105,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
-                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps"])
+                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
         let migration = SenderMigration(request: request, connect: connect, log: log)
@@ -192,6 +192,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             guard let t = ThrottleSteps(rawValue: v) else { throw ControlError(.badRequest, "throttle_steps must be adaptive or classic") }
             request.parameters.throttleSteps = t
         }
+        if let v = try r.string("report") { request.reportPath = v }
         do { try request.validate() } catch { throw ControlError(.badRequest, error.description) }
         return request
     }

@@ -5,6 +5,7 @@ import Foundation
 import MemhaulSession
 import MemhaulDigest
 import MemhaulKernel
+import MemhaulReport
 import MemhaulSystem
 import MemhaulTLS
 import MemhaulWire
@@ -39,11 +40,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// Signalled by `cancel()`: wakes the sleeps (resume backoff, pacing).
     private let cancelSignal = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
+    /// The report (`request.reportPath`); the migration's thread only.
+    private let recorder: MigrationRecorder
 
     public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.request = request
         self.connect = connect
         self.log = log
+        recorder = MigrationRecorder(request: request)
         var status = MigrationStatus(id: request.id, pid: request.pid, destination: request.destination)
         status.downtimeLimitMs = request.parameters.downtimeLimitMs
         status.maxBandwidth = request.parameters.maxBandwidth
@@ -142,7 +146,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func end(_ hold: TargetHold, _ box: ChannelBox?, _ failure: Error?, start: Double) {
         let cancelled = failure != nil && (isCancelled || (failure as? MigrationError) == .cancelled)
         let outcome: TargetHold.Outcome = failure == nil ? .completed(request.after) : cancelled ? .cancelled : .failed
+        recorder.phase("release")
         let release = hold.release(outcome)
+        recorder.released(frozenAt: hold.frozenAt, frozenSeconds: release.frozenSeconds)
         var error = failure
         if let failure, let channel = box?.channel {
             // Bounded: the target runs already, but run() must still return.
@@ -167,11 +173,23 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             $0.warnings += release.problems.map { "source PID \(request.pid): \($0)" }
         }
+        if let path = request.reportPath { writeReport(to: path, failure: failure) }
         for problem in release.problems { log("migration \(request.id): source PID \(request.pid): \(problem)") }
         if failure == nil {
             log("migration \(request.id) completed; source \(release.action)")
         } else {
             log("migration \(request.id): \(cancelled ? "cancelled" : "failed: \(error!)"); source \(release.action), untracked")
+        }
+    }
+
+    /// Writes the report; a failure is a warning (the report is informational).
+    private func writeReport(to path: String, failure: Error?) {
+        let report = recorder.finish(status, parameters, compressionLevel: request.compressionLevel, failure: failure)
+        do {
+            try ReportJSON.write(report, to: path)
+        } catch {
+            updateStatus { $0.warnings.append("\(error)") }
+            log("migration \(request.id): \(error)")
         }
     }
 
@@ -265,10 +283,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.totalBytes = layout.reduce(0) { $0 + ($1.end - $1.start) }
             $0.warnings += process.skipped.isEmpty ? [] : ["\(process.skipped.count) mappings not tracked (see memhaul track --pid for reasons)"]
         }
+        recorder.phase("pre_copy")
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
             let ns = try hold.freeze()
+            recorder.froze(start: freezeStart)
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
@@ -278,8 +298,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             if isCancelled { throw MigrationError.cancelled }
             let roundStart = MonotonicClock.seconds()
             let sent: SentRound
+            let firstChunk = UInt64(round + 1) &+ box.offset
             do {
-                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
+                sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
@@ -299,6 +320,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
             updateStatus { $0.compression = sender.governor.description }
+            recorder.round(round, chunks: firstChunk...(UInt64(round + 1) &+ box.offset), start: roundStart, end: roundEnd, sent: sent,
+                           compressionLevel: sender.governor.level, compression: sender.governor.description,
+                           throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if hold.isFrozen { break }
 
@@ -321,6 +345,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
                 $0.throttlePercent = hold.throttlePercent
             }
+            recorder.decided(decision, pendingBytes: UInt64(pending), dirtyRate: policy.dirtyRate,
+                             expectedDowntimeMs: policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil)
             round += 1
             switch decision {
             case .nextRound:
@@ -348,6 +374,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 }
                 freezeStart = MonotonicClock.seconds()
                 let ns = try hold.freeze()
+                recorder.froze(start: freezeStart)
                 scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
@@ -365,6 +392,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
+        recorder.phase("verify", at: verifyStart)
         let digest = try ProcessDigest.compute(
             pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
             version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
@@ -399,6 +427,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             // The step's tools (CRIU) seize the source themselves (a task has one
             // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
             try hold.handOver()
+            recorder.phase("restore")
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
         }
@@ -454,6 +483,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
         }
+        let resumeStart = MonotonicClock.seconds()
+        let lostBefore = box.lostBytes
         let brokenSent = box.channel.bytesSent
         let brokenEnds = box.chunkEnds
         box.sentBefore += brokenSent
@@ -487,6 +518,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 box.offset = committed &- UInt64(nextRound)
                 box.lastAcked = committed
                 log("resumed: receiver at round \(committed)")
+                recorder.resumed(started: resumeStart, committedChunk: committed, resentBytes: box.lostBytes - lostBefore, reason: error)
                 return committed
             } catch MigrationError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
                 throw MigrationError.peerError(code: code, message: message)

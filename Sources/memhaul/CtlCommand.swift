@@ -47,6 +47,8 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("criu-route"), help: "lazy or rewrite.") var criuRoute: String?
         @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job.") var shellJob = false
         @Option(help: "CRIU TCP mode: none, established or close.") var tcp: String?
+        @Option(help: "Write the migration report (JSON, see Protocol/report.md) to this path on the agent's host at the end.")
+        var report: String?
 
         func run() throws {
             var args: [String: Any] = ["pid": Int(pid), "to": to]
@@ -54,6 +56,7 @@ struct CtlCommand: ParsableCommand {
             if let criuRoute { args["criu_route"] = criuRoute }
             if shellJob { args["shell_job"] = true }
             if let tcp { args["tcp"] = tcp }
+            if let report { args["report"] = ReportCommand.absolute(report) }
             if let id { args["id"] = id }
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }

@@ -36,6 +36,7 @@ struct Memhaul: ParsableCommand {
             BenchCommand.self,
             ProbeCommand.self,
             TrackCommand.self,
+            ReportCommand.self,
         ]
     )
 }

@@ -89,6 +89,8 @@ struct MigrateCommand: ParsableCommand {
     var serverName: String?
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
     @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
+    @Option(help: "Write the migration report (JSON, see Protocol/report.md; render it with memhaul report) to this path at the end.")
+    var report: String?
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var restore: RestoreOptions
     @OptionGroup var dump: DumpOptions
@@ -110,6 +112,7 @@ struct MigrateCommand: ParsableCommand {
         let (host, port) = try MigrationRequest.parseDestination(to)
         var request = MigrationRequest(pid: pid, host: host, port: port, id: id ?? MigrationRequest.defaultID(pid: pid))
         request.serverName = serverName
+        request.reportPath = report.map(ReportCommand.absolute)
         convergence.apply(to: &request)
         do { try request.validate() } catch { throw ValidationError(error.description) }
         let verbose = self.verbose
