@@ -98,12 +98,12 @@ public enum ReportPage {
         s += C.chart(id: "plot-duration", title: "Round length: predicted against actual", xTitle: "round (* = frozen)", categories: names, series: [
             .init(name: "actual", color: colors.actual, values: rounds.map { $0.durationMs }, style: .bar),
             .init(name: "predicted", color: colors.predicted, values: rounds.map { $0.predictedMs }, style: .dashedLine),
-        ] + (r.downtime.map { d in [C.Series(name: "downtime limit", color: colors.limit, values: rounds.map { _ in d.limitMs }, style: .dashedLine)] } ?? []),
+        ] + (r.downtime.map { d in [C.Series(name: "downtime limit", color: colors.limit, values: rounds.map { _ in d.limitMs }, style: .reference)] } ?? []),
         left: .init(title: "duration", unit: .milliseconds))
         s += C.chart(id: "plot-tuning", title: "Compression level and throttle", xTitle: "round (* = frozen)", categories: names, series: [
             .init(name: "throttle", color: colors.throttle, values: rounds.map { Double($0.throttlePercent) }, style: .bar),
-            .init(name: "zstd level (0 = raw)", color: colors.level, values: rounds.map { Double($0.compressionLevel ?? 0) }, style: .line, rightAxis: true),
-        ], left: .init(title: "throttle", unit: .percent, fixedMax: 100), right: .init(title: "zstd level", unit: .plain, fixedMax: 6))
+            .init(name: "zstd level (no point: raw)", color: colors.level, values: rounds.map { $0.compressionLevel.map(Double.init) }, style: .line, rightAxis: true),
+        ], left: .init(title: "throttle", unit: .percent, fixedMax: 100), right: .init(title: "zstd level", unit: .plain, fixedMax: 3))
         return s + "</section>\n"
     }
 

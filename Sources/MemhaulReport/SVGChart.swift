@@ -40,9 +40,12 @@ enum SVGChart {
         var unit: Unit
         /// A fixed top (percentages: 100), else from the data.
         var fixedMax: Double? = nil
+        /// The bottom when data goes below 0 (zstd's fast levels are negative).
+        var fixedMin: Double? = nil
     }
 
-    enum Style { case bar, line, dashedLine }
+    /// `reference`: a dashed line without points (a limit, not data).
+    enum Style { case bar, line, dashedLine, reference }
 
     struct Series {
         var name: String
@@ -61,17 +64,19 @@ enum SVGChart {
         let pw = width - margin.left - margin.right, ph = height - margin.top - margin.bottom
         var svg = header(id: id, title: title, width: width, height: height)
         svg += legend(series.map { ($0.name, $0.color, $0.style) }, y: 40)
-        let leftTicks = ticks(max: series.filter { !$0.rightAxis }.flatMap { $0.values.compactMap { $0 } }.max() ?? 0, axis: left)
-        let rightTicks = right.map { ticks(max: series.filter { $0.rightAxis }.flatMap { $0.values.compactMap { $0 } }.max() ?? 0, axis: $0) }
+        let leftValues = series.filter { !$0.rightAxis }.flatMap { $0.values.compactMap { $0 } }
+        let rightValues = series.filter { $0.rightAxis }.flatMap { $0.values.compactMap { $0 } }
+        let leftTicks = ticks(max: leftValues.max() ?? 0, min: leftValues.min() ?? 0, axis: left)
+        let rightTicks = right.map { ticks(max: rightValues.max() ?? 0, min: rightValues.min() ?? 0, axis: $0) }
         // Grid and axes.
         for t in leftTicks.values {
-            let y = margin.top + ph - t / leftTicks.top * ph
+            let y = margin.top + ph - leftTicks.fraction(t) * ph
             svg += line(margin.left, y, margin.left + pw, y, "#e3e6ea")
             svg += text(margin.left - 6, y + 4, leftTicks.label(t), anchor: "end", cls: "tick")
         }
         if let rightTicks {
             for t in rightTicks.values {
-                let y = margin.top + ph - t / rightTicks.top * ph
+                let y = margin.top + ph - rightTicks.fraction(t) * ph
                 svg += text(margin.left + pw + 6, y + 4, rightTicks.label(t), anchor: "start", cls: "tick")
             }
             svg += axisTitle(x: width - 12, y: margin.top + ph / 2, right!.title + unitSuffix(rightTicks.unitName), rotate: 90)
@@ -94,9 +99,10 @@ enum SVGChart {
             let scale = s.rightAxis ? rightTicks! : leftTicks
             for (i, v) in s.values.enumerated() {
                 guard let v else { continue }
-                let h = max(0, v / scale.top * ph)
+                let base = margin.top + ph - scale.fraction(0) * ph
+                let h = max(0, (scale.fraction(v) - scale.fraction(0)) * ph)
                 let x = margin.left + slot * Double(i) + (slot - group) / 2 + barWidth * Double(b)
-                svg += "<rect class=\"bar\" data-series=\"\(escape(s.name))\" data-value=\"\(v)\" x=\"\(f(x))\" y=\"\(f(margin.top + ph - h))\" width=\"\(f(max(barWidth - 1, 0.5)))\" height=\"\(f(h))\" fill=\"\(s.color)\"><title>\(escape("\(s.name), \(xTitle) \(categories[i]): \(scale.unit.text(v))"))</title></rect>\n"
+                svg += "<rect class=\"bar\" data-series=\"\(escape(s.name))\" data-value=\"\(v)\" x=\"\(f(x))\" y=\"\(f(base - h))\" width=\"\(f(max(barWidth - 1, 0.5)))\" height=\"\(f(h))\" fill=\"\(s.color)\"><title>\(escape("\(s.name), \(xTitle) \(categories[i]): \(scale.unit.text(v))"))</title></rect>\n"
             }
         }
         // Lines with a point per value.
@@ -105,14 +111,14 @@ enum SVGChart {
             var points: [(Double, Double, Int, Double)] = []
             for (i, v) in s.values.enumerated() {
                 guard let v else { continue }
-                points.append((margin.left + slot * (Double(i) + 0.5), margin.top + ph - min(max(v, 0), scale.top) / scale.top * ph, i, v))
+                points.append((margin.left + slot * (Double(i) + 0.5), margin.top + ph - min(max(scale.fraction(v), 0), 1) * ph, i, v))
             }
             if points.count > 1 {
                 let d = points.map { "\(f($0.0)),\(f($0.1))" }.joined(separator: " ")
-                let dash = s.style == .dashedLine ? " stroke-dasharray=\"6 4\"" : ""
+                let dash = s.style == .line ? "" : " stroke-dasharray=\"6 4\""
                 svg += "<polyline class=\"series\" fill=\"none\" stroke=\"\(s.color)\" stroke-width=\"2\"\(dash) points=\"\(d)\"/>\n"
             }
-            for p in points {
+            for p in points where s.style != .reference {
                 svg += "<circle class=\"point\" data-series=\"\(escape(s.name))\" data-value=\"\(p.3)\" cx=\"\(f(p.0))\" cy=\"\(f(p.1))\" r=\"3.5\" fill=\"\(s.color)\"><title>\(escape("\(s.name), \(xTitle) \(categories[p.2]): \(scale.unit.text(p.3))"))</title></circle>\n"
             }
         }
@@ -158,7 +164,7 @@ enum SVGChart {
         let axis = ticks(max: span, axis: Axis(title: "time", unit: .milliseconds))
         let laneBottom = top + laneHeight * Double(lanes.count)
         for t in axis.values {
-            let px = left + t / axis.top * pw * (axis.top / span)
+            let px = left + t / span * pw
             guard px <= left + pw + 0.5 else { continue }
             svg += line(px, top, px, laneBottom, "#e3e6ea")
             svg += text(px, laneBottom + 16, axis.label(t), anchor: "middle", cls: "tick")
@@ -191,10 +197,13 @@ enum SVGChart {
 
     struct Ticks {
         var top: Double
+        var bottom: Double = 0
         var values: [Double]
         var divisor: Double
         var unitName: String
         var unit: Unit
+        /// Where `v` sits between the bottom (0) and the top (1).
+        func fraction(_ v: Double) -> Double { top > bottom ? (v - bottom) / (top - bottom) : 0 }
         func label(_ v: Double) -> String {
             let x = v / divisor
             let step = values.count > 1 ? (values[1] - values[0]) / divisor : 1
@@ -203,19 +212,21 @@ enum SVGChart {
         }
     }
 
-    /// Round ticks from 0 to at least `max` (about five of them).
-    static func ticks(max: Double, axis: Axis) -> Ticks {
+    /// Round ticks from 0 (or below, for negative data) to at least `max`, about five of them.
+    static func ticks(max: Double, min: Double = 0, axis: Axis) -> Ticks {
         let top = axis.fixedMax.map { Swift.max($0, max) } ?? max
-        let (divisor, name) = axis.unit.scale(for: top)
-        let scaled = top / divisor
+        let low = Swift.min(0, min, axis.fixedMin.map { Swift.min($0, min) } ?? 0)
+        let (divisor, name) = axis.unit.scale(for: Swift.max(top, -low))
+        let scaled = (top - low) / divisor
         guard scaled > 0, scaled.isFinite else { return Ticks(top: divisor, values: stride(from: 0, through: divisor, by: divisor / 5).map { $0 }, divisor: divisor, unitName: name, unit: axis.unit) }
         let raw = scaled / 5
         let magnitude = pow(10, floor(log10(raw)))
         let norm = raw / magnitude
         let step = (norm <= 1 ? 1 : norm <= 2 ? 2 : norm <= 2.5 ? 2.5 : norm <= 5 ? 5 : 10) * magnitude
-        let niceTop = (scaled / step).rounded(.up) * step
-        let values = stride(from: 0.0, through: niceTop + step / 2, by: step).map { $0 * divisor }
-        return Ticks(top: niceTop * divisor, values: values, divisor: divisor, unitName: name, unit: axis.unit)
+        let niceTop = (top / divisor / step).rounded(.up) * step
+        let niceBottom = (low / divisor / step).rounded(.down) * step
+        let values = stride(from: niceBottom, through: niceTop + step / 2, by: step).map { $0 * divisor }
+        return Ticks(top: niceTop * divisor, bottom: niceBottom * divisor, values: values, divisor: divisor, unitName: name, unit: axis.unit)
     }
 
     static func header(id: String, title: String, width: Double, height: Double) -> String {
@@ -229,8 +240,8 @@ enum SVGChart {
         for (name, color, style) in items {
             switch style {
             case .bar: svg += "<rect x=\"\(f(x))\" y=\"\(f(y - 9))\" width=\"12\" height=\"10\" fill=\"\(color)\"/>"
-            case .line, .dashedLine:
-                svg += "<line x1=\"\(f(x))\" y1=\"\(f(y - 4))\" x2=\"\(f(x + 14))\" y2=\"\(f(y - 4))\" stroke=\"\(color)\" stroke-width=\"2\"\(style == .dashedLine ? " stroke-dasharray=\"4 3\"" : "")/>"
+            case .line, .dashedLine, .reference:
+                svg += "<line x1=\"\(f(x))\" y1=\"\(f(y - 4))\" x2=\"\(f(x + 14))\" y2=\"\(f(y - 4))\" stroke=\"\(color)\" stroke-width=\"2\"\(style == .line ? "" : " stroke-dasharray=\"4 3\"")/>"
             }
             svg += text(x + 18, y, name, anchor: "start", cls: "legend-text")
             x += 30 + Double(name.count) * 6.6
