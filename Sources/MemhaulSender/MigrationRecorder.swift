@@ -56,8 +56,8 @@ final class MigrationRecorder {
         r.discardedPages = sent.discardedPages
         r.pageBytes = sent.pageBytes
         r.wireBytes = sent.wireBytes
-        r.throughputBytesPerSecond = end > start ? ReportClock.round3(Double(sent.pageBytes) / (end - start)) : 0
-        r.wireBytesPerSecond = end > start ? ReportClock.round3(Double(sent.wireBytes) / (end - start)) : 0
+        r.throughputBytesPerSecond = end > start ? (Double(sent.pageBytes) / (end - start)).rounded() : 0
+        r.wireBytesPerSecond = end > start ? (Double(sent.wireBytes) / (end - start)).rounded() : 0
         r.compression = compression
         r.compressionLevel = compressionLevel.map(Int.init)
         r.throttlePercent = throttlePercent
@@ -75,7 +75,7 @@ final class MigrationRecorder {
         guard !report.rounds.isEmpty, report.omittedEntries?["rounds"] == nil else { return }
         let i = report.rounds.count - 1
         report.rounds[i].pendingBytes = pendingBytes
-        report.rounds[i].dirtyRateBytesPerSecond = ReportClock.round3(dirtyRate)
+        report.rounds[i].dirtyRateBytesPerSecond = dirtyRate.isFinite ? dirtyRate.rounded() : 0
         report.rounds[i].expectedDowntimeMs = expectedDowntimeMs.map(ReportClock.round3)
         switch decision {
         case .nextRound:
