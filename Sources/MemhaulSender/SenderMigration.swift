@@ -162,8 +162,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
         retire(box?.channel)
         if cancelled, let box { farewell(lastAcked: box.lastAcked) }
+        let state: MigrationState = failure == nil ? .completed : cancelled ? .cancelled : .failed
         updateStatus {
-            $0.state = failure == nil ? .completed : cancelled ? .cancelled : .failed
             $0.error = failure == nil || cancelled ? nil : String(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
@@ -173,7 +173,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             $0.warnings += release.problems.map { "source PID \(request.pid): \($0)" }
         }
-        if let path = request.reportPath { writeReport(to: path, failure: failure) }
+        // The report is on disk before the status says the end, so whoever sees the end can read it.
+        if let path = request.reportPath { writeReport(to: path, state: state, failure: failure) }
+        updateStatus { $0.state = state }
         for problem in release.problems { log("migration \(request.id): source PID \(request.pid): \(problem)") }
         if failure == nil {
             log("migration \(request.id) completed; source \(release.action)")
@@ -183,8 +185,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// Writes the report; a failure is a warning (the report is informational).
-    private func writeReport(to path: String, failure: Error?) {
-        let report = recorder.finish(status, parameters, compressionLevel: request.compressionLevel, failure: failure)
+    private func writeReport(to path: String, state: MigrationState, failure: Error?) {
+        var final = status
+        final.state = state
+        let report = recorder.finish(final, parameters, compressionLevel: request.compressionLevel, failure: failure)
         do {
             try ReportJSON.write(report, to: path)
         } catch {

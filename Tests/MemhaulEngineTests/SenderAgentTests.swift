@@ -65,5 +65,26 @@ import MemhaulTestSupport
         #expect(code("status", ["migration": "nope"]) == "not_found")
         #expect(code("cutover", [:]) == "bad_request")
         #expect(code("frobnicate", [:]) == "unknown_op")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "report": "relative.json"]) == "bad_request")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "report": 7]) == "bad_request")
+    }
+
+    /// `report` writes the migration report also when the migration fails (here
+    /// at once: no receiver), with the error and the phases it reached.
+    @Test func failedMigrationWritesItsReport() throws {
+        let control = SenderControl(connect: { _ in throw MigrationError.connectionClosed }, log: { _ in })
+        let path = temporaryDirectory("agent-report") + "/m.json"
+        let target = try startWorkload(["--size", "4M"])
+        _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(target.pid), "to": "127.0.0.1:1", "id": "agent-report", "report": path]))
+        let status = try waitFinal(control, "agent-report")
+        #expect(status["state"] as? String == "failed")
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["side"] as? String == "sender" && report["state"] as? String == "failed" && report["migration"] as? String == "agent-report")
+        let error = try #require(report["error"] as? [String: Any])
+        #expect(error["code"] as? String == "connection_closed", "\(error)")
+        let phases = (report["phases"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(phases == ["setup", "release"], "\(phases)")
+        #expect((report["rounds"] as? [Any])?.isEmpty == true)
     }
 }
