@@ -32,7 +32,12 @@ let chromium: String? = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first
         let r = try runMemhaul(["migrate", "--pid", "\(target.pid)", "--to", "127.0.0.1:\(port)", "--insecure", "--id", "m-report-\(tag)",
                                 "--max-rounds", "4", "--downtime-limit", "1", "--commit-chunk", "8", "--after", "resume", "--report", sender])
         #expect(r.status == 0, "\(r.out)\(r.err)")
-        return Migrated(dir: dir, sender: sender, receiver: dir + "/images/m-report-\(tag)/report.json")
+        // The receiver writes its report when the connection ends, after the
+        // sender has gone: wait for that event before stopping the receiver
+        // (bounded, a guard against a hang, not a timing check).
+        let received = dir + "/images/m-report-\(tag)/report.json"
+        for _ in 0..<3000 where !FileManager.default.fileExists(atPath: received) { usleep(20_000) }
+        return Migrated(dir: dir, sender: sender, receiver: received)
     }
 
     @Test func bothSidesWriteAReportOfTheRealMigration() throws {
