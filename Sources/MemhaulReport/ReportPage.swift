@@ -63,6 +63,12 @@ public enum ReportPage {
         let ratio = r.totals.pageBytes > 0 ? String(format: "%.2f× of the page bytes", Double(r.totals.wireBytes) / Double(r.totals.pageBytes)) : nil
         cards.append(("Wire bytes", C.Unit.bytes.text(Double(r.totals.wireBytes)), ratio))
         cards.append(("Resumes", "\(r.resumes.count)", r.totals.resentBytesAfterResume > 0 ? "\(C.Unit.bytes.text(Double(r.totals.resentBytesAfterResume))) sent again" : nil))
+        if let x = r.restore {
+            let parts = [x.criuDumpMs.map { "criu dump \(C.Unit.milliseconds.text($0))" }, x.transferMs.map { "transfer \(C.Unit.milliseconds.text($0))" },
+                         x.restoreMs.map { "restore \(C.Unit.milliseconds.text($0))" }, x.pagesCompleteMs.map { "all pages in \(C.Unit.milliseconds.text($0))" },
+                         x.criuFiles.map { "\($0) CRIU files" }, x.criuBytes.map { C.Unit.bytes.text(Double($0)) }].compactMap { $0 }
+            cards.append(("Moved (CRIU)", x.restoredPid.map { "PID \($0) on the receiver" } ?? "not restored", parts.isEmpty ? nil : parts.joined(separator: " · ")))
+        }
         if let digest = r.digest { cards.append(("Digest", "<code class=\"digest\">\(esc(digest))</code>", "both sides agreed")) }
         s += "<section class=\"cards\">"
         for (title, value, note) in cards {

@@ -18,6 +18,11 @@ struct ReportPageTests {
         #expect(!html.contains("<script"), "the page needs no script")
         #expect(!html.contains("http://") || !html.replacingOccurrences(of: "http://www.w3.org/2000/svg", with: "").contains("http://"))
         #expect(!html.contains("https://"))
+        var moved = sampleReport()
+        moved.restore = .init()
+        moved.restore!.restoredPid = 777
+        moved.restore!.criuDumpMs = 80
+        #expect(ReportPage.html(moved, source: "r.json").contains("PID 777 on the receiver"))
         // Text from the migration is escaped.
         #expect(html.contains("&lt;&amp;&gt;") && !html.contains("<&>"))
     }
