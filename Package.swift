@@ -49,7 +49,7 @@ let package = Package(
         ),
         // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
         .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS", "MemhaulSession", "MemhaulWire", "MemhaulSender"]),
-        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
+        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulReport", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
         .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]),
         .executableTarget(

@@ -1,3 +1,4 @@
+import Foundation
 import MemhaulReport
 import MemhaulSession
 import MemhaulSystem
@@ -5,9 +6,11 @@ import MemhaulSystem
 /// Builds the sender's ``MigrationReport`` (`--report PATH`, control
 /// `migrate` `report`) from the points where ``SenderMigration`` already
 /// measures: each round, each decision, each phase change and resume, and
-/// the release. Used by the migration's own thread only.
-final class MigrationRecorder {
+/// the release. The migration's thread records; `snapshot` (`status`
+/// `history`) may come from any thread.
+final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
     let clock = ReportClock()
+    private let lock = NSLock()
     private var report: MigrationReport
     private var openPhase: (name: String, start: Double)?
     /// The policy's prediction after the last round, for the next round's `predicted_ms`.
@@ -24,6 +27,10 @@ final class MigrationRecorder {
 
     /// Ends the open phase and starts `name` at `at` (monotonic seconds).
     func phase(_ name: String, at: Double = MonotonicClock.seconds()) {
+        lock.withLock { startPhase(name, at: at) }
+    }
+
+    private func startPhase(_ name: String, at: Double) {
         if let open = openPhase, at > open.start {
             let p = MigrationReport.Phase(name: open.name, startedAt: clock.stamp(open.start), startMs: clock.offsetMs(open.start), endMs: clock.offsetMs(at))
             var r = report  // a local copy: two inout accesses to one class property conflict
@@ -35,8 +42,10 @@ final class MigrationRecorder {
 
     /// The target froze at `start`: the freeze phase, then the final delta.
     func froze(start: Double) {
-        phase("freeze", at: start)
-        phase("final_delta")
+        lock.withLock {
+            startPhase("freeze", at: start)
+            startPhase("final_delta", at: MonotonicClock.seconds())
+        }
     }
 
     func round(_ number: Int, chunks: ClosedRange<UInt64>, start: Double, end: Double, sent: SenderMigration.SentRound,
@@ -61,16 +70,22 @@ final class MigrationRecorder {
         r.compression = compression
         r.compressionLevel = compressionLevel.map(Int.init)
         r.throttlePercent = throttlePercent
-        r.predictedMs = lastExpectedMs.map(ReportClock.round3)
+        r.predictedMs = lock.withLock { lastExpectedMs }.map(ReportClock.round3)
         r.frozen = frozen
         if frozen { r.decision = "final" }
-        var copy = report
-        ReportLimits.append(r, to: &copy.rounds, limit: ReportLimits.maxRounds, name: "rounds", omitted: &copy.omittedEntries)
-        report = copy
+        lock.withLock {
+            var copy = report
+            ReportLimits.append(r, to: &copy.rounds, limit: ReportLimits.maxRounds, name: "rounds", omitted: &copy.omittedEntries)
+            report = copy
+        }
     }
 
     /// What the policy made of the last round.
     func decided(_ decision: ConvergenceDecision, pendingBytes: UInt64, dirtyRate: Double, expectedDowntimeMs: Double?) {
+        lock.withLock { decide(decision, pendingBytes: pendingBytes, dirtyRate: dirtyRate, expectedDowntimeMs: expectedDowntimeMs) }
+    }
+
+    private func decide(_ decision: ConvergenceDecision, pendingBytes: UInt64, dirtyRate: Double, expectedDowntimeMs: Double?) {
         lastExpectedMs = expectedDowntimeMs
         guard !report.rounds.isEmpty, report.omittedEntries?["rounds"] == nil else { return }
         let i = report.rounds.count - 1
@@ -97,21 +112,44 @@ final class MigrationRecorder {
         r.resentBytes = resentBytes
         r.reconnectMs = ReportClock.round3((now - started) * 1000)
         r.reason = ReportLimits.text(String(describing: reason))
-        var copy = report
-        ReportLimits.append(r, to: &copy.resumes, limit: ReportLimits.maxResumes, name: "resumes", omitted: &copy.omittedEntries)
-        report = copy
+        lock.withLock {
+            var copy = report
+            ReportLimits.append(r, to: &copy.resumes, limit: ReportLimits.maxResumes, name: "resumes", omitted: &copy.omittedEntries)
+            report = copy
+        }
     }
 
     /// The target was let go: the frozen window (if it froze) is known.
     func released(frozenAt: Double?, frozenSeconds: Double?) {
-        self.frozenAt = frozenAt
-        self.frozenSeconds = frozenSeconds
+        lock.withLock {
+            self.frozenAt = frozenAt
+            self.frozenSeconds = frozenSeconds
+        }
     }
 
     /// The report at the end; closes the open phase.
     func finish(_ s: MigrationStatus, _ p: ConvergenceParameters, compressionLevel: Int32?, failure: Error?) -> MigrationReport {
-        let now = MonotonicClock.seconds()
-        phase("", at: now)
+        lock.withLock {
+            let now = MonotonicClock.seconds()
+            startPhase("", at: now)
+            return build(s, p, compressionLevel: compressionLevel, failure: failure, now: now)
+        }
+    }
+
+    /// The report so far, the open phase up to now (a running migration's `status` `history`).
+    func snapshot(_ s: MigrationStatus, _ p: ConvergenceParameters, compressionLevel: Int32?) -> MigrationReport {
+        lock.withLock {
+            let saved = (report, openPhase)
+            defer { (report, openPhase) = saved }
+            let now = MonotonicClock.seconds()
+            if let open = openPhase { startPhase(open.name, at: now) }
+            var r = build(s, p, compressionLevel: compressionLevel, failure: nil, now: now)
+            r.endedAt = nil
+            return r
+        }
+    }
+
+    private func build(_ s: MigrationStatus, _ p: ConvergenceParameters, compressionLevel: Int32?, failure: Error?, now: Double) -> MigrationReport {
         var r = report
         r.state = s.state.rawValue
         if let failure, s.state != .completed {

@@ -56,6 +56,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
     public var status: MigrationStatus { shared.withLock { $0.status } }
 
+    /// The migration's report so far (`Protocol/report.md`), from any thread: `status` with `history`.
+    public var history: MigrationReport { recorder.snapshot(status, parameters, compressionLevel: request.compressionLevel) }
+
     /// Live parameter change; applies from the next frame (bandwidth) or round.
     public func update(_ change: (inout ConvergenceParameters) -> Void) -> MigrationStatus {
         shared.withLock {

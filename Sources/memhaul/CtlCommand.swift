@@ -75,8 +75,15 @@ struct CtlCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Status of one migration, or of all.")
         @OptionGroup var connection: Connection
         @Option(help: "Migration id.") var migration: String?
+        @Flag(help: "With --migration: also the migration's report so far (rounds, phases, resumes; Protocol/report.md).")
+        var history = false
+        func validate() throws {
+            if history && migration == nil { throw ValidationError("--history needs --migration") }
+        }
         func run() throws {
-            try CtlCommand.run(connection, "status", migration.map { ["migration": $0] } ?? [:])
+            var args: [String: Any] = migration.map { ["migration": $0] } ?? [:]
+            if history { args["history"] = true }
+            try CtlCommand.run(connection, "status", args)
         }
     }
 
