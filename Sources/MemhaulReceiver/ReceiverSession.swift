@@ -156,11 +156,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var store: ImageStore?
         var claimed: String?
         defer {
-            if let claimed { registry.release(claimed) }
+            // Before the claim goes: a resuming connection continues this report.
             if let store, let problem = recorder.finish(directory: store.directory, state: info.state, bytesReceived: channel.bytesReceived,
                                                          restoredPID: info.restoredPID) {
                 log("receiver: migration \(info.migration ?? "?"): \(problem)")
             }
+            if let claimed { registry.release(claimed) }
             store?.close()
             watch.ended()
             channel.close()
