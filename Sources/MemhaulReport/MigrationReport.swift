@@ -36,6 +36,8 @@ public struct MigrationReport: Codable, Sendable, Equatable {
     public var connections: [Connection] = []
     public var digest: String?
     public var warnings: [String] = []
+    /// The throttle auto-converge used (`cgroup` or `signals`); absent if it never throttled.
+    public var throttleMechanism: String?
     /// With `--restore criu`: the hand-over's figures.
     public var restore: Restore?
     /// Entries the size bound left out (``ReportLimits``), by list.
@@ -68,6 +70,9 @@ public struct MigrationReport: Codable, Sendable, Equatable {
         public var commitChunkBytes: UInt64
         /// `auto` or a zstd level.
         public var compression: String
+        /// The throttle backend asked for (`auto`, `cgroup`, `signals`) and its steps (`adaptive`, `classic`).
+        public var throttle: String?
+        public var throttleSteps: String?
         public init(downtimeLimitMs: Double, maxRounds: Int, maxTimeS: Double, maxBandwidthBytesPerSecond: Double?,
                     autoConverge: Bool, commitChunkBytes: UInt64, compression: String) {
             self.downtimeLimitMs = downtimeLimitMs

@@ -106,7 +106,7 @@ public enum ReportPage {
             .init(name: "predicted", color: colors.predicted, values: rounds.map { $0.predictedMs }, style: .dashedLine),
         ] + (r.downtime.map { d in [C.Series(name: "downtime limit", color: colors.limit, values: rounds.map { _ in d.limitMs }, style: .reference)] } ?? []),
         left: .init(title: "duration", unit: .milliseconds))
-        s += C.chart(id: "plot-tuning", title: "Compression level and throttle", xTitle: "round (* = frozen)", categories: names, series: [
+        s += C.chart(id: "plot-tuning", title: "Compression level and throttle" + (r.throttleMechanism.map { " (\($0))" } ?? ""), xTitle: "round (* = frozen)", categories: names, series: [
             .init(name: "throttle", color: colors.throttle, values: rounds.map { Double($0.throttlePercent) }, style: .bar),
             .init(name: "zstd level (no point: raw)", color: colors.level, values: rounds.map { $0.compressionLevel.map(Double.init) }, style: .line, rightAxis: true),
         ], left: .init(title: "throttle", unit: .percent, fixedMax: 100), right: .init(title: "zstd level", unit: .plain, fixedMax: 3))

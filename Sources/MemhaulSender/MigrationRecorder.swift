@@ -22,6 +22,7 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         report = MigrationReport(side: .sender, migration: request.id, state: MigrationState.setup.rawValue, startedAt: clock.startedAt)
         report.pid = request.pid
         report.destination = request.destination
+        throttle = request.throttle.rawValue
         openPhase = ("setup", clock.monotonicOrigin)
     }
 
@@ -128,6 +129,9 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
     }
 
     /// The report at the end; closes the open phase.
+    /// The throttle backend the request asked for (`auto`, `cgroup`, `signals`).
+    var throttle: String?
+
     func finish(_ s: MigrationStatus, _ p: ConvergenceParameters, compressionLevel: Int32?, failure: Error?) -> MigrationReport {
         lock.withLock {
             let now = MonotonicClock.seconds()
@@ -160,6 +164,9 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         r.parameters = .init(downtimeLimitMs: p.downtimeLimitMs, maxRounds: p.maxRounds, maxTimeS: p.maxTimeSeconds,
                              maxBandwidthBytesPerSecond: p.maxBandwidth, autoConverge: p.autoConverge,
                              commitChunkBytes: p.commitChunkBytes, compression: compressionLevel.map { "zstd \($0)" } ?? "auto")
+        r.parameters?.throttle = throttle
+        r.parameters?.throttleSteps = p.throttleSteps.rawValue
+        r.throttleMechanism = s.throttleMechanism?.rawValue
         var d = MigrationReport.Downtime(limitMs: s.downtimeLimitMs)
         d.expectedMs = r.rounds.last(where: { $0.frozen })?.predictedMs
         d.downtimeMs = s.downtimeMs.map(ReportClock.round3)

@@ -54,6 +54,8 @@ let chromium: String? = ["/usr/bin/chromium", "/usr/bin/chromium-browser"].first
         #expect(d.frozenStartMs != nil && d.frozenEndMs! >= d.frozenStartMs! && d.frozenMs != nil && d.limitMs == 1)
         #expect(s.totals.pageBytes == s.rounds.reduce(0) { $0 + $1.pageBytes })
         #expect(s.digest != nil)
+        #expect(s.parameters?.throttle == "auto" && s.parameters?.throttleSteps != nil)
+        #expect((s.throttleMechanism != nil) == s.rounds.contains { $0.throttlePercent > 0 }, "a mechanism exactly when it throttled")
         let r = try ReportJSON.read(m.receiver)
         #expect(r.side == .receiver && r.state == "complete")
         #expect(r.digest == s.digest)
