@@ -33,29 +33,31 @@ let package = Package(
         .target(name: "MemhaulCompression", dependencies: ["CZstd"]),
         .target(name: "MemhaulDigest", dependencies: ["CXXHash"]),  // the memory digest both sides prove
         .target(name: "MemhaulTLS", dependencies: ["COpenSSL", "CMemhaulTLS", "MemhaulSystem"]),
+        // The migration report (`Protocol/report.md`): its schema, JSON, file, and the HTML page with SVG plots.
+        .target(name: "MemhaulReport", dependencies: ["MemhaulSystem"]),
         .target(name: "MemhaulImage", dependencies: ["MemhaulWire", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),  // Wire: the one migration-id rule
         // What both sides of a connection share: framing over a stream, the error type and what a lost connection is.
         .target(name: "MemhaulSession", dependencies: ["MemhaulTLS", "MemhaulWire", "MemhaulSystem"]),
         // Sender side: attach, rounds, convergence, freeze, proof. Needs the kernel layer (ptrace, PAGEMAP_SCAN).
         .target(
             name: "MemhaulSender",
-            dependencies: ["MemhaulSession", "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+            dependencies: ["MemhaulSession", "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulReport", "MemhaulSystem"]
         ),
         // Receiver side: sessions into the image store, limits, authorisation. No kernel module.
         .target(
             name: "MemhaulReceiver",
-            dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]
+            dependencies: ["MemhaulSession", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage", "MemhaulReport", "MemhaulSystem"]
         ),
         // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
         .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS", "MemhaulSession", "MemhaulWire", "MemhaulSender"]),
-        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
+        .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulReport", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
         .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem", "CMemhaulSignals",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulReport", "MemhaulSystem", "CMemhaulSignals",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -73,9 +75,10 @@ let package = Package(
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTestSupport", "MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "MemhaulReport", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
-        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulReportTests", dependencies: ["MemhaulTestSupport", "MemhaulReport", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulReport", "MemhaulSystem"]),
     ]
 )

@@ -2,6 +2,7 @@ import Foundation
 import MemhaulSession
 import MemhaulSender
 import MemhaulReceiver
+import MemhaulReport
 import MemhaulTLS
 
 /// The sender agent's operations (`Protocol/control.md`): it owns the
@@ -37,10 +38,13 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         switch request.op {
         case "migrate": return try migrate(request)
         case "status":
-            try request.onlyKeys(["migration"])
+            try request.onlyKeys(["migration", "history"])
             if let id = try request.string("migration") {
-                return ["status": ControlJSON.object(try find(id).status)]
+                let m = try find(id)
+                guard try request.bool("history") == true else { return ["status": ControlJSON.object(m.status)] }
+                return ["status": ControlJSON.object(m.status), "history": Self.object(m.history)]
             }
+            if try request.bool("history") != nil { throw ControlError(.badRequest, "history needs a migration") }
             return ["migrations": lock.withLock { migrations }.map { ControlJSON.object($0.status) }]
         case "set":
             try request.onlyKeys(["migration", "downtime_limit_ms", "max_bandwidth_bps", "auto_converge", "max_rounds", "max_time_s"])
@@ -105,7 +109,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
-                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps"])
+                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
         // Lines of several migrations interleave: each names its own.
@@ -149,6 +153,11 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             throw ControlError(.badRequest, "restore: criu: \(error)")
         }
         request.after = .kill  // only reached once the process runs on the receiver
+    }
+
+    /// A report as a JSON object of the response (the same keys as `report.json`).
+    static func object(_ report: MigrationReport) -> [String: Any] {
+        (try? JSONSerialization.jsonObject(with: Data(ReportJSON.encode(report)))) as? [String: Any] ?? [:]
     }
 
     /// Builds a request from control arguments, with the documented defaults.
@@ -195,6 +204,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             guard let t = ThrottleSteps(rawValue: v) else { throw ControlError(.badRequest, "throttle_steps must be adaptive or classic") }
             request.parameters.throttleSteps = t
         }
+        if let v = try r.string("report") { request.reportPath = v }
         do { try request.validate() } catch { throw ControlError(.badRequest, error.description) }
         return request
     }

@@ -90,6 +90,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var restoreFiles: RestoreFileWriter?
     private let infoLock = NSLock()
     private var _info: Info
+    /// `report.json` in the image directory.
+    private let recorder = ReceiverReportRecorder()
     /// What this connection may make the receiver hold.
     private let limits: ReceiverLimits
     /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
@@ -150,6 +152,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var store: ImageStore?
         var claimed: String?
         defer {
+            // Before the claim goes: a resuming connection continues this report.
+            if let store, let problem = recorder.finish(directory: store.directory, state: info.state, bytesReceived: channel.bytesReceived,
+                                                         restoredPID: info.restoredPID) {
+                log("receiver: migration \(info.migration ?? "?"): \(problem)")
+            }
             if let claimed { registry.release(claimed) }
             store?.close()
             watch.ended()
@@ -162,6 +169,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             setInfo { $0.state = $0.state == "complete" || $0.state == "running" ? $0.state : "closed" }
         } catch {
             let refusal = Self.refusal(for: error)
+            recorder.failed(code: refusal.code, message: refusal.description)
             store?.abortRound()
             watch.working()  // the linger below has its own bound
             if !refusal.connectionLost && (refusal.code != .cancelled || store == nil) {
@@ -245,6 +253,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             store = try createImage(directory: directory, id: id)
         }
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
+        recorder.opened(migration: id, directory: directory, peer: info.peer, resumeFrom: hello.resumeFromRound,
+                        committedChunk: store.committedRound, bytesReceived: channel.bytesReceived)
         let offered = restore == nil ? Self.capabilities : Self.capabilities.union([.criuRestore])
         let agreed = hello.capabilities.intersection(offered)
         restoreAgreed = agreed.contains(.criuRestore)
@@ -387,6 +397,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
                     let commit = try store.commitRound(final: true, digest: digest)
+                    recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: true, digest: wire.hex)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
@@ -394,6 +405,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
                     let commit = try store.commitRound(final: false, deferApply: true)
+                    recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: false)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()

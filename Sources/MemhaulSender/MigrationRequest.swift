@@ -65,6 +65,9 @@ public struct MigrationRequest: Sendable {
     public var afterProof: AfterProof?
     /// How auto-converge may throttle the target (cgroup, signals, or auto).
     public var throttle: ThrottleBackend = .auto
+    /// Where to write the migration report (`Protocol/report.md`) at the end,
+    /// an absolute path on the sender's host; nil = none.
+    public var reportPath: String?
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid
@@ -99,6 +102,11 @@ public struct MigrationRequest: Sendable {
         guard p.resumeTimeoutSeconds >= 0, p.resumeTimeoutSeconds.isFinite else { throw fail("resume timeout must be >= 0 s") }
         guard (4096...(1 << 40)).contains(p.commitChunkBytes) else { throw fail("commit chunk must be 4096 bytes…1 TiB") }
         if let level = compressionLevel { guard (-5...19).contains(level) else { throw fail("compression level must be auto or -5…19") } }
+        if let path = reportPath {
+            guard path.hasPrefix("/"), path.utf8.count <= 4096, !path.hasSuffix("/"), !path.utf8.contains(0) else {
+                throw fail("report path must be an absolute file path of at most 4096 bytes")
+            }
+        }
         guard (1...64).contains(workers) else { throw fail("workers must be 1…64") }
         for (name, value) in deadlines.all {
             guard value > 0, value <= 86400 else { throw fail("\(name) deadline must be > 0 and at most 86400 s") }

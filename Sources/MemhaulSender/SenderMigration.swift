@@ -5,6 +5,7 @@ import Foundation
 import MemhaulSession
 import MemhaulDigest
 import MemhaulKernel
+import MemhaulReport
 import MemhaulSystem
 import MemhaulTLS
 import MemhaulWire
@@ -40,6 +41,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let cancelSignal = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
     private let progress: @Sendable (MigrationStatus) -> Void
+    /// The report (`request.reportPath`); the migration's thread only.
+    private let recorder: MigrationRecorder
 
     /// `progress` sees the status after every change (per commit chunk during
     /// a round, and at each stage change), on the migration's thread: it must
@@ -50,6 +53,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         self.connect = connect
         self.log = log
         self.progress = progress
+        recorder = MigrationRecorder(request: request)
         var status = MigrationStatus(id: request.id, pid: request.pid, destination: request.destination)
         status.downtimeLimitMs = request.parameters.downtimeLimitMs
         status.maxBandwidth = request.parameters.maxBandwidth
@@ -57,6 +61,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     public var status: MigrationStatus { shared.withLock { $0.status } }
+
+    /// The migration's report so far (`Protocol/report.md`), from any thread: `status` with `history`.
+    public var history: MigrationReport { recorder.snapshot(status, parameters, compressionLevel: request.compressionLevel) }
 
     /// Live parameter change; applies from the next frame (bandwidth) or round.
     public func update(_ change: (inout ConvergenceParameters) -> Void) -> MigrationStatus {
@@ -150,7 +157,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func end(_ hold: TargetHold, _ box: ChannelBox?, _ failure: Error?, start: Double) {
         let cancelled = failure != nil && (isCancelled || (failure as? MigrationError) == .cancelled)
         let outcome: TargetHold.Outcome = failure == nil ? .completed(request.after) : cancelled ? .cancelled : .failed
+        recorder.phase("release")
         let release = hold.release(outcome)
+        recorder.released(frozenAt: hold.frozenAt, frozenSeconds: release.frozenSeconds)
         var error = failure
         if let failure, let channel = box?.channel {
             // Bounded: the target runs already, but run() must still return.
@@ -164,8 +173,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         }
         retire(box?.channel)
         if cancelled, let box { farewell(lastAcked: box.lastAcked) }
+        let state: MigrationState = failure == nil ? .completed : cancelled ? .cancelled : .failed
         updateStatus {
-            $0.state = failure == nil ? .completed : cancelled ? .cancelled : .failed
+            $0.state = state
             $0.stage = failure == nil ? .done : cancelled ? .cancelled : .failed
             $0.error = failure == nil || cancelled ? nil : String(describing: error!)
             $0.throttlePercent = 0
@@ -176,11 +186,27 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             $0.warnings += release.problems.map { "source PID \(request.pid): \($0)" }
         }
+        // The report is on disk before the status says the end, so whoever sees the end can read it.
+        if let path = request.reportPath { writeReport(to: path, state: state, failure: failure) }
+        updateStatus { $0.state = state }
         for problem in release.problems { log("migration \(request.id): source PID \(request.pid): \(problem)") }
         if failure == nil {
             log("migration \(request.id) completed; source \(release.action)")
         } else {
             log("migration \(request.id): \(cancelled ? "cancelled" : "failed: \(error!)"); source \(release.action), untracked")
+        }
+    }
+
+    /// Writes the report; a failure is a warning (the report is informational).
+    private func writeReport(to path: String, state: MigrationState, failure: Error?) {
+        var final = status
+        final.state = state
+        let report = recorder.finish(final, parameters, compressionLevel: request.compressionLevel, failure: failure)
+        do {
+            try ReportJSON.write(report, to: path)
+        } catch {
+            updateStatus { $0.warnings.append("\(error)") }
+            log("migration \(request.id): \(error)")
         }
     }
 
@@ -275,10 +301,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.remainingBytes = $0.totalBytes  // until the first scan says what is populated
             $0.warnings += process.skipped.isEmpty ? [] : ["\(process.skipped.count) mappings not tracked (see memhaul track --pid for reasons)"]
         }
+        recorder.phase("pre_copy")
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
             let ns = try hold.freeze()
+            recorder.froze(start: freezeStart)
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.stage = .frozen; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
@@ -296,8 +324,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.remainingBytes = roundBytes
             }
             let sent: SentRound
+            let firstChunk = UInt64(round + 1) &+ box.offset
             do {
-                sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
+                sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
@@ -315,6 +344,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
             updateStatus { $0.compression = sender.governor.description }
+            recorder.round(round, chunks: firstChunk...(UInt64(round + 1) &+ box.offset), start: roundStart, end: roundEnd, sent: sent,
+                           compressionLevel: sender.governor.level, compression: sender.governor.description,
+                           throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if hold.isFrozen { break }
 
@@ -337,6 +369,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
                 $0.throttlePercent = hold.throttlePercent
             }
+            recorder.decided(decision, pendingBytes: UInt64(pending), dirtyRate: policy.dirtyRate,
+                             expectedDowntimeMs: policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil)
             round += 1
             switch decision {
             case .nextRound:
@@ -364,6 +398,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 }
                 freezeStart = MonotonicClock.seconds()
                 let ns = try hold.freeze()
+                recorder.froze(start: freezeStart)
                 scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
@@ -382,6 +417,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
+        recorder.phase("verify", at: verifyStart)
         let digest = try ProcessDigest.compute(
             pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
             version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
@@ -417,6 +453,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
             try hold.handOver()
             updateStatus { $0.stage = .restoring }
+            recorder.phase("restore")
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
         }
@@ -472,6 +509,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if let e = box.channel.peerErrorAfterFailure(seconds: 0.5) {
             throw MigrationError.peerError(code: e.code.rawValue, message: e.message)
         }
+        let resumeStart = MonotonicClock.seconds()
+        let lostBefore = box.lostBytes
         let brokenSent = box.channel.bytesSent
         let brokenEnds = box.chunkEnds
         box.sentBefore += brokenSent
@@ -505,6 +544,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 box.offset = committed &- UInt64(nextRound)
                 box.lastAcked = committed
                 log("resumed: receiver at round \(committed)")
+                recorder.resumed(started: resumeStart, committedChunk: committed, resentBytes: box.lostBytes - lostBefore, reason: error)
                 return committed
             } catch MigrationError.peerError(let code, let message) where code != ErrorCode.migrationBusy.rawValue {
                 throw MigrationError.peerError(code: code, message: message)

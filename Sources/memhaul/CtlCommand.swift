@@ -65,6 +65,8 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("criu-route"), help: "lazy or rewrite.") var criuRoute: String?
         @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job.") var shellJob = false
         @Option(help: "CRIU TCP mode: none, established or close.") var tcp: String?
+        @Option(help: "Write the migration report (JSON, see Protocol/report.md) to this path on the agent's host at the end.")
+        var report: String?
 
         func run() throws {
             var args: [String: Any] = ["pid": Int(pid), "to": to]
@@ -72,6 +74,7 @@ struct CtlCommand: ParsableCommand {
             if let criuRoute { args["criu_route"] = criuRoute }
             if shellJob { args["shell_job"] = true }
             if let tcp { args["tcp"] = tcp }
+            if let report { args["report"] = ReportCommand.absolute(report) }
             if let id { args["id"] = id }
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }
@@ -90,8 +93,15 @@ struct CtlCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Status of one migration, or of all.")
         @OptionGroup var connection: Connection
         @Option(help: "Migration id.") var migration: String?
+        @Flag(help: "With --migration: also the migration's report so far (rounds, phases, resumes; Protocol/report.md).")
+        var history = false
+        func validate() throws {
+            if history && migration == nil { throw ValidationError("--history needs --migration") }
+        }
         func run() throws {
-            try CtlCommand.run(connection, "status", migration.map { ["migration": $0] } ?? [:])
+            var args: [String: Any] = migration.map { ["migration": $0] } ?? [:]
+            if history { args["history"] = true }
+            try CtlCommand.run(connection, "status", args)
         }
     }
 

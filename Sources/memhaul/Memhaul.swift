@@ -39,6 +39,7 @@ struct Memhaul: ParsableCommand {
             BenchCommand.self,
             ProbeCommand.self,
             TrackCommand.self,
+            ReportCommand.self,
         ]
     )
 }

@@ -90,6 +90,8 @@ struct MigrateCommand: ParsableCommand {
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
     @Flag(name: .shortAndLong, help: "Log every round (--log-level info).") var verbose = false
     @OptionGroup var logging: LoggingOptions
+    @Option(help: "Write the migration report (JSON, see Protocol/report.md; render it with memhaul report) to this path at the end.")
+    var report: String?
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var restore: RestoreOptions
     @OptionGroup var dump: DumpOptions
@@ -113,6 +115,7 @@ struct MigrateCommand: ParsableCommand {
         transport.warnIfInsecure()
         for line in ThrottleLeftovers.restoreAbandoned() { Log.line("migrate: \(line)") }
         request.serverName = serverName
+        request.reportPath = report.map(ReportCommand.absolute)
         convergence.apply(to: &request)
         do { try request.validate() } catch { throw ValidationError(error.description) }
         if restore.enabled {

@@ -6,6 +6,7 @@ import Testing
 @testable import MemhaulSender
 @testable import MemhaulReceiver
 import MemhaulTestSupport
+import MemhaulReport
 
 /// A broken connection mid-migration: the sender reconnects with backoff and
 /// resumes at the receiver's last committed round.
@@ -73,8 +74,17 @@ import MemhaulTestSupport
         #expect(s.resentBytesAfterResume < s.totalBytes / 2, "resent \(s.resentBytesAfterResume) of \(s.totalBytes)")
         #expect(s.pageBytes < s.totalBytes + s.totalBytes / 2, "round 0 was not sent again whole: \(s.pageBytes) page bytes for \(s.totalBytes)")
         print("resume in round 0: \(s.resumes) resume(s), \(s.resentBytesAfterResume) wire bytes lost in flight, \(s.pageBytes) page bytes in all, \(s.totalBytes) tracked")
+        // Both reports record the resume: the sender's what it cost, the receiver's a second connection.
+        let history = migration.history
+        #expect(history.resumes.count == s.resumes)
+        #expect(history.resumes.allSatisfy { ($0.committedChunk ?? 0) >= 2 && $0.reason != nil })
+        #expect(history.resumes.reduce(0) { $0 + ($1.resentBytes ?? 0) } == s.resentBytesAfterResume)
         let store = try openImageWhenReleased(receiver.images + "/resume-r0")
         defer { store.close() }
+        let received = try ReportJSON.read(receiver.images + "/resume-r0/report.json")
+        #expect(received.connections.count == s.resumes + 1, "\(received.connections.map { $0.endState ?? "-" })")
+        #expect(received.resumes.count == s.resumes && received.resumes.allSatisfy { ($0.committedChunk ?? 0) >= 2 })
+        #expect(received.state == "complete" && received.digest == s.digest)
         let report = try ImageVerifier.verify(store, pid: workload.pid)
         #expect(report.ok, "\(report.mismatches)")
     }

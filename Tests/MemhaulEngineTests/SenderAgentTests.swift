@@ -35,6 +35,11 @@ import MemhaulTestSupport
             if (s["round"] as? Int ?? 0) >= 1 { break }
             usleep(20_000)
         }
+        // Live: the report so far, the phase in progress included.
+        let live = try #require(try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1", "history": true]))["history"] as? [String: Any])
+        #expect((live["rounds"] as? [Any])?.isEmpty == false)
+        #expect((live["phases"] as? [[String: Any]])?.compactMap { $0["name"] as? String }.prefix(2) == ["setup", "pre_copy"])
+        #expect(live["ended_at"] == nil)
         receiver.child.kill(SIGKILL)
         receiver.child.wait()
         let failed = try waitFinal(control, "agent-1")
@@ -49,6 +54,12 @@ import MemhaulTestSupport
             "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-2", "max_rounds": 2, "after": "resume"]))
         let done = try waitFinal(control, "agent-2")
         #expect(done["state"] as? String == "completed", "\(done)")
+        // `history`: the migration's report, the same keys as report.json.
+        let history = try #require(try control.handle(ControlRequest(op: "status", args: ["migration": "agent-2", "history": true]))["history"] as? [String: Any])
+        #expect(history["side"] as? String == "sender" && history["migration"] as? String == "agent-2")
+        let rounds = try #require(history["rounds"] as? [[String: Any]])
+        #expect(rounds.count == done["rounds"] as? Int, "\(rounds.count) rounds in the history, status says \(done["rounds"] ?? "-")")
+        #expect(rounds.first?["page_bytes"] as? Int ?? 0 > 0)
         let all = try control.handle(ControlRequest(op: "status"))["migrations"] as! [[String: Any]]
         #expect(all.map { $0["id"] as? String } == ["agent-1", "agent-2"])
     }
@@ -65,5 +76,27 @@ import MemhaulTestSupport
         #expect(code("status", ["migration": "nope"]) == "not_found")
         #expect(code("cutover", [:]) == "bad_request")
         #expect(code("frobnicate", [:]) == "unknown_op")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "report": "relative.json"]) == "bad_request")
+        #expect(code("migrate", ["pid": 1, "to": "h:1", "report": 7]) == "bad_request")
+        #expect(code("status", ["history": true]) == "bad_request")
+    }
+
+    /// `report` writes the migration report also when the migration fails (here
+    /// at once: no receiver), with the error and the phases it reached.
+    @Test func failedMigrationWritesItsReport() throws {
+        let control = SenderControl(connect: { _ in throw MigrationError.connectionClosed }, log: { _ in })
+        let path = temporaryDirectory("agent-report") + "/m.json"
+        let target = try startWorkload(["--size", "4M"])
+        _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(target.pid), "to": "127.0.0.1:1", "id": "agent-report", "report": path]))
+        let status = try waitFinal(control, "agent-report")
+        #expect(status["state"] as? String == "failed")
+        let data = try Data(contentsOf: URL(fileURLWithPath: path))
+        let report = try #require(try JSONSerialization.jsonObject(with: data) as? [String: Any])
+        #expect(report["side"] as? String == "sender" && report["state"] as? String == "failed" && report["migration"] as? String == "agent-report")
+        let error = try #require(report["error"] as? [String: Any])
+        #expect(error["code"] as? String == "connection_closed", "\(error)")
+        let phases = (report["phases"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(phases == ["setup", "release"], "\(phases)")
+        #expect((report["rounds"] as? [Any])?.isEmpty == true)
     }
 }
