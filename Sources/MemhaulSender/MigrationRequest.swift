@@ -65,6 +65,8 @@ public struct MigrationRequest: Sendable {
     public var afterProof: AfterProof?
     /// How auto-converge may throttle the target (cgroup, signals, or auto).
     public var throttle: ThrottleBackend = .auto
+    /// How the frozen final round scans (a bench knob: both are exact).
+    public var finalScan: FinalScanMethod = .changed
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid

@@ -37,6 +37,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// included. Set whenever the target was frozen, also on failure.
     public var frozenMs: Double?
     public var freezeMs: Double?
+    /// The final round's scan (layout refresh and PAGEMAP_SCAN walks), target frozen.
+    public var finalScanMs: Double?
     public var verifyMs: Double?
     public var totalTimeMs: Double?
     public var rounds: Int?
@@ -90,6 +92,7 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case downtimeMs = "downtime_ms"
         case frozenMs = "frozen_ms"
         case freezeMs = "freeze_ms"
+        case finalScanMs = "final_scan_ms"
         case verifyMs = "verify_ms"
         case totalTimeMs = "total_time_ms"
         case rounds, digest

@@ -39,6 +39,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// Signalled by `cancel()`: wakes the sleeps (resume backoff, pacing).
     private let cancelSignal = DispatchSemaphore(value: 0)
     private let log: @Sendable (String) -> Void
+    #if DEBUG
+    /// Tests: runs on the migration's thread right before the cutover freezes the target.
+    var testBeforeFreeze: (() -> Void)?
+    #endif
 
     public init(request: MigrationRequest, connect: @escaping Connector, log: @escaping @Sendable (String) -> Void = { _ in }) {
         self.request = request
@@ -285,7 +289,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 // back to the tracker and the next scan sends them again.
                 let committed = try resume(box, after: broken.error, lastAcked: box.lastAcked, nextRound: round)
                 for chunk in broken.chunks where chunk.wireRound > committed { tracker.requeue(chunk.scan) }
-                scan = try scanNextRound(process, tracker, &layout)
+                scan = try scanNextRound(process, tracker, &layout, frozen: hold.isFrozen)
                 continue
             } catch let broken as BrokenRound {
                 throw broken.error
@@ -346,12 +350,18 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 } catch where isResumable(error, box) {
                     try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round)
                 }
+                #if DEBUG
+                testBeforeFreeze?()
+                #endif
                 freezeStart = MonotonicClock.seconds()
                 let ns = try hold.freeze()
-                scan = try scanNextRound(process, tracker, &layout)
+                let finalScanStart = MonotonicClock.seconds()
+                scan = try scanNextRound(process, tracker, &layout, frozen: true)
+                let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
                 updateStatus {
                     $0.state = .cutover
                     $0.freezeMs = Double(ns) / 1e6
+                    $0.finalScanMs = finalScanMs
                     $0.cutoverReason = reason.description
                     $0.throttlePercent = 0
                     if reason.isForced { $0.warnings.append("forced cutover: \(reason)") }
@@ -523,15 +533,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// then fails with EPERM on the unregistered range. The tracker has put
     /// everything that scan may have re-protected back into pending, so the
     /// round is simply retried on a fresh layout.
-    private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
+    private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor], frozen: Bool = false) throws -> RoundScan {
         var removed: [AddressRange] = []
         for attempt in 1... {
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
             removed += delta.removed
             do {
-                return try tracker.nextRound(
-                    ranges: Self.ranges(layout), removed: removed, fileContent: process.fileContentRanges)
+                return try request.finalScan.scan(
+                    tracker, frozen: frozen, ranges: Self.ranges(layout), removed: removed, process: process)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }
