@@ -49,6 +49,11 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// Wire bytes sent after the receiver's last commit on connections that
     /// broke: the receiver dropped them and they travelled again (what the breaks cost).
     public var resentBytesAfterResume: UInt64 = 0
+    /// `--strict`: cutovers aborted because the final round would overrun the limit.
+    public var abortedCutovers: Int = 0
+    public var cutoverAborts: [CutoverAbort] = []
+    /// The receiver commit latency the final round is predicted with.
+    public var commitEstimateMs: Double?
     public var warnings: [String] = []
     public var error: String?
     /// The CRIU hand-over (`--restore criu`), after the proof; all nil without it.
@@ -99,6 +104,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case cutoverReason = "cutover_reason"
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
+        case abortedCutovers = "aborted_cutovers"
+        case cutoverAborts = "cutover_aborts"
+        case commitEstimateMs = "commit_estimate_ms"
         case warnings, error
         case criuDumpMs = "criu_dump_ms"
         case transferMs = "transfer_ms"
