@@ -1,5 +1,6 @@
 import Foundation
 import Glibc
+import MemhaulControl
 import MemhaulImage
 import Testing
 @testable import MemhaulSession
@@ -21,7 +22,7 @@ import MemhaulTestSupport
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 
-    func setUp(_ tag: String) throws -> (TestReceiver, ChildProcess, UInt64, MigrationRequest) {
+    func setUp(_ tag: String) throws -> (TestReceiver, WorkloadProcess, UInt64, MigrationRequest) {
         let receiver = try TestReceiver(pki: nil)
         let w = try startWorkload(["--size", "8M", "--threads", "1", "--rate", "200"], control: true)
         let map = try command(w, "map 8M")
@@ -115,7 +116,32 @@ import MemhaulTestSupport
         #expect(s.state == .failed)
         #expect(s.abortedCutovers == 2)
         #expect(s.error?.contains("2 cutovers aborted") == true, "\(s.error ?? "")")
-        // Running: it answers.
+        // Running (it answers) and untracked.
         try command(w, "write \(hex(start)) 1")
+        #expect(w.state != "T")
+        #expect(!w.hasUffdWriteProtect)
+    }
+
+    /// The agent's request carries `strict` and `strict_attempts`; the status
+    /// JSON counts and lists the aborts.
+    @Test func theSenderAgentTakesStrictAndReportsTheAborts() throws {
+        let receiver = try TestReceiver(pki: nil)
+        let w = try startWorkload(["--size", "8M", "--threads", "1", "--rate", "100"])
+        let control = SenderControl(connect: try connector(nil), log: { _ in })
+        _ = try control.handle(ControlRequest(op: "migrate", args: [
+            "pid": Int(w.pid), "to": "127.0.0.1:\(receiver.port)", "id": "strict-agent", "downtime_limit_ms": 0.001,
+            "max_rounds": 1, "strict": true, "strict_attempts": 1]))
+        var status: [String: Any] = [:]
+        while true {
+            status = try control.handle(ControlRequest(op: "status", args: ["migration": "strict-agent"]))["status"] as! [String: Any]
+            if let state = status["state"] as? String, ["completed", "failed", "cancelled"].contains(state) { break }
+            usleep(20_000)
+        }
+        #expect(status["state"] as? String == "failed")
+        #expect(status["aborted_cutovers"] as? Int == 1)
+        let aborts = status["cutover_aborts"] as? [[String: Any]] ?? []
+        #expect(aborts.first?["phase"] as? String == "before-send")
+        #expect((aborts.first?["frozen_ms"] as? Double).map { $0 > 0.001 } == true)
+        #expect(w.state != "T")
     }
 }
