@@ -21,10 +21,13 @@ extension BenchCommand {
             defer { receiver.stop() }
             print("final-scan bench: idle workloads, loopback TLS, \(repeats) migrations per method and size, medians")
             for size in sizes.split(separator: ",").map(String.init) {
-                let workload = try env.startWorkload(["--size", size, "--threads", "0"])
+                let gapLog = env.scratch + "/gaps-\(size)"
+                let workload = try env.startWorkload(["--size", size, "--threads", "0", "--gap-log", gapLog])
                 defer { workload.stop() }
                 var scans: [FinalScanMethod: [Double]] = [:]
                 var downtimes: [FinalScanMethod: [Double]] = [:]
+                var frozen: [FinalScanMethod: [Double]] = [:]
+                var lived: [FinalScanMethod: [Double]] = [:]
                 for rep in 0..<repeats {
                     for method in FinalScanMethod.allCases {
                         let id = "bench-final-\(method.rawValue)-\(rep)-\(getpid())"
@@ -32,8 +35,12 @@ extension BenchCommand {
                         r.after = .resume
                         r.finalScan = method
                         let m = SenderMigration(request: r, connect: try env.connector())
+                        let from = MonotonicClock.nanoseconds()
                         m.run()
                         let s = m.status
+                        // The longest stall the target itself saw during this migration (the freeze).
+                        lived[method, default: []].append(Self.longestGapMs(gapLog, from: from, to: MonotonicClock.nanoseconds()))
+                        frozen[method, default: []].append(s.frozenMs ?? .nan)
                         try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
                         guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
                         scans[method, default: []].append(s.finalScanMs ?? .nan)
@@ -45,8 +52,22 @@ extension BenchCommand {
                 let newDown = median(downtimes[.changed]!), oldDown = median(downtimes[.fullWalk]!)
                 print(String(format: "  %-5@ final scan: changed %7.2f ms, full-walk %7.2f ms (ratio %.3f); downtime: changed %7.1f ms, full-walk %7.1f ms (ratio %.3f)",
                              size, newScan, oldScan, newScan / oldScan, newDown, oldDown, newDown / oldDown))
+                print(String(format: "        frozen (freeze → release, proof included): changed %7.1f ms, full-walk %7.1f ms; as the target saw it (longest stall): changed %7.1f ms, full-walk %7.1f ms",
+                             median(frozen[.changed]!), median(frozen[.fullWalk]!), median(lived[.changed]!), median(lived[.fullWalk]!)))
                 print("        all final scans ms: changed \(scans[.changed]!.map { String(format: "%.2f", $0) }), full-walk \(scans[.fullWalk]!.map { String(format: "%.2f", $0) })")
             }
+        }
+
+        /// The longest gap of a `--gap-log` file that ended within [from, to], ms.
+        static func longestGapMs(_ path: String, from: UInt64, to: UInt64) -> Double {
+            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
+            var longest: UInt64 = 0
+            for line in text.split(separator: "\n") {
+                let f = line.split(separator: " ")
+                guard f.count == 2, let end = UInt64(f[0]), let gap = UInt64(f[1]), end >= from, end <= to else { continue }
+                longest = max(longest, gap)
+            }
+            return Double(longest) / 1e6
         }
     }
 }
