@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MemhaulSender
 import MemhaulSystem
+import Synchronization
 
 extension BenchCommand {
     /// `memhaul bench final-scan --sizes 256M,2G,4G`: the frozen final scan and
@@ -34,12 +35,15 @@ extension BenchCommand {
                         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: id)
                         r.after = .resume
                         r.finalScan = method
-                        let m = SenderMigration(request: r, connect: try env.connector())
-                        let from = MonotonicClock.nanoseconds()
+                        // "cutover:" is logged after the final scan, with the target frozen:
+                        // the target's stall around that instant is the frozen window it lived.
+                        let frozenInstant = Mutex<UInt64>(0)
+                        let m = SenderMigration(request: r, connect: try env.connector(), log: { line in
+                            if line.hasPrefix("cutover:") { frozenInstant.withLock { $0 = MonotonicClock.nanoseconds() } }
+                        })
                         m.run()
                         let s = m.status
-                        // The longest stall the target itself saw during this migration (the freeze).
-                        lived[method, default: []].append(Self.longestGapMs(gapLog, from: from, to: MonotonicClock.nanoseconds()))
+                        lived[method, default: []].append(Self.stallMs(gapLog, covering: frozenInstant.withLock { $0 }))
                         frozen[method, default: []].append(s.frozenMs ?? .nan)
                         try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
                         guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
@@ -58,16 +62,15 @@ extension BenchCommand {
             }
         }
 
-        /// The longest gap of a `--gap-log` file that ended within [from, to], ms.
-        static func longestGapMs(_ path: String, from: UInt64, to: UInt64) -> Double {
-            guard let text = try? String(contentsOfFile: path, encoding: .utf8) else { return 0 }
-            var longest: UInt64 = 0
+        /// The `--gap-log` stall that contains `instant`, ms (nan if none was logged).
+        static func stallMs(_ path: String, covering instant: UInt64) -> Double {
+            guard instant > 0, let text = try? String(contentsOfFile: path, encoding: .utf8) else { return .nan }
             for line in text.split(separator: "\n") {
                 let f = line.split(separator: " ")
-                guard f.count == 2, let end = UInt64(f[0]), let gap = UInt64(f[1]), end >= from, end <= to else { continue }
-                longest = max(longest, gap)
+                guard f.count == 2, let end = UInt64(f[0]), let gap = UInt64(f[1]) else { continue }
+                if end >= instant && end - gap <= instant { return Double(gap) / 1e6 }
             }
-            return Double(longest) / 1e6
+            return .nan
         }
     }
 }
