@@ -66,3 +66,52 @@ import MemhaulTestSupport
         #expect(report.ok, "\(report.mismatches)")
     }
 }
+
+/// Swap just before the freeze: written pages pushed out are written swap
+/// entries, protected ones protected swap entries; the final round must send
+/// the first and keep the second. Exclusive (scripts/test): it adds a swap file.
+@Suite(.serialized) struct FinalScanSwapTests {
+    @Test(arguments: [FinalScanMethod.changed, .fullWalk])
+    func pagesWrittenAndSwappedOutJustBeforeTheFreezeReachTheImage(method: FinalScanMethod) throws {
+        let swap = try TestSwap(megabytes: 64)
+        defer { swap.remove() }
+        let t = FinalScanTests()
+        let receiver = try TestReceiver(pki: nil)
+        let w = try startWorkload(["--size", "4M", "--threads", "1", "--rate", "100"], control: true)
+        let map = try t.command(w, "map 8M")
+        let start = UInt64((map["start"] as! String).dropFirst(2), radix: 16)!
+        try t.command(w, "write \(t.hex(start)) 2048")
+        let id = "final-swap-\(method.rawValue)"
+        var r = MigrationRequest(pid: w.pid, host: "127.0.0.1", port: receiver.port, id: id)
+        r.finalScan = method
+        r.parameters.downtimeLimitMs = 1e6
+        let migration = SenderMigration(request: r, connect: try connector(nil))
+        let box = HandOff(w)
+        let hookErrors = LogSink()
+        var swappedKB = 0
+        migration.testBeforeFreeze = {
+            let w = box.value
+            do {
+                try t.command(w, "pause")
+                try t.command(w, "write \(t.hex(start + 4096 * 10)) 64 7")      // written, then swapped out
+                let out = try t.command(w, "pageout \(t.hex(start)) 8M")
+                swappedKB = out["vm_swap_kb"] as? Int ?? -1
+                try t.command(w, "discard \(t.hex(start + (4 << 20))) 64K")     // swapped, then discarded
+            } catch {
+                hookErrors.append("\(error)")
+            }
+        }
+        migration.run()
+        #expect(hookErrors.lines.isEmpty, "\(hookErrors.lines)")
+        #expect(swappedKB >= 4096, "only \(swappedKB) kB swapped out")
+        let s = migration.status
+        guard s.state == .completed else {
+            Issue.record("migration \(s.state): \(s.error ?? "")")
+            return
+        }
+        let store = try openImageWhenReleased(receiver.images + "/" + id)
+        defer { store.close() }
+        let report = try ImageVerifier.verify(store, pid: w.pid)
+        #expect(report.ok, "\(report.mismatches)")
+    }
+}
