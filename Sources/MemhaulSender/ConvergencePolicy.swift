@@ -125,6 +125,18 @@ public struct ConvergencePolicy: Sendable {
     public private(set) var expectedDowntimeMs: Double = .infinity
     /// The commit latency the final round is predicted with.
     public private(set) var commitLatency = CommitLatencyEstimator()
+    /// How far an aborted (`--strict`) final round went past its prediction, at
+    /// most: added to every later prediction, so the next cutover waits for a
+    /// smaller dirty set instead of repeating the same overrun.
+    public private(set) var overrunMs: Double = 0
+
+    /// A strict cutover was aborted: the final round was predicted at
+    /// `predictedMs` when the cutover was decided, and at the abort its frozen
+    /// time plus the predicted rest was `abortMs`.
+    public mutating func recordAbortedCutover(predictedMs: Double, abortMs: Double) {
+        guard predictedMs.isFinite, abortMs.isFinite else { return }
+        overrunMs = max(overrunMs, abortMs - predictedMs)
+    }
     private var stalled = 0
     private var lastPending: Double?
 
@@ -141,7 +153,7 @@ public struct ConvergencePolicy: Sendable {
         if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
         let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
         commitLatency.record(seconds: m.commitSeconds)
-        expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitLatency.estimateSeconds * 1000
+        expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitLatency.estimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))

@@ -288,6 +288,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let strict = strictCutover(hold, scan: scan, policy: policy)
             if let strict, let abort = strict.check(.beforeSend, now: roundStart) {
                 // Nothing of the final delta is out: thaw, and the next round sends it while the target runs.
+                policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: abort.predictedMs)
                 try abortCutover(abort, hold: hold)
                 tracker.requeue(scan)
                 scan = try scanNextRound(process, tracker, &layout)
@@ -320,6 +321,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             if hold.isFrozen { break }
             if sent.aborted {
                 // What the receiver committed of it is a pre-copy round now; all of it is examined again.
+                if let abort = status.cutoverAborts.last {
+                    policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: abort.predictedMs)
+                }
                 tracker.requeue(scan)
                 try checkStrictAttempts()
             }

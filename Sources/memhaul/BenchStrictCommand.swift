@@ -10,7 +10,7 @@ extension BenchCommand {
     struct Strict: ParsableCommand {
         static let configuration = CommandConfiguration(
             abstract: "Frozen windows over the downtime limit on a mixed workload set, with and without --strict.")
-        @Option(help: "Migrations per mode, cycling through the workload set.") var migrations: Int = 20
+        @Option(help: "Migrations per mode, cycling through the workload set.") var migrations: Int = 10
         @Option(name: .customLong("downtime-limit"), help: "Downtime limit, ms.") var downtimeLimit: Double = ConvergenceParameters().downtimeLimitMs
 
         struct Outcome {
@@ -19,21 +19,24 @@ extension BenchCommand {
             var status: MigrationStatus
         }
 
+        /// Unbuffered: a long run shows its lines as they come.
+        func progress(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+
         func run() throws {
             let env = try BenchSupport.Environment()
             let receiver = try env.startReceiver()
             defer { receiver.stop() }
             // (name, workload arguments): idle, steady writers, a hot set, and a write-everything one.
             let set: [(String, [String])] = [
-                ("idle 256M", ["--size", "256M", "--threads", "0"]),
-                ("uniform 512M @32MB/s", ["--size", "512M", "--threads", "2", "--rate", "8192", "--pattern", "uniform"]),
-                ("hot:0.1 512M @80MB/s", ["--size", "512M", "--threads", "2", "--rate", "20480", "--pattern", "hot:0.1"]),
-                ("uniform 256M @160MB/s", ["--size", "256M", "--threads", "2", "--rate", "40960", "--pattern", "uniform"]),
+                ("idle 128M", ["--size", "128M", "--threads", "0"]),
+                ("uniform 256M @16MB/s", ["--size", "256M", "--threads", "2", "--rate", "4096", "--pattern", "uniform"]),
+                ("hot:0.1 256M @40MB/s", ["--size", "256M", "--threads", "2", "--rate", "10240", "--pattern", "hot:0.1"]),
+                ("uniform 128M @80MB/s", ["--size", "128M", "--threads", "2", "--rate", "20480", "--pattern", "uniform"]),
             ]
             let workloads = try set.map { try env.startWorkload($0.1) }
             defer { for w in workloads { w.stop() } }
             var outcomes: [Outcome] = []
-            print("strict bench: \(migrations) migrations per mode, limit \(downtimeLimit) ms, loopback TLS")
+            progress("strict bench: \(migrations) migrations per mode, limit \(downtimeLimit) ms, loopback TLS")
             for i in 0..<migrations {
                 let k = i % set.count
                 for strict in i % 2 == 0 ? [false, true] : [true, false] {
@@ -47,7 +50,7 @@ extension BenchCommand {
                     try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
                     let s = m.status
                     outcomes.append(Outcome(workload: set[k].0, strict: strict, status: s))
-                    print(String(format: "  %2d %-22@ %-10@ %-9@ downtime %7.1f ms  frozen %7.1f ms  predicted %6.0f ms  aborts %d%@",
+                    progress(String(format: "  %2d %-22@ %-10@ %-9@ downtime %7.1f ms  frozen %7.1f ms  predicted %6.0f ms  aborts %d%@",
                                  i, set[k].0, strict ? "strict" : "non-strict", s.state.rawValue, s.downtimeMs ?? .nan, s.frozenMs ?? .nan,
                                  s.expectedDowntimeMs ?? .nan, s.abortedCutovers, s.error.map { "  error: \($0)" } ?? ""))
                 }
@@ -58,15 +61,15 @@ extension BenchCommand {
                 let overDowntime = done.filter { ($0.status.downtimeMs ?? 0) > downtimeLimit }
                 let overFrozen = mine.filter { ($0.status.frozenMs ?? 0) > downtimeLimit }
                 let aborts = mine.reduce(0) { $0 + $1.status.abortedCutovers }
-                print("\(strict ? "with --strict" : "without --strict"): \(done.count)/\(mine.count) completed, "
+                progress("\(strict ? "with --strict" : "without --strict"): \(done.count)/\(mine.count) completed, "
                       + "\(overDowntime.count) over the limit to the final commit (downtime_ms), "
                       + "\(overFrozen.count) over it freeze → release (frozen_ms, the proof included), \(aborts) cutovers aborted")
                 for o in overFrozen {
                     let warning = o.status.warnings.first { $0.hasPrefix("downtime") } ?? "(no warning)"
-                    print("    \(o.workload): \(warning)")
+                    progress("    \(o.workload): \(warning)")
                 }
                 for o in mine where o.status.state != .completed {
-                    print("    \(o.workload): \(o.status.state.rawValue): \(o.status.error ?? "")")
+                    progress("    \(o.workload): \(o.status.state.rawValue): \(o.status.error ?? "")")
                 }
             }
         }

@@ -72,3 +72,23 @@ import Testing
         #expect(throws: (any Error).self) { try r.validate() }
     }
 }
+
+@Suite struct AbortedCutoverPredictionTests {
+    /// An aborted strict cutover predicted 250 ms and was on its way to 450:
+    /// the next prediction carries the 200 ms it missed, so the same state
+    /// does not cut over again.
+    @Test func anAbortRaisesLaterPredictionsByItsOverrun() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 100
+        p.autoConverge = false
+        var policy = ConvergencePolicy(parameters: p)
+        let m = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: 250e6, dirtyWindowSeconds: 1)
+        if case .cutover = policy.decide(after: m, elapsed: 1) {} else { Issue.record("250 ms fits 300 ms") }
+        policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: 450)
+        #expect(policy.decide(after: RoundMeasurement(round: 1, pageBytesSent: 1e9, seconds: 1, pendingBytes: 250e6, dirtyWindowSeconds: 1), elapsed: 2) == .nextRound)
+        #expect(abs(policy.expectedDowntimeMs - 450) < 0.01)
+        if case .cutover = policy.decide(after: RoundMeasurement(round: 2, pageBytesSent: 1e9, seconds: 1, pendingBytes: 50e6, dirtyWindowSeconds: 1), elapsed: 3) {} else {
+            Issue.record("50 ms + 200 ms fits 300 ms")
+        }
+    }
+}
