@@ -152,7 +152,9 @@ public struct ConvergencePolicy: Sendable {
         }
         if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
         let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
-        commitLatency.record(seconds: m.commitSeconds)
+        // Round 0's acknowledgement waits for the receiver's backlog of the whole
+        // copy, not for one commit; the final round follows a drain (no backlog).
+        if m.round > 0 { commitLatency.record(seconds: m.commitSeconds) }
         expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitLatency.estimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
