@@ -126,8 +126,10 @@ public struct ConvergencePolicy: Sendable {
     /// The commit latency the final round is predicted with.
     public private(set) var commitLatency = CommitLatencyEstimator()
     /// How far an aborted (`--strict`) final round went past its prediction, at
-    /// most: added to every later prediction, so the next cutover waits for a
-    /// smaller dirty set instead of repeating the same overrun.
+    /// most, and at most the limit (an abort's own prediction can be wild: a
+    /// rate measured over a few milliseconds): added to every later
+    /// prediction, so the next cutover waits for a smaller dirty set instead
+    /// of repeating the same overrun.
     public private(set) var overrunMs: Double = 0
 
     /// A strict cutover was aborted: the final round was predicted at
@@ -135,7 +137,7 @@ public struct ConvergencePolicy: Sendable {
     /// time plus the predicted rest was `abortMs`.
     public mutating func recordAbortedCutover(predictedMs: Double, abortMs: Double) {
         guard predictedMs.isFinite, abortMs.isFinite else { return }
-        overrunMs = max(overrunMs, abortMs - predictedMs)
+        overrunMs = min(parameters.downtimeLimitMs, max(overrunMs, abortMs - predictedMs))
     }
     private var stalled = 0
     private var lastPending: Double?

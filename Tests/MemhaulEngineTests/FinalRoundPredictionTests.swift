@@ -90,5 +90,8 @@ import Testing
         if case .cutover = policy.decide(after: RoundMeasurement(round: 2, pageBytesSent: 1e9, seconds: 1, pendingBytes: 50e6, dirtyWindowSeconds: 1), elapsed: 3) {} else {
             Issue.record("50 ms + 200 ms fits 300 ms")
         }
+        // A wild abort prediction adds at most the limit.
+        policy.recordAbortedCutover(predictedMs: 50, abortMs: 373_029)
+        #expect(policy.overrunMs == 300)
     }
 }
