@@ -26,6 +26,16 @@ public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
     public var trackerRoundNsPerPage: Double
     /// The same with `checkDiscards: false` (no populated scan).
     public var trackerFastRoundNsPerPage: Double
+    /// Nothing written: a full discard-checking round (the final round's
+    /// method before), and `frozenRound` (the final round's now), whole ms.
+    public var idleFullWalkRoundNs: UInt64 = 0
+    public var idleFrozenRoundNs: UInt64 = 0
+
+    var idleLine: String {
+        let full = Double(idleFullWalkRoundNs) / 1e6, frozen = Double(idleFrozenRoundNs) / 1e6
+        func f(_ v: Double) -> String { String(Int((v * 100).rounded()) / 100) + "." + String(100 + Int((v * 100).rounded()) % 100).dropFirst() }
+        return "idle final round: full walk \(f(full)) ms, changed pages (frozenRound) \(f(frozen)) ms, ratio changed/full \(f(frozen / max(1e-9, full)))"
+    }
 
     public var description: String {
         func f(_ v: Double) -> String { String(Int((v * 10).rounded())) .withDecimal }
@@ -38,6 +48,7 @@ public struct ScanBenchmarkResult: Sendable, CustomStringConvertible {
             pagemap read baseline: \(f(pagemapReadNsPerPage)) ns/page
             tracker round (scan+protect, populated, diff): \(f(trackerRoundNsPerPage)) ns/page
             tracker round without discard check: \(f(trackerFastRoundNsPerPage)) ns/page
+            \(idleLine)
             scan+protect / pagemap read: \(f(scanProtectNsPerPage / pagemapReadNsPerPage * 100) ) %
             """
     }
@@ -167,7 +178,22 @@ public enum ScanBenchmark {
             }
         }
 
-        return ScanBenchmarkResult(
+        // Idle final rounds, alternated: the full walk against the changed-pages scan.
+        var idleFull = UInt64.max
+        var idleFrozen = UInt64.max
+        for _ in 0..<max(1, repetitions) {
+            t = MonotonicClock.nanoseconds()
+            let full = try tracker.nextRound(ranges: region)
+            idleFull = min(idleFull, MonotonicClock.nanoseconds() - t)
+            t = MonotonicClock.nanoseconds()
+            let frozen = try tracker.frozenRound(ranges: region)
+            idleFrozen = min(idleFrozen, MonotonicClock.nanoseconds() - t)
+            guard full.dirty.isEmpty, full.discarded.isEmpty, frozen.dirty.isEmpty, frozen.discarded.isEmpty else {
+                throw ScanBenchmarkError.setup("an idle round found changes")
+            }
+        }
+
+        var result = ScanBenchmarkResult(
             sizeBytes: UInt64(size), pages: pages, dirtyPages: dirtied, protectAllNs: protectNs,
             writeFaultNsPerPage: Double(faultNs) / Double(dirtied),
             scanProtectNsPerPage: Double(scanNs) / Double(pages), scanRegions: scanStats.regions,
@@ -175,5 +201,8 @@ public enum ScanBenchmark {
             pagemapReadNsPerPage: Double(readNs) / Double(pages),
             trackerRoundNsPerPage: Double(roundNs) / Double(pages),
             trackerFastRoundNsPerPage: Double(fastNs) / Double(pages))
+        result.idleFullWalkRoundNs = idleFull
+        result.idleFrozenRoundNs = idleFrozen
+        return result
     }
 }

@@ -152,6 +152,64 @@ public final class DirtyTracker {
         return RoundScan(round: round, dirty: dirty, discarded: discarded, stats: stats)
     }
 
+    /// The final round, target frozen: the same result as ``nextRound(ranges:removed:checkDiscards:fileContent:)``
+    /// with the discard check, at a cost that follows what changed rather than
+    /// the process's size.
+    ///
+    /// U = collectUnprotected(old): written pages and every unpopulated page,
+    /// one bit test per entry. A page of `known` can stop being content only by
+    /// becoming unpopulated (discards, THP zaps, reclaimed MADV_FREE pages:
+    /// all in U; munmap is in `removed`) or, in a mapping with a file behind
+    /// it, by becoming a clean page-cache page again (a discarded COW copy
+    /// read back in through its uffd-wp marker, which leaves the page
+    /// protected). So only E = U ∪ pending ∪ `fileBacked` ∪ `fileContent`
+    /// (within old) needs the exact populated walk; pages of `known` outside E
+    /// are still content and unchanged. P = (known ∩ old \ E) ∪ populated(E) ∪
+    /// populated(fresh); dirty, discarded and `known` follow as in nextRound.
+    ///
+    /// Nothing is re-protected: if the target runs again (an aborted
+    /// cutover), the next round reports these written pages again, so a
+    /// resend can repeat a page but never miss one.
+    public func frozenRound(
+        ranges: [AddressRange], removed: [AddressRange] = [], fileContent: [AddressRange] = [],
+        fileBacked: [AddressRange] = []
+    ) throws -> RoundScan {
+        if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
+        var stats = ScanStats()
+        let cur = ranges.coalesced()
+        let fileContent = fileContent.coalesced()
+        let alive = tracked.subtracting(removed.coalesced())
+        let fresh = cur.subtracting(alive)
+        let old = cur.intersecting(alive)
+        if !fresh.isEmpty {
+            try scanner.protectAll(fresh)
+            stats += scanner.lastStats
+        }
+        let unprotected = try scanner.collectUnprotected(old)
+        stats += scanner.lastStats
+        let examine = unprotected.union(pending).union(fileBacked.coalesced()).union(fileContent).intersecting(old)
+        let care = known.union(unprotected).union(pending)
+        let pExamined = try scanner.populated(examine, resolveWithin: care, fileContent: fileContent)
+        stats += scanner.lastStats
+        var pFresh: [AddressRange] = []
+        if !fresh.isEmpty {
+            pFresh = try scanner.populated(fresh, fileContent: fileContent)
+            stats += scanner.lastStats
+        }
+        let p = known.intersecting(old).subtracting(examine).union(pExamined).union(pFresh)
+        let newlyRead = fileContent.isEmpty ? [] : pExamined.intersecting(fileContent).subtracting(known)
+        let dirty = unprotected.intersecting(pExamined).union(pFresh).union(pending.intersecting(p)).union(newlyRead)
+        let discarded = known.union(pending).subtracting(p)
+        stats.pagesScanned = cur.pageCount
+        stats.dirtyPages = dirty.pageCount
+        stats.discardedPages = discarded.pageCount
+        round += 1
+        tracked = cur
+        known = p
+        pending = []
+        return RoundScan(round: round, dirty: dirty, discarded: discarded, stats: stats)
+    }
+
     /// Hands back a scan whose delivery failed: its dirty and discarded pages
     /// are re-examined and reported again (as dirty if populated, else
     /// discarded) by the next round.

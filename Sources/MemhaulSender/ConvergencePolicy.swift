@@ -2,8 +2,9 @@
 ///
 /// After every round the sender measures how fast pages move (throughput) and
 /// how fast the target dirties them, and predicts the final round's length as
-/// `pending dirty bytes / throughput + fixed round costs` (scan, and the
-/// receiver's commit until its acknowledgement). It cuts over as soon as that prediction
+/// `pending dirty bytes / throughput + scan + commit latency`, the last a
+/// conservative bound from every commit so far (``CommitLatencyEstimator``:
+/// receiver commits swing from 30 ms to seconds). It cuts over as soon as that prediction
 /// fits `downtimeLimit`. If the dirty set stops shrinking for `stallRounds`
 /// rounds it throttles the target (auto-converge, ``ThrottleStepper``: 20 %,
 /// then +10 % per stall up to 99 % as QEMU does, or sooner and in larger
@@ -41,6 +42,11 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// A round "shrinks" if its pending bytes are below this fraction of the
     /// previous round's.
     public var shrinkFactor: Double = 0.9
+    /// `--strict`: a final round that would overrun `downtimeLimitMs` is
+    /// aborted (the target thawed, pre-copy goes on) instead of finished.
+    public var strict: Bool = false
+    /// Aborted cutovers before a strict migration fails (the source running).
+    public var strictAttempts: Int = 3
 
     public init() {}
 }
@@ -57,17 +63,21 @@ public struct RoundMeasurement: Sendable, Equatable {
     public var pendingBytes: Double
     /// Seconds between this round's scan and the next scan.
     public var dirtyWindowSeconds: Double
-    /// Seconds a round costs whatever its size: the scan, and the receiver's
-    /// commit until its acknowledgement. The final round pays them too.
+    /// Seconds a round costs whatever its size: the scan. The final round pays it too.
     public var fixedSeconds: Double
+    /// The receiver's commit of this round: last ROUND_END sent → its
+    /// ROUND_ACK. Predicted from all rounds so far (``CommitLatencyEstimator``).
+    public var commitSeconds: Double
 
-    public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double, fixedSeconds: Double = 0) {
+    public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double,
+                fixedSeconds: Double = 0, commitSeconds: Double = 0) {
         self.round = round
         self.pageBytesSent = pageBytesSent
         self.seconds = seconds
         self.pendingBytes = pendingBytes
         self.dirtyWindowSeconds = dirtyWindowSeconds
         self.fixedSeconds = fixedSeconds
+        self.commitSeconds = commitSeconds
     }
 }
 
@@ -113,6 +123,22 @@ public struct ConvergencePolicy: Sendable {
     public private(set) var throughput: Double = 0  // page bytes/s, smoothed
     public private(set) var dirtyRate: Double = 0  // bytes/s
     public private(set) var expectedDowntimeMs: Double = .infinity
+    /// The commit latency the final round is predicted with.
+    public private(set) var commitLatency = CommitLatencyEstimator()
+    /// How far an aborted (`--strict`) final round went past its prediction, at
+    /// most, and at most the limit (an abort's own prediction can be wild: a
+    /// rate measured over a few milliseconds): added to every later
+    /// prediction, so the next cutover waits for a smaller dirty set instead
+    /// of repeating the same overrun.
+    public private(set) var overrunMs: Double = 0
+
+    /// A strict cutover was aborted: the final round was predicted at
+    /// `predictedMs` when the cutover was decided, and at the abort its frozen
+    /// time plus the predicted rest was `abortMs`.
+    public mutating func recordAbortedCutover(predictedMs: Double, abortMs: Double) {
+        guard predictedMs.isFinite, abortMs.isFinite else { return }
+        overrunMs = min(parameters.downtimeLimitMs, max(overrunMs, abortMs - predictedMs))
+    }
     private var stalled = 0
     private var lastPending: Double?
 
@@ -128,7 +154,10 @@ public struct ConvergencePolicy: Sendable {
         }
         if m.dirtyWindowSeconds > 0 { dirtyRate = m.pendingBytes / m.dirtyWindowSeconds }
         let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
-        expectedDowntimeMs = transfer + m.fixedSeconds * 1000
+        // Round 0's acknowledgement waits for the receiver's backlog of the whole
+        // copy, not for one commit; the final round follows a drain (no backlog).
+        if m.round > 0 { commitLatency.record(seconds: m.commitSeconds) }
+        expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitLatency.estimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))

@@ -217,6 +217,7 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         case .connectionClosed?: return "connection_closed"
         case .resumeTimedOut?: return "resume_timed_out"
         case .peerTimeout?: return "peer_timeout"
+        case .downtimeLimitUnmet?: return "downtime_limit_unmet"
         case nil: return "failed"
         }
     }

@@ -68,6 +68,8 @@ public struct MigrationRequest: Sendable {
     /// Where to write the migration report (`Protocol/report.md`) at the end,
     /// an absolute path on the sender's host; nil = none.
     public var reportPath: String?
+    /// How the frozen final round scans (a bench knob: both are exact).
+    public var finalScan: FinalScanMethod = .changed
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid
@@ -97,6 +99,8 @@ public struct MigrationRequest: Sendable {
         let p = parameters
         guard p.downtimeLimitMs > 0, p.downtimeLimitMs.isFinite else { throw fail("downtime limit must be > 0 ms") }
         guard p.maxRounds >= 0 else { throw fail("max rounds must be >= 0") }
+        guard !p.strict || p.maxRounds > 0 else { throw fail("strict needs pre-copy (max rounds > 0): stop-and-copy has no round to abort to") }
+        guard (1...100).contains(p.strictAttempts) else { throw fail("strict attempts must be 1…100") }
         guard p.maxTimeSeconds > 0 else { throw fail("max time must be > 0 s") }
         if let b = p.maxBandwidth { guard b > 0, b.isFinite else { throw fail("max bandwidth must be > 0 bytes/s") } }
         guard p.resumeTimeoutSeconds >= 0, p.resumeTimeoutSeconds.isFinite else { throw fail("resume timeout must be >= 0 s") }

@@ -44,6 +44,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// included. Set whenever the target was frozen, also on failure.
     public var frozenMs: Double?
     public var freezeMs: Double?
+    /// The final round's scan (layout refresh and PAGEMAP_SCAN walks), target frozen.
+    public var finalScanMs: Double?
     public var verifyMs: Double?
     public var totalTimeMs: Double?
     public var rounds: Int?
@@ -54,6 +56,11 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// Wire bytes sent after the receiver's last commit on connections that
     /// broke: the receiver dropped them and they travelled again (what the breaks cost).
     public var resentBytesAfterResume: UInt64 = 0
+    /// `--strict`: cutovers aborted because the final round would overrun the limit.
+    public var abortedCutovers: Int = 0
+    public var cutoverAborts: [CutoverAbort] = []
+    /// The receiver commit latency the final round is predicted with.
+    public var commitEstimateMs: Double?
     public var warnings: [String] = []
     public var error: String?
     /// The CRIU hand-over (`--restore criu`), after the proof; all nil without it.
@@ -99,12 +106,16 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case downtimeMs = "downtime_ms"
         case frozenMs = "frozen_ms"
         case freezeMs = "freeze_ms"
+        case finalScanMs = "final_scan_ms"
         case verifyMs = "verify_ms"
         case totalTimeMs = "total_time_ms"
         case rounds, digest
         case cutoverReason = "cutover_reason"
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
+        case abortedCutovers = "aborted_cutovers"
+        case cutoverAborts = "cutover_aborts"
+        case commitEstimateMs = "commit_estimate_ms"
         case warnings, error
         case criuDumpMs = "criu_dump_ms"
         case transferMs = "transfer_ms"

@@ -54,7 +54,12 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var batches: UInt64 = 0
         var pageBytes: UInt64 = 0
         var payloadBytes: UInt64 = 0
+        /// `stop` ended the round before all its pages were sent.
+        var stopped = false
     }
+
+    /// The pipeline's stages end on this when `stop` asks.
+    struct RoundStopped: Error {}
 
     let configuration: Configuration
     private let pid: Int32
@@ -77,7 +82,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     /// `pace` is called after each frame with the bytes sent (bandwidth cap).
     func send(
         round: UInt64, dirty: [AddressRange], discarded: [AddressRange], channel: FrameChannel,
-        pace: (Int) -> Void, cancelled: () -> Bool
+        pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
     ) throws -> Totals {
         var totals = Totals()
         let limits = WireLimits.default
@@ -139,12 +144,22 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
 
         // Sender: this thread owns the channel.
         var failure: Error?
+        var stopped = false
         var idleSince = MonotonicClock.seconds()
         while let job = done.pop() {
             defer {
                 let sent = MonotonicClock.seconds()
                 governor.record(pageBytes: job.pageCount * Int(PageSize.bytes), seconds: sent - idleSince)
                 idleSince = sent
+            }
+            // Stopped (an aborted cutover): end the round with what is out; the
+            // caller re-sends the rest. Counted like a failure, without an error.
+            if stop() {
+                stopped = true
+                done.fail(RoundStopped())
+                work.fail(RoundStopped())
+                free.push(job)
+                break
             }
             do {
                 if cancelled() { throw MigrationError.cancelled }
@@ -164,6 +179,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         group.wait()
         for job in done.drainAll() + work.drainAll() { free.push(job) }
         if let failure { throw failure }
+        if stopped { totals.stopped = true; return totals }
         if let error = done.error ?? work.error { throw error }
         return totals
     }

@@ -43,6 +43,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let progress: @Sendable (MigrationStatus) -> Void
     /// The report (`request.reportPath`); the migration's thread only.
     private let recorder: MigrationRecorder
+    #if DEBUG
+    /// Tests: runs on the migration's thread right before the cutover freezes the target.
+    var testBeforeFreeze: (() -> Void)?
+    /// Tests: runs on the migration's thread right after a strict cutover was aborted (the target thawed).
+    var testAfterCutoverAbort: (() -> Void)?
+    /// Tests: adjusts the guard of a strict final round (to steer where it aborts).
+    var testStrictCutover: ((inout StrictCutover) -> Void)?
+    #endif
 
     /// `progress` sees the status after every change (per commit chunk during
     /// a round, and at each stage change), on the migration's thread: it must
@@ -315,6 +323,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         while true {
             if isCancelled { throw MigrationError.cancelled }
             let roundStart = MonotonicClock.seconds()
+            let strict = strictCutover(hold, scan: scan, policy: policy)
+            if let strict, let abort = strict.check(.beforeSend, now: roundStart) {
+                // Nothing of the final delta is out: thaw, and the next round sends it while the target runs.
+                policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: abort.predictedMs)
+                try abortCutover(abort, hold: hold)
+                tracker.requeue(scan)
+                scan = try scanNextRound(process, tracker, &layout)
+                continue
+            }
             let roundBytes = scan.dirty.reduce(0) { $0 + $1.byteCount }
             updateStatus {
                 $0.round = round
@@ -326,13 +343,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let sent: SentRound
             let firstChunk = UInt64(round + 1) &+ box.offset
             do {
-                sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
+                sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender,
+                                     frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
                 let committed = try resume(box, after: broken.error, lastAcked: box.lastAcked, nextRound: round)
                 for chunk in broken.chunks where chunk.wireRound > committed { tracker.requeue(chunk.scan) }
-                scan = try scanNextRound(process, tracker, &layout)
+                scan = try scanNextRound(process, tracker, &layout, frozen: hold.isFrozen)
                 continue
             } catch let broken as BrokenRound {
                 throw broken.error
@@ -349,6 +367,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                            throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if hold.isFrozen { break }
+            if sent.aborted {
+                // What the receiver committed of it is a pre-copy round now; all of it is examined again.
+                if let abort = status.cutoverAborts.last {
+                    policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: abort.predictedMs)
+                }
+                tracker.requeue(scan)
+                try checkStrictAttempts()
+            }
 
             // Scan for the next round: the pending set the policy judges.
             let scanStart = MonotonicClock.seconds()
@@ -358,7 +384,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let m = RoundMeasurement(
                 round: round, pageBytesSent: Double(sent.pageBytes), seconds: sent.streamSeconds,
                 pendingBytes: pending, dirtyWindowSeconds: now - lastScanAt,
-                fixedSeconds: (now - scanStart) + sent.ackSeconds)
+                fixedSeconds: (now - scanStart) + (status.freezeMs ?? 0) / 1000, commitSeconds: sent.ackSeconds)
             lastScanAt = now
             policy.parameters = parameters
             var decision = policy.decide(after: m, elapsed: now - start)
@@ -367,6 +393,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.remainingBytes = UInt64(pending)
                 $0.dirtyRateBps = policy.dirtyRate
                 $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
+                $0.commitEstimateMs = policy.commitLatency.estimateSeconds * 1000
                 $0.throttlePercent = hold.throttlePercent
             }
             recorder.decided(decision, pendingBytes: UInt64(pending), dirtyRate: policy.dirtyRate,
@@ -396,14 +423,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 } catch where isResumable(error, box) {
                     try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round)
                 }
+                #if DEBUG
+                testBeforeFreeze?()
+                #endif
                 freezeStart = MonotonicClock.seconds()
                 let ns = try hold.freeze()
                 recorder.froze(start: freezeStart)
-                scan = try scanNextRound(process, tracker, &layout)
+                let finalScanStart = MonotonicClock.seconds()
+                scan = try scanNextRound(process, tracker, &layout, frozen: true)
+                let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
                 updateStatus {
                     $0.state = .cutover
                     $0.stage = .frozen
                     $0.freezeMs = Double(ns) / 1e6
+                    $0.finalScanMs = finalScanMs
                     $0.cutoverReason = reason.description
                     $0.throttlePercent = 0
                     if reason.isForced { $0.warnings.append("forced cutover: \(reason)") }
@@ -581,15 +614,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// then fails with EPERM on the unregistered range. The tracker has put
     /// everything that scan may have re-protected back into pending, so the
     /// round is simply retried on a fresh layout.
-    private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
+    private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor], frozen: Bool = false) throws -> RoundScan {
         var removed: [AddressRange] = []
         for attempt in 1... {
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
             removed += delta.removed
             do {
-                return try tracker.nextRound(
-                    ranges: Self.ranges(layout), removed: removed, fileContent: process.fileContentRanges)
+                return try request.finalScan.scan(
+                    tracker, frozen: frozen, ranges: Self.ranges(layout), removed: removed, process: process)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }
@@ -607,6 +640,44 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var streamSeconds: Double
         /// ROUND_END sent → ROUND_ACK received (the receiver's commit).
         var ackSeconds: Double
+        /// `--strict` aborted the cutover during this (final) round: the target runs again.
+        var aborted = false
+    }
+
+    /// The guard of a strict final round, nil when the round is not one.
+    private func strictCutover(_ hold: TargetHold, scan: RoundScan, policy: ConvergencePolicy) -> StrictCutover? {
+        let p = parameters
+        guard p.strict, p.maxRounds > 0, let frozenAt = hold.frozenAt else { return nil }
+        var strict = StrictCutover(limitMs: p.downtimeLimitMs, frozenAt: frozenAt, deltaBytes: Double(scan.dirty.pageCount) * Double(PageSize.bytes),
+                                   throughput: policy.throughput, commitSeconds: policy.commitLatency.estimateSeconds)
+        #if DEBUG
+        testStrictCutover?(&strict)
+        #endif
+        return strict
+    }
+
+    /// Thaws the target (still tracked) and records the abort; pre-copy goes on.
+    /// With `check`, fails the migration once the attempts are used up.
+    private func abortCutover(_ abort: CutoverAbort, hold: TargetHold, check: Bool = true) throws {
+        try hold.thaw()
+        updateStatus {
+            $0.state = .active
+            $0.abortedCutovers += 1
+            $0.cutoverAborts.append(abort)
+            $0.warnings.append(abort.description)
+        }
+        log("migration \(request.id): \(abort.description)")
+        #if DEBUG
+        testAfterCutoverAbort?()
+        #endif
+        if check { try checkStrictAttempts() }
+    }
+
+    private func checkStrictAttempts() throws {
+        let s = status
+        guard s.abortedCutovers >= parameters.strictAttempts else { return }
+        let detail = s.cutoverAborts.map { "\(Int($0.predictedMs.rounded())) ms" }.joined(separator: ", ")
+        throw MigrationError.downtimeLimitUnmet(attempts: s.abortedCutovers, limitMs: parameters.downtimeLimitMs, detail: "predicted \(detail)")
     }
 
     /// One engine round: its pages in commit chunks (wire rounds `first`,
@@ -615,7 +686,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// order. Advances `box.offset` by the extra chunks. A broken connection
     /// is thrown as ``BrokenRound`` with the chunks, so the caller requeues
     /// only what the receiver did not commit.
-    private func sendRound(_ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender, frozen: Bool) throws -> SentRound {
+    private func sendRound(
+        _ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender, frozen: Bool,
+        strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in }
+    ) throws -> SentRound {
         let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
         let channel = box.channel
         let before = channel.bytesSent
@@ -623,10 +697,26 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let streamStart = MonotonicClock.seconds()
         var acked = 0
         var sent = 0  // chunks whose ROUND_END is out
+        var aborted = false
+        var abortError: Error?
+        func fire(_ a: CutoverAbort) {
+            aborted = true
+            do { try abort(a) } catch { abortError = error }
+        }
         func ackNext() throws {
             let round = chunks[acked].wireRound
+            if let strict, !aborted {
+                // The commit may take longer than the limit allows: thaw at the limit, then keep waiting.
+                let wait = strict.commitDeadline - MonotonicClock.seconds()
+                if try wait <= 0 || !(channel.stream.waitReadable(timeout: .milliseconds(Int64((wait * 1000).rounded(.up))))) {
+                    fire(CutoverAbort(phase: .commit, frozenMs: (MonotonicClock.seconds() - strict.frozenAt) * 1000,
+                                      predictedMs: max(strict.limitMs, (MonotonicClock.seconds() - strict.frozenAt) * 1000) + strict.commitSeconds * 1000,
+                                      limitMs: strict.limitMs, remainingBytes: 0))
+                    if let abortError { throw abortError }
+                }
+            }
             // From when the wait starts: chunks still streaming out do not use up the limit.
-            let deadline = frozen
+            let deadline = frozen && !aborted
                 ? PeerDeadline("ROUND_ACK for round \(round) (final delta, source frozen)", seconds: request.deadlines.frozenRoundAck)
                 : PeerDeadline("ROUND_ACK for round \(round)", seconds: request.deadlines.roundAck)
             _ = try awaitAck(round, channel, deadline)
@@ -638,6 +728,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             var paceStart = streamStart
             var paced = 0
             for chunk in chunks {
+                if aborted { break }  // the rest goes in the next round, the target running
                 let chunkStart = channel.bytesSent
                 try sendLayout(chunk.wireRound, layout, channel)
                 let totals = try sender.send(
@@ -650,7 +741,17 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                         if due > elapsed { self.sleep(seconds: min(1.0, due - elapsed)) }
                         if paced > 64 << 20 { paceStart = MonotonicClock.seconds(); paced = 0 }
                     },
-                    cancelled: { self.isCancelled })
+                    cancelled: { self.isCancelled },
+                    stop: {
+                        if aborted { return true }
+                        guard let strict else { return false }
+                        let now = MonotonicClock.seconds()
+                        guard let a = strict.check(.streaming, now: now, wireSent: Double(channel.bytesSent - before),
+                                                   streamSeconds: now - streamStart) else { return false }
+                        fire(a)
+                        return true
+                    })
+                if let abortError { throw abortError }
                 let stats = RoundStats(
                     pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
@@ -678,14 +779,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
             }
             let ackStart = MonotonicClock.seconds()
-            while acked < chunks.count { try ackNext() }
+            while acked < sent { try ackNext() }
             total.streamSeconds = ackStart - streamStart
             total.ackSeconds = MonotonicClock.seconds() - ackStart
         } catch {
             throw BrokenRound(error: error, chunks: chunks)
         }
         total.wireBytes = channel.bytesSent - before
-        box.offset &+= UInt64(chunks.count - 1)
+        total.aborted = aborted
+        box.offset &+= UInt64(max(sent, 1) - 1)  // wire rounds of chunks never sent are not used
         return total
     }
 

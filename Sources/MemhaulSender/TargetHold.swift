@@ -103,6 +103,18 @@ final class TargetHold {
         return try freezer.stopTarget()
     }
 
+    /// Ends a freeze without ending the migration (an aborted cutover under
+    /// `--strict`): the target runs again, still tracked. Returns the seconds
+    /// it was frozen. A later ``freeze()`` freezes it again.
+    @discardableResult
+    func thaw() throws -> Double {
+        precondition(released == nil && !handedOver)
+        guard let since = frozenAt else { return 0 }
+        try freezer.resumeTarget()
+        frozenAt = nil
+        return MonotonicClock.seconds() - since
+    }
+
     func setThrottle(percent: Int) throws {
         precondition(released == nil)
         if throttle == nil {

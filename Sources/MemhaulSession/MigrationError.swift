@@ -16,6 +16,8 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
     /// The peer did not deliver what `wait` names within `seconds` (the
     /// whole wait, however many bytes or other frames came in it).
     case peerTimeout(wait: String, seconds: Double)
+    /// `--strict`: every allowed cutover was aborted because it would overrun the limit.
+    case downtimeLimitUnmet(attempts: Int, limitMs: Double, detail: String)
 
     public var description: String {
         switch self {
@@ -28,6 +30,8 @@ public enum MigrationError: Error, Equatable, CustomStringConvertible {
         case .invalidParameter(let m): return "invalid parameter: \(m)"
         case .connectionClosed: return "the peer closed the connection"
         case .resumeTimedOut(let last): return "could not resume the migration in time (last attempt: \(last))"
+        case .downtimeLimitUnmet(let n, let limit, let detail):
+            return "the downtime limit of \(Self.seconds(limit)) ms could not be met: \(n) cutovers aborted (\(detail)); the source runs on"
         case .peerTimeout(let wait, let seconds): return "receiver deadline missed: \(wait) not received within \(Self.seconds(seconds)) s"
         }
     }

@@ -61,6 +61,8 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
         @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).") var resumeTimeout: Double?
         @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.") var noAutoConverge = false
+        @Flag(help: "Abort a cutover that would overrun the downtime limit and go on pre-copying (see memhaul migrate --help).") var strict = false
+        @Option(name: .customLong("strict-attempts"), help: "Aborted cutovers before a --strict migration fails (source running).") var strictAttempts: Int?
         @Option(help: "After the proof: none, or criu (move the process; the agent needs --criu-restore).") var restore: String?
         @Option(name: .customLong("criu-route"), help: "lazy or rewrite.") var criuRoute: String?
         @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job.") var shellJob = false
@@ -85,6 +87,8 @@ struct CtlCommand: ParsableCommand {
             if let serverName { args["server_name"] = serverName }
             if let resumeTimeout { args["resume_timeout_s"] = resumeTimeout }
             if noAutoConverge { args["auto_converge"] = false }
+            if strict { args["strict"] = true }
+            if let strictAttempts { args["strict_attempts"] = strictAttempts }
             try CtlCommand.run(connection, "migrate", args)
         }
     }

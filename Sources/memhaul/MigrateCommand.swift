@@ -23,6 +23,10 @@ struct ConvergenceOptions: ParsableArguments {
     var throttle: ThrottleBackend = .auto
     @Option(name: .customLong("throttle-steps"), help: "Throttle steps: adaptive (start early and step by the measured excess while the dirty rate far exceeds the throughput) or classic (QEMU: 20 %, +10 % per stall).")
     var throttleSteps: ThrottleSteps = .adaptive
+    @Flag(help: "Never let the final round overrun --downtime-limit: abort the cutover (thaw, go on pre-copying) when it would; fail, source running, after --strict-attempts aborts. Covers freeze → final commit; the proof comes after.")
+    var strict = false
+    @Option(name: .customLong("strict-attempts"), help: "Aborted cutovers before a --strict migration fails (the source runs on).")
+    var strictAttempts: Int = ConvergenceParameters().strictAttempts
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
@@ -45,6 +49,8 @@ struct ConvergenceOptions: ParsableArguments {
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
         guard maxRounds >= 0 else { throw ValidationError("--max-rounds must be >= 0") }
+        guard !strict || maxRounds > 0 else { throw ValidationError("--strict needs pre-copy (--max-rounds > 0)") }
+        guard (1...100).contains(strictAttempts) else { throw ValidationError("--strict-attempts must be 1…100") }
         if compressionLevel != "auto" {
             guard let l = Int32(compressionLevel), (-5...19).contains(l) else { throw ValidationError("--compression-level must be auto or -5…19") }
         }
@@ -64,6 +70,8 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.autoConverge = !noAutoConverge
         request.throttle = throttle
         request.parameters.throttleSteps = throttleSteps
+        request.parameters.strict = strict
+        request.parameters.strictAttempts = strictAttempts
         request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
         request.parameters.resumeTimeoutSeconds = resumeTimeout

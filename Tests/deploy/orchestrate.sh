@@ -121,6 +121,13 @@ grep -q '\[migrate\].*\[--restore=criu\]' "$FAKE_LOG" && grep -q '\[--criu-route
   && grep -q '\[--tcp=close\]' "$FAKE_LOG" && grep -q '\[--shell-job\]' "$FAKE_LOG" || fail "--restore options not passed: $(cat "$FAKE_LOG")"
 [[ $fails -eq $before ]] && pass "--restore criu, --criu-route, --tcp and --shell-job are passed to the sender agent"
 
+# 2c. --strict and --strict-attempts reach the sender agent.
+before=$fails
+run --pid 4242 --to 127.0.0.1:7070 --downtime-limit 50 --strict --strict-attempts 2
+[[ $rc -eq 0 ]] || fail "--strict: exit $rc: $err"
+grep -q '\[migrate\].*\[--downtime-limit=50\].*\[--strict\]\[--strict-attempts=2\]' "$FAKE_LOG" || fail "--strict options not passed: $(cat "$FAKE_LOG")"
+[[ $fails -eq $before ]] && pass "--strict and --strict-attempts are passed to the sender agent"
+
 before=$fails
 run --pid 4242 --to 127.0.0.1:7070 --sender-ctl "'$fake' 'unbalanced"
 [[ $rc -eq 2 && ! -s $FAKE_LOG ]] || fail "unbalanced quote in a prefix: exit $rc"

@@ -1,0 +1,97 @@
+import Testing
+@testable import MemhaulSender
+
+/// The final round's prediction and the strict guard, as pure functions.
+@Suite struct FinalRoundPredictionTests {
+    func measurement(_ round: Int, pending: Double, commit: Double) -> RoundMeasurement {
+        RoundMeasurement(round: round, pageBytesSent: 1e9, seconds: 1, pendingBytes: pending, dirtyWindowSeconds: 1, commitSeconds: commit)
+    }
+
+    /// Commits of 30 ms, then one of 900 ms, then 30 ms again: the prediction
+    /// after the quick one still expects a slow commit (the overrun of issue
+    /// 11: 929 ms against 272 predicted came from judging by the last commit).
+    @Test func aSlowCommitKeepsThePredictionUpUntilQuickOnesOutnumberIt() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 100
+        p.autoConverge = false
+        var policy = ConvergencePolicy(parameters: p)
+        #expect(policy.decide(after: measurement(0, pending: 900e6, commit: 0.03), elapsed: 1) == .nextRound)
+        #expect(policy.decide(after: measurement(1, pending: 900e6, commit: 0.9), elapsed: 2) == .nextRound)
+        // 10 MB at 1 GB/s is 10 ms: the old rule would predict 40 ms and cut over.
+        #expect(policy.decide(after: measurement(2, pending: 10e6, commit: 0.03), elapsed: 3) == .nextRound)
+        #expect(policy.expectedDowntimeMs >= 900)
+        // It decays as RFC 6298's bound does: some 25 quick commits bring it under the limit.
+        for round in 3..<30 { _ = policy.decide(after: measurement(round, pending: 900e6, commit: 0.03), elapsed: Double(round)) }
+        if case .cutover = policy.decide(after: measurement(30, pending: 10e6, commit: 0.03), elapsed: 31) {} else {
+            Issue.record("after quick commits the prediction comes down: \(policy.expectedDowntimeMs) ms")
+        }
+    }
+
+    @Test func theEstimateIsAtLeastTheRecentMaximumAndTheSmoothedBound() {
+        var e = CommitLatencyEstimator()
+        #expect(e.estimateSeconds == 0)
+        e.record(seconds: 0.1)
+        #expect(e.estimateSeconds >= 0.1)
+        e.record(seconds: 2)
+        for _ in 0..<3 { e.record(seconds: 0.1) }
+        #expect(e.estimateSeconds >= 2)  // still in the window
+        e.record(seconds: 0.1)
+        #expect(e.estimateSeconds < 2)
+        #expect(e.estimateSeconds > 0.1)  // the deviation remembers the swing
+    }
+
+    @Test func theGuardAbortsWhenFrozenTimeAndTheRestPassTheLimit() {
+        let g = StrictCutover(limitMs: 300, frozenAt: 100, deltaBytes: 100e6, throughput: 1e9, commitSeconds: 0.05)
+        // 10 ms frozen + 100 ms transfer + 50 ms commit = 160 ms: fits.
+        #expect(g.check(.beforeSend, now: 100.01) == nil)
+        // 200 ms frozen + 100 + 50: over.
+        let late = g.check(.beforeSend, now: 100.2)
+        #expect(late?.phase == .beforeSend)
+        #expect(late.map { abs($0.predictedMs - 350) < 0.01 } == true)
+        // Streaming at the round's own rate once it has one: 10 MB in 100 ms is
+        // 100 MB/s, 90 MB left is 900 ms more.
+        let slow = g.check(.streaming, now: 100.15, wireSent: 10e6, streamSeconds: 0.1)
+        #expect(slow?.phase == .streaming)
+        #expect(slow?.remainingBytes == 90_000_000)
+        // Before `ownRateAfterSeconds` of streaming, the pre-copy rate is used.
+        #expect(g.check(.streaming, now: 100.02, wireSent: 1e6, streamSeconds: 0.01) == nil)
+        // The commit wait is bounded by the limit itself.
+        #expect(g.commitDeadline == 100.3)
+        #expect(g.check(.commit, now: 100.29) == nil)
+        #expect(g.check(.commit, now: 100.31)?.phase == .commit)
+    }
+
+    @Test func strictNeedsPreCopy() {
+        var r = MigrationRequest(pid: 1, host: "h", port: 1, id: "m-1")
+        r.parameters.strict = true
+        r.parameters.maxRounds = 0
+        #expect(throws: (any Error).self) { try r.validate() }
+        r.parameters.maxRounds = 3
+        #expect(throws: Never.self) { try r.validate() }
+        r.parameters.strictAttempts = 0
+        #expect(throws: (any Error).self) { try r.validate() }
+    }
+}
+
+@Suite struct AbortedCutoverPredictionTests {
+    /// An aborted strict cutover predicted 250 ms and was on its way to 450:
+    /// the next prediction carries the 200 ms it missed, so the same state
+    /// does not cut over again.
+    @Test func anAbortRaisesLaterPredictionsByItsOverrun() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 100
+        p.autoConverge = false
+        var policy = ConvergencePolicy(parameters: p)
+        let m = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: 250e6, dirtyWindowSeconds: 1)
+        if case .cutover = policy.decide(after: m, elapsed: 1) {} else { Issue.record("250 ms fits 300 ms") }
+        policy.recordAbortedCutover(predictedMs: policy.expectedDowntimeMs, abortMs: 450)
+        #expect(policy.decide(after: RoundMeasurement(round: 1, pageBytesSent: 1e9, seconds: 1, pendingBytes: 250e6, dirtyWindowSeconds: 1), elapsed: 2) == .nextRound)
+        #expect(abs(policy.expectedDowntimeMs - 450) < 0.01)
+        if case .cutover = policy.decide(after: RoundMeasurement(round: 2, pageBytesSent: 1e9, seconds: 1, pendingBytes: 50e6, dirtyWindowSeconds: 1), elapsed: 3) {} else {
+            Issue.record("50 ms + 200 ms fits 300 ms")
+        }
+        // A wild abort prediction adds at most the limit.
+        policy.recordAbortedCutover(predictedMs: 50, abortMs: 373_029)
+        #expect(policy.overrunMs == 300)
+    }
+}
