@@ -95,6 +95,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private let limits: ReceiverLimits
     /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
     private var digestVersion: DigestVersion = .v1
+    /// The incremental proof's ledger, when the sender asked for it (capability `ledgerDigest`).
+    private var ledger: ReceiverLedger?
     /// Set by ``abortConnection()``: long work stops at its next check.
     private let cancelLock = NSLock()
     private var _cancelled = false
@@ -189,7 +191,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -255,6 +257,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
+        if agreed.contains(.ledgerDigest) {
+            let l = ReceiverLedger(limits: limits)
+            // A reopened image: its ledger from its content (O(image), before any round).
+            if store.committedRound != nil { try l.rebuild(from: store, isCancelled: connectionGone) }
+            ledger = l
+        }
         return store
     }
 
@@ -330,6 +338,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 if !layout.continued {
                     guard let round32 = UInt32(exactly: layout.round) else { throw Refusal(code: .roundMismatch, description: "round \(layout.round) out of range") }
                     try store.beginRound(round32, layout: pendingLayout)
+                    ledger?.beginRound(layout: pendingLayout)
                     budget.beginRound(store)
                     openRound = layout.round
                     counts = RoundStats()
@@ -348,10 +357,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
                 counts.zeroPages += try Self.apply(list.runs, store.zeroPages)
+                ledger?.cleared(list.runs)
             case .discardRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)
                 counts.discardedPages += try Self.apply(list.runs, store.discardPages)
+                ledger?.cleared(list.runs)
             case .roundEnd(let end):
                 try expect(openRound, end.round)
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
@@ -365,7 +376,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                         throw Refusal(code: .unexpectedMessage, description: "the final (verification) round must carry no pages")
                     }
                     // Stops at once when the peer goes (it polls the socket between chunks).
-                    let digest = try store.computeDigest(version: digestVersion, isCancelled: connectionGone)
+                    let digest = try ledger?.finalDigest() ?? store.computeDigest(version: digestVersion, isCancelled: connectionGone)
                     let wire = WireDigest(high: digest.high, low: digest.low)
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
@@ -378,6 +389,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
                     let commit = try store.commitRound(final: false, deferApply: true)
+                    try ledger?.commitRound()
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
@@ -501,7 +513,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         let pageSize = Int(WireLimits.default.pageSize)
         for run in header.runs {
             let bytes = Int(run.pageCount) * pageSize
-            try store.writePages(at: run.start, UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)]))
+            let piece = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
+            try store.writePages(at: run.start, piece)
+            try ledger?.wrote(at: run.start, piece)
             offset += bytes
         }
     }

@@ -65,6 +65,11 @@ public struct MigrationRequest: Sendable {
     public var afterProof: AfterProof?
     /// How auto-converge may throttle the target (cgroup, signals, or auto).
     public var throttle: ThrottleBackend = .auto
+    /// Which proof ends the migration (``ProofMode``).
+    public var proof: ProofMode = .incremental
+    #if DEBUG
+    public var testHooks = SenderTestHooks()
+    #endif
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid

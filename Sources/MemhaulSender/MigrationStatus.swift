@@ -37,7 +37,15 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// included. Set whenever the target was frozen, also on failure.
     public var frozenMs: Double?
     public var freezeMs: Double?
+    /// The whole proof inside the frozen window (the exchange, and the re-read of `full_proof_ms`).
     public var verifyMs: Double?
+    /// The proof that ran: `incremental` (ledger v3), `full` (v2: memory and image re-read) or `both`.
+    public var proof: String?
+    /// The sender's re-read of the frozen memory (`full`, `both`), part of `verify_ms`.
+    public var fullProofMs: Double?
+    /// Whether the re-read ran with the source frozen (it always does so far:
+    /// the source is not released before it passes).
+    public var fullProofInFrozenWindow: Bool?
     public var totalTimeMs: Double?
     public var rounds: Int?
     public var digest: String?
@@ -91,6 +99,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case frozenMs = "frozen_ms"
         case freezeMs = "freeze_ms"
         case verifyMs = "verify_ms"
+        case proof
+        case fullProofMs = "full_proof_ms"
+        case fullProofInFrozenWindow = "full_proof_in_frozen_window"
         case totalTimeMs = "total_time_ms"
         case rounds, digest
         case cutoverReason = "cutover_reason"
