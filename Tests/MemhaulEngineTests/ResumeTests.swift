@@ -38,6 +38,10 @@ import MemhaulTestSupport
         print("resume: \(s.resumes) resume(s), \(s.resentBytesAfterResume) wire bytes lost in flight, of \(s.totalBytes) tracked, \(s.pageBytes) page bytes in all")
         let store = try openImageWhenReleased(images + "/resume-1")
         defer { store.close() }
+        // The incremental proof held across the restart: the new receiver rebuilt its ledger from the image.
+        #expect(s.proof == "incremental")
+        #expect(store.finalDigest?.version == .v3)
+        #expect(try store.computeDigest(version: .v3) == store.finalDigest)
         let report = try ImageVerifier.verify(store, pid: workload.pid)
         #expect(report.ok, "\(report.mismatches)")
         _ = second
@@ -74,6 +78,10 @@ import MemhaulTestSupport
         print("resume in round 0: \(s.resumes) resume(s), \(s.resentBytesAfterResume) wire bytes lost in flight, \(s.pageBytes) page bytes in all, \(s.totalBytes) tracked")
         let store = try openImageWhenReleased(receiver.images + "/resume-r0")
         defer { store.close() }
+        // The ledgers agree though chunks of round 0 travelled twice.
+        #expect(s.proof == "incremental")
+        #expect(store.finalDigest?.version == .v3)
+        #expect(try store.computeDigest(version: .v3) == store.finalDigest)
         let report = try ImageVerifier.verify(store, pid: workload.pid)
         #expect(report.ok, "\(report.mismatches)")
     }
