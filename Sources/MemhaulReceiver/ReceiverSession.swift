@@ -381,8 +381,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
-                    let commit = try store.commitRound(final: true, digest: digest)
+                    // Durable at the commit point; the checkpoint waits until after the
+                    // acknowledgement, outside the source's frozen window.
+                    let commit = try store.commitRound(final: true, digest: digest, deferApply: true)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
+                    try store.checkpoint()
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
                 } else {
