@@ -385,9 +385,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // acknowledgement, outside the source's frozen window.
                     let commit = try store.commitRound(final: true, digest: digest, deferApply: true)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
-                    try store.checkpoint()
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
+                    try store.checkpoint()
                 } else {
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
