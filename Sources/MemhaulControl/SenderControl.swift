@@ -109,7 +109,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
-                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report", "strict", "strict_attempts"])
+                        "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report", "strict", "strict_attempts", "proof"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
         // Lines of several migrations interleave: each names its own.
@@ -181,6 +181,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         if let v = try r.string("after") {
             guard let a = AfterAction(rawValue: v) else { throw ControlError(.badRequest, "after must be stop, kill or resume") }
             request.after = a
+        }
+        if let v = try r.string("proof") {
+            guard let p = ProofMode(rawValue: v) else { throw ControlError(.badRequest, "proof must be incremental, full or both") }
+            request.proof = p
         }
         if r.args["compression_level"] as? String == "auto" {
             request.compressionLevel = nil

@@ -61,9 +61,13 @@ public struct MemoryDigest: Hashable, Sendable, CustomStringConvertible {
 ///   other page as `'P'` and its 4096 bytes. A page is classified by its bytes
 ///   alone (present but all-zero counts as zero), so both sides agree whatever
 ///   they know about population. Cost: the content plus O(1) per zero run.
+/// - v3 (the ledger digest, ``PageLedger``): a combinable sum of one hash per
+///   non-zero page, over the layout; both sides keep it as they go, so at
+///   cutover it costs O(regions). Streamed here too (the full proof in v3).
 public enum DigestVersion: UInt8, Sendable, Hashable, CustomStringConvertible {
     case v1 = 1
     case v2 = 2
+    case v3 = 3
 
     public var description: String { "v\(rawValue)" }
 }
@@ -95,12 +99,21 @@ public final class MemoryDigester {
     /// v2: bytes of a page not complete yet (updates need not be page-aligned).
     private var partial: UnsafeMutableRawBufferPointer?
     private var partialCount = 0
+    /// v3: the regions, the non-zero pages and their sum (``PageLedger``).
+    private var ledgerLayout: [Range<UInt64>] = []
+    private var ledgerPages: UInt64 = 0
+    private var ledgerSum = LedgerSum()
+    /// v3: where each non-zero page's hash is also recorded (a receiver
+    /// rebuilding its ledger from the image).
+    private let recording: PageLedger?
 
-    /// `XXH3_createState` + `XXH3_128bits_reset`.
-    public init(version: DigestVersion = .v1) {
+    /// `XXH3_createState` + `XXH3_128bits_reset`. `recording` (v3 only) gets every non-zero page's hash.
+    public init(version: DigestVersion = .v1, recording: PageLedger? = nil) {
+        precondition(recording == nil || version == .v3, "MemoryDigester: only v3 records a ledger")
         guard let state = XXH3_createState() else { fatalError("XXH3_createState: out of memory") }
         self.state = state
         self.version = version
+        self.recording = recording
         reset()
     }
 
@@ -115,6 +128,9 @@ public final class MemoryDigester {
         cursor = 0
         zeroRunPages = 0
         partialCount = 0
+        ledgerLayout = []
+        ledgerPages = 0
+        ledgerSum = LedgerSum()
         if version == .v2 { Self.v2Magic.withUnsafeBytes { feed($0) } }
     }
 
@@ -139,12 +155,17 @@ public final class MemoryDigester {
 
     /// Hashes the region header: v1 `start` then `end`, each u64 little-endian; v2 `'R' start end`.
     public func beginRegion(start: UInt64, end: UInt64) {
-        guard version == .v2 else {
+        guard version != .v1 else {
             var header = (start.littleEndian, end.littleEndian)
             withUnsafeBytes(of: &header) { _ = XXH3_128bits_update(state, $0.baseAddress, $0.count) }
             return
         }
         precondition(partialCount == 0, "MemoryDigester v2: region ended inside a page")
+        if version == .v3 {
+            ledgerLayout.append(start..<end)
+            cursor = start
+            return
+        }
         flushZeroRun(into: state)
         zeroRunPages = 0
         record(0x52, start, end, into: state)  // 'R'
@@ -153,6 +174,17 @@ public final class MemoryDigester {
 
     /// v2: one whole page at `cursor`.
     private func page(_ p: UnsafeRawPointer) {
+        if version == .v3 {
+            if !Self.isZero(p, Self.pageSize) {
+                let h = PageLedger.pageHash(address: cursor, p)
+                ledgerPages += 1
+                ledgerSum += h
+                // The rebuild of a ledger the receiver already bounds (its layout and disk).
+                try? recording?.record(address: cursor, hash: h)
+            }
+            cursor &+= UInt64(Self.pageSize)
+            return
+        }
         if Self.isZero(p, Self.pageSize) {
             if zeroRunPages == 0 { zeroRunStart = cursor }
             zeroRunPages += 1
@@ -168,6 +200,10 @@ public final class MemoryDigester {
 
     private func zeroPages(_ n: UInt64) {
         guard n > 0 else { return }
+        if version == .v3 {
+            cursor &+= n * UInt64(Self.pageSize)
+            return
+        }
         if zeroRunPages == 0 { zeroRunStart = cursor }
         zeroRunPages += n
         cursor &+= n * UInt64(Self.pageSize)
@@ -199,7 +235,7 @@ public final class MemoryDigester {
     /// Hashes region content bytes.
     public func update(_ bytes: UnsafeRawBufferPointer) {
         guard bytes.count > 0 else { return }
-        guard version == .v2 else {
+        guard version != .v1 else {
             XXH3_128bits_update(state, bytes.baseAddress, bytes.count)
             return
         }
@@ -227,7 +263,7 @@ public final class MemoryDigester {
     /// allocation, but the cost of hashing them); v2 in O(1).
     public func updateZeros(count: Int) {
         precondition(count >= 0, "updateZeros: negative count")
-        guard version == .v2 else {
+        guard version != .v1 else {
             var left = count
             let zeros = ZeroBuffer.bytes
             while left > 0 {
@@ -258,6 +294,10 @@ public final class MemoryDigester {
     /// The digest of everything hashed so far (`XXH3_128bits_digest`). v2: a
     /// pending zero run is hashed into a copy of the state, which is left as it was.
     public func finalize() -> MemoryDigest {
+        if version == .v3 {
+            recording?.adopt(layout: ledgerLayout)
+            return PageLedger.digest(layout: ledgerLayout, pages: ledgerPages, sum: ledgerSum)
+        }
         guard version == .v2, zeroRunPages > 0 else {
             let h = XXH3_128bits_digest(state)
             return MemoryDigest(high: h.high64, low: h.low64, version: version)

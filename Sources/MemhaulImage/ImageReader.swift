@@ -247,9 +247,9 @@ struct CommittedContent {
     /// The memory digest: per region ascending, its bounds then its bytes;
     /// holes (SEEK_HOLE) fed as zeros without reading them (v2: counted, O(1)).
     /// `isCancelled` is asked before each region and each read chunk.
-    func digest(buffer: UnsafeMutableRawBufferPointer, version: DigestVersion = .v1, isCancelled: () -> Bool = { false },
-                file: Files) throws(ImageError) -> MemoryDigest {
-        let digester = MemoryDigester(version: version)
+    func digest(buffer: UnsafeMutableRawBufferPointer, version: DigestVersion = .v1, recording: PageLedger? = nil,
+                isCancelled: () -> Bool = { false }, file: Files) throws(ImageError) -> MemoryDigest {
+        let digester = MemoryDigester(version: version, recording: recording)
         for r in m.regions {
             if isCancelled() { throw .cancelled("digest stopped at region 0x\(String(r.start, radix: 16))") }
             digester.beginRegion(start: r.start, end: r.end)

@@ -694,11 +694,13 @@ public final class ImageStore: @unchecked Sendable {
     /// follows the stored data, not the declared layout). `isCancelled` is asked
     /// before every region and every read chunk (≤ 8 MiB); when it answers true
     /// the walk stops with ``ImageError/cancelled(_:)``.
-    public func computeDigest(version: DigestVersion = .v1, isCancelled: () -> Bool = { false }) throws(ImageError) -> MemoryDigest {
+    /// `recording` (v3): the ledger that gets every non-zero page's hash (a resumed receiver's rebuild).
+    public func computeDigest(version: DigestVersion = .v1, recording: PageLedger? = nil,
+                              isCancelled: () -> Bool = { false }) throws(ImageError) -> MemoryDigest {
         try applyPending()
         try checkUsable()
         readBufferAllocated = true
-        return try CommittedContent(manifest).digest(buffer: readBuffer, version: version, isCancelled: isCancelled) { id throws(ImageError) in
+        return try CommittedContent(manifest).digest(buffer: readBuffer, version: version, recording: recording, isCancelled: isCancelled) { id throws(ImageError) in
             try file(id, create: false)
         }
     }

@@ -96,6 +96,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private let limits: ReceiverLimits
     /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
     private var digestVersion: DigestVersion = .v1
+    /// The incremental proof's ledger, when the sender asked for it (capability `ledgerDigest`).
+    private var ledger: ReceiverLedger?
     /// Set by ``abortConnection()``: long work stops at its next check.
     private let cancelLock = NSLock()
     private var _cancelled = false
@@ -193,7 +195,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -261,6 +263,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
+        if agreed.contains(.ledgerDigest) {
+            let l = ReceiverLedger(limits: limits)
+            // A reopened image: its ledger from its content (O(image), before any round).
+            if store.committedRound != nil { try l.rebuild(from: store, isCancelled: connectionGone) }
+            ledger = l
+        }
         return store
     }
 
@@ -318,7 +326,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     private func serve(_ store: ImageStore) throws {
         // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
-        let stage = StorageStage(store: store)
+        let stage = StorageStage(store: store, ledger: ledger)
         defer { stage.stop() }
         do {
             try serveFrames(store, stage)
@@ -353,6 +361,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 if !layout.continued {
                     guard let round32 = UInt32(exactly: layout.round) else { throw Refusal(code: .roundMismatch, description: "round \(layout.round) out of range") }
                     try store.beginRound(round32, layout: pendingLayout)
+                    ledger?.beginRound(layout: pendingLayout)
                     budget.beginRound(store)
                     openRound = layout.round
                     counts = RoundStats()
@@ -391,20 +400,24 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                         throw Refusal(code: .unexpectedMessage, description: "the final (verification) round must carry no pages")
                     }
                     // Stops at once when the peer goes (it polls the socket between chunks).
-                    let digest = try store.computeDigest(version: digestVersion, isCancelled: connectionGone)
+                    let digest = try ledger?.finalDigest() ?? store.computeDigest(version: digestVersion, isCancelled: connectionGone)
                     let wire = WireDigest(high: digest.high, low: digest.low)
                     guard wire == senderDigest else {
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
-                    let commit = try store.commitRound(final: true, digest: digest)
+                    // Durable at the commit point; the checkpoint waits until after the
+                    // acknowledgement, outside the source's frozen window.
+                    let commit = try store.commitRound(final: true, digest: digest, deferApply: true)
                     recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: true, digest: wire.hex)
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
+                    try store.checkpoint()
                 } else {
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
                     let commit = try store.commitRound(final: false, deferApply: true)
+                    try ledger?.commitRound()
                     recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: false)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }

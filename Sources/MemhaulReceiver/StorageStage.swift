@@ -55,7 +55,13 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     private var busy: UInt64 = 0
     private var thread: Thread?
 
-    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, stored: StoredPages? = nil) {
+    /// The incremental proof's ledger (capability `ledgerDigest`): it sees every
+    /// stored, zeroed and discarded page in the order the frames came, on this
+    /// stage's thread; the session touches it only once the stage is drained.
+    private let ledger: ReceiverLedger?
+
+    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, ledger: ReceiverLedger? = nil, stored: StoredPages? = nil) {
+        self.ledger = ledger
         self.store = store
         self.stored = stored
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
@@ -169,8 +175,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]))
         case .zero(let runs):
             _ = try ReceiverSession.apply(runs, store.zeroPages)
+            ledger?.cleared(runs)
         case .discard(let runs):
             _ = try ReceiverSession.apply(runs, store.discardPages)
+            ledger?.cleared(runs)
         }
     }
 
@@ -201,6 +209,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             let bytes = Int(run.pageCount) * pageSize
             let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
             try store.writePages(at: run.start, pages)
+            try ledger?.wrote(at: run.start, pages)
             stored?(run.start, pages)
             offset += bytes
         }

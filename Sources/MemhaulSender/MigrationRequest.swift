@@ -70,6 +70,11 @@ public struct MigrationRequest: Sendable {
     public var reportPath: String?
     /// How the frozen final round scans (a bench knob: both are exact).
     public var finalScan: FinalScanMethod = .changed
+    /// Which proof ends the migration (``ProofMode``).
+    public var proof: ProofMode = .incremental
+    #if DEBUG
+    public var testHooks = SenderTestHooks()
+    #endif
 
     public init(pid: Int32, host: String, port: UInt16, id: String) {
         self.pid = pid

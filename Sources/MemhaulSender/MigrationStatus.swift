@@ -46,7 +46,15 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var freezeMs: Double?
     /// The final round's scan (layout refresh and PAGEMAP_SCAN walks), target frozen.
     public var finalScanMs: Double?
+    /// The whole proof inside the frozen window (the exchange, and the re-read of `full_proof_ms`).
     public var verifyMs: Double?
+    /// The proof that ran: `incremental` (ledger v3), `full` (v2: memory and image re-read) or `both`.
+    public var proof: String?
+    /// The sender's re-read of the frozen memory (`full`, `both`), part of `verify_ms`.
+    public var fullProofMs: Double?
+    /// Whether the re-read ran with the source frozen (it always does so far:
+    /// the source is not released before it passes).
+    public var fullProofInFrozenWindow: Bool?
     public var totalTimeMs: Double?
     public var rounds: Int?
     public var digest: String?
@@ -108,6 +116,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case freezeMs = "freeze_ms"
         case finalScanMs = "final_scan_ms"
         case verifyMs = "verify_ms"
+        case proof
+        case fullProofMs = "full_proof_ms"
+        case fullProofInFrozenWindow = "full_proof_in_frozen_window"
         case totalTimeMs = "total_time_ms"
         case rounds, digest
         case cutoverReason = "cutover_reason"

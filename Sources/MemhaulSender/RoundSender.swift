@@ -21,6 +21,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var compressionLevel: Int32? = nil
         /// The receiver accepted the zstd capability; without it every batch is raw.
         var zstd = true
+        /// Workers hash every data page for the ledger (capability `ledgerDigest`).
+        var hashPages = false
     }
 
     /// One batch moving through the pipeline.
@@ -36,6 +38,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var payloadIsPages = false
         var zeroRuns: [PageRun] = []
         var vanished: [AddressRange] = []
+        /// With `hashPages`: the ledger hash of each data page, in the order of `header.runs`.
+        var hashes: [LedgerSum] = []
 
         init(bytes: Int) {
             pages = .allocate(byteCount: bytes, alignment: 4096)
@@ -80,9 +84,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
 
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
     /// `pace` is called after each frame with the bytes sent (bandwidth cap).
+    /// `ledger` records what each frame said, once it is out (on this thread).
     func send(
         round: UInt64, dirty: [AddressRange], discarded: [AddressRange], channel: FrameChannel,
-        pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
+        ledger: PageLedger? = nil, pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
     ) throws -> Totals {
         var totals = Totals()
         let limits = WireLimits.default
@@ -91,6 +96,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         for chunk in Self.runs(of: discarded).chunks(of: limits.maxRangesPerMessage) {
             try channel.send(.discardRanges(RangeList(round: round, runs: Array(chunk))))
             totals.discardedPages += chunk.reduce(0) { $0 + UInt64($1.pageCount) }
+            for run in chunk { ledger?.clear(run.range) }
         }
 
         let work = BoundedQueue<Job>(capacity: configuration.poolSize)
@@ -164,6 +170,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             do {
                 if cancelled() { throw MigrationError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
+                if let ledger { try record(job, in: ledger) }
             } catch {
                 failure = error
                 done.fail(error)
@@ -215,8 +222,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         job.zeroRuns = zero
         job.header = nil
         job.payloadCount = 0
+        job.hashes = []
         guard dataPages > 0 else { return }
         let plain = UnsafeRawBufferPointer(start: job.pages.baseAddress, count: dataPages * pageSize)
+        if configuration.hashPages { job.hashes = Self.ledgerHashes(data, plain) }
         let checksum = PageChecksum.xxh3_64(plain)
         var encoding = PageEncoding.raw
         job.payloadIsPages = true
@@ -251,6 +260,33 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.payloadBytes += UInt64(job.payloadCount)
         }
         pace(Int(channel.bytesSent - before))
+    }
+
+    /// The ledger hash of each page of `runs`, whose bytes are `plain` back to back.
+    static func ledgerHashes(_ runs: [PageRun], _ plain: UnsafeRawBufferPointer) -> [LedgerSum] {
+        var out: [LedgerSum] = []
+        out.reserveCapacity(plain.count / Int(PageSize.bytes))
+        var offset = 0
+        for run in runs {
+            for i in 0..<UInt64(run.pageCount) {
+                out.append(PageLedger.pageHash(address: run.start + i * PageSize.bytes, plain.baseAddress! + offset))
+                offset += Int(PageSize.bytes)
+            }
+        }
+        return out
+    }
+
+    /// What `job`'s frames told the receiver, into the sender's ledger.
+    private func record(_ job: Job, in ledger: PageLedger) throws {
+        for run in job.zeroRuns { ledger.clear(run.range) }
+        guard let header = job.header else { return }
+        var i = 0
+        for run in header.runs {
+            for p in 0..<UInt64(run.pageCount) {
+                try ledger.record(address: run.start + p * PageSize.bytes, hash: job.hashes[i])
+                i += 1
+            }
+        }
     }
 
     private static func append(_ runs: inout [PageRun], _ address: UInt64) {
@@ -307,6 +343,11 @@ struct BatchIterator {
         }
         return batch.isEmpty ? nil : batch
     }
+}
+
+extension PageRun {
+    /// The run's bytes as a half-open range.
+    var range: Range<UInt64> { start..<(start + UInt64(pageCount) * PageSize.bytes) }
 }
 
 extension Array {

@@ -261,6 +261,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         gethostname(&name, name.count)
         let host = String(cString: name)
         let offered = Self.offeredCapabilities.union(request.afterProof?.capabilities ?? [])
+            .union(request.proof.offersLedger ? .ledgerDigest : [])
         try channel.send(.hello(Hello(capabilities: offered, migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive(by: PeerDeadline("WELCOME", seconds: request.deadlines.welcome)) {
@@ -299,8 +300,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
     private func migrate(_ process: AttachedProcess, _ box: ChannelBox, _ hold: TargetHold, start: Double) throws {
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
+        // The incremental proof's record of what was sent (capability `ledgerDigest`).
+        let ledger = box.capabilities.contains(.ledgerDigest) ? PageLedger() : nil
         let sender = RoundSender(pid: request.pid, configuration: .init(
-            workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd)))
+            workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd),
+            hashPages: ledger != nil))
         var policy = ConvergencePolicy(parameters: parameters)
         var layout = Self.regions(of: process)
         updateStatus {
@@ -344,7 +348,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let firstChunk = UInt64(round + 1) &+ box.offset
             do {
                 sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender,
-                                     frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
+                                     ledger: ledger, frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
@@ -432,6 +436,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let finalScanStart = MonotonicClock.seconds()
                 scan = try scanNextRound(process, tracker, &layout, frozen: true)
                 let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
+                #if DEBUG
+                if request.testHooks.dropFirstFinalDirtyPage { scan = scan.droppingFirstDirtyPage() }
+                #endif
                 updateStatus {
                     $0.state = .cutover
                     $0.stage = .frozen
@@ -448,12 +455,32 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let downtime = (MonotonicClock.seconds() - (hold.frozenAt ?? freezeStart)) * 1000
         updateStatus { $0.downtimeMs = downtime; $0.rounds = round + 1; $0.remainingBytes = 0; $0.stage = .verifying }
 
-        // The proof: both sides digest the frozen memory / the committed image.
+        // The proof (ProofMode): the ledgers' sums, and/or the frozen memory re-read.
         let verifyStart = MonotonicClock.seconds()
-        recorder.phase("verify", at: verifyStart)
-        let digest = try ProcessDigest.compute(
-            pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
-            version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
+                recorder.phase("verify", at: verifyStart)
+        let digest: MemoryDigest
+        if let ledger {
+            ledger.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
+            digest = ledger.digest(layout: Self.ranges(layout).map { $0.start..<$0.end })
+            if request.proof.rereadsMemory {
+                let memory = try ProcessDigest.compute(
+                    pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges, version: .v3)
+                updateStatus { $0.fullProofMs = (MonotonicClock.seconds() - verifyStart) * 1000; $0.fullProofInFrozenWindow = true }
+                try LedgerCheck.check(memory: memory, ledger: digest)
+            }
+            updateStatus { $0.proof = request.proof.description }
+        } else {
+            // Both sides re-read: the form the receiver accepted.
+            digest = try ProcessDigest.compute(
+                pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
+                version: box.capabilities.contains(.digestV2) ? .v2 : .v1)
+            updateStatus {
+                $0.proof = ProofMode.full.description
+                $0.fullProofMs = (MonotonicClock.seconds() - verifyStart) * 1000
+                $0.fullProofInFrozenWindow = true
+                if request.proof != .full { $0.warnings.append("the receiver does not accept ledger-digest: the proof re-read memory and image (full)") }
+            }
+        }
         let wire = WireDigest(high: digest.high, low: digest.low)
         var ack: RoundAck
         while true {
@@ -687,7 +714,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// is thrown as ``BrokenRound`` with the chunks, so the caller requeues
     /// only what the receiver did not commit.
     private func sendRound(
-        _ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender, frozen: Bool,
+        _ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender,
+        ledger: PageLedger?, frozen: Bool,
         strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in }
     ) throws -> SentRound {
         let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
@@ -731,8 +759,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 if aborted { break }  // the rest goes in the next round, the target running
                 let chunkStart = channel.bytesSent
                 try sendLayout(chunk.wireRound, layout, channel)
+                // What the receiver drops at this round's commit (a no-op while the layout stays).
+                ledger?.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
                 let totals = try sender.send(
-                    round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel,
+                    round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel, ledger: ledger,
                     pace: { bytes in
                         guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
                         paced += bytes

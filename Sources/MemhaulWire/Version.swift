@@ -60,6 +60,12 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// one record, so the cost follows the content, not the declared layout.
     /// Without it both sides use v1.
     public static let digestV2 = Capabilities(rawValue: 1 << 4)
+    /// The verification round's digests are the ledger digest (v3, ARCHITECTURE.md
+    /// "Memory digest"): both sides keep one hash per page as it is sent and
+    /// committed, so the proof at cutover costs O(regions). It proves the image
+    /// holds what the sender read, not that this equals the frozen source (the
+    /// sender's `--proof both|full` re-reads it). Takes precedence over `digestV2`.
+    public static let ledgerDigest = Capabilities(rawValue: 1 << 5)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

@@ -134,6 +134,9 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Certificates directory for --receiver (default: generated).") var certs: String?
         @Option(name: .customLong("slowdown-seconds"), help: "Seconds per phase of the slowdown measurement (0 = skip).")
         var slowdownSeconds: Double = 4
+        @Flag(help: "Instead: the frozen window and its parts with each proof (full first, the baseline), pre-copy, --dirty-rate 0 = idle.")
+        var proofs = false
+        @Option(help: "With --proofs: runs per proof (medians).") var repeats: Int = 1
 
         func run() throws {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
@@ -148,6 +151,10 @@ struct BenchCommand: ParsableCommand {
             }
             defer { local?.stop() }
 
+            if proofs {
+                try BenchProofs(env: env, host: host, port: port, size: size, dirtyRate: rate, repeats: repeats).run()
+                return
+            }
             if slowdownSeconds > 0 {
                 print("tracking slowdown (\(size) workload, 2 writer threads writing as fast as they can; write throughput tracked / untracked):")
                 for (pattern, interval) in [("hot:0.1", 1.0), ("uniform", 1.0), ("uniform", 0.1)] {

@@ -57,6 +57,7 @@ struct CtlCommand: ParsableCommand {
         @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.") var maxTime: Double?
         @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (K/M/G suffixes: 100M).") var maxBandwidth: ByteCount?
         @Option(help: "Source after success: stop, kill or resume.") var after: String?
+        @Option(help: "The proof: incremental, full or both (see memhaul migrate --help).") var proof: String?
         @Option(name: .customLong("compression-level"), help: "zstd level (-5…19) or auto.") var compressionLevel: String?
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
         @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).") var resumeTimeout: Double?
@@ -83,6 +84,7 @@ struct CtlCommand: ParsableCommand {
             if let maxTime { args["max_time_s"] = maxTime }
             if let maxBandwidth { args["max_bandwidth_bps"] = Double(maxBandwidth.bytes) }
             if let after { args["after"] = after }
+            if let proof { args["proof"] = proof }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
             if let resumeTimeout { args["resume_timeout_s"] = resumeTimeout }

@@ -27,7 +27,7 @@ struct ImageCommand: ParsableCommand {
         @Flag(help: "Recompute the memory digest from the stored pages (in the stored digest's version; v2 costs the stored data, v1 the whole layout).")
         var verifyDigest = false
 
-        @Option(help: "Digest version to recompute (1 or 2); default: the stored digest's, else 2.")
+        @Option(help: "Digest version to recompute (1, 2 or 3, the ledger digest); default: the stored digest's, else 2.")
         var digestVersion: UInt8?
 
         /// `--digest-version`, else the stored digest's, else v2.
@@ -38,7 +38,7 @@ struct ImageCommand: ParsableCommand {
         }
 
         func validate() throws {
-            if let v = digestVersion, DigestVersion(rawValue: v) == nil { throw ValidationError("--digest-version must be 1 or 2") }
+            if let v = digestVersion, DigestVersion(rawValue: v) == nil { throw ValidationError("--digest-version must be 1, 2 or 3") }
         }
 
         func run() throws {

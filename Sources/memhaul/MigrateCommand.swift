@@ -33,6 +33,8 @@ struct ConvergenceOptions: ParsableArguments {
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
     var resumeTimeout: Double = 30
+    @Option(help: "The proof: incremental (per-page ledgers, O(regions) at cutover: the image holds what was sent), full (re-read memory and image, O(memory) frozen: image equals the frozen source) or both (the sender re-reads memory against its ledger). See README.")
+    var proof: String = ProofMode.incremental.rawValue
     @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit: a break loses at most what was sent after the last commit.")
     var commitChunkMiB: UInt64 = 64
     @Option(name: .customLong("welcome-timeout"), help: "Seconds to wait for the receiver's WELCOME (each connection).")
@@ -55,6 +57,7 @@ struct ConvergenceOptions: ParsableArguments {
             guard let l = Int32(compressionLevel), (-5...19).contains(l) else { throw ValidationError("--compression-level must be auto or -5…19") }
         }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
+        guard ProofMode(rawValue: proof) != nil else { throw ValidationError("--proof must be incremental, full or both") }
         guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
         for (flag, v) in [("--welcome-timeout", welcomeTimeout), ("--ack-timeout", ackTimeout), ("--frozen-ack-timeout", frozenAckTimeout),
                           ("--drain-timeout", drainTimeout), ("--verify-timeout", verifyTimeout)] {
@@ -74,6 +77,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.strictAttempts = strictAttempts
         request.compressionLevel = Int32(compressionLevel)
         request.after = AfterAction(rawValue: after) ?? .stop
+        request.proof = ProofMode(rawValue: proof) ?? .incremental
         request.parameters.resumeTimeoutSeconds = resumeTimeout
         request.parameters.commitChunkBytes = commitChunkMiB << 20
         request.deadlines.welcome = welcomeTimeout
@@ -180,7 +184,10 @@ enum Summary {
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
-        if let v = s.verifyMs { lines.append(String(format: "  verify: %.1f ms, digest %@", v, s.digest ?? "-")) }
+        if let v = s.verifyMs {
+            let full = s.fullProofMs.map { String(format: ", %.1f ms of it re-reading the frozen memory", $0) } ?? ""
+            lines.append(String(format: "  verify: %.1f ms (proof %@%@), digest %@", v, s.proof ?? "-", full, s.digest ?? "-"))
+        }
         if let d = s.criuDumpMs {
             lines.append(String(format: "  criu dump: %.1f ms; images to the receiver: %.1f ms (%d files, %@); restore: %.1f ms",
                                 d, s.transferMs ?? 0, s.criuFiles ?? 0, bytes(Double(s.criuBytes ?? 0)), s.restoreMs ?? 0))

@@ -260,6 +260,7 @@ extension RawSender {
         let workload = try startWorkload(["--size", "32M", "--mix", "zero=50,text=30,random=20", "--threads", "1", "--rate", "2000"])
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "v2-live")
         r.parameters.downtimeLimitMs = 300
+        r.proof = .full  // the route that re-reads both sides (the default is the ledger, v3)
         let migration = SenderMigration(request: r, connect: try connector(pki))
         migration.run()
         #expect(migration.status.state == .completed, "\(migration.status.error ?? "")")

@@ -92,11 +92,11 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
     @Test func nothingAcceptedMeansRawPagesAndNoKeepalive() throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
-        // digestV2 is left as the receiver answered: the receiver computes the digest
+        // digestV2 and ledgerDigest are left as the receiver answered: the receiver computes the digest
         // version its own WELCOME named, so taking it away here (a rewrite no TLS peer
         // can do) would make the two sides prove different forms.
         let proxy = try WelcomeRewritingProxy(pki: pki, upstream: receiver.port) { w in
-            Welcome(version: w.version, capabilities: w.capabilities.intersection(.digestV2), lastCommittedRound: w.lastCommittedRound)
+            Welcome(version: w.version, capabilities: w.capabilities.intersection([.digestV2, .ledgerDigest]), lastCommittedRound: w.lastCommittedRound)
         }
         let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "2000"])
         let status = try migration(workload, through: proxy, pki, id: "no-caps") { r in

@@ -187,6 +187,11 @@ private let le32 = VectorTable.le32
         #expect(e == ErrorMessage(code: .limitExceeded, message: "no"))
         #expect(Capabilities.digestV2.rawValue == 16)
     }
+
+    /// Capability bit 5 is `ledgerDigest` (HELLO/WELCOME; vectors hello_ledger.bin, welcome_ledger.bin).
+    @Test func ledgerDigestCapabilityIsBit5() {
+        #expect(Capabilities.ledgerDigest.rawValue == 1 << 5)
+    }
 }
 
 @Suite struct FrameDecoderTests {

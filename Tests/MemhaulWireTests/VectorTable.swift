@@ -49,6 +49,15 @@ enum VectorTable {
             message: .welcome(Welcome(capabilities: [.zstd, .resume], lastCommittedRound: 41)),
             description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x3 (zstd + resume), last committed round 41 (flag 1)."),
         ValidVector(
+            file: "hello_ledger.bin", sequence: 0,
+            message: .hello(Hello(capabilities: [.zstd, .resume, .keepalive, .digestV2, .ledgerDigest], pageSize: 4096,
+                                  migrationID: "m2", senderName: "a")),
+            description: "HELLO, sequence 0: version 1.0, capabilities 0x37 (zstd + resume + keepalive + digest-v2 + ledger-digest, bit 5), page size 4096, no resume, migration id `m2`, sender name `a`."),
+        ValidVector(
+            file: "welcome_ledger.bin", sequence: 0,
+            message: .welcome(Welcome(capabilities: [.zstd, .resume, .keepalive, .digestV2, .ledgerDigest])),
+            description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x37 (ledger-digest accepted: the verification round's digests are the ledger digest v3), no committed round (flag 0)."),
+        ValidVector(
             file: "layout.bin", sequence: 1,
             message: .layout(Layout(round: 42, regions: [
                 RegionDescriptor(start: 0x5555_5555_4000, end: 0x5555_5555_6000, protection: [.read, .exec], flags: [.fileBacked], name: "/usr/bin/redis-server"),

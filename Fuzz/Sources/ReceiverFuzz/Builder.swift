@@ -172,7 +172,8 @@ struct StreamBuilder {
         let pageSize: UInt32 = f & 0x04 != 0 ? 8192 : 4096
         var caps: Capabilities = f & 0x08 != 0 ? [] : .v1_0
         if f & 0x40 != 0 { caps.insert(.digestV2) }
-        digestVersion = f & 0x40 != 0 ? .v2 : .v1
+        if f & 0x80 != 0 { caps.insert(.ledgerDigest) }
+        digestVersion = f & 0x80 != 0 ? .v3 : f & 0x40 != 0 ? .v2 : .v1
         let version = f & 0x20 != 0 ? WireVersion(major: 2, minor: 0) : .current  // refused: bad-hello
         emit(.hello(Hello(version: version, capabilities: caps, pageSize: pageSize, migrationID: id, senderName: "fuzz", resumeFromRound: resume)))
         if models[id] == nil { models[id] = ImageModel() }

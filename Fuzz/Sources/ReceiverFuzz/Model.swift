@@ -61,7 +61,7 @@ struct ImageModel {
     func digest(_ version: DigestVersion = .v1) -> MemoryDigest? {
         // Regions end at or below 2^57 (the store refuses others), so lengths fit an Int.
         guard regions.allSatisfy({ $0.start < $0.end && $0.end <= 1 << 57 }),
-              version == .v2 || layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
+              version != .v1 || layoutBytes <= Self.maxCheckedLayoutBytes else { return nil }
         let d = MemoryDigester(version: version)
         let sorted = pages.keys.sorted()
         var i = 0
@@ -112,7 +112,7 @@ struct ConnectionModel {
             guard migrationID == nil else { return false }
             migrationID = h.migrationID
             helloResume = .some(h.resumeFromRound)
-            digestVersion = h.capabilities.contains(.digestV2) ? .v2 : .v1
+            digestVersion = h.capabilities.contains(.ledgerDigest) ? .v3 : h.capabilities.contains(.digestV2) ? .v2 : .v1
         case .layout(let l):
             guard migrationID != nil, openRound == nil else { return false }
             pending += l.regions

@@ -40,9 +40,11 @@ struct Program {
     /// `otherMajor`: the HELLO's version field says 2.0 (the preamble 1.0).
     /// `noCapabilities`: the HELLO offers none (WELCOME must accept none).
     /// `digestV2`: it offers capability digestV2 (the verification round uses digest v2).
+    /// `ledger`: it offers capability ledgerDigest (the verification round uses the ledger digest, v3).
     mutating func hello(migration: UInt8 = 0, resume: Bool = false, otherMajor: Bool = false, noCapabilities: Bool = false,
-                        digestV2: Bool = false) {
-        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0) | (digestV2 ? 0x40 : 0), 0])
+                        digestV2: Bool = false, ledger: Bool = false) {
+        op(.hello, [(resume ? 1 : 0) | migration << 1 | (otherMajor ? 0x20 : 0) | (noCapabilities ? 0x08 : 0) | (digestV2 ? 0x40 : 0)
+                    | (ledger ? 0x80 : 0), 0])
     }
     /// LAYOUT of the current round: regions as (gap pages, length pages - 1, protection).
     mutating func layout(_ regions: [(UInt8, UInt8, UInt8)], continued: Bool = false) {
@@ -240,6 +242,39 @@ enum SeedPrograms {
         p.hello(resume: true, digestV2: true)
         p.goodRound([[(0, 5, 1)]], fill: 0x15, verify: true)
         list.append(("digest_v2_resume", p))
+
+        // The ledger digest (capability ledgerDigest): pages overwritten, zeroed and
+        // discarded across rounds, a layout that shrinks, right and wrong final
+        // digests, and a resume (the receiver rebuilds its ledger from the image).
+        p = Program()
+        p.hello(digestV2: true, ledger: true)
+        p.layout([(0, 15, 3), (40, 15, 3)])
+        p.batch([(0, 0, 3), (1, 2, 1)], kind: 3, fill: 0x21)
+        p.batch([(0, 8, 1)], kind: 0, fill: 0)
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.batch([(0, 1, 1)], kind: 3, fill: 0x22)
+        p.zero([(0, 3, 1)])
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.roundEnd(final: true)
+        p.close()
+        list.append(("ledger_digest", p))
+        p = Program()
+        p.hello(digestV2: true, ledger: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0x23)
+        p.layout([(0, 63, 3)])
+        p.roundEnd(final: true, wrongDigest: true)
+        p.newConnection()
+        p.hello(resume: true, digestV2: true, ledger: true)
+        list.append(("ledger_digest_wrong", p))
+        p = Program()
+        p.hello(digestV2: true, ledger: true)
+        p.goodRound([[(0, 0, 3)]], fill: 0x24)
+        p.newConnection()
+        p.hello(resume: true, digestV2: true, ledger: true)
+        p.goodRound([[(0, 5, 1)]], fill: 0x25, verify: true)
+        list.append(("ledger_digest_resume", p))
 
         // Receiver limits (tight limits, ReceiverFuzz.swift): each reached after a committed round.
         p = Program(tight: true)
