@@ -13,6 +13,8 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-metrics", from: "2.13.0"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C: the Linux uapi shim (PAGEMAP_SCAN, uffd WP_ASYNC, ptrace, pidfd, process_vm_readv).
@@ -48,13 +50,21 @@ let package = Package(
         // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
         .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS", "MemhaulSession", "MemhaulWire", "MemhaulSender"]),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
+        // Prometheus metrics of both agents (`--metrics-listen`): the counters as swift-metrics, a bounded HTTP listener.
+        .target(
+            name: "MemhaulMetrics",
+            dependencies: [
+                "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulTLS", "MemhaulSystem",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
         .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem", "CMemhaulSignals",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulMetrics", "MemhaulBench", "MemhaulCRIU", "MemhaulSystem", "CMemhaulSignals",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ]
         ),
@@ -74,6 +84,7 @@ let package = Package(
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
+        .testTarget(name: "MemhaulMetricsTests", dependencies: ["MemhaulTestSupport", "MemhaulMetrics", "MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
     ]
 )

@@ -17,6 +17,7 @@ public enum ReceiverControl {
             }
             let l = agent.connections.limits
             return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
+                    "counters": ControlJSON.object(agent.counters.values),
                     "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
                                "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost,
                                "max_layout_regions": l.maxLayoutRegions, "max_layout_bytes": l.maxLayoutBytes,

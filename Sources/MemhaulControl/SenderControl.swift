@@ -33,6 +33,9 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         self.log = log
     }
 
+    /// Every migration's status, oldest first (what the metrics read).
+    public var statuses: [MigrationStatus] { lock.withLock { migrations }.map(\.status) }
+
     public func handle(_ request: ControlRequest) throws(ControlError) -> [String: Any] {
         switch request.op {
         case "migrate": return try migrate(request)

@@ -101,13 +101,17 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// The socket under the stream, to cut it from another thread (preemption).
 
     public var info: Info { infoLock.withLock { _info } }
+    /// The agent's counters this session adds to.
+    private let counters: ReceiverCounters
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
     /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
                 authorization: ReceiverAuthorization? = nil, limits: ReceiverLimits = ReceiverLimits(),
-                restore: RestoreService? = nil, log: @escaping @Sendable (String) -> Void) {
+                restore: RestoreService? = nil, counters: ReceiverCounters = ReceiverCounters(),
+                log: @escaping @Sendable (String) -> Void) {
+        self.counters = counters
         self.limits = limits
         self.restore = restore
         channel = FrameChannel(stream: stream)
@@ -178,6 +182,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                refusal.code == .cancelled || refusal.code == .digestMismatch {
                 try? store.markFailed(reason: refusal.description)
             }
+            if !refusal.connectionLost { counters.refused(RefusalReason(code: refusal.code)) }
             setInfo {
                 $0.state = refusal.aborted ? "aborted" : refusal.connectionLost ? "disconnected" : "failed"
                 $0.error = refusal.description
@@ -353,6 +358,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try budget.addRanges(list.runs.count, round: list.round)
                 counts.discardedPages += try Self.apply(list.runs, store.discardPages)
             case .roundEnd(let end):
+                let roundEndAt = MonotonicClock.seconds()
                 try expect(openRound, end.round)
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
                       end.stats.discardedPages == counts.discardedPages, end.stats.batches == counts.batches else {
@@ -371,6 +377,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
                     let commit = try store.commitRound(final: true, digest: digest)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
+                    counters.completed()
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
@@ -378,6 +386,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
                     let commit = try store.commitRound(final: false, deferApply: true)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
@@ -514,6 +523,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             pages += UInt64(run.pageCount)
         }
         return pages
+    }
+
+    private func counted(_ commit: CommitInfo, since roundEnd: Double, pageBytes: UInt64) {
+        counters.committed(seconds: MonotonicClock.seconds() - roundEnd, fsyncSeconds: Double(commit.syncNanoseconds) / 1e9, pageBytes: pageBytes)
     }
 
     static func refusal(for error: Error) -> Refusal {

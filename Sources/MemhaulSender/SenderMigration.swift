@@ -294,6 +294,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             updateStatus {
                 $0.round = round
                 $0.pageBytes += sent.pageBytes
+                $0.zeroBytes += sent.zeroPages * PageSize.bytes
+                $0.discardedBytes += sent.discardedPages * PageSize.bytes
+                $0.rounds = round + 1
                 $0.transferredBytes = box.sentBefore + box.channel.bytesSent
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
