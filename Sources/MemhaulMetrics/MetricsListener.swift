@@ -5,6 +5,7 @@ import Foundation
 import MemhaulControl
 import MemhaulSystem
 import MemhaulTLS
+import Prometheus
 import Synchronization
 
 /// What a metrics endpoint serves: one Prometheus text exposition per scrape.
@@ -145,5 +146,12 @@ public final class MetricsListener: @unchecked Sendable {  // immutable after in
             try? unix.close()
             if case .unix(let path) = address { unlink(path) }
         }
+    }
+}
+
+extension MetricNameDescriptor {
+    /// A whole metric name (units and `_total` included, as Protocol/metrics.md lists it) and its HELP text.
+    static func described(_ name: String, _ help: String) -> MetricNameDescriptor {
+        MetricNameDescriptor(metricName: name, unitName: "", helpText: help)
     }
 }

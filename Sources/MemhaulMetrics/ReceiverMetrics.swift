@@ -17,12 +17,8 @@ public final class ReceiverMetrics: MetricsSource {
 
     public init(agent: ReceiverAgent) {
         self.agent = agent
-        let commit = histograms.makeValueHistogram(
-            name: "memhaul_receiver_commit_duration_seconds", buckets: Self.latencyBuckets,
-            help: "ROUND_END received to the commit point (durable), per commit chunk.")
-        let fsync = histograms.makeValueHistogram(
-            name: "memhaul_receiver_fsync_duration_seconds", buckets: Self.latencyBuckets,
-            help: "The journal flush, fsync and block reservation of a commit.")
+        let commit = histograms.makeValueHistogram(descriptor: .described("memhaul_receiver_commit_duration_seconds", "ROUND_END received to the commit point (durable), per commit chunk."), buckets: Self.latencyBuckets)
+        let fsync = histograms.makeValueHistogram(descriptor: .described("memhaul_receiver_fsync_duration_seconds", "The journal flush, fsync and block reservation of a commit."), buckets: Self.latencyBuckets)
         agent.counters.observeCommits { c in
             commit.record(c.seconds)
             fsync.record(c.fsyncSeconds)
@@ -32,19 +28,18 @@ public final class ReceiverMetrics: MetricsSource {
     public func exposition() -> [UInt8] {
         let v = agent.counters.values
         let registry = PrometheusCollectorRegistry()
-        registry.makeGauge(name: "memhaul_receiver_connections", help: "Migration connections open now.").set(Int64(agent.connections.openConnections))
-        registry.makeCounter(name: "memhaul_receiver_connections_accepted_total", help: "Connections accepted, before limits and the handshake.")
+        registry.makeGauge(descriptor: .described("memhaul_receiver_connections", "Migration connections open now.")).set(Int64(agent.connections.openConnections))
+        registry.makeCounter(descriptor: .described("memhaul_receiver_connections_accepted_total", "Connections accepted, before limits and the handshake."))
             .increment(by: Int64(clamping: v.connectionsAccepted))
         for reason in RefusalReason.allCases {
-            registry.makeCounter(name: "memhaul_receiver_refusals_total", labels: [("reason", reason.rawValue)],
-                                 help: "Connections or migrations refused, by reason.").increment(by: Int64(clamping: v.refusals[reason.rawValue] ?? 0))
+            registry.makeCounter(descriptor: .described("memhaul_receiver_refusals_total", "Connections or migrations refused, by reason."), labels: [("reason", reason.rawValue)]).increment(by: Int64(clamping: v.refusals[reason.rawValue] ?? 0))
         }
-        registry.makeCounter(name: "memhaul_receiver_migrations_completed_total", help: "Migrations whose image completed (digest verified).")
+        registry.makeCounter(descriptor: .described("memhaul_receiver_migrations_completed_total", "Migrations whose image completed (digest verified)."))
             .increment(by: Int64(clamping: v.migrationsCompleted))
-        registry.makeCounter(name: "memhaul_receiver_commits_total", help: "Commit chunks made durable.").increment(by: Int64(clamping: v.commits))
-        registry.makeCounter(name: "memhaul_receiver_committed_page_bytes_total", help: "Page bytes written into images by committed chunks.")
+        registry.makeCounter(descriptor: .described("memhaul_receiver_commits_total", "Commit chunks made durable.")).increment(by: Int64(clamping: v.commits))
+        registry.makeCounter(descriptor: .described("memhaul_receiver_committed_page_bytes_total", "Page bytes written into images by committed chunks."))
             .increment(by: Int64(clamping: v.committedPageBytes))
-        registry.makeGauge(name: "memhaul_receiver_image_disk_bytes", help: "Bytes allocated to the images under the images root.")
+        registry.makeGauge(descriptor: .described("memhaul_receiver_image_disk_bytes", "Bytes allocated to the images under the images root."))
             .set(Double(Self.diskUse(of: agent.imagesRoot)))
         return histograms.emitToBuffer() + registry.emitToBuffer()
     }

@@ -17,7 +17,7 @@ public struct SenderMetrics: MetricsSource {
     }
 
     /// Which migrations get series: the newest active ones first, then the newest final ones.
-    static func labelled(_ all: [MigrationStatus]) -> [MigrationStatus] {
+    public static func labelled(_ all: [MigrationStatus]) -> [MigrationStatus] {
         let active = all.filter { !$0.state.isFinal }.suffix(maxLabelledMigrations)
         let finished = all.filter(\.state.isFinal).suffix(min(maxFinishedMigrations, maxLabelledMigrations - active.count))
         return Array(active) + Array(finished)
@@ -28,17 +28,16 @@ public struct SenderMetrics: MetricsSource {
         let registry = PrometheusCollectorRegistry()
         let byState = Dictionary(grouping: all, by: \.state)
         for state in MigrationState.allCases {
-            registry.makeGauge(name: "memhaul_sender_migrations", labels: [("state", state.rawValue)],
-                               help: "Migrations this agent holds (up to its history), by state.").set(Int64(byState[state]?.count ?? 0))
+            registry.makeGauge(descriptor: .described("memhaul_sender_migrations", "Migrations this agent holds (up to its history), by state."), labels: [("state", state.rawValue)]).set(Int64(byState[state]?.count ?? 0))
         }
         for status in Self.labelled(all) {
             let c = status.counters
             let label = [("migration", status.id)]
             func counter(_ name: String, _ value: UInt64, _ help: String) {
-                registry.makeCounter(name: name, labels: label, help: help).increment(by: Int64(clamping: value))
+                registry.makeCounter(descriptor: .described(name, help), labels: label).increment(by: Int64(clamping: value))
             }
             func gauge(_ name: String, _ value: Double, _ help: String) {
-                registry.makeGauge(name: name, labels: label, help: help).set(value)
+                registry.makeGauge(descriptor: .described(name, help), labels: label).set(value)
             }
             counter("memhaul_migration_page_bytes_total", c.pageBytes, "Page bytes sent, uncompressed, zero pages excluded.")
             counter("memhaul_migration_wire_bytes_total", c.transferredBytes, "Bytes on the wire (frames, compressed), every connection.")
@@ -59,8 +58,7 @@ public struct SenderMetrics: MetricsSource {
             if let v = c.downtimeMs { gauge("memhaul_migration_downtime_seconds", v / 1000, "Target frozen to final round committed (set at the end).") }
             if let v = c.frozenMs { gauge("memhaul_migration_frozen_seconds", v / 1000, "The whole frozen window: frozen to released, the proof included.") }
             for state in MigrationState.allCases {
-                registry.makeGauge(name: "memhaul_migration_state", labels: label + [("state", state.rawValue)],
-                                   help: "1 for the migration's state, 0 for the others.").set(Int64(state == status.state ? 1 : 0))
+                registry.makeGauge(descriptor: .described("memhaul_migration_state", "1 for the migration's state, 0 for the others."), labels: label + [("state", state.rawValue)]).set(Int64(state == status.state ? 1 : 0))
             }
         }
         return registry.emitToBuffer()

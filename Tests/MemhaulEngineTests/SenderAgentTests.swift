@@ -32,7 +32,7 @@ import MemhaulTestSupport
         }
         while true {
             let s = try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1"]))["status"] as! [String: Any]
-            if (s["round"] as? Int ?? 0) >= 1 { break }
+            if ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1 { break }
             usleep(20_000)
         }
         receiver.child.kill(SIGKILL)
@@ -50,7 +50,7 @@ import MemhaulTestSupport
         let done = try waitFinal(control, "agent-2")
         #expect(done["state"] as? String == "completed", "\(done)")
         let all = try control.handle(ControlRequest(op: "status"))["migrations"] as! [[String: Any]]
-        #expect(all.map { $0["id"] as? String } == ["agent-1", "agent-2"])
+        #expect(all.map { $0["migration"] as? String } == ["agent-1", "agent-2"])
     }
 
     @Test func controlArgumentsAreChecked() throws {

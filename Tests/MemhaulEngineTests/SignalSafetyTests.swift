@@ -136,7 +136,7 @@ import MemhaulSystem
         case .rounds:
             eventually("rounds under way") { workload.hasUffdWriteProtect && agent.status(id)["state"] as? String == "active" }
         case .throttled:
-            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
             eventually("the target in a throttle stop") { workload.state == "T" }
         case .cgroupThrottled:
