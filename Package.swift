@@ -53,7 +53,7 @@ let package = Package(
         .target(
             name: "MemhaulMetrics",
             dependencies: [
-                "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulTLS", "MemhaulSystem",
+                "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulImage", "MemhaulTLS", "MemhaulSystem",
                 .product(name: "Prometheus", package: "swift-prometheus"),
             ]
         ),
@@ -83,7 +83,7 @@ let package = Package(
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
-        .testTarget(name: "MemhaulMetricsTests", dependencies: ["MemhaulTestSupport", "MemhaulMetrics", "MemhaulSender", "MemhaulReceiver", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulMetricsTests", dependencies: ["MemhaulTestSupport", "MemhaulMetrics", "MemhaulSender"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
     ]
 )
