@@ -82,7 +82,7 @@ let package = Package(
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
-        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl", "MemhaulSender"]),
         .testTarget(name: "MemhaulMetricsTests", dependencies: ["MemhaulTestSupport", "MemhaulMetrics", "MemhaulSender"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulSystem"]),
     ]

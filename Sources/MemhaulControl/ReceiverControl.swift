@@ -10,7 +10,7 @@ public enum ReceiverControl {
                 if let v = s.migration { d["migration"] = v }
                 if let v = s.committedRound { d["committed_round"] = v }
                 if let v = s.image { d["image"] = v }
-                if let v = s.error { d["error"] = v }
+                if let v = s.error { d["error"] = ["code": s.errorCode ?? "failed", "message": v] }
                 if let v = s.restoredPID { d["restored_pid"] = v }
                 if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
                 return d

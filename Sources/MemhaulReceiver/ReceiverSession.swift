@@ -28,6 +28,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var bytes: UInt64 = 0
         public var image: String?
         public var error: String?
+        /// The error's code: the wire ERROR code sent (snake_case), or `connection_lost`.
+        public var errorCode: String?
         /// The sender's verified certificate (nil with `--insecure`).
         public var sender: ImageOwner?
         /// What the image store's last commit did (pages, journal bytes, step
@@ -186,6 +188,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             setInfo {
                 $0.state = refusal.aborted ? "aborted" : refusal.connectionLost ? "disconnected" : "failed"
                 $0.error = refusal.description
+                $0.errorCode = refusal.connectionLost ? "connection_lost" : refusal.code.description.replacingOccurrences(of: "-", with: "_")
                 $0.committedRound = store?.committedRound
             }
             log("receiver: migration \(info.migration ?? "?") from \(info.peer): \(refusal.logDetail ?? refusal.description)")

@@ -26,7 +26,8 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var digest: String?
     public var cutoverReason: String?
     public var warnings: [String] = []
-    public var error: String?
+    /// Set when `failed`: `{"code", "message"}` in JSON.
+    public var failure: StatusError?
     /// The CRIU hand-over (`--restore criu`), after the proof; all nil without it.
     /// `criu dump` of the frozen source (no pages: the image has them).
     public var criuDumpMs: Double?
@@ -49,6 +50,12 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         set { counters[keyPath: counter] = newValue }
     }
 
+    /// The failure's message (a new one set here has code `failed`).
+    public var error: String? {
+        get { failure?.message }
+        set { failure = newValue.map { StatusError(code: "failed", message: $0) } }
+    }
+
     public init(id: String, pid: Int32, destination: String) {
         self.id = id
         self.pid = pid
@@ -61,13 +68,14 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case throttleMechanism = "throttle_mechanism"
         case compression
         case downtimeLimitMs = "downtime_limit_ms"
-        case maxBandwidth = "max_bandwidth_bps"
+        case maxBandwidth = "max_bandwidth_bytes_per_second"
         case freezeMs = "freeze_ms"
         case verifyMs = "verify_ms"
         case totalTimeMs = "total_time_ms"
         case digest
         case cutoverReason = "cutover_reason"
-        case warnings, error
+        case warnings
+        case failure = "error"
         case criuDumpMs = "criu_dump_ms"
         case transferMs = "transfer_ms"
         case restoreMs = "restore_ms"

@@ -158,7 +158,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if cancelled, let box { farewell(lastAcked: box.lastAcked) }
         updateStatus {
             $0.state = failure == nil ? .completed : cancelled ? .cancelled : .failed
-            $0.error = failure == nil || cancelled ? nil : String(describing: error!)
+            $0.failure = failure == nil || cancelled ? nil : StatusError(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
             if let frozen = release.frozenSeconds {

@@ -58,7 +58,7 @@ struct CtlCommand: ParsableCommand {
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
-            if let maxBandwidth { args["max_bandwidth_bps"] = maxBandwidth }
+            if let maxBandwidth { args["max_bandwidth_bytes_per_second"] = maxBandwidth }
             if let after { args["after"] = after }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
@@ -96,7 +96,7 @@ struct CtlCommand: ParsableCommand {
         func run() throws {
             var args: [String: Any] = ["migration": migration]
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
-            if let maxBandwidth { args["max_bandwidth_bps"] = maxBandwidth }
+            if let maxBandwidth { args["max_bandwidth_bytes_per_second"] = maxBandwidth }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
             if let autoConverge { args["auto_converge"] = autoConverge }

@@ -25,7 +25,7 @@ import MemhaulTestSupport
         let workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
         _ = try control.handle(ControlRequest(op: "migrate", args: [
             "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-1",
-            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 30e6, "resume_timeout_s": 1]))
+            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bytes_per_second": 30e6, "resume_timeout_s": 1]))
         // A second migration of the same PID is refused while the first runs.
         #expect(throws: ControlError.self) {
             _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
@@ -39,7 +39,8 @@ import MemhaulTestSupport
         receiver.child.wait()
         let failed = try waitFinal(control, "agent-1")
         #expect(failed["state"] as? String == "failed")
-        #expect((failed["error"] as? String)?.isEmpty == false)
+        #expect(((failed["error"] as? [String: Any])?["message"] as? String)?.isEmpty == false)
+        #expect((failed["error"] as? [String: Any])?["code"] as? String != nil)
         #expect(workload.state != "T")
         #expect(!workload.hasUffdWriteProtect)
 
