@@ -53,7 +53,7 @@ public struct ControlRequest: @unchecked Sendable {  // JSON values are immutabl
         var dict: [String: Any] = ["op": op]
         if let id { dict["id"] = id }
         if !args.isEmpty { dict["args"] = args }
-        return ControlJSON.line(dict)
+        return ControlJSON.line(dict, rounded: false)  // a request's numbers are the caller's, exactly
     }
 
     // Typed argument access with `bad_request` on a wrong type.
@@ -104,15 +104,16 @@ private func isJSONBoolean(_ v: Any) -> Bool {
 /// sorted keys, no escaped slashes, numbers rounded by what their key names.
 public enum ControlJSON {
     /// One JSON object as a line (sorted keys, so output is stable for scripts).
-    public static func line(_ object: [String: Any]) -> Data {
-        var data = text(object)
+    public static func line(_ object: [String: Any], rounded: Bool = true) -> Data {
+        var data = text(object, rounded: rounded)
         data.append(0x0A)
         return data
     }
 
-    /// One JSON object, without the newline.
-    public static func text(_ object: [String: Any]) -> Data {
-        (try? JSONSerialization.data(withJSONObject: normalised(object, key: nil), options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    /// One JSON object, without the newline. Output is `rounded`; requests are not.
+    public static func text(_ object: [String: Any], rounded: Bool = true) -> Data {
+        let value = rounded ? normalised(object, key: nil) : object
+        return (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
     }
 
     /// Floating-point numbers rounded to what they mean (integers untouched).

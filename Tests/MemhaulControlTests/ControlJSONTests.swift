@@ -39,3 +39,10 @@ private enum MigrationErrorProbe: Error, CustomStringConvertible {
     case failure
     var description: String { "probe failure" }
 }
+
+/// Requests keep the caller's numbers: a 0.001 ms limit must not round to 0.
+@Test func requestsAreNotRounded() throws {
+    let line = ControlRequest(op: "migrate", args: ["downtime_limit_ms": 0.001, "max_time_s": 0.00001]).encode()
+    let back = try ControlRequest.decode(line)
+    #expect(try back.number("downtime_limit_ms") == 0.001 && back.number("max_time_s") == 0.00001)
+}
