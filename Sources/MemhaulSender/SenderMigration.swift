@@ -294,14 +294,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             updateStatus {
                 $0.round = round
                 $0.pageBytes += sent.pageBytes
-                $0.zeroBytes += sent.zeroPages * PageSize.bytes
-                $0.discardedBytes += sent.discardedPages * PageSize.bytes
-                $0.rounds = round + 1
                 $0.transferredBytes = box.sentBefore + box.channel.bytesSent
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
             updateStatus { $0.compression = sender.governor.description }
+            updateStatus { $0.zeroBytes += sent.zeroPages * PageSize.bytes; $0.discardedBytes += sent.discardedPages * PageSize.bytes; $0.rounds = round + 1 }
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if hold.isFrozen { break }
 
