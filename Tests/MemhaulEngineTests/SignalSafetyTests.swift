@@ -140,7 +140,7 @@ import MemhaulSystem
             // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
             eventually("the target in a throttle stop") { workload.state == "T" }
         case .cgroupThrottled:
-            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             #expect(agent.status(id)["throttle_mechanism"] as? String == "cgroup")
             #expect(readProcFile("/proc/\(workload.pid)/cgroup") != cgroupBefore, "the target in the throttle's cgroup")
         case .frozen:
