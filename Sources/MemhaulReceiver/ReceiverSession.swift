@@ -105,9 +105,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public var info: Info { infoLock.withLock { _info } }
     /// The agent's counters this session adds to.
     private let counters: ReceiverCounters
-    /// This connection's entry in the image's report.json (the session thread only).
-    private var reportEntry: ReceiverReport.Connection
-    private let startedAt = MonotonicClock.seconds()
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
@@ -127,7 +124,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         self.log = log
         sender = stream.peerIdentity.map(ImageOwner.init(peer:))
         _info = Info(peer: stream.peerDescription, sender: sender)
-        reportEntry = ReceiverReport.Connection(peer: stream.peerDescription, startedAt: ReceiverReport.now())
         pageBuffer = .allocate(byteCount: WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize), alignment: 4096)
     }
 
@@ -164,7 +160,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var store: ImageStore?
         var claimed: String?
         defer {
-            if let store, let id = info.migration { report(into: store.directory, migration: id) }
             if let claimed { registry.release(claimed) }
             store?.close()
             watch.ended()
@@ -210,7 +205,6 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
         watch.working()
         let id = hello.migrationID
-        reportEntry.resumed = hello.resumeFromRound != nil
         setInfo { $0.migration = id }
         let directory = try ImageStore.directory(root: imagesRoot, migrationID: id)
         // Authorisation first, before anything touches the image or another
@@ -386,7 +380,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                         throw Refusal(code: .digestMismatch, description: "image digest \(wire.hex) differs from the source's \(senderDigest.hex)")
                     }
                     let commit = try store.commitRound(final: true, digest: digest)
-                    counted(commit, since: roundEndAt, round: end.round, counts: counts, final: true)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
                     counters.completed()
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
@@ -395,7 +389,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
                     let commit = try store.commitRound(final: false, deferApply: true)
-                    counted(commit, since: roundEndAt, round: end.round, counts: counts, final: false)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
@@ -534,24 +528,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         return pages
     }
 
-    /// A commit into the agent's counters and this connection's report entry.
-    private func counted(_ commit: CommitInfo, since roundEnd: Double, round: UInt64, counts: RoundStats, final: Bool) {
-        let now = MonotonicClock.seconds()
-        let fsync = Double(commit.syncNanoseconds) / 1e9
-        counters.committed(seconds: now - roundEnd, fsyncSeconds: fsync, pageBytes: counts.pages * PageSize.bytes)
-        guard reportEntry.commits.count < ReceiverReport.maxCommits else { reportEntry.commitsNotListed += 1; return }
-        reportEntry.commits.append(.init(
-            wireRound: round, atMs: (now - startedAt) * 1000, pages: counts.pages, zeroPages: counts.zeroPages,
-            discardedPages: counts.discardedPages, commitMs: (now - roundEnd) * 1000, fsyncMs: fsync * 1000, final: final))
-    }
-
-    /// Appends this connection to the image's report.json.
-    private func report(into directory: String, migration: String) {
-        let info = self.info
-        reportEntry.endedAt = ReceiverReport.now()
-        reportEntry.outcome = info.state
-        reportEntry.error = info.error.map { ["code": info.errorCode ?? "failed", "message": $0] }
-        ReceiverReport.append(reportEntry, migration: migration, directory: directory)
+    private func counted(_ commit: CommitInfo, since roundEnd: Double, pageBytes: UInt64) {
+        counters.committed(seconds: MonotonicClock.seconds() - roundEnd, fsyncSeconds: Double(commit.syncNanoseconds) / 1e9, pageBytes: pageBytes)
     }
 
     static func refusal(for error: Error) -> Refusal {
