@@ -40,13 +40,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         switch request.op {
         case "migrate": return try migrate(request)
         case "status":
-            try request.onlyKeys(["migration", "history"])
+            try request.onlyKeys(["migration"])
             if let id = try request.string("migration") {
-                let m = try find(id)
-                if try request.bool("history") == true { return ["status": ControlJSON.object(m.status), "report": ControlJSON.object(m.report)] }
-                return ["status": ControlJSON.object(m.status)]
+                return ["status": ControlJSON.object(try find(id).status)]
             }
-            if try request.bool("history") == true { throw ControlError(.badRequest, "\"history\" needs \"migration\"") }
             return ["migrations": lock.withLock { migrations }.map { ControlJSON.object($0.status) }]
         case "set":
             try request.onlyKeys(["migration", "downtime_limit_ms", "max_bandwidth_bytes_per_second", "auto_converge", "max_rounds", "max_time_s"])

@@ -72,15 +72,8 @@ struct CtlCommand: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Status of one migration, or of all.")
         @OptionGroup var connection: Connection
         @Option(help: "Migration id.") var migration: String?
-        @Flag(help: "With --migration: add the report so far (rounds, phases, resumes; as migrate --report writes it).")
-        var history = false
-        func validate() throws {
-            if history && migration == nil { throw ValidationError("--history needs --migration") }
-        }
         func run() throws {
-            var args: [String: Any] = migration.map { ["migration": $0] } ?? [:]
-            if history { args["history"] = true }
-            try CtlCommand.run(connection, "status", args)
+            try CtlCommand.run(connection, "status", migration.map { ["migration": $0] } ?? [:])
         }
     }
 

@@ -30,38 +30,6 @@ import MemhaulTestSupport
     }
 }
 
-extension MigrateReportCLITests {
-    /// `ctl status --history` gives the same report live, from the sender agent.
-    @Test func ctlStatusHistoryHasTheReport() throws {
-        let dir = temporaryDirectory("history")
-        defer { removeTree(dir) }
-        let receiver = try ChildProcess([builtBinary("memhaul"), "receive", "--listen", "127.0.0.1:0", "--images", dir + "/images",
-                                         "--insecure", "--control", dir + "/r.sock"], stdin: .null)
-        let line = try receiver.expectLine(startingWith: "listening ")
-        let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
-        let sender = try ChildProcess([builtBinary("memhaul"), "sender", "--insecure", "--control", dir + "/s.sock"], stdin: .null)
-        _ = try sender.expectLine(startingWith: "ready ")
-        let target = try sleeper()
-        let started = try runMemhaul(["ctl", "migrate", "--socket", dir + "/s.sock", "--pid", "\(target.pid)", "--to", "127.0.0.1:\(port)",
-                                      "--id", "hist", "--max-rounds", "2", "--after", "resume"])
-        #expect(started.status == 0, "\(started.out)\(started.err)")
-        var reply: [String: Any] = [:]
-        for _ in 0..<600 {
-            let r = try runMemhaul(["ctl", "status", "--socket", dir + "/s.sock", "--migration", "hist", "--history"])
-            reply = (try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any])?["result"] as? [String: Any] ?? [:]
-            let state = (reply["status"] as? [String: Any])?["state"] as? String
-            if state == "completed" || state == "failed" { break }
-            usleep(50_000)
-        }
-        let status = try #require(reply["status"] as? [String: Any])
-        let report = try #require(reply["report"] as? [String: Any], "\(reply)")
-        #expect(status["state"] as? String == "completed" && report["state"] as? String == "completed")
-        let rounds = try #require(report["rounds"] as? [[String: Any]])
-        #expect(rounds.count == (status["counters"] as? [String: Any])?["rounds"] as? Int)
-        #expect(try runMemhaul(["ctl", "status", "--socket", dir + "/s.sock", "--history"]).status != 0, "--history needs --migration")
-    }
-}
-
 extension ISO8601DateFormatter {
     static var fractional: ISO8601DateFormatter {
         let f = ISO8601DateFormatter()
