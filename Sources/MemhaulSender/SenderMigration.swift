@@ -48,13 +48,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         status.downtimeLimitMs = request.parameters.downtimeLimitMs
         status.maxBandwidth = request.parameters.maxBandwidth
         shared = Mutex(Shared(status: status, parameters: request.parameters))
-        recorder = ReportRecorder(id: request.id, pid: request.pid, destination: request.destination)
     }
 
     public var status: MigrationStatus { shared.withLock { $0.status } }
-    /// Round by round, so far (complete once `status` is final).
-    public var report: MigrationReport { recorder.value }
-    private let recorder: ReportRecorder
 
     /// Live parameter change; applies from the next frame (bandwidth) or round.
     public func update(_ change: (inout ConvergenceParameters) -> Void) -> MigrationStatus {
@@ -171,7 +167,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             $0.warnings += release.problems.map { "source PID \(request.pid): \($0)" }
         }
-        recorder.finish(status)
         for problem in release.problems { log("migration \(request.id): source PID \(request.pid): \(problem)") }
         if failure == nil {
             log("migration \(request.id) completed; source \(release.action)")
@@ -270,13 +265,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.totalBytes = layout.reduce(0) { $0 + ($1.end - $1.start) }
             $0.warnings += process.skipped.isEmpty ? [] : ["\(process.skipped.count) mappings not tracked (see memhaul track --pid for reasons)"]
         }
-        if parameters.maxRounds > 0 { recorder.phase("precopy") }
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
             let ns = try hold.freeze()
-            recorder.phase("freeze", at: freezeStart)
-            recorder.phase("final_delta")
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
@@ -285,7 +277,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         while true {
             if isCancelled { throw MigrationError.cancelled }
             let roundStart = MonotonicClock.seconds()
-            let predictedMs = status.expectedDowntimeMs
             let sent: SentRound
             do {
                 sent = try sendRound(UInt64(round + 1) &+ box.offset, layout: layout, scan: scan, box: box, sender: sender, frozen: hold.isFrozen)
@@ -309,12 +300,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             updateStatus { $0.compression = sender.governor.description }
             updateStatus { $0.zeroBytes += sent.zeroPages * PageSize.bytes; $0.discardedBytes += sent.discardedPages * PageSize.bytes; $0.rounds = round + 1 }
-            recorder.round(.init(
-                round: round, startMs: recorder.startMs(roundStart), endMs: recorder.startMs(roundEnd), pages: sent.pages,
-                zeroPages: sent.zeroPages, discardedPages: sent.discardedPages, pageBytes: sent.pageBytes, wireBytes: sent.wireBytes,
-                throughputBytesPerSecond: roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0,
-                compression: sender.governor.description, throttlePercent: hold.throttlePercent, predictedMs: predictedMs,
-                actualMs: (roundEnd - roundStart) * 1000, frozen: hold.isFrozen))
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
             if hold.isFrozen { break }
 
@@ -331,8 +316,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             policy.parameters = parameters
             var decision = policy.decide(after: m, elapsed: now - start)
             if shared.withLock({ $0.cutoverRequested }) { decision = .cutover(reason: .requested) }
-            recorder.decided(decision, dirtyRate: policy.dirtyRate, pendingBytes: UInt64(pending),
-                             expectedDowntimeMs: policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil)
             updateStatus {
                 $0.remainingBytes = UInt64(pending)
                 $0.dirtyRateBps = policy.dirtyRate
@@ -366,8 +349,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 }
                 freezeStart = MonotonicClock.seconds()
                 let ns = try hold.freeze()
-                recorder.phase("freeze", at: freezeStart)
-                recorder.phase("final_delta")
                 scan = try scanNextRound(process, tracker, &layout)
                 updateStatus {
                     $0.state = .cutover
@@ -385,7 +366,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof: both sides digest the frozen memory / the committed image.
         let verifyStart = MonotonicClock.seconds()
-        recorder.phase("verify", at: verifyStart)
         let digest = try ProcessDigest.compute(
             pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges,
             version: box.capabilities.contains(.digestV2) ? .v2 : .v1)  // the form the receiver accepted
@@ -420,7 +400,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             // The step's tools (CRIU) seize the source themselves (a task has one
             // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
             try hold.handOver()
-            recorder.phase("after_proof")
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
         }
@@ -482,7 +461,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         retire(box.channel)
         log("connection to \(request.destination) lost (\(error)); resuming from round \(lastAcked)")
         updateStatus { $0.resumes += 1 }
-        recorder.broke()
         let deadline = MonotonicClock.seconds() + parameters.resumeTimeoutSeconds
         var delay = 0.05
         var last: Error = error
@@ -504,7 +482,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let mark = brokenEnds.filter { $0.key <= committed }.values.max() ?? 0
                 box.lostBytes += brokenSent - min(max(mark, box.committedMark), brokenSent)
                 updateStatus { $0.resentBytesAfterResume = box.lostBytes }
-                recorder.resumed(committedRound: committed, resentBytes: box.lostBytes)
                 box.channel = channel
                 box.committedMark = 0
                 box.chunkEnds = [:]

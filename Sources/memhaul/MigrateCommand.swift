@@ -88,8 +88,6 @@ struct MigrateCommand: ParsableCommand {
     @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry (default: the host in --to).")
     var serverName: String?
     @Flag(help: "Print the final status as JSON instead of a summary.") var json = false
-    @Option(help: "Write the migration's report (rounds, phases, resumes, downtime; JSON) to this file at the end, also on failure.")
-    var report: String?
     @Flag(name: .shortAndLong, help: "Log every round.") var verbose = false
     @OptionGroup var convergence: ConvergenceOptions
     @OptionGroup var restore: RestoreOptions
@@ -148,7 +146,6 @@ struct MigrateCommand: ParsableCommand {
         ShutdownSignals.parkIfShuttingDown()
         progress?.stop()
         let status = migration.status
-        if let report { try MigrationReportFile.write(migration.report, to: report) }
         if json {
             FileHandle.standardOutput.write(ControlJSON.line(ControlJSON.object(status)))
         } else {
