@@ -14,6 +14,7 @@ let package = Package(
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         // C: the Linux uapi shim (PAGEMAP_SCAN, uffd WP_ASYNC, ptrace, pidfd, process_vm_readv).
@@ -51,13 +52,21 @@ let package = Package(
         // CRIU's image formats and page server: memhaul's image feeds `criu restore`. No kernel module.
         .target(name: "MemhaulCRIU", dependencies: ["MemhaulImage", "MemhaulSystem", "MemhaulTLS", "MemhaulSession", "MemhaulWire", "MemhaulSender"]),
         .target(name: "MemhaulControl", dependencies: ["MemhaulSender", "MemhaulReceiver", "MemhaulReport", "MemhaulSession", "MemhaulTLS", "MemhaulSystem"]),
+        // Prometheus metrics of both agents (`--metrics-listen`): the counters as swift-metrics, a bounded HTTP listener.
+        .target(
+            name: "MemhaulMetrics",
+            dependencies: [
+                "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulImage", "MemhaulTLS", "MemhaulSystem",
+                .product(name: "Prometheus", package: "swift-prometheus"),
+            ]
+        ),
         // Benchmarks (`memhaul bench`), kept out of the library modules.
         .target(name: "MemhaulBench", dependencies: ["CMemhaulLinux", "MemhaulKernel", "MemhaulCompression", "MemhaulTLS", "MemhaulImage", "MemhaulSystem"]),
         .executableTarget(
             name: "memhaul",
             dependencies: [
                 "MemhaulKernel", "MemhaulWire", "MemhaulCompression", "MemhaulDigest", "MemhaulTLS", "MemhaulImage",
-                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulBench", "MemhaulCRIU", "MemhaulReport", "MemhaulSystem", "CMemhaulSignals",
+                "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulMetrics", "MemhaulBench", "MemhaulCRIU", "MemhaulReport", "MemhaulSystem", "CMemhaulSignals",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
             ]
@@ -77,8 +86,9 @@ let package = Package(
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
         .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "MemhaulReport", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
-        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl"]),
+        .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl", "MemhaulSender"]),
         .testTarget(name: "MemhaulReportTests", dependencies: ["MemhaulTestSupport", "MemhaulReport", "MemhaulSystem"]),
+        .testTarget(name: "MemhaulMetricsTests", dependencies: ["MemhaulTestSupport", "MemhaulMetrics", "MemhaulSender"]),
         .testTarget(name: "MemhaulCLITests", dependencies: ["MemhaulTestSupport", "MemhaulReport", "MemhaulSystem"]),
     ]
 )

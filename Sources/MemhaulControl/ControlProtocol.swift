@@ -53,7 +53,7 @@ public struct ControlRequest: @unchecked Sendable {  // JSON values are immutabl
         var dict: [String: Any] = ["op": op]
         if let id { dict["id"] = id }
         if !args.isEmpty { dict["args"] = args }
-        return ControlJSON.line(dict)
+        return ControlJSON.line(dict, rounded: false)  // a request's numbers are the caller's, exactly
     }
 
     // Typed argument access with `bad_request` on a wrong type.
@@ -99,12 +99,46 @@ private func isJSONBoolean(_ v: Any) -> Bool {
     return v is Bool
 }
 
+/// The one JSON output of memhaul (control replies, `migrate --json`,
+/// `image inspect --json`, `track --json`; Protocol/control.md, "JSON"):
+/// sorted keys, no escaped slashes, numbers rounded by what their key names.
 public enum ControlJSON {
     /// One JSON object as a line (sorted keys, so output is stable for scripts).
-    public static func line(_ object: [String: Any]) -> Data {
-        var data = (try? JSONSerialization.data(withJSONObject: object, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    public static func line(_ object: [String: Any], rounded: Bool = true) -> Data {
+        var data = text(object, rounded: rounded)
         data.append(0x0A)
         return data
+    }
+
+    /// One JSON object, without the newline. Output is `rounded`; requests are not.
+    public static func text(_ object: [String: Any], rounded: Bool = true) -> Data {
+        let value = rounded ? normalised(object, key: nil) : object
+        return (try? JSONSerialization.data(withJSONObject: value, options: [.sortedKeys, .withoutEscapingSlashes])) ?? Data("{}".utf8)
+    }
+
+    /// Floating-point numbers rounded to what they mean (integers untouched).
+    static func normalised(_ value: Any, key: String?) -> Any {
+        switch value {
+        case let d as [String: Any]: return d.reduce(into: [String: Any]()) { $0[$1.key] = normalised($1.value, key: $1.key) }
+        case let a as [Any]: return a.map { normalised($0, key: key) }
+        case _ where isJSONBoolean(value): return value
+        case let n as NSNumber where n.doubleValue == n.doubleValue.rounded() && abs(n.doubleValue) < 1e15: return value
+        case let d as Double: return rounded(d, key: key ?? "")
+        default: return value
+        }
+    }
+
+    /// `_ms`: 0.1 ms; `_s`, `_seconds`: 0.1 ms; rates (`_per_second`) and byte
+    /// counts: whole units; anything else (ratios, percentages): 3 decimals.
+    public static func rounded(_ value: Double, key: String) -> Double {
+        guard value.isFinite else { return value }
+        let digits: Double
+        if key.hasSuffix("_ms") { digits = 1 }
+        else if key.hasSuffix("_s") || key.hasSuffix("_seconds") { digits = 4 }
+        else if key.hasSuffix("_per_second") || key.hasSuffix("_bytes") { digits = 0 }
+        else { digits = 3 }
+        let scale = pow(10, digits)
+        return (value * scale).rounded() / scale
     }
 
     public static func success(id: Any?, result: [String: Any]) -> Data {

@@ -10,13 +10,14 @@ public enum ReceiverControl {
                 if let v = s.migration { d["migration"] = v }
                 if let v = s.committedRound { d["committed_round"] = v }
                 if let v = s.image { d["image"] = v }
-                if let v = s.error { d["error"] = v }
+                if let v = s.error { d["error"] = ["code": s.errorCode ?? "failed", "message": v] }
                 if let v = s.restoredPID { d["restored_pid"] = v }
                 if let v = s.sender { d["sender"] = ["common_name": v.commonName, "sha256": v.fingerprint] }
                 return d
             }
             let l = agent.connections.limits
             return ["sessions": sessions, "images": agent.imagesRoot, "connections": agent.connections.openConnections,
+                    "counters": ControlJSON.object(agent.counters.values),
                     "limits": ["handshake_timeout_s": l.handshakeTimeout.secondsValue, "frame_timeout_s": l.frameTimeout.secondsValue,
                                "max_connections": l.maxConnections, "max_connections_per_host": l.maxConnectionsPerHost,
                                "max_layout_regions": l.maxLayoutRegions, "max_layout_bytes": l.maxLayoutBytes,

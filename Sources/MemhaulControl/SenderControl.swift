@@ -34,6 +34,9 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         self.log = log
     }
 
+    /// Every migration's status, oldest first (what the metrics read).
+    public var statuses: [MigrationStatus] { lock.withLock { migrations }.map(\.status) }
+
     public func handle(_ request: ControlRequest) throws(ControlError) -> [String: Any] {
         switch request.op {
         case "migrate": return try migrate(request)
@@ -47,16 +50,16 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             if try request.bool("history") != nil { throw ControlError(.badRequest, "history needs a migration") }
             return ["migrations": lock.withLock { migrations }.map { ControlJSON.object($0.status) }]
         case "set":
-            try request.onlyKeys(["migration", "downtime_limit_ms", "max_bandwidth_bps", "auto_converge", "max_rounds", "max_time_s"])
+            try request.onlyKeys(["migration", "downtime_limit_ms", "max_bandwidth_bytes_per_second", "auto_converge", "max_rounds", "max_time_s"])
             let m = try find(try request.require(try request.string("migration"), "migration"))
             guard !m.status.state.isFinal else { throw ControlError(.conflict, "migration \(m.request.id) is \(m.status.state.rawValue)") }
             let downtime = try request.number("downtime_limit_ms")
-            let bandwidth = try request.number("max_bandwidth_bps")
+            let bandwidth = try request.number("max_bandwidth_bytes_per_second")
             let auto = try request.bool("auto_converge")
             let rounds = try request.int("max_rounds")
             let time = try request.number("max_time_s")
             if let downtime, downtime <= 0 { throw ControlError(.badRequest, "downtime_limit_ms must be > 0") }
-            if let bandwidth, bandwidth < 0 { throw ControlError(.badRequest, "max_bandwidth_bps must be >= 0") }
+            if let bandwidth, bandwidth < 0 { throw ControlError(.badRequest, "max_bandwidth_bytes_per_second must be >= 0") }
             let status = m.update { p in
                 if let downtime { p.downtimeLimitMs = downtime }
                 if let bandwidth { p.maxBandwidth = bandwidth == 0 ? nil : bandwidth }
@@ -106,7 +109,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
     }
 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
-        try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bps",
+        try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bytes_per_second",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
                         "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report", "strict", "strict_attempts", "proof"])
@@ -174,7 +177,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         if let v = try r.number("downtime_limit_ms") { request.parameters.downtimeLimitMs = v }
         if let v = try r.int("max_rounds") { request.parameters.maxRounds = v }
         if let v = try r.number("max_time_s") { request.parameters.maxTimeSeconds = v }
-        if let v = try r.number("max_bandwidth_bps") { request.parameters.maxBandwidth = v > 0 ? v : nil }
+        if let v = try r.number("max_bandwidth_bytes_per_second") { request.parameters.maxBandwidth = v > 0 ? v : nil }
         if let v = try r.bool("auto_converge") { request.parameters.autoConverge = v }
         if let v = try r.bool("strict") { request.parameters.strict = v }
         if let v = try r.int("strict_attempts") { request.parameters.strictAttempts = v }

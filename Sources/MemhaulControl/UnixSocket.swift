@@ -5,7 +5,7 @@ import Foundation
 import MemhaulSystem
 
 /// Unix stream sockets for the control interface.
-enum UnixSocket {
+package enum UnixSocket {
     static func address(_ path: String) throws(ControlError) -> sockaddr_un {
         var addr = sockaddr_un()
         addr.sun_family = sa_family_t(AF_UNIX)
@@ -20,7 +20,7 @@ enum UnixSocket {
     }
 
     /// `socket(AF_UNIX)` + `bind` + `listen`, mode 0600, in a 0700 directory.
-    static func listen(path: String) throws -> FileDescriptor {
+    package static func listen(path: String) throws -> FileDescriptor {
         let dir = path.split(separator: "/", omittingEmptySubsequences: false).dropLast().joined(separator: "/")
         if !dir.isEmpty, access(dir, F_OK) != 0 {
             _ = try Syscall.run("mkdir(\(dir))") { mkdir(dir, 0o700) }
@@ -57,7 +57,7 @@ enum UnixSocket {
         return fd
     }
 
-    static func connect(path: String) throws -> FileDescriptor {
+    package static func connect(path: String) throws -> FileDescriptor {
         let fd = FileDescriptor(owning: try Syscall.run("socket(AF_UNIX)") { socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) })
         var addr = try address(path)
         _ = try Syscall.run("connect(\(path))") {
@@ -68,7 +68,7 @@ enum UnixSocket {
 
     /// `send(2)` with MSG_NOSIGNAL until every byte is out: a peer that has
     /// hung up is EPIPE, never SIGPIPE (which would end the agent).
-    static func sendAll(_ fd: Int32, _ data: Data) throws {
+    package static func sendAll(_ fd: Int32, _ data: Data) throws {
         try data.withUnsafeBytes { (buffer: UnsafeRawBufferPointer) in
             var done = 0
             while done < buffer.count {
@@ -77,7 +77,7 @@ enum UnixSocket {
         }
     }
 
-    static func setTimeout(_ fd: Int32, seconds: Int) {
+    package static func setTimeout(_ fd: Int32, seconds: Int) {
         var tv = timeval(tv_sec: seconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))

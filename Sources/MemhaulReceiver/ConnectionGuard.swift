@@ -83,11 +83,11 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
         let host = Self.host(of: peer)
         return condition.withLock {
             if entries.count >= limits.maxConnections {
-                return .failure(LimitRefusal(description: "\(entries.count) connections open (limit \(limits.maxConnections))"))
+                return .failure(LimitRefusal(reason: .connectionLimit, description: "\(entries.count) connections open (limit \(limits.maxConnections))"))
             }
             let fromHost = entries.values.filter { $0.host == host }.count
             if fromHost >= limits.maxConnectionsPerHost {
-                return .failure(LimitRefusal(description: "\(fromHost) connections open from \(host) (limit \(limits.maxConnectionsPerHost) per host)"))
+                return .failure(LimitRefusal(reason: .hostLimit, description: "\(fromHost) connections open from \(host) (limit \(limits.maxConnectionsPerHost) per host)"))
             }
             nextID += 1
             entries[nextID] = Entry(fd: fd, host: host, peer: peer,
@@ -172,6 +172,7 @@ public final class ConnectionGuard: @unchecked Sendable {  // state behind `cond
 
 /// A connection refused by the receiver's limits.
 public struct LimitRefusal: Error, CustomStringConvertible {
+    public var reason: RefusalReason
     public var description: String
 }
 

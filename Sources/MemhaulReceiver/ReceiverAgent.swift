@@ -20,6 +20,8 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     private var closed = false
     /// Deadlines and connection limits (a stalled or dripping peer is cut).
     public let connections: ConnectionGuard
+    /// Connections, refusals, commits: what the status and the metrics read.
+    public let counters = ReceiverCounters()
     /// Which sender may write which migration ids (`--authorize`); set before `serve()`.
     public var authorization: ReceiverAuthorization?
     /// Restores processes after their proof (`--restore criu`); set before `serve()`.
@@ -55,10 +57,12 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     private func serve(_ connection: TCPStream) {
         let peer = connection.peerDescription
         let ticket: ConnectionGuard.Ticket
+        counters.accepted()
         switch connections.admit(fd: connection.fileDescriptor, peer: peer) {
         case .success(let t): ticket = t
         case .failure(let refusal):
             log("receiver: refused connection from \(peer): \(refusal)")
+            counters.refused(refusal.reason)
             connection.close()
             return
         }
@@ -71,6 +75,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             try connection.setTimeouts(read: limits.frameTimeout, write: limits.frameTimeout)
         } catch {
             log("receiver: refused connection from \(peer): \(error)")
+            counters.refused(.handshake)
             connections.release(ticket)
             connection.close()
             return
@@ -90,7 +95,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             peerGone: { guardian.peerGone(ticket) })
         let session = ReceiverSession(
             stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization,
-            limits: limits, restore: restore, log: log)
+            limits: limits, restore: restore, counters: counters, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

@@ -29,6 +29,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         public var bytes: UInt64 = 0
         public var image: String?
         public var error: String?
+        /// The error's code: the wire ERROR code sent (snake_case), or `connection_lost`.
+        public var errorCode: String?
         /// The sender's verified certificate (nil with `--insecure`).
         public var sender: ImageOwner?
         /// What the image store's last commit did (pages, journal bytes, step
@@ -104,13 +106,17 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// The socket under the stream, to cut it from another thread (preemption).
 
     public var info: Info { infoLock.withLock { _info } }
+    /// The agent's counters this session adds to.
+    private let counters: ReceiverCounters
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
     /// peer certificate; a plain stream (`--insecure`) has none.
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
                 authorization: ReceiverAuthorization? = nil, limits: ReceiverLimits = ReceiverLimits(),
-                restore: RestoreService? = nil, log: @escaping @Sendable (String) -> Void) {
+                restore: RestoreService? = nil, counters: ReceiverCounters = ReceiverCounters(),
+                log: @escaping @Sendable (String) -> Void) {
+        self.counters = counters
         self.limits = limits
         self.restore = restore
         channel = FrameChannel(stream: stream)
@@ -184,9 +190,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                refusal.code == .cancelled || refusal.code == .digestMismatch {
                 try? store.markFailed(reason: refusal.description)
             }
+            if !refusal.connectionLost { counters.refused(RefusalReason(code: refusal.code)) }
             setInfo {
                 $0.state = refusal.aborted ? "aborted" : refusal.connectionLost ? "disconnected" : "failed"
                 $0.error = refusal.description
+                $0.errorCode = refusal.connectionLost ? "connection_lost" : refusal.code.description.replacingOccurrences(of: "-", with: "_")
                 $0.committedRound = store?.committedRound
             }
             log("receiver: migration \(info.migration ?? "?") from \(info.peer): \(refusal.logDetail ?? refusal.description)")
@@ -387,6 +395,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 try stage.submit(.discard(list.runs))
                 counts.discardedPages += Self.pageCount(list.runs)
             case .roundEnd(let end):
+                let roundEndAt = MonotonicClock.seconds()
                 try expect(openRound, end.round)
                 try stage.drain()  // the store is this thread's again until the next page frame
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
@@ -409,6 +418,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     // acknowledgement, outside the source's frozen window.
                     let commit = try store.commitRound(final: true, digest: digest, deferApply: true)
                     recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: true, digest: wire.hex)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
+                    counters.completed()
                     try channel.send(.roundAck(RoundAck(round: end.round, imageDigest: wire)))
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
@@ -419,6 +430,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     let commit = try store.commitRound(final: false, deferApply: true)
                     try ledger?.commitRound()
                     recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: false)
+                    counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
                     try channel.send(.roundAck(RoundAck(round: end.round)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
@@ -536,6 +548,10 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             pages += UInt64(run.pageCount)
         }
         return pages
+    }
+
+    private func counted(_ commit: CommitInfo, since roundEnd: Double, pageBytes: UInt64) {
+        counters.committed(seconds: MonotonicClock.seconds() - roundEnd, fsyncSeconds: Double(commit.syncNanoseconds) / 1e9, pageBytes: pageBytes)
     }
 
     static func refusal(for error: Error) -> Refusal {

@@ -203,22 +203,8 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         return r
     }
 
-    /// A short machine-readable name of what failed.
+    /// A short machine-readable name of what failed: the status's code (``StatusError``).
     static func code(_ error: Error, _ state: MigrationState) -> String {
-        if state == .cancelled { return "cancelled" }
-        switch error as? MigrationError {
-        case .targetExited?: return "target_exited"
-        case .freezeTimeout?: return "freeze_timeout"
-        case .digestMismatch?: return "digest_mismatch"
-        case .protocolViolation?: return "protocol_violation"
-        case .peerError?: return "peer_error"
-        case .cancelled?: return "cancelled"
-        case .invalidParameter?: return "invalid_parameter"
-        case .connectionClosed?: return "connection_closed"
-        case .resumeTimedOut?: return "resume_timed_out"
-        case .peerTimeout?: return "peer_timeout"
-        case .downtimeLimitUnmet?: return "downtime_limit_unmet"
-        case nil: return "failed"
-        }
+        state == .cancelled ? "cancelled" : StatusError(describing: error).code
     }
 }

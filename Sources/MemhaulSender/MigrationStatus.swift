@@ -1,48 +1,31 @@
 /// The state of one migration, as `status` reports it (QEMU `query-migrate` style).
-public enum MigrationState: String, Codable, Sendable {
+public enum MigrationState: String, Codable, Sendable, CaseIterable {
     case setup, active, cutover, completed, failed, cancelled
     public var isFinal: Bool { self == .completed || self == .failed || self == .cancelled }
 }
 
 /// One migration's status. Field names are the JSON keys of `Protocol/control.md`.
+@dynamicMemberLookup
 public struct MigrationStatus: Codable, Sendable, Equatable {
     public var id: String
     public var pid: Int32
     public var destination: String
     public var state: MigrationState = .setup
+    /// Bytes, rounds, rates and the frozen window: the one counters struct
+    /// (read as `status.pageBytes` through the dynamic member lookup).
+    public var counters = MigrationCounters()
     /// What the migration is doing now (the progress line's stage).
     public var stage: MigrationStage = .setup
-    /// The engine round in progress (or the last one, once pre-copy is over).
-    public var round: Int = 0
     /// Dirty bytes the current engine round sends, and how many of them are out
     /// (updated per commit chunk).
     public var roundTotalBytes: UInt64 = 0
     public var roundSentBytes: UInt64 = 0
-    /// Bytes on the wire so far (frames, compressed).
-    public var transferredBytes: UInt64 = 0
-    /// Page bytes sent so far (uncompressed).
-    public var pageBytes: UInt64 = 0
-    /// Pending dirty bytes the next round must send.
-    public var remainingBytes: UInt64 = 0
-    /// Tracked bytes of the target (populated or not).
-    public var totalBytes: UInt64 = 0
-    public var dirtyRateBps: Double = 0
-    public var throughputBps: Double = 0
-    public var wireBps: Double = 0
-    public var expectedDowntimeMs: Double?
-    public var throttlePercent: Int = 0
     /// The throttle auto-converge used: `cgroup` or `signals`; nil if it never throttled.
     public var throttleMechanism: ThrottleMechanism?
     /// Compression in use: `zstd N` or `raw`.
     public var compression: String?
     public var downtimeLimitMs: Double = 300
     public var maxBandwidth: Double?
-    /// Set at the end.
-    public var downtimeMs: Double?
-    /// The whole frozen window: SIGSTOP sent → the target let go (thawed,
-    /// killed, or handed over stopped), the final delta and the proof
-    /// included. Set whenever the target was frozen, also on failure.
-    public var frozenMs: Double?
     public var freezeMs: Double?
     /// The final round's scan (layout refresh and PAGEMAP_SCAN walks), target frozen.
     public var finalScanMs: Double?
@@ -56,21 +39,16 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// the source is not released before it passes).
     public var fullProofInFrozenWindow: Bool?
     public var totalTimeMs: Double?
-    public var rounds: Int?
     public var digest: String?
     public var cutoverReason: String?
-    /// Connections re-established after a break.
-    public var resumes: Int = 0
-    /// Wire bytes sent after the receiver's last commit on connections that
-    /// broke: the receiver dropped them and they travelled again (what the breaks cost).
-    public var resentBytesAfterResume: UInt64 = 0
     /// `--strict`: cutovers aborted because the final round would overrun the limit.
     public var abortedCutovers: Int = 0
     public var cutoverAborts: [CutoverAbort] = []
     /// The receiver commit latency the final round is predicted with.
     public var commitEstimateMs: Double?
     public var warnings: [String] = []
-    public var error: String?
+    /// Set when `failed`: `{"code", "message"}` in JSON.
+    public var failure: StatusError?
     /// The CRIU hand-over (`--restore criu`), after the proof; all nil without it.
     /// `criu dump` of the frozen source (no pages: the image has them).
     public var criuDumpMs: Double?
@@ -88,6 +66,17 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     /// The process's PID on the receiver's host.
     public var restoredPID: Int32?
 
+    public subscript<T>(dynamicMember counter: WritableKeyPath<MigrationCounters, T>) -> T {
+        get { counters[keyPath: counter] }
+        set { counters[keyPath: counter] = newValue }
+    }
+
+    /// The failure's message (a new one set here has code `failed`).
+    public var error: String? {
+        get { failure?.message }
+        set { failure = newValue.map { StatusError(code: "failed", message: $0) } }
+    }
+
     public init(id: String, pid: Int32, destination: String) {
         self.id = id
         self.pid = pid
@@ -95,24 +84,14 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     }
 
     enum CodingKeys: String, CodingKey {
-        case id, pid, destination, state, stage, round
+        case id = "migration"
+        case pid, destination, state, counters, stage
         case roundTotalBytes = "round_total_bytes"
         case roundSentBytes = "round_sent_bytes"
-        case transferredBytes = "transferred_bytes"
-        case pageBytes = "page_bytes"
-        case remainingBytes = "remaining_bytes"
-        case totalBytes = "total_bytes"
-        case dirtyRateBps = "dirty_rate_bps"
-        case throughputBps = "throughput_bps"
-        case wireBps = "wire_bps"
-        case expectedDowntimeMs = "expected_downtime_ms"
-        case throttlePercent = "throttle_percent"
         case throttleMechanism = "throttle_mechanism"
         case compression
         case downtimeLimitMs = "downtime_limit_ms"
-        case maxBandwidth = "max_bandwidth_bps"
-        case downtimeMs = "downtime_ms"
-        case frozenMs = "frozen_ms"
+        case maxBandwidth = "max_bandwidth_bytes_per_second"
         case freezeMs = "freeze_ms"
         case finalScanMs = "final_scan_ms"
         case verifyMs = "verify_ms"
@@ -120,14 +99,13 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case fullProofMs = "full_proof_ms"
         case fullProofInFrozenWindow = "full_proof_in_frozen_window"
         case totalTimeMs = "total_time_ms"
-        case rounds, digest
+        case digest
         case cutoverReason = "cutover_reason"
-        case resumes
-        case resentBytesAfterResume = "resent_bytes_after_resume"
         case abortedCutovers = "aborted_cutovers"
         case cutoverAborts = "cutover_aborts"
         case commitEstimateMs = "commit_estimate_ms"
-        case warnings, error
+        case warnings
+        case failure = "error"
         case criuDumpMs = "criu_dump_ms"
         case transferMs = "transfer_ms"
         case restoreMs = "restore_ms"

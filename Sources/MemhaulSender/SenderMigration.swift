@@ -185,7 +185,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         updateStatus {
             $0.state = state
             $0.stage = failure == nil ? .done : cancelled ? .cancelled : .failed
-            $0.error = failure == nil || cancelled ? nil : String(describing: error!)
+            $0.failure = failure == nil || cancelled ? nil : StatusError(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
             if let frozen = release.frozenSeconds {
@@ -366,6 +366,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
             updateStatus { $0.compression = sender.governor.description }
+            updateStatus { $0.zeroBytes += sent.zeroPages * PageSize.bytes; $0.discardedBytes += sent.discardedPages * PageSize.bytes; $0.rounds = round + 1 }
             recorder.round(round, chunks: firstChunk...(UInt64(round + 1) &+ box.offset), start: roundStart, end: roundEnd, sent: sent,
                            compressionLevel: sender.governor.level, compression: sender.governor.description,
                            throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)

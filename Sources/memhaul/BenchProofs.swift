@@ -43,7 +43,7 @@ struct BenchProofs {
             let frozen = median(mode) { $0.frozenMs }
             print(String(format: "  %-12@ frozen %8.1f ms = freeze %6.1f + final delta %7.1f + verify %8.1f (re-read %8.1f)  rounds %2.0f  frozen/full %.4f",
                          mode.rawValue, frozen, median(mode) { $0.freezeMs }, median(mode) { ($0.downtimeMs ?? 0) - ($0.freezeMs ?? 0) },
-                         median(mode) { $0.verifyMs }, median(mode) { $0.fullProofMs }, median(mode) { $0.rounds.map(Double.init) },
+                         median(mode) { $0.verifyMs }, median(mode) { $0.fullProofMs }, median(mode) { Double($0.rounds) },
                          frozen / max(0.001, baseline)))
         }
     }

@@ -82,7 +82,7 @@ struct CtlCommand: ParsableCommand {
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
-            if let maxBandwidth { args["max_bandwidth_bps"] = Double(maxBandwidth.bytes) }
+            if let maxBandwidth { args["max_bandwidth_bytes_per_second"] = Double(maxBandwidth.bytes) }
             if let after { args["after"] = after }
             if let proof { args["proof"] = proof }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
@@ -130,7 +130,7 @@ struct CtlCommand: ParsableCommand {
         func run() throws {
             var args: [String: Any] = ["migration": migration]
             if let downtimeLimit { args["downtime_limit_ms"] = downtimeLimit }
-            if let maxBandwidth { args["max_bandwidth_bps"] = Double(maxBandwidth.bytes) }
+            if let maxBandwidth { args["max_bandwidth_bytes_per_second"] = Double(maxBandwidth.bytes) }
             if let maxRounds { args["max_rounds"] = maxRounds }
             if let maxTime { args["max_time_s"] = maxTime }
             if let autoConverge { args["auto_converge"] = autoConverge }

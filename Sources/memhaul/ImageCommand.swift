@@ -1,4 +1,5 @@
 import MemhaulBench
+import MemhaulControl
 import ArgumentParser
 import Foundation
 import MemhaulDigest
@@ -73,41 +74,40 @@ struct ImageCommand: ParsableCommand {
                 },
                 "rounds": info.rounds.map {
                     [
-                        "round": $0.round, "dataPages": $0.dataPages, "dataBytes": $0.dataBytes, "zeroPages": $0.zeroPages,
-                        "discardedPages": $0.discardedPages, "journalBytes": $0.journalBytes,
-                        "committedAt": isoTime($0.committedAt), "layoutChanged": $0.layoutChanged,
+                        "round": $0.round, "data_pages": $0.dataPages, "data_bytes": $0.dataBytes, "zero_pages": $0.zeroPages,
+                        "discarded_pages": $0.discardedPages, "journal_bytes": $0.journalBytes,
+                        "committed_at": isoTime($0.committedAt), "layout_changed": $0.layoutChanged,
                     ] as [String: Any]
                 },
-                "storedPages": info.storedPages,
-                "diskBytes": info.diskBytes,
-                "logicalBytes": info.logicalBytes,
-                "createdAt": isoTime(info.createdAt),
-                "updatedAt": isoTime(info.updatedAt),
+                "stored_pages": info.storedPages,
+                "disk_bytes": info.diskBytes,
+                "logical_bytes": info.logicalBytes,
+                "created_at": isoTime(info.createdAt),
+                "updated_at": isoTime(info.updatedAt),
                 "recovery": recovery,
                 "live": live,
             ]
-            object["committedRound"] = info.committedRound.map { Int($0) } ?? NSNull()
-            object["checkpointedRound"] = info.checkpointedRound.map { Int($0) } ?? NSNull()
-            object["pendingJournals"] = info.pendingJournals.map { Int($0) }
-            object["failureReason"] = info.failureReason ?? NSNull()
+            object["committed_round"] = info.committedRound.map { Int($0) } ?? NSNull()
+            object["checkpointed_round"] = info.checkpointedRound.map { Int($0) } ?? NSNull()
+            object["pending_journals"] = info.pendingJournals.map { Int($0) }
+            object["failure_reason"] = info.failureReason ?? NSNull()
             object["digest"] = info.finalDigest?.hex ?? NSNull()
-            object["digestVersion"] = info.finalDigest.map { Int($0.version.rawValue) } ?? NSNull()
+            object["digest_version"] = info.finalDigest.map { Int($0.version.rawValue) } ?? NSNull()
             switch info.owner {
             case .success(let owner?):
                 object["owner"] = [
-                    "commonName": owner.commonName, "sha256": owner.fingerprint, "subject": owner.subject,
-                    "recordedAt": isoTime(owner.recordedAt),
+                    "common_name": owner.commonName, "sha256": owner.fingerprint, "subject": owner.subject,
+                    "recorded_at": isoTime(owner.recordedAt),
                 ]
             case .success(nil): object["owner"] = NSNull()
-            case .failure(let error): object["owner"] = ["error": String(describing: error)]
+            case .failure(let error): object["owner"] = ["error": ["code": "owner_unreadable", "message": String(describing: error)]]
             }
             if let recomputed {
-                object["recomputedDigest"] = recomputed.hex
-                object["recomputedDigestVersion"] = Int(recomputed.version.rawValue)
-                if let stored = info.finalDigest { object["digestMatches"] = stored == recomputed }
+                object["recomputed_digest"] = recomputed.hex
+                object["recomputed_digest_version"] = Int(recomputed.version.rawValue)
+                if let stored = info.finalDigest { object["digest_matches"] = stored == recomputed }
             }
-            let data = try JSONSerialization.data(withJSONObject: object, options: [.sortedKeys])
-            return String(decoding: data, as: UTF8.self)
+            return String(decoding: ControlJSON.text(object), as: UTF8.self)
         }
 
         func humanText(_ info: ImageInfo, _ recomputed: MemoryDigest?, live: Bool, recovery: String) -> String {

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import MemhaulControl
 import MemhaulSystem
 import MemhaulSession
 import MemhaulSender
@@ -31,8 +32,7 @@ extension ImageCommand {
                     "bytes_compared": report.bytesCompared, "mismatches": report.mismatches.map { String(describing: $0) },
                     "not_migrated": report.notMigrated,
                 ]
-                let data = try JSONSerialization.data(withJSONObject: obj, options: [.sortedKeys])
-                print(String(decoding: data, as: UTF8.self))
+                print(String(decoding: ControlJSON.text(obj), as: UTF8.self))
             } else if report.ok {
                 print("image \(directory) matches process \(pid): \(report.regions) regions, \(report.pagesCompared) pages with content compared")
                 if !report.notMigrated.isEmpty { print("  not migrated by design (shared, kernel-provided, device, hugetlb): \(report.notMigrated.count) mappings") }

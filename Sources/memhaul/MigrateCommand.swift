@@ -180,7 +180,7 @@ enum Summary {
     static func text(_ s: MigrationStatus) -> String {
         var lines = ["migration \(s.id): \(s.state.rawValue)"]
         if let e = s.error { lines.append("  error: \(e)") }
-        if let r = s.rounds { lines.append("  engine rounds: \(r) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
+        if s.rounds > 0 { lines.append("  engine rounds: \(s.rounds) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }

@@ -1,4 +1,6 @@
 import ArgumentParser
+import Foundation
+import MemhaulControl
 import MemhaulKernel
 
 /// `memhaul probe`: can this machine and these privileges run a memhaul sender?
@@ -69,35 +71,12 @@ struct ProbeCommand: ParsableCommand {
         d.components.seconds * 1_000_000 + d.components.attoseconds / 1_000_000_000_000
     }
 
-    /// `{"kernel":"6.18…","ok":true,"features":[{"name":…,"ok":…,"required":…,"detail":…,"fix":…}]}`
+    /// `{"features":[{"detail":…,"fix":…,"name":…,"ok":…,"required":…}],"kernel":"6.18…","ok":true}` (the common JSON output).
     static func json(_ report: KernelFeatures) -> String {
-        let features = report.features.map { f in
-            "{\"name\":\(quote(f.name)),\"ok\":\(f.ok),\"required\":\(f.required),\"detail\":\(quote(f.detail)),\"fix\":"
-                + (f.fix.map(quote) ?? "null") + "}"
+        let features: [[String: Any]] = report.features.map { f in
+            ["name": f.name, "ok": f.ok, "required": f.required, "detail": f.detail, "fix": f.fix ?? NSNull()]
         }
-        return "{\"kernel\":\(quote(report.kernelRelease)),\"ok\":\(report.allRequiredPresent),\"features\":["
-            + features.joined(separator: ",") + "]}"
-    }
-
-    static func quote(_ s: String) -> String {
-        var out = "\""
-        for scalar in s.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case "\t": out += "\\t"
-            case "\r": out += "\\r"
-            default:
-                if scalar.value < 0x20 {
-                    let hex = String(scalar.value, radix: 16)
-                    out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-                } else {
-                    out.unicodeScalars.append(scalar)
-                }
-            }
-        }
-        return out + "\""
+        return String(decoding: ControlJSON.text(["kernel": report.kernelRelease, "ok": report.allRequiredPresent, "features": features]), as: UTF8.self)
     }
 }
 

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
+import MemhaulMetrics
 import MemhaulCRIU
 import MemhaulSession
 import MemhaulSender
@@ -44,6 +45,7 @@ struct ReceiveCommand: ParsableCommand {
     var authorize: String?
     @OptionGroup var transport: TransportOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func validate() throws {
         guard handshakeTimeout > 0, frameTimeout > 0 else { throw ValidationError("--handshake-timeout and --frame-timeout must be positive") }
@@ -93,6 +95,8 @@ struct ReceiveCommand: ParsableCommand {
         }
         let server = try ControlServer(path: control, handler: ReceiverControl.handler(agent))
         defer { server.close() }
+        let metricsListener = try metrics.start(ReceiverMetrics(agent: agent))
+        defer { metricsListener?.close() }
         Log.line("receiver: listening on \(listener.localDescription) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3")), images in \(images), control \(control)")
         // SIGHUP re-reads the policy (also without one: a reload never kills a receiver);
         // SIGINT/SIGTERM end the agent cleanly (socket file removed). Handled by
@@ -129,6 +133,7 @@ struct SenderCommand: ParsableCommand {
     var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
     @OptionGroup var transport: TransportOptions
     @OptionGroup var logging: LoggingOptions
+    @OptionGroup var metrics: MetricsOptions
 
     func run() throws {
         AgentSignals.ignoreBrokenPipes()
@@ -155,6 +160,8 @@ struct SenderCommand: ParsableCommand {
         let server = try ControlServer(path: control) { (r: ControlRequest) throws(ControlError) -> [String: Any] in
             try senderControl.handle(r)
         }
+        let metricsListener = try metrics.start(SenderMetrics(migrations: { senderControl.statuses }))
+        defer { metricsListener?.close() }
         Log.line("sender: control socket \(control) (\(transport.insecure ? "plaintext" : "mutual TLS 1.3") to receivers)")
         // SIGINT/SIGTERM/SIGHUP: no new work, cancel the migrations (each thaws
         // and untracks its target), release whatever is still held after the

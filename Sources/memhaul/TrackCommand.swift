@@ -70,7 +70,7 @@ struct TrackCommand: ParsableCommand {
         let ms = Double(scan.stats.nanoseconds) / 1e6
         if json {
             emit(["event": "round", "round": scan.round, "dirty_pages": scan.stats.dirtyPages, "discarded_pages": scan.stats.discardedPages,
-                  "scan_ms": ms, "dirty_rate_bps": rate, "pages_scanned": scan.stats.pagesScanned, "ioctls": scan.stats.ioctls])
+                  "scan_ms": ms, "dirty_rate_bytes_per_second": rate, "pages_scanned": scan.stats.pagesScanned, "ioctls": scan.stats.ioctls])
         } else {
             print(Self.columns(["\(scan.round)", "\(scan.stats.dirtyPages)", "\(scan.stats.discardedPages)", String(format: "%.2f", ms),
                                 window > 0 ? Summary.bytes(rate) + "/s" : "-", "\(scan.stats.regions)"]))

@@ -28,18 +28,20 @@ import MemhaulTestSupport
             let object = try JSONSerialization.jsonObject(with: Data(r.out.utf8)) as? [String: Any]
             let status = try #require((object?["result"] as? [String: Any])?["status"] as? [String: Any], "\(r.out)")
             #expect(status["state"] as? String != "failed", "\(status)")
-            if status["stage"] as? String == "precopy", status["round"] as? Int == 0,
+            let counters = status["counters"] as? [String: Any] ?? [:]
+            if status["stage"] as? String == "precopy", counters["round"] as? Int == 0,
                let sent = status["round_sent_bytes"] as? Int, let total = status["round_total_bytes"] as? Int, sent > 0, sent < total {
                 midRound = status
             }
             // Round 0 over (or never shown mid-way): the counters did not move within it.
-            if (status["round"] as? Int ?? 0) > 0 || (status["state"] as? String).map({ ["completed", "failed", "cancelled"].contains($0) }) == true {
+            if (counters["round"] as? Int ?? 0) > 0 || (status["state"] as? String).map({ ["completed", "failed", "cancelled"].contains($0) }) == true {
                 break
             }
         }
         let status = try #require(midRound, "no status within round 0 with some of its bytes sent (\(polls) polls)")
-        #expect((status["page_bytes"] as? Int ?? 0) > 0 && (status["transferred_bytes"] as? Int ?? 0) > 0, "\(status)")
-        #expect((status["remaining_bytes"] as? Int ?? 0) > 0, "remaining counts down within the round: \(status)")
+        let counters = status["counters"] as? [String: Any] ?? [:]
+        #expect((counters["page_bytes"] as? Int ?? 0) > 0 && (counters["transferred_bytes"] as? Int ?? 0) > 0, "\(status)")
+        #expect((counters["remaining_bytes"] as? Int ?? 0) > 0, "remaining counts down within the round: \(status)")
 
         let cancelled = try runMemhaul(["ctl", "cancel", "--socket", socket, "--migration", "agent-progress"])
         #expect(cancelled.status == 0, "\(cancelled.out)")

@@ -111,8 +111,8 @@ enum CRIUEndToEnd {
         let source = try CRIUEndToEnd.Child("/bin/sleep", ["600"])
         let r = try CRIUEndToEnd.migrate(pid: source.pid, port: port, id: "no-restore", criu: fake.path)
         #expect(r.status != 0)
-        #expect((r.json["error"] as? String ?? "").contains("memhaul receive --restore criu"))
-        #expect(r.json["rounds"] == nil)  // nothing was sent
+        #expect(((r.json["error"] as? [String: Any])?["message"] as? String ?? "").contains("memhaul receive --restore criu"))
+        #expect((r.json["counters"] as? [String: Any])?["rounds"] as? Int == 0)  // nothing was sent
         let s = try #require(CRIUEndToEnd.inspect(source.pid))
         #expect(s.state == "S" && !s.traced && !s.tracked)
     }
@@ -131,7 +131,7 @@ enum CRIUEndToEnd {
         let r = try CRIUEndToEnd.migrate(pid: source.pid, port: receiver.port, id: "dump-refused", criu: fake.path)
         #expect(r.status != 0, "\(r.output)")
         #expect(r.json["state"] as? String == "failed")
-        let error = r.json["error"] as? String ?? ""
+        let error = (r.json["error"] as? [String: Any])?["message"] as? String ?? ""
         #expect(error.contains("criu dump failed (exit 1): Error (criu/sk-unix.c:850): unix: Can't dump half of stream unix connection."), "\(error)")
         #expect(r.json["digest"] != nil)  // the proof came first
         #expect(r.json["criu_dump_ms"] == nil && r.json["restored_pid"] == nil)
@@ -252,9 +252,10 @@ enum CRIUEndToEnd {
         #expect(r.json["state"] as? String == "completed")
         let restored = try #require((r.json["restored_pid"] as? NSNumber)?.int32Value)
         defer { kill(restored, SIGKILL) }
-        for key in ["freeze_ms", "downtime_ms", "verify_ms", "criu_dump_ms", "transfer_ms", "restore_ms", "pages_complete_ms", "frozen_window_ms"] {
+        for key in ["freeze_ms", "verify_ms", "criu_dump_ms", "transfer_ms", "restore_ms", "pages_complete_ms", "frozen_window_ms"] {
             #expect(r.json[key] is NSNumber, "\(key) missing")
         }
+        #expect((r.json["counters"] as? [String: Any])?["downtime_ms"] is NSNumber, "downtime_ms missing")
         // The source is gone; the restored process runs and its memory is right.
         #expect(CRIUEndToEnd.waitGone(source, seconds: 10))
         let s = try #require(CRIUEndToEnd.inspect(restored))
@@ -301,7 +302,7 @@ extension CRIURestoreEndToEndTests {
 
         let r = try CRIUEndToEnd.migrate(pid: source, port: receiver.port, id: "criu-restore-fails", criu: criu)
         #expect(r.status != 0)
-        let error = r.json["error"] as? String ?? ""
+        let error = (r.json["error"] as? [String: Any])?["message"] as? String ?? ""
         #expect(error.contains("restore-failed") && error.contains("File tmp/app.log has bad size 4096 (expect 8192)"), "\(error)")
         #expect(r.json["criu_dump_ms"] is NSNumber && r.json["restored_pid"] == nil)
         let s = try #require(CRIUEndToEnd.inspect(source))

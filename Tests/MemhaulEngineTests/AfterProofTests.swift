@@ -137,7 +137,7 @@ import MemhaulTestSupport
         migration.run()
         #expect(migration.status.state == .failed)
         #expect(migration.status.error?.contains("start it with --restore") == true)
-        #expect(migration.status.rounds == nil && migration.status.freezeMs == nil)
+        #expect(migration.status.rounds == 0 && migration.status.freezeMs == nil)
         #expect(workload.state != "T")
     }
 

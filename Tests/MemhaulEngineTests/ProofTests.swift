@@ -158,7 +158,8 @@ import MemhaulTestSupport
         let migration = SenderMigration(request: r, connect: try connector(pki))
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread { migration.run(); done.signal() }
-        while migration.status.pageBytes == 0 && !migration.status.state.isFinal { usleep(2_000) }
+        // Round 1 starts only once every chunk of round 0 is acknowledged (committed).
+        while migration.status.round < 1 && !migration.status.state.isFinal { usleep(2_000) }
         first.child.kill(SIGKILL)
         first.child.wait()
         try corruptOneDataByte(images + "/corrupt-down")

@@ -128,7 +128,7 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         #expect(inspect.wait() == 0)
         let object = try #require(try JSONSerialization.jsonObject(with: Data(json.utf8)) as? [String: Any])
         let owner = try #require(object["owner"] as? [String: Any], "\(json)")
-        #expect(owner["commonName"] as? String == "memhaul-sender")
+        #expect(owner["common_name"] as? String == "memhaul-sender")
         let senderPEM = try String(contentsOfFile: pki.directory + "/sender.pem", encoding: .utf8)
         #expect(owner["sha256"] as? String == (try PeerIdentity(certificatePEM: senderPEM)).sha256Fingerprint)
     }

@@ -25,14 +25,14 @@ import MemhaulTestSupport
         let workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
         _ = try control.handle(ControlRequest(op: "migrate", args: [
             "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "agent-1",
-            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 30e6, "resume_timeout_s": 1]))
+            "downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bytes_per_second": 30e6, "resume_timeout_s": 1]))
         // A second migration of the same PID is refused while the first runs.
         #expect(throws: ControlError.self) {
             _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
         }
         while true {
             let s = try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1"]))["status"] as! [String: Any]
-            if (s["round"] as? Int ?? 0) >= 1 { break }
+            if ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1 { break }
             usleep(20_000)
         }
         // Live: the report so far, the phase in progress included.
@@ -44,7 +44,8 @@ import MemhaulTestSupport
         receiver.child.wait()
         let failed = try waitFinal(control, "agent-1")
         #expect(failed["state"] as? String == "failed")
-        #expect((failed["error"] as? String)?.isEmpty == false)
+        #expect(((failed["error"] as? [String: Any])?["message"] as? String)?.isEmpty == false)
+        #expect((failed["error"] as? [String: Any])?["code"] as? String != nil)
         #expect(workload.state != "T")
         #expect(!workload.hasUffdWriteProtect)
 
@@ -58,10 +59,11 @@ import MemhaulTestSupport
         let history = try #require(try control.handle(ControlRequest(op: "status", args: ["migration": "agent-2", "history": true]))["history"] as? [String: Any])
         #expect(history["side"] as? String == "sender" && history["migration"] as? String == "agent-2")
         let rounds = try #require(history["rounds"] as? [[String: Any]])
-        #expect(rounds.count == done["rounds"] as? Int, "\(rounds.count) rounds in the history, status says \(done["rounds"] ?? "-")")
+        let doneRounds = (done["counters"] as? [String: Any])?["rounds"] as? Int
+        #expect(rounds.count == doneRounds, "\(rounds.count) rounds in the history, status says \(doneRounds ?? -1)")
         #expect(rounds.first?["page_bytes"] as? Int ?? 0 > 0)
         let all = try control.handle(ControlRequest(op: "status"))["migrations"] as! [[String: Any]]
-        #expect(all.map { $0["id"] as? String } == ["agent-1", "agent-2"])
+        #expect(all.map { $0["migration"] as? String } == ["agent-1", "agent-2"])
     }
 
     @Test func controlArgumentsAreChecked() throws {

@@ -118,15 +118,15 @@ import MemhaulSystem
         switch phase {
         case .rounds:
             workload = try startWorkload(["--size", "128M", "--threads", "2", "--rate", "0"])
-            args.merge(["downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bps": 20e6]) { $1 }
+            args.merge(["downtime_limit_ms": 0.001, "auto_converge": false, "max_bandwidth_bytes_per_second": 20e6]) { $1 }
         case .throttled, .cgroupThrottled:
             // A hot set rewritten as fast as two threads can, over an 8 MB/s link: auto-converge throttles.
             workload = try startWorkload(["--size", "16M", "--threads", "2", "--rate", "0", "--pattern", "hot:0.5"])
-            args.merge(["downtime_limit_ms": 0.001, "max_rounds": 1000, "max_bandwidth_bps": 8e6,
+            args.merge(["downtime_limit_ms": 0.001, "max_rounds": 1000, "max_bandwidth_bytes_per_second": 8e6,
                         "throttle": phase == .throttled ? "signals" : "cgroup"]) { $1 }
         case .frozen:
             workload = try startWorkload(["--size", "256M", "--threads", "2", "--rate", "2000"])
-            args.merge(["max_rounds": 0, "max_bandwidth_bps": 20e6]) { $1 }
+            args.merge(["max_rounds": 0, "max_bandwidth_bytes_per_second": 20e6]) { $1 }
         }
         args["pid"] = Int(workload.pid)
         let cgroupBefore = readProcFile("/proc/\(workload.pid)/cgroup")
@@ -136,11 +136,11 @@ import MemhaulSystem
         case .rounds:
             eventually("rounds under way") { workload.hasUffdWriteProtect && agent.status(id)["state"] as? String == "active" }
         case .throttled:
-            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
             eventually("the target in a throttle stop") { workload.state == "T" }
         case .cgroupThrottled:
-            eventually("auto-converge throttling", bound: 300_000) { (agent.status(id)["throttle_percent"] as? Int ?? 0) > 0 }
+            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             #expect(agent.status(id)["throttle_mechanism"] as? String == "cgroup")
             #expect(readProcFile("/proc/\(workload.pid)/cgroup") != cgroupBefore, "the target in the throttle's cgroup")
         case .frozen:

@@ -286,8 +286,8 @@ extension ImageReader {
 
         let inspect = try run([builtBinary("memhaul"), "image", "inspect", dir, "--json", "--verify-digest"])
         #expect(inspect.status == 0, "\(inspect.err)")
-        #expect(inspect.out.contains("\"recomputedDigest\":\"\(digest.hex)\""), "\(inspect.out)")
-        #expect(inspect.out.contains("\"committedRound\":4"), "\(inspect.out)")
+        #expect(inspect.out.contains("\"recomputed_digest\":\"\(digest.hex)\""), "\(inspect.out)")
+        #expect(inspect.out.contains("\"committed_round\":4"), "\(inspect.out)")
 
         // A stopped process that holds none of it: verify reads the image and reports the difference.
         let sleeper = Process()

@@ -27,22 +27,22 @@ extension AttachProcessTests {
         @Test func probeBinaryPassesHere() throws {
             let (code, json) = try probe(faults: nil)
             #expect(code == 0, "\(json)")
-            #expect(json.hasPrefix("{\"kernel\":") && json.contains("\"ok\":true,\"features\""))
+            #expect(json.hasPrefix("{\"features\":[") && json.hasSuffix("\"ok\":true}"), "\(json)")  // sorted keys
         }
 
         @Test func missingPagemapScanIsReportedAndFails() throws {
             let (code, json) = try probe(faults: "ioctl(PAGEMAP_SCAN)=ENOTTY")
             #expect(code == 1)
-            #expect(json.contains("{\"name\":\"PAGEMAP_SCAN\",\"ok\":false,\"required\":true,"), "\(json)")
+            #expect(json.contains("\"name\":\"PAGEMAP_SCAN\",\"ok\":false,\"required\":true}"), "\(json)")
             #expect(json.contains("\"fix\":\"kernel lacks PAGEMAP_SCAN (Linux ≥ 6.7)\""), "\(json)")
-            #expect(json.contains("{\"name\":\"ptrace\",\"ok\":true"))
+            #expect(json.contains("\"name\":\"ptrace\",\"ok\":true"))
         }
 
         @Test func missingAsyncWriteProtectAndPtraceAreReported() throws {
             let (code, json) = try probe(faults: "ioctl(UFFDIO_API)=EINVAL,ptrace(SEIZE)=EPERM")
             #expect(code == 1)
             #expect(json.contains("kernel lacks UFFD_FEATURE_WP_ASYNC (needs Linux ≥ 6.7)"), "\(json)")
-            #expect(json.contains("{\"name\":\"ptrace\",\"ok\":false"), "\(json)")
+            #expect(json.contains("\"name\":\"ptrace\",\"ok\":false"), "\(json)")
             #expect(json.contains("run as root or grant CAP_SYS_PTRACE"), "\(json)")
         }
     }

@@ -37,7 +37,7 @@ case $op in
   status)
     if [[ -n $mig ]]; then
       [[ ${FAKE_STATUS:-} == fail ]] && { echo '{"ok":false,"error":{"code":"internal","message":"down"}}'; exit 1; }
-      echo '{"ok":true,"result":{"status":{"id":"m-1","state":"completed","round":3,"transferred_bytes":4096,"remaining_bytes":0,"dirty_rate_bps":0,"throttle_percent":0,"rounds":3,"digest":"d"}}}'
+      echo '{"ok":true,"result":{"status":{"migration":"m-1","state":"completed","counters":{"round":3,"transferred_bytes":4096,"remaining_bytes":0,"dirty_rate_bytes_per_second":0,"throttle_percent":0,"rounds":3},"digest":"d"}}}'
     else
       echo '{"ok":true,"result":{"sessions":[{"migration":"m-1","state":"complete"}]}}'
     fi ;;

@@ -46,7 +46,7 @@ cut() {
   done
   [[ $committed != null ]] || fail "$name: round 0 did not get going (receiver has $got bytes)"
   local sender_round
-  sender_round=$(sctl status --migration "$id" | jq -r '.result.status | "\(.stage) \(.round)"')
+  sender_round=$(sctl status --migration "$id" | jq -r '.result.status | "\(.stage) \(.counters.round)"')
   ip -n $A link set "${A:0:12}-v" down
   echo "link down for ${seconds}s: receiver has $got wire bytes, committed chunk $committed$( [[ $sender_round == "precopy 0" ]] && echo ', round 0 still streaming')"
   sleep "$seconds"   # the fault itself: how long the link stays down
