@@ -15,10 +15,10 @@ import MemhaulSystem
 /// that cannot be written makes the cgroup throttle unavailable (auto falls
 /// back to signals).
 public enum ThrottleLeftovers {
-    /// `$MEMHAUL_THROTTLE_RECORDS`, else `/run/memhaul/throttle`.
+    /// `$MEMHAUL_THROTTLE_RECORDS`, else `/run/memhaul-throttle`.
     public static var directory: String {
         if let d = getenv("MEMHAUL_THROTTLE_RECORDS"), d.pointee != 0 { return String(cString: d) }
-        return "/run/memhaul/throttle"
+        return "/run/memhaul-throttle"
     }
 
     struct Record: Equatable {
