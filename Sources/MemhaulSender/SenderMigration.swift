@@ -183,7 +183,6 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         if cancelled, let box { farewell(lastAcked: box.lastAcked) }
         let state: MigrationState = failure == nil ? .completed : cancelled ? .cancelled : .failed
         updateStatus {
-            $0.state = state
             $0.stage = failure == nil ? .done : cancelled ? .cancelled : .failed
             $0.failure = failure == nil || cancelled ? nil : StatusError(describing: error!)
             $0.throttlePercent = 0
