@@ -10,13 +10,7 @@ import MemhaulTestSupport
 /// no pre-copy round ran after these changes, only the final scan can.
 @Suite(.serialized) struct FinalScanTests {
     @discardableResult
-    func command(_ w: ChildProcess, _ line: String) throws -> [String: Any] {
-        w.send(line)
-        guard let answer = try w.readLine() else { throw TestSetupError("workload: no answer to \(line)") }
-        let obj = try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any] ?? [:]
-        guard obj["event"] as? String != "error" else { throw TestSetupError("workload: \(line): \(answer)") }
-        return obj
-    }
+    func command(_ w: ChildProcess, _ line: String) throws -> [String: Any] { try w.workloadCommand(line) }
 
     func hex(_ v: UInt64) -> String { "0x" + String(v, radix: 16) }
 

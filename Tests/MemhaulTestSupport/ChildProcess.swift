@@ -1,3 +1,4 @@
+import Foundation
 import CMemhaulLinux
 import MemhaulSystem
 #if canImport(Glibc)
@@ -301,4 +302,17 @@ public func compileCProgram(_ source: String, name: String, flags: [String] = ["
         failures.append("\(compiler) failed with \(cc.status): \(cc.err)")
     }
     return .failure(TestSetupError(failures.joined(separator: "; ")))
+}
+
+extension ChildProcess {
+    /// A memhaul-workload control command (`--control`): sends `line`, returns its
+    /// JSON answer, and throws if the workload died or answered `"event": "error"`.
+    @discardableResult
+    public func workloadCommand(_ line: String) throws -> [String: Any] {
+        send(line)
+        guard let answer = try readLine() else { throw TestSetupError("workload: no answer to \(line)") }
+        let object = try JSONSerialization.jsonObject(with: Data(answer.utf8)) as? [String: Any] ?? [:]
+        guard object["event"] as? String != "error" else { throw TestSetupError("workload: \(line): \(answer)") }
+        return object
+    }
 }
