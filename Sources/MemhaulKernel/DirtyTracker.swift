@@ -89,18 +89,8 @@ public final class DirtyTracker {
         ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true, fileContent: [AddressRange] = []
     ) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
-        var stats = ScanStats()
-        let cur = ranges.coalesced()
+        var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
-        let alive = tracked.subtracting(removed.coalesced())
-        let fresh = cur.subtracting(alive)
-        let old = cur.intersecting(alive)
-
-        // New mappings: protect first, so a write after the populated read shows next round.
-        if !fresh.isEmpty {
-            try scanner.protectAll(fresh)
-            stats += scanner.lastStats
-        }
         // collectWritten re-protects what it reports: if anything fails from
         // here on, those reports are gone, so every page of the ranges goes
         // back to `pending` and the next round re-examines all of them.
@@ -175,16 +165,8 @@ public final class DirtyTracker {
         fileBacked: [AddressRange] = []
     ) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
-        var stats = ScanStats()
-        let cur = ranges.coalesced()
+        var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
-        let alive = tracked.subtracting(removed.coalesced())
-        let fresh = cur.subtracting(alive)
-        let old = cur.intersecting(alive)
-        if !fresh.isEmpty {
-            try scanner.protectAll(fresh)
-            stats += scanner.lastStats
-        }
         let unprotected = try scanner.collectUnprotected(old)
         stats += scanner.lastStats
         let examine = unprotected.union(pending).union(fileBacked.coalesced()).union(fileContent).intersecting(old)
@@ -208,6 +190,24 @@ public final class DirtyTracker {
         known = p
         pending = []
         return RoundScan(round: round, dirty: dirty, discarded: discarded, stats: stats)
+    }
+
+    /// The round's layout against the tracked one: `fresh` (mapped since, or
+    /// mapped again after `removed`) and `old` (tracked before and still
+    /// mapped). New mappings are protected first, so a write after their
+    /// populated read shows next round.
+    private func splitLayout(_ ranges: [AddressRange], removed: [AddressRange])
+        throws -> (stats: ScanStats, cur: [AddressRange], fresh: [AddressRange], old: [AddressRange])
+    {
+        var stats = ScanStats()
+        let cur = ranges.coalesced()
+        let alive = tracked.subtracting(removed.coalesced())
+        let fresh = cur.subtracting(alive)
+        if !fresh.isEmpty {
+            try scanner.protectAll(fresh)
+            stats += scanner.lastStats
+        }
+        return (stats, cur, fresh, cur.intersecting(alive))
     }
 
     /// Hands back a scan whose delivery failed: its dirty and discarded pages
