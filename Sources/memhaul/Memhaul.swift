@@ -18,7 +18,15 @@ enum MemhaulMain {
         }
         // Log lines still queued for stderr go out before any exit (bounded: StderrWriter).
         atexit { StderrWriter.shared.flush() }
-        Memhaul.main()
+        do {
+            var command = try Memhaul.parseAsRoot()
+            try command.run()
+        } catch {
+            // Queued log lines first: ArgumentParser writes the error to stderr
+            // itself, and the two writers would interleave mid-line.
+            StderrWriter.shared.flush()
+            Memhaul.exit(withError: error)
+        }
     }
 }
 
