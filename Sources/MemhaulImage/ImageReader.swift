@@ -210,25 +210,7 @@ struct CommittedContent {
     ) throws(ImageError) {
         let vacant = m.vacant
         try forEachPiece(m.segments, start, end) { s, a, e throws(ImageError) in
-            var lo = 0, hi = vacant.count
-            while lo < hi {
-                let mid = (lo + hi) / 2
-                if vacant[mid].end <= a { lo = mid + 1 } else { hi = mid }
-            }
-            var cursor = a
-            var i = lo
-            while cursor < e {
-                if i < vacant.count, vacant[i].start <= cursor {
-                    let y = min(e, vacant[i].end)
-                    try body(s, cursor, y, true)
-                    cursor = y
-                    i += 1
-                } else {
-                    let y = i < vacant.count ? min(e, vacant[i].start) : e
-                    try body(s, cursor, y, false)
-                    cursor = y
-                }
-            }
+            try vacant.forEachPiece(of: a, e) { x, y, isVacant throws(ImageError) in try body(s, x, y, isVacant) }
         }
     }
 

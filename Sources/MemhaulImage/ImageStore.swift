@@ -457,26 +457,7 @@ public final class ImageStore: @unchecked Sendable {
     private func splitInPlace(
         _ r: OpenRound, _ start: UInt64, _ end: UInt64, _ body: (UInt64, UInt64, Bool) throws(ImageError) -> Void
     ) throws(ImageError) {
-        let inPlace = r.inPlace
-        var lo = 0, hi = inPlace.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if inPlace[mid].end <= start { lo = mid + 1 } else { hi = mid }
-        }
-        var cursor = start
-        var i = lo
-        while cursor < end {
-            if i < inPlace.count, inPlace[i].start <= cursor {
-                let e = min(end, inPlace[i].end)
-                try body(cursor, e, true)
-                cursor = e
-                i += 1
-            } else {
-                let e = i < inPlace.count ? min(end, inPlace[i].start) : end
-                try body(cursor, e, false)
-                cursor = e
-            }
-        }
+        try r.inPlace.forEachPiece(of: start, end, body)
     }
 
     private func base(_ s: Segment, _ r: OpenRound) -> UInt64 { r.fileBases[s.fileID]! }

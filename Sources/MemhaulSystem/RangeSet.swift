@@ -114,4 +114,31 @@ extension Array where Element == AddressRange {
         }
         return out
     }
+
+    /// Calls `body(start, end, inside)` for consecutive pieces of `[start, end)`
+    /// split at this list's boundaries (sorted, disjoint): `inside` tells
+    /// whether the piece lies in one of its ranges. Binary search, then one pass.
+    public func forEachPiece<E: Error>(
+        of start: UInt64, _ end: UInt64, _ body: (UInt64, UInt64, Bool) throws(E) -> Void
+    ) throws(E) {
+        var lo = 0, hi = count
+        while lo < hi {
+            let mid = (lo + hi) / 2
+            if self[mid].end <= start { lo = mid + 1 } else { hi = mid }
+        }
+        var cursor = start
+        var i = lo
+        while cursor < end {
+            if i < count, self[i].start <= cursor {
+                let e = Swift.min(end, self[i].end)
+                try body(cursor, e, true)
+                cursor = e
+                i += 1
+            } else {
+                let e = i < count ? Swift.min(end, self[i].start) : end
+                try body(cursor, e, false)
+                cursor = e
+            }
+        }
+    }
 }
