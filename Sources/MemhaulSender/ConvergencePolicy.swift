@@ -3,8 +3,8 @@
 /// After every round the sender measures how fast pages move (throughput) and
 /// how fast the target dirties them, and predicts the final round's length as
 /// `pending dirty bytes / throughput + scan + commit latency`, the last a
-/// conservative bound from every commit so far (``CommitLatencyEstimator``:
-/// receiver commits swing from 30 ms to seconds). It cuts over as soon as that prediction
+/// conservative bound from the commits of rounds of a comparable size
+/// (``CommitLatencyEstimator``: receiver commits swing from 30 ms to seconds). It cuts over as soon as that prediction
 /// fits `downtimeLimit`. If the dirty set stops shrinking for `stallRounds`
 /// rounds it throttles the target (auto-converge, ``ThrottleStepper``: 20 %,
 /// then +10 % per stall up to 99 % as QEMU does, or sooner and in larger
@@ -66,7 +66,7 @@ public struct RoundMeasurement: Sendable, Equatable {
     /// Seconds a round costs whatever its size: the scan. The final round pays it too.
     public var fixedSeconds: Double
     /// The receiver's commit of this round: last ROUND_END sent → its
-    /// ROUND_ACK. Predicted from all rounds so far (``CommitLatencyEstimator``).
+    /// ROUND_ACK. Predicted from the rounds so far (``CommitLatencyEstimator``).
     public var commitSeconds: Double
 
     public init(round: Int, pageBytesSent: Double, seconds: Double, pendingBytes: Double, dirtyWindowSeconds: Double,
@@ -125,6 +125,8 @@ public struct ConvergencePolicy: Sendable {
     public private(set) var expectedDowntimeMs: Double = .infinity
     /// The commit latency the final round is predicted with.
     public private(set) var commitLatency = CommitLatencyEstimator()
+    /// The commit latency the last prediction used: for a delta of its pending bytes.
+    public private(set) var commitEstimateSeconds: Double = 0
     /// How far an aborted (`--strict`) final round went past its prediction, at
     /// most, and at most the limit (an abort's own prediction can be wild: a
     /// rate measured over a few milliseconds): added to every later
@@ -156,8 +158,9 @@ public struct ConvergencePolicy: Sendable {
         let transfer = throughput > 0 ? m.pendingBytes / throughput * 1000 : (m.pendingBytes == 0 ? 0 : .infinity)
         // Round 0's acknowledgement waits for the receiver's backlog of the whole
         // copy, not for one commit; the final round follows a drain (no backlog).
-        if m.round > 0 { commitLatency.record(seconds: m.commitSeconds) }
-        expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitLatency.estimateSeconds * 1000 + overrunMs
+        if m.round > 0 { commitLatency.record(seconds: m.commitSeconds, bytes: m.pageBytesSent) }
+        commitEstimateSeconds = commitLatency.estimateSeconds(forBytes: m.pendingBytes)
+        expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitEstimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))

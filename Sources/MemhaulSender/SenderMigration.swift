@@ -397,7 +397,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.remainingBytes = UInt64(pending)
                 $0.dirtyRateBps = policy.dirtyRate
                 $0.expectedDowntimeMs = policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil
-                $0.commitEstimateMs = policy.commitLatency.estimateSeconds * 1000
+                $0.commitEstimateMs = policy.commitEstimateSeconds * 1000
                 $0.throttlePercent = hold.throttlePercent
             }
             recorder.decided(decision, pendingBytes: UInt64(pending), dirtyRate: policy.dirtyRate,
@@ -676,7 +676,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let p = parameters
         guard p.strict, p.maxRounds > 0, let frozenAt = hold.frozenAt else { return nil }
         var strict = StrictCutover(limitMs: p.downtimeLimitMs, frozenAt: frozenAt, deltaBytes: Double(scan.dirty.pageCount) * Double(PageSize.bytes),
-                                   throughput: policy.throughput, commitSeconds: policy.commitLatency.estimateSeconds)
+                                   throughput: policy.throughput,
+                                   commitSeconds: policy.commitLatency.estimateSeconds(forBytes: Double(scan.dirty.pageCount) * Double(PageSize.bytes)))
         #if DEBUG
         testStrictCutover?(&strict)
         #endif

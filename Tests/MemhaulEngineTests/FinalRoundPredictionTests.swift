@@ -95,3 +95,42 @@ import Testing
         #expect(policy.overrunMs == 300)
     }
 }
+
+extension FinalRoundPredictionTests {
+    /// The early rounds' big commits do not hold a small delta's prediction up
+    /// (issue 11 bench: 600–700 ms predicted for 21–60 ms commits for a dozen rounds).
+    @Test func bigRoundsCommitsDoNotPredictASmallDeltasCommit() {
+        var e = CommitLatencyEstimator()
+        for (s, b) in [(0.23, 1.3e9), (0.18, 4e8), (0.12, 1.3e8)] { e.record(seconds: s, bytes: b) }
+        // Only big rounds so far: all of them count for a 10 MB delta.
+        #expect(e.estimateSeconds(forBytes: 10e6) >= 0.23)
+        e.record(seconds: 0.03, bytes: 3e7)
+        e.record(seconds: 0.04, bytes: 1.2e7)
+        let small = e.estimateSeconds(forBytes: 10e6)
+        #expect(small >= 0.04 && small < 0.1, "\(small)")
+        // A big final delta is still judged by the big commits.
+        #expect(e.estimateSeconds(forBytes: 5e8) >= 0.23)
+        // A slow small commit raises the small bound at once.
+        e.record(seconds: 0.5, bytes: 1e7)
+        #expect(e.estimateSeconds(forBytes: 10e6) >= 0.5)
+    }
+
+    @Test func thePolicyPredictsTheDeltaWithCommitsOfItsSize() {
+        var p = ConvergenceParameters()
+        p.maxRounds = 100
+        p.autoConverge = false
+        var policy = ConvergencePolicy(parameters: p)
+        func m(_ round: Int, sent: Double, pending: Double, commit: Double) -> RoundMeasurement {
+            RoundMeasurement(round: round, pageBytesSent: sent, seconds: 1, pendingBytes: pending, dirtyWindowSeconds: 1, commitSeconds: commit)
+        }
+        _ = policy.decide(after: m(0, sent: 4e9, pending: 1.3e9, commit: 2), elapsed: 1)
+        _ = policy.decide(after: m(1, sent: 1.3e9, pending: 4e8, commit: 0.4), elapsed: 2)
+        _ = policy.decide(after: m(2, sent: 4e8, pending: 3e7, commit: 0.3), elapsed: 3)
+        #expect(policy.decide(after: m(3, sent: 3e7, pending: 1e7, commit: 0.03), elapsed: 4) == .nextRound)
+        // A second commit of a comparable round: the big ones stop counting.
+        if case .cutover = policy.decide(after: m(4, sent: 1e7, pending: 1e7, commit: 0.03), elapsed: 5) {} else {
+            Issue.record("predicted \(policy.expectedDowntimeMs) ms with two 30 ms commits of comparable rounds")
+        }
+        #expect(policy.commitEstimateSeconds < 0.1)
+    }
+}
