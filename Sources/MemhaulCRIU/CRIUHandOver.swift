@@ -13,6 +13,14 @@ public enum CRIURoute: String, Sendable, CaseIterable {
     case lazy
     /// The dump is filled from the image (`image export --criu`), then a plain `criu restore`.
     case rewrite
+    /// A chain of CRIU parent levels over the image's region files, then a plain
+    /// `criu restore` that reads them in place (``CRIUParentChain``).
+    case parent
+
+    /// The route a RESTORE_BEGIN asks for.
+    public init(_ options: RestoreBegin.Options) {
+        self = options.contains(.parentChain) ? .parent : options.contains(.rewrite) ? .rewrite : .lazy
+    }
 }
 
 /// Limits on the CRIU files of one restore, both sides (wire.md, "Restore on
@@ -62,7 +70,11 @@ public struct CRIUHandOver: Sendable {
     var wireOptions: RestoreBegin.Options {
         var o: RestoreBegin.Options = []
         if options.shellJob { o.insert(.shellJob) }
-        if route == .rewrite { o.insert(.rewrite) }
+        switch route {
+        case .lazy: break
+        case .rewrite: o.insert(.rewrite)
+        case .parent: o.insert(.parentChain)
+        }
         switch options.tcp {
         case .none: break
         case .established: o.insert(.tcpEstablished)
@@ -205,16 +217,25 @@ public enum CRIURestore {
         guard pagemaps.count == 1, let id = UInt64(pagemaps[0].dropFirst("pagemap-".count).dropLast(".img".count)) else {
             throw CRIURunnerError.handOver("the CRIU files hold \(pagemaps.count) processes' memory maps; the image holds one process")
         }
-        if route == .rewrite {
-            let export = try CRIUExport.rewrite(dumpDirectory: criuDirectory, source: source)
+        if route != .lazy {
+            let imagePages: UInt64
+            if route == .rewrite {
+                imagePages = try CRIUExport.rewrite(dumpDirectory: criuDirectory, source: source).imagePages
+            } else {
+                let chain = try CRIUParentChain.build(dumpDirectory: criuDirectory, source: source)
+                imagePages = chain.imagePages
+                log("criu parent chain: \(chain.imagePages) pages over \(chain.levels) levels, \(Int((MonotonicClock.seconds() - start) * 1000)) ms")
+                try CRIUParentChain.verifyUnchanged(source)
+            }
             let pid = try runner.restorePlain(directory: criuDirectory, logPrefix: imageDirectory + "/criu", options: options)
+            if route == .parent { try? CRIUParentChain.removeChain(dumpDirectory: criuDirectory) }  // CRIU has read every page
             guard kill(pid, SIGCONT) == 0 else {
                 let e = String(cString: strerror(errno))
                 kill(pid, SIGKILL)
                 throw CRIURunnerError.handOver("SIGCONT to the restored PID \(pid): \(e)")
             }
             let running = MonotonicClock.seconds() - start
-            return Outcome(pid: pid, restoreSeconds: running, completeSeconds: running, pagesServed: export.imagePages)
+            return Outcome(pid: pid, restoreSeconds: running, completeSeconds: running, pagesServed: imagePages)
         }
         let restored = try runner.restore(directory: criuDirectory, source: source, servedPID: id, logPrefix: imageDirectory + "/criu",
                                           options: options, log: log)

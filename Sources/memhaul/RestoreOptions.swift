@@ -36,7 +36,7 @@ struct RestoreOptions: ParsableArguments {
 
 /// The sender's side only (`migrate`): what the dump is taken with.
 struct DumpOptions: ParsableArguments {
-    @Option(name: .customLong("criu-route"), help: ArgumentHelp("How B gets the memory: lazy (CRIU's lazy-pages daemon pulls it from the image) or rewrite (the dump is filled from the image, then a plain restore).", valueName: "lazy|rewrite"))
+    @Option(name: .customLong("criu-route"), help: ArgumentHelp("How B gets the memory: lazy (CRIU's lazy-pages daemon pulls it from the image), rewrite (the dump is filled from the image, then a plain restore) or parent (a plain restore reads the image's region files through a chain of CRIU parent levels).", valueName: "lazy|rewrite|parent"))
     var route: String = "lazy"
     @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job: the process's session or terminal lies outside the dump.")
     var shellJob = false
@@ -48,9 +48,11 @@ struct DumpOptions: ParsableArguments {
     var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
 
     func validate() throws {
-        guard route == "lazy" || route == "rewrite" else { throw ValidationError("--criu-route must be lazy or rewrite") }
+        guard CRIURoute(rawValue: route) != nil else { throw ValidationError("--criu-route must be lazy, rewrite or parent") }
         if tcpEstablished && tcpClose { throw ValidationError("--tcp-established and --tcp-close exclude each other") }
     }
+
+    var criuRoute: CRIURoute { CRIURoute(rawValue: route)! }  // validate() checked it
 
     var isDefault: Bool { route == "lazy" && !shellJob && !tcpEstablished && !tcpClose }
 
@@ -72,7 +74,7 @@ extension RestoreService {
             options.tcp = job.options.contains(.tcpEstablished) ? .established : job.options.contains(.tcpClose) ? .close : .none
             options.extraArguments = extraArguments
             let outcome = try CRIURestore.run(runner: runner, imageDirectory: job.imageDirectory, criuDirectory: job.criuDirectory,
-                                              route: job.options.contains(.rewrite) ? .rewrite : .lazy, options: options, log: log)
+                                              route: CRIURoute(job.options), options: options, log: log)
             return Outcome(pid: outcome.pid, restoreSeconds: outcome.restoreSeconds, completeSeconds: outcome.completeSeconds)
         }
     }
