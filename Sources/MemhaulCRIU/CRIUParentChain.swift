@@ -74,8 +74,9 @@ public enum CRIUParentChain {
                 out.append(Level(file: file, start: s.start, end: s.end))
             }
         }
-        for v in map.vacant where out.contains(where: { AddressRange(start: $0.start, end: $0.end).overlaps(v) }) {
-            throw CRIUError.unsupported("the image has a vacant range \(v) (it reads as zeros, its region file may not): the parent route reads the files as they are")
+        if let v = map.vacantWithData.first {
+            throw CRIUError.unsupported("the image's vacant range \(v) reads as zeros but its region file holds data there (an open or interrupted round): "
+                                        + "the parent route reads the files as they are; use --route rewrite")
         }
         guard out.count <= maxLevels else {
             throw CRIUError.unsupported("the image's layout needs \(out.count) parent levels, more than the \(maxLevels) CRIU is given; use --route rewrite")
@@ -102,7 +103,7 @@ public enum CRIUParentChain {
             throw CRIUError.unsupported("\(dumped.count) processes' pagemaps in \(dir): the memhaul image holds one process's memory")
         }
         var result = Result()
-        let levels = try levels(source.reader.regionFileMap)
+        let levels = try levels(source.reader.regionFileMap())
         try checkFileLengths(levels)
         guard !levels.isEmpty else { throw CRIUError.imageIncomplete("\(source.reader.directory) has no segments: nothing to restore from") }
         let pid = String(pagemapPath.split(separator: "/").last!.dropFirst("pagemap-".count).dropLast(".img".count))
@@ -136,7 +137,7 @@ public enum CRIUParentChain {
         guard try source.reader.isUnchanged() else {
             throw CRIUError.imageIncomplete("\(source.reader.directory) changed after the parent chain was built (a new manifest): refusing to restore from it")
         }
-        try checkFileLengths(try levels(source.reader.regionFileMap))
+        try checkFileLengths(try levels(source.reader.regionFileMap()))
     }
 
     /// Removes the chain and the dump's `parent` link (only ours: a `parent`

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import MemhaulSystem
 
 /// Where the committed image keeps each address, for readers that hand the
@@ -31,22 +34,39 @@ public struct ImageRegionFileMap: Sendable, Equatable {
     /// Committed journals not applied to the region files: while any exist the
     /// files alone do not hold the committed content.
     public var pendingJournals: [UInt32]
-    /// Ranges that read as zeros whatever the region files hold there.
-    public var vacant: [AddressRange]
+    /// Vacant ranges (Protocol/image.md, "Vacant ranges": they read as zeros)
+    /// where the region file holds data: the in-place writes of a round a
+    /// writer has open or a crash cut short. Empty for a committed image whose
+    /// vacant ranges are holes, as the format promises after a commit.
+    public var vacantWithData: [AddressRange]
 
-    public init(files: [UInt32: File], segments: [Segment], pendingJournals: [UInt32], vacant: [AddressRange]) {
-        (self.files, self.segments, self.pendingJournals, self.vacant) = (files, segments, pendingJournals, vacant)
+    public init(files: [UInt32: File], segments: [Segment], pendingJournals: [UInt32], vacantWithData: [AddressRange]) {
+        (self.files, self.segments, self.pendingJournals, self.vacantWithData) = (files, segments, pendingJournals, vacantWithData)
     }
 }
 
 extension ImageReader {
-    /// The manifest's region files and segments as the reader opened them.
-    public var regionFileMap: ImageRegionFileMap {
-        ImageRegionFileMap(
+    /// The manifest's region files and segments as the reader opened them;
+    /// each vacant range is checked for data (`lseek(SEEK_DATA)`, no reads).
+    public func regionFileMap() throws(ImageError) -> ImageRegionFileMap {
+        let bases = Dictionary(manifest.files.map { ($0.id, $0.base) }, uniquingKeysWith: { a, _ in a })
+        var opened: [UInt32: ImageFile] = [:]
+        var withData: [AddressRange] = []
+        for v in manifest.vacant {
+            for s in manifest.segments where s.start < v.end && v.start < s.end {
+                guard let base = bases[s.fileID] else { continue }  // the manifest's checks name every file
+                let (lo, hi) = (max(v.start, s.start), min(v.end, s.end))
+                if opened[s.fileID] == nil { opened[s.fileID] = try ImageFile(path: paths.regionFile(s.fileID), flags: O_RDONLY) }
+                if let data = try opened[s.fileID]!.nextData(lo - base), data < hi - base {
+                    withData.append(AddressRange(start: lo, end: hi))
+                }
+            }
+        }
+        return ImageRegionFileMap(
             files: Dictionary(manifest.files.map { ($0.id, .init(id: $0.id, base: $0.base, size: $0.size, path: paths.regionFile($0.id))) },
                               uniquingKeysWith: { a, _ in a }),
             segments: manifest.segments.map { .init(start: $0.start, end: $0.end, fileID: $0.fileID) },
             pendingJournals: pendingJournals,
-            vacant: manifest.vacant)
+            vacantWithData: withData)
     }
 }

@@ -98,8 +98,8 @@ struct ChainReader {
         let image = try Self.makeImage()
         let dump = try Self.makeDump()
         let source = try ImagePageSource(directory: image, allowIncomplete: false)
-        #expect(source.reader.regionFileMap.segments.contains { seg in source.reader.regionFileMap.files[seg.fileID]!.base < seg.start },
-                "the test needs a segment that does not start at its file's base")
+        let map = try source.reader.regionFileMap()
+        #expect(map.segments.contains { map.files[$0.fileID]!.base < $0.start }, "the test needs a segment that does not start at its file's base")
         let result = try CRIUParentChain.build(dumpDirectory: dump.dir, source: source)
         #expect(result.imagePages == 24 && result.criuPages == 1)
         let top = try Pagemap.decode([UInt8](try Data(contentsOf: URL(fileURLWithPath: dump.dir + "/pagemap-4242.img"))))
@@ -160,7 +160,7 @@ struct ChainReader {
         let image = try Self.makeImage()
         let dump = try Self.makeDump()
         let source = try ImagePageSource(directory: image, allowIncomplete: false)
-        let file = source.reader.regionFileMap.files.values.max { $0.base < $1.base }!
+        let file = try source.reader.regionFileMap().files.values.max { $0.base < $1.base }!
         #expect(truncate(file.path, 4 * 4096) == 0)
         let before = try dump.files()
         #expect(throws: CRIUError.self) { try CRIUParentChain.build(dumpDirectory: dump.dir, source: source) }
@@ -202,15 +202,15 @@ struct ChainReader {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dump.dir + "/parent") == "/somewhere/else")
     }
 
-    @Test func pendingJournalsAndVacantRangesAreRefused() throws {
+    @Test func pendingJournalsAndVacantRangesHoldingDataAreRefused() throws {
         let file = ImageRegionFileMap.File(id: 1, base: Self.a, size: 16 * Self.page, path: "/nonexistent")
         var map = ImageRegionFileMap(files: [1: file], segments: [.init(start: Self.a, end: Self.a + 16 * Self.page, fileID: 1)],
-                                     pendingJournals: [], vacant: [])
+                                     pendingJournals: [], vacantWithData: [])
         #expect(try CRIUParentChain.levels(map).count == 1)
         map.pendingJournals = [3]
         #expect(throws: CRIUError.self) { try CRIUParentChain.levels(map) }
         map.pendingJournals = []
-        map.vacant = [AddressRange(start: Self.a + Self.page, end: Self.a + 2 * Self.page)]
+        map.vacantWithData = [AddressRange(start: Self.a + Self.page, end: Self.a + 2 * Self.page)]
         #expect(throws: CRIUError.self) { try CRIUParentChain.levels(map) }
     }
 }
