@@ -17,7 +17,14 @@ public enum CRIURoute: String, Sendable, CaseIterable {
     /// `criu restore` that reads them in place (``CRIUParentChain``).
     case parent
 
-    /// The route a RESTORE_BEGIN asks for.
+    /// When nothing is asked for (CLI, control interface): parent, whose cost is
+    /// bounded by one read of the image on B (the lazy route's page fill after
+    /// the restore can outlast its bound for a large target that writes
+    /// everywhere; README "Routes").
+    public static let defaultRoute = CRIURoute.parent
+
+    /// The route a RESTORE_BEGIN asks for (no route bit: lazy, what senders
+    /// before the parent route sent).
     public init(_ options: RestoreBegin.Options) {
         self = options.contains(.parentChain) ? .parent : options.contains(.rewrite) ? .rewrite : .lazy
     }
@@ -42,7 +49,7 @@ public struct RestoreLimits: Sendable, Equatable {
 public struct CRIUHandOver: Sendable {
     public let runner: CRIURunner
     public let options: CRIUOptions
-    public var route: CRIURoute = .lazy
+    public var route: CRIURoute = .defaultRoute
     /// Where dumps are written on A: `<workRoot>/<migration id>/` (images/ and dump.log).
     public let workRoot: String
     public var limits = RestoreLimits()
@@ -90,7 +97,9 @@ public struct CRIUHandOver: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let images = dir + "/images"
         let (runner, options) = (runner, options)
-        let dump = try channel.keepingAlive { try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options) }
+        let dump = try Self.naming("running criu dump (the connection kept alive meanwhile)") {
+            try channel.keepingAlive { try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options) }
+        }
         update { $0.criuDumpMs = dump.seconds * 1000 }
         log("criu dump of PID \(pid): \(Int(dump.seconds * 1000)) ms, images in \(images)")
 
@@ -98,23 +107,25 @@ public struct CRIUHandOver: Sendable {
         let transferStart = MonotonicClock.seconds()
         var total: UInt64 = 0
         var buffer = [UInt8](repeating: 0, count: RestoreFile.maxChunk)
-        for name in files {
-            let fd = open(images + "/" + name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard fd >= 0 else { throw CRIURunnerError.handOver("cannot open \(images)/\(name): \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            var offset: UInt64 = 0
-            repeat {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard n >= 0 else { throw CRIURunnerError.handOver("cannot read \(images)/\(name): \(String(cString: strerror(errno)))") }
-                if n == 0 && offset > 0 { break }
-                try channel.send(.restoreFile(RestoreFile(name: name, offset: offset, data: buffer[0..<n])))
-                offset += UInt64(n)
-                if n == 0 { break }
-            } while true
-            total += offset
+        try Self.naming("sending the CRIU dump's files to the receiver (\(files.count) files)") {
+            for name in files {
+                let fd = open(images + "/" + name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+                guard fd >= 0 else { throw CRIURunnerError.handOver("cannot open \(images)/\(name): \(String(cString: strerror(errno)))") }
+                defer { close(fd) }
+                var offset: UInt64 = 0
+                repeat {
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    guard n >= 0 else { throw CRIURunnerError.handOver("cannot read \(images)/\(name): \(String(cString: strerror(errno)))") }
+                    if n == 0 && offset > 0 { break }
+                    try channel.send(.restoreFile(RestoreFile(name: name, offset: offset, data: buffer[0..<n])))
+                    offset += UInt64(n)
+                    if n == 0 { break }
+                } while true
+                total += offset
+            }
+            try channel.send(.restoreBegin(RestoreBegin(fileCount: UInt32(files.count), options: wireOptions, totalBytes: total)))
         }
         let beginSent = MonotonicClock.seconds()
-        try channel.send(.restoreBegin(RestoreBegin(fileCount: UInt32(files.count), options: wireOptions, totalBytes: total)))
         let transfer = beginSent - transferStart
         update {
             $0.transferMs = transfer * 1000
@@ -123,7 +134,9 @@ public struct CRIUHandOver: Sendable {
         }
         log("criu images to the receiver: \(files.count) files, \(total) bytes in \(Int(transfer * 1000)) ms; waiting for the restore")
 
-        let done = try awaitDone(channel)
+        let done = try Self.naming("waiting for the receiver's RESTORE_DONE (it kills any copy it restored unless this side's CLOSE follows)") {
+            try awaitDone(channel)
+        }
         let restoreMs = Double(done.restoreMicros) / 1000
         update {
             $0.restoreMs = restoreMs
@@ -152,6 +165,17 @@ public struct CRIUHandOver: Sendable {
             case let other:
                 throw MigrationError.protocolViolation("expected RESTORE_DONE, got \(other.frameType)")
             }
+        }
+    }
+
+    /// A lost connection during the hand-over says which step it broke and
+    /// what becomes of the source (the migration's release SIGCONTs it), not
+    /// only the socket's errno. Other errors pass as they are.
+    static func naming<R>(_ step: String, _ body: () throws -> R) throws -> R {
+        do {
+            return try body()
+        } catch where MigrationError.isConnectionLoss(error) {
+            throw CRIURunnerError.handOver("lost the connection to the receiver while \(step): \(error); the source is resumed on this host (SIGCONT) and runs on, untracked")
         }
     }
 

@@ -152,7 +152,7 @@ struct SenderCommand: ParsableCommand {
                 options.tcp = CRIUTCPMode(rawValue: r.tcp) ?? .none
                 options.extraArguments = args
                 var handOver = CRIUHandOver(runner: runner, options: options, workRoot: dir, log: Log.line)
-                handOver.route = CRIURoute(rawValue: r.route) ?? .lazy  // SenderControl checked it
+                handOver.route = CRIURoute(rawValue: r.route) ?? .defaultRoute  // SenderControl checked it
                 return handOver.step
             }
         }
