@@ -248,11 +248,13 @@ public enum CRIURestore {
             } else {
                 let chain = try CRIUParentChain.build(dumpDirectory: criuDirectory, source: source)
                 imagePages = chain.imagePages
-                log("criu parent chain: \(chain.imagePages) pages over \(chain.levels) levels, \(Int((MonotonicClock.seconds() - start) * 1000)) ms")
+                log("criu parent chain: \(chain.imagePages) pages in \(chain.parentEntries) entries (\(chain.bridgedPages) zero pages bridged) over \(chain.levels) levels, "
+                    + "\(Int((MonotonicClock.seconds() - start) * 1000)) ms")
                 try CRIUParentChain.verifyUnchanged(source)
             }
             let pid = try runner.restorePlain(directory: criuDirectory, logPrefix: imageDirectory + "/criu", options: options)
-            if route == .parent { try? CRIUParentChain.removeChain(dumpDirectory: criuDirectory) }  // CRIU has read every page
+            // The chain stays (a few KiB, inside the image): should the sender's CLOSE be
+            // lost, `criu restore -D <criu dir>` by hand still finds the memory.
             guard kill(pid, SIGCONT) == 0 else {
                 let e = String(cString: strerror(errno))
                 kill(pid, SIGKILL)
