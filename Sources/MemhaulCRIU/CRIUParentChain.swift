@@ -41,6 +41,8 @@ public enum CRIUParentChain {
         public var criuPages: UInt64 = 0
         /// Pages between lazy entries the restore reads too (zeros: see ``bridge(_:layout:budget:)``).
         public var bridgedPages: UInt64 = 0
+        /// The dump's `PE_LAZY` entries, now `PE_PARENT` ones.
+        public var lazyEntries = 0
         /// `PE_PARENT` entries of the dump's pagemap after bridging.
         public var parentEntries = 0
     }
@@ -127,6 +129,7 @@ public enum CRIUParentChain {
         for i in pagemap.entries.indices where pagemap.entries[i].flags.contains(.lazy) && !pagemap.entries[i].flags.contains(.present) {
             pagemap.entries[i].flags = .parent
             result.imagePages += pagemap.entries[i].pages
+            result.lazyEntries += 1
         }
         (pagemap.entries, result.bridgedPages) = bridge(pagemap.entries, layout: source.reader.layout, budget: result.imagePages / 8)
         result.parentEntries = pagemap.entries.filter { $0.flags == .parent }.count
