@@ -156,6 +156,18 @@ struct ChainReader {
         #expect(presentPages == 20 + 8)
     }
 
+    /// Offline: `memhaul image export --route parent` builds the same chain.
+    @Test func imageExportBuildsTheChain() throws {
+        let image = try Self.makeImage()
+        let dump = try Self.makeDump()
+        let r = try runProgram([builtBinary("memhaul"), "image", "export", "--criu", dump.dir, image, "--route", "parent"])
+        #expect(r.status == 0, "\(r.out) \(r.err)")
+        #expect(r.out.hasPrefix("linked 24 pages of \(image) into \(dump.dir) as 2 CRIU parent level(s)"), "\(r.out)")
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dump.dir + "/parent") == "memhaul-chain/L0000")
+        let again = try runProgram([builtBinary("memhaul"), "image", "export", "--criu", dump.dir, image, "--route", "parent"])
+        #expect(again.status != 0 && again.err.contains("PE_PARENT"), "a dump already linked is refused: \(again.err)")
+    }
+
     @Test func aRegionFileShorterThanItsLevelIsRefusedAndTheDumpIsUntouched() throws {
         let image = try Self.makeImage()
         let dump = try Self.makeDump()
