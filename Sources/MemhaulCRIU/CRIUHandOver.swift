@@ -68,8 +68,10 @@ public struct CRIUHandOver: Sendable {
 
     /// The migration's after-proof step.
     public var step: AfterProof {
-        AfterProof(capabilities: [.criuRestore],
-                       requirement: "it does not restore processes; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host)",
+        AfterProof(capabilities: route == .parent ? [.criuRestore, .criuParentRoute] : [.criuRestore],
+                       requirement: route == .parent
+                           ? "it does not restore processes by the parent route; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host) of a memhaul that has it, or pass --criu-route lazy"
+                           : "it does not restore processes; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host)",
                        run: { try self.run(channel: $0.channel, pid: $0.pid, id: $0.migrationID, frozenSince: $0.frozenSince, update: $0.update) })
     }
 

@@ -117,6 +117,19 @@ enum CRIUEndToEnd {
         #expect(s.state == "S" && !s.traced && !s.tracked)
     }
 
+    /// The parent route needs the receiver's `criu-parent-route` capability
+    /// (an older receiver would refuse RESTORE_BEGIN only after the dump): it is
+    /// asked for in HELLO, so a receiver without it stops the move at WELCOME.
+    @Test func theParentRouteAsksForItsCapability() throws {
+        let runner = try CRIURunner.open(explicit: try FakeCRIU().path)
+        var handOver = CRIUHandOver(runner: runner, options: CRIUOptions(), workRoot: temporaryDirectory("criu"), log: { _ in })
+        #expect(handOver.route == .parent)  // the default
+        #expect(handOver.step.capabilities == [.criuRestore, .criuParentRoute])
+        #expect(handOver.step.requirement.contains("--criu-route lazy"))
+        handOver.route = .lazy
+        #expect(handOver.step.capabilities == [.criuRestore])
+    }
+
     @Test func aRefusedDumpLeavesTheSourceRunningAndQuotesCRIU() throws {
         let fake = try FakeCRIU(body: #"""
             [ "$1" = dump ] || exit 0
