@@ -121,7 +121,7 @@ public enum CRIUParentChain {
         for (k, level) in levels.enumerated() {
             let levelDir = chain + "/" + levelName(k)
             _ = try Syscall.run("mkdir(\(levelDir))") { mkdir(levelDir, 0o700) }
-            try CRIUExport.writeFile(levelDir + "/pagemap-\(pid).img", pagemap(level, chainEnd: chainEnd).encoded())
+            try CRIUExport.writeFile(levelDir + "/pagemap-\(pid).img", pagemap(level, chainEnd: chainEnd).encoded(), durable: false)
             try symlink(level.file.path, at: levelDir + "/pages-1.img")
             if k + 1 < levels.count { try symlink("../" + levelName(k + 1), at: levelDir + "/parent") }
         }
@@ -136,7 +136,7 @@ public enum CRIUParentChain {
         result.criuPages = top.presentBytes / PageSize.bytes
         result.levels = levels.count
         try symlink(chainDirectoryName + "/" + levelName(0), at: parentLink)
-        try CRIUExport.writeFile(pagemapPath, pagemap.encoded())
+        try CRIUExport.writeFile(pagemapPath, pagemap.encoded(), durable: false)
         return result
     }
 
