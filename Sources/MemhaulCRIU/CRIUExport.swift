@@ -130,10 +130,10 @@ public enum CRIUExport {
     }
 
     /// Writes `bytes` to `path` through a temporary file and a rename; with
-    /// `durable`, fsynced first. The parent route's files skip it: the restore
-    /// that follows reads them at once, a crash before it leaves a chain CRIU
-    /// refuses (and `image export` rebuilds), and an fsync per level would sit
-    /// in the frozen window.
+    /// `durable`, fsynced first. The parent route's level files skip it: the
+    /// restore that follows reads them at once, an empty level after a crash
+    /// is a chain CRIU refuses ("No parent for snapshot pagemap"), and an fsync
+    /// per level would sit in the frozen window.
     static func writeFile(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws {
         let tmp = path + ".memhaul-tmp"
         let fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)

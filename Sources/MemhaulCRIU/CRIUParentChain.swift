@@ -136,7 +136,7 @@ public enum CRIUParentChain {
         result.criuPages = top.presentBytes / PageSize.bytes
         result.levels = levels.count
         try symlink(chainDirectoryName + "/" + levelName(0), at: parentLink)
-        try CRIUExport.writeFile(pagemapPath, pagemap.encoded(), durable: false)
+        try CRIUExport.writeFile(pagemapPath, pagemap.encoded())  // durable: an empty one would restore no memory
         return result
     }
 
