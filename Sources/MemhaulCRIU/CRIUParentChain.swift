@@ -122,7 +122,7 @@ public enum CRIUParentChain {
             let levelDir = chain + "/" + levelName(k)
             _ = try Syscall.run("mkdir(\(levelDir))") { mkdir(levelDir, 0o700) }
             try CRIUExport.writeFile(levelDir + "/pagemap-\(pid).img", pagemap(level, chainEnd: chainEnd).encoded(), durable: false)
-            try symlink(level.file.path, at: levelDir + "/pages-1.img")
+            try symlink(CRIURunner.absolute(level.file.path), at: levelDir + "/pages-1.img")  // an image named relative to our cwd
             if k + 1 < levels.count { try symlink("../" + levelName(k + 1), at: levelDir + "/parent") }
         }
         var pagemap = top

@@ -156,6 +156,20 @@ struct ChainReader {
         #expect(presentPages == 20 + 8)
     }
 
+    /// An image named by a relative path still links absolute targets (the
+    /// symlinks are resolved from the level's directory, not from our cwd).
+    @Test func anImageNamedRelativelyLinksAbsolutePaths() throws {
+        let image = try Self.makeImage()
+        let dump = try Self.makeDump()
+        let cwd = FileManager.default.currentDirectoryPath
+        let relative = String(repeating: "../", count: cwd.split(separator: "/").count) + image.dropFirst()
+        _ = try CRIUParentChain.build(dumpDirectory: dump.dir, source: try ImagePageSource(directory: relative, allowIncomplete: false))
+        for l in try ChainReader(dumpDirectory: dump.dir, pid: "4242").levels {
+            let target = try FileManager.default.destinationOfSymbolicLink(atPath: l.dir + "/pages-1.img")
+            #expect(target.hasPrefix("/") && FileManager.default.fileExists(atPath: target), "\(target)")
+        }
+    }
+
     /// Offline: `memhaul image export --route parent` builds the same chain.
     @Test func imageExportBuildsTheChain() throws {
         let image = try Self.makeImage()
