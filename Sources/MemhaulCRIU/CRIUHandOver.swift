@@ -250,7 +250,7 @@ public enum CRIURestore {
             } else {
                 let chain = try CRIUParentChain.build(dumpDirectory: criuDirectory, source: source)
                 imagePages = chain.imagePages
-                log("criu parent chain: \(chain.imagePages) pages in \(chain.parentEntries) entries (\(chain.lazyEntries) before \(chain.bridgedPages) zero pages were bridged) over \(chain.levels) levels, "
+                log("criu parent chain: \(chain.imagePages) pages in \(chain.lazyEntries) entries over \(chain.levels) levels, "
                     + "\(Int((MonotonicClock.seconds() - start) * 1000)) ms")
                 try CRIUParentChain.verifyUnchanged(source)
             }

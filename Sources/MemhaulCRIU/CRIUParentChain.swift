@@ -39,12 +39,9 @@ public enum CRIUParentChain {
         public var imagePages: UInt64 = 0
         /// Pages CRIU dumped itself (kept in the dump's own pages file).
         public var criuPages: UInt64 = 0
-        /// Pages between lazy entries the restore reads too (zeros: see ``bridge(_:layout:budget:)``).
-        public var bridgedPages: UInt64 = 0
-        /// The dump's `PE_LAZY` entries, now `PE_PARENT` ones.
+        /// The dump's `PE_LAZY` entries, now `PE_PARENT` ones (one per run of
+        /// pages present in the source; each is a read of its own for CRIU).
         public var lazyEntries = 0
-        /// `PE_PARENT` entries of the dump's pagemap after bridging.
-        public var parentEntries = 0
     }
 
     /// The chain's directory inside the dump directory.
@@ -131,53 +128,11 @@ public enum CRIUParentChain {
             result.imagePages += pagemap.entries[i].pages
             result.lazyEntries += 1
         }
-        (pagemap.entries, result.bridgedPages) = bridge(pagemap.entries, layout: source.reader.layout, budget: result.imagePages / 8)
-        result.parentEntries = pagemap.entries.filter { $0.flags == .parent }.count
         result.criuPages = top.presentBytes / PageSize.bytes
         result.levels = levels.count
         try symlink(chainDirectoryName + "/" + levelName(0), at: parentLink)
         try CRIUExport.writeFile(pagemapPath, pagemap.encoded())  // durable: an empty one would restore no memory
         return result
-    }
-
-    /// Joins `PE_PARENT` entries across short gaps. CRIU's dump lists only the
-    /// pages present in the source, so a target that wrote all over its memory
-    /// leaves tens of thousands of short entries; each becomes its own `preadv`
-    /// at a jump in the region file (`criu/pagemap.c`, `pagemap_enqueue_iovec`),
-    /// a random read when the file is not cached. A gap inside one private,
-    /// anonymous layout region holds pages the source never had (they read as
-    /// zeros in the image, as in the source: the proof passed), so reading them
-    /// changes no byte, only makes them resident in the restored process: at
-    /// most `budget` pages are bridged, the shortest gaps (≤ 256 pages) first.
-    static func bridge(_ entries: [PagemapEntry], layout: [ImageRegion], budget: UInt64) -> (entries: [PagemapEntry], bridged: UInt64) {
-        let maxGapPages: UInt64 = 256
-        func privateRegion(containing range: AddressRange) -> Bool {
-            layout.contains { $0.start <= range.start && range.end <= $0.end && $0.protection.isDisjoint(with: [.shared, .fileBacked]) }
-        }
-        var gaps: [(index: Int, pages: UInt64)] = []
-        for i in entries.indices.dropLast() {
-            let (a, b) = (entries[i], entries[i + 1])
-            guard a.flags == .parent, b.flags == .parent, b.address >= a.range.end else { continue }
-            let pages = (b.address - a.range.end) / PageSize.bytes
-            guard pages <= maxGapPages, privateRegion(containing: AddressRange(start: a.address, end: b.range.end)) else { continue }
-            gaps.append((i, pages))
-        }
-        var joined = Set<Int>()
-        var spent: UInt64 = 0
-        for g in gaps.sorted(by: { $0.pages < $1.pages }) {
-            guard spent + g.pages <= budget else { break }
-            spent += g.pages
-            joined.insert(g.index)
-        }
-        var out: [PagemapEntry] = []
-        for (i, e) in entries.enumerated() {
-            if i > 0, joined.contains(i - 1) {
-                out[out.count - 1].pages = (e.range.end - out[out.count - 1].address) / PageSize.bytes
-            } else {
-                out.append(e)
-            }
-        }
-        return (out, spent)
     }
 
     /// Right before `criu restore`: the image is still the one the chain was

@@ -228,29 +228,6 @@ struct ChainReader {
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: dump.dir + "/parent") == "/somewhere/else")
     }
 
-    /// Short gaps inside one private anonymous region are joined, shortest
-    /// first, within the budget; gaps across regions, in shared or file-backed
-    /// regions, or longer than 256 pages are not.
-    @Test func shortGapsInsidePrivateRegionsAreBridgedWithinTheBudget() throws {
-        let p = Self.page, a = Self.a
-        let layout = [ImageRegion(start: a, end: a + 400 * p), ImageRegion(start: a + 400 * p, end: a + 800 * p),
-                      ImageRegion(start: a + 800 * p, end: a + 900 * p, protection: [.read, .write, .shared])]
-        func e(_ page: UInt64, _ n: UInt64) -> PagemapEntry { PagemapEntry(address: a + page * p, pages: n, flags: .parent) }
-        let entries = [e(0, 2), e(3, 1), e(6, 2),   // gaps of 1 and 2 pages in region 0
-                       e(399, 1),                   // a gap of 391 pages: too long
-                       e(401, 1),                   // a gap across the region boundary
-                       e(830, 1), e(832, 1),        // a gap in a shared region
-                       PagemapEntry(address: a + 900 * p, pages: 1, flags: .present)]
-        let all = CRIUParentChain.bridge(entries, layout: layout, budget: 100)
-        #expect(all.bridged == 3)
-        #expect(all.entries.map { ($0.address - a) / p } == [0, 399, 401, 830, 832, 900])
-        #expect(all.entries[0].pages == 8)
-        let some = CRIUParentChain.bridge(entries, layout: layout, budget: 2)
-        #expect(some.bridged == 1)  // the 1-page gap only: the 2-page one would overrun
-        #expect(some.entries.map { ($0.address - a) / p }.prefix(2) == [0, 6])
-        #expect(CRIUParentChain.bridge(entries, layout: layout, budget: 0).entries == entries)
-    }
-
     @Test func pendingJournalsAndVacantRangesHoldingDataAreRefused() throws {
         let file = ImageRegionFileMap.File(id: 1, base: Self.a, size: 16 * Self.page, path: "/nonexistent")
         var map = ImageRegionFileMap(files: [1: file], segments: [.init(start: Self.a, end: Self.a + 16 * Self.page, fileID: 1)],
