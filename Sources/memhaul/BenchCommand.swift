@@ -186,9 +186,9 @@ struct BenchCommand: ParsableCommand {
             let single = try migrate("bench-onecommit", maxRounds: 0, commitChunk: UInt64.max / 2)
             func line(_ name: String, _ w: BenchFrozenWindow) -> String {
                 let s = w.status
-                return String(format: "  %-14@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s\n  %-14@ %@",
-                              name, s.downtimeMs ?? 0, s.rounds, Summary.bytes(Double(s.transferredBytes)),
-                              Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000, "", w.parts)
+                return String(format: "  %@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s\n  %@ %@",
+                              BenchSupport.pad(name, 14), s.downtimeMs ?? 0, s.rounds, Summary.bytes(Double(s.transferredBytes)),
+                              Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000, BenchSupport.pad("", 14), w.parts)
             }
             print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))"
                   + ", load average \(BenchSupport.loadAverage())")

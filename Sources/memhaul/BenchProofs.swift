@@ -49,7 +49,7 @@ struct BenchProofs {
             typical.verifyMs = median(mode) { $0.verifyMs }
             typical.livedMs = median(mode) { $0.livedMs }
             print(String(format: "  %@ %@  (re-read %8.1f)  rounds %2.0f  frozen/full %.4f",
-                         mode.rawValue.padding(toLength: 12, withPad: " ", startingAt: 0), typical.parts, median(mode) { $0.status.fullProofMs }, median(mode) { Double($0.status.rounds) },
+                         BenchSupport.pad(mode.rawValue, 12), typical.parts, median(mode) { $0.status.fullProofMs }, median(mode) { Double($0.status.rounds) },
                          typical.frozenMs / max(0.001, baseline)))
         }
     }

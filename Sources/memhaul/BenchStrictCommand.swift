@@ -59,8 +59,9 @@ extension BenchCommand {
                     outcomes.append(o)
                     let s = o.status
                     let over = (s.frozenMs ?? 0) > downtimeLimit ? "OVER" : "ok"
-                    progress(String(format: "  %2d %-22@ %-10@ %-9@ frozen %7.1f ms vs limit %.0f %-4@ (target saw %7.1f)  downtime %7.1f ms  predicted %6.0f ms  aborted cutovers %d",
-                                 i, set[k].0, strict ? "strict" : "non-strict", s.state.rawValue, s.frozenMs ?? .nan, downtimeLimit, over,
+                    progress(String(format: "  %2d %@ %@ %@ frozen %7.1f ms vs limit %.0f %@ (target saw %7.1f)  downtime %7.1f ms  predicted %6.0f ms  aborted cutovers %d",
+                                 i, BenchSupport.pad(set[k].0, 22), BenchSupport.pad(strict ? "strict" : "non-strict", 10), BenchSupport.pad(s.state.rawValue, 9),
+                                 s.frozenMs ?? .nan, downtimeLimit, BenchSupport.pad(over, 4),
                                  w.livedMs, s.downtimeMs ?? .nan, s.expectedDowntimeMs ?? .nan, s.abortedCutovers))
                     if let warning = o.warning { progress("       warning: \(warning)") }
                     if let error = s.error { progress("       error: \(error)") }
