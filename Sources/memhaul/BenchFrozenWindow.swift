@@ -2,11 +2,11 @@ import Foundation
 import MemhaulReport
 import MemhaulSender
 import MemhaulSystem
-import Synchronization
 
 /// One benchmark migration and its frozen window (freeze → source released,
 /// the proof included), split into its parts on memhaul's clock and measured
-/// again on the target's own (`memhaul-workload --heartbeat`).
+/// again on the target's own (`memhaul-workload --heartbeat`). Stop-and-copy
+/// has no final scan (0): its final delta is the whole memory.
 struct BenchFrozenWindow {
     var status: MigrationStatus
     /// memhaul's `frozen_ms`.
@@ -22,27 +22,29 @@ struct BenchFrozenWindow {
     /// The target's longest stall around the freeze (its heartbeat), ms; nan without a heartbeat.
     var livedMs: Double
 
-    /// Runs `request` (its report written to the scratch directory), noting
-    /// the wall-clock instant of the cutover log line (logged after the final
-    /// scan, target frozen) to find the target's stall that contains it.
+    /// Runs `request` with its report written to the scratch directory; the
+    /// report places the frozen window on the wall clock, and the target's
+    /// stall containing its midpoint is the window as the target lived it.
     static func migrate(_ request: MigrationRequest, env: BenchSupport.Environment, heartbeat: String?) throws -> BenchFrozenWindow {
         var r = request
         let reportPath = env.scratch + "/report-\(r.id).json"
         r.reportPath = reportPath
         defer { unlink(reportPath) }
-        let frozenInstant = Mutex<UInt64>(0)
-        let m = SenderMigration(request: r, connect: try env.connector(), log: { line in
-            if line.hasPrefix("cutover:") { frozenInstant.withLock { $0 = WallClock.nanoseconds() } }
-        })
+        let m = SenderMigration(request: r, connect: try env.connector())
         m.run()
         let s = m.status
-        let finalRounds = ((try? ReportJSON.read(reportPath))?.rounds ?? []).filter(\.frozen)
+        let report = try? ReportJSON.read(reportPath)
+        let finalRounds = (report?.rounds ?? []).filter(\.frozen)
+        var midpoint: UInt64 = 0
+        if let report, let origin = ReportClock.parse(report.startedAt), let start = report.downtime?.frozenStartMs, let end = report.downtime?.frozenEndMs {
+            midpoint = origin + UInt64((start + end) / 2 * 1e6)
+        }
         return BenchFrozenWindow(
-            status: s, frozenMs: s.frozenMs ?? .nan, freezeMs: s.freezeMs ?? .nan, finalScanMs: s.finalScanMs ?? .nan,
+            status: s, frozenMs: s.frozenMs ?? .nan, freezeMs: s.freezeMs ?? .nan, finalScanMs: s.finalScanMs ?? 0,
             finalDeltaMs: finalRounds.isEmpty ? .nan : finalRounds.reduce(0) { $0 + $1.streamMs },
             commitMs: finalRounds.isEmpty ? .nan : finalRounds.reduce(0) { $0 + $1.commitWaitMs },
             verifyMs: s.verifyMs ?? .nan,
-            livedMs: heartbeat.map { stallMs($0, covering: frozenInstant.withLock { $0 }) } ?? .nan)
+            livedMs: heartbeat.map { stallMs($0, covering: midpoint) } ?? .nan)
     }
 
     /// The heartbeat's stall (`END_REALTIME_NS GAP_NS` lines) that contains `instant`, ms (nan if none was logged).
