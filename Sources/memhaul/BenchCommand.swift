@@ -137,6 +137,8 @@ struct BenchCommand: ParsableCommand {
         @Flag(help: "Instead: the frozen window and its parts with each proof (full first, the baseline), pre-copy, --dirty-rate 0 = idle.")
         var proofs = false
         @Option(help: "With --proofs: runs per proof (medians).") var repeats: Int = 1
+        @Option(help: "Directory to keep each migration's report in (per-round figures; `memhaul report`); default: none kept.")
+        var reports: String?
 
         func run() throws {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
@@ -175,7 +177,7 @@ struct BenchCommand: ParsableCommand {
                 if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
                 r.deadlines.verification = 600  // a slow proof on a loaded machine is measured, not failed
-                let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat)
+                let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat, keepReportIn: reports)
                 if local != nil { try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id) }
                 guard w.status.state == .completed else { throw CLIError("\(id) failed: \(w.status.error ?? w.status.state.rawValue)") }
                 return w

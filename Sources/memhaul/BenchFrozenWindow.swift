@@ -25,11 +25,13 @@ struct BenchFrozenWindow {
     /// Runs `request` with its report written to the scratch directory; the
     /// report places the frozen window on the wall clock, and the target's
     /// stall containing its midpoint is the window as the target lived it.
-    static func migrate(_ request: MigrationRequest, env: BenchSupport.Environment, heartbeat: String?) throws -> BenchFrozenWindow {
+    /// `keepReportIn`: a directory to leave the report in (`memhaul report` reads it), else it is deleted.
+    static func migrate(_ request: MigrationRequest, env: BenchSupport.Environment, heartbeat: String?,
+                        keepReportIn: String? = nil) throws -> BenchFrozenWindow {
         var r = request
-        let reportPath = env.scratch + "/report-\(r.id).json"
+        let reportPath = (keepReportIn ?? env.scratch) + "/report-\(r.id).json"
         r.reportPath = reportPath
-        defer { unlink(reportPath) }
+        defer { if keepReportIn == nil { unlink(reportPath) } }
         let m = SenderMigration(request: r, connect: try env.connector())
         m.run()
         let s = m.status
