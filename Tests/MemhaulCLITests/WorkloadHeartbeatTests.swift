@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import MemhaulSystem
 import MemhaulTestSupport
 
 #if canImport(Glibc)
@@ -38,12 +39,6 @@ import Glibc
         return nil
     }
 
-    static func realtimeNanoseconds() -> UInt64 {
-        var ts = timespec()
-        clock_gettime(CLOCK_REALTIME, &ts)
-        return UInt64(ts.tv_sec) * 1_000_000_000 + UInt64(ts.tv_nsec)
-    }
-
     static func allThreadsStopped(_ pid: Int32) -> Bool {
         for _ in 0..<1000 {
             let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
@@ -65,9 +60,9 @@ import Glibc
         #expect(!targets.contains { $0.hasPrefix(dir) }, "\(targets)")
         kill(w.pid, SIGSTOP)
         #expect(Self.allThreadsStopped(w.pid))  // only from here is it surely frozen
-        let stoppedAt = Self.realtimeNanoseconds()
+        let stoppedAt = WallClock.nanoseconds()
         usleep(300_000)  // the stop itself: how long the target is frozen
-        let continuedAt = Self.realtimeNanoseconds()
+        let continuedAt = WallClock.nanoseconds()
         let stopped = Double(continuedAt - stoppedAt) / 1e6
         kill(w.pid, SIGCONT)
         let beat = try #require(Self.beat(path, after: continuedAt))
