@@ -124,10 +124,11 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    /// `memhaul bench migrate --size 4G --dirty-rate 32M`: pre-copy vs stop-and-copy, and tracking slowdown.
+    /// `memhaul bench migrate --size 4G --dirty-rate 32M`: pre-copy vs stop-and-copy (the frozen window,
+    /// its parts, and the target's own view of it), and tracking slowdown.
     struct Migrate: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Downtime of pre-copy vs stop-and-copy on one workload, and the workload's slowdown while tracked.")
+            abstract: "Frozen window of pre-copy vs stop-and-copy on one workload (its parts, and as the target saw it), and the workload's slowdown while tracked.")
         @Option(help: "Workload size.") var size: String = "4G"
         @Option(name: .customLong("dirty-rate"), help: "Bytes/s the workload dirties during the migration.") var dirtyRate: String = "32M"
         @Option(help: "Receiver HOST:PORT (default: one started on loopback).") var receiver: String?

@@ -13,11 +13,12 @@ struct BenchFrozenWindow {
     var frozenMs: Double
     var freezeMs: Double
     var finalScanMs: Double
-    /// Sending the final delta's frames, and the receiver's commit of it (the last acknowledgement).
+    /// Sending the final delta's frames (the frozen round's `stream_ms`).
     var finalDeltaMs: Double
+    /// The receiver's commit of it: ROUND_END sent → its ROUND_ACK (`commit_wait_ms`).
     var commitMs: Double
     var verifyMs: Double
-    /// What the parts above leave: the layout refresh, the drain before verify, the release.
+    /// What the parts above leave: the steps between them (the drain before the proof) and the thaw.
     var restMs: Double { frozenMs - freezeMs - finalScanMs - finalDeltaMs - commitMs - verifyMs }
     /// The target's longest stall around the freeze (its heartbeat), ms; nan without a heartbeat.
     var livedMs: Double
@@ -67,7 +68,7 @@ struct BenchFrozenWindow {
         return .nan
     }
 
-    /// "frozen F ms = freeze … + final scan … + final delta … + commit … + verify … + rest …; as the target saw it L ms".
+    /// "frozen F ms = freeze … + final scan … + final delta … + commit … + verify … + rest …; target saw L ms".
     var parts: String {
         String(format: "frozen %8.1f ms = freeze %5.1f + final scan %6.1f + final delta %7.1f + commit %6.1f + verify %6.1f + rest %5.1f; target saw %8.1f ms",
                frozenMs, freezeMs, finalScanMs, finalDeltaMs, commitMs, verifyMs, restMs, livedMs)
