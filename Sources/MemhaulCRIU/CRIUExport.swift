@@ -129,12 +129,16 @@ public enum CRIUExport {
         _ = try Syscall.run("rename(\(tmp))") { rename(tmp, path) }
     }
 
-    /// Writes `bytes` to `path` through a temporary file and a rename.
-    static func writeFile(_ path: String, _ bytes: [UInt8]) throws {
+    /// Writes `bytes` to `path` through a temporary file and a rename; with
+    /// `durable`, fsynced first. The parent route's level files skip it: the
+    /// restore that follows reads them at once, an empty level after a crash
+    /// is a chain CRIU refuses ("No parent for snapshot pagemap"), and an fsync
+    /// per level would sit in the frozen window.
+    static func writeFile(_ path: String, _ bytes: [UInt8], durable: Bool = true) throws {
         let tmp = path + ".memhaul-tmp"
         let fd = try FileDescriptor.open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, mode: 0o600)
         try bytes.withUnsafeBytes { try fd.writeAll($0) }
-        try fd.fsync()
+        if durable { try fd.fsync() }
         try replace(path, with: tmp)
     }
 }

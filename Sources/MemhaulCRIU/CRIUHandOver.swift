@@ -13,6 +13,21 @@ public enum CRIURoute: String, Sendable, CaseIterable {
     case lazy
     /// The dump is filled from the image (`image export --criu`), then a plain `criu restore`.
     case rewrite
+    /// A chain of CRIU parent levels over the image's region files, then a plain
+    /// `criu restore` that reads them in place (``CRIUParentChain``).
+    case parent
+
+    /// When nothing is asked for (CLI, control interface): parent, whose cost is
+    /// bounded by one read of the image on B (the lazy route's page fill after
+    /// the restore can outlast its bound for a large target that writes
+    /// everywhere; README "Routes").
+    public static let defaultRoute = CRIURoute.parent
+
+    /// The route a RESTORE_BEGIN asks for (no route bit: lazy, what senders
+    /// before the parent route sent).
+    public init(_ options: RestoreBegin.Options) {
+        self = options.contains(.parentChain) ? .parent : options.contains(.rewrite) ? .rewrite : .lazy
+    }
 }
 
 /// Limits on the CRIU files of one restore, both sides (wire.md, "Restore on
@@ -34,7 +49,7 @@ public struct RestoreLimits: Sendable, Equatable {
 public struct CRIUHandOver: Sendable {
     public let runner: CRIURunner
     public let options: CRIUOptions
-    public var route: CRIURoute = .lazy
+    public var route: CRIURoute = .defaultRoute
     /// Where dumps are written on A: `<workRoot>/<migration id>/` (images/ and dump.log).
     public let workRoot: String
     public var limits = RestoreLimits()
@@ -53,8 +68,10 @@ public struct CRIUHandOver: Sendable {
 
     /// The migration's after-proof step.
     public var step: AfterProof {
-        AfterProof(capabilities: [.criuRestore],
-                       requirement: "it does not restore processes; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host)",
+        AfterProof(capabilities: route == .parent ? [.criuRestore, .criuParentRoute] : [.criuRestore],
+                       requirement: route == .parent
+                           ? "it does not restore processes by the parent route; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host) of a memhaul that has it, or pass --criu-route lazy"
+                           : "it does not restore processes; start it with `memhaul receive --restore criu` (CRIU ≥ \(CRIUVersion.minimum) on that host)",
                        run: { try self.run(channel: $0.channel, pid: $0.pid, id: $0.migrationID, frozenSince: $0.frozenSince, update: $0.update) })
     }
 
@@ -62,7 +79,11 @@ public struct CRIUHandOver: Sendable {
     var wireOptions: RestoreBegin.Options {
         var o: RestoreBegin.Options = []
         if options.shellJob { o.insert(.shellJob) }
-        if route == .rewrite { o.insert(.rewrite) }
+        switch route {
+        case .lazy: break
+        case .rewrite: o.insert(.rewrite)
+        case .parent: o.insert(.parentChain)
+        }
         switch options.tcp {
         case .none: break
         case .established: o.insert(.tcpEstablished)
@@ -78,7 +99,9 @@ public struct CRIUHandOver: Sendable {
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let images = dir + "/images"
         let (runner, options) = (runner, options)
-        let dump = try channel.keepingAlive { try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options) }
+        let dump = try Self.naming("running criu dump (the connection kept alive meanwhile)") {
+            try channel.keepingAlive { try runner.dump(pid: pid, directory: images, log: dir + "/dump.log", options: options) }
+        }
         update { $0.criuDumpMs = dump.seconds * 1000 }
         log("criu dump of PID \(pid): \(Int(dump.seconds * 1000)) ms, images in \(images)")
 
@@ -86,23 +109,25 @@ public struct CRIUHandOver: Sendable {
         let transferStart = MonotonicClock.seconds()
         var total: UInt64 = 0
         var buffer = [UInt8](repeating: 0, count: RestoreFile.maxChunk)
-        for name in files {
-            let fd = open(images + "/" + name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
-            guard fd >= 0 else { throw CRIURunnerError.handOver("cannot open \(images)/\(name): \(String(cString: strerror(errno)))") }
-            defer { close(fd) }
-            var offset: UInt64 = 0
-            repeat {
-                let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
-                guard n >= 0 else { throw CRIURunnerError.handOver("cannot read \(images)/\(name): \(String(cString: strerror(errno)))") }
-                if n == 0 && offset > 0 { break }
-                try channel.send(.restoreFile(RestoreFile(name: name, offset: offset, data: buffer[0..<n])))
-                offset += UInt64(n)
-                if n == 0 { break }
-            } while true
-            total += offset
+        try Self.naming("sending the CRIU dump's files to the receiver (\(files.count) files)") {
+            for name in files {
+                let fd = open(images + "/" + name, O_RDONLY | O_CLOEXEC | O_NOFOLLOW)
+                guard fd >= 0 else { throw CRIURunnerError.handOver("cannot open \(images)/\(name): \(String(cString: strerror(errno)))") }
+                defer { close(fd) }
+                var offset: UInt64 = 0
+                repeat {
+                    let n = buffer.withUnsafeMutableBytes { read(fd, $0.baseAddress, $0.count) }
+                    guard n >= 0 else { throw CRIURunnerError.handOver("cannot read \(images)/\(name): \(String(cString: strerror(errno)))") }
+                    if n == 0 && offset > 0 { break }
+                    try channel.send(.restoreFile(RestoreFile(name: name, offset: offset, data: buffer[0..<n])))
+                    offset += UInt64(n)
+                    if n == 0 { break }
+                } while true
+                total += offset
+            }
+            try channel.send(.restoreBegin(RestoreBegin(fileCount: UInt32(files.count), options: wireOptions, totalBytes: total)))
         }
         let beginSent = MonotonicClock.seconds()
-        try channel.send(.restoreBegin(RestoreBegin(fileCount: UInt32(files.count), options: wireOptions, totalBytes: total)))
         let transfer = beginSent - transferStart
         update {
             $0.transferMs = transfer * 1000
@@ -111,7 +136,9 @@ public struct CRIUHandOver: Sendable {
         }
         log("criu images to the receiver: \(files.count) files, \(total) bytes in \(Int(transfer * 1000)) ms; waiting for the restore")
 
-        let done = try awaitDone(channel)
+        let done = try Self.naming("waiting for the receiver's RESTORE_DONE (it kills any copy it restored unless this side's CLOSE follows)") {
+            try awaitDone(channel)
+        }
         let restoreMs = Double(done.restoreMicros) / 1000
         update {
             $0.restoreMs = restoreMs
@@ -140,6 +167,17 @@ public struct CRIUHandOver: Sendable {
             case let other:
                 throw MigrationError.protocolViolation("expected RESTORE_DONE, got \(other.frameType)")
             }
+        }
+    }
+
+    /// A lost connection during the hand-over says which step it broke and
+    /// what becomes of the source (the migration's release SIGCONTs it), not
+    /// only the socket's errno. Other errors pass as they are.
+    static func naming<R>(_ step: String, _ body: () throws -> R) throws -> R {
+        do {
+            return try body()
+        } catch where MigrationError.isConnectionLoss(error) {
+            throw CRIURunnerError.handOver("lost the connection to the receiver while \(step): \(error); the source is resumed on this host (SIGCONT) and runs on, untracked")
         }
     }
 
@@ -205,16 +243,27 @@ public enum CRIURestore {
         guard pagemaps.count == 1, let id = UInt64(pagemaps[0].dropFirst("pagemap-".count).dropLast(".img".count)) else {
             throw CRIURunnerError.handOver("the CRIU files hold \(pagemaps.count) processes' memory maps; the image holds one process")
         }
-        if route == .rewrite {
-            let export = try CRIUExport.rewrite(dumpDirectory: criuDirectory, source: source)
+        if route != .lazy {
+            let imagePages: UInt64
+            if route == .rewrite {
+                imagePages = try CRIUExport.rewrite(dumpDirectory: criuDirectory, source: source).imagePages
+            } else {
+                let chain = try CRIUParentChain.build(dumpDirectory: criuDirectory, source: source)
+                imagePages = chain.imagePages
+                log("criu parent chain: \(chain.imagePages) pages in \(chain.lazyEntries) entries over \(chain.levels) levels, "
+                    + "\(Int((MonotonicClock.seconds() - start) * 1000)) ms")
+                try CRIUParentChain.verifyUnchanged(source)
+            }
             let pid = try runner.restorePlain(directory: criuDirectory, logPrefix: imageDirectory + "/criu", options: options)
+            // The chain stays (a few KiB, inside the image): should the sender's CLOSE be
+            // lost, `criu restore -D <criu dir>` by hand still finds the memory.
             guard kill(pid, SIGCONT) == 0 else {
                 let e = String(cString: strerror(errno))
                 kill(pid, SIGKILL)
                 throw CRIURunnerError.handOver("SIGCONT to the restored PID \(pid): \(e)")
             }
             let running = MonotonicClock.seconds() - start
-            return Outcome(pid: pid, restoreSeconds: running, completeSeconds: running, pagesServed: export.imagePages)
+            return Outcome(pid: pid, restoreSeconds: running, completeSeconds: running, pagesServed: imagePages)
         }
         let restored = try runner.restore(directory: criuDirectory, source: source, servedPID: id, logPrefix: imageDirectory + "/criu",
                                           options: options, log: log)

@@ -112,6 +112,13 @@ public final class CRIURunner: Sendable {
         public init() {}
     }
 
+    /// -v2 (errors and warnings) for every CRIU step: at -v4 CRIU logs a line
+    /// per run of pages (the dump: 0.3-0.5 s of the frozen window at 1 GiB; the
+    /// parent route's restore: a line per page read per level). Errors, which
+    /// ``CRIULog/errorLine(in:)`` quotes, are logged at -v1 already. A later
+    /// `--criu-arg -v4` overrides it (CRIU takes the last -v).
+    static let verbosity = "-v2"
+
     public let path: String
     public let version: CRIUVersion
     public let timeouts: Timeouts
@@ -204,9 +211,7 @@ public final class CRIURunner: Sendable {
         let start = MonotonicClock.seconds()
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         let port = try Self.freeLoopbackPort()
-        // -v2 (errors and warnings): at -v4 CRIU logs a line per run of pages,
-        // which cost 0.3-0.5 s of the frozen window at 1 GiB. `--criu-arg -v4` overrides it.
-        let arguments = ["dump", "-t", String(pid), "-D", directory, "-o", log, "-v2",
+        let arguments = ["dump", "-t", String(pid), "-D", directory, "-o", log, Self.verbosity,
                          "--lazy-pages", "--leave-stopped", "--address", "127.0.0.1", "--port", String(port)] + options.arguments
         let child = try CRIUChild(executable: path, arguments: arguments, step: "criu dump", outputPath: log + ".out")
         do {
@@ -342,7 +347,7 @@ public final class CRIURunner: Sendable {
         let lazy: CRIUChild
         do {
             lazy = try CRIUChild(executable: path, arguments: ["lazy-pages", "--page-server", "--address", "127.0.0.1", "--port", String(listener.port),
-                                                               "-D", directory, "-o", lazyLog, "-v4"],
+                                                               "-D", directory, "-o", lazyLog, CRIURunner.verbosity],
                                  step: "criu lazy-pages", outputPath: lazyLog + ".out")
         } catch {
             listener.close()
@@ -357,7 +362,7 @@ public final class CRIURunner: Sendable {
                 if MonotonicClock.seconds() > deadline { throw CRIURunnerError.timedOut(step: "criu lazy-pages (its socket)", seconds: 30, log: lazyLog) }
                 usleep(2_000)
             }
-            let child = try CRIUChild(executable: path, arguments: ["restore", "-D", directory, "--lazy-pages", "-d", "-o", restoreLog, "-v4",
+            let child = try CRIUChild(executable: path, arguments: ["restore", "-D", directory, "--lazy-pages", "-d", "-o", restoreLog, CRIURunner.verbosity,
                                                                     "--pidfile", pidfile] + options.arguments,
                                       step: "criu restore", outputPath: restoreLog + ".out")
             restore = child
@@ -382,7 +387,7 @@ public final class CRIURunner: Sendable {
         let directory = Self.absolute(directory), logPrefix = Self.absolute(logPrefix)
         let pidfile = logPrefix + "-restored.pid", restoreLog = logPrefix + "-restore.log"
         unlink(pidfile)
-        let child = try CRIUChild(executable: path, arguments: ["restore", "-D", directory, "-d", "-o", restoreLog, "-v4", "--pidfile", pidfile] + options.arguments,
+        let child = try CRIUChild(executable: path, arguments: ["restore", "-D", directory, "-d", "-o", restoreLog, CRIURunner.verbosity, "--pidfile", pidfile] + options.arguments,
                                   step: "criu restore", outputPath: restoreLog + ".out")
         guard child.wait(seconds: timeouts.restore) else {
             child.kill()

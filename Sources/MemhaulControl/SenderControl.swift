@@ -11,7 +11,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
     /// What a `migrate` request with `"restore": "criu"` asks for after the proof.
     public struct RestoreRequest: Sendable {
         public var migrationID: String
-        /// `lazy` or `rewrite`.
+        /// `lazy`, `rewrite` or `parent`.
         public var route: String
         public var shellJob: Bool
         /// `none`, `established` or `close`.
@@ -147,11 +147,11 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
             return
         }
         guard let restoreStep else { throw ControlError(.badRequest, "this sender agent does not restore processes (start it with --criu-restore)") }
-        guard ["lazy", "rewrite"].contains(route ?? "lazy") else { throw ControlError(.badRequest, "criu_route must be lazy or rewrite") }
+        guard ["lazy", "rewrite", "parent"].contains(route ?? "parent") else { throw ControlError(.badRequest, "criu_route must be lazy, rewrite or parent") }
         guard ["none", "established", "close"].contains(tcp ?? "none") else { throw ControlError(.badRequest, "tcp must be none, established or close") }
         if r.args["after"] as? String == "resume" { throw ControlError(.badRequest, "restore: criu moves the process; after: resume would run it twice") }
         do {
-            request.afterProof = try restoreStep(RestoreRequest(migrationID: request.id, route: route ?? "lazy", shellJob: shellJob ?? false, tcp: tcp ?? "none"))
+            request.afterProof = try restoreStep(RestoreRequest(migrationID: request.id, route: route ?? "parent", shellJob: shellJob ?? false, tcp: tcp ?? "none"))
         } catch {
             throw ControlError(.badRequest, "restore: criu: \(error)")
         }

@@ -35,10 +35,10 @@ public final class ImageReader: CommittedImage {
     /// A receiver held the image when it was opened: no lock is held, and a
     /// commit meanwhile can change what the files hold (``isUnchanged()``).
     public let live: Bool
-    private let paths: ImagePaths
+    let paths: ImagePaths
     private let lock: ImageLock?
     private let manifestBytes: [UInt8]
-    private let manifest: Manifest
+    let manifest: Manifest
     private let content: CommittedContent
     /// Region files opened so far, by id; nil: missing (reads as zeros: recovery would create it).
     private var files: [UInt32: ImageFile?] = [:]

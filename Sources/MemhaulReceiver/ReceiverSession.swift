@@ -265,7 +265,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
         recorder.opened(migration: id, directory: directory, peer: info.peer, resumeFrom: hello.resumeFromRound,
                         committedChunk: store.committedRound, bytesReceived: channel.bytesReceived)
-        let offered = restore == nil ? Self.capabilities : Self.capabilities.union([.criuRestore])
+        let offered = restore == nil ? Self.capabilities : Self.capabilities.union(RestoreService.capabilities)
         let agreed = hello.capabilities.intersection(offered)
         restoreAgreed = agreed.contains(.criuRestore)
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1

@@ -30,6 +30,9 @@ public struct RestoreService: Sendable {
         }
     }
 
+    /// What the receiver offers in WELCOME for it.
+    public static let capabilities: Capabilities = [.criuRestore, .criuParentRoute]
+
     /// Most files and bytes one restore may ship.
     public var maxFiles: Int
     public var maxTotalBytes: UInt64

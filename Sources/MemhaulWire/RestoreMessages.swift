@@ -81,7 +81,10 @@ public struct RestoreBegin: Hashable, Sendable {
         /// The rewrite route: fill the dump from the image, then a plain restore
         /// (default: the lazy route, CRIU's lazy-pages daemon pulls the pages).
         public static let rewrite = Options(rawValue: 1 << 3)
-        public static let defined: Options = [.shellJob, .tcpEstablished, .tcpClose, .rewrite]
+        /// The parent route: a chain of CRIU parent levels over the image's region
+        /// files, then a plain restore (not with `.rewrite`).
+        public static let parentChain = Options(rawValue: 1 << 4)
+        public static let defined: Options = [.shellJob, .tcpEstablished, .tcpClose, .rewrite, .parentChain]
     }
 
     /// Distinct files sent before this frame.
@@ -99,6 +102,7 @@ public struct RestoreBegin: Hashable, Sendable {
     static func check(_ o: Options) throws(WireError) {
         guard o.isSubset(of: .defined) else { throw .invalidFlags(UInt8(truncatingIfNeeded: o.rawValue)) }
         guard !o.isSuperset(of: [.tcpEstablished, .tcpClose]) else { throw .invalidFlags(UInt8(truncatingIfNeeded: o.rawValue)) }
+        guard !o.isSuperset(of: [.rewrite, .parentChain]) else { throw .invalidFlags(UInt8(truncatingIfNeeded: o.rawValue)) }
     }
 
     func encode(into out: inout [UInt8]) throws(WireError) {

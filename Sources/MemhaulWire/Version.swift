@@ -66,6 +66,11 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// holds what the sender read, not that this equals the frozen source (the
     /// sender's `--proof both|full` re-reads it). Takes precedence over `digestV2`.
     public static let ledgerDigest = Capabilities(rawValue: 1 << 5)
+    /// With `criuRestore`: RESTORE_BEGIN may ask for the parent route (option bit 4).
+    /// An older receiver leaves it out, and a sender that wants that route stops
+    /// before anything is frozen. (Bits 6 and 7 are the delta encoding's and the
+    /// receiver load's.)
+    public static let criuParentRoute = Capabilities(rawValue: 1 << 8)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

@@ -27,10 +27,8 @@ struct Options {
     var seed: UInt64 = 1
     /// Threads blocking in these calls that count their EINTRs (`eintr` command).
     var eintrProbes: [EINTRProbe.Kind] = []
-    /// Where the heartbeat thread keeps the longest gap it saw (Heartbeat.swift).
+    /// Where the heartbeat thread keeps the longest pause and the stalls it saw (Heartbeat.swift).
     var heartbeat: String?
-    /// `--gap-log PATH`: stalls of the process as it saw them (``startGapLog(path:)``).
-    var gapLog: String?
 
     static let usage = """
         usage: memhaul-workload --size 64M [--regions N] [--mix zero=30,text=40,random=30]
@@ -38,7 +36,6 @@ struct Options {
                [--churn OPS_PER_SEC] [--control] [--report-every SECONDS] [--exit-after SECONDS] [--seed N]
                [--eintr-probe sigtimedwait]
                [--heartbeat FILE]
-               [--gap-log PATH]
         """
 
     struct ParseError: Error { var message: String }
@@ -98,7 +95,6 @@ struct Options {
                 let s = try value(a)
                 guard let k = EINTRProbe.Kind(rawValue: s) else { throw ParseError(message: "--eintr-probe: expected sigtimedwait, got \(s)") }
                 o.eintrProbes = [k]
-            case "--gap-log": o.gapLog = try value(a)
             case "--help", "-h":
                 throw ParseError(message: usage)
             default:

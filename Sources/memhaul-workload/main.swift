@@ -44,9 +44,6 @@ do {
 }
 workload.startThreads()
 if let path = options.heartbeat { Heartbeat.start(path: path) }
-if let path = options.gapLog {
-    do { try startGapLog(path: path) } catch let e as GapLogError { printError(e.message); exit(1) }
-}
 emit(workload.readyLine)
 
 let start = nowNanoseconds()

@@ -124,10 +124,11 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    /// `memhaul bench migrate --size 4G --dirty-rate 32M`: pre-copy vs stop-and-copy, and tracking slowdown.
+    /// `memhaul bench migrate --size 4G --dirty-rate 32M`: pre-copy vs stop-and-copy (the frozen window,
+    /// its parts, and the target's own view of it), and tracking slowdown.
     struct Migrate: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Downtime of pre-copy vs stop-and-copy on one workload, and the workload's slowdown while tracked.")
+            abstract: "Frozen window of pre-copy vs stop-and-copy on one workload (its parts, and as the target saw it), and the workload's slowdown while tracked.")
         @Option(help: "Workload size.") var size: String = "4G"
         @Option(name: .customLong("dirty-rate"), help: "Bytes/s the workload dirties during the migration.") var dirtyRate: String = "32M"
         @Option(help: "Receiver HOST:PORT (default: one started on loopback).") var receiver: String?
@@ -137,6 +138,8 @@ struct BenchCommand: ParsableCommand {
         @Flag(help: "Instead: the frozen window and its parts with each proof (full first, the baseline), pre-copy, --dirty-rate 0 = idle.")
         var proofs = false
         @Option(help: "With --proofs: runs per proof (medians).") var repeats: Int = 1
+        @Option(help: "Directory to keep each migration's report in (per-round figures; `memhaul report`); default: none kept.")
+        var reports: String?
 
         func run() throws {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
@@ -165,36 +168,44 @@ struct BenchCommand: ParsableCommand {
             }
 
             let pagesPerSecond = Double(rate) / 4096
-            let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(Int(pagesPerSecond)), "--pattern", "uniform"])
+            let heartbeat = env.scratch + "/heartbeat"
+            let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(Int(pagesPerSecond)), "--pattern", "uniform",
+                                                  "--heartbeat", heartbeat])
             defer { workload.stop() }
-            func migrate(_ id: String, maxRounds: Int?, commitChunk: UInt64? = nil) throws -> MigrationStatus {
+            func migrate(_ id: String, maxRounds: Int?, commitChunk: UInt64? = nil) throws -> BenchFrozenWindow {
                 var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "\(id)-\(getpid())")
                 if let maxRounds { r.parameters.maxRounds = maxRounds }
                 if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
-                let m = SenderMigration(request: r, connect: try env.connector())
-                m.run()
-                let s = m.status
-                guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
-                return s
+                r.deadlines.verification = 600  // a slow proof on a loaded machine is measured, not failed
+                let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat, keepReportIn: reports)
+                if local != nil { try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id) }
+                guard w.status.state == .completed else { throw CLIError("\(id) failed: \(w.status.error ?? w.status.state.rawValue)") }
+                return w
             }
             let pre = try migrate("bench-precopy", maxRounds: nil)
             let sac = try migrate("bench-stopcopy", maxRounds: 0)
             // The cost of commit chunks (resume granularity): the same frozen round in one commit.
             let single = try migrate("bench-onecommit", maxRounds: 0, commitChunk: UInt64.max / 2)
-            func line(_ name: String, _ s: MigrationStatus) -> String {
-                String(format: "  %-14@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s",
-                       name, s.downtimeMs ?? 0, s.rounds ?? 0, Summary.bytes(Double(s.transferredBytes)),
-                       Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000)
+            func line(_ name: String, _ w: BenchFrozenWindow) -> String {
+                let s = w.status
+                return String(format: "  %@ downtime %8.1f ms  rounds %3d  wire %@  pages %@  total %.2f s\n  %@ %@",
+                              BenchSupport.pad(name, 14), s.downtimeMs ?? 0, s.rounds, Summary.bytes(Double(s.transferredBytes)),
+                              Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000, BenchSupport.pad("", 14), w.parts)
             }
-            print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))")
+            print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))"
+                  + ", load average \(BenchSupport.loadAverage())")
             print(line("pre-copy", pre))
             print(line("stop-and-copy", sac))
             print(line("  one commit", single) + String(format: "  (64 MiB commit chunks cost %.1f%% of the frozen round)",
-                                                      ((sac.downtimeMs ?? 0) / max(0.001, single.downtimeMs ?? 0) - 1) * 100))
-            print(String(format: "  downtime ratio pre-copy/stop-and-copy: 1/%.1f (%.4f)", (sac.downtimeMs ?? 0) / max(0.001, pre.downtimeMs ?? 0),
-                         (pre.downtimeMs ?? 0) / max(0.001, sac.downtimeMs ?? 1)))
-            if let reason = pre.cutoverReason { print("  pre-copy cutover: \(reason)") }
+                                                      ((sac.status.downtimeMs ?? 0) / max(0.001, single.status.downtimeMs ?? 0) - 1) * 100))
+            func ratio(_ what: String, _ a: Double, _ b: Double) -> String {
+                String(format: "  %@ ratio pre-copy/stop-and-copy: 1/%.1f (%.4f)", what, b / max(0.001, a), a / max(0.001, b))
+            }
+            print(ratio("downtime (freeze → final commit)", pre.status.downtimeMs ?? 0, sac.status.downtimeMs ?? 0))
+            print(ratio("frozen window (freeze → release, proof included)", pre.frozenMs, sac.frozenMs))
+            print(ratio("frozen window as the target saw it (heartbeat)", pre.livedMs, sac.livedMs))
+            if let reason = pre.status.cutoverReason { print("  pre-copy cutover: \(reason)") }
         }
     }
 }

@@ -2,7 +2,6 @@ import ArgumentParser
 import Foundation
 import MemhaulSender
 import MemhaulSystem
-import Synchronization
 
 extension BenchCommand {
     /// `memhaul bench final-scan --sizes 256M,2G,4G`: the frozen final scan and
@@ -24,8 +23,8 @@ extension BenchCommand {
             defer { receiver.stop() }
             progress("final-scan bench: idle workloads, loopback TLS, \(repeats) migrations per method and size, medians")
             for size in sizes.split(separator: ",").map(String.init) {
-                let gapLog = env.scratch + "/gaps-\(size)"
-                let workload = try env.startWorkload(["--size", size, "--threads", "0", "--gap-log", gapLog])
+                let heartbeat = env.scratch + "/heartbeat-\(size)"
+                let workload = try env.startWorkload(["--size", size, "--threads", "0", "--heartbeat", heartbeat])
                 defer { workload.stop() }
                 var scans: [FinalScanMethod: [Double]] = [:]
                 var downtimes: [FinalScanMethod: [Double]] = [:]
@@ -38,15 +37,9 @@ extension BenchCommand {
                         r.after = .resume
                         r.finalScan = method
                         r.deadlines.verification = 600  // the proof of 4 GiB on a loaded machine is not what is measured
-                        // "cutover:" is logged after the final scan, with the target frozen:
-                        // the target's stall around that instant is the frozen window it lived.
-                        let frozenInstant = Mutex<UInt64>(0)
-                        let m = SenderMigration(request: r, connect: try env.connector(), log: { line in
-                            if line.hasPrefix("cutover:") { frozenInstant.withLock { $0 = MonotonicClock.nanoseconds() } }
-                        })
-                        m.run()
-                        let s = m.status
-                        lived[method, default: []].append(Self.stallMs(gapLog, covering: frozenInstant.withLock { $0 }))
+                        let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat)
+                        let s = w.status
+                        lived[method, default: []].append(w.livedMs)
                         frozen[method, default: []].append(s.frozenMs ?? .nan)
                         try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
                         guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
@@ -59,21 +52,10 @@ extension BenchCommand {
                 let newDown = median(downtimes[.changed]!), oldDown = median(downtimes[.fullWalk]!)
                 progress(String(format: "  %-5@ final scan: changed %7.2f ms, full-walk %7.2f ms (ratio %.3f); downtime: changed %7.1f ms, full-walk %7.1f ms (ratio %.3f)",
                              size, newScan, oldScan, newScan / oldScan, newDown, oldDown, newDown / oldDown))
-                progress(String(format: "        frozen (freeze → release, proof included): changed %7.1f ms, full-walk %7.1f ms; as the target saw it (longest stall): changed %7.1f ms, full-walk %7.1f ms",
+                progress(String(format: "        frozen (freeze → release, proof included): changed %7.1f ms, full-walk %7.1f ms; as the target saw it (its heartbeat): changed %7.1f ms, full-walk %7.1f ms",
                              median(frozen[.changed]!), median(frozen[.fullWalk]!), median(lived[.changed]!), median(lived[.fullWalk]!)))
                 progress("        all final scans ms: changed \(scans[.changed]!.map { String(format: "%.2f", $0) }), full-walk \(scans[.fullWalk]!.map { String(format: "%.2f", $0) })")
             }
-        }
-
-        /// The `--gap-log` stall that contains `instant`, ms (nan if none was logged).
-        static func stallMs(_ path: String, covering instant: UInt64) -> Double {
-            guard instant > 0, let text = try? String(contentsOfFile: path, encoding: .utf8) else { return .nan }
-            for line in text.split(separator: "\n") {
-                let f = line.split(separator: " ")
-                guard f.count == 2, let end = UInt64(f[0]), let gap = UInt64(f[1]) else { continue }
-                if end >= instant && end - gap <= instant { return Double(gap) / 1e6 }
-            }
-            return .nan
         }
     }
 }

@@ -13,38 +13,44 @@ struct BenchProofs {
     let repeats: Int
 
     func run() throws {
-        var args = ["--size", size, "--mix", "zero=30,text=40,random=30"]
+        let heartbeat = env.scratch + "/heartbeat"
+        var args = ["--size", size, "--mix", "zero=30,text=40,random=30", "--heartbeat", heartbeat]
         if dirtyRate > 0 { args += ["--threads", "1", "--rate", String(Int(Double(dirtyRate) / 4096)), "--pattern", "uniform"] }
         let workload = try env.startWorkload(args)
         defer { workload.stop() }
         let modes: [ProofMode] = [.full, .both, .incremental]
-        var runs: [ProofMode: [MigrationStatus]] = [:]
+        var runs: [ProofMode: [BenchFrozenWindow]] = [:]
         for i in 0..<max(1, repeats) {
             for mode in modes {
                 var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "bench-proof-\(mode)-\(i)-\(getpid())")
                 r.proof = mode
                 r.after = .resume
-                let m = SenderMigration(request: r, connect: try env.connector())
-                m.run()
-                let s = m.status
-                guard s.state == .completed else { throw CLIError("\(mode) failed: \(s.error ?? s.state.rawValue)") }
-                runs[mode, default: []].append(s)
+                let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat)
+                guard w.status.state == .completed else { throw CLIError("\(mode) failed: \(w.status.error ?? w.status.state.rawValue)") }
+                runs[mode, default: []].append(w)
                 // Images of a local receiver go: 3 proofs × repeats × size would fill the scratch.
                 try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id)
             }
         }
-        func median(_ mode: ProofMode, _ f: (MigrationStatus) -> Double?) -> Double {
+        func median(_ mode: ProofMode, _ f: (BenchFrozenWindow) -> Double?) -> Double {
             let v = runs[mode, default: []].map { f($0) ?? 0 }.sorted()
             return v.isEmpty ? 0 : v[v.count / 2]
         }
-        print("proof bench: \(size) workload, \(dirtyRate == 0 ? "idle" : "dirtying \(dirtyRate) B/s"), pre-copy, --after resume, medians of \(max(1, repeats)), to \(host):\(port)")
+        print("proof bench: \(size) workload, \(dirtyRate == 0 ? "idle" : "dirtying \(dirtyRate) B/s"), pre-copy, --after resume, medians of \(max(1, repeats)), "
+              + "to \(host):\(port), load average \(BenchSupport.loadAverage())")
         let baseline = median(.full) { $0.frozenMs }
         for mode in modes {
-            let frozen = median(mode) { $0.frozenMs }
-            print(String(format: "  %-12@ frozen %8.1f ms = freeze %6.1f + final delta %7.1f + verify %8.1f (re-read %8.1f)  rounds %2.0f  frozen/full %.4f",
-                         mode.rawValue, frozen, median(mode) { $0.freezeMs }, median(mode) { ($0.downtimeMs ?? 0) - ($0.freezeMs ?? 0) },
-                         median(mode) { $0.verifyMs }, median(mode) { $0.fullProofMs }, median(mode) { Double($0.rounds) },
-                         frozen / max(0.001, baseline)))
+            var typical = runs[mode]![0]  // the medians of each part, not one run's
+            typical.frozenMs = median(mode) { $0.frozenMs }
+            typical.freezeMs = median(mode) { $0.freezeMs }
+            typical.finalScanMs = median(mode) { $0.finalScanMs }
+            typical.finalDeltaMs = median(mode) { $0.finalDeltaMs }
+            typical.commitMs = median(mode) { $0.commitMs }
+            typical.verifyMs = median(mode) { $0.verifyMs }
+            typical.livedMs = median(mode) { $0.livedMs }
+            print(String(format: "  %@ %@  (re-read %8.1f)  rounds %2.0f  frozen/full %.4f",
+                         BenchSupport.pad(mode.rawValue, 12), typical.parts, median(mode) { $0.status.fullProofMs }, median(mode) { Double($0.status.rounds) },
+                         typical.frozenMs / max(0.001, baseline)))
         }
     }
 }

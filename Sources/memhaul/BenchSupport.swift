@@ -12,6 +12,15 @@ enum BenchSupport {
     /// "4G", "512M", "64K", "1024".
     static func parseSize(_ text: String) -> UInt64? { ByteCount.parse(text) }
 
+    /// `text` padded with spaces to `width` (String(format:)'s `%-12@` does not pad on Linux).
+    static func pad(_ text: String, _ width: Int) -> String { text.padding(toLength: max(width, text.count), withPad: " ", startingAt: 0) }
+
+    /// The 1, 5 and 15 minute load averages (`/proc/loadavg`): how shared the machine was during a figure.
+    static func loadAverage() -> String {
+        let text = (try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? ""
+        return text.split(separator: " ").prefix(3).joined(separator: " ")
+    }
+
     /// The directory of this executable (the workload is built beside it).
     static var binaryDirectory: String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

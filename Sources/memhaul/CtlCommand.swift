@@ -65,7 +65,7 @@ struct CtlCommand: ParsableCommand {
         @Flag(help: "Abort a cutover that would overrun the downtime limit and go on pre-copying (see memhaul migrate --help).") var strict = false
         @Option(name: .customLong("strict-attempts"), help: "Aborted cutovers before a --strict migration fails (source running).") var strictAttempts: Int?
         @Option(help: "After the proof: none, or criu (move the process; the agent needs --criu-restore).") var restore: String?
-        @Option(name: .customLong("criu-route"), help: "lazy or rewrite.") var criuRoute: String?
+        @Option(name: .customLong("criu-route"), help: "lazy, rewrite or parent.") var criuRoute: String?
         @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job.") var shellJob = false
         @Option(help: "CRIU TCP mode: none, established or close.") var tcp: String?
         @Option(help: "Write the migration report (JSON, see Protocol/report.md) to this path on the agent's host at the end.")

@@ -7,17 +7,21 @@ import MemhaulSystem
 import MemhaulTLS
 
 extension ImageCommand {
-    /// `memhaul image export --criu DUMPDIR IMAGE`
+    /// `memhaul image export --criu DUMPDIR IMAGE [--route rewrite|parent]`
     struct Export: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Fill a CRIU dump taken with --lazy-pages with the image's pages, for a plain criu restore.",
+            abstract: "Give a CRIU dump taken with --lazy-pages the image's pages, for a plain criu restore.",
             discussion: """
-                The dump's PE_LAZY entries (private anonymous memory CRIU left out) become PE_PRESENT and \
-                pages-N.img is rebuilt in pagemap order from CRIU's own pages and the image's. Nothing is \
-                changed unless every lazy range lies inside the image's layout; a pages file is never left \
-                shorter than its entries (CRIU's restorer would loop on it). This copies all of memory: \
-                the lazy route (memhaul image serve-criu) copies nothing while the process is frozen.
+                rewrite: the dump's PE_LAZY entries (private anonymous memory CRIU left out) become \
+                PE_PRESENT and pages-N.img is rebuilt in pagemap order from CRIU's own pages and the image's \
+                (copies all of memory). parent: the PE_LAZY entries become PE_PARENT and DUMPDIR/parent links \
+                a chain of CRIU parent levels whose pages files are symlinks to the image's region files \
+                (copies nothing; the image must not change or move until criu restore has run). Nothing is \
+                changed unless every lazy range lies inside the image's layout and every pages file is as \
+                long as its entries (CRIU's restorer would loop on a shorter one).
                 """)
+
+        enum Route: String, ExpressibleByArgument, CaseIterable { case rewrite, parent }
 
         @Option(name: .customLong("criu"), help: "The CRIU dump directory (criu dump --lazy-pages -D DIR).")
         var dump: String
@@ -25,15 +29,25 @@ extension ImageCommand {
         @Argument(help: "The memhaul image directory (<images>/<migration-id>).")
         var image: String
 
+        @Option(help: "rewrite (copy the image's pages into the dump) or parent (link the image's region files as CRIU parent levels).")
+        var route: Route = .rewrite
+
         @Flag(help: "Use an image whose migration did not complete.")
         var allowIncomplete = false
 
         func run() throws {
             let source = try ImagePageSource(directory: image, allowIncomplete: allowIncomplete)
             let start = MonotonicClock.seconds()
-            let result = try CRIUExport.rewrite(dumpDirectory: dump, source: source)
-            let ms = Int((MonotonicClock.seconds() - start) * 1000)
-            print("exported \(result.imagePages) pages from \(image) into \(result.pagemaps) pagemap(s) of \(dump) (\(result.criuPages) pages kept from CRIU) in \(ms) ms")
+            switch route {
+            case .rewrite:
+                let result = try CRIUExport.rewrite(dumpDirectory: dump, source: source)
+                let ms = Int((MonotonicClock.seconds() - start) * 1000)
+                print("exported \(result.imagePages) pages from \(image) into \(result.pagemaps) pagemap(s) of \(dump) (\(result.criuPages) pages kept from CRIU) in \(ms) ms")
+            case .parent:
+                let result = try CRIUParentChain.build(dumpDirectory: dump, source: source)
+                let ms = Int((MonotonicClock.seconds() - start) * 1000)
+                print("linked \(result.imagePages) pages of \(image) into \(dump) as \(result.levels) CRIU parent level(s) (\(result.criuPages) pages kept from CRIU) in \(ms) ms")
+            }
         }
     }
 

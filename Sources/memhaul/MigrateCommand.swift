@@ -135,7 +135,7 @@ struct MigrateCommand: ParsableCommand {
             let runner = try restore.runner()
             var handOver = CRIUHandOver(runner: runner, options: dump.options(extra: restore.criuArgs), workRoot: dump.criuDir,
                                         log: engineLog)
-            handOver.route = dump.route == "rewrite" ? .rewrite : .lazy
+            handOver.route = dump.criuRoute
             request.afterProof = handOver.step
             request.after = .kill  // only reached once the process runs on the receiver
         }

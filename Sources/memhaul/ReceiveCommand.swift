@@ -152,7 +152,7 @@ struct SenderCommand: ParsableCommand {
                 options.tcp = CRIUTCPMode(rawValue: r.tcp) ?? .none
                 options.extraArguments = args
                 var handOver = CRIUHandOver(runner: runner, options: options, workRoot: dir, log: Log.line)
-                handOver.route = r.route == "rewrite" ? .rewrite : .lazy
+                handOver.route = CRIURoute(rawValue: r.route) ?? .defaultRoute  // SenderControl checked it
                 return handOver.step
             }
         }

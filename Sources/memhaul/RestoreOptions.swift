@@ -36,8 +36,8 @@ struct RestoreOptions: ParsableArguments {
 
 /// The sender's side only (`migrate`): what the dump is taken with.
 struct DumpOptions: ParsableArguments {
-    @Option(name: .customLong("criu-route"), help: ArgumentHelp("How B gets the memory: lazy (CRIU's lazy-pages daemon pulls it from the image) or rewrite (the dump is filled from the image, then a plain restore).", valueName: "lazy|rewrite"))
-    var route: String = "lazy"
+    @Option(name: .customLong("criu-route"), help: ArgumentHelp("How B gets the memory: lazy (CRIU's lazy-pages daemon pulls it from the image), rewrite (the dump is filled from the image, then a plain restore) or parent (a plain restore reads the image's region files through a chain of CRIU parent levels; the default).", valueName: "lazy|rewrite|parent"))
+    var route: String?
     @Flag(name: .customLong("shell-job"), help: "CRIU --shell-job: the process's session or terminal lies outside the dump.")
     var shellJob = false
     @Flag(name: .customLong("tcp-established"), help: "CRIU --tcp-established: established TCP connections move (B must take over A's address).")
@@ -48,11 +48,13 @@ struct DumpOptions: ParsableArguments {
     var criuDir: String = NSTemporaryDirectory() + "memhaul-criu"
 
     func validate() throws {
-        guard route == "lazy" || route == "rewrite" else { throw ValidationError("--criu-route must be lazy or rewrite") }
+        guard route.map({ CRIURoute(rawValue: $0) != nil }) ?? true else { throw ValidationError("--criu-route must be lazy, rewrite or parent") }
         if tcpEstablished && tcpClose { throw ValidationError("--tcp-established and --tcp-close exclude each other") }
     }
 
-    var isDefault: Bool { route == "lazy" && !shellJob && !tcpEstablished && !tcpClose }
+    var criuRoute: CRIURoute { route.map { CRIURoute(rawValue: $0)! } ?? .defaultRoute }  // validate() checked it
+
+    var isDefault: Bool { route == nil && !shellJob && !tcpEstablished && !tcpClose }
 
     func options(extra: [String]) -> CRIUOptions {
         var o = CRIUOptions()
@@ -72,7 +74,7 @@ extension RestoreService {
             options.tcp = job.options.contains(.tcpEstablished) ? .established : job.options.contains(.tcpClose) ? .close : .none
             options.extraArguments = extraArguments
             let outcome = try CRIURestore.run(runner: runner, imageDirectory: job.imageDirectory, criuDirectory: job.criuDirectory,
-                                              route: job.options.contains(.rewrite) ? .rewrite : .lazy, options: options, log: log)
+                                              route: CRIURoute(job.options), options: options, log: log)
             return Outcome(pid: outcome.pid, restoreSeconds: outcome.restoreSeconds, completeSeconds: outcome.completeSeconds)
         }
     }

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import MemhaulSystem
 import MemhaulTestSupport
 
 #if canImport(Glibc)
@@ -7,15 +8,31 @@ import Glibc
 #endif
 
 /// `memhaul-workload --heartbeat FILE`, the target's own clock of a service
-/// gap (scripts/bench-restore): a stop of the process shows up as a gap at
-/// least as long as the stop, and the file is never held open.
+/// gap (scripts/bench-restore) and of each stall (the benchmarks' frozen
+/// window as the target lived it): a stop of the process shows up as a gap at
+/// least as long as the stop, and as a stall line spanning it; the file is
+/// never held open.
 @Suite struct WorkloadHeartbeatTests {
-    /// "max_gap_ms ticks last_tick_ns" once its last tick is after `realtimeNs` (polled: the file is the event).
-    static func beat(_ path: String, after realtimeNs: UInt64) -> Double? {
+    struct Beat {
+        var longestGapMs: Double
+        /// `END_REALTIME_NS GAP_NS` lines.
+        var stalls: [(end: UInt64, gap: UInt64)]
+    }
+
+    /// "max_gap_ms ticks last_tick_ns" and the stall lines, once its last tick is after `realtimeNs` (polled: the file is the event).
+    static func beat(_ path: String, after realtimeNs: UInt64) -> Beat? {
         for _ in 0..<1000 {
             if let text = try? String(contentsOfFile: path, encoding: .utf8) {
-                let f = text.split(separator: " ")
-                if f.count == 3, let gap = Double(f[0]), let last = UInt64(f[2].dropLast()), last > realtimeNs { return gap }
+                let lines = text.split(separator: "\n")
+                let f = lines.first?.split(separator: " ") ?? []
+                if f.count == 3, let gap = Double(f[0]), let last = UInt64(f[2]), last > realtimeNs {
+                    let stalls = lines.dropFirst().compactMap { line -> (UInt64, UInt64)? in
+                        let f = line.split(separator: " ")
+                        guard f.count == 2, let end = UInt64(f[0]), let gap = UInt64(f[1]) else { return nil }
+                        return (end, gap)
+                    }
+                    return Beat(longestGapMs: gap, stalls: stalls)
+                }
             }
             usleep(10_000)
         }
@@ -43,13 +60,16 @@ import Glibc
         #expect(!targets.contains { $0.hasPrefix(dir) }, "\(targets)")
         kill(w.pid, SIGSTOP)
         #expect(Self.allThreadsStopped(w.pid))  // only from here is it surely frozen
-        let stoppedAt = Date()
+        let stoppedAt = WallClock.nanoseconds()
         usleep(300_000)  // the stop itself: how long the target is frozen
-        let stopped = Date().timeIntervalSince(stoppedAt) * 1000
-        let continuedAt = UInt64(Date().timeIntervalSince1970 * 1e9)
+        let continuedAt = WallClock.nanoseconds()
+        let stopped = Double(continuedAt - stoppedAt) / 1e6
         kill(w.pid, SIGCONT)
-        let gap = try #require(Self.beat(path, after: continuedAt))
-        #expect(gap >= stopped, "gap \(gap) ms, stopped \(stopped) ms")
+        let beat = try #require(Self.beat(path, after: continuedAt))
+        #expect(beat.longestGapMs >= stopped, "gap \(beat.longestGapMs) ms, stopped \(stopped) ms")
+        let spanning = beat.stalls.filter { $0.end >= continuedAt && $0.end - $0.gap <= stoppedAt }
+        #expect(spanning.count == 1, "one stall line spans the stop: \(beat.stalls)")
+        #expect(spanning.allSatisfy { Double($0.gap) / 1e6 >= stopped })
         kill(w.pid, SIGKILL)
     }
 }

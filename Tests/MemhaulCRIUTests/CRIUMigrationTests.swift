@@ -34,9 +34,9 @@ enum CRIUEndToEnd {
         var log: String { (try? String(contentsOfFile: stderrPath, encoding: .utf8)) ?? "" }
     }
 
-    static func migrate(pid: Int32, port: UInt16, id: String, criu: String) throws -> (status: Int32, json: [String: Any], output: String) {
+    static func migrate(pid: Int32, port: UInt16, id: String, criu: String, route: CRIURoute? = nil) throws -> (status: Int32, json: [String: Any], output: String) {
         let r = try runMemhaul(["migrate", "--pid", String(pid), "--to", "127.0.0.1:\(port)", "--insecure", "--id", id,
-                                       "--restore", "criu", "--criu", criu, "--json"])
+                                       "--restore", "criu", "--criu", criu, "--json"] + (route.map { ["--criu-route", $0.rawValue] } ?? []))
         let line = r.output.split(separator: "\n").last { $0.hasPrefix("{") }.map(String.init) ?? "{}"
         let json = (try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any] ?? [:]
         return (r.status, json, r.output)
@@ -115,6 +115,19 @@ enum CRIUEndToEnd {
         #expect((r.json["counters"] as? [String: Any])?["rounds"] as? Int == 0)  // nothing was sent
         let s = try #require(CRIUEndToEnd.inspect(source.pid))
         #expect(s.state == "S" && !s.traced && !s.tracked)
+    }
+
+    /// The parent route needs the receiver's `criu-parent-route` capability
+    /// (an older receiver would refuse RESTORE_BEGIN only after the dump): it is
+    /// asked for in HELLO, so a receiver without it stops the move at WELCOME.
+    @Test func theParentRouteAsksForItsCapability() throws {
+        let runner = try CRIURunner.open(explicit: try FakeCRIU().path)
+        var handOver = CRIUHandOver(runner: runner, options: CRIUOptions(), workRoot: temporaryDirectory("criu"), log: { _ in })
+        #expect(handOver.route == .parent)  // the default
+        #expect(handOver.step.capabilities == [.criuRestore, .criuParentRoute])
+        #expect(handOver.step.requirement.contains("--criu-route lazy"))
+        handOver.route = .lazy
+        #expect(handOver.step.capabilities == [.criuRestore])
     }
 
     @Test func aRefusedDumpLeavesTheSourceRunningAndQuotesCRIU() throws {
@@ -226,8 +239,10 @@ enum CRIUEndToEnd {
         return nil
     }
 
-    @Test(.enabled(if: CRIUEndToEnd.haveRealCRIU, "needs $MEMHAUL_CRIU naming a CRIU ≥ 4.1 that passes `criu check` (and root, cc)"))
-    func aProcessMovesAndRunsOnWithItsMemory() throws {
+    /// Every route: the restored process's own checksum of its memory matches.
+    @Test(.enabled(if: CRIUEndToEnd.haveRealCRIU, "needs $MEMHAUL_CRIU naming a CRIU ≥ 4.1 that passes `criu check` (and root, cc)"),
+          arguments: CRIURoute.allCases)
+    func aProcessMovesAndRunsOnWithItsMemory(route: CRIURoute) throws {
         let criu = CRIUEndToEnd.realCRIU!
         let dir = temporaryDirectory("criu")
         try Self.targetSource.write(toFile: dir + "/target.c", atomically: true, encoding: .utf8)
@@ -247,7 +262,8 @@ enum CRIUEndToEnd {
         let before = try #require(Self.waitFile(dir + "/out/sum-1", seconds: 10))
         #expect(before.hasPrefix(checksum) && before.hasSuffix(" 1\n"))  // PID 1 of its namespace
 
-        let r = try CRIUEndToEnd.migrate(pid: source, port: receiver.port, id: "criu-e2e", criu: criu)
+        let id = "criu-e2e-\(route.rawValue)"
+        let r = try CRIUEndToEnd.migrate(pid: source, port: receiver.port, id: id, criu: criu, route: route)
         try #require(r.status == 0, "\(r.output)\n\(receiver.log)")
         #expect(r.json["state"] as? String == "completed")
         let restored = try #require((r.json["restored_pid"] as? NSNumber)?.int32Value)
@@ -266,9 +282,12 @@ enum CRIUEndToEnd {
         let counters = [before, after].map { UInt64($0.split(separator: " ")[1]) ?? 0 }
         #expect(counters[1] > counters[0])  // it ran on from where it was
         #expect(receiver.log.contains("process running on this host as PID \(restored)"))
+        // The receiver took the route asked for (parent: no lazy-pages daemon at all).
+        #expect(receiver.log.contains("criu parent chain:") == (route == .parent), "\(receiver.log)")
+        #expect(receiver.log.contains("lazy pages coming in") == (route == .lazy), "\(receiver.log)")
         let status = try runMemhaul(["ctl", "status", "--socket", receiver.controlPath])
         let session = ((try? JSONSerialization.jsonObject(with: Data(status.output.utf8))) as? [String: Any])
-            .flatMap { ($0["result"] as? [String: Any])?["sessions"] as? [[String: Any]] }?.first { $0["migration"] as? String == "criu-e2e" }
+            .flatMap { ($0["result"] as? [String: Any])?["sessions"] as? [[String: Any]] }?.first { $0["migration"] as? String == id }
         #expect(session?["state"] as? String == "running", "\(status.output)")
         #expect((session?["restored_pid"] as? NSNumber)?.int32Value == restored)
     }

@@ -46,7 +46,23 @@ import Testing
         }
     }
 
-    @Test func cgroupThrottleSlowsTheTargetWithoutEINTR() throws {
+    /// Why a cgroup CPU quota cannot throttle this process's children here
+    /// (no cpu controller, a cgroup v2 shared with other processes, a read-only
+    /// cgroupfs); nil when it can.
+    static let cgroupUnusable: String? = {
+        do {
+            let home = try CPUCgroup.of(pid: getpid())
+            guard access(home.directory, W_OK) == 0 else { return "\(home) is not writable by this user" }
+            _ = try CgroupThrottle.prepare(pid: getpid())
+            return nil
+        } catch {
+            return "no cgroup cpu controller to use: \(error)"
+        }
+    }()
+
+    /// Issue 11: with cgroup throttling the target sees no EINTR, counted by the target itself (`--eintr-probe`).
+    @Test(.enabled(if: ThrottleBackendTests.cgroupUnusable == nil, Comment(rawValue: ThrottleBackendTests.cgroupUnusable ?? "")))
+    func cgroupThrottleSlowsTheTargetWithoutEINTR() throws {
         let w = try busyTarget()
         let before = try CgroupState(w.pid)
         let throttle = try CgroupThrottle.prepare(pid: w.pid)

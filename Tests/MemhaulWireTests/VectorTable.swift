@@ -121,6 +121,10 @@ enum VectorTable {
             message: .restoreBegin(RestoreBegin(fileCount: 13, options: [.shellJob, .tcpEstablished], totalBytes: 70_694)),
             description: "RESTORE_BEGIN, sequence 12: 13 files, options 0x3 (shell-job + tcp-established), 70694 bytes."),
         ValidVector(
+            file: "restore_begin_parent.bin", sequence: 12,
+            message: .restoreBegin(RestoreBegin(fileCount: 13, options: [.parentChain], totalBytes: 70_694)),
+            description: "RESTORE_BEGIN, sequence 12: 13 files, options 0x10 (parent route), 70694 bytes."),
+        ValidVector(
             file: "restore_done.bin", sequence: 0,
             message: .restoreDone(RestoreDone(pid: 6122, restoreMicros: 56_700, completeMicros: 524_400)),
             description: "RESTORE_DONE, sequence 0 (as if first of its direction): PID 6122, restore 56700 µs, every page in after 524400 µs."),
@@ -146,6 +150,7 @@ enum VectorTable {
         rawShort += le64(0x7f00_0000_0000) + le32(1) + [UInt8](repeating: 0, count: 4095)
         var keepaliveReserved = le64(1) + [0, 0, 1, 0]
         keepaliveReserved = header(0x0A, length: UInt32(keepaliveReserved.count)) + keepaliveReserved
+        let twoRoutes = le32(13) + le32(0x18) + le64(70_694)
         return [
             InvalidVector(file: "bad_magic.bin", bytes: Array("MEMHAUX".utf8) + [0, 1, 0, 0, 0], decoder: .preamble, error: .badMagic,
                           errorText: "badMagic",
@@ -174,6 +179,10 @@ enum VectorTable {
                           error: .lengthMismatch(expected: 4096, actual: 4095),
                           errorText: "lengthMismatch(expected: 4096, actual: 4095)",
                           description: "PAGE_BATCH raw, round 42, one run of 1 page, uncompressed length 4096, but only 4095 payload bytes."),
+            InvalidVector(file: "restore_two_routes.bin", bytes: header(0x0D, length: UInt32(twoRoutes.count), sequence: 12) + twoRoutes, decoder: .frame,
+                          error: .invalidFlags(0x18),
+                          errorText: "invalidFlags(0x18)",
+                          description: "RESTORE_BEGIN with options 0x18: the rewrite route (bit 3) and the parent route (bit 4) together."),
             InvalidVector(file: "reserved_not_zero.bin", bytes: keepaliveReserved, decoder: .frame, error: .reservedNotZero,
                           errorText: "reservedNotZero",
                           description: "KEEPALIVE whose reserved bytes (after the flags byte) are 00 01 00."),

@@ -115,9 +115,9 @@ grep -q '300.5' "$FAKE_LOG" && grep -q 'resume' "$FAKE_LOG" || fail "migrate opt
 # 2b. --restore criu and its CRIU options reach the sender agent as ctl options.
 before=$fails
 prefix=$work/fakectl
-run --pid 4242 --to 127.0.0.1:7070 --restore criu --criu-route rewrite --tcp close --shell-job
+run --pid 4242 --to 127.0.0.1:7070 --restore criu --criu-route parent --tcp close --shell-job
 [[ $rc -eq 0 ]] || fail "--restore criu: exit $rc: $err"
-grep -q '\[migrate\].*\[--restore=criu\]' "$FAKE_LOG" && grep -q '\[--criu-route=rewrite\]' "$FAKE_LOG" \
+grep -q '\[migrate\].*\[--restore=criu\]' "$FAKE_LOG" && grep -q '\[--criu-route=parent\]' "$FAKE_LOG" \
   && grep -q '\[--tcp=close\]' "$FAKE_LOG" && grep -q '\[--shell-job\]' "$FAKE_LOG" || fail "--restore options not passed: $(cat "$FAKE_LOG")"
 [[ $fails -eq $before ]] && pass "--restore criu, --criu-route, --tcp and --shell-job are passed to the sender agent"
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Failure path of --restore criu: the link between the hosts is cut after the
 # freeze, while A's CRIU dump runs (so the dump files never reach B). Expected:
-# the migration fails with an error that says the connection was lost; the
+# the migration fails with an error that says the connection was lost, during
+# which step, and that the source is resumed; the
 # source runs on at A, untracked (not stopped, not traced, no uffd-wp VMA), and
 # still serves its keys; B runs no copy (no process in B's network namespace
 # but its receiver agent).
@@ -50,6 +51,9 @@ result=$(cat "$work/result.json")
 [[ $(jq -r .state <<<"$result") == failed ]] || fail "state $(jq -r .state <<<"$result")"
 error=$(jq -r '.error | if type == "object" then (.message // tostring) else (. // "") end' <<<"$result")
 [[ -n $error ]] || fail "no error in the result: $result"
+# Not a bare errno: what broke, and what became of the source.
+[[ $error == *"lost the connection to the receiver while "* && $error == *"the source is resumed on this host"* ]] \
+  || fail "the error does not say what broke and where the source is: $error"
 why=$(untracked $redis) || fail "source $redis after the cut: $why"
 [[ $(host_exec $A redis-cli -p 6379 get marker) == before-the-cut ]] || fail "the source lost its keys"
 [[ $(host_exec $A redis-cli -p 6379 dbsize) -ge 100001 ]] || fail "the source lost its keys"
