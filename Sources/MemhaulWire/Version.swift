@@ -66,6 +66,9 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// holds what the sender read, not that this equals the frozen source (the
     /// sender's `--proof both|full` re-reads it). Takes precedence over `digestV2`.
     public static let ledgerDigest = Capabilities(rawValue: 1 << 5)
+    /// PAGE_BATCH encoding 2 (delta) may be used: pages re-sent as XBZRLE deltas against the
+    /// content the receiver committed for them (wire.md, PAGE_BATCH).
+    public static let pageDelta = Capabilities(rawValue: 1 << 6)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

@@ -29,6 +29,8 @@ struct ConvergenceOptions: ParsableArguments {
     var strictAttempts: Int = ConvergenceParameters().strictAttempts
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
+    @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept to send re-dirtied pages as deltas (K/M/G suffixes; 0 = off; at most 16G). Pays where the link is the limit and pages change little.")
+    var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
@@ -58,6 +60,7 @@ struct ConvergenceOptions: ParsableArguments {
         }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
         guard ProofMode(rawValue: proof) != nil else { throw ValidationError("--proof must be incremental, full or both") }
+        guard deltaCache.bytes <= MigrationRequest.maxDeltaCacheBytes else { throw ValidationError("--delta-cache must be at most 16G") }
         guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
         for (flag, v) in [("--welcome-timeout", welcomeTimeout), ("--ack-timeout", ackTimeout), ("--frozen-ack-timeout", frozenAckTimeout),
                           ("--drain-timeout", drainTimeout), ("--verify-timeout", verifyTimeout)] {
@@ -76,6 +79,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.strict = strict
         request.parameters.strictAttempts = strictAttempts
         request.compressionLevel = Int32(compressionLevel)
+        request.deltaCacheBytes = deltaCache.bytes
         request.after = AfterAction(rawValue: after) ?? .stop
         request.proof = ProofMode(rawValue: proof) ?? .incremental
         request.parameters.resumeTimeoutSeconds = resumeTimeout
