@@ -141,7 +141,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 defer { group.leave() }
                 while let job = work.pop() {
                     do {
-                        try encode(job, round: round, worker: worker)
+                        try encode(job, round: round, worker: worker, deltas: !firstRound)
                     } catch {
                         done.fail(error)
                         work.fail(error)
@@ -226,7 +226,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     }
 
     /// Worker stage: split zero pages off, checksum and compress the rest.
-    private func encode(_ job: Job, round: UInt64, worker: Int) throws {
+    /// `deltas`: look the pages up in the delta cache (not in the first round: nothing was sent before).
+    private func encode(_ job: Job, round: UInt64, worker: Int, deltas: Bool) throws {
         let pageSize = Int(PageSize.bytes)
         let vanished = job.vanished
         var zero: [PageRun] = []
@@ -265,7 +266,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var encoding = PageEncoding.raw
         job.payloadIsPages = true
         job.payloadCount = plain.count
-        let delta = encodeDelta(job, data: data, plain: plain)
+        let delta = deltas ? encodeDelta(job, data: data, plain: plain) : nil
         if let delta, delta.count <= plain.count / 4 {
             // Small enough that zstd of the whole pages is not worth trying.
         } else if configuration.zstd, let level = governor.level {
