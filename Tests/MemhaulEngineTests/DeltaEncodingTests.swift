@@ -22,8 +22,7 @@ import MemhaulTestSupport
                  _ configure: (inout MigrationRequest) -> Void = { _ in }) throws -> MigrationStatus {
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: id)
         r.parameters.maxRounds = 6
-        r.after = .resume
-        configure(&r)
+        configure(&r)  // the source stays stopped after the proof: the image is compared with it
         let migration = SenderMigration(request: r, connect: try connector(pki))
         migration.run()
         return migration.status
@@ -74,7 +73,6 @@ import MemhaulTestSupport
         r.parameters.autoConverge = false
         // Many small commits per round, so chunks are in flight when the cut comes.
         r.parameters.commitChunkBytes = 64 << 10
-        r.after = .resume
         let migration = SenderMigration(request: r, connect: try connector(pki))
         let done = DispatchSemaphore(value: 0)
         Thread.detachNewThread { migration.run(); done.signal() }
