@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulCompression
+import MemhaulDigest
 import MemhaulWire
 
 /// Writes the seed corpus: realistic sender programs in the structure-aware format (odd mode
@@ -351,6 +353,35 @@ enum SeedPrograms {
             frame(.layout(Layout(round: 1, continued: i < 2, regions: regions)))
         }
         frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats())))
-        return [("limit_layout_bytes", out)]
+        return [("limit_layout_bytes", out), ("page_delta", pageDelta)]
+    }
+
+    /// Capability page-delta: round 1 commits two pages raw, round 2 sends them as a delta
+    /// batch (page 0 an 8-byte change against the committed page, page 1 whole).
+    static var pageDelta: [UInt8] {
+        var out: [UInt8] = [0, 0]
+        Preamble.encode(into: &out)
+        var seq: UInt32 = 0
+        func frame(_ m: Message) {
+            try? m.encodeFrame(sequence: seq, into: &out)
+            seq &+= 1
+        }
+        let base: UInt64 = 0x7f00_0000_0000
+        let region = RegionDescriptor(start: base, end: base + 4 * 4096, protection: [.read, .write])
+        let old = [UInt8](repeating: 0x11, count: 4096) + [UInt8](repeating: 0x22, count: 4096)
+        var new = old
+        for i in 40..<48 { new[i] = 0xEE }
+        for i in 4096..<8192 { new[i] = 0x5A }
+        func checksum(_ b: [UInt8]) -> UInt64 { b.withUnsafeBytes { PageChecksum.xxh3_64($0) } }
+        let run = [PageRun(start: base, pageCount: 2)]
+        frame(.hello(Hello(capabilities: [.zstd, .resume, .keepalive, .pageDelta], migrationID: "fz-a", senderName: "fuzz")))
+        frame(.layout(Layout(round: 1, regions: [region])))
+        frame(.pageBatch(PageBatch(round: 1, encoding: .raw, runs: run, uncompressedLength: 8192, checksum: checksum(old), payload: old[...])))
+        frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats(pages: 2, batches: 1))))
+        frame(.layout(Layout(round: 2, regions: [region])))
+        let delta = DeltaBatch.encode(pages: [Array(new[0..<4096]), Array(new[4096...])], bases: [Array(old[0..<4096]), Array(old[4096...])])!.payload
+        frame(.pageBatch(PageBatch(round: 2, encoding: .delta, runs: run, uncompressedLength: 8192, checksum: checksum(new), payload: delta[...])))
+        frame(.roundEnd(RoundEnd(round: 2, stats: RoundStats(pages: 2, batches: 1))))
+        return out
     }
 }
