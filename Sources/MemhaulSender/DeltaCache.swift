@@ -1,3 +1,4 @@
+import MemhaulDigest
 import MemhaulSystem
 import MemhaulWire
 import Synchronization
@@ -106,18 +107,8 @@ final class DeltaCache: @unchecked Sendable {  // `storage` is touched only unde
     /// Forgets every page outside `layout` (ascending ranges): the receiver drops them at the commit.
     func restrict(to layout: [Range<UInt64>]) {
         state.withLock { s in
-            for address in Array(s.slotOf.keys) where !Self.contains(layout, address) { Self.release(address, &s) }
+            for address in Array(s.slotOf.keys) where !PageLedger.contains(layout, address) { Self.release(address, &s) }
         }
-    }
-
-    private static func contains(_ layout: [Range<UInt64>], _ address: UInt64) -> Bool {
-        var lo = 0
-        var hi = layout.count
-        while lo < hi {
-            let mid = (lo + hi) / 2
-            if layout[mid].upperBound <= address { lo = mid + 1 } else { hi = mid }
-        }
-        return lo < layout.count && layout[lo].contains(address)
     }
 
     private static func release(_ address: UInt64, _ s: inout State) {

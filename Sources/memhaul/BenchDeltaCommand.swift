@@ -58,13 +58,16 @@ extension BenchCommand {
                 let s = m.status
                 guard s.state == .completed else { throw CLIError("\(name) failed: \(s.error ?? s.state.rawValue)") }
                 let later = m.history.rounds.filter { $0.round > 0 }
+                // Images of a local receiver go: two per repeat of the workload's size would fill the scratch.
+                try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id)
                 return Run(status: s, redirtiedPages: later.reduce(0) { $0 + $1.pages }, redirtiedWire: later.reduce(0) { $0 + $1.wireBytes })
             }
             func line(_ name: String, _ r: Run) -> String {
                 let s = r.status
-                return String(format: "  %-8@ wire/re-dirtied page %7.0f B (%llu pages)  rounds %3ld  downtime %7.1f ms  total %6.2f s  wire %@  delta pages %llu  cache hits %llu misses %llu",
+                return String(format: "  %-8@ wire/re-dirtied page %7.0f B (%llu pages)  rounds %3ld  downtime %7.1f ms  total %6.2f s  wire %@  delta pages %llu  cache hits %llu misses %llu  commit estimate %.0f ms  cutover: %@",
                               name, r.perPage, r.redirtiedPages, s.rounds, s.downtimeMs ?? 0, (s.totalTimeMs ?? 0) / 1000,
-                              Summary.bytes(Double(s.transferredBytes)), s.deltaPages, s.deltaCacheHits, s.deltaCacheMisses)
+                              Summary.bytes(Double(s.transferredBytes)), s.deltaPages, s.deltaCacheHits, s.deltaCacheMisses,
+                              s.commitEstimateMs ?? 0, s.cutoverReason ?? "?")
             }
             print("delta bench: \(size) workload, kv:\(hot) hot set (\(Summary.bytes(Double(BenchSupport.parseSize(size) ?? 0) * hot))), \(rate) field updates/s, to \(host):\(port)")
             var base: [Run] = []

@@ -334,14 +334,17 @@ enum SeedPrograms {
     /// Raw streams built with the codec directly (mode byte 2: raw, tight limits): what the
     /// structured format cannot say, here LAYOUT frames with long names (over the 512-byte
     /// layout cap in two frames, the region cap not reached).
-    static var raw: [(String, [UInt8])] {
-        var out: [UInt8] = [2, 0]
+    /// A raw input (`mode` byte, read size 0): the preamble and `messages` as frames.
+    static func stream(mode: UInt8, _ messages: [Message]) -> [UInt8] {
+        var out: [UInt8] = [mode, 0]
         Preamble.encode(into: &out)
-        var seq: UInt32 = 0
-        func frame(_ m: Message) {
-            try? m.encodeFrame(sequence: seq, into: &out)
-            seq &+= 1
-        }
+        for (seq, m) in messages.enumerated() { try? m.encodeFrame(sequence: UInt32(seq), into: &out) }
+        return out
+    }
+
+    static var raw: [(String, [UInt8])] {
+        var messages: [Message] = []
+        func frame(_ m: Message) { messages.append(m) }
         frame(.hello(Hello(capabilities: .v1_0, migrationID: "fz-a", senderName: "fuzz")))
         let name = String(repeating: "/usr/lib/x", count: 20)
         var start: UInt64 = 0x7f00_0000_0000
@@ -353,19 +356,14 @@ enum SeedPrograms {
             frame(.layout(Layout(round: 1, continued: i < 2, regions: regions)))
         }
         frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats())))
-        return [("limit_layout_bytes", out), ("page_delta", pageDelta)]
+        return [("limit_layout_bytes", stream(mode: 2, messages)), ("page_delta", pageDelta)]
     }
 
     /// Capability page-delta: round 1 commits two pages raw, round 2 sends them as a delta
     /// batch (page 0 an 8-byte change against the committed page, page 1 whole).
     static var pageDelta: [UInt8] {
-        var out: [UInt8] = [0, 0]
-        Preamble.encode(into: &out)
-        var seq: UInt32 = 0
-        func frame(_ m: Message) {
-            try? m.encodeFrame(sequence: seq, into: &out)
-            seq &+= 1
-        }
+        var messages: [Message] = []
+        func frame(_ m: Message) { messages.append(m) }
         let base: UInt64 = 0x7f00_0000_0000
         let region = RegionDescriptor(start: base, end: base + 4 * 4096, protection: [.read, .write])
         let old = [UInt8](repeating: 0x11, count: 4096) + [UInt8](repeating: 0x22, count: 4096)
@@ -382,6 +380,6 @@ enum SeedPrograms {
         let delta = DeltaBatch.encode(pages: [Array(new[0..<4096]), Array(new[4096...])], bases: [Array(old[0..<4096]), Array(old[4096...])])!.payload
         frame(.pageBatch(PageBatch(round: 2, encoding: .delta, runs: run, uncompressedLength: 8192, checksum: checksum(new), payload: delta[...])))
         frame(.roundEnd(RoundEnd(round: 2, stats: RoundStats(pages: 2, batches: 1))))
-        return out
+        return stream(mode: 0, messages)
     }
 }
