@@ -32,6 +32,8 @@ extension BenchCommand {
             /// Pages and wire bytes of the rounds after the first full copy (the re-dirtied pages).
             var redirtiedPages: UInt64
             var redirtiedWire: UInt64
+            /// Their page bytes per second of streaming (what the pipeline moved: the cost on a fast link).
+            var pageRate: Double
             var perPage: Double { redirtiedPages == 0 ? 0 : Double(redirtiedWire) / Double(redirtiedPages) }
         }
 
@@ -60,12 +62,14 @@ extension BenchCommand {
                 let later = m.history.rounds.filter { $0.round > 0 }
                 // Images of a local receiver go: two per repeat of the workload's size would fill the scratch.
                 try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id)
-                return Run(status: s, redirtiedPages: later.reduce(0) { $0 + $1.pages }, redirtiedWire: later.reduce(0) { $0 + $1.wireBytes })
+                let streamSeconds = later.reduce(0) { $0 + $1.streamMs } / 1000
+                return Run(status: s, redirtiedPages: later.reduce(0) { $0 + $1.pages }, redirtiedWire: later.reduce(0) { $0 + $1.wireBytes },
+                           pageRate: streamSeconds > 0 ? Double(later.reduce(0) { $0 + $1.pageBytes }) / streamSeconds : 0)
             }
             func line(_ name: String, _ r: Run) -> String {
                 let s = r.status
-                return String(format: "  %-8@ wire/re-dirtied page %7.0f B (%llu pages)  rounds %3ld  downtime %7.1f ms  total %6.2f s  wire %@  delta pages %llu  cache hits %llu misses %llu  commit estimate %.0f ms  cutover: %@",
-                              name, r.perPage, r.redirtiedPages, s.rounds, s.downtimeMs ?? 0, (s.totalTimeMs ?? 0) / 1000,
+                return String(format: "  %-8@ wire/re-dirtied page %7.0f B (%llu pages, streamed at %@/s)  rounds %3ld  downtime %7.1f ms  total %6.2f s  wire %@  delta pages %llu  cache hits %llu misses %llu  commit estimate %.0f ms  cutover: %@",
+                              name, r.perPage, r.redirtiedPages, Summary.bytes(r.pageRate), s.rounds, s.downtimeMs ?? 0, (s.totalTimeMs ?? 0) / 1000,
                               Summary.bytes(Double(s.transferredBytes)), s.deltaPages, s.deltaCacheHits, s.deltaCacheMisses,
                               s.commitEstimateMs ?? 0, s.cutoverReason ?? "?")
             }
@@ -82,8 +86,9 @@ extension BenchCommand {
             let perPage = median(delta.map(\.perPage)) / max(1e-9, median(base.map(\.perPage)))
             let total = median(delta.map { $0.status.totalTimeMs ?? 0 }) / max(1e-9, median(base.map { $0.status.totalTimeMs ?? 0 }))
             let down = median(delta.map { $0.status.downtimeMs ?? 0 }) / max(1e-9, median(base.map { $0.status.downtimeMs ?? 0 }))
-            print(String(format: "  delta/off (medians of %d): wire per re-dirtied page %.4f, total time %.3f, downtime %.3f, rounds %ld vs %ld",
-                         repeats, perPage, total, down, Int(median(delta.map { Double($0.status.rounds) })), Int(median(base.map { Double($0.status.rounds) }))))
+            let rateRatio = median(delta.map(\.pageRate)) / max(1e-9, median(base.map(\.pageRate)))
+            print(String(format: "  delta/off (medians of %d): wire per re-dirtied page %.4f, re-dirtied page bytes streamed per second %.3f, total time %.3f, downtime %.3f, rounds %ld vs %ld",
+                         repeats, perPage, rateRatio, total, down, Int(median(delta.map { Double($0.status.rounds) })), Int(median(base.map { Double($0.status.rounds) }))))
         }
     }
 }
