@@ -60,6 +60,25 @@ import MemhaulTestSupport
         #expect(s.deltaPages == 0 && s.deltaCacheHits == 0 && s.deltaCacheMisses == 0, "\(s.counters)")
     }
 
+    /// The sender offers page-delta, but a receiver that does not accept it gets whole pages.
+    @Test func aReceiverWithoutTheCapabilityGetsNoDelta() throws {
+        let pki = try TestPKI()
+        let hostile = try HostileReceiver(pki: pki, .welcome(version: .current, capabilities: [.zstd, .keepalive, .resume], lastCommittedRound: nil))
+        defer { hostile.close() }
+        let workload = try kvWorkload()
+        var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: hostile.port, id: "delta-refused")
+        r.parameters.maxRounds = 4
+        r.parameters.downtimeLimitMs = 0.001
+        r.parameters.autoConverge = false
+        let migration = SenderMigration(request: r, connect: try connector(pki))
+        migration.run()  // ends at the proof: this receiver sends no digest
+        let seen = hostile.seen
+        #expect(seen.helloCapabilities?.contains(.pageDelta) == true)
+        #expect(seen.roundEnds >= 3, "rounds after the first were sent")
+        #expect(seen.deltaBatches == 0)
+        #expect(migration.status.deltaPages == 0 && migration.status.deltaCacheHits == 0)
+    }
+
     /// A connection cut while rounds of deltas stream: the chunks the receiver did not commit are
     /// dropped from the cache, so no delta after the resume is based on content the image lacks
     /// (else the receiver's checksum fails the migration).
