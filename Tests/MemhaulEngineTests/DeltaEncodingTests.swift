@@ -60,6 +60,45 @@ import MemhaulTestSupport
         #expect(s.deltaPages == 0 && s.deltaCacheHits == 0 && s.deltaCacheMisses == 0, "\(s.counters)")
     }
 
+    /// A page discarded, then written back the same (the workload's `write` of a zero page is
+    /// deterministic): the discard drops it from the cache, so it goes whole. A stale entry
+    /// would send an empty delta, applied to the zeros the image holds: checksum mismatch.
+    @Test func aDiscardedPageLeavesTheCache() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let w = try startWorkload(["--size", "4M", "--threads", "0"], control: true)
+        var r = MigrationRequest(pid: w.pid, host: "127.0.0.1", port: receiver.port, id: "delta-discard")
+        r.parameters.maxRounds = 100_000
+        r.parameters.downtimeLimitMs = 0.001
+        r.parameters.autoConverge = false
+        let migration = SenderMigration(request: r, connect: try connector(pki))
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { migration.run(); done.signal() }
+        /// Returns once two more rounds are committed: the change before it was scanned and sent.
+        func twoRounds() {
+            let start = migration.status.rounds
+            while migration.status.rounds < start + 2 && !migration.status.state.isFinal { usleep(1_000) }
+        }
+        let region = try #require(w.regions.first)
+        let at = "0x" + String(region.start, radix: 16)
+        twoRounds()
+        for _ in 0..<2 {
+            _ = try w.workloadCommand("discard \(at) 64K")
+            twoRounds()
+            _ = try w.workloadCommand("write \(at) 16")
+            twoRounds()
+        }
+        migration.requestCutover()
+        #expect(done.wait(timeout: .now() + 120) == .success)
+        let s = migration.status
+        #expect(s.state == .completed, "\(s.error ?? "")")
+        #expect(s.discardedBytes >= 16 * 4096, "the written pages were discarded: \(s.counters)")
+        let store = try openImageWhenReleased(receiver.images + "/delta-discard")
+        defer { store.close() }
+        let report = try ImageVerifier.verify(store, pid: w.pid)
+        #expect(report.ok, "\(report.mismatches)")
+    }
+
     /// The sender offers page-delta, but a receiver that does not accept it gets whole pages.
     @Test func aReceiverWithoutTheCapabilityGetsNoDelta() throws {
         let pki = try TestPKI()
