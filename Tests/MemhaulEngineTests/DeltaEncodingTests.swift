@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import MemhaulCompression
+@testable import MemhaulControl
 import MemhaulDigest
 import MemhaulImage
 import MemhaulWire
@@ -97,6 +98,16 @@ import MemhaulTestSupport
         defer { store.close() }
         let report = try ImageVerifier.verify(store, pid: w.pid)
         #expect(report.ok, "\(report.mismatches)")
+    }
+
+    @Test func controlMigrateTakesTheDeltaCache() throws {
+        let base: [String: Any] = ["pid": 1, "to": "h:1"]
+        #expect(try SenderControl.request(from: ControlRequest(op: "migrate", args: base)).deltaCacheBytes == 64 << 20)
+        let off = try SenderControl.request(from: ControlRequest(op: "migrate", args: base.merging(["delta_cache_bytes": 0]) { $1 }))
+        #expect(off.deltaCacheBytes == 0)
+        #expect(throws: ControlError.self) {
+            try SenderControl.request(from: ControlRequest(op: "migrate", args: base.merging(["delta_cache_bytes": Double(1 << 40)]) { $1 }))
+        }
     }
 
     /// The sender offers page-delta, but a receiver that does not accept it gets whole pages.
