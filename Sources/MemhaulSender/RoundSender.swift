@@ -34,8 +34,9 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         // Filled by a worker.
         var header: PageBatchHeader?
         var payloadCount = 0
-        /// The payload is `pages` itself (raw), not `encoded`.
-        var payloadIsPages = false
+        /// Where the payload is: `pages` itself (raw), `encoded` (zstd) or `delta`.
+        enum Payload { case pages, encoded, delta }
+        var payload = Payload.pages
         var zeroRuns: [PageRun] = []
         var vanished: [AddressRange] = []
         /// With `hashPages`: the ledger hash of each data page, in the order of `header.runs`.
@@ -264,7 +265,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         if configuration.hashPages { job.hashes = Self.ledgerHashes(data, plain) }
         let checksum = PageChecksum.xxh3_64(plain)
         var encoding = PageEncoding.raw
-        job.payloadIsPages = true
+        job.payload = .pages
         job.payloadCount = plain.count
         let delta = deltas ? encodeDelta(job, data: data, plain: plain) : nil
         if let delta, delta.count <= plain.count / 4 {
@@ -275,14 +276,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             let (e, count) = try encoder.encode(plain, into: job.encoded)
             if e == .zstd {
                 encoding = .zstd
-                job.payloadIsPages = false
+                job.payload = .encoded
                 job.payloadCount = count
             }
         }
         if let delta, delta.count < job.payloadCount {
-            (job.encoded.baseAddress!).copyMemory(from: job.delta!.baseAddress!, byteCount: delta.count)
             encoding = .delta
-            job.payloadIsPages = false
+            job.payload = .delta
             job.payloadCount = delta.count
             job.deltaUse.pages = UInt64(delta.deltaPages)
             job.deltaUse.savedBytes = UInt64(plain.count - delta.count)
@@ -324,7 +324,11 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
         }
         if let header = job.header {
-            let base = job.payloadIsPages ? job.pages.baseAddress : job.encoded.baseAddress
+            let base = switch job.payload {
+            case .pages: job.pages.baseAddress
+            case .encoded: job.encoded.baseAddress
+            case .delta: job.delta!.baseAddress
+            }
             try channel.sendPageBatch(header, payload: UnsafeRawBufferPointer(start: base, count: job.payloadCount))
             totals.batches += 1
             totals.pages += UInt64(header.pageCount)

@@ -186,6 +186,9 @@ enum Summary {
         if let e = s.error { lines.append("  error: \(e)") }
         if s.rounds > 0 { lines.append("  engine rounds: \(s.rounds) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
+        if s.deltaPages > 0 {
+            lines.append("  delta: \(s.deltaPages) re-dirtied pages sent as deltas, \(bytes(Double(s.deltaSavedBytes))) saved (cache hits \(s.deltaCacheHits), misses \(s.deltaCacheMisses))")
+        }
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
         if let v = s.verifyMs {
