@@ -59,8 +59,10 @@ struct Program {
         for (region, offset, length) in runs { bytes += [region, offset, length] }
     }
     /// PAGE_BATCH: `kind` 1 = filled pages, 3 = every other page zero, 0 = zero pages; high nibble = pattern bytes.
-    mutating func batch(_ r: [(UInt8, UInt8, UInt8)], zstd: Bool = false, badChecksum: Bool = false, kind: UInt8 = 1, fill: UInt8, pattern: [UInt8] = []) {
-        op(.pageBatch, [(zstd ? 1 : 0) | (badChecksum ? 2 : 0)])
+    /// `delta`: as a delta batch against the modelled committed pages (capability page-delta).
+    mutating func batch(_ r: [(UInt8, UInt8, UInt8)], zstd: Bool = false, badChecksum: Bool = false, delta: Bool = false,
+                        kind: UInt8 = 1, fill: UInt8, pattern: [UInt8] = []) {
+        op(.pageBatch, [(zstd ? 1 : 0) | (badChecksum ? 2 : 0) | (delta ? 0x10 : 0)])
         runs(r)
         bytes += [kind | UInt8(pattern.count) << 4, fill] + pattern
     }
@@ -106,6 +108,21 @@ enum SeedPrograms {
         p.roundEnd(final: true)
         p.close()
         list.append(("migration", p))
+
+        // Delta batches (capability page-delta): pages re-sent with one byte of their pattern
+        // changed, against the committed round; one batch mixes committed and new pages.
+        p = Program()
+        p.hello()
+        p.layout([(0, 15, 3)])
+        p.batch([(0, 0, 3)], fill: 0x11, pattern: Array("memhaul".utf8))
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.batch([(0, 0, 5)], delta: true, fill: 0x11, pattern: Array("memhaum".utf8))
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.roundEnd(final: true)
+        p.close()
+        list.append(("page_delta", p))
 
         // Resume: two rounds, a third cut off mid-round, a new connection resumes and finishes.
         p = Program()
@@ -356,7 +373,7 @@ enum SeedPrograms {
             frame(.layout(Layout(round: 1, continued: i < 2, regions: regions)))
         }
         frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats())))
-        return [("limit_layout_bytes", stream(mode: 2, messages)), ("page_delta", pageDelta)]
+        return [("limit_layout_bytes", stream(mode: 2, messages)), ("page_delta_raw", pageDelta)]
     }
 
     /// Capability page-delta: round 1 commits two pages raw, round 2 sends them as a delta
