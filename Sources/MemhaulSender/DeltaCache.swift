@@ -24,6 +24,8 @@ final class DeltaCache: @unchecked Sendable {  // `storage` is touched only unde
         var referenced: [Bool]
         var free: [Int]
         var hand = 0
+        /// The layout of the last ``restrict(to:)``: a round's chunks share one, so it is walked once.
+        var layout: [Range<UInt64>]?
     }
 
     static let pageSize = Int(PageSize.bytes)
@@ -107,6 +109,8 @@ final class DeltaCache: @unchecked Sendable {  // `storage` is touched only unde
     /// Forgets every page outside `layout` (ascending ranges): the receiver drops them at the commit.
     func restrict(to layout: [Range<UInt64>]) {
         state.withLock { s in
+            guard s.layout != layout else { return }
+            s.layout = layout
             for address in Array(s.slotOf.keys) where !PageLedger.contains(layout, address) { Self.release(address, &s) }
         }
     }
