@@ -14,7 +14,7 @@ extension BenchCommand {
         @Option(help: "Field updates per second (2 writer threads).") var rate: Int = 40000
         @Option(name: .customLong("delta-cache"), help: "The delta cache of the 'delta' runs (K/M/G suffixes).")
         var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)
-        @Option(help: "Migrations per mode, alternated (baseline first).") var repeats: Int = 1
+        @Option(help: "Migrations per mode, alternated (baseline first in even repeats, delta first in odd ones).") var repeats: Int = 1
         @Option(help: "Receiver HOST:PORT (default: one started on loopback).") var receiver: String?
         @Option(help: "Certificates directory for --receiver (default: generated).") var certs: String?
 
@@ -76,11 +76,18 @@ extension BenchCommand {
             print("delta bench: \(size) workload, kv:\(hot) hot set (\(Summary.bytes(Double(BenchSupport.parseSize(size) ?? 0) * hot))), \(rate) field updates/s, to \(host):\(port)")
             var base: [Run] = []
             var delta: [Run] = []
+            // Alternated, off first in even repeats and delta first in odd ones: a migration runs
+            // while the receiver's disk still writes back the previous image.
             for i in 0..<repeats {
-                base.append(try migrate("off", cache: 0, i))
-                print(line("off", base.last!))
-                delta.append(try migrate("delta", cache: deltaCache.bytes, i))
-                print(line("delta", delta.last!))
+                for on in i % 2 == 0 ? [false, true] : [true, false] {
+                    if on {
+                        delta.append(try migrate("delta", cache: deltaCache.bytes, i))
+                        print(line("delta", delta.last!))
+                    } else {
+                        base.append(try migrate("off", cache: 0, i))
+                        print(line("off", base.last!))
+                    }
+                }
             }
             func median(_ v: [Double]) -> Double { v.sorted()[v.count / 2] }
             let perPage = median(delta.map(\.perPage)) / max(1e-9, median(base.map(\.perPage)))
