@@ -84,7 +84,7 @@ let package = Package(
         .testTarget(name: "MemhaulDigestTests", dependencies: ["MemhaulDigest"]),
         .testTarget(name: "MemhaulTLSTests", dependencies: ["MemhaulTestSupport", "MemhaulTLS", "MemhaulSystem"]),
         .testTarget(name: "MemhaulImageTests", dependencies: ["MemhaulTestSupport", "MemhaulImage", "MemhaulBench", "MemhaulDigest", "MemhaulSystem", "CXXHash"]),
-        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "MemhaulReport", "CZstd"]),
+        .testTarget(name: "MemhaulEngineTests", dependencies: ["MemhaulTestSupport", "MemhaulSession", "MemhaulSender", "MemhaulReceiver", "MemhaulControl", "MemhaulKernel", "MemhaulSystem", "MemhaulImage", "MemhaulTLS", "MemhaulWire", "MemhaulDigest", "MemhaulReport", "MemhaulCompression", "CZstd"]),
         .testTarget(name: "MemhaulCRIUTests", dependencies: ["MemhaulTestSupport", "MemhaulCRIU", "MemhaulImage", "MemhaulSystem", "MemhaulTLS"]),
         .testTarget(name: "MemhaulControlTests", dependencies: ["MemhaulControl", "MemhaulSender"]),
         .testTarget(name: "MemhaulReportTests", dependencies: ["MemhaulTestSupport", "MemhaulReport", "MemhaulSystem"]),

@@ -111,7 +111,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
         try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bytes_per_second",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
-                        "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
+                        "delta_cache_bytes", "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
                         "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report", "strict", "strict_attempts", "proof"])
         var request = try Self.request(from: r)
         try addRestore(r, &request)
@@ -199,6 +199,10 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         if let v = try r.number("commit_chunk_bytes") {
             guard v >= 0, v <= Double(UInt64.max / 2) else { throw ControlError(.badRequest, "commit_chunk_bytes must be 4096…2^40") }
             request.parameters.commitChunkBytes = UInt64(v)
+        }
+        if let v = try r.number("delta_cache_bytes") {
+            guard v >= 0, v <= Double(MigrationRequest.maxDeltaCacheBytes) else { throw ControlError(.badRequest, "delta_cache_bytes must be 0…2^34") }
+            request.deltaCacheBytes = UInt64(v)
         }
         if let v = try r.number("welcome_timeout_s") { request.deadlines.welcome = v }
         if let v = try r.number("round_ack_timeout_s") { request.deadlines.roundAck = v }

@@ -198,7 +198,8 @@ public final class PageLedger {
         return out
     }
 
-    static func contains(_ sorted: [Range<UInt64>], _ a: UInt64) -> Bool {
+    /// Whether `a` lies in one of `sorted` (ascending, disjoint): a binary search.
+    public static func contains(_ sorted: [Range<UInt64>], _ a: UInt64) -> Bool {
         var lo = 0
         var hi = sorted.count
         while lo < hi {

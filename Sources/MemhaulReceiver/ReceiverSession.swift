@@ -98,6 +98,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private let limits: ReceiverLimits
     /// The digest form of the verification round: v2 when the sender asked for it (capability `digestV2`).
     private var digestVersion: DigestVersion = .v1
+    /// HELLO and WELCOME agreed on page-delta: PAGE_BATCH encoding 2 is allowed.
+    private var deltaAgreed = false
     /// The incremental proof's ledger, when the sender asked for it (capability `ledgerDigest`).
     private var ledger: ReceiverLedger?
     /// Set by ``abortConnection()``: long work stops at its next check.
@@ -203,7 +205,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest, .pageDelta]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -269,6 +271,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         let agreed = hello.capabilities.intersection(offered)
         restoreAgreed = agreed.contains(.criuRestore)
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
+        deltaAgreed = agreed.contains(.pageDelta)
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         if agreed.contains(.ledgerDigest) {
@@ -379,6 +382,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 }
             case .pageBatch(let batch):
                 try expect(openRound, batch.header.round)
+                if batch.header.encoding == .delta, !deltaAgreed {
+                    throw Refusal(code: .unexpectedMessage, description: "delta page batch without the page-delta capability")
+                }
                 try budget.addPages(Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize))
                 try stage.submit(batch)
                 counts.pages += UInt64(batch.header.pageCount)

@@ -182,6 +182,29 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         }
     }
 
+    /// The pages of a delta batch, each delta applied to the page the image has committed
+    /// at its address (never this round's writes: a page is in one batch per round).
+    private func rebuildDelta(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer,
+                              into buffer: UnsafeMutableRawBufferPointer) throws -> UnsafeRawBufferPointer {
+        let pageSize = Int(WireLimits.default.pageSize)
+        var addresses: [UInt64] = []
+        addresses.reserveCapacity(header.pageCount)
+        for run in header.runs { for p in 0..<UInt64(run.pageCount) { addresses.append(run.start + p * UInt64(pageSize)) } }
+        do {
+            try DeltaBatch.decode(payload, pageCount: addresses.count, pageSize: pageSize, into: buffer) { i, page in
+                do {
+                    try store.read(at: addresses[i], into: page)
+                } catch ImageError.outsideLayout {
+                    return false
+                }
+                return true
+            }
+        } catch let error as DeltaBatchError {
+            throw ReceiverSession.Refusal(code: .decompressionFailed, description: "round \(header.round): \(error)")
+        }
+        return UnsafeRawBufferPointer(start: buffer.baseAddress, count: addresses.count * pageSize)
+    }
+
     /// Decompresses (raw pages are used where they are), checks the checksum, stores the runs.
     private func storeBatch(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer) throws {
         let expected = Int(header.uncompressedLength)
@@ -194,6 +217,9 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             let pageBuffer = zstdBuffer!
             _ = try decoder.decode(.zstd, payload: payload, into: pageBuffer, expectedSize: expected)
             plain = UnsafeRawBufferPointer(start: pageBuffer.baseAddress, count: expected)
+        } else if header.encoding == .delta {
+            if zstdBuffer == nil { zstdBuffer = .allocate(byteCount: slotBytes, alignment: 4096) }
+            plain = try rebuildDelta(header, payload, into: zstdBuffer!)
         } else {
             guard payload.count == expected else {
                 throw ReceiverSession.Refusal(code: .malformedFrame, description: "raw batch of \(payload.count) bytes, \(expected) declared")

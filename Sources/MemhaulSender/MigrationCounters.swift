@@ -41,6 +41,13 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
     /// Wire bytes sent after the receiver's last commit on connections that
     /// broke: the receiver dropped them and they travelled again (what the breaks cost); bytes.
     public var resentBytesAfterResume: UInt64 = 0
+    /// Pages sent as deltas against the content last sent (capability `pageDelta`); count.
+    public var deltaPages: UInt64 = 0
+    /// What those deltas saved against sending the pages raw (before compression); bytes.
+    public var deltaSavedBytes: UInt64 = 0
+    /// Data pages found in the delta cache / not found (only with the cache on); count.
+    public var deltaCacheHits: UInt64 = 0
+    public var deltaCacheMisses: UInt64 = 0
 
     public init() {}
 
@@ -61,5 +68,9 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
         case frozenMs = "frozen_ms"
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
+        case deltaPages = "delta_pages"
+        case deltaSavedBytes = "delta_saved_bytes"
+        case deltaCacheHits = "delta_cache_hits"
+        case deltaCacheMisses = "delta_cache_misses"
     }
 }

@@ -58,6 +58,11 @@ public struct MigrationRequest: Sendable {
     /// zstd level; nil = adaptive (raw … level 6, following the bottleneck).
     public var compressionLevel: Int32? = nil
     public var workers = 2
+    /// Bytes of last-sent page content kept to send re-dirtied pages as deltas (``DeltaCache``,
+    /// capability `pageDelta`); 0 = off, every page goes whole.
+    public var deltaCacheBytes: UInt64 = MigrationRequest.defaultDeltaCacheBytes
+    public static let defaultDeltaCacheBytes: UInt64 = 64 << 20
+    public static let maxDeltaCacheBytes: UInt64 = 16 << 30
     /// Name the receiver's certificate must carry; nil = the host dialled.
     public var serverName: String?
     /// A last step after the proof (the CRIU hand-over: dump, ship, restore on
@@ -117,6 +122,7 @@ public struct MigrationRequest: Sendable {
             }
         }
         guard (1...64).contains(workers) else { throw fail("workers must be 1…64") }
+        guard deltaCacheBytes <= Self.maxDeltaCacheBytes else { throw fail("delta cache must be at most 16 GiB") }
         for (name, value) in deadlines.all {
             guard value > 0, value <= 86400 else { throw fail("\(name) deadline must be > 0 and at most 86400 s") }
         }

@@ -34,24 +34,51 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         // Filled by a worker.
         var header: PageBatchHeader?
         var payloadCount = 0
-        /// The payload is `pages` itself (raw), not `encoded`.
-        var payloadIsPages = false
+        /// Where the payload is: `pages` itself (raw), `encoded` (zstd) or `delta`.
+        enum Payload { case pages, encoded, delta }
+        var payload = Payload.pages
         var zeroRuns: [PageRun] = []
         var vanished: [AddressRange] = []
         /// With `hashPages`: the ledger hash of each data page, in the order of `header.runs`.
         var hashes: [LedgerSum] = []
+        /// With a ``DeltaCache``: the cached content of the data pages, and the delta payload.
+        let bases: UnsafeMutableRawBufferPointer?
+        let delta: UnsafeMutableRawBufferPointer?
+        var deltaUse = DeltaUse()
 
-        init(bytes: Int) {
+        init(bytes: Int, deltas: Bool) {
             pages = .allocate(byteCount: bytes, alignment: 4096)
             encoded = .allocate(byteCount: max(bytes, ZstdCompressor.bound(bytes)), alignment: 64)
+            bases = deltas ? .allocate(byteCount: bytes, alignment: 4096) : nil
+            delta = deltas ? .allocate(byteCount: bytes, alignment: 64) : nil
         }
         deinit {
             pages.deallocate()
             encoded.deallocate()
+            bases?.deallocate()
+            delta?.deallocate()
+        }
+    }
+
+    /// What delta encoding did for one batch (or, summed, a round).
+    struct DeltaUse {
+        /// Data pages found in the cache / not found.
+        var hits: UInt64 = 0
+        var misses: UInt64 = 0
+        /// Pages that went as deltas, and the bytes that saved against sending them raw.
+        var pages: UInt64 = 0
+        var savedBytes: UInt64 = 0
+
+        static func += (a: inout DeltaUse, b: DeltaUse) {
+            a.hits += b.hits
+            a.misses += b.misses
+            a.pages += b.pages
+            a.savedBytes += b.savedBytes
         }
     }
 
     struct Totals {
+        var delta = DeltaUse()
         var pages: UInt64 = 0
         var zeroPages: UInt64 = 0
         var discardedPages: UInt64 = 0
@@ -71,23 +98,27 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     /// One encoder per worker and level, created on first use.
     private let encoders: [EncoderCache]
     let governor: CompressionGovernor
+    /// The last-sent content of pages (capability `pageDelta`); nil: every page goes whole.
+    let deltaCache: DeltaCache?
 
-    init(pid: Int32, configuration: Configuration) {
+    init(pid: Int32, configuration: Configuration, deltaCache: DeltaCache? = nil) {
         self.pid = pid
         self.configuration = configuration
+        self.deltaCache = deltaCache
         let bytes = configuration.batchPages * Int(PageSize.bytes)
         free = BoundedQueue(capacity: configuration.poolSize)
-        for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes)) }
+        for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes, deltas: deltaCache != nil)) }
         encoders = (0..<configuration.workers).map { _ in EncoderCache() }
         governor = CompressionGovernor(fixed: configuration.compressionLevel)
     }
 
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
     /// `pace` is called after each frame with the bytes sent (bandwidth cap).
-    /// `ledger` records what each frame said, once it is out (on this thread).
+    /// `ledger` records what each frame said, once it is out (on this thread), and so does
+    /// the delta cache; `firstRound` (the full copy) only fills its free slots.
     func send(
         round: UInt64, dirty: [AddressRange], discarded: [AddressRange], channel: FrameChannel,
-        ledger: PageLedger? = nil, pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
+        ledger: PageLedger? = nil, firstRound: Bool = false, pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
     ) throws -> Totals {
         var totals = Totals()
         let limits = WireLimits.default
@@ -96,7 +127,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         for chunk in Self.runs(of: discarded).chunks(of: limits.maxRangesPerMessage) {
             try channel.send(.discardRanges(RangeList(round: round, runs: Array(chunk))))
             totals.discardedPages += chunk.reduce(0) { $0 + UInt64($1.pageCount) }
-            for run in chunk { ledger?.clear(run.range) }
+            for run in chunk {
+                ledger?.clear(run.range)
+                deltaCache?.drop(run.range)
+            }
         }
 
         let work = BoundedQueue<Job>(capacity: configuration.poolSize)
@@ -108,7 +142,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 defer { group.leave() }
                 while let job = work.pop() {
                     do {
-                        try encode(job, round: round, worker: worker)
+                        try encode(job, round: round, worker: worker, deltas: !firstRound)
                     } catch {
                         done.fail(error)
                         work.fail(error)
@@ -171,6 +205,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 if cancelled() { throw MigrationError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
                 if let ledger { try record(job, in: ledger) }
+                remember(job, evict: !firstRound)
             } catch {
                 failure = error
                 done.fail(error)
@@ -192,7 +227,8 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     }
 
     /// Worker stage: split zero pages off, checksum and compress the rest.
-    private func encode(_ job: Job, round: UInt64, worker: Int) throws {
+    /// `deltas`: look the pages up in the delta cache (not in the first round: nothing was sent before).
+    private func encode(_ job: Job, round: UInt64, worker: Int, deltas: Bool) throws {
         let pageSize = Int(PageSize.bytes)
         let vanished = job.vanished
         var zero: [PageRun] = []
@@ -223,26 +259,62 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         job.header = nil
         job.payloadCount = 0
         job.hashes = []
+        job.deltaUse = DeltaUse()
         guard dataPages > 0 else { return }
         let plain = UnsafeRawBufferPointer(start: job.pages.baseAddress, count: dataPages * pageSize)
         if configuration.hashPages { job.hashes = Self.ledgerHashes(data, plain) }
         let checksum = PageChecksum.xxh3_64(plain)
         var encoding = PageEncoding.raw
-        job.payloadIsPages = true
+        job.payload = .pages
         job.payloadCount = plain.count
-        if configuration.zstd, let level = governor.level {
+        let delta = deltas ? encodeDelta(job, data: data, plain: plain) : nil
+        if let delta, delta.count <= plain.count / 4 {
+            // Small enough that zstd of the whole pages is not worth trying.
+        } else if configuration.zstd, let level = governor.level {
             let bound = ZstdCompressor.bound(Int(PageSize.bytes) * configuration.batchPages)
             let encoder = encoders[worker].encoder(level: level, maxBatchBytes: bound)
             let (e, count) = try encoder.encode(plain, into: job.encoded)
             if e == .zstd {
                 encoding = .zstd
-                job.payloadIsPages = false
+                job.payload = .encoded
                 job.payloadCount = count
             }
+        }
+        if let delta, delta.count < job.payloadCount {
+            encoding = .delta
+            job.payload = .delta
+            job.payloadCount = delta.count
+            job.deltaUse.pages = UInt64(delta.deltaPages)
+            job.deltaUse.savedBytes = UInt64(plain.count - delta.count)
         }
         job.header = PageBatchHeader(
             round: round, encoding: encoding, runs: data,
             uncompressedLength: UInt32(plain.count), checksum: checksum, payloadLength: UInt32(job.payloadCount))
+    }
+
+    /// The batch's data pages as a delta payload in `job.delta` against the cached pages, or
+    /// nil (no cache, no page cached, or no smaller than the pages raw). Counts hits and misses.
+    private func encodeDelta(_ job: Job, data: [PageRun], plain: UnsafeRawBufferPointer) -> (count: Int, deltaPages: Int)? {
+        guard let deltaCache, let bases = job.bases, let out = job.delta else { return nil }
+        var addresses: [UInt64] = []
+        addresses.reserveCapacity(plain.count / Int(PageSize.bytes))
+        for run in data { for p in 0..<UInt64(run.pageCount) { addresses.append(run.start + p * PageSize.bytes) } }
+        let found = deltaCache.lookup(addresses, into: bases)
+        let hits = found.reduce(0) { $0 + ($1 ? 1 : 0) }
+        job.deltaUse.hits = UInt64(hits)
+        job.deltaUse.misses = UInt64(found.count - hits)
+        guard hits > 0 else { return nil }
+        return DeltaBatch.encode(plain, bases: UnsafeRawBufferPointer(bases), hasBase: found, pageSize: Int(PageSize.bytes),
+                                 into: out, limit: plain.count)
+    }
+
+    /// What `job`'s frames put in the receiver's image, into the delta cache.
+    private func remember(_ job: Job, evict: Bool) {
+        guard let deltaCache else { return }
+        for run in job.zeroRuns { deltaCache.drop(run.range) }
+        for range in job.vanished { deltaCache.drop(range.start..<range.end) }
+        guard let header = job.header else { return }
+        deltaCache.store(header.runs, pages: UnsafeRawBufferPointer(job.pages), evict: evict)
     }
 
     private func transmit(_ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, pace: (Int) -> Void) throws {
@@ -252,12 +324,17 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
         }
         if let header = job.header {
-            let base = job.payloadIsPages ? job.pages.baseAddress : job.encoded.baseAddress
+            let base = switch job.payload {
+            case .pages: job.pages.baseAddress
+            case .encoded: job.encoded.baseAddress
+            case .delta: job.delta!.baseAddress
+            }
             try channel.sendPageBatch(header, payload: UnsafeRawBufferPointer(start: base, count: job.payloadCount))
             totals.batches += 1
             totals.pages += UInt64(header.pageCount)
             totals.pageBytes += UInt64(header.uncompressedLength)
             totals.payloadBytes += UInt64(job.payloadCount)
+            totals.delta += job.deltaUse
         }
         pace(Int(channel.bytesSent - before))
     }

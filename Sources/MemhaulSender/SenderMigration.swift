@@ -261,6 +261,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let host = String(cString: name)
         let offered = Self.offeredCapabilities.union(request.afterProof?.capabilities ?? [])
             .union(request.proof.offersLedger ? .ledgerDigest : [])
+            .union(request.deltaCacheBytes >= PageSize.bytes ? .pageDelta : [])
         try channel.send(.hello(Hello(capabilities: offered, migrationID: request.id,
                                       senderName: String(host.utf8.prefix(255))!, resumeFromRound: resumeFrom)))
         switch try channel.receive(by: PeerDeadline("WELCOME", seconds: request.deadlines.welcome)) {
@@ -301,9 +302,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let tracker = DirtyTracker(scanner: PagemapScanner(pagemap: process.pagemap))
         // The incremental proof's record of what was sent (capability `ledgerDigest`).
         let ledger = box.capabilities.contains(.ledgerDigest) ? PageLedger() : nil
+        let deltaCache = box.capabilities.contains(.pageDelta) ? DeltaCache(capacityBytes: request.deltaCacheBytes) : nil
         let sender = RoundSender(pid: request.pid, configuration: .init(
             workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd),
-            hashPages: ledger != nil))
+            hashPages: ledger != nil), deltaCache: deltaCache)
         var policy = ConvergencePolicy(parameters: parameters)
         var layout = Self.regions(of: process)
         updateStatus {
@@ -347,12 +349,16 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let firstChunk = UInt64(round + 1) &+ box.offset
             do {
                 sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender,
-                                     ledger: ledger, frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
+                                     ledger: ledger, firstRound: round == 0, frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
                 let committed = try resume(box, after: broken.error, lastAcked: box.lastAcked, nextRound: round)
-                for chunk in broken.chunks where chunk.wireRound > committed { tracker.requeue(chunk.scan) }
+                for chunk in broken.chunks where chunk.wireRound > committed {
+                    tracker.requeue(chunk.scan)
+                    // The receiver dropped what it had of these chunks: no delta may be based on them.
+                    for range in chunk.scan.dirty { deltaCache?.drop(range.start..<range.end) }
+                }
                 scan = try scanNextRound(process, tracker, &layout, frozen: hold.isFrozen)
                 continue
             } catch let broken as BrokenRound {
@@ -716,7 +722,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// only what the receiver did not commit.
     private func sendRound(
         _ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender,
-        ledger: PageLedger?, frozen: Bool,
+        ledger: PageLedger?, firstRound: Bool = false, frozen: Bool,
         strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in }
     ) throws -> SentRound {
         let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
@@ -762,8 +768,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try sendLayout(chunk.wireRound, layout, channel)
                 // What the receiver drops at this round's commit (a no-op while the layout stays).
                 ledger?.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
+                sender.deltaCache?.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
                 let totals = try sender.send(
                     round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel, ledger: ledger,
+                    firstRound: firstRound,
                     pace: { bytes in
                         guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
                         paced += bytes
@@ -794,6 +802,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let seconds = MonotonicClock.seconds() - streamStart
                 updateStatus {
                     $0.pageBytes += totals.pageBytes
+                    $0.deltaPages += totals.delta.pages
+                    $0.deltaSavedBytes += totals.delta.savedBytes
+                    $0.deltaCacheHits += totals.delta.hits
+                    $0.deltaCacheMisses += totals.delta.misses
                     $0.roundSentBytes += chunkBytes
                     $0.remainingBytes = $0.roundTotalBytes - min($0.roundTotalBytes, $0.roundSentBytes)
                     $0.transferredBytes = box.sentBefore + channel.bytesSent

@@ -213,7 +213,8 @@ public struct PageBatchHeader: Hashable, Sendable {
     public var uncompressedLength: UInt32
     /// XXH3-64 of the uncompressed bytes (computed and checked by the engine, carried here).
     public var checksum: UInt64
-    /// Bytes of payload that follow the header: = uncompressedLength for raw, 1...uncompressedLength for zstd.
+    /// Bytes of payload that follow the header: = uncompressedLength for raw, 1...uncompressedLength for zstd,
+    /// 2 × pages...uncompressedLength for delta.
     public var payloadLength: UInt32
 
     public init(round: UInt64, encoding: PageEncoding, runs: [PageRun], uncompressedLength: UInt32, checksum: UInt64, payloadLength: UInt32) {
@@ -250,6 +251,9 @@ public struct PageBatchHeader: Hashable, Sendable {
             guard payload == expected else { throw .lengthMismatch(expected: expected, actual: payload) }
         case .zstd:
             guard payload >= 1, payload <= expected else { throw .compressedTooLarge(length: payload, uncompressed: expected) }
+        case .delta:
+            // At least every page's tag; never more than the pages raw (the sender sends raw instead).
+            guard payload >= 2 * pages, payload <= expected else { throw .compressedTooLarge(length: payload, uncompressed: expected) }
         }
     }
 

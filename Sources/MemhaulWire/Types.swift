@@ -126,6 +126,9 @@ public struct WireDigest: Hashable, Sendable, CustomStringConvertible {
 public enum PageEncoding: UInt8, Hashable, Sendable, CaseIterable {
     case raw = 0
     case zstd = 1
+    /// Per page a u16 tag, then the page whole (tag 0xFFFF) or an XBZRLE delta against the
+    /// receiver's committed page (tag = its length); only with capability `pageDelta` (wire.md).
+    case delta = 2
 }
 
 /// ERROR codes (wire.md, "Error codes"). Unknown values are kept, not rejected: a newer minor may add codes.

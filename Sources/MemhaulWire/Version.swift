@@ -71,6 +71,9 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// before anything is frozen. (Bits 6 and 7 are the delta encoding's and the
     /// receiver load's.)
     public static let criuParentRoute = Capabilities(rawValue: 1 << 8)
+    /// PAGE_BATCH encoding 2 (delta) may be used: pages re-sent as XBZRLE deltas against the
+    /// content the receiver committed for them (wire.md, PAGE_BATCH).
+    public static let pageDelta = Capabilities(rawValue: 1 << 6)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

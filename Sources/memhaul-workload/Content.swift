@@ -78,6 +78,12 @@ enum Content {
 
     /// A write: bumps the page's counter word and rewrites a few bytes in the
     /// page's own style (a word for text and zero pages, random bytes otherwise).
+    /// A key-value update: one 8-byte field (a counter or timestamp) of one of the page's
+    /// 64-byte values gets a new value; the other 4088 bytes stay as they were.
+    static func updateField(_ page: UnsafeMutableRawPointer, _ rng: inout XorShift) {
+        (page + rng.below(pageSize / 64) * 64).storeBytes(of: rng.next(), as: UInt64.self)
+    }
+
     static func mutate(_ page: UnsafeMutableRawPointer, kind: PageKind, _ rng: inout XorShift) {
         let words = page.assumingMemoryBound(to: UInt64.self)
         words[0] &+= 1

@@ -8,6 +8,9 @@ struct Options {
         case uniform
         /// 90% of writes go to this fraction of the pages.
         case hot(Double)
+        /// A key-value store's hot keys: every write goes to this fraction of the pages and
+        /// rewrites one 8-byte field of one 64-byte value (``Content/updateField(_:_:)``).
+        case kv(Double)
     }
 
     var size: UInt64 = 64 << 20
@@ -32,7 +35,7 @@ struct Options {
 
     static let usage = """
         usage: memhaul-workload --size 64M [--regions N] [--mix zero=30,text=40,random=30]
-               [--thp on|off] [--threads T --rate PAGES_PER_SEC --pattern uniform|hot:0.1]
+               [--thp on|off] [--threads T --rate PAGES_PER_SEC --pattern uniform|hot:0.1|kv:0.05]
                [--churn OPS_PER_SEC] [--control] [--report-every SECONDS] [--exit-after SECONDS] [--seed N]
                [--eintr-probe sigtimedwait]
                [--heartbeat FILE]
@@ -80,8 +83,10 @@ struct Options {
                     o.pattern = .uniform
                 } else if s.hasPrefix("hot:"), let f = Double(s.dropFirst(4)), f > 0, f <= 1 {
                     o.pattern = .hot(f)
+                } else if s.hasPrefix("kv:"), let f = Double(s.dropFirst(3)), f > 0, f <= 1 {
+                    o.pattern = .kv(f)
                 } else {
-                    throw ParseError(message: "--pattern: expected uniform or hot:FRACTION, got \(s)")
+                    throw ParseError(message: "--pattern: expected uniform, hot:FRACTION or kv:FRACTION, got \(s)")
                 }
             case "--churn": o.churn = try number(a, try value(a))
             case "--control": o.control = true

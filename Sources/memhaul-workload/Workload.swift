@@ -164,8 +164,14 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
         var rng = XorShift(seed: options.seed &+ UInt64(t + 1) &* 0x5851_F42D_4C95_7F2D)
         let interval: UInt64 = options.rate > 0 ? UInt64(1e9 * Double(options.threads) / options.rate) : 0
         var next = nowNanoseconds()
-        let hotCount: Int
-        if case .hot(let f) = options.pattern { hotCount = max(1, Int(Double(totalPages) * f)) } else { hotCount = 0 }
+        var hotCount = 0
+        var hotShare = 0.9
+        switch options.pattern {
+        case .uniform: break
+        case .hot(let f): hotCount = max(1, Int(Double(totalPages) * f))
+        case .kv(let f): hotCount = max(1, Int(Double(totalPages) * f)); hotShare = 1
+        }
+        let fieldUpdates = if case .kv = options.pattern { true } else { false }
         while true {
             if gate.requested.load(ordering: .acquiring) {
                 gate.park()
@@ -181,9 +187,13 @@ final class Workload: @unchecked Sendable {  // threads share raw memory; `alive
                 next += interval
                 if next &+ 1_000_000_000 < now { next = now }  // no burst after a stall
             }
-            let i = hotCount > 0 && rng.unit() < 0.9 ? rng.below(hotCount) : rng.below(totalPages)
+            let i = hotCount > 0 && rng.unit() < hotShare ? rng.below(hotCount) : rng.below(totalPages)
             if alive[i] == 0 { continue }
-            Content.mutate(page(i), kind: PageKind(rawValue: kinds[i]) ?? .text, &rng)
+            if fieldUpdates {
+                Content.updateField(page(i), &rng)
+            } else {
+                Content.mutate(page(i), kind: PageKind(rawValue: kinds[i]) ?? .text, &rng)
+            }
             writes.add(1, ordering: .relaxed)
         }
     }

@@ -16,7 +16,7 @@ struct BenchCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "bench",
         abstract: "Measure memhaul against baselines in the same run (prints figures).",
-        subcommands: [Scan.self, Compress.self, Tls.self, Transport.self, Migrate.self, Throttle.self, FinalScan.self, Strict.self])
+        subcommands: [Scan.self, Compress.self, Tls.self, Transport.self, Migrate.self, Throttle.self, FinalScan.self, Strict.self, Delta.self])
 
     /// `memhaul bench scan --size 4G --dirty 1/7`
     struct Scan: ParsableCommand {

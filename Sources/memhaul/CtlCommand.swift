@@ -60,6 +60,7 @@ struct CtlCommand: ParsableCommand {
         @Option(help: "The proof: incremental, full or both (see memhaul migrate --help).") var proof: String?
         @Option(name: .customLong("compression-level"), help: "zstd level (-5…19) or auto.") var compressionLevel: String?
         @Option(name: .customLong("server-name"), help: "Name the receiver's certificate must carry.") var serverName: String?
+        @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept for delta encoding (K/M/G suffixes; 0 = off).") var deltaCache: ByteCount?
         @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).") var resumeTimeout: Double?
         @Flag(name: .customLong("no-auto-converge"), help: "Never throttle the target.") var noAutoConverge = false
         @Flag(help: "Abort a cutover that would overrun the downtime limit and go on pre-copying (see memhaul migrate --help).") var strict = false
@@ -87,6 +88,7 @@ struct CtlCommand: ParsableCommand {
             if let proof { args["proof"] = proof }
             if let compressionLevel { args["compression_level"] = Int(compressionLevel) as Any? ?? compressionLevel }
             if let serverName { args["server_name"] = serverName }
+            if let deltaCache { args["delta_cache_bytes"] = Double(deltaCache.bytes) }
             if let resumeTimeout { args["resume_timeout_s"] = resumeTimeout }
             if noAutoConverge { args["auto_converge"] = false }
             if strict { args["strict"] = true }

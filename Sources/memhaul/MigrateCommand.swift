@@ -29,6 +29,8 @@ struct ConvergenceOptions: ParsableArguments {
     var strictAttempts: Int = ConvergenceParameters().strictAttempts
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
     var compressionLevel: String = "auto"
+    @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept to send re-dirtied pages as deltas (K/M/G suffixes; 0 = off; at most 16G). Pays where the link is the limit and pages change little.")
+    var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
     @Option(name: .customLong("resume-timeout"), help: "Seconds a broken connection may take to come back (0 = fail at once).")
@@ -58,6 +60,7 @@ struct ConvergenceOptions: ParsableArguments {
         }
         guard AfterAction(rawValue: after) != nil else { throw ValidationError("--after must be stop, kill or resume") }
         guard ProofMode(rawValue: proof) != nil else { throw ValidationError("--proof must be incremental, full or both") }
+        guard deltaCache.bytes <= MigrationRequest.maxDeltaCacheBytes else { throw ValidationError("--delta-cache must be at most 16G") }
         guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
         for (flag, v) in [("--welcome-timeout", welcomeTimeout), ("--ack-timeout", ackTimeout), ("--frozen-ack-timeout", frozenAckTimeout),
                           ("--drain-timeout", drainTimeout), ("--verify-timeout", verifyTimeout)] {
@@ -76,6 +79,7 @@ struct ConvergenceOptions: ParsableArguments {
         request.parameters.strict = strict
         request.parameters.strictAttempts = strictAttempts
         request.compressionLevel = Int32(compressionLevel)
+        request.deltaCacheBytes = deltaCache.bytes
         request.after = AfterAction(rawValue: after) ?? .stop
         request.proof = ProofMode(rawValue: proof) ?? .incremental
         request.parameters.resumeTimeoutSeconds = resumeTimeout
@@ -182,6 +186,9 @@ enum Summary {
         if let e = s.error { lines.append("  error: \(e)") }
         if s.rounds > 0 { lines.append("  engine rounds: \(s.rounds) (the final delta included; the receiver counts commit chunks of --commit-chunk MiB)") }
         lines.append("  transferred: \(bytes(Double(s.transferredBytes))) on the wire, \(bytes(Double(s.pageBytes))) of pages")
+        if s.deltaPages > 0 {
+            lines.append("  delta: \(s.deltaPages) re-dirtied pages sent as deltas, \(bytes(Double(s.deltaSavedBytes))) saved (cache hits \(s.deltaCacheHits), misses \(s.deltaCacheMisses))")
+        }
         if let d = s.downtimeMs { lines.append(String(format: "  downtime: %.1f ms to the final commit (freeze %.1f ms)", d, s.freezeMs ?? 0)) }
         if let f = s.frozenMs { lines.append(String(format: "  frozen: %.1f ms, freeze to release (limit %g ms)", f, s.downtimeLimitMs)) }
         if let v = s.verifyMs {

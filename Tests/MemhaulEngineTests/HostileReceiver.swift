@@ -48,6 +48,9 @@ final class HostileReceiver: @unchecked Sendable {  // counters behind `conditio
         var keepalivesSent = 0
         var connections = 0
         var errors: [ErrorMessage] = []
+        /// What the last HELLO offered, and PAGE_BATCH frames in encoding delta.
+        var helloCapabilities: Capabilities?
+        var deltaBatches = 0
     }
     private let condition = NSCondition()
     private var counters = Counters()
@@ -118,6 +121,7 @@ final class HostileReceiver: @unchecked Sendable {  // counters behind `conditio
             encoder.encodePreamble(into: &out)
             try out.withUnsafeBytes { try stream.writeAll($0) }
             guard case .hello(let hello) = try channel.receive() else { return }
+            note { $0.helloCapabilities = hello.capabilities }
             let welcome: Welcome
             if case .welcome(let version, let caps, let round) = behaviour {
                 welcome = Welcome(version: version, capabilities: caps, lastCommittedRound: round)
@@ -161,6 +165,8 @@ final class HostileReceiver: @unchecked Sendable {  // counters behind `conditio
                 case .keepalive(let k):
                     if case .ignoreKeepalive = behaviour { continue }
                     if !k.isReply { try send([.keepalive(Keepalive(nonce: k.nonce, isReply: true))]) }
+                case .pageBatch(let b):
+                    if b.header.encoding == .delta { note { $0.deltaBatches += 1 } }
                 case .error(let e):
                     note { $0.errors.append(e) }
                     return

@@ -24,16 +24,18 @@ final class RawSender {
 
     /// Connects with the certificate `role` (`<role>.pem` in the PKI directory)
     /// and shakes hands; with `resumeFrom`, as a resuming sender.
-    convenience init(_ receiver: TestReceiver, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil) throws {
-        try self.init(port: receiver.port, pki, id: id, role: role, resumeFrom: resumeFrom)
+    /// `extra`: capabilities offered beyond zstd (and resume).
+    convenience init(_ receiver: TestReceiver, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil,
+                     extra: Capabilities = []) throws {
+        try self.init(port: receiver.port, pki, id: id, role: role, resumeFrom: resumeFrom, extra: extra)
     }
 
-    init(port: UInt16, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil) throws {
+    init(port: UInt16, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil, extra: Capabilities = []) throws {
         let context = try TLSClientContext(configuration: pki.configuration(role))
         stream = try context.connect(host: "127.0.0.1", port: port)
         channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
-        try channel.send(.hello(Hello(capabilities: resumeFrom == nil ? [.zstd] : [.zstd, .resume], migrationID: id,
+        try channel.send(.hello(Hello(capabilities: (resumeFrom == nil ? Capabilities.zstd : [.zstd, .resume]).union(extra), migrationID: id,
                                       senderName: "raw-test", resumeFromRound: resumeFrom)))
         switch try channel.receive() {
         case .welcome(let w): welcome = w
@@ -83,10 +85,10 @@ struct RawSenderRefused: Error, CustomStringConvertible {
     /// Commits round 1, misbehaves in round 2, and checks: the peer gets the
     /// typed error, the log says why, the image still opens at round 1 with
     /// round 1's bytes, and the receiver serves a new migration afterwards.
-    func misbehave(_ name: String, expect code: ErrorCode?, _ act: (RawSender) throws -> Void) throws {
+    func misbehave(_ name: String, expect code: ErrorCode?, offering extra: Capabilities = [], _ act: (RawSender) throws -> Void) throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
-        let sender = try RawSender(receiver, pki, id: name)
+        let sender = try RawSender(receiver, pki, id: name, extra: extra)
         try sender.goodRound(1, value: 0x11)
         try sender.channel.send(.layout(Layout(round: 2, regions: [RawSender.region])))
         try act(sender)

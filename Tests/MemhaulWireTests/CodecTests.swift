@@ -65,7 +65,11 @@ private let le32 = VectorTable.le32
         }
         #expect(throws: Never.self) { try decode(batch(encoding: 0, pages: 1, uncompressed: 4096, payload: 4096)) }
         #expect(throws: Never.self) { try decode(batch(encoding: 1, pages: 2, uncompressed: 8192, payload: 1)) }
-        #expect(throws: WireError.unknownEncoding(2)) { try decode(batch(encoding: 2, pages: 1, uncompressed: 4096, payload: 4096)) }
+        #expect(throws: WireError.unknownEncoding(3)) { try decode(batch(encoding: 3, pages: 1, uncompressed: 4096, payload: 4096)) }
+        // Delta: at least a u16 tag per page, at most the pages raw.
+        #expect(throws: Never.self) { try decode(batch(encoding: 2, pages: 2, uncompressed: 8192, payload: 4)) }
+        #expect(throws: WireError.compressedTooLarge(length: 3, uncompressed: 8192)) { try decode(batch(encoding: 2, pages: 2, uncompressed: 8192, payload: 3)) }
+        #expect(throws: WireError.compressedTooLarge(length: 4097, uncompressed: 4096)) { try decode(batch(encoding: 2, pages: 1, uncompressed: 4096, payload: 4097)) }
         #expect(throws: WireError.lengthMismatch(expected: 8192, actual: 4096)) { try decode(batch(encoding: 0, pages: 2, uncompressed: 4096, payload: 4096)) }
         #expect(throws: WireError.compressedTooLarge(length: 4097, uncompressed: 4096)) { try decode(batch(encoding: 1, pages: 1, uncompressed: 4096, payload: 4097)) }
         #expect(throws: WireError.compressedTooLarge(length: 0, uncompressed: 4096)) { try decode(batch(encoding: 1, pages: 1, uncompressed: 4096, payload: 0)) }

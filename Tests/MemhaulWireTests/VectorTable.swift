@@ -32,6 +32,12 @@ enum VectorTable {
         0x75, 0x6c, 0x20, 0x70, 0x61, 0x67, 0x65, 0x20, 0x01, 0x00, 0xf0, 0x1f, 0xf8, 0xf9, 0x05,
     ]
 
+    /// Delta payload (encoding 2) of two pages: page 0 is `rawPages` page 0 with bytes 16..<24
+    /// set to 0xEE, as a 10-byte delta (unchanged 16, changed 8, the 8 bytes); page 1 is whole,
+    /// 0x5A repeated. XXH3-64 of the rebuilt 8192 bytes = 0x123ac91830dcc13f (libxxhash).
+    static let deltaPayload: [UInt8] = [0x0A, 0x00, 0x10, 0x08] + [UInt8](repeating: 0xEE, count: 8)
+        + [0xFF, 0xFF] + [UInt8](repeating: 0x5A, count: 4096)
+
     static let finalDigest = WireDigest(high: 0x0123_4567_89ab_cdef, low: 0xfedc_ba98_7654_3210)
 
     static let valid: [ValidVector] = [
@@ -76,6 +82,12 @@ enum VectorTable {
             message: .pageBatch(PageBatch(round: 42, encoding: .zstd, runs: [PageRun(start: 0x7f00_0001_0000, pageCount: 4)],
                                           uncompressedLength: 16384, checksum: 0x7c3b_8790_9856_df17, payload: zstdPayload[...])),
             description: "PAGE_BATCH, sequence 3: round 42, encoding zstd (1), 1 run (0x7f0000010000 × 4 pages), uncompressed length 16384, checksum 0x7c3b87909856df17 (XXH3-64 of the decompressed bytes), 31 payload bytes: a real zstd frame (`zstd -19 --no-check`) of 16384 bytes of `memhaul page ` repeated."),
+        ValidVector(
+            file: "page_batch_delta.bin", sequence: 3,
+            message: .pageBatch(PageBatch(round: 43, encoding: .delta,
+                                          runs: [PageRun(start: 0x7f00_0000_0000, pageCount: 1), PageRun(start: 0x7f00_0000_2000, pageCount: 1)],
+                                          uncompressedLength: 8192, checksum: 0x123a_c918_30dc_c13f, payload: deltaPayload[...])),
+            description: "PAGE_BATCH, sequence 3: round 43, encoding delta (2, capability page-delta), the two pages of `page_batch_raw.bin` as committed bases. 4110 payload bytes: page 0 tag `0a 00` + 10 delta bytes `10 08 ee×8` (unchanged 16, changed 8: bytes 16..23 become 0xEE); page 1 tag `ff ff` + 4096 bytes of 0x5A (sent whole). Checksum 0x123ac91830dcc13f: XXH3-64 of the rebuilt 8192 bytes."),
         ValidVector(
             file: "zero_ranges.bin", sequence: 4,
             message: .zeroRanges(RangeList(round: 42, runs: [PageRun(start: 0x7f00_0010_0000, pageCount: 16), PageRun(start: 0x7f00_0020_0000, pageCount: 256)])),
@@ -148,6 +160,7 @@ enum VectorTable {
         let overlapPayload = le64(42) + le32(2) + le32(0) + le64(0x7f00_0000_0000) + le32(4) + le64(0x7f00_0000_2000) + le32(1)
         var rawShort = le64(42) + [0, 0, 1, 0] + le32(4096) + le64(0)
         rawShort += le64(0x7f00_0000_0000) + le32(1) + [UInt8](repeating: 0, count: 4095)
+        let deltaShort = le64(43) + [2, 0, 1, 0] + le32(8192) + le64(0) + le64(0x7f00_0000_0000) + le32(2) + [0, 0, 0]
         var keepaliveReserved = le64(1) + [0, 0, 1, 0]
         keepaliveReserved = header(0x0A, length: UInt32(keepaliveReserved.count)) + keepaliveReserved
         let twoRoutes = le32(13) + le32(0x18) + le64(70_694)
@@ -183,6 +196,10 @@ enum VectorTable {
                           error: .invalidFlags(0x18),
                           errorText: "invalidFlags(0x18)",
                           description: "RESTORE_BEGIN with options 0x18: the rewrite route (bit 3) and the parent route (bit 4) together."),
+            InvalidVector(file: "delta_too_short.bin", bytes: header(0x04, length: UInt32(deltaShort.count)) + deltaShort, decoder: .frame,
+                          error: .compressedTooLarge(length: 3, uncompressed: 8192),
+                          errorText: "compressedTooLarge(length: 3, uncompressed: 8192)",
+                          description: "PAGE_BATCH delta (2), round 43, one run of 2 pages, but a 3-byte payload: less than the 2-byte tag of each page."),
             InvalidVector(file: "reserved_not_zero.bin", bytes: keepaliveReserved, decoder: .frame, error: .reservedNotZero,
                           errorText: "reservedNotZero",
                           description: "KEEPALIVE whose reserved bytes (after the flags byte) are 00 01 00."),

@@ -170,7 +170,7 @@ struct StreamBuilder {
         var resume: UInt64? = nil
         if f & 1 != 0 { resume = f & 0x10 != 0 ? UInt64(rawResume) : committed ?? 0 }
         let pageSize: UInt32 = f & 0x04 != 0 ? 8192 : 4096
-        var caps: Capabilities = f & 0x08 != 0 ? [] : .v1_0
+        var caps: Capabilities = f & 0x08 != 0 ? [] : Capabilities.v1_0.union(.pageDelta)
         if f & 0x40 != 0 { caps.insert(.digestV2) }
         if f & 0x80 != 0 { caps.insert(.ledgerDigest) }
         digestVersion = f & 0x80 != 0 ? .v3 : f & 0x40 != 0 ? .v2 : .v1
@@ -258,7 +258,25 @@ struct StreamBuilder {
         if f & 0x02 != 0 { checksum ^= 1 << (UInt64(fill) % 64) }
         var encoding = PageEncoding.raw
         var payload = plain[...]
-        if f & 0x01 != 0 {
+        if f & 0x10 != 0 {
+            // Delta against what the builder believes is committed (nil base: sent whole).
+            let model = models[id] ?? ImageModel()
+            var pages: [[UInt8]] = []
+            var bases: [[UInt8]?] = []
+            var offset = 0
+            for run in runs {
+                for p in 0..<UInt64(run.pageCount) where offset + 4096 <= plain.count {
+                    let address = run.start &+ p &* 4096
+                    pages.append(Array(plain[offset..<(offset + 4096)]))
+                    bases.append(model.contains(address) ? model.pages[address] ?? [UInt8](repeating: 0, count: 4096) : nil)
+                    offset += 4096
+                }
+            }
+            if pages.count * 4096 == plain.count, let d = DeltaBatch.encode(pages: pages, bases: bases, limit: plain.count) {
+                encoding = .delta
+                payload = d.payload[...]
+            }
+        } else if f & 0x01 != 0 {
             let n = plain.withUnsafeBytes { src in
                 scratch.withUnsafeMutableBytes { dst in try? compressor.compress(src, into: dst) }
             }

@@ -102,6 +102,11 @@ struct ConnectionModel {
     private(set) var openRound: UInt64?
     private let decoder = BatchDecoder()
     private let buffer = PageBuffer.shared
+    /// HELLO offered page-delta (the receiver accepts it whenever offered).
+    private var deltaAgreed = false
+    /// The image as this connection's rounds commit it, from what the image held before the
+    /// connection (set by the harness after HELLO): the base of delta batches.
+    var shadow = ImageModel()
 
     /// Rounds whose ROUND_END came through, in order, with what they committed.
     private(set) var roundEnds: [(round: UInt64, model: OpenRoundModel, final: Bool, digest: WireDigest?)] = []
@@ -113,6 +118,7 @@ struct ConnectionModel {
             migrationID = h.migrationID
             helloResume = .some(h.resumeFromRound)
             digestVersion = h.capabilities.contains(.ledgerDigest) ? .v3 : h.capabilities.contains(.digestV2) ? .v2 : .v1
+            deltaAgreed = h.capabilities.contains(.pageDelta)
         case .layout(let l):
             guard migrationID != nil, openRound == nil else { return false }
             pending += l.regions
@@ -126,8 +132,21 @@ struct ConnectionModel {
             guard openRound == b.header.round else { return false }
             let n = Int(b.header.uncompressedLength)
             guard n <= buffer.bytes.count else { return false }
-            let decoded = b.payload.withUnsafeBytes { payload in
-                try? decoder.decode(b.header.encoding == .zstd ? .zstd : .raw, payload: payload, into: buffer.bytes, expectedSize: n)
+            let decoded: Int?
+            if b.header.encoding == .delta {
+                guard deltaAgreed else { return false }
+                let addresses = b.header.runs.flatMap { run in (0..<UInt64(run.pageCount)).map { run.start + $0 * 4096 } }
+                decoded = b.payload.withUnsafeBytes { payload in
+                    (try? DeltaBatch.decode(payload, pageCount: addresses.count, pageSize: 4096, into: buffer.bytes) { i, page in
+                        guard shadow.contains(addresses[i]) else { return false }
+                        if let bytes = shadow.pages[addresses[i]] { bytes.withUnsafeBytes { page.copyMemory(from: $0) } } else { _ = page.initializeMemory(as: UInt8.self, repeating: 0) }
+                        return true
+                    }).map { _ in n }
+                }
+            } else {
+                decoded = b.payload.withUnsafeBytes { payload in
+                    try? decoder.decode(b.header.encoding == .zstd ? .zstd : .raw, payload: payload, into: buffer.bytes, expectedSize: n)
+                }
             }
             guard decoded == n else { return false }
             let plain = UnsafeRawBufferPointer(start: buffer.bytes.baseAddress, count: n)
@@ -145,6 +164,7 @@ struct ConnectionModel {
         case .roundEnd(let e):
             guard openRound == e.round else { return false }
             roundEnds.append((e.round, open!, e.finalDigest != nil, e.finalDigest))
+            shadow.commit(open!, number: e.round, final: e.finalDigest != nil)
             open = nil
             openRound = nil
         case .keepalive:

@@ -150,6 +150,7 @@ func run(_ connections: [[UInt8]], chunk: Int, root: String, limits: ReceiverLim
         frames: while true {
             guard let frame = try? decoder.nextFrame(), let message = try? frame.message() else { break }
             if !model.process(message) { break frames }
+            if case .hello(let h) = message { model.shadow = images[h.migrationID] ?? ImageModel() }
         }
         // What the receiver answered.
         var answers: [Message] = []

@@ -2,6 +2,8 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulCompression
+import MemhaulDigest
 import MemhaulWire
 
 /// Writes the seed corpus: realistic sender programs in the structure-aware format (odd mode
@@ -57,8 +59,10 @@ struct Program {
         for (region, offset, length) in runs { bytes += [region, offset, length] }
     }
     /// PAGE_BATCH: `kind` 1 = filled pages, 3 = every other page zero, 0 = zero pages; high nibble = pattern bytes.
-    mutating func batch(_ r: [(UInt8, UInt8, UInt8)], zstd: Bool = false, badChecksum: Bool = false, kind: UInt8 = 1, fill: UInt8, pattern: [UInt8] = []) {
-        op(.pageBatch, [(zstd ? 1 : 0) | (badChecksum ? 2 : 0)])
+    /// `delta`: as a delta batch against the modelled committed pages (capability page-delta).
+    mutating func batch(_ r: [(UInt8, UInt8, UInt8)], zstd: Bool = false, badChecksum: Bool = false, delta: Bool = false,
+                        kind: UInt8 = 1, fill: UInt8, pattern: [UInt8] = []) {
+        op(.pageBatch, [(zstd ? 1 : 0) | (badChecksum ? 2 : 0) | (delta ? 0x10 : 0)])
         runs(r)
         bytes += [kind | UInt8(pattern.count) << 4, fill] + pattern
     }
@@ -104,6 +108,21 @@ enum SeedPrograms {
         p.roundEnd(final: true)
         p.close()
         list.append(("migration", p))
+
+        // Delta batches (capability page-delta): pages re-sent with one byte of their pattern
+        // changed, against the committed round; one batch mixes committed and new pages.
+        p = Program()
+        p.hello()
+        p.layout([(0, 15, 3)])
+        p.batch([(0, 0, 3)], fill: 0x11, pattern: Array("memhaul".utf8))
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.batch([(0, 0, 5)], delta: true, fill: 0x11, pattern: Array("memhaum".utf8))
+        p.roundEnd()
+        p.layout([(0, 15, 3)])
+        p.roundEnd(final: true)
+        p.close()
+        list.append(("page_delta", p))
 
         // Resume: two rounds, a third cut off mid-round, a new connection resumes and finishes.
         p = Program()
@@ -332,14 +351,17 @@ enum SeedPrograms {
     /// Raw streams built with the codec directly (mode byte 2: raw, tight limits): what the
     /// structured format cannot say, here LAYOUT frames with long names (over the 512-byte
     /// layout cap in two frames, the region cap not reached).
-    static var raw: [(String, [UInt8])] {
-        var out: [UInt8] = [2, 0]
+    /// A raw input (`mode` byte, read size 0): the preamble and `messages` as frames.
+    static func stream(mode: UInt8, _ messages: [Message]) -> [UInt8] {
+        var out: [UInt8] = [mode, 0]
         Preamble.encode(into: &out)
-        var seq: UInt32 = 0
-        func frame(_ m: Message) {
-            try? m.encodeFrame(sequence: seq, into: &out)
-            seq &+= 1
-        }
+        for (seq, m) in messages.enumerated() { try? m.encodeFrame(sequence: UInt32(seq), into: &out) }
+        return out
+    }
+
+    static var raw: [(String, [UInt8])] {
+        var messages: [Message] = []
+        func frame(_ m: Message) { messages.append(m) }
         frame(.hello(Hello(capabilities: .v1_0, migrationID: "fz-a", senderName: "fuzz")))
         let name = String(repeating: "/usr/lib/x", count: 20)
         var start: UInt64 = 0x7f00_0000_0000
@@ -351,6 +373,30 @@ enum SeedPrograms {
             frame(.layout(Layout(round: 1, continued: i < 2, regions: regions)))
         }
         frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats())))
-        return [("limit_layout_bytes", out)]
+        return [("limit_layout_bytes", stream(mode: 2, messages)), ("page_delta_raw", pageDelta)]
+    }
+
+    /// Capability page-delta: round 1 commits two pages raw, round 2 sends them as a delta
+    /// batch (page 0 an 8-byte change against the committed page, page 1 whole).
+    static var pageDelta: [UInt8] {
+        var messages: [Message] = []
+        func frame(_ m: Message) { messages.append(m) }
+        let base: UInt64 = 0x7f00_0000_0000
+        let region = RegionDescriptor(start: base, end: base + 4 * 4096, protection: [.read, .write])
+        let old = [UInt8](repeating: 0x11, count: 4096) + [UInt8](repeating: 0x22, count: 4096)
+        var new = old
+        for i in 40..<48 { new[i] = 0xEE }
+        for i in 4096..<8192 { new[i] = 0x5A }
+        func checksum(_ b: [UInt8]) -> UInt64 { b.withUnsafeBytes { PageChecksum.xxh3_64($0) } }
+        let run = [PageRun(start: base, pageCount: 2)]
+        frame(.hello(Hello(capabilities: [.zstd, .resume, .keepalive, .pageDelta], migrationID: "fz-a", senderName: "fuzz")))
+        frame(.layout(Layout(round: 1, regions: [region])))
+        frame(.pageBatch(PageBatch(round: 1, encoding: .raw, runs: run, uncompressedLength: 8192, checksum: checksum(old), payload: old[...])))
+        frame(.roundEnd(RoundEnd(round: 1, stats: RoundStats(pages: 2, batches: 1))))
+        frame(.layout(Layout(round: 2, regions: [region])))
+        let delta = DeltaBatch.encode(pages: [Array(new[0..<4096]), Array(new[4096...])], bases: [Array(old[0..<4096]), Array(old[4096...])])!.payload
+        frame(.pageBatch(PageBatch(round: 2, encoding: .delta, runs: run, uncompressedLength: 8192, checksum: checksum(new), payload: delta[...])))
+        frame(.roundEnd(RoundEnd(round: 2, stats: RoundStats(pages: 2, batches: 1))))
+        return stream(mode: 0, messages)
     }
 }
