@@ -53,6 +53,8 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     private var failure: Error?
     /// Nanoseconds the stage spent working (not waiting), for the busy fraction.
     private var busy: UInt64 = 0
+    /// The stage thread's CPU demand, as of its last finished item (exact while idle).
+    private var demand = ThreadDemand(cpuNanoseconds: 0, waitNanoseconds: 0)
     private var thread: Thread?
 
     /// The incremental proof's ledger (capability `ledgerDigest`): it sees every
@@ -60,7 +62,12 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// stage's thread; the session touches it only once the stage is drained.
     private let ledger: ReceiverLedger?
 
-    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, ledger: ReceiverLedger? = nil, stored: StoredPages? = nil) {
+    /// ``ReceiverTestHooks/beforeStoringBatch``.
+    private let beforeStoringBatch: (@Sendable () -> Void)?
+
+    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, ledger: ReceiverLedger? = nil, stored: StoredPages? = nil,
+         beforeStoringBatch: (@Sendable () -> Void)? = nil) {
+        self.beforeStoringBatch = beforeStoringBatch
         self.ledger = ledger
         self.store = store
         self.stored = stored
@@ -85,6 +92,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
 
     /// Time the stage has spent working.
     var busyNanoseconds: UInt64 { condition.withLock { busy } }
+
+    /// Wall time at work and the thread's CPU demand (CPU + run-queue wait), for
+    /// ``ReceiverLoad``: exact after `drain()`, when the stage is idle.
+    var load: (busyNanoseconds: UInt64, demandNanoseconds: UInt64) { condition.withLock { (busy, demand.totalNanoseconds) } }
 
     /// Copies a batch's payload into a free slot (waiting for one) and queues it.
     func submit(_ batch: PageBatch) throws {
@@ -155,9 +166,11 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             var error: Error?
             do { try perform(item) } catch let e { error = e }
             let spent = MonotonicClock.nanoseconds() - t0
+            let demandNow = ThreadDemand.current()  // one small /proc read per item: ~1 % of a 1 MiB batch
             condition.withLock {
                 running = false
                 busy += spent
+                demand = demandNow
                 if case .batch(_, let slot, _) = item { freeSlots.append(slot) }
                 if let error, failure == nil {
                     failure = error
@@ -172,6 +185,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         switch item {
         case .batch(let header, let slot, let payloadLength):
             let buffer = condition.withLock { slotBuffers[slot]! }
+            beforeStoringBatch?()
             try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]))
         case .zero(let runs):
             _ = try ReceiverSession.apply(runs, store.zeroPages)

@@ -41,6 +41,16 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
     /// Wire bytes sent after the receiver's last commit on connections that
     /// broke: the receiver dropped them and they travelled again (what the breaks cost); bytes.
     public var resentBytesAfterResume: UInt64 = 0
+    /// Windows the compression governor (`--compression-level auto`) decided on; count.
+    public var compressionDecisions: Int = 0
+    /// In the governor's last window, each a fraction (0–1) of its wall time: the
+    /// sending thread blocked in the socket, the compression workers' CPU demand
+    /// (per worker), and the receiver's last reported load (nil: not reported).
+    public var sendBlockedFraction: Double?
+    public var compressCPUFraction: Double?
+    public var receiverNetworkBusy: Double?
+    public var receiverStorageCPU: Double?
+    public var receiverStorageBusy: Double?
 
     public init() {}
 
@@ -61,5 +71,11 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
         case frozenMs = "frozen_ms"
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
+        case compressionDecisions = "compression_decisions"
+        case sendBlockedFraction = "send_blocked_fraction"
+        case compressCPUFraction = "compress_cpu_fraction"
+        case receiverNetworkBusy = "receiver_network_busy"
+        case receiverStorageCPU = "receiver_storage_cpu"
+        case receiverStorageBusy = "receiver_storage_busy"
     }
 }

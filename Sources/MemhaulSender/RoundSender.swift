@@ -79,7 +79,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         free = BoundedQueue(capacity: configuration.poolSize)
         for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes)) }
         encoders = (0..<configuration.workers).map { _ in EncoderCache() }
-        governor = CompressionGovernor(fixed: configuration.compressionLevel)
+        governor = CompressionGovernor(fixed: configuration.compressionLevel, workers: configuration.workers)
     }
 
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
@@ -108,7 +108,9 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 defer { group.leave() }
                 while let job = work.pop() {
                     do {
+                        let demand = governor.adaptive ? ThreadDemand.current().totalNanoseconds : 0
                         try encode(job, round: round, worker: worker)
+                        if governor.adaptive { governor.recordWork(nanoseconds: ThreadDemand.current().totalNanoseconds &- demand) }
                     } catch {
                         done.fail(error)
                         work.fail(error)
@@ -152,11 +154,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var failure: Error?
         var stopped = false
         var idleSince = MonotonicClock.seconds()
+        var blocked = 0.0
         while let job = done.pop() {
             defer {
                 let sent = MonotonicClock.seconds()
-                governor.record(pageBytes: job.pageCount * Int(PageSize.bytes), seconds: sent - idleSince)
+                governor.record(seconds: sent - idleSince, blockedSeconds: blocked)
                 idleSince = sent
+                blocked = 0
             }
             // Stopped (an aborted cutover): end the round with what is out; the
             // caller re-sends the rest. Counted like a failure, without an error.
@@ -169,7 +173,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             }
             do {
                 if cancelled() { throw MigrationError.cancelled }
-                try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
+                try transmit(job, round: round, channel: channel, totals: &totals, blocked: &blocked, pace: pace)
                 if let ledger { try record(job, in: ledger) }
             } catch {
                 failure = error
@@ -245,8 +249,15 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             uncompressedLength: UInt32(plain.count), checksum: checksum, payloadLength: UInt32(job.payloadCount))
     }
 
-    private func transmit(_ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, pace: (Int) -> Void) throws {
+    /// Sends the job's frames; `blocked` gets the seconds the thread spent
+    /// waiting for the socket (wall minus CPU demand), for the governor.
+    private func transmit(
+        _ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, blocked: inout Double, pace: (Int) -> Void
+    ) throws {
         let before = channel.bytesSent
+        let measure = governor.adaptive
+        let wall0 = measure ? MonotonicClock.nanoseconds() : 0
+        let demand0 = measure ? ThreadDemand.current().totalNanoseconds : 0
         if !job.zeroRuns.isEmpty {
             try channel.send(.zeroRanges(RangeList(round: round, runs: job.zeroRuns)))
             totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
@@ -258,6 +269,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.pages += UInt64(header.pageCount)
             totals.pageBytes += UInt64(header.uncompressedLength)
             totals.payloadBytes += UInt64(job.payloadCount)
+        }
+        if measure {
+            let wall = MonotonicClock.nanoseconds() - wall0, demand = ThreadDemand.current().totalNanoseconds &- demand0
+            blocked += Double(wall > demand ? wall - demand : 0) / 1e9
         }
         pace(Int(channel.bytesSent - before))
     }

@@ -66,6 +66,11 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// holds what the sender read, not that this equals the frozen source (the
     /// sender's `--proof both|full` re-reads it). Takes precedence over `digestV2`.
     public static let ledgerDigest = Capabilities(rawValue: 1 << 5)
+    /// Non-final ROUND_ACKs may carry the receiver's load (``ReceiverLoad``): how busy its
+    /// network thread and its storage stage were during the chunk, so the sender's
+    /// compression governor can tell a busy receiver from a slow network.
+    /// (Bit 6 is taken by the delta encoding.)
+    public static let receiverLoad = Capabilities(rawValue: 1 << 7)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]
