@@ -52,7 +52,10 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
                 continue
             }
             let box = HandOff(connection)
-            Thread.detachNewThread { [self] in self.serve(box.value) }
+            Thread.detachNewThread { [self] in
+                Thread.current.name = "rx.session"  // network + decrypt (the bench's per-thread CPU)
+                self.serve(box.value)
+            }
         }
     }
 

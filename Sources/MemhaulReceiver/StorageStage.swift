@@ -74,8 +74,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
         slotBuffers = Array(repeating: nil, count: slots)
         freeSlots = Array(0..<slots)
-        let thread = Thread { [unowned self] in self.work() }
-        thread.name = "memhaul.receiver.storage"
+        let thread = Thread { [unowned self] in
+            Thread.current.name = "rx.storage"  // set on the thread, where Linux applies it (comm: 15 bytes)
+            self.work()
+        }
         self.thread = thread
         thread.start()
     }
