@@ -27,7 +27,7 @@ struct ConvergenceOptions: ParsableArguments {
     var strict = false
     @Option(name: .customLong("strict-attempts"), help: "Aborted cutovers before a --strict migration fails (the source runs on).")
     var strictAttempts: Int = ConvergenceParameters().strictAttempts
-    @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
+    @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (compress only when the network limits and both sides have CPU to spare, else raw; the status says why).")
     var compressionLevel: String = "auto"
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
