@@ -340,7 +340,13 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private func serve(_ store: ImageStore) throws {
         // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
         let stage = StorageStage(store: store, ledger: ledger, beforeStoringBatch: testHooks.beforeStoringBatch)
-        defer { stage.stop() }
+        defer {
+            stage.stop()
+            // Where the stage's time went (the receiver's usual bottleneck on a disk).
+            let p = stage.phaseNanoseconds
+            log("receiver: migration \(info.migration ?? "?"): storage stage busy \(stage.busyNanoseconds / 1_000_000) ms: checksum \(p.checksum / 1_000_000) ms, "
+                + "writes \(p.write / 1_000_000) ms, ledger \(p.ledger / 1_000_000) ms")
+        }
         do {
             try serveFrames(store, stage)
         } catch {

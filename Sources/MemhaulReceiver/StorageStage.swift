@@ -53,6 +53,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     private var failure: Error?
     /// Nanoseconds the stage spent working (not waiting), for the busy fraction.
     private var busy: UInt64 = 0
+    private var phases = Phases()
     /// The stage thread's CPU demand, as of its last finished item (exact while idle).
     private var demand = ThreadDemand(cpuNanoseconds: 0, waitNanoseconds: 0)
     private var thread: Thread?
@@ -74,10 +75,8 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
         slotBuffers = Array(repeating: nil, count: slots)
         freeSlots = Array(0..<slots)
-        let thread = Thread { [unowned self] in
-            Thread.current.name = "rx.storage"  // set on the thread, where Linux applies it (comm: 15 bytes)
-            self.work()
-        }
+        let thread = Thread { [unowned self] in self.work() }
+        thread.name = "rx.storage"  // comm holds 15 bytes: the bench groups CPU by it
         self.thread = thread
         thread.start()
     }
@@ -216,18 +215,33 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             }
             plain = payload
         }
+        let t0 = MonotonicClock.nanoseconds()
         guard PageChecksum.xxh3_64(plain) == header.checksum else {
             throw ReceiverSession.Refusal(code: .checksumMismatch, description: "page batch checksum mismatch in round \(header.round)")
         }
+        let t1 = MonotonicClock.nanoseconds()
+        var writing: UInt64 = 0
         var offset = 0
         let pageSize = Int(WireLimits.default.pageSize)
         for run in header.runs {
             let bytes = Int(run.pageCount) * pageSize
             let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
+            let w = MonotonicClock.nanoseconds()
             try store.writePages(at: run.start, pages)
+            writing += MonotonicClock.nanoseconds() - w
             try ledger?.wrote(at: run.start, pages)
             stored?(run.start, pages)
             offset += bytes
         }
+        let t2 = MonotonicClock.nanoseconds()
+        condition.withLock {
+            phases.checksum += t1 - t0
+            phases.write += writing
+            phases.ledger += t2 - t1 - writing
+        }
     }
+
+    /// Wall time the stage spent in each part of its work (decompression is `busy` minus these).
+    struct Phases { var checksum: UInt64 = 0, write: UInt64 = 0, ledger: UInt64 = 0 }
+    var phaseNanoseconds: Phases { condition.withLock { phases } }
 }
