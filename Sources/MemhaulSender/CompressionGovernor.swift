@@ -15,7 +15,7 @@ import Synchronization
 /// - the receiver's load from its last ROUND_ACK (capability `receiverLoad`):
 ///   its network thread, its storage stage's CPU and its stage's wall time at
 ///   work (disk).
-/// It then applies ``decide(_:_:)`` and moves at most one step along the ladder
+/// It then applies ``decide(_:_:)`` and moves at most one step (two on a clearly slow link) along the ladder
 /// `raw, -5, -3, -1, 1, 3, 6`. A fixed level turns it off.
 final class CompressionGovernor: Sendable {
     /// zstd levels; nil = send raw without trying to compress.
@@ -26,6 +26,9 @@ final class CompressionGovernor: Sendable {
     static let headroom = 0.6
     /// The sending thread blocked in the socket at least this share of its time: network-bound.
     static let networkBound = 0.5
+    /// Blocked at least this long with every side below `idle`: two steps at once (a slow link).
+    static let stronglyBound = 0.9
+    static let idle = 0.3
 
     /// Why the level is what it is (status `compression_reason`).
     enum Reason: String, Codable, Sendable, CaseIterable {
@@ -64,8 +67,10 @@ final class CompressionGovernor: Sendable {
         if r.network >= saturated || r.storageCPU >= saturated { return (0, .receiverCPU) }
         if inputs.senderCPU >= saturated { return (max(index - 1, 0), .senderCPU) }
         if inputs.sendBlocked < networkBound { return (0, .notNetworkBound) }
-        let room = inputs.senderCPU < headroom && r.network < headroom && r.storageCPU < headroom && r.storageBusy < headroom
-        return room ? (min(index + 1, ladder.count - 1), .networkBound) : (index, .holding)
+        let busiest = max(inputs.senderCPU, r.network, r.storageCPU, r.storageBusy)
+        guard busiest < headroom else { return (index, .holding) }
+        let step = inputs.sendBlocked >= stronglyBound && busiest < idle ? 2 : 1
+        return (min(index + step, ladder.count - 1), .networkBound)
     }
 
     /// What the last window saw and decided: the status's counters.
@@ -78,7 +83,8 @@ final class CompressionGovernor: Sendable {
     let adaptive: Bool
     private let fixedLevel: Int32?
     private let index: Atomic<Int>
-    private let window = 32
+    /// Batches per decision (16 MiB of pages): a slow link climbs within seconds.
+    private let window = 16
     private struct Window {
         var batches = 0
         var seconds = 0.0
