@@ -72,16 +72,16 @@ import MemhaulTestSupport
         #expect(fixed.snapshot.reason == .fixed)
     }
 
-    /// A receiver whose storage stage is CPU-bound (a test hook spins 20 ms per
-    /// batch) reports it in its ROUND_ACKs, and the sender's governor decides
+    /// A receiver whose storage stage is CPU-bound (a test hook spins 100 ms of
+    /// CPU per batch, so it stays the bottleneck on a loaded machine) reports it in its ROUND_ACKs, and the sender's governor decides
     /// raw for that reason, though its socket pushes back as a slow network would.
     @Test func aCPUBoundReceiverDrivesTheGovernorToRaw() throws {
         let receiver = try TestReceiver(pki: nil)
         receiver.agent.testHooks.beforeStoringBatch = {
-            let end = ThreadDemand.current().cpuNanoseconds + 20_000_000
+            let end = ThreadDemand.current().cpuNanoseconds + 100_000_000
             while ThreadDemand.current().cpuNanoseconds < end {}
         }
-        let workload = try startWorkload(["--size", "96M", "--threads", "1", "--rate", "0"])
+        let workload = try startWorkload(["--size", "64M", "--threads", "1", "--rate", "0"])
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "governor-cpu")
         r.parameters.maxRounds = 0
         r.parameters.commitChunkBytes = 8 << 20  // an ack (with the load) every 8 batches

@@ -21,9 +21,10 @@ struct MessageGenerator {
         return String((0..<int(0...maxScalars)).map { _ in pool[int(0...(pool.count - 1))] })
     }
 
+    /// A valid id: `.` and `..` are not (MigrationID), so it starts with a letter.
     mutating func migrationID() -> String {
         let pool = Array("abcXYZ019._-".utf8)
-        return String(decoding: (0..<int(1...64)).map { _ in pool[int(0...(pool.count - 1))] }, as: UTF8.self)
+        return "m" + String(decoding: (0..<int(0...63)).map { _ in pool[int(0...(pool.count - 1))] }, as: UTF8.self)
     }
 
     /// Sorted, non-overlapping page runs within the user address space.
