@@ -78,6 +78,9 @@ final class CompressionGovernor: Sendable {
         var reason: Reason
         var inputs: Inputs?
         var decisions = 0
+        /// Windows decided for each reason, and sent at each level (`raw`, `zstd N`): the history in two counts.
+        var reasons: [String: Int] = [:]
+        var levels: [String: Int] = [:]
     }
 
     let adaptive: Bool
@@ -137,9 +140,16 @@ final class CompressionGovernor: Sendable {
                 sendBlocked: min(w.blockedSeconds / w.seconds, 1),
                 senderCPU: min(Double(w.workerNanoseconds) / 1e9 / (w.seconds * Double(workers)), 1),
                 receiver: w.receiver)
-            let (next, reason) = Self.decide(index.load(ordering: .relaxed), inputs)
+            let current = index.load(ordering: .relaxed)
+            let (next, reason) = Self.decide(current, inputs)
             index.store(next, ordering: .relaxed)
-            w.snapshot = Snapshot(reason: reason, inputs: inputs, decisions: w.snapshot.decisions + 1)
+            var s = w.snapshot
+            s.levels[Self.ladder[current].map { "zstd \($0)" } ?? "raw", default: 0] += 1
+            s.reasons[reason.rawValue, default: 0] += 1
+            s.reason = reason
+            s.inputs = inputs
+            s.decisions += 1
+            w.snapshot = s
             w.batches = 0
             w.seconds = 0
             w.blockedSeconds = 0
@@ -155,6 +165,8 @@ extension MigrationStatus {
     mutating func governed(_ s: CompressionGovernor.Snapshot) {
         compressionReason = s.reason.rawValue
         counters.compressionDecisions = s.decisions
+        counters.compressionReasons = s.reasons
+        counters.compressionWindowsByLevel = s.levels
         guard let inputs = s.inputs else { return }
         counters.sendBlockedFraction = inputs.sendBlocked
         counters.compressCPUFraction = inputs.senderCPU

@@ -43,6 +43,10 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
     public var resentBytesAfterResume: UInt64 = 0
     /// Windows the compression governor (`--compression-level auto`) decided on; count.
     public var compressionDecisions: Int = 0
+    /// Those windows by the reason decided at their end (`compression_reason` values); count each.
+    public var compressionReasons: [String: Int] = [:]
+    /// Those windows by the level they were sent at (`raw`, `zstd N`); count each.
+    public var compressionWindowsByLevel: [String: Int] = [:]
     /// In the governor's last window, each a fraction (0–1) of its wall time: the
     /// sending thread blocked in the socket, the compression workers' CPU demand
     /// (per worker), and the receiver's last reported load (nil: not reported).
@@ -72,6 +76,8 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
         case resumes
         case resentBytesAfterResume = "resent_bytes_after_resume"
         case compressionDecisions = "compression_decisions"
+        case compressionReasons = "compression_reasons"
+        case compressionWindowsByLevel = "compression_windows_by_level"
         case sendBlockedFraction = "send_blocked_fraction"
         case compressCPUFraction = "compress_cpu_fraction"
         case receiverNetworkBusy = "receiver_network_busy"

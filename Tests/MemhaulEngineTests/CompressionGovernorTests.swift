@@ -65,6 +65,8 @@ import MemhaulTestSupport
         #expect(g.snapshot.reason == .receiverCPU)
         #expect(g.level == nil)
         #expect(g.snapshot.decisions == 2)
+        #expect(g.snapshot.levels == ["raw": 1, "zstd -5": 1])
+        #expect(g.snapshot.reasons == ["network_bound": 1, "receiver_cpu": 1])
 
         let fixed = G(fixed: 3)
         for _ in 0..<64 { fixed.record(seconds: 0.01, blockedSeconds: 0.01) }
