@@ -727,6 +727,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var sent = 0  // chunks whose ROUND_END is out
         var aborted = false
         var abortError: Error?
+        var ackError: Error?
         func fire(_ a: CutoverAbort) {
             aborted = true
             do { try abort(a) } catch { abortError = error }
@@ -770,6 +771,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let totals = try sender.send(
                     round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel, ledger: ledger,
                     pace: { bytes in
+                        // Acks of earlier chunks that are in, now rather than after this
+                        // chunk: their receiver load reaches the governor a chunk sooner.
+                        // (`--strict` keeps collecting them between chunks: its commit deadline.)
+                        if strict == nil, ackError == nil, acked < sent {
+                            do { while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() } } catch { ackError = error }
+                        }
                         guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
                         paced += bytes
                         let due = Double(paced) / cap
@@ -788,6 +795,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                         return true
                     })
                 if let abortError { throw abortError }
+                if let ackError { throw ackError }
                 let stats = RoundStats(
                     pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
