@@ -53,7 +53,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             }
             let box = HandOff(connection)
             Thread.detachNewThread { [self] in
-                Thread.current.name = "rx.session"  // network + decrypt (the bench's per-thread CPU)
+                nameCurrentThread("rx.session")  // network + decrypt (the bench's per-thread CPU)
                 self.serve(box.value)
             }
         }

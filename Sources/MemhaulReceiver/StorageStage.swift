@@ -75,8 +75,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
         slotBuffers = Array(repeating: nil, count: slots)
         freeSlots = Array(0..<slots)
-        let thread = Thread { [unowned self] in self.work() }
-        thread.name = "rx.storage"  // comm holds 15 bytes: the bench groups CPU by it
+        let thread = Thread { [unowned self] in
+            nameCurrentThread("rx.storage")  // the bench groups CPU by thread name
+            self.work()
+        }
         self.thread = thread
         thread.start()
     }

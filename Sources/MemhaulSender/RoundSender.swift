@@ -105,7 +105,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         for worker in 0..<encoders.count {
             group.enter()
             Thread.detachNewThread { [self] in
-                Thread.current.name = "tx.compress"
+                nameCurrentThread("tx.compress")
                 defer { group.leave() }
                 while let job = work.pop() {
                     do {
@@ -128,7 +128,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         let batchPages = configuration.batchPages
         group.enter()
         Thread.detachNewThread { [self] in
-            Thread.current.name = "tx.read"
+            nameCurrentThread("tx.read")
             let reader = readerBox.value
             defer { group.leave() }
             var iterator = BatchIterator(ranges: dirty, batchPages: batchPages)
