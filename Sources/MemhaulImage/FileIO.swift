@@ -27,11 +27,6 @@ private let syncFileRangeFunction: SyncFileRangeFunction? = {
     return unsafeBitCast(sym, to: SyncFileRangeFunction.self)
 }()
 
-/// Best effort: a failure only means the later fsync does all the work.
-func startWriteback(_ fd: Int32, from offset: UInt64, count: UInt64) {
-    _ = syncFileRangeFunction?(fd, Int64(offset), Int64(count), 2)  // SYNC_FILE_RANGE_WRITE
-}
-
 /// Runs a system call on `file`, naming the call `call(file)` for the
 /// fault-injection seam and turning a failure into `ImageError.io` naming the file.
 @inline(__always)
@@ -124,6 +119,22 @@ final class ImageFile {
     }
 
     func fsync() throws(ImageError) { _ = try onFile("fsync", path) { Glibc.fsync(raw) } }
+
+    /// `sync_file_range(fd, offset, count, SYNC_FILE_RANGE_WRITE)`: starts
+    /// writeback of those bytes without waiting for it, so the fsync at the
+    /// commit point finds them written or under way. Best effort: on an error
+    /// (returned, for the caller to count) the fsync still writes them and
+    /// reports any I/O error itself.
+    @discardableResult
+    func startWriteback(from offset: UInt64, count: UInt64) -> ImageError? {
+        guard let function = syncFileRangeFunction, count > 0 else { return nil }
+        do {
+            _ = try onFile("sync_file_range", path) { function(raw, Int64(offset), Int64(count), 2) }  // SYNC_FILE_RANGE_WRITE
+            return nil
+        } catch {
+            return error
+        }
+    }
 
     func truncate(_ size: UInt64) throws(ImageError) { _ = try onFile("ftruncate", path) { Glibc.ftruncate(raw, off_t(size)) } }
 

@@ -25,7 +25,7 @@ import MemhaulSystem
 /// `migration.lock` (flock) keeps a second store from opening the same image.
 public final class ImageStore: @unchecked Sendable {
     /// Start writeback of in-place writes every this many bytes.
-    static let writebackKickBytes: UInt64 = 32 << 20
+    static let writebackKickBytes: UInt64 = 4 << 20
   // unchecked: one owner serialises calls (documented above)
     /// The image directory (`<images>/<migration-id>`).
     public let directory: String
@@ -386,7 +386,7 @@ public final class ImageStore: @unchecked Sendable {
                         r.written.insert(AddressRange(start: x, end: y))
                         r.directFiles.insert(s.fileID)
                         r.directBytes += UInt64(piece.count)
-                        r.noteUnsynced(file: s.fileID, fd: f.fd.rawValue, from: offset, to: offset + UInt64(piece.count))
+                        r.noteUnsynced(file: f, id: s.fileID, from: offset, to: offset + UInt64(piece.count))
                         return
                     }
                     r.addReservation(s.fileID, x - base(s, r), y - x)
@@ -574,7 +574,7 @@ public final class ImageStore: @unchecked Sendable {
         let info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
             publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
-            applyDeferred: deferApply)
+            applyDeferred: deferApply, writebackFailures: r.writebackFailures + r.journal.writebackFailures)
         lastCommit = info
         return info
     }

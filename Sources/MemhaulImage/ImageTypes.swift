@@ -101,6 +101,9 @@ public struct CommitInfo: Hashable, Sendable {
     /// The commit returned at the commit point (`deferApply`): `applyNanoseconds`
     /// is then known only from `ImageStore.lastCommit`, once the apply is joined.
     public var applyDeferred: Bool = false
+    /// `sync_file_range` calls of the round that failed: harmless (the fsyncs
+    /// of the commit wrote those bytes), but the overlap was lost.
+    public var writebackFailures: Int = 0
     public var totalNanoseconds: UInt64 { syncNanoseconds + publishNanoseconds + applyNanoseconds + checkpointNanoseconds }
 }
 

@@ -66,10 +66,15 @@ final class JournalWriter {
         }
     }
 
-    /// Writes the buffered bytes to the file.
+    /// `sync_file_range` calls that failed (best effort: the seal's fsync does their work).
+    private(set) var writebackFailures = 0
+
+    /// Writes the buffered bytes to the file and starts their writeback, so the
+    /// seal's fsync at the commit finds little left to write.
     func flush() throws(ImageError) {
         guard buffered > 0 else { return }
         try file.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]))
+        if file.startWriteback(from: written, count: UInt64(buffered)) != nil { writebackFailures += 1 }
         written += UInt64(buffered)
         buffered = 0
     }

@@ -21,28 +21,30 @@ final class OpenRound {
     let layoutChanged: Bool
     let journal: JournalWriter
     var directFiles: Set<UInt32> = []
-    /// In-place writes since writeback was last started: (file, fd, range, bytes).
-    private var unsynced: (file: UInt32, fd: Int32, from: UInt64, to: UInt64, bytes: UInt64)?
+    /// In-place writes since writeback was last started: (file, range, bytes).
+    private var unsynced: (file: ImageFile, id: UInt32, from: UInt64, to: UInt64, bytes: UInt64)?
+    /// `sync_file_range` calls that failed (best effort: the commit's fsync does their work).
+    private(set) var writebackFailures = 0
 
     /// Starts writeback of in-place writes every `ImageStore.writebackKickBytes`
     /// (or when another file is written), so the disk works during the round
     /// and the fsync at the commit point finds little left.
-    func noteUnsynced(file: UInt32, fd: Int32, from: UInt64, to: UInt64) {
-        if var u = unsynced, u.file == file {
+    func noteUnsynced(file: ImageFile, id: UInt32, from: UInt64, to: UInt64) {
+        if var u = unsynced, u.id == id {
             u.from = min(u.from, from)
             u.to = max(u.to, to)
             u.bytes += to - from
             unsynced = u
         } else {
             kickWriteback()
-            unsynced = (file, fd, from, to, to - from)
+            unsynced = (file, id, from, to, to - from)
         }
         if let u = unsynced, u.bytes >= ImageStore.writebackKickBytes { kickWriteback() }
     }
 
     func kickWriteback() {
         guard let u = unsynced else { return }
-        startWriteback(u.fd, from: u.from, count: u.to - u.from)
+        if u.file.startWriteback(from: u.from, count: u.to - u.from) != nil { writebackFailures += 1 }
         unsynced = nil
     }
     var directBytes: UInt64 = 0

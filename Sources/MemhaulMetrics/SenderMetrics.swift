@@ -61,6 +61,12 @@ public struct SenderMetrics: MetricsSource {
             if let v = c.expectedDowntimeMs { gauge("memhaul_migration_expected_downtime_seconds", v / 1000, "The frozen window predicted for a cutover now.") }
             if let v = c.downtimeMs { gauge("memhaul_migration_downtime_seconds", v / 1000, "Target frozen to final round committed (set at the end).") }
             if let v = c.frozenMs { gauge("memhaul_migration_frozen_seconds", v / 1000, "The whole frozen window: frozen to released, the proof included.") }
+            counter("memhaul_migration_compression_decisions_total", UInt64(c.compressionDecisions), "Windows the compression governor decided on (auto).")
+            if let v = c.sendBlockedFraction { gauge("memhaul_migration_send_blocked_ratio", v, "Governor's last window: share of the sending thread's time blocked in the socket.") }
+            if let v = c.compressCPUFraction { gauge("memhaul_migration_compress_cpu_ratio", v, "Governor's last window: compression workers' CPU demand, per worker.") }
+            if let v = c.receiverNetworkBusy { gauge("memhaul_migration_receiver_network_busy_ratio", v, "The receiver's network thread, busy share (its last ROUND_ACK).") }
+            if let v = c.receiverStorageCPU { gauge("memhaul_migration_receiver_storage_cpu_ratio", v, "The receiver's storage stage CPU demand share (its last ROUND_ACK).") }
+            if let v = c.receiverStorageBusy { gauge("memhaul_migration_receiver_storage_busy_ratio", v, "The receiver's storage stage time at work, share (its last ROUND_ACK).") }
             for state in MigrationState.allCases {
                 registry.makeGauge(descriptor: .described("memhaul_migration_state", "1 for the migration's state, 0 for the others."), labels: label + [("state", state.rawValue)]).set(Int64(state == status.state ? 1 : 0))
             }

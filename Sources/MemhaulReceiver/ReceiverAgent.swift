@@ -26,6 +26,8 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
     public var authorization: ReceiverAuthorization?
     /// Restores processes after their proof (`--restore criu`); set before `serve()`.
     public var restore: RestoreService?
+    /// Tests only; set before `serve()`.
+    public var testHooks = ReceiverTestHooks()
 
     public init(listener: TCPListener, imagesRoot: String, limits: ReceiverLimits = ReceiverLimits(),
                 handshake: @escaping Handshake, log: @escaping @Sendable (String) -> Void) {
@@ -50,7 +52,10 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
                 continue
             }
             let box = HandOff(connection)
-            Thread.detachNewThread { [self] in self.serve(box.value) }
+            Thread.detachNewThread { [self] in
+                nameCurrentThread("rx.session")  // network + decrypt (the bench's per-thread CPU)
+                self.serve(box.value)
+            }
         }
     }
 
@@ -95,7 +100,7 @@ public final class ReceiverAgent: @unchecked Sendable {  // mutable state behind
             peerGone: { guardian.peerGone(ticket) })
         let session = ReceiverSession(
             stream: stream, imagesRoot: imagesRoot, registry: registry, watch: watch, authorization: authorization,
-            limits: limits, restore: restore, counters: counters, log: log)
+            limits: limits, restore: restore, counters: counters, testHooks: testHooks, log: log)
         lock.withLock {
             sessions.append(session)
             if sessions.count > 256 { sessions.removeFirst(sessions.count - 256) }

@@ -102,6 +102,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var deltaAgreed = false
     /// The incremental proof's ledger, when the sender asked for it (capability `ledgerDigest`).
     private var ledger: ReceiverLedger?
+    /// Non-final ROUND_ACKs carry this side's load (capability `receiverLoad`).
+    private var reportsLoad = false
     /// Set by ``abortConnection()``: long work stops at its next check.
     private let cancelLock = NSLock()
     private var _cancelled = false
@@ -110,6 +112,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public var info: Info { infoLock.withLock { _info } }
     /// The agent's counters this session adds to.
     private let counters: ReceiverCounters
+    private let testHooks: ReceiverTestHooks
     private func setInfo(_ body: (inout Info) -> Void) { infoLock.withLock { body(&_info) } }
 
     /// The sender's identity comes from the stream: a ``TLSStream``'s verified
@@ -117,8 +120,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     public init(stream: ByteStream, imagesRoot: String, registry: Registry, watch: Watch = Watch(),
                 authorization: ReceiverAuthorization? = nil, limits: ReceiverLimits = ReceiverLimits(),
                 restore: RestoreService? = nil, counters: ReceiverCounters = ReceiverCounters(),
-                log: @escaping @Sendable (String) -> Void) {
+                testHooks: ReceiverTestHooks = ReceiverTestHooks(), log: @escaping @Sendable (String) -> Void) {
         self.counters = counters
+        self.testHooks = testHooks
         self.limits = limits
         self.restore = restore
         channel = FrameChannel(stream: stream)
@@ -205,7 +209,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest, .pageDelta]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest, .pageDelta, .receiverLoad]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -272,6 +276,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         restoreAgreed = agreed.contains(.criuRestore)
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
         deltaAgreed = agreed.contains(.pageDelta)
+        reportsLoad = agreed.contains(.receiverLoad)
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         if agreed.contains(.ledgerDigest) {
@@ -337,8 +342,14 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     private func serve(_ store: ImageStore) throws {
         // Decompress, checksum and storage run on the stage's thread; this one reads and decrypts.
-        let stage = StorageStage(store: store, ledger: ledger)
-        defer { stage.stop() }
+        let stage = StorageStage(store: store, ledger: ledger, beforeStoringBatch: testHooks.beforeStoringBatch)
+        defer {
+            stage.stop()
+            // Where the stage's time went (the receiver's usual bottleneck on a disk).
+            let p = stage.phaseNanoseconds
+            log("receiver: migration \(info.migration ?? "?"): storage stage busy \(stage.busyNanoseconds / 1_000_000) ms: checksum \(p.checksum / 1_000_000) ms, "
+                + "writes \(p.write / 1_000_000) ms, ledger \(p.ledger / 1_000_000) ms")
+        }
         do {
             try serveFrames(store, stage)
         } catch {
@@ -355,6 +366,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         var openRound: UInt64?
         var counts = RoundStats()
         var budget = ReceiverBudget(limits: limits)
+        var loadMeter = ReceiverLoadMeter()
         while true {
             // Never wait for the peer with work in flight: a peer that waits for
             // our answer (an ERROR for a bad batch) would wait forever.
@@ -374,6 +386,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     try store.beginRound(round32, layout: pendingLayout)
                     ledger?.beginRound(layout: pendingLayout)
                     budget.beginRound(store)
+                    loadMeter.begin(stage)
                     openRound = layout.round
                     counts = RoundStats()
                     pendingLayout = []
@@ -404,6 +417,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 let roundEndAt = MonotonicClock.seconds()
                 try expect(openRound, end.round)
                 try stage.drain()  // the store is this thread's again until the next page frame
+                let load = loadMeter.end(stage)
                 guard end.stats.pages == counts.pages, end.stats.zeroPages == counts.zeroPages,
                       end.stats.discardedPages == counts.discardedPages, end.stats.batches == counts.batches else {
                     throw Refusal(code: .roundMismatch, description: "round \(end.round) counts differ: sender \(end.stats), received \(counts)")
@@ -437,7 +451,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     try ledger?.commitRound()
                     recorder.committed(chunk: end.round, counts: counts, commit: commit, bytesReceived: channel.bytesReceived, final: false)
                     counted(commit, since: roundEndAt, pageBytes: counts.pages * PageSize.bytes)
-                    try channel.send(.roundAck(RoundAck(round: end.round)))
+                    try channel.send(.roundAck(RoundAck(round: end.round, load: reportsLoad ? load : nil)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
                 }

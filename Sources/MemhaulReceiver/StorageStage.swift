@@ -53,6 +53,9 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     private var failure: Error?
     /// Nanoseconds the stage spent working (not waiting), for the busy fraction.
     private var busy: UInt64 = 0
+    private var phases = Phases()
+    /// The stage thread's CPU demand, as of its last finished item (exact while idle).
+    private var demand = ThreadDemand(cpuNanoseconds: 0, waitNanoseconds: 0)
     private var thread: Thread?
 
     /// The incremental proof's ledger (capability `ledgerDigest`): it sees every
@@ -60,15 +63,22 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// stage's thread; the session touches it only once the stage is drained.
     private let ledger: ReceiverLedger?
 
-    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, ledger: ReceiverLedger? = nil, stored: StoredPages? = nil) {
+    /// ``ReceiverTestHooks/beforeStoringBatch``.
+    private let beforeStoringBatch: (@Sendable () -> Void)?
+
+    init(store: ImageStore, slots: Int = StorageStage.defaultSlots, ledger: ReceiverLedger? = nil, stored: StoredPages? = nil,
+         beforeStoringBatch: (@Sendable () -> Void)? = nil) {
+        self.beforeStoringBatch = beforeStoringBatch
         self.ledger = ledger
         self.store = store
         self.stored = stored
         slotBytes = WireLimits.default.maxPagesPerBatch * Int(WireLimits.default.pageSize)
         slotBuffers = Array(repeating: nil, count: slots)
         freeSlots = Array(0..<slots)
-        let thread = Thread { [unowned self] in self.work() }
-        thread.name = "memhaul.receiver.storage"
+        let thread = Thread { [unowned self] in
+            nameCurrentThread("rx.storage")  // the bench groups CPU by thread name
+            self.work()
+        }
         self.thread = thread
         thread.start()
     }
@@ -85,6 +95,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
 
     /// Time the stage has spent working.
     var busyNanoseconds: UInt64 { condition.withLock { busy } }
+
+    /// Wall time at work and the thread's CPU demand (CPU + run-queue wait), for
+    /// ``ReceiverLoad``: exact after `drain()`, when the stage is idle.
+    var load: (busyNanoseconds: UInt64, demandNanoseconds: UInt64) { condition.withLock { (busy, demand.totalNanoseconds) } }
 
     /// Copies a batch's payload into a free slot (waiting for one) and queues it.
     func submit(_ batch: PageBatch) throws {
@@ -155,9 +169,11 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             var error: Error?
             do { try perform(item) } catch let e { error = e }
             let spent = MonotonicClock.nanoseconds() - t0
+            let demandNow = ThreadDemand.current()  // one small /proc read per item: ~1 % of a 1 MiB batch
             condition.withLock {
                 running = false
                 busy += spent
+                demand = demandNow
                 if case .batch(_, let slot, _) = item { freeSlots.append(slot) }
                 if let error, failure == nil {
                     failure = error
@@ -172,6 +188,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         switch item {
         case .batch(let header, let slot, let payloadLength):
             let buffer = condition.withLock { slotBuffers[slot]! }
+            beforeStoringBatch?()
             try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]))
         case .zero(let runs):
             _ = try ReceiverSession.apply(runs, store.zeroPages)
@@ -226,18 +243,33 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             }
             plain = payload
         }
+        let t0 = MonotonicClock.nanoseconds()
         guard PageChecksum.xxh3_64(plain) == header.checksum else {
             throw ReceiverSession.Refusal(code: .checksumMismatch, description: "page batch checksum mismatch in round \(header.round)")
         }
+        let t1 = MonotonicClock.nanoseconds()
+        var writing: UInt64 = 0
         var offset = 0
         let pageSize = Int(WireLimits.default.pageSize)
         for run in header.runs {
             let bytes = Int(run.pageCount) * pageSize
             let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
+            let w = MonotonicClock.nanoseconds()
             try store.writePages(at: run.start, pages)
+            writing += MonotonicClock.nanoseconds() - w
             try ledger?.wrote(at: run.start, pages)
             stored?(run.start, pages)
             offset += bytes
         }
+        let t2 = MonotonicClock.nanoseconds()
+        condition.withLock {
+            phases.checksum += t1 - t0
+            phases.write += writing
+            phases.ledger += t2 - t1 - writing
+        }
     }
+
+    /// Wall time the stage spent in each part of its work (decompression is `busy` minus these).
+    struct Phases { var checksum: UInt64 = 0, write: UInt64 = 0, ledger: UInt64 = 0 }
+    var phaseNanoseconds: Phases { condition.withLock { phases } }
 }

@@ -48,6 +48,20 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
     /// Data pages found in the delta cache / not found (only with the cache on); count.
     public var deltaCacheHits: UInt64 = 0
     public var deltaCacheMisses: UInt64 = 0
+    /// Windows the compression governor (`--compression-level auto`) decided on; count.
+    public var compressionDecisions: Int = 0
+    /// Those windows by the reason decided at their end (`compression_reason` values); count each.
+    public var compressionReasons: [String: Int] = [:]
+    /// Those windows by the level they were sent at (`raw`, `zstd N`); count each.
+    public var compressionWindowsByLevel: [String: Int] = [:]
+    /// In the governor's last window, each a fraction (0–1) of its wall time: the
+    /// sending thread blocked in the socket, the compression workers' CPU demand
+    /// (per worker), and the receiver's last reported load (nil: not reported).
+    public var sendBlockedFraction: Double?
+    public var compressCPUFraction: Double?
+    public var receiverNetworkBusy: Double?
+    public var receiverStorageCPU: Double?
+    public var receiverStorageBusy: Double?
 
     public init() {}
 
@@ -72,5 +86,13 @@ public struct MigrationCounters: Codable, Sendable, Equatable {
         case deltaSavedBytes = "delta_saved_bytes"
         case deltaCacheHits = "delta_cache_hits"
         case deltaCacheMisses = "delta_cache_misses"
+        case compressionDecisions = "compression_decisions"
+        case compressionReasons = "compression_reasons"
+        case compressionWindowsByLevel = "compression_windows_by_level"
+        case sendBlockedFraction = "send_blocked_fraction"
+        case compressCPUFraction = "compress_cpu_fraction"
+        case receiverNetworkBusy = "receiver_network_busy"
+        case receiverStorageCPU = "receiver_storage_cpu"
+        case receiverStorageBusy = "receiver_storage_busy"
     }
 }

@@ -24,6 +24,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var throttleMechanism: ThrottleMechanism?
     /// Compression in use: `zstd N` or `raw`.
     public var compression: String?
+    /// Why (`CompressionGovernor.Reason`): `fixed`, `network_bound`, `receiver_cpu`, `receiver_disk`,
+    /// `sender_cpu`, `not_network_bound`, `holding`, `receiver_load_unknown`, `starting`.
+    public var compressionReason: String?
     public var downtimeLimitMs: Double = 300
     public var maxBandwidth: Double?
     public var freezeMs: Double?
@@ -90,6 +93,7 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case roundSentBytes = "round_sent_bytes"
         case throttleMechanism = "throttle_mechanism"
         case compression
+        case compressionReason = "compression_reason"
         case downtimeLimitMs = "downtime_limit_ms"
         case maxBandwidth = "max_bandwidth_bytes_per_second"
         case freezeMs = "freeze_ms"

@@ -109,7 +109,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         free = BoundedQueue(capacity: configuration.poolSize)
         for _ in 0..<configuration.poolSize { free.push(Job(bytes: bytes, deltas: deltaCache != nil)) }
         encoders = (0..<configuration.workers).map { _ in EncoderCache() }
-        governor = CompressionGovernor(fixed: configuration.compressionLevel)
+        governor = CompressionGovernor(fixed: configuration.compressionLevel, workers: configuration.workers)
     }
 
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
@@ -139,10 +139,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         for worker in 0..<encoders.count {
             group.enter()
             Thread.detachNewThread { [self] in
+                nameCurrentThread("tx.compress")
                 defer { group.leave() }
                 while let job = work.pop() {
                     do {
+                        let demand = governor.adaptive ? ThreadDemand.current().totalNanoseconds : 0
                         try encode(job, round: round, worker: worker, deltas: !firstRound)
+                        if governor.adaptive { governor.recordWork(nanoseconds: ThreadDemand.current().totalNanoseconds &- demand) }
                     } catch {
                         done.fail(error)
                         work.fail(error)
@@ -159,6 +162,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         let batchPages = configuration.batchPages
         group.enter()
         Thread.detachNewThread { [self] in
+            nameCurrentThread("tx.read")
             let reader = readerBox.value
             defer { group.leave() }
             var iterator = BatchIterator(ranges: dirty, batchPages: batchPages)
@@ -186,11 +190,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         var failure: Error?
         var stopped = false
         var idleSince = MonotonicClock.seconds()
+        var blocked = 0.0
         while let job = done.pop() {
             defer {
                 let sent = MonotonicClock.seconds()
-                governor.record(pageBytes: job.pageCount * Int(PageSize.bytes), seconds: sent - idleSince)
+                governor.record(seconds: sent - idleSince, blockedSeconds: blocked)
                 idleSince = sent
+                blocked = 0
             }
             // Stopped (an aborted cutover): end the round with what is out; the
             // caller re-sends the rest. Counted like a failure, without an error.
@@ -203,7 +209,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             }
             do {
                 if cancelled() { throw MigrationError.cancelled }
-                try transmit(job, round: round, channel: channel, totals: &totals, pace: pace)
+                try transmit(job, round: round, channel: channel, totals: &totals, blocked: &blocked, pace: pace)
                 if let ledger { try record(job, in: ledger) }
                 remember(job, evict: !firstRound)
             } catch {
@@ -317,8 +323,15 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
         deltaCache.store(header.runs, pages: UnsafeRawBufferPointer(job.pages), evict: evict)
     }
 
-    private func transmit(_ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, pace: (Int) -> Void) throws {
+    /// Sends the job's frames; `blocked` gets the seconds the thread spent
+    /// waiting for the socket (wall minus CPU demand), for the governor.
+    private func transmit(
+        _ job: Job, round: UInt64, channel: FrameChannel, totals: inout Totals, blocked: inout Double, pace: (Int) -> Void
+    ) throws {
         let before = channel.bytesSent
+        let measure = governor.adaptive
+        let wall0 = measure ? MonotonicClock.nanoseconds() : 0
+        let demand0 = measure ? ThreadDemand.current().totalNanoseconds : 0
         if !job.zeroRuns.isEmpty {
             try channel.send(.zeroRanges(RangeList(round: round, runs: job.zeroRuns)))
             totals.zeroPages += job.zeroRuns.reduce(0) { $0 + UInt64($1.pageCount) }
@@ -335,6 +348,10 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
             totals.pageBytes += UInt64(header.uncompressedLength)
             totals.payloadBytes += UInt64(job.payloadCount)
             totals.delta += job.deltaUse
+        }
+        if measure {
+            let wall = MonotonicClock.nanoseconds() - wall0, demand = ThreadDemand.current().totalNanoseconds &- demand0
+            blocked += Double(wall > demand ? wall - demand : 0) / 1e9
         }
         pace(Int(channel.bytesSent - before))
     }

@@ -243,7 +243,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// What the sender offers in HELLO; it then uses only what WELCOME accepts.
-    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2]
+    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .receiverLoad]
 
     /// Connects and shakes hands; with `resumeFrom`, asks the receiver to
     /// reopen the image and returns the round it has committed. The WELCOME
@@ -370,7 +370,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 $0.throughputBps = roundEnd > roundStart ? Double(sent.pageBytes) / (roundEnd - roundStart) : 0
                 $0.wireBps = roundEnd > roundStart ? Double(sent.wireBytes) / (roundEnd - roundStart) : 0
             }
-            updateStatus { $0.compression = sender.governor.description }
+            updateStatus { $0.compression = sender.governor.description; $0.governed(sender.governor.snapshot) }
             updateStatus { $0.zeroBytes += sent.zeroPages * PageSize.bytes; $0.discardedBytes += sent.discardedPages * PageSize.bytes; $0.rounds = round + 1 }
             recorder.round(round, chunks: firstChunk...(UInt64(round + 1) &+ box.offset), start: roundStart, end: roundEnd, sent: sent,
                            compressionLevel: sender.governor.level, compression: sender.governor.description,
@@ -734,6 +734,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var sent = 0  // chunks whose ROUND_END is out
         var aborted = false
         var abortError: Error?
+        var ackError: Error?
         func fire(_ a: CutoverAbort) {
             aborted = true
             do { try abort(a) } catch { abortError = error }
@@ -754,7 +755,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             let deadline = frozen && !aborted
                 ? PeerDeadline("ROUND_ACK for round \(round) (final delta, source frozen)", seconds: request.deadlines.frozenRoundAck)
                 : PeerDeadline("ROUND_ACK for round \(round)", seconds: request.deadlines.roundAck)
-            _ = try awaitAck(round, channel, deadline)
+            let ack = try awaitAck(round, channel, deadline)
+            if let load = ack.load {
+                guard box.capabilities.contains(.receiverLoad) else {
+                    throw MigrationError.protocolViolation("ROUND_ACK \(round) carries a load without the receiver-load capability")
+                }
+                sender.governor.recordReceiver(load)
+            }
             box.lastAcked = chunks[acked].wireRound
             box.committedMark = box.chunkEnds.removeValue(forKey: chunks[acked].wireRound) ?? box.committedMark
             acked += 1
@@ -773,6 +780,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel, ledger: ledger,
                     firstRound: firstRound,
                     pace: { bytes in
+                        // Acks of earlier chunks that are in, now rather than after this
+                        // chunk: their receiver load reaches the governor a chunk sooner.
+                        // (`--strict` keeps collecting them between chunks: its commit deadline.)
+                        if strict == nil, ackError == nil, acked < sent {
+                            do { while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() } } catch { ackError = error }
+                        }
                         guard let cap = self.parameters.maxBandwidth, cap > 0 else { return }
                         paced += bytes
                         let due = Double(paced) / cap
@@ -791,6 +804,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                         return true
                     })
                 if let abortError { throw abortError }
+                if let ackError { throw ackError }
                 let stats = RoundStats(
                     pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
@@ -809,6 +823,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     $0.roundSentBytes += chunkBytes
                     $0.remainingBytes = $0.roundTotalBytes - min($0.roundTotalBytes, $0.roundSentBytes)
                     $0.transferredBytes = box.sentBefore + channel.bytesSent
+                    $0.compression = sender.governor.description
+                    $0.governed(sender.governor.snapshot)
                     if seconds > 0 {
                         $0.throughputBps = Double(total.pageBytes + totals.pageBytes) / seconds
                         $0.wireBps = Double(channel.bytesSent - before) / seconds

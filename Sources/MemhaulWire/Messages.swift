@@ -433,6 +433,36 @@ public struct RoundEnd: Hashable, Sendable {
     }
 }
 
+/// How busy the receiver was while it took one commit chunk (LAYOUT → ROUND_END), each a
+/// fraction of that wall time in thousandths (0...1000). Sent in a non-final ROUND_ACK
+/// when capability `receiverLoad` was accepted (wire.md, ROUND_ACK).
+public struct ReceiverLoad: Hashable, Sendable {
+    /// The session thread (read, decrypt, frame decode): CPU time plus time spent
+    /// runnable but waiting for a CPU (`/proc/thread-self/schedstat`), so a starved thread counts as busy.
+    public var networkPermille: UInt16
+    /// The storage stage thread (decompress, checksum, store): CPU time plus run-queue wait.
+    public var storageCPUPermille: UInt16
+    /// The storage stage's wall time at work (CPU, run-queue wait and blocking in writes):
+    /// well above `storageCPUPermille` means the disk holds it back.
+    public var storageBusyPermille: UInt16
+
+    public init(networkPermille: UInt16, storageCPUPermille: UInt16, storageBusyPermille: UInt16) {
+        self.networkPermille = networkPermille
+        self.storageCPUPermille = storageCPUPermille
+        self.storageBusyPermille = storageBusyPermille
+    }
+
+    /// Fractions clamped to 0...1.
+    public init(network: Double, storageCPU: Double, storageBusy: Double) {
+        func permille(_ f: Double) -> UInt16 { UInt16((min(max(f, 0), 1) * 1000).rounded()) }
+        self.init(networkPermille: permille(network), storageCPUPermille: permille(storageCPU), storageBusyPermille: permille(storageBusy))
+    }
+
+    public var network: Double { Double(networkPermille) / 1000 }
+    public var storageCPU: Double { Double(storageCPUPermille) / 1000 }
+    public var storageBusy: Double { Double(storageBusyPermille) / 1000 }
+}
+
 /// ROUND_ACK, receiver → sender: the round is durably committed; the final one carries the image digest.
 public struct RoundAck: Hashable, Sendable {
     static let fixedSize = 16
@@ -440,29 +470,50 @@ public struct RoundAck: Hashable, Sendable {
     public var round: UInt64
     /// Present iff the acknowledged round was final: XXH3-128 of the committed image.
     public var imageDigest: WireDigest?
+    /// The receiver's load during the chunk (flag bit 1); only in non-final acks, only
+    /// when `receiverLoad` was accepted.
+    public var load: ReceiverLoad?
 
-    public init(round: UInt64, imageDigest: WireDigest? = nil) {
+    public init(round: UInt64, imageDigest: WireDigest? = nil, load: ReceiverLoad? = nil) {
         self.round = round
         self.imageDigest = imageDigest
+        self.load = load
     }
 
     func encode(into out: inout [UInt8]) throws(WireError) {
         guard round != 0 else { throw .invalidRound }
+        precondition(load == nil || imageDigest == nil, "a final ROUND_ACK carries no load")
         out.appendLE(round)
-        out.append(imageDigest == nil ? 0 : 1)
-        out.appendZeros(7)
+        out.append((imageDigest == nil ? 0 : 1) | (load == nil ? 0 : 2))
+        out.appendZeros(1)
+        if let load {
+            for v in [load.networkPermille, load.storageCPUPermille, load.storageBusyPermille] {
+                precondition(v <= 1000, "ROUND_ACK load over 1000 thousandths")
+                out.appendLE(v)
+            }
+        } else {
+            out.appendZeros(6)
+        }
         imageDigest?.encode(into: &out)
     }
 
     static func decode(_ r: inout ByteReader) throws(WireError) -> RoundAck {
         let round = try r.read(UInt64.self)
         let flags = try r.read(UInt8.self)
-        try r.reserved(7)
+        try r.reserved(1)
         guard round != 0 else { throw .invalidRound }
-        guard flags & ~1 == 0 else { throw .invalidFlags(flags) }
+        guard flags & ~3 == 0, flags != 3 else { throw .invalidFlags(flags) }
+        var load: ReceiverLoad?
+        if flags & 2 != 0 {
+            let network = try r.read(UInt16.self), storageCPU = try r.read(UInt16.self), storageBusy = try r.read(UInt16.self)
+            for v in [network, storageCPU, storageBusy] where v > 1000 { throw .loadOutOfRange(v) }
+            load = ReceiverLoad(networkPermille: network, storageCPUPermille: storageCPU, storageBusyPermille: storageBusy)
+        } else {
+            try r.reserved(6)
+        }
         let digest = flags == 1 ? try WireDigest.decode(&r) : nil
         try r.finish()
-        return RoundAck(round: round, imageDigest: digest)
+        return RoundAck(round: round, imageDigest: digest, load: load)
     }
 }
 

@@ -74,6 +74,11 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// PAGE_BATCH encoding 2 (delta) may be used: pages re-sent as XBZRLE deltas against the
     /// content the receiver committed for them (wire.md, PAGE_BATCH).
     public static let pageDelta = Capabilities(rawValue: 1 << 6)
+    /// Non-final ROUND_ACKs may carry the receiver's load (``ReceiverLoad``): how busy its
+    /// network thread and its storage stage were during the chunk, so the sender's
+    /// compression governor can tell a busy receiver from a slow network.
+    /// (Bit 6 is taken by the delta encoding.)
+    public static let receiverLoad = Capabilities(rawValue: 1 << 7)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

@@ -52,6 +52,8 @@ public enum WireError: Error, Hashable, Sendable {
     case invalidFileName
     /// A PID of 0.
     case invalidPID
+    /// A ROUND_ACK load fraction above 1000 thousandths.
+    case loadOutOfRange(UInt16)
 }
 
 extension WireError: CustomStringConvertible {
@@ -82,6 +84,7 @@ extension WireError: CustomStringConvertible {
         case let .compressedTooLarge(length, uncompressed): "wire: compressed payload \(length) bytes for \(uncompressed) uncompressed"
         case .invalidFileName: "wire: restore file name must be \(RestoreFileName.rule)"
         case .invalidPID: "wire: PID 0 is invalid"
+        case let .loadOutOfRange(v): "wire: ROUND_ACK load \(v) exceeds 1000 thousandths"
         }
     }
 }

@@ -2,6 +2,7 @@ import ArgumentParser
 import Foundation
 import MemhaulCompression
 import MemhaulBench
+import MemhaulControl
 import MemhaulSession
 import MemhaulSystem
 import MemhaulSender
@@ -59,68 +60,121 @@ struct BenchCommand: ParsableCommand {
         }
     }
 
-    /// `memhaul bench transport --size 1G`: memhaul vs `zstd -1 -T2 | socat OPENSSL` → `zstd -d`.
+    /// `memhaul bench transport --size 1G`: memhaul vs `zstd -1 -T2 | socat OPENSSL` → `zstd -d`,
+    /// and vs CRIU's page server over TLS when `MEMHAUL_CRIU` names a CRIU ≥ 4.1.
     struct Transport: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Send one process's memory over TLS on loopback: memhaul vs zstd|socat OPENSSL|zstd -d.")
+            abstract: "Send one process's memory over TLS on loopback: memhaul vs zstd|socat OPENSSL|zstd -d (and criu dump --page-server --tls with MEMHAUL_CRIU).")
         @Option(help: "Workload size (mixed zero/text/random pages).") var size: String = "1G"
         @Option(name: .customLong("compression-level"), help: "memhaul's zstd level, or auto.") var level: String = "auto"
         @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
         @Option(help: "Directory the receiver keeps its images in (e.g. on tmpfs: /dev/shm/x); default: a scratch directory under TMPDIR.")
         var images: String?
 
+        func validate() throws {
+            guard level == "auto" || Int32(level) != nil else { throw ValidationError("--compression-level: a zstd level or auto") }
+            guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
+        }
+
         func run() throws {
             let env = try BenchSupport.Environment()
             let workload = try env.startWorkload(["--size", size])
             defer { workload.stop() }
-            let receiver = try env.startReceiver(images: images)
+            let imageRoot = images ?? env.scratch + "/images"
+            let receiver = try env.startReceiver(images: imageRoot)
             defer { receiver.stop() }
-            var written = BenchSupport.WriteCounters()
+            let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
 
             // memhaul: stop-and-copy of the whole process, source resumed after each run.
-            var best: (seconds: Double, status: MigrationStatus)?
-            for i in 0..<max(1, repeats) {
+            struct Run {
+                var seconds: Double
+                var status: MigrationStatus
+                var written: BenchSupport.WriteCounters
+                var threads: [(name: String, usage: BenchThreadCPU.Usage)]
+                var commits: Double, commitSeconds: Double, fsyncSeconds: Double
+            }
+            var best: Run?
+            for i in 0..<repeats {
                 var request = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "bench-transport-\(getpid())-\(i)")
                 request.parameters.maxRounds = 0
                 request.after = .resume
                 request.compressionLevel = Int32(level)
                 let migration = SenderMigration(request: request, connect: try env.connector())
                 let before = BenchSupport.WriteCounters.read(pid: receiver.child.pid)
+                let countersBefore = try env.receiverCounters()
+                let threads = BenchThreadCPU(pids: [getpid(), receiver.child.pid])
                 migration.run()
+                let usage = threads.finish()
                 let s = migration.status
                 guard s.state == .completed, let downtime = s.downtimeMs else { throw CLIError("memhaul run failed: \(s.error ?? s.state.rawValue)") }
-                if best == nil || downtime / 1000 < best!.seconds {
-                    best = (downtime / 1000, s)
-                    written = BenchSupport.WriteCounters.read(pid: receiver.child.pid) - before
+                let countersAfter = try env.receiverCounters()
+                func delta(_ key: String) -> Double {
+                    ((countersAfter[key] as? NSNumber)?.doubleValue ?? 0) - ((countersBefore[key] as? NSNumber)?.doubleValue ?? 0)
                 }
+                if best == nil || downtime / 1000 < best!.seconds {
+                    best = Run(seconds: downtime / 1000, status: s, written: BenchSupport.WriteCounters.read(pid: receiver.child.pid) - before,
+                               threads: usage, commits: delta("commits"), commitSeconds: delta("commit_seconds"), fsyncSeconds: delta("fsync_seconds"))
+                }
+                // Scratch images go at once: a 4 GiB run on tmpfs must not hold two.
+                try? FileManager.default.removeItem(atPath: imageRoot + "/" + request.id)
             }
-            let memoryBytes = Double(best!.status.totalBytes)
+            let run = best!
+            let memoryBytes = Double(run.status.totalBytes)
 
             // Baseline: the same memory, dumped to tmpfs so reading it costs nothing.
             let dump = try env.dumpMemory(of: workload.pid)
-            defer { unlink(dump.path) }
             var baseline = Double.infinity
-            for _ in 0..<max(1, repeats) { baseline = min(baseline, try env.timeBaseline(file: dump.path)) }
-            let compressed = try env.baselineCompressedSize(file: dump.path)
+            let compressed: Int
+            do {
+                defer { unlink(dump.path) }
+                for _ in 0..<repeats { baseline = min(baseline, try env.timeBaseline(file: dump.path)) }
+                compressed = try env.baselineCompressedSize(file: dump.path)
+            }
 
-            let ours = memoryBytes / best!.seconds
+            // CRIU alone, when there is one: the same workload, its page server on the images' file system.
+            var criu: (seconds: Double, pageBytes: UInt64)?
+            if let binary = ProcessInfo.processInfo.environment["MEMHAUL_CRIU"], !binary.isEmpty {
+                workload.stop()  // its memory back before a second copy starts
+                for i in 0..<repeats {
+                    let r = try env.timeCRIUDump(workloadArguments: ["--size", size], criu: binary, directory: (imageRoot as NSString).deletingLastPathComponent + "/criu-bench-\(getpid())-\(i)")
+                    if criu == nil || r.seconds < criu!.seconds { criu = r }
+                }
+            }
+
+            let ours = memoryBytes / run.seconds
             let theirs = Double(dump.bytes) / baseline
+            let s = run.status
             print(String(format: """
-                transport bench: %@ workload (pid %d), mutual TLS 1.3 on loopback, %d core(s)
+                transport bench: %@ workload (pid %d), mutual TLS 1.3 on loopback, %d core(s), load average %@
                   memory moved                %@ (tracked regions; memhaul reads only pages with content)
-                  memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes)
+                  memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes); governor: %@ (%d decisions)
                   baseline zstd -1 -T2|socat  %.2f s  %7.1f MB/s  wire %@ (ratio %.3f)
                   throughput ratio memhaul/baseline: %.2fx
-                  receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs); images in %@
                 """,
-                size, workload.pid, ProcessInfo.processInfo.activeProcessorCount,
-                Summary.bytes(memoryBytes), (best!.status.compression ?? level).padding(toLength: 9, withPad: " ", startingAt: 0), best!.seconds, ours / 1e6,
-                Summary.bytes(Double(best!.status.transferredBytes)),
-                Double(best!.status.transferredBytes) / max(1, Double(best!.status.pageBytes)),
+                size, workload.pid, ProcessInfo.processInfo.activeProcessorCount, load,
+                Summary.bytes(memoryBytes), (s.compression ?? level).padding(toLength: 9, withPad: " ", startingAt: 0), run.seconds, ours / 1e6,
+                Summary.bytes(Double(s.transferredBytes)), Double(s.transferredBytes) / max(1, Double(s.pageBytes)),
+                s.compressionReason ?? "-", s.compressionDecisions,
                 baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),
-                ours / theirs,
-                Double(written.wchar) / max(1, Double(best!.status.pageBytes)),
-                Double(written.writeBytes) / max(1, Double(best!.status.pageBytes)), images ?? env.scratch + "/images"))
+                ours / theirs))
+            if let criu {
+                print(String(format: "  criu dump --page-server --tls %.2f s  %7.1f MB/s  pages %@ (page server does not fsync)\n  throughput ratio memhaul/criu: %.2fx",
+                             criu.seconds, memoryBytes / criu.seconds / 1e6, Summary.bytes(Double(criu.pageBytes)), criu.seconds / run.seconds))
+            } else {
+                print("  criu: not measured (set MEMHAUL_CRIU to a CRIU >= 4.1)")
+            }
+            print(String(format: """
+                  receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs); images in %@
+                  receiver commits: %.0f, mean %.1f ms each (ROUND_END → commit point), fsync part %.1f ms
+                  governor's last window: send blocked %.2f, compress CPU %.2f per worker; receiver network %@, storage CPU %@, storage busy %@
+                  CPU by thread (best run): %@
+                """,
+                Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)), imageRoot,
+                run.commits, run.commitSeconds / max(1, run.commits) * 1000, run.fsyncSeconds / max(1, run.commits) * 1000,
+                s.sendBlockedFraction ?? -1, s.compressCPUFraction ?? -1,
+                s.receiverNetworkBusy.map { String(format: "%.2f", $0) } ?? "-", s.receiverStorageCPU.map { String(format: "%.2f", $0) } ?? "-",
+                s.receiverStorageBusy.map { String(format: "%.2f", $0) } ?? "-",
+                BenchThreadCPU.describe(run.threads)))
         }
     }
 

@@ -27,7 +27,7 @@ struct ConvergenceOptions: ParsableArguments {
     var strict = false
     @Option(name: .customLong("strict-attempts"), help: "Aborted cutovers before a --strict migration fails (the source runs on).")
     var strictAttempts: Int = ConvergenceParameters().strictAttempts
-    @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (follow the bottleneck: raw on loopback, more on slow links).")
+    @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (compress only when the network limits and both sides have CPU to spare, else raw; the status says why).")
     var compressionLevel: String = "auto"
     @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept to send re-dirtied pages as deltas (K/M/G suffixes; 0 = off; at most 16G). Pays where the link is the limit and pages change little.")
     var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)

@@ -92,11 +92,13 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
     @Test func nothingAcceptedMeansRawPagesAndNoKeepalive() throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
-        // digestV2 and ledgerDigest are left as the receiver answered: the receiver computes the digest
-        // version its own WELCOME named, so taking it away here (a rewrite no TLS peer
-        // can do) would make the two sides prove different forms.
+        // digestV2, ledgerDigest and receiverLoad are left as the receiver answered: the receiver
+        // computes the digest version its own WELCOME named and reports its load if it said so,
+        // so taking them away here (a rewrite no TLS peer can do) would make the two sides
+        // disagree (the sender refuses a load it did not accept).
         let proxy = try WelcomeRewritingProxy(pki: pki, upstream: receiver.port) { w in
-            Welcome(version: w.version, capabilities: w.capabilities.intersection([.digestV2, .ledgerDigest]), lastCommittedRound: w.lastCommittedRound)
+            Welcome(version: w.version, capabilities: w.capabilities.intersection([.digestV2, .ledgerDigest, .receiverLoad]),
+                    lastCommittedRound: w.lastCommittedRound)
         }
         let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "2000"])
         let status = try migration(workload, through: proxy, pki, id: "no-caps") { r in
@@ -129,6 +131,23 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
         #expect(status.state == .failed)
         #expect(status.resumes == 0)
         #expect(proxy.connections == 1, "the sender reconnected \(proxy.connections - 1) times")
+        #expect(workload.state != "T", "the source runs on")
+        #expect(!workload.hasUffdWriteProtect, "the source is untracked")
+    }
+
+    /// A ROUND_ACK carrying a load the sender's WELCOME did not accept (the
+    /// proxy strips `receiverLoad` from WELCOME; the receiver still reports):
+    /// a protocol violation, the source resumed and untracked.
+    @Test func aLoadWithoutTheCapabilityIsRefused() throws {
+        let pki = try TestPKI()
+        let receiver = try TestReceiver(pki: pki)
+        let proxy = try WelcomeRewritingProxy(pki: pki, upstream: receiver.port) { w in
+            Welcome(version: w.version, capabilities: w.capabilities.subtracting(.receiverLoad), lastCommittedRound: w.lastCommittedRound)
+        }
+        let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "0"])
+        let status = try migration(workload, through: proxy, pki, id: "load-unaccepted") { $0.parameters.maxRounds = 0 }
+        #expect(status.state == .failed)
+        #expect(status.error?.contains("carries a load without the receiver-load capability") == true, "\(status.error ?? "")")
         #expect(workload.state != "T", "the source runs on")
         #expect(!workload.hasUffdWriteProtect, "the source is untracked")
     }

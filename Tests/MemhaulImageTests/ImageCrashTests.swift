@@ -236,6 +236,41 @@ import MemhaulTestSupport
         #expect(try reopened.matches(model))
     }
 
+    /// The writeback started during a round (`sync_file_range`, in place and
+    /// in the journal) is an optimisation: when it fails the commit's fsyncs do
+    /// its work, the round commits, and the commit counts the failures.
+    @Test func failedWritebackOnlyCostsTheOverlap() throws {
+        let root = temporaryDirectory()
+        defer { removeTree(root) }
+        let dir = root + "/writeback"
+        let store = try ImageStore.create(directory: dir, migrationID: "writeback")
+        var model = MemoryModel()
+        let half = Int(ImageStore.writebackKickBytes) / 4096  // one kick's worth
+        let layout = [region(a, pages: 2 * half)]
+        func round(_ n: UInt32, _ address: UInt64, _ faults: [Syscall.Fault] = []) throws -> CommitInfo {
+            let bytes = pageBytes(UInt64(n), pages: half)
+            let info = try Syscall.withFaults(faults) { () throws -> CommitInfo in
+                try store.beginRound(n, layout: layout)
+                try store.write(address, bytes)
+                return try store.commitRound()
+            }
+            model.write(address, bytes)
+            return info
+        }
+        model.setLayout(layout)
+        #expect(try round(1, a).writebackFailures == 0)
+        let mem = dir + "/" + memFiles(dir)[0]
+        // Round 2 fills the vacant second half in place; round 3 rewrites the
+        // first through the journal, whose flushes start writeback too.
+        #expect(try round(2, a + UInt64(half) * 4096, [.init("sync_file_range(\(mem))", .EIO)]).writebackFailures >= 1)
+        #expect(try round(3, a, [.init("sync_file_range(\(dir)/journal-0000000003)", .EIO)]).writebackFailures >= 1)
+        #expect(try store.matches(model))
+        store.close()
+        let reopened = try ImageStore.open(directory: dir)
+        defer { reopened.close() }
+        #expect(try reopened.matches(model))
+    }
+
     @Test func cliInspectAndRead() throws {
         let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary))

@@ -122,6 +122,23 @@ private let le32 = VectorTable.le32
         #expect(throws: WireError.nameTooLong(length: 4097, limit: 4096)) { try decode(layout([(0x1000, 0x3000, 1, 0, [UInt8](repeating: 0x61, count: 4097))])) }
     }
 
+    /// ROUND_ACK's load (capability receiver-load): only with flag bit 1, never with a digest, each ≤ 1000.
+    @Test func roundAckLoadRules() throws {
+        func ack(_ flags: UInt8, _ rest: [UInt8]) -> [UInt8] {
+            let payload = le64(7) + [flags] + rest
+            return VectorTable.header(0x08, length: UInt32(payload.count)) + payload
+        }
+        let load: [UInt8] = [0, 0xE8, 0x03, 0x00, 0x00, 0x01, 0x00]  // reserved, 1000, 0, 1
+        guard case .roundAck(let a) = try decode(ack(2, load)) else { Issue.record("not a ROUND_ACK"); return }
+        #expect(a.load == ReceiverLoad(networkPermille: 1000, storageCPUPermille: 0, storageBusyPermille: 1))
+        #expect(a.imageDigest == nil)
+        #expect(throws: WireError.reservedNotZero) { try decode(ack(0, load)) }  // load bytes without the flag
+        #expect(throws: WireError.reservedNotZero) { try decode(ack(2, [1] + load.dropFirst())) }
+        #expect(throws: WireError.invalidFlags(3)) { try decode(ack(3, load + [UInt8](repeating: 0, count: 16))) }
+        #expect(throws: WireError.loadOutOfRange(1001)) { try decode(ack(2, [0, 0xE9, 0x03, 0, 0, 0, 0])) }
+        #expect(ReceiverLoad(network: 1.7, storageCPU: -1, storageBusy: 0.4567) == ReceiverLoad(networkPermille: 1000, storageCPUPermille: 0, storageBusyPermille: 457))
+    }
+
     @Test func encoderRefusesInvalidMessagesAndAppendsNothing() {
         let invalid: [(Message, WireError)] = [
             (.hello(Hello(capabilities: [], migrationID: "bad id", senderName: "")), .invalidMigrationID),

@@ -21,9 +21,10 @@ struct MessageGenerator {
         return String((0..<int(0...maxScalars)).map { _ in pool[int(0...(pool.count - 1))] })
     }
 
+    /// A valid id: `.` and `..` are not (MigrationID), so it starts with a letter.
     mutating func migrationID() -> String {
         let pool = Array("abcXYZ019._-".utf8)
-        return String(decoding: (0..<int(1...64)).map { _ in pool[int(0...(pool.count - 1))] }, as: UTF8.self)
+        return "m" + String(decoding: (0..<int(0...63)).map { _ in pool[int(0...(pool.count - 1))] }, as: UTF8.self)
     }
 
     /// Sorted, non-overlapping page runs within the user address space.
@@ -71,7 +72,11 @@ struct MessageGenerator {
         case 6:
             return .roundEnd(RoundEnd(round: round(), stats: RoundStats(pages: u64(), zeroPages: u64(), discardedPages: u64(), batches: u64(), wireBytes: u64()),
                                       finalDigest: bool() ? WireDigest(high: u64(), low: u64()) : nil))
-        case 7: return .roundAck(RoundAck(round: round(), imageDigest: bool() ? WireDigest(high: u64(), low: u64()) : nil))
+        case 7:
+            if bool() { return .roundAck(RoundAck(round: round(), imageDigest: WireDigest(high: u64(), low: u64()))) }
+            let load = bool() ? ReceiverLoad(networkPermille: UInt16(int(0...1000)), storageCPUPermille: UInt16(int(0...1000)),
+                                             storageBusyPermille: UInt16(int(0...1000))) : nil
+            return .roundAck(RoundAck(round: round(), load: load))
         case 8: return .error(ErrorMessage(code: ErrorCode(rawValue: UInt16(int(0...20))), message: string(maxScalars: 200)))
         case 9: return .keepalive(Keepalive(nonce: u64(), isReply: bool()))
         default: return .close(Close(reason: CloseReason(rawValue: UInt16(int(0...6)))))

@@ -113,6 +113,10 @@ enum VectorTable {
             message: .roundAck(RoundAck(round: 43, imageDigest: finalDigest)),
             description: "ROUND_ACK, sequence 2: round 43, final (flag 1), image digest 0123456789abcdeffedcba9876543210."),
         ValidVector(
+            file: "round_ack_load.bin", sequence: 4,
+            message: .roundAck(RoundAck(round: 44, load: ReceiverLoad(networkPermille: 930, storageCPUPermille: 412, storageBusyPermille: 1000))),
+            description: "ROUND_ACK, sequence 4: round 44, not final, load (flag 2, capability `receiver-load`): network thread 930, storage CPU 412, storage busy 1000 thousandths (u16 LE at offsets 10, 12, 14)."),
+        ValidVector(
             file: "error.bin", sequence: 3,
             message: .error(ErrorMessage(code: .checksumMismatch, message: "checksum mismatch: round 42 batch at 0x7f0000000000")),
             description: "ERROR, sequence 3: code 6 (checksum-mismatch), message `checksum mismatch: round 42 batch at 0x7f0000000000` (51 bytes)."),
@@ -164,6 +168,8 @@ enum VectorTable {
         var keepaliveReserved = le64(1) + [0, 0, 1, 0]
         keepaliveReserved = header(0x0A, length: UInt32(keepaliveReserved.count)) + keepaliveReserved
         let twoRoutes = le32(13) + le32(0x18) + le64(70_694)
+        var loadOver = le64(44) + [2, 0] + [0xE8, 0x03] + [0xE9, 0x03] + [0, 0]
+        loadOver = header(0x08, length: UInt32(loadOver.count)) + loadOver
         return [
             InvalidVector(file: "bad_magic.bin", bytes: Array("MEMHAUX".utf8) + [0, 1, 0, 0, 0], decoder: .preamble, error: .badMagic,
                           errorText: "badMagic",
@@ -200,6 +206,9 @@ enum VectorTable {
                           error: .compressedTooLarge(length: 3, uncompressed: 8192),
                           errorText: "compressedTooLarge(length: 3, uncompressed: 8192)",
                           description: "PAGE_BATCH delta (2), round 43, one run of 2 pages, but a 3-byte payload: less than the 2-byte tag of each page."),
+            InvalidVector(file: "round_ack_load_over.bin", bytes: loadOver, decoder: .frame, error: .loadOutOfRange(1001),
+                          errorText: "loadOutOfRange(1001)",
+                          description: "ROUND_ACK, round 44, load flag set, network 1000, storage CPU 1001 thousandths (over 1000)."),
             InvalidVector(file: "reserved_not_zero.bin", bytes: keepaliveReserved, decoder: .frame, error: .reservedNotZero,
                           errorText: "reservedNotZero",
                           description: "KEEPALIVE whose reserved bytes (after the flags byte) are 00 01 00."),
