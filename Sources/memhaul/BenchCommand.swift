@@ -194,6 +194,12 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "With --proofs: runs per proof (medians).") var repeats: Int = 1
         @Option(help: "Directory to keep each migration's report in (per-round figures; `memhaul report`); default: none kept.")
         var reports: String?
+        @Option(name: .customLong("delta-cache"), help: "The sender's delta cache (as `memhaul migrate --delta-cache`; its size adds to the sender's peak RSS).")
+        var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)
+
+        func validate() throws {
+            guard deltaCache.bytes <= MigrationRequest.maxDeltaCacheBytes else { throw ValidationError("--delta-cache must be at most 16G") }
+        }
 
         func run() throws {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
@@ -231,13 +237,19 @@ struct BenchCommand: ParsableCommand {
                 if let maxRounds { r.parameters.maxRounds = maxRounds }
                 if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
+                r.deltaCacheBytes = deltaCache.bytes
                 r.deadlines.verification = 600  // a slow proof on a loaded machine is measured, not failed
                 let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat, keepReportIn: reports)
                 if local != nil { try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id) }
                 guard w.status.state == .completed else { throw CLIError("\(id) failed: \(w.status.error ?? w.status.state.rawValue)") }
                 return w
             }
+            // Peak RSS of the pre-copy run alone (the slowdown phase before it tracked in this process too).
+            try BenchSupport.resetPeakRSS(pid: getpid())
+            if let local { try BenchSupport.resetPeakRSS(pid: local.child.pid) }
             let pre = try migrate("bench-precopy", maxRounds: nil)
+            let senderPeak = BenchSupport.peakRSS(pid: getpid())
+            let receiverPeak = local.flatMap { BenchSupport.peakRSS(pid: $0.child.pid) }
             let sac = try migrate("bench-stopcopy", maxRounds: 0)
             // The cost of commit chunks (resume granularity): the same frozen round in one commit.
             let single = try migrate("bench-onecommit", maxRounds: 0, commitChunk: UInt64.max / 2)
@@ -260,6 +272,10 @@ struct BenchCommand: ParsableCommand {
             print(ratio("frozen window (freeze → release, proof included)", pre.frozenMs, sac.frozenMs))
             print(ratio("frozen window as the target saw it (heartbeat)", pre.livedMs, sac.livedMs))
             if let reason = pre.status.cutoverReason { print("  pre-copy cutover: \(reason)") }
+            func mib(_ bytes: UInt64?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1048576) } ?? "-" }
+            let goal: UInt64 = (128 << 20) + deltaCache.bytes
+            print(String(format: "  peak RSS of the pre-copy run (VmHWM): sender %@ (this process; goal < 128 MiB + delta cache %@ = %@, ratio %.2f), receiver %@",
+                         mib(senderPeak), mib(deltaCache.bytes), mib(goal), Double(senderPeak ?? 0) / Double(goal), mib(receiverPeak)))
         }
     }
 }

@@ -21,6 +21,23 @@ enum BenchSupport {
         return text.split(separator: " ").prefix(3).joined(separator: " ")
     }
 
+    /// Peak resident memory of `pid` since its start or the last ``resetPeakRSS(pid:)``:
+    /// `VmHWM` in `/proc/PID/status`, in bytes; nil when the process is gone.
+    static func peakRSS(pid: Int32) -> UInt64? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
+              let line = text.split(separator: "\n").first(where: { $0.hasPrefix("VmHWM:") }),
+              let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) })
+        else { return nil }
+        return kib * 1024
+    }
+
+    /// Starts `pid`'s ``peakRSS(pid:)`` again from its current RSS (`5` into `/proc/PID/clear_refs`).
+    static func resetPeakRSS(pid: Int32) throws {
+        guard let handle = FileHandle(forWritingAtPath: "/proc/\(pid)/clear_refs") else { throw CLIError("cannot open /proc/\(pid)/clear_refs") }
+        defer { try? handle.close() }
+        try handle.write(contentsOf: Data("5".utf8))
+    }
+
     /// The directory of this executable (the workload is built beside it).
     static var binaryDirectory: String {
         let exe = (try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/exe")) ?? CommandLine.arguments[0]

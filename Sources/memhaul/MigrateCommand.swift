@@ -29,7 +29,7 @@ struct ConvergenceOptions: ParsableArguments {
     var strictAttempts: Int = ConvergenceParameters().strictAttempts
     @Option(name: .customLong("compression-level"), help: "zstd level -5…19, or auto (compress only when the network limits and both sides have CPU to spare, else raw; the status says why).")
     var compressionLevel: String = "auto"
-    @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept to send re-dirtied pages as deltas (K/M/G suffixes; 0 = off; at most 16G). Pays where the link is the limit and pages change little.")
+    @Option(name: .customLong("delta-cache"), help: "Bytes of last-sent pages kept to send re-dirtied pages as deltas (K/M/G suffixes; 0 = off; at most 16G). Pays where the link is the limit and pages change little. Adds its size (+ 16 MiB of buffers) to the agent's memory, on top of < 128 MiB with 0 for a 4 GiB target.")
     var deltaCache = ByteCount(MigrationRequest.defaultDeltaCacheBytes)
     @Option(help: "Source after success: stop (left in a SIGSTOP group stop: any SIGCONT resumes it; see README Safety), kill or resume.")
     var after: String = "stop"
