@@ -165,12 +165,17 @@ public final class DirtyTracker {
         fileBacked: [AddressRange] = []
     ) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
+        let wasTracked = tracked
         var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
         let unprotected = try scanner.collectUnprotected(old)
         stats += scanner.lastStats
         let examine = unprotected.union(pending).union(fileBacked.coalesced()).union(fileContent).intersecting(old)
-        let care = known.union(unprotected).union(pending)
+        // `known` can hold a range per page (sparse memory): every step below
+        // that touches all of it is skipped when what it would find is known.
+        let knownExamined = known.intersecting(examine)
+        // Only ambiguous pages inside `examine` are resolved: known ∩ examine stands for known.
+        let care = knownExamined.union(unprotected).union(pending)
         let pExamined = try scanner.populated(examine, resolveWithin: care, fileContent: fileContent)
         stats += scanner.lastStats
         var pFresh: [AddressRange] = []
@@ -178,10 +183,20 @@ public final class DirtyTracker {
             pFresh = try scanner.populated(fresh, fileContent: fileContent)
             stats += scanner.lastStats
         }
-        let p = known.intersecting(old).subtracting(examine).union(pExamined).union(pFresh)
+        let p: [AddressRange]
+        let knownLost: [AddressRange]  // known \ p
+        if old == wasTracked {
+            // known ⊆ tracked = old: only its part inside `examine` can differ in P.
+            let kept = knownExamined == pExamined ? known : known.subtracting(examine).union(pExamined)
+            p = kept.union(pFresh)
+            knownLost = knownExamined.subtracting(pExamined).subtracting(pFresh)
+        } else {
+            p = known.intersecting(old).subtracting(examine).union(pExamined).union(pFresh)
+            knownLost = known.subtracting(p)
+        }
         let newlyRead = fileContent.isEmpty ? [] : pExamined.intersecting(fileContent).subtracting(known)
         let dirty = unprotected.intersecting(pExamined).union(pFresh).union(pending.intersecting(p)).union(newlyRead)
-        let discarded = known.union(pending).subtracting(p)
+        let discarded = knownLost.union(pending.subtracting(p))
         stats.pagesScanned = cur.pageCount
         stats.dirtyPages = dirty.pageCount
         stats.discardedPages = discarded.pageCount
