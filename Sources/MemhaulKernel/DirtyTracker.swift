@@ -152,9 +152,10 @@ public final class DirtyTracker {
     /// all in U; munmap is in `removed`) or, in a mapping with a file behind
     /// it, by becoming a clean page-cache page again (a discarded COW copy
     /// read back in through its uffd-wp marker, which leaves the page
-    /// protected). So only E = U ∪ pending ∪ `fileBacked` ∪ `fileContent`
+    /// protected). So only E = U ∪ pending ∪ (`fileBacked` ∩ known) ∪ `fileContent`
     /// (within old) needs the exact populated walk; pages of `known` outside E
-    /// are still content and unchanged. P = (known ∩ old \ E) ∪ populated(E) ∪
+    /// are still content and unchanged (a protected page outside known and U
+    /// is still what it was, not content). P = (known ∩ old \ E) ∪ populated(E) ∪
     /// populated(fresh); dirty, discarded and `known` follow as in nextRound.
     ///
     /// Nothing is re-protected: if the target runs again (an aborted
@@ -170,7 +171,9 @@ public final class DirtyTracker {
         let fileContent = fileContent.coalesced()
         let unprotected = try scanner.collectUnprotected(old)
         stats += scanner.lastStats
-        let examine = unprotected.union(pending).union(fileBacked.coalesced()).union(fileContent).intersecting(old)
+        // Of the file-backed mappings only the COW copies in `known`: not the libraries' clean pages.
+        let fileCopies = fileBacked.coalesced().intersecting(known)
+        let examine = unprotected.union(pending).union(fileCopies).union(fileContent).intersecting(old)
         // `known` can hold a range per page (sparse memory): every step below
         // that touches all of it is skipped when what it would find is known.
         let knownExamined = known.intersecting(examine)
