@@ -152,9 +152,10 @@ public final class DirtyTracker {
     /// all in U; munmap is in `removed`) or, in a mapping with a file behind
     /// it, by becoming a clean page-cache page again (a discarded COW copy
     /// read back in through its uffd-wp marker, which leaves the page
-    /// protected). So only E = U ∪ pending ∪ `fileBacked` ∪ `fileContent`
+    /// protected). So only E = U ∪ pending ∪ (`fileBacked` ∩ known) ∪ `fileContent`
     /// (within old) needs the exact populated walk; pages of `known` outside E
-    /// are still content and unchanged. P = (known ∩ old \ E) ∪ populated(E) ∪
+    /// are still content and unchanged (a protected page outside known and U
+    /// is still what it was, not content). P = (known ∩ old \ E) ∪ populated(E) ∪
     /// populated(fresh); dirty, discarded and `known` follow as in nextRound.
     ///
     /// Nothing is re-protected: if the target runs again (an aborted
@@ -165,12 +166,19 @@ public final class DirtyTracker {
         fileBacked: [AddressRange] = []
     ) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
+        let wasTracked = tracked
         var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
         let unprotected = try scanner.collectUnprotected(old)
         stats += scanner.lastStats
-        let examine = unprotected.union(pending).union(fileBacked.coalesced()).union(fileContent).intersecting(old)
-        let care = known.union(unprotected).union(pending)
+        // Of the file-backed mappings only the COW copies in `known`: not the libraries' clean pages.
+        let fileCopies = fileBacked.coalesced().intersecting(known)
+        let examine = unprotected.union(pending).union(fileCopies).union(fileContent).intersecting(old)
+        // `known` can hold a range per page (sparse memory): every step below
+        // that touches all of it is skipped when what it would find is known.
+        let knownExamined = known.intersecting(examine)
+        // Only ambiguous pages inside `examine` are resolved: known ∩ examine stands for known.
+        let care = knownExamined.union(unprotected).union(pending)
         let pExamined = try scanner.populated(examine, resolveWithin: care, fileContent: fileContent)
         stats += scanner.lastStats
         var pFresh: [AddressRange] = []
@@ -178,10 +186,20 @@ public final class DirtyTracker {
             pFresh = try scanner.populated(fresh, fileContent: fileContent)
             stats += scanner.lastStats
         }
-        let p = known.intersecting(old).subtracting(examine).union(pExamined).union(pFresh)
+        let p: [AddressRange]
+        let knownLost: [AddressRange]  // known \ p
+        if old == wasTracked {
+            // known ⊆ tracked = old: only its part inside `examine` can differ in P.
+            let kept = knownExamined == pExamined ? known : known.subtracting(examine).union(pExamined)
+            p = kept.union(pFresh)
+            knownLost = knownExamined.subtracting(pExamined).subtracting(pFresh)
+        } else {
+            p = known.intersecting(old).subtracting(examine).union(pExamined).union(pFresh)
+            knownLost = known.subtracting(p)
+        }
         let newlyRead = fileContent.isEmpty ? [] : pExamined.intersecting(fileContent).subtracting(known)
         let dirty = unprotected.intersecting(pExamined).union(pFresh).union(pending.intersecting(p)).union(newlyRead)
-        let discarded = known.union(pending).subtracting(p)
+        let discarded = knownLost.union(pending.subtracting(p))
         stats.pagesScanned = cur.pageCount
         stats.dirtyPages = dirty.pageCount
         stats.discardedPages = discarded.pageCount

@@ -32,6 +32,13 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var freezeMs: Double?
     /// The final round's scan (layout refresh and PAGEMAP_SCAN walks), target frozen.
     public var finalScanMs: Double?
+    /// Of `finalScanMs`: re-reading the layout (`/proc/PID/maps`, registering new mappings).
+    public var finalScanLayoutMs: Double?
+    /// Of `finalScanMs`: the kernel's walks (`ioctl(PAGEMAP_SCAN)`, pagemap reads); the
+    /// rest of it is the tracker's range bookkeeping.
+    public var finalScanWalkMs: Double?
+    /// The final scan's `ioctl(PAGEMAP_SCAN)` calls.
+    public var finalScanIoctls: Int?
     /// The whole proof inside the frozen window (the exchange, and the re-read of `full_proof_ms`).
     public var verifyMs: Double?
     /// The proof that ran: `incremental` (ledger v3), `full` (v2: memory and image re-read) or `both`.
@@ -98,6 +105,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case maxBandwidth = "max_bandwidth_bytes_per_second"
         case freezeMs = "freeze_ms"
         case finalScanMs = "final_scan_ms"
+        case finalScanLayoutMs = "final_scan_layout_ms"
+        case finalScanWalkMs = "final_scan_walk_ms"
+        case finalScanIoctls = "final_scan_ioctls"
         case verifyMs = "verify_ms"
         case proof
         case fullProofMs = "full_proof_ms"

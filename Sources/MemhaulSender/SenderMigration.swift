@@ -440,7 +440,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let ns = try hold.freeze()
                 recorder.froze(start: freezeStart)
                 let finalScanStart = MonotonicClock.seconds()
-                scan = try scanNextRound(process, tracker, &layout, frozen: true)
+                let timed = try timedScanNextRound(process, tracker, &layout, frozen: true)
+                scan = timed.scan
                 let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
                 #if DEBUG
                 if request.testHooks.dropFirstFinalDirtyPage { scan = scan.droppingFirstDirtyPage() }
@@ -450,6 +451,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                     $0.stage = .frozen
                     $0.freezeMs = Double(ns) / 1e6
                     $0.finalScanMs = finalScanMs
+                    $0.finalScanLayoutMs = timed.layoutSeconds * 1000
+                    $0.finalScanWalkMs = Double(scan.stats.nanoseconds) / 1e6
+                    $0.finalScanIoctls = scan.stats.ioctls
                     $0.cutoverReason = reason.description
                     $0.throttlePercent = 0
                     if reason.isForced { $0.warnings.append("forced cutover: \(reason)") }
@@ -648,14 +652,25 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// everything that scan may have re-protected back into pending, so the
     /// round is simply retried on a fresh layout.
     private func scanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor], frozen: Bool = false) throws -> RoundScan {
+        try timedScanNextRound(process, tracker, &layout, frozen: frozen).scan
+    }
+
+    /// ``scanNextRound(_:_:_:frozen:)``, with the seconds its layout re-reads took (every attempt).
+    private func timedScanNextRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor], frozen: Bool)
+        throws -> (scan: RoundScan, layoutSeconds: Double)
+    {
         var removed: [AddressRange] = []
+        var layoutSeconds = 0.0
         for attempt in 1... {
+            let layoutStart = MonotonicClock.seconds()
             let delta = try process.refreshLayout()
             layout = Self.regions(of: process)
+            layoutSeconds += MonotonicClock.seconds() - layoutStart
             removed += delta.removed
             do {
-                return try request.finalScan.scan(
+                let scan = try request.finalScan.scan(
                     tracker, frozen: frozen, ranges: Self.ranges(layout), removed: removed, process: process)
+                return (scan, layoutSeconds)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the scan at \(range); rescanning")
             }

@@ -43,7 +43,7 @@ extension Array where Element == AddressRange {
         var j = 0
         for r in self {
             var cur = r.start
-            while j < other.count && other[j].end <= cur { j += 1 }
+            j = other.firstIndex(endingAfter: cur, from: j)
             var k = j
             while k < other.count && other[k].start < r.end {
                 if other[k].start > cur { out.append(AddressRange(start: cur, end: other[k].start)) }
@@ -62,12 +62,44 @@ extension Array where Element == AddressRange {
         var i = 0
         var j = 0
         while i < count && j < other.count {
+            // Skip what lies wholly before the other list's range: a small list meets a large one in O(small × log large).
+            if self[i].end <= other[j].start {
+                i = firstIndex(endingAfter: other[j].start, from: i)
+                continue
+            }
+            if other[j].end <= self[i].start {
+                j = other.firstIndex(endingAfter: self[i].start, from: j)
+                continue
+            }
             let lo = Swift.max(self[i].start, other[j].start)
             let hi = Swift.min(self[i].end, other[j].end)
-            if lo < hi { out.appendCoalescing(AddressRange(start: lo, end: hi)) }
+            out.appendCoalescing(AddressRange(start: lo, end: hi))
             if self[i].end < other[j].end { i += 1 } else { j += 1 }
         }
         return out
+    }
+
+    /// The first index ≥ `from` whose range ends after `address` (`count` if
+    /// none): galloping then binary search, so a skip of n ranges costs O(log n).
+    @inline(__always)
+    func firstIndex(endingAfter address: UInt64, from: Int) -> Int {
+        if from >= count || self[from].end > address { return from }
+        // self[lo].end <= address throughout; the answer lies in (lo, hi].
+        var lo = from
+        var step = 1
+        var hi = from + 1
+        while hi < count && self[hi].end <= address {
+            lo = hi
+            step *= 2
+            hi = lo + step
+        }
+        var l = lo + 1
+        var h = Swift.min(hi, count)
+        while l < h {
+            let m = (l + h) / 2
+            if self[m].end <= address { l = m + 1 } else { h = m }
+        }
+        return l
     }
 
     /// Pages in either list.

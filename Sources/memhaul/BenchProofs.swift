@@ -48,9 +48,10 @@ struct BenchProofs {
             typical.commitMs = median(mode) { $0.commitMs }
             typical.verifyMs = median(mode) { $0.verifyMs }
             typical.livedMs = median(mode) { $0.livedMs }
-            print(String(format: "  %@ %@  (re-read %8.1f)  rounds %2.0f  frozen/full %.4f",
+            print(String(format: "  %@ %@  (re-read %8.1f)  rounds %2.0f  frozen/full %.4f  (final scan: layout %.1f, walks %.1f in %.0f ioctls)",
                          BenchSupport.pad(mode.rawValue, 12), typical.parts, median(mode) { $0.status.fullProofMs }, median(mode) { Double($0.status.rounds) },
-                         typical.frozenMs / max(0.001, baseline)))
+                         typical.frozenMs / max(0.001, baseline), median(mode) { $0.status.finalScanLayoutMs },
+                         median(mode) { $0.status.finalScanWalkMs }, median(mode) { $0.status.finalScanIoctls.map(Double.init) }))
         }
     }
 }

@@ -108,4 +108,49 @@ import MemhaulTestSupport
         let grown = SparseMappingTests().vmPTEKiB(child.pid) - before
         #expect(before >= 0 && grown < 512, "page tables grew by \(grown) KiB")
     }
+
+    /// Memory with a hole every other page (the populated set is one range per
+    /// page), the layout unchanged: the round finds its answer from the pages
+    /// it examined, and `known` is the exact populated set afterwards; with a
+    /// mapping added, the layout-change path gives the same answer.
+    @Test func aSparsePopulatedSetIsUpdatedFromTheExaminedPagesAlone() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 1024, uffd: uffd)
+        for i in stride(from: 0, to: 1024, by: 2) { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [a.range])
+        #expect(try tracker.nextRound(ranges: [a.range]).dirty.isEmpty)
+        var populated = Set(stride(from: 0, to: 1024, by: 2))
+
+        let idle = try tracker.frozenRound(ranges: [a.range])
+        #expect(idle.dirty.isEmpty && idle.discarded.isEmpty)
+        #expect(a.indices(tracker.known) == populated)
+
+        _ = try tracker.nextRound(ranges: [a.range])
+        a.write(1)            // a hole filled
+        a.write(600)          // a known page written
+        a.discard(300..<301)  // a known page gone
+        a.write(1023)         // the last hole
+        populated.formUnion([1, 1023])
+        populated.remove(300)
+        let frozen = try tracker.frozenRound(ranges: [a.range])
+        #expect(a.indices(frozen.dirty) == [1, 600, 1023])
+        #expect(a.indices(frozen.discarded) == [300])
+        #expect(a.indices(tracker.known) == populated)
+
+        // Thawed (an aborted cutover), the layout changed: a mapping added,
+        // the area's tail gone from it (the other path).
+        let b = try TestArea(pages: 8, uffd: uffd)
+        b.write(3)
+        a.discard(2..<3)
+        a.write(5)
+        populated.remove(2)
+        populated.insert(5)
+        let head = a.pages(0..<1000)
+        let grown = try tracker.frozenRound(ranges: [head, b.range].sorted())
+        #expect(a.indices(grown.dirty.intersecting([a.range])) == [1, 5, 600])
+        #expect(b.indices(grown.dirty.intersecting([b.range])) == [3])
+        #expect(a.indices(grown.discarded) == Set([2]).union(populated.filter { $0 >= 1000 }))
+        #expect(a.indices(tracker.known.intersecting([a.range])) == populated.filter { $0 < 1000 })
+    }
 }

@@ -42,6 +42,37 @@ import MemhaulSystem
             #expect(a.subtracting(b) == a.subtracting(b).coalesced())
         }
     }
+
+    /// A sparse process's populated set against a few changed pages: the
+    /// merges skip long stretches of the large list (galloping), and must
+    /// still find every overlap, at either end and between the skips.
+    @Test func setAlgebraOfALargeListAgainstASmallOneMatchesBruteForce() {
+        var rng = TestRNG(seed: 7)
+        func pages(_ l: [AddressRange]) -> Set<UInt64> {
+            Set(l.flatMap { stride(from: $0.start, to: $0.end, by: 4096) })
+        }
+        for _ in 0..<40 {
+            var large: [AddressRange] = []
+            var at: UInt64 = UInt64(rng.below(3))
+            for _ in 0..<(500 + rng.below(1500)) {
+                let length = UInt64(1 + rng.below(3))
+                large.append(r(at, at + length))
+                at += length + UInt64(1 + rng.below(3))
+            }
+            var small: [AddressRange] = []
+            for _ in 0..<rng.below(6) {
+                let a = UInt64(rng.below(Int(at) + 4))
+                small.append(r(a, a + UInt64(rng.below(12))))
+            }
+            small = small.coalesced()
+            for (a, b) in [(large, small), (small, large)] {
+                #expect(pages(a.intersecting(b)) == pages(a).intersection(pages(b)))
+                #expect(pages(a.subtracting(b)) == pages(a).subtracting(pages(b)))
+                #expect(a.intersecting(b) == a.intersecting(b).coalesced())
+                #expect(a.subtracting(b) == a.subtracting(b).coalesced())
+            }
+        }
+    }
 }
 
 @Suite struct CoveredBytesTests {
