@@ -204,14 +204,7 @@ struct BenchCommand: ParsableCommand {
         func run() throws {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
             let env = try BenchSupport.Environment(certs: certs)
-            var host = "127.0.0.1", port: UInt16 = 0
-            var local: BenchSupport.Receiver?
-            if let receiver {
-                (host, port) = try MigrationRequest.parseDestination(receiver)
-            } else {
-                local = try env.startReceiver()
-                port = local!.port
-            }
+            let (host, port, local) = try env.destination(receiver)
             defer { local?.stop() }
 
             if proofs {

@@ -39,14 +39,7 @@ extension BenchCommand {
 
         func run() throws {
             let env = try BenchSupport.Environment(certs: certs)
-            var host = "127.0.0.1", port: UInt16 = 0
-            var local: BenchSupport.Receiver?
-            if let receiver {
-                (host, port) = try MigrationRequest.parseDestination(receiver)
-            } else {
-                local = try env.startReceiver()
-                port = local!.port
-            }
+            let (host, port, local) = try env.destination(receiver)
             defer { local?.stop() }
             let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(rate), "--pattern", "kv:\(hot)"])
             defer { workload.stop() }

@@ -164,6 +164,17 @@ enum BenchSupport {
             return Receiver(child: child, port: port)
         }
 
+        /// Where the bench migrates to: `--receiver HOST:PORT` when given, else a
+        /// receiver started here (`local`, which the caller stops).
+        func destination(_ receiver: String?) throws -> (host: String, port: UInt16, local: Receiver?) {
+            if let receiver {
+                let (host, port) = try MigrationRequest.parseDestination(receiver)
+                return (host, port, nil)
+            }
+            let local = try startReceiver()
+            return ("127.0.0.1", local.port, local)
+        }
+
         /// The tracked regions of `pid`, read via /proc/PID/mem into a tmpfs file.
         func dumpMemory(of pid: Int32) throws -> (path: String, bytes: Int) {
             let path = "/dev/shm/memhaul-bench-\(getpid()).mem"
