@@ -56,9 +56,6 @@ import Testing
             return
         }
         #expect((s.rounds ?? 0) >= 2)
-        let store = try openImageWhenReleased(receiver.images + "/churn-1")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: workload.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/churn-1", pid: workload.pid)
     }
 }

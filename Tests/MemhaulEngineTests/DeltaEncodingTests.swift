@@ -41,10 +41,7 @@ import MemhaulTestSupport
         #expect(s.deltaCacheHits >= s.deltaPages)
         #expect(s.deltaSavedBytes > s.deltaPages * 2048, "a field update should cost far less than half a page")
         // The image is the frozen source byte for byte, not only by the ledgers.
-        let store = try openImageWhenReleased(receiver.images + "/delta-on")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: workload.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/delta-on", pid: workload.pid)
     }
 
     @Test func cacheOffOffersNoCapabilityAndSendsNoDelta() throws {
@@ -94,10 +91,7 @@ import MemhaulTestSupport
         let s = migration.status
         #expect(s.state == .completed, "\(s.error ?? "")")
         #expect(s.discardedBytes >= 16 * 4096, "the written pages were discarded: \(s.counters)")
-        let store = try openImageWhenReleased(receiver.images + "/delta-discard")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/delta-discard", pid: w.pid)
     }
 
     @Test func controlMigrateTakesTheDeltaCache() throws {
@@ -154,10 +148,7 @@ import MemhaulTestSupport
         #expect(s.state == .completed, "\(s.error ?? "")")
         #expect(s.resumes >= 1)
         #expect(s.resentBytesAfterResume > 0, "the cut hit a round in flight")
-        let store = try openImageWhenReleased(receiver.images + "/delta-resume")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: workload.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/delta-resume", pid: workload.pid)
     }
 }
 

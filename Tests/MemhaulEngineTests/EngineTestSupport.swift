@@ -7,6 +7,7 @@ import MemhaulSystem
 import MemhaulTestSupport
 import MemhaulImage
 import MemhaulTLS
+import Testing
 
 extension ChildProcess {
     /// Whether the target holds a userfaultfd.
@@ -100,6 +101,14 @@ final class ReceiverProcess {
         guard let p = line.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw TestSetupError("bad line \(line)") }
         self.port = p
     }
+}
+
+/// The image in `directory`, once released, equals `pid`'s memory byte for byte.
+func expectImageMatchesSource(_ directory: String, pid: Int32, sourceLocation: SourceLocation = #_sourceLocation) throws {
+    let store = try openImageWhenReleased(directory)
+    defer { store.close() }
+    let report = try ImageVerifier.verify(store, pid: pid)
+    #expect(report.ok, "\(report.mismatches)", sourceLocation: sourceLocation)
 }
 
 /// Opens an image once the receiver session has released it (its lock is

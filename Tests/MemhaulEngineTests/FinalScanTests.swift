@@ -54,10 +54,7 @@ import MemhaulTestSupport
             return
         }
         #expect(s.finalScanMs != nil)
-        let store = try openImageWhenReleased(receiver.images + "/" + id)
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/" + id, pid: w.pid)
     }
 }
 
@@ -103,9 +100,6 @@ import MemhaulTestSupport
             Issue.record("migration \(s.state): \(s.error ?? "")")
             return
         }
-        let store = try openImageWhenReleased(receiver.images + "/" + id)
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/" + id, pid: w.pid)
     }
 }

@@ -58,10 +58,7 @@ import MemhaulTestSupport
         }
         #expect((s.rounds ?? 0) >= 2)
         #expect(cycles.lines.count >= 3, "the layout changed while rounds ran (\(cycles.lines.count) cycles)")
-        let store = try openImageWhenReleased(receiver.images + "/changes-1")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/changes-1", pid: w.pid)
     }
 
     @Test func twoMigrationsIntoOneReceiverAtOnce() throws {

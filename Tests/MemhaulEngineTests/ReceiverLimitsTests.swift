@@ -133,10 +133,7 @@ final class RawConnection {
         Thread.detachNewThread { migration.run(); done.signal() }
         #expect(done.wait(timeout: .now() + 120) == .success)
         #expect(migration.status.state == .completed, "\(migration.status.error ?? "")")
-        let store = try openImageWhenReleased(receiver.images + "/limits-1")
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: workload.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/limits-1", pid: workload.pid)
         _ = (held, other, last)
     }
 

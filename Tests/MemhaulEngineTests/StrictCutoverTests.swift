@@ -56,10 +56,7 @@ import MemhaulTestSupport
         #expect(s.cutoverAborts.first?.phase == .beforeSend)
         #expect(s.cutoverAborts.first.map { $0.predictedMs > $0.limitMs } == true)
         #expect(s.warnings.contains { $0.hasPrefix("cutover aborted (before-send)") }, "\(s.warnings)")
-        let store = try openImageWhenReleased(receiver.images + "/" + r.id)
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/" + r.id, pid: w.pid)
     }
 
     /// Aborted while the final delta streams (a 1 MB/s cap, 4 MiB dirtied
@@ -92,10 +89,7 @@ import MemhaulTestSupport
         #expect(s.abortedCutovers == 1)
         #expect(s.cutoverAborts.first?.phase == .streaming)
         #expect(s.cutoverAborts.first.map { $0.remainingBytes > 0 } == true)
-        let store = try openImageWhenReleased(receiver.images + "/" + r.id)
-        defer { store.close() }
-        let report = try ImageVerifier.verify(store, pid: w.pid)
-        #expect(report.ok, "\(report.mismatches)")
+        try expectImageMatchesSource(receiver.images + "/" + r.id, pid: w.pid)
     }
 
     @Test func afterTheAllowedAttemptsTheMigrationFailsWithTheSourceRunning() throws {
