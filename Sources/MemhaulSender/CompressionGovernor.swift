@@ -29,6 +29,11 @@ final class CompressionGovernor: Sendable {
     /// Blocked at least this long with every side below `idle`: two steps at once (a slow link).
     static let stronglyBound = 0.9
     static let idle = 0.3
+    /// The first commit chunk of an `auto` migration, at most: the receiver's
+    /// load comes only with a ROUND_ACK, and until then the governor stays raw
+    /// (`receiver_load_unknown`), so a 64 MiB first chunk went raw on a slow link.
+    /// 8 MiB: its ack is back within the first 16-batch window.
+    static let firstCommitChunkBytes: UInt64 = 8 << 20
 
     /// Why the level is what it is (status `compression_reason`).
     enum Reason: String, Codable, Sendable, CaseIterable {
@@ -48,7 +53,7 @@ final class CompressionGovernor: Sendable {
         case receiverDisk = "receiver_disk"
         /// The sender's compression workers are CPU-bound.
         case senderCPU = "sender_cpu"
-        /// The sending thread seldom waits for the socket: reading or encoding limits, not the network.
+        /// The sending thread seldom waits for the socket: reading or encoding limits, not the network (one step less).
         case notNetworkBound = "not_network_bound"
     }
 
@@ -66,7 +71,9 @@ final class CompressionGovernor: Sendable {
         if r.storageBusy >= saturated && r.storageCPU < saturated { return (0, .receiverDisk) }
         if r.network >= saturated || r.storageCPU >= saturated { return (0, .receiverCPU) }
         if inputs.senderCPU >= saturated { return (max(index - 1, 0), .senderCPU) }
-        if inputs.sendBlocked < networkBound { return (0, .notNetworkBound) }
+        // Not blocked while compressing: this level is slower than the link. One step less, not
+        // raw: from raw it would be network-bound again and climb back (on a 200 Mbit/s link it dropped to raw twice a migration and climbed back).
+        if inputs.sendBlocked < networkBound { return (max(index - 1, 0), .notNetworkBound) }
         let busiest = max(inputs.senderCPU, r.network, r.storageCPU, r.storageBusy)
         guard busiest < headroom else { return (index, .holding) }
         let step = inputs.sendBlocked >= stronglyBound && busiest < idle ? 2 : 1

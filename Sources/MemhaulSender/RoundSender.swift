@@ -466,10 +466,12 @@ final class EncoderCache: @unchecked Sendable {  // one worker thread at a time
 
 extension RoundScan {
     /// The scan cut into commit chunks of at most `maxBytes` of dirty pages
-    /// each (ranges are split at page boundaries); the discards travel with the
-    /// first chunk. Always at least one chunk, so an empty round still commits.
-    func commitChunks(maxBytes: UInt64) -> [RoundScan] {
-        let limit = PageSize.roundDown(max(maxBytes, PageSize.bytes))
+    /// each, the first at most `firstMaxBytes` (ranges are split at page
+    /// boundaries); the discards travel with the first chunk. Always at least
+    /// one chunk, so an empty round still commits.
+    func commitChunks(maxBytes: UInt64, firstMaxBytes: UInt64? = nil) -> [RoundScan] {
+        let rest = PageSize.roundDown(max(maxBytes, PageSize.bytes))
+        let first = PageSize.roundDown(max(min(firstMaxBytes ?? maxBytes, maxBytes), PageSize.bytes))
         var chunks: [RoundScan] = []
         var current: [AddressRange] = []
         var bytes: UInt64 = 0
@@ -481,6 +483,7 @@ extension RoundScan {
         for range in dirty {
             var start = range.start
             while start < range.end {
+                let limit = chunks.isEmpty ? first : rest
                 let take = min(range.end - start, limit - bytes)
                 current.append(AddressRange(start: start, end: start + take))
                 bytes += take

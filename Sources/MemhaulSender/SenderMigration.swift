@@ -740,7 +740,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         ledger: PageLedger?, firstRound: Bool = false, frozen: Bool,
         strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in }
     ) throws -> SentRound {
-        let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes).enumerated().map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
+        // `auto` sends raw until an ack brings the receiver's load: the migration's first chunk is small so one comes early.
+        let firstChunk = firstRound && sender.governor.adaptive ? CompressionGovernor.firstCommitChunkBytes : nil
+        let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes, firstMaxBytes: firstChunk).enumerated()
+            .map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
         let channel = box.channel
         let before = channel.bytesSent
         var total = SentRound(pages: 0, zeroPages: 0, discardedPages: 0, pageBytes: 0, wireBytes: 0, streamSeconds: 0, ackSeconds: 0)

@@ -31,7 +31,8 @@ import MemhaulTestSupport
         (minus1, 0.9, 0.2, 0.9, 0.2, 0.3, raw, .receiverCPU),  // receiver decrypt-bound: raw at once
         (minus1, 0.9, 0.2, 0.2, 0.9, 0.95, raw, .receiverCPU),  // receiver stage CPU-bound
         (minus1, 0.9, 0.2, 0.2, 0.3, 0.95, raw, .receiverDisk),  // stage waits for the disk
-        (minus1, 0.2, 0.2, 0.2, 0.2, 0.3, raw, .notNetworkBound),  // the socket never pushes back
+        (minus1, 0.2, 0.2, 0.2, 0.2, 0.3, minus1 - 1, .notNetworkBound),  // the socket never pushes back: one step less
+        (raw, 0.2, 0.2, 0.2, 0.2, 0.3, raw, .notNetworkBound),  // and raw stays raw (loopback)
         (minus1, 0.2, 0.9, 0.2, 0.2, 0.3, minus1 - 1, .senderCPU),
     ] as [(Int, Double, Double, Double, Double, Double, Int, G.Reason)])
     func decisionTable(_ c: (Int, Double, Double, Double, Double, Double, Int, G.Reason)) {
@@ -72,6 +73,28 @@ import MemhaulTestSupport
         for _ in 0..<64 { fixed.record(seconds: 0.01, blockedSeconds: 0.01) }
         #expect(fixed.level == 3)
         #expect(fixed.snapshot.reason == .fixed)
+    }
+
+    /// `auto` cannot leave raw before a ROUND_ACK brings the receiver's load,
+    /// so its migration's first commit chunk is 8 MiB (its ack comes back within
+    /// the first 16-batch window), not 64: a 32 MiB stop-and-copy commits twice.
+    /// A fixed level has nothing to wait for and keeps one 64 MiB chunk.
+    @Test(arguments: [nil, 1] as [Int32?])
+    func autoCommitsASmallFirstChunkSoTheReceiversLoadComesEarly(_ level: Int32?) throws {
+        let receiver = try TestReceiver(pki: nil)
+        let workload = try startWorkload(["--size", "32M", "--threads", "1", "--rate", "0"])
+        var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "governor-first-chunk-\(level ?? 0)")
+        r.parameters.maxRounds = 0
+        r.compressionLevel = level
+        r.after = .resume
+        let migration = SenderMigration(request: r, connect: try connector(nil))
+        migration.run()
+        let s = migration.status
+        #expect(s.state == .completed, "\(s.error ?? "")")
+        let pageBytes = receiver.agent.counters.values.committedPageBytes
+        #expect(pageBytes > G.firstCommitChunkBytes && pageBytes < r.parameters.commitChunkBytes, "\(pageBytes) page bytes")
+        #expect(receiver.agent.counters.values.commits == (level == nil ? 2 : 1))
+        #expect(workload.state != "T")
     }
 
     /// A receiver whose storage stage is CPU-bound (a test hook spins 100 ms of

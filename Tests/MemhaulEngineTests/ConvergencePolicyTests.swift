@@ -96,6 +96,16 @@ import MemhaulSystem
         #expect(chunks[2].dirty == [range(8, 10), range(20, 22)])
     }
 
+    @Test func aSmallerFirstChunkThenFullOnes() {
+        let scan = RoundScan(round: 0, dirty: [range(0, 10), range(20, 23)], discarded: [range(40, 41)], stats: ScanStats())
+        let chunks = scan.commitChunks(maxBytes: 4 * mib, firstMaxBytes: 1 * mib)
+        #expect(chunks.map { $0.dirty.reduce(0) { $0 + $1.byteCount } } == [1 * mib, 4 * mib, 4 * mib, 4 * mib])
+        #expect(chunks[0].discarded == [range(40, 41)])
+        #expect(chunks.flatMap(\.dirty).coalesced() == scan.dirty)
+        // A first limit above the others is the others'.
+        #expect(scan.commitChunks(maxBytes: 4 * mib, firstMaxBytes: 64 * mib).count == 4)
+    }
+
     @Test func anEmptyRoundIsOneChunk() {
         let chunks = RoundScan(round: 3, dirty: [], discarded: [], stats: ScanStats()).commitChunks(maxBytes: 64 * mib)
         #expect(chunks.count == 1)
