@@ -78,6 +78,9 @@ public final class MetricsListener: @unchecked Sendable {  // immutable after in
             }
             let box = HandOff(client)
             let thread = Thread { [self] in
+                // The slot is free before the client sees the close: a scraper
+                // that asks again at once must not meet its own last connection.
+                defer { try? box.value.close() }
                 defer { open.subtract(1, ordering: .relaxed) }
                 serve(box.value)
             }
@@ -86,7 +89,6 @@ public final class MetricsListener: @unchecked Sendable {  // immutable after in
     }
 
     private func serve(_ fd: FileDescriptor) {
-        defer { try? fd.close() }
         UnixSocket.setTimeout(fd.rawValue, seconds: Int(Self.deadlineSeconds))
         let deadline = MonotonicClock.seconds() + Self.deadlineSeconds
         guard let head = Self.readHead(fd.rawValue, deadline: deadline) else { return }

@@ -82,7 +82,7 @@ struct BenchCommand: ParsableCommand {
             defer { workload.stop() }
             let imageRoot = images ?? env.scratch + "/images"
             let receiver = try env.startReceiver(images: imageRoot)
-            defer { receiver.stop() }
+            defer { withExtendedLifetime(env) { receiver.stop() } }  // the receiver stops before env deletes its scratch
             let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
 
             // memhaul: stop-and-copy of the whole process, source resumed after each run.
@@ -116,7 +116,7 @@ struct BenchCommand: ParsableCommand {
                                threads: usage, commits: delta("commits"), commitSeconds: delta("commit_seconds"), fsyncSeconds: delta("fsync_seconds"))
                 }
                 // Scratch images go at once: a 4 GiB run on tmpfs must not hold two.
-                try? FileManager.default.removeItem(atPath: imageRoot + "/" + request.id)
+                env.removeImage(request.id, under: imageRoot)
             }
             let run = best!
             let memoryBytes = Double(run.status.totalBytes)
@@ -205,7 +205,7 @@ struct BenchCommand: ParsableCommand {
             guard let rate = BenchSupport.parseSize(dirtyRate) else { throw ValidationError("--dirty-rate: bad value") }
             let env = try BenchSupport.Environment(certs: certs)
             let (host, port, local) = try env.destination(receiver)
-            defer { local?.stop() }
+            defer { withExtendedLifetime(env) { local?.stop() } }  // the receiver stops before env deletes its scratch
 
             if proofs {
                 try BenchProofs(env: env, host: host, port: port, size: size, dirtyRate: rate, repeats: repeats).run()
@@ -233,7 +233,7 @@ struct BenchCommand: ParsableCommand {
                 r.deltaCacheBytes = deltaCache.bytes
                 r.deadlines.verification = 600  // a slow proof on a loaded machine is measured, not failed
                 let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeat, keepReportIn: reports)
-                if local != nil { try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id) }
+                if local != nil { env.removeImage(r.id) }
                 guard w.status.state == .completed else { throw CLIError("\(id) failed: \(w.status.error ?? w.status.state.rawValue)") }
                 return w
             }

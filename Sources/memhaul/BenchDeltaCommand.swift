@@ -40,7 +40,7 @@ extension BenchCommand {
         func run() throws {
             let env = try BenchSupport.Environment(certs: certs)
             let (host, port, local) = try env.destination(receiver)
-            defer { local?.stop() }
+            defer { withExtendedLifetime(env) { local?.stop() } }  // the receiver stops before env deletes its scratch
             let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(rate), "--pattern", "kv:\(hot)"])
             defer { workload.stop() }
 
@@ -54,7 +54,7 @@ extension BenchCommand {
                 guard s.state == .completed else { throw CLIError("\(name) failed: \(s.error ?? s.state.rawValue)") }
                 let later = m.history.rounds.filter { $0.round > 0 }
                 // Images of a local receiver go: two per repeat of the workload's size would fill the scratch.
-                try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id)
+                env.removeImage(r.id)
                 let streamSeconds = later.reduce(0) { $0 + $1.streamMs } / 1000
                 return Run(status: s, redirtiedPages: later.reduce(0) { $0 + $1.pages }, redirtiedWire: later.reduce(0) { $0 + $1.wireBytes },
                            pageRate: streamSeconds > 0 ? Double(later.reduce(0) { $0 + $1.pageBytes }) / streamSeconds : 0)

@@ -20,7 +20,7 @@ extension BenchCommand {
         func run() throws {
             let env = try BenchSupport.Environment()
             let receiver = try env.startReceiver()
-            defer { receiver.stop() }
+            defer { withExtendedLifetime(env) { receiver.stop() } }  // the receiver stops before env deletes its scratch
             progress("final-scan bench: idle workloads, loopback TLS, \(repeats) migrations per method and size, medians")
             for size in sizes.split(separator: ",").map(String.init) {
                 let heartbeat = env.scratch + "/heartbeat-\(size)"
@@ -41,7 +41,7 @@ extension BenchCommand {
                         let s = w.status
                         lived[method, default: []].append(w.livedMs)
                         frozen[method, default: []].append(s.frozenMs ?? .nan)
-                        try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
+                        env.removeImage(id)
                         guard s.state == .completed else { throw CLIError("\(id) failed: \(s.error ?? s.state.rawValue)") }
                         scans[method, default: []].append(s.finalScanMs ?? .nan)
                         downtimes[method, default: []].append(s.downtimeMs ?? .nan)

@@ -29,7 +29,7 @@ struct BenchProofs {
                 guard w.status.state == .completed else { throw CLIError("\(mode) failed: \(w.status.error ?? w.status.state.rawValue)") }
                 runs[mode, default: []].append(w)
                 // Images of a local receiver go: 3 proofs × repeats × size would fill the scratch.
-                try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + r.id)
+                env.removeImage(r.id)
             }
         }
         func median(_ mode: ProofMode, _ f: (BenchFrozenWindow) -> Double?) -> Double {

@@ -30,7 +30,7 @@ extension BenchCommand {
         func run() throws {
             let env = try BenchSupport.Environment()
             let receiver = try env.startReceiver()
-            defer { receiver.stop() }
+            defer { withExtendedLifetime(env) { receiver.stop() } }  // the receiver stops before env deletes its scratch
             // (name, workload arguments): sizes 128 MiB – 1 GiB, idle, uniform and hot-set writers, 8 – 80 MB/s.
             let set: [(String, [String])] = [
                 ("idle 512M", ["--size", "512M", "--threads", "0"]),
@@ -54,7 +54,7 @@ extension BenchCommand {
                     r.parameters.downtimeLimitMs = downtimeLimit
                     r.parameters.strict = strict
                     let w = try BenchFrozenWindow.migrate(r, env: env, heartbeat: heartbeats[k])
-                    try? FileManager.default.removeItem(atPath: env.scratch + "/images/" + id)
+                    env.removeImage(id)
                     let o = Outcome(workload: set[k].0, strict: strict, window: w)
                     outcomes.append(o)
                     let s = o.status

@@ -4,6 +4,7 @@ import MemhaulSession
 import MemhaulSystem
 import MemhaulSender
 import MemhaulReceiver
+import MemhaulImage
 import MemhaulKernel
 import MemhaulTLS
 
@@ -135,6 +136,25 @@ enum BenchSupport {
         }
 
         deinit { try? FileManager.default.removeItem(atPath: scratch) }
+
+        /// Deletes image `id` of a local receiver (under `root`, default the
+        /// scratch images) once its session has let go of it: the receiver
+        /// writes report.json there as the session ends, after the sender has
+        /// seen the end, and holds the image lock until then. 60 s at most.
+        func removeImage(_ id: String, under root: String? = nil) {
+            let directory = (root ?? scratch + "/images") + "/" + id
+            let deadline = MonotonicClock.seconds() + 60
+            while MonotonicClock.seconds() < deadline {
+                do throws(ImageError) {
+                    try ImageReader.open(directory: directory, requireLock: true).close()
+                    break
+                } catch {
+                    guard case .locked = error else { break }  // gone or not an image: nothing to wait for
+                    usleep(10_000)
+                }
+            }
+            try? FileManager.default.removeItem(atPath: directory)
+        }
 
         func configuration(_ role: String) -> TLSConfiguration {
             TLSConfiguration(caFile: certs + "/ca.pem", certificateFile: certs + "/\(role).pem", privateKeyFile: certs + "/\(role).key")

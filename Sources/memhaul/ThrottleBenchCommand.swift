@@ -33,7 +33,7 @@ extension BenchCommand {
         func run() throws {
             let env = try BenchSupport.Environment(certs: nil)
             let receiver = try env.startReceiver()
-            defer { receiver.stop() }
+            defer { withExtendedLifetime(env) { receiver.stop() } }  // the receiver stops before env deletes its scratch
             let configs: [(ThrottleSteps, ThrottleBackend)] = [(.classic, .signals), (.adaptive, .signals), (.classic, .cgroup), (.adaptive, .cgroup)]
             var results: [String: [Outcome]] = [:]
             print("throttle bench: \(size) workload, every page rewritten by 2 threads at full speed; loopback mutual TLS\(maxBandwidth > 0 ? ", cap \(Summary.bytes(maxBandwidth))/s" : "")")

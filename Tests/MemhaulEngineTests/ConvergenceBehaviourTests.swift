@@ -1,6 +1,7 @@
 import Foundation
 import Glibc
 import MemhaulImage
+import Synchronization
 import Testing
 @testable import MemhaulSession
 @testable import MemhaulSender
@@ -9,15 +10,16 @@ import Testing
 /// Migrations whose workload fights back: faster dirtying than the link, and a
 /// layout that changes while rounds run.
 @Suite(.serialized) struct ConvergenceBehaviourTests {
-    /// Polls the migration's status until it ends; returns the highest throttle seen.
-    func runWatchingThrottle(_ migration: SenderMigration) -> Int {
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
-        var highest = 0
-        while done.wait(timeout: .now() + 0.02) == .timedOut {
-            highest = max(highest, migration.status.throttlePercent)
-        }
-        return highest
+    /// Runs the migration to its end; returns it and the highest throttle its
+    /// status showed. Every status change is seen (the progress observer), so
+    /// a throttle that lasts one short round is not missed between samples.
+    func runWatchingThrottle(_ request: MigrationRequest) throws -> (SenderMigration, Int) {
+        let highest = Mutex(0)
+        let migration = SenderMigration(request: request, connect: try connector(nil), progress: { s in
+            highest.withLock { $0 = max($0, s.throttlePercent) }
+        })
+        migration.run()
+        return (migration, highest.withLock { $0 })
     }
 
     @Test func autoConvergeThrottlesAWorkloadThatOutrunsTheLink() throws {
@@ -29,11 +31,11 @@ import Testing
         r.parameters.maxRounds = 8
         r.parameters.stallRounds = 1
         r.after = .resume
-        let migration = SenderMigration(request: r, connect: try connector(nil))
-        let highest = runWatchingThrottle(migration)
+        let (migration, highest) = try runWatchingThrottle(r)
         let s = migration.status
         #expect(s.state == .completed, "\(s.error ?? "")")
-        #expect(highest >= 20, "auto-converge shows in the status")
+        let decisions = migration.history.rounds.map { "\($0.round): \($0.decision ?? "-") \($0.pendingBytes ?? 0) B \($0.throttlePercent)%" }
+        #expect(highest >= 20, "auto-converge shows in the status; rounds \(decisions)")
         #expect(s.throttlePercent == 0, "the throttle is released at the end")
         // Within the limit, or the warning says what to expect.
         if let d = s.downtimeMs, d > r.parameters.downtimeLimitMs {

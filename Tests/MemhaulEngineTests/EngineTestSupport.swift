@@ -113,9 +113,12 @@ func expectImageMatchesSource(_ directory: String, pid: Int32, sourceLocation: S
 
 /// Opens an image once the receiver session has released it (its lock is
 /// dropped when the session ends, just after the sender has finished).
+/// The 120 s bound is for safety only: the session's end (a linger, the
+/// report's write behind a busy disk) is what is waited for.
 func openImageWhenReleased(_ directory: String) throws -> ImageStore {
     var lastError: Error?
-    for _ in 0..<1000 {
+    let deadline = MonotonicClock.seconds() + 120
+    while MonotonicClock.seconds() < deadline {
         do { return try ImageStore.open(directory: directory) } catch {
             lastError = error
             if case ImageError.locked = error { usleep(10_000); continue }

@@ -46,15 +46,6 @@ func expectRefusal(port: UInt16, _ pki: TestPKI, role: String, id: String, resum
     }
 }
 
-/// Waits for a receiver log line containing every needle.
-func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
-    for _ in 0..<1000 {
-        if let line = receiver.logLines.first(where: { l in needles.allSatisfy { l.contains($0) } }) { return line }
-        usleep(10_000)
-    }
-    return nil
-}
-
 @Suite(.serialized) struct ReceiverAuthorizationTests {
     /// A second sender certificate from the same CA, CN `sender-b`.
     static func pkiWithSecondSender() throws -> TestPKI {
@@ -94,7 +85,7 @@ func waitForLog(_ receiver: TestReceiver, _ needles: [String]) -> String? {
         #expect(!resume.message.contains("memhaul-sender"), "the refusal must not reveal the owner: \(resume.message)")
         let fresh = try expectRefusal(port: receiver.port, pki, role: "sender-b", id: "x-1")
         #expect(fresh.code == .unauthorized, "\(fresh)")
-        let line = waitForLog(receiver, ["x-1", "unauthorized", "CN=sender-b", "CN=memhaul-sender"])
+        let line = receiver.waitForLog("x-1", "unauthorized", "CN=sender-b", "CN=memhaul-sender")
         #expect(line != nil, "no log line naming both identities: \(receiver.logLines)")
 
         try waitUntilImageReleased(dir)

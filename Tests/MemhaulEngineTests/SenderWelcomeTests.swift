@@ -80,6 +80,10 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
                    _ configure: (inout MigrationRequest) -> Void = { _ in }) throws -> MigrationStatus {
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: proxy.port, id: id)
         r.after = .resume
+        // A safety bound only: every receiver here answers, and what is judged is
+        // the answer. The default 10 s includes the fsyncs of the new image behind
+        // whatever else the shared disk is writing (CI runs benches beside tests).
+        r.deadlines.welcome = 120
         configure(&r)
         let migration = SenderMigration(request: r, connect: try connector(pki))
         migration.run()

@@ -127,7 +127,11 @@ import MemhaulTestSupport
 extension ScanTrackerTests {
     @Test func roundsWithoutDiscardCheckDeferDiscardsToTheNextCheckingRound() throws {
         let uffd = try TestUffd()
-        let a = try TestArea(pages: 1024, uffd: uffd)
+        // Two whole 2 MiB page tables of its own, both made by the writes below: the
+        // check-free scan reports an empty PTE of a uffd-wp range as written, so a
+        // table another test's mapping created after the first round (this process's
+        // memory is shared by parallel tests) would add never-written pages here.
+        let a = try TestArea(pages: 1024, uffd: uffd, alignment: 2 << 20)
         for i in 0..<600 { a.write(i) }
         let tracker = DirtyTracker(scanner: try selfScanner())
         _ = try tracker.initialRound(ranges: [a.range])
@@ -146,6 +150,35 @@ extension ScanTrackerTests {
         #expect(a.indices(exact.discarded).isSuperset(of: [10]))
         #expect(a.indices(exact.discarded).isSubset(of: [10, 20]))
         let quiet = try tracker.nextRound(ranges: [a.range])
+        #expect(quiet.dirty.isEmpty && quiet.discarded.isEmpty)
+    }
+
+    /// The check-free scan reports an empty PTE of a uffd-wp range as written
+    /// when another mapping made its page table after the first round: 268
+    /// never-written pages of this area share a 2 MiB table with a neighbour.
+    /// Whatever it reports, the next exact round settles it: each such page
+    /// comes back discarded (so the receiver holds zeros, as the source does).
+    @Test func holesOfATableANeighbourMadeAreSettledByTheNextExactRound() throws {
+        let uffd = try TestUffd()
+        // Three 2 MiB tables; the area is pages [268, 1292), its last 268 pages in table 3 with 244 unregistered ones.
+        let mapping = try TestArea(pages: 1536, uffd: nil, alignment: 2 << 20)
+        let areaStart = mapping.page(268).start
+        try uffd.register(mapping.base + 268 * 4096, 1024 * 4096)
+        let area = AddressRange(start: areaStart, pages: 1024)
+        func indices(_ l: [AddressRange]) -> Set<Int> { Set(mapping.indices(l.intersecting([area])).map { $0 - 268 }) }
+        for i in 0..<600 { mapping.write(268 + i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        _ = try tracker.initialRound(ranges: [area])
+        mapping.write(1400)  // the neighbour: makes table 3
+        mapping.write(268 + 700)
+        let fast = try tracker.nextRound(ranges: [area], checkDiscards: false)
+        let reported = indices(fast.dirty)
+        #expect(reported.contains(700))
+        #expect(reported.isSubset(of: Set(600..<1024)), "only pages never written before, or 700")
+        let exact = try tracker.nextRound(ranges: [area])
+        #expect(indices(exact.dirty).isEmpty)
+        #expect(indices(exact.discarded) == reported.subtracting([700]), "each never-written page reported comes back discarded")
+        let quiet = try tracker.nextRound(ranges: [area])
         #expect(quiet.dirty.isEmpty && quiet.discarded.isEmpty)
     }
 

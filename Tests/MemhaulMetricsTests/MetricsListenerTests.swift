@@ -40,6 +40,21 @@ private struct FixedSource: MetricsSource {
         #expect(answer.hasPrefix("HTTP/1.1 431"), "answer: \(answer.prefix(200).debugDescription)")
     }
 
+    /// A scraper asking again the moment its last answer closed is never
+    /// turned away (503) by its own finished connections: the listener frees a
+    /// slot before the client sees the close. (A woken client often preempts
+    /// the server thread right after close(2); under load several such threads
+    /// wait for a CPU at once.)
+    @Test func backToBackScrapesAreNeverRefused() throws {
+        let listener = try MetricsListener(address: .tcp(host: "127.0.0.1", port: 0), source: FixedSource())
+        defer { listener.close() }
+        let port = try #require(listener.boundDescription.split(separator: ":").last.flatMap { UInt16($0) })
+        for i in 0..<(64 * MetricsListener.maxConnections) {
+            let answer = try httpExchange(port: port, "GET /metrics HTTP/1.1\r\n\r\n")
+            try #require(answer.hasPrefix("HTTP/1.1 200"), "scrape \(i): \(answer.prefix(80).debugDescription)")
+        }
+    }
+
     /// Clients that connect and say nothing hold at most `maxConnections`
     /// threads; the next connection is answered 503 at once.
     @Test func idleClientsAreBounded() throws {
