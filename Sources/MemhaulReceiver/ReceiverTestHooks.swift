@@ -1,4 +1,5 @@
-/// Test seams of the receiver agent, set before `serve()`; none is set in production.
+/// Test seams of the receiver agent, set before `serve()`; none is set in
+/// production (`coldImage` only by the hidden bench flag `--bench-cold-image`).
 public struct ReceiverTestHooks: Sendable {
     /// Runs on the storage stage's thread before each page batch is stored: a
     /// test makes the receiver CPU-bound with it (the governor must then stay raw).
