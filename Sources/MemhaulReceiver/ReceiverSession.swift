@@ -539,7 +539,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// the sender dumps and ships its CRIU files (``ImageReadahead``).
     private func startReadahead(_ store: ImageStore, _ restore: RestoreService) {
         if testHooks.coldImage {
-            do { try ImageReadahead.dropFromCache(directory: store.directory) } catch {
+            let t0 = MonotonicClock.seconds()
+            do {
+                try ImageReadahead.dropFromCache(directory: store.directory)
+                log("receiver: bench cold image: dropped \(store.directory) from the page cache in \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
+            } catch {
                 log("receiver: bench cold image: \(error)")
             }
         }
