@@ -458,6 +458,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     try channel.send(.roundAck(RoundAck(round: end.round, load: reportsLoad ? load : nil)))
                     setInfo { $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     try store.finishApply()
+                    dropForColdBench(store)
                 }
                 openRound = nil
             case .keepalive(let k):
@@ -538,17 +539,22 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// A restore will read the image the final commit made: read it ahead while
     /// the sender dumps and ships its CRIU files (``ImageReadahead``).
     private func startReadahead(_ store: ImageStore, _ restore: RestoreService) {
-        if testHooks.coldImage {
-            let t0 = MonotonicClock.seconds()
-            do {
-                try ImageReadahead.dropFromCache(directory: store.directory)
-                log("receiver: bench cold image: dropped \(store.directory) from the page cache in \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
-            } catch {
-                log("receiver: bench cold image: \(error)")
-            }
-        }
+        dropForColdBench(store)
         guard restore.readsAhead else { return }
         readahead = ImageReadahead.start(directory: store.directory, log: log)
+    }
+
+    /// `--bench-cold-image`: after every commit (so that little is left to flush
+    /// after the last), the image's region files leave the page cache.
+    private func dropForColdBench(_ store: ImageStore) {
+        guard testHooks.coldImage, restoreAgreed, restore != nil else { return }
+        let t0 = MonotonicClock.seconds()
+        do {
+            try ImageReadahead.dropFromCache(directory: store.directory)
+            log("receiver: bench cold image: dropped \(store.directory) from the page cache in \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
+        } catch {
+            log("receiver: bench cold image: \(error)")
+        }
     }
 
     /// Stops the readahead (if any) and counts what it did.
