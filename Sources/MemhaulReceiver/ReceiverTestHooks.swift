@@ -5,8 +5,8 @@ public struct ReceiverTestHooks: Sendable {
     /// test makes the receiver CPU-bound with it (the governor must then stay raw).
     public var beforeStoringBatch: (@Sendable () -> Void)?
     /// Bench only (`memhaul receive --bench-cold-image`): when a restore will
-    /// follow, drop the image's region files from the page cache after every
-    /// commit and once the final round is checkpointed
+    /// follow, drop the image's region files from the page cache once the final
+    /// round is checkpointed
     /// (``ImageReadahead/dropFromCache(directory:)``), as if other work had
     /// evicted them before the restore reads them.
     public var coldImage = false
