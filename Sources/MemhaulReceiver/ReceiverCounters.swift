@@ -56,6 +56,10 @@ public final class ReceiverCounters: Sendable {
         public var fsyncSeconds: Double = 0
         /// Page bytes (uncompressed) written into images by committed chunks; bytes.
         public var committedPageBytes: UInt64 = 0
+        /// Bytes of complete images read into the page cache ahead of their restore (``ImageReadahead``); bytes.
+        public var readaheadBytes: UInt64 = 0
+        /// Sum of the readaheads' durations (start → last call returned or stopped); seconds.
+        public var readaheadSeconds: Double = 0
 
         public init() {}
 
@@ -67,6 +71,8 @@ public final class ReceiverCounters: Sendable {
             case commitSeconds = "commit_seconds"
             case fsyncSeconds = "fsync_seconds"
             case committedPageBytes = "committed_page_bytes"
+            case readaheadBytes = "readahead_bytes"
+            case readaheadSeconds = "readahead_seconds"
         }
     }
 
@@ -95,6 +101,13 @@ public final class ReceiverCounters: Sendable {
     func refused(_ reason: RefusalReason) { state.withLock { $0.values.refusals[reason.rawValue, default: 0] += 1 } }
 
     func completed() { state.withLock { $0.values.migrationsCompleted += 1 } }
+
+    func readAhead(bytes: UInt64, seconds: Double) {
+        state.withLock {
+            $0.values.readaheadBytes += bytes
+            $0.values.readaheadSeconds += seconds
+        }
+    }
 
     func committed(seconds: Double, fsyncSeconds: Double, pageBytes: UInt64) {
         let observers = state.withLock {

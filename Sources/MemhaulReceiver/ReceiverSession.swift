@@ -90,6 +90,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     /// HELLO and WELCOME agreed on criu-restore.
     private var restoreAgreed = false
     private var restoreFiles: RestoreFileWriter?
+    /// The complete image's region files going into the page cache for the restore.
+    private var readahead: ImageReadahead?
     private let infoLock = NSLock()
     private var _info: Info
     /// `report.json` in the image directory.
@@ -345,6 +347,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         let stage = StorageStage(store: store, ledger: ledger, beforeStoringBatch: testHooks.beforeStoringBatch)
         defer {
             stage.stop()
+            endReadahead()
             // Where the stage's time went (the receiver's usual bottleneck on a disk).
             let p = stage.phaseNanoseconds
             log("receiver: migration \(info.migration ?? "?"): storage stage busy \(stage.busyNanoseconds / 1_000_000) ms: checksum \(p.checksum / 1_000_000) ms, "
@@ -444,6 +447,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     setInfo { $0.state = "complete"; $0.committedRound = store.committedRound; $0.lastCommit = commit }
                     log("receiver: migration \(info.migration ?? "?") complete, digest \(wire.hex)")
                     try store.checkpoint()
+                    if restoreAgreed, let restore { startReadahead(store, restore) }
                 } else {
                     // Acknowledge at the commit point (durable), then apply the
                     // journal while the sender scans for the next round.
@@ -502,6 +506,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         let job = RestoreService.Job(migrationID: id, imageDirectory: store.directory, criuDirectory: files.directory, options: begin.options)
         let outcome: RestoreService.Outcome
         do {
+            defer { endReadahead() }  // the restore read the image: no more to gain
             outcome = try restore!.restore(job)
         } catch let r as Refusal {
             throw r
@@ -528,6 +533,37 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         }
         setInfo { $0.state = "running"; $0.restoredPID = outcome.pid }
         log("receiver: migration \(id): process running on this host as PID \(outcome.pid) (restore \(Int(outcome.restoreSeconds * 1000)) ms, all pages in \(Int(outcome.completeSeconds * 1000)) ms)")
+    }
+
+    /// A restore will read the image the final commit made: read it ahead while
+    /// the sender dumps and ships its CRIU files (``ImageReadahead``).
+    private func startReadahead(_ store: ImageStore, _ restore: RestoreService) {
+        dropForColdBench(store)
+        guard restore.readsAhead else { return }
+        readahead = ImageReadahead.start(directory: store.directory, log: log)
+    }
+
+    /// `--bench-cold-image`: the checkpointed image's region files leave the page
+    /// cache (flushed first: this session thread waits for it, so a bench reports
+    /// the time; a drop after every commit flushed each 64 MiB chunk and stalled
+    /// the pre-copy).
+    private func dropForColdBench(_ store: ImageStore) {
+        guard testHooks.coldImage, restoreAgreed, restore != nil else { return }
+        let t0 = MonotonicClock.seconds()
+        do {
+            try ImageReadahead.dropFromCache(directory: store.directory)
+            log("receiver: bench cold image: dropped \(store.directory) from the page cache in \(Int((MonotonicClock.seconds() - t0) * 1000)) ms")
+        } catch {
+            log("receiver: bench cold image: \(error)")
+        }
+    }
+
+    /// Stops the readahead (if any) and counts what it did.
+    private func endReadahead() {
+        guard let r = readahead else { return }
+        readahead = nil
+        let outcome = r.stop()
+        counters.readAhead(bytes: outcome.bytes, seconds: outcome.seconds)
     }
 
     /// The sender kills its source on RESTORE_DONE and then says CLOSE

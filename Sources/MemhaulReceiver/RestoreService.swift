@@ -39,10 +39,16 @@ public struct RestoreService: Sendable {
     /// Restores, resumes (SIGCONT) and waits until the process has all its
     /// memory; throws (having killed whatever it restored) if it cannot.
     public var restore: @Sendable (Job) throws -> Outcome
+    /// Once the final round is committed, read the image's region files into
+    /// the page cache while the sender dumps (``ImageReadahead``): the restore
+    /// then does not pay a cold read of the image.
+    public var readsAhead: Bool
 
-    public init(maxFiles: Int = 1024, maxTotalBytes: UInt64 = 256 << 20, restore: @escaping @Sendable (Job) throws -> Outcome) {
+    public init(maxFiles: Int = 1024, maxTotalBytes: UInt64 = 256 << 20, readsAhead: Bool = true,
+                restore: @escaping @Sendable (Job) throws -> Outcome) {
         self.maxFiles = maxFiles
         self.maxTotalBytes = maxTotalBytes
+        self.readsAhead = readsAhead
         self.restore = restore
     }
 }

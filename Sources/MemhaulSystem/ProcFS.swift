@@ -15,6 +15,17 @@ public enum ProcFS {
         String(decoding: try read(path), as: UTF8.self)
     }
 
+    /// `MemAvailable` of `/proc/meminfo` in bytes: what the kernel estimates can
+    /// be had without swapping; nil if it cannot be read.
+    public static func memAvailableBytes() -> UInt64? {
+        guard let text = try? readString("/proc/meminfo") else { return nil }
+        for line in text.split(separator: "\n") where line.hasPrefix("MemAvailable:") {
+            guard let kib = line.split(separator: " ").dropFirst().first.flatMap({ UInt64($0) }) else { return nil }
+            return kib << 10
+        }
+        return nil
+    }
+
     /// The state letter of `/proc/PID/stat` (or `/proc/PID/task/TID/stat`):
     /// R, S, D, T, t, Z, X…; nil if the process or thread is gone. The field
     /// after the last `)`, since the command name may hold anything.

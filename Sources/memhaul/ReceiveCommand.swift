@@ -41,6 +41,10 @@ struct ReceiveCommand: ParsableCommand {
     @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
     var maxImagesPerSender = 64
     @OptionGroup var restore: RestoreOptions
+    @Flag(name: .customLong("no-readahead"), help: "With --restore criu: do not read a complete image into the page cache while the sender dumps (the restore then reads what is not cached itself).")
+    var noReadahead = false
+    @Flag(name: .customLong("bench-cold-image"), help: ArgumentHelp("Bench only: drop a complete image from the page cache before its restore, as if other work had evicted it.", visibility: .hidden))
+    var benchColdImage = false
     @Option(help: "Authorisation policy: lines 'SENDER PATTERN...' (SENDER = certificate CN, sha256:FINGERPRINT or *; PATTERN = migration-id glob). Re-read on SIGHUP.")
     var authorize: String?
     @OptionGroup var transport: TransportOptions
@@ -54,6 +58,7 @@ struct ReceiveCommand: ParsableCommand {
             throw ValidationError("--max-layout-regions, --max-layout-bytes, --max-pages-per-round and --max-ranges-per-round must be at least 1")
         }
         guard maxImagesPerSender >= 0 else { throw ValidationError("--max-images-per-sender must be 0 (unlimited) or more") }
+        if !restore.enabled && (noReadahead || benchColdImage) { throw ValidationError("--no-readahead and --bench-cold-image need --restore criu") }
     }
 
     var limits: ReceiverLimits {
@@ -87,6 +92,8 @@ struct ReceiveCommand: ParsableCommand {
         if restore.enabled {
             let runner = try restore.runner()
             agent.restore = .criu(runner: runner, extraArguments: restore.criuArgs, log: Log.line)
+            agent.restore!.readsAhead = !noReadahead
+            agent.testHooks.coldImage = benchColdImage
             Log.line("receiver: restores processes with \(runner.path) (CRIU \(runner.version))")
         }
         if !transport.insecure {

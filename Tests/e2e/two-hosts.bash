@@ -33,14 +33,31 @@ host_prefix() { if [[ ${net_only:-0} == 1 ]]; then hp=(nsenter "--net=/run/netns
 host_exec() { local hp; host_prefix "$1"; shift; "${hp[@]}" "$@"; }
 receiver_opts=()  # extra options for the receiver agent, set before two_hosts_up
 
+# receiver_up: the receiver agent on B with $receiver_opts (its PID in $receiver_pid).
+receiver_up() {
+  local hp
+  host_prefix $B
+  "${hp[@]}" "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
+    --certs "$work/pki" --control "$work/receiver.sock" "${receiver_opts[@]}" >"$work/receiver.out" 2>>"$work/receiver.log" &
+  receiver_pid=$!
+  pids+=($receiver_pid)
+}
+# receiver_restart: a new receiver agent with the current $receiver_opts (same images, PKI, log).
+receiver_restart() {
+  kill -TERM "$receiver_pid"
+  wait "$receiver_pid" 2>/dev/null || true  # its status is the signal's
+  : >"$work/receiver.out"
+  receiver_up
+  for _ in $(seq 1 200); do grep -q . "$work/receiver.out" 2>/dev/null && break; sleep 0.05; done
+  grep -q . "$work/receiver.out" || fail "receiver agent did not restart"
+}
+
 two_hosts_up() {
   local rate=$1; shift
   "$root/scripts/netns" up "$rate"
   "$memhaul" certs init "$work/pki" --receiver-name 10.77.0.2 >/dev/null
-  host_prefix $B
-  "${hp[@]}" "$memhaul" receive --listen 10.77.0.2:7070 --images "$work/images" \
-    --certs "$work/pki" --control "$work/receiver.sock" "${receiver_opts[@]}" >"$work/receiver.out" 2>"$work/receiver.log" &
-  pids+=($!)
+  : >"$work/receiver.log"
+  receiver_up
   host_prefix $A
   "${hp[@]}" "$memhaul" sender --certs "$work/pki" --control "$work/sender.sock" "$@" \
     >"$work/sender.out" 2>"$work/sender.log" &
