@@ -55,6 +55,14 @@ import MemhaulTestSupport
         return total
     }
 
+    /// Whether /tmp (where `temporaryDirectory` puts images) can drop a file's
+    /// pages: tmpfs keeps them (they are the file), so a cold image cannot be made there.
+    static let canMakeColdImages: Bool = {
+        var fs = statfs()
+        return statfs("/tmp", &fs) == 0 && fs.f_type != 0x0102_1994  // TMPFS_MAGIC
+    }()
+    static let onTmpfs = "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made"
+
     /// A cold image: flushed and dropped from the cache (what `--bench-cold-image` does).
     static func coldImage() throws -> String {
         let dir = try makeImage()
@@ -64,7 +72,7 @@ import MemhaulTestSupport
         return dir
     }
 
-    @Test func readsEveryDataPageIntoThePageCacheAndSkipsHoles() throws {
+    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func readsEveryDataPageIntoThePageCacheAndSkipsHoles() throws {
         let dir = try Self.coldImage()
         let outcome = ImageReadahead.start(directory: dir, log: { _ in }).wait()
         #expect(outcome.finished, "\(outcome)")
@@ -82,7 +90,7 @@ import MemhaulTestSupport
         #expect(cached >= Self.dataPages && cached < Self.dataPages + Self.holePages / 2, "\(cached) pages cached, \(Self.dataPages) of data")
     }
 
-    @Test func stopsBeforeItsNextCallWhenAsked() throws {
+    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func stopsBeforeItsNextCallWhenAsked() throws {
         let dir = try Self.coldImage()
         let reached = DispatchSemaphore(value: 0), go = DispatchSemaphore(value: 0)
         let readahead = ImageReadahead.start(directory: dir, memAvailable: nil, beforeChunk: { k in
@@ -101,7 +109,7 @@ import MemhaulTestSupport
         #expect(readahead.stop() == outcome, "stop() again returns the same")
     }
 
-    @Test func skipsAnImageLargerThanItsShareOfAvailableMemory() throws {
+    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func skipsAnImageLargerThanItsShareOfAvailableMemory() throws {
         let dir = try Self.coldImage()
         let available = Self.dataPages * Self.page * ImageReadahead.memoryDivisor - Self.page
         let outcome = ImageReadahead.start(directory: dir, memAvailable: available, log: { _ in }).wait()
@@ -111,7 +119,7 @@ import MemhaulTestSupport
         #expect(fits.finished, "\(fits)")
     }
 
-    @Test func aFailedReadaheadOnlyEndsIt() throws {
+    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func aFailedReadaheadOnlyEndsIt() throws {
         let dir = try Self.coldImage()
         let lines = LogSink()
         let outcome = Syscall.withFaults([.init("posix_fadvise(WILLNEED)", .EIO, after: 1)]) {
