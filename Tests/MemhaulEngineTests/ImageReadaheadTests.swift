@@ -56,12 +56,19 @@ import MemhaulTestSupport
     }
 
     /// Whether /tmp (where `temporaryDirectory` puts images) can drop a file's
-    /// pages: tmpfs keeps them (they are the file), so a cold image cannot be made there.
+    /// pages: tmpfs keeps them (they are the file), so no cold image can be made
+    /// there. The file system is the longest mount point over /tmp in /proc/self/mounts.
     static let canMakeColdImages: Bool = {
-        var fs = statfs()
-        return statfs("/tmp", &fs) == 0 && fs.f_type != 0x0102_1994  // TMPFS_MAGIC
+        let mounts = (try? String(contentsOfFile: "/proc/self/mounts", encoding: .utf8)) ?? ""
+        var best: (point: String, type: String) = ("", "")
+        for line in mounts.split(separator: "\n") {
+            let f = line.split(separator: " ").map(String.init)
+            guard f.count > 2 else { continue }
+            let covers: Bool = f[1] == "/" || f[1] == "/tmp" || "/tmp".hasPrefix(f[1] + "/")
+            if covers && f[1].count >= best.point.count { best = (f[1], f[2]) }
+        }
+        return best.type != "tmpfs"
     }()
-    static let onTmpfs = "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made"
 
     /// A cold image: flushed and dropped from the cache (what `--bench-cold-image` does).
     static func coldImage() throws -> String {
@@ -72,7 +79,7 @@ import MemhaulTestSupport
         return dir
     }
 
-    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func readsEveryDataPageIntoThePageCacheAndSkipsHoles() throws {
+    @Test(.enabled(if: canMakeColdImages, "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made")) func readsEveryDataPageIntoThePageCacheAndSkipsHoles() throws {
         let dir = try Self.coldImage()
         let outcome = ImageReadahead.start(directory: dir, log: { _ in }).wait()
         #expect(outcome.finished, "\(outcome)")
@@ -90,7 +97,7 @@ import MemhaulTestSupport
         #expect(cached >= Self.dataPages && cached < Self.dataPages + Self.holePages / 2, "\(cached) pages cached, \(Self.dataPages) of data")
     }
 
-    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func stopsBeforeItsNextCallWhenAsked() throws {
+    @Test(.enabled(if: canMakeColdImages, "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made")) func stopsBeforeItsNextCallWhenAsked() throws {
         let dir = try Self.coldImage()
         let reached = DispatchSemaphore(value: 0), go = DispatchSemaphore(value: 0)
         let readahead = ImageReadahead.start(directory: dir, memAvailable: nil, beforeChunk: { k in
@@ -109,7 +116,7 @@ import MemhaulTestSupport
         #expect(readahead.stop() == outcome, "stop() again returns the same")
     }
 
-    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func skipsAnImageLargerThanItsShareOfAvailableMemory() throws {
+    @Test(.enabled(if: canMakeColdImages, "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made")) func skipsAnImageLargerThanItsShareOfAvailableMemory() throws {
         let dir = try Self.coldImage()
         let available = Self.dataPages * Self.page * ImageReadahead.memoryDivisor - Self.page
         let outcome = ImageReadahead.start(directory: dir, memAvailable: available, log: { _ in }).wait()
@@ -119,7 +126,7 @@ import MemhaulTestSupport
         #expect(fits.finished, "\(fits)")
     }
 
-    @Test(.enabled(if: canMakeColdImages, onTmpfs)) func aFailedReadaheadOnlyEndsIt() throws {
+    @Test(.enabled(if: canMakeColdImages, "/tmp is tmpfs: its pages cannot be dropped, so no cold image can be made")) func aFailedReadaheadOnlyEndsIt() throws {
         let dir = try Self.coldImage()
         let lines = LogSink()
         let outcome = Syscall.withFaults([.init("posix_fadvise(WILLNEED)", .EIO, after: 1)]) {
