@@ -68,6 +68,8 @@ public final class ImageStore: @unchecked Sendable {
     /// files it writes (``join()``).
     private var running: ApplyJob?
     private let hashState: OpaquePointer
+    /// Starts the open round's in-place writeback off the writer's thread.
+    let writeback = WritebackQueue()
 
 #if DEBUG
     /// Test hooks (ImageStoreTestHooks.swift); not in release builds.
@@ -353,7 +355,7 @@ public final class ImageStore: @unchecked Sendable {
             path: journalPath(round), round: round, imageID: imageID, buffer: scratch, hashState: hashState)
         open = OpenRound(
             round: round, regions: regions, plan: plan, vacant: manifest.vacant, layoutChanged: regions != manifest.regions,
-            journal: journal)
+            journal: journal, writeback: writeback)
     }
 
     /// Regions end at or below this address: above any Linux user address space (57 bits with
@@ -466,6 +468,7 @@ public final class ImageStore: @unchecked Sendable {
     public func abortRound() {
         guard let r = open else { return }
         open = nil
+        _ = r.writeback.finish()  // none of its ranges still running when they are punched
         r.journal.remove()
         // Undo in-place writes: fresh addresses go with the files reconciling
         // drops, vacant ones are punched back to holes.
@@ -505,6 +508,7 @@ public final class ImageStore: @unchecked Sendable {
         guard let r = open else { throw .noOpenRound }
         let t0 = MonotonicClock.nanoseconds()
         var m = manifest
+        let writebackFailures = r.writeback.finish()  // none still running when the fsyncs below wait
         do {
             try r.journal.seal()
             for id in r.directFiles.sorted() { try file(id, create: true).fsync() }
@@ -574,7 +578,7 @@ public final class ImageStore: @unchecked Sendable {
         let info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
             publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
-            applyDeferred: deferApply, writebackFailures: r.writebackFailures + r.journal.writebackFailures)
+            applyDeferred: deferApply, writebackFailures: writebackFailures + r.journal.writebackFailures)
         lastCommit = info
         return info
     }

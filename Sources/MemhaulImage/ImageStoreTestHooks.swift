@@ -1,4 +1,7 @@
 #if DEBUG
+#if canImport(Glibc)
+import Glibc
+#endif
 /// Crash points for the store's tests (debug builds only: a release store has
 /// no way to skip an apply or stop at the commit point).
 struct TestHooks {
@@ -27,6 +30,9 @@ extension ImageStore {
 
     /// Tests: whether the last background apply is still alive (it must not outlive its join).
     var testLastApplyIsAlive: Bool { hooks.lastApply != nil }
+
+    /// Tests: the threads the in-place writeback ran on.
+    var testWritebackThreads: Set<pthread_t> { writeback.threadsUsed.withLock { $0 } }
 
     /// Tests: drop the store as a crash would: no checkpoint, journals left for `open`.
     func testCrash() {

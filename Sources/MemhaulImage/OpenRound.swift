@@ -23,8 +23,8 @@ final class OpenRound {
     var directFiles: Set<UInt32> = []
     /// In-place writes since writeback was last started: (file, range, bytes).
     private var unsynced: (file: ImageFile, id: UInt32, from: UInt64, to: UInt64, bytes: UInt64)?
-    /// `sync_file_range` calls that failed (best effort: the commit's fsync does their work).
-    private(set) var writebackFailures = 0
+    /// Where the writeback is started (off the writer's thread).
+    let writeback: WritebackQueue
 
     /// Starts writeback of in-place writes every `ImageStore.writebackKickBytes`
     /// (or when another file is written), so the disk works during the round
@@ -44,7 +44,7 @@ final class OpenRound {
 
     func kickWriteback() {
         guard let u = unsynced else { return }
-        if u.file.startWriteback(from: u.from, count: u.to - u.from) != nil { writebackFailures += 1 }
+        writeback.start(u.file, from: u.from, count: u.to - u.from)
         unsynced = nil
     }
     var directBytes: UInt64 = 0
@@ -59,8 +59,9 @@ final class OpenRound {
 
     init(
         round: UInt32, regions: [ImageRegion], plan: LayoutPlan, vacant: [AddressRange], layoutChanged: Bool,
-        journal: JournalWriter
+        journal: JournalWriter, writeback: WritebackQueue
     ) {
+        self.writeback = writeback
         self.fresh = plan.fresh
         self.grown = plan.grown
         let layout = regions.map { AddressRange(start: $0.start, end: $0.end) }.coalesced()
