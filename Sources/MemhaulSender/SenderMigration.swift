@@ -43,6 +43,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let progress: @Sendable (MigrationStatus) -> Void
     /// The report (`request.reportPath`); the migration's thread only.
     private let recorder: MigrationRecorder
+    /// The last freeze's steps (`frozen_steps`); the migration's thread only.
+    private var timeline = FrozenTimeline()
     #if DEBUG
     /// Tests: runs on the migration's thread right before the cutover freezes the target.
     var testBeforeFreeze: (() -> Void)?
@@ -165,8 +167,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func end(_ hold: TargetHold, _ box: ChannelBox?, _ failure: Error?, start: Double) {
         let cancelled = failure != nil && (isCancelled || (failure as? MigrationError) == .cancelled)
         let outcome: TargetHold.Outcome = failure == nil ? .completed(request.after) : cancelled ? .cancelled : .failed
+        timeline.mark(.releaseStart)
         recorder.phase("release")
         let release = hold.release(outcome)
+        if let endedAt = release.endedAt { timeline.mark(.released, at: endedAt) }
         recorder.released(frozenAt: hold.frozenAt, frozenSeconds: release.frozenSeconds)
         var error = failure
         if let failure, let channel = box?.channel {
@@ -187,6 +191,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.failure = failure == nil || cancelled ? nil : StatusError(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
+            $0.frozenSteps = timeline.steps
             if let frozen = release.frozenSeconds {
                 $0.frozenMs = frozen * 1000
                 if let warning = Self.downtimeWarning(frozenMs: frozen * 1000, status: $0) { $0.warnings.append(warning) }
@@ -318,7 +323,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
-            let ns = try hold.freeze()
+            let ns = try freeze(hold)
             recorder.froze(start: freezeStart)
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.stage = .frozen; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
@@ -376,7 +381,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                            compressionLevel: sender.governor.level, compression: sender.governor.description,
                            throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
-            if hold.isFrozen { break }
+            if hold.isFrozen {
+                timeline.mark(.finalRoundRecorded)
+                break
+            }
             if sent.aborted {
                 // What the receiver committed of it is a pre-copy round now; all of it is examined again.
                 if let abort = status.cutoverAborts.last {
@@ -437,12 +445,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 testBeforeFreeze?()
                 #endif
                 freezeStart = MonotonicClock.seconds()
-                let ns = try hold.freeze()
+                let ns = try freeze(hold)
                 recorder.froze(start: freezeStart)
                 let finalScanStart = MonotonicClock.seconds()
                 let timed = try timedScanNextRound(process, tracker, &layout, frozen: true)
                 scan = timed.scan
                 let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
+                timeline.mark(.finalScan)
                 #if DEBUG
                 if request.testHooks.dropFirstFinalDirtyPage { scan = scan.droppingFirstDirtyPage() }
                 #endif
@@ -492,12 +501,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
         }
         let wire = WireDigest(high: digest.high, low: digest.low)
+        timeline.mark(.digest)
         var ack: RoundAck
         while true {
             let verifyRound = UInt64(round + 2) &+ box.offset
             do {
                 try sendLayout(verifyRound, layout, box.channel)
                 try box.channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
+                timeline.mark(.verifySent)
                 ack = try awaitAck(verifyRound, box.channel, PeerDeadline(
                     "verification ROUND_ACK (digest) for round \(verifyRound), source frozen", seconds: request.deadlines.verification))
                 break
@@ -505,6 +516,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
             }
         }
+        timeline.mark(.verifyAcked)
         guard let image = ack.imageDigest else { throw MigrationError.protocolViolation("final ROUND_ACK without a digest") }
         guard image == wire else { throw MigrationError.digestMismatch(sender: wire.hex, receiver: image.hex) }
         updateStatus {
@@ -512,12 +524,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
             $0.transferredBytes = box.sentBefore + box.channel.bytesSent
         }
+        timeline.mark(.proved)
         if let w = UnresidentFilePages.warning(
             pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
         {
             updateStatus { $0.warnings.append(w) }
             log(w)
         }
+        timeline.mark(.unresidentChecked)
         if let step = request.afterProof {
             // The step's tools (CRIU) seize the source themselves (a task has one
             // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
@@ -526,8 +540,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             recorder.phase("restore")
             try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
                                            frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
+            timeline.mark(.afterProof)
         }
         try? box.channel.send(.close(Close(reason: .complete)))
+        timeline.mark(.closeSent)
     }
 
     /// The current connection, replaced when a migration resumes.
@@ -705,6 +721,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         return strict
     }
 
+    /// Freezes the target and starts the frozen window's timeline; returns the nanoseconds the freeze took.
+    private func freeze(_ hold: TargetHold) throws -> UInt64 {
+        do {
+            let ns = try hold.freeze()
+            timeline.start(frozenAt: hold.frozenAt!)
+            timeline.mark(.frozen)
+            return ns
+        } catch {
+            // Half-frozen: the release still ends the window.
+            if let frozenAt = hold.frozenAt { timeline.start(frozenAt: frozenAt) }
+            throw error
+        }
+    }
+
     /// Thaws the target (still tracked) and records the abort; pre-copy goes on.
     /// With `check`, fails the migration once the attempts are used up.
     private func abortCutover(_ abort: CutoverAbort, hold: TargetHold, check: Bool = true) throws {
@@ -853,9 +883,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
             }
             let ackStart = MonotonicClock.seconds()
+            if frozen { timeline.mark(.finalDeltaSent, at: ackStart) }
             while acked < sent { try ackNext() }
             total.streamSeconds = ackStart - streamStart
             total.ackSeconds = MonotonicClock.seconds() - ackStart
+            if frozen { timeline.mark(.finalDeltaAcked, at: ackStart + total.ackSeconds) }
         } catch {
             throw BrokenRound(error: error, chunks: chunks)
         }
