@@ -46,8 +46,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     /// The last freeze's steps (`frozen_steps`); the migration's thread only.
     private var timeline = FrozenTimeline()
     /// What the rounds built (tracker, ledger, delta cache, round sender), kept
-    /// until the target is released: freeing it took 8.6 ms of an idle 4 GiB
-    /// frozen window (65 ms at load 16) when it went as `migrate` returned.
+    /// until the target is released: freed as `migrate` returned, it took
+    /// 16–65 ms of an idle 4 GiB frozen window (BENCHMARKS.md, "rest").
     private var keptUntilReleased: [AnyObject] = []
     #if DEBUG
     /// Tests: runs on the migration's thread right before the cutover freezes the target.
