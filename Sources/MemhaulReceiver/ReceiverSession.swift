@@ -106,6 +106,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     private var ledger: ReceiverLedger?
     /// Non-final ROUND_ACKs carry this side's load (capability `receiverLoad`).
     private var reportsLoad = false
+    /// The final round may carry the last pages (capabilities `finalDeltaDigest` and `ledgerDigest`).
+    private var finalDeltaProved = false
     /// Set by ``abortConnection()``: long work stops at its next check.
     private let cancelLock = NSLock()
     private var _cancelled = false
@@ -211,7 +213,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
 
     /// What this receiver supports, and accepts when a HELLO offers it:
     /// resume included (a sender uses only what WELCOME accepts).
-    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest, .pageDelta, .receiverLoad]
+    static let capabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .ledgerDigest, .pageDelta, .receiverLoad, .finalDeltaDigest]
 
     private func handshake(_ claimed: inout String?) throws -> ImageStore {
         guard case .hello(let hello) = try channel.receive() else {
@@ -274,11 +276,12 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
         recorder.opened(migration: id, directory: directory, peer: info.peer, resumeFrom: hello.resumeFromRound,
                         committedChunk: store.committedRound, bytesReceived: channel.bytesReceived)
         let offered = restore == nil ? Self.capabilities : Self.capabilities.union(RestoreService.capabilities)
-        let agreed = hello.capabilities.intersection(offered)
+        let agreed = hello.capabilities.intersection(offered.subtracting(testHooks.withheldCapabilities))
         restoreAgreed = agreed.contains(.criuRestore)
         digestVersion = agreed.contains(.digestV2) ? .v2 : .v1
         deltaAgreed = agreed.contains(.pageDelta)
         reportsLoad = agreed.contains(.receiverLoad)
+        finalDeltaProved = agreed.isSuperset(of: [.finalDeltaDigest, .ledgerDigest])
         try channel.send(.welcome(Welcome(capabilities: agreed, lastCommittedRound: store.committedRound.map(UInt64.init))))
         log("receiver: migration \(id) from \(info.peer) (\(hello.senderName), \(sender.map { "\($0)" } ?? "unauthenticated")) → \(directory)")
         if agreed.contains(.ledgerDigest) {
@@ -426,9 +429,11 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     throw Refusal(code: .roundMismatch, description: "round \(end.round) counts differ: sender \(end.stats), received \(counts)")
                 }
                 if let senderDigest = end.finalDigest {
-                    // The verification round carries no pages: the image is already
-                    // what the frozen source holds, or the migration fails.
-                    guard counts.pages == 0, counts.zeroPages == 0, counts.discardedPages == 0 else {
+                    // A verification round carries no pages: the image is already what the
+                    // frozen source holds, or the migration fails. With `finalDeltaDigest` the
+                    // final delta's last chunk is the final round: the ledger's digest then
+                    // covers its staged pages, all of it committed below in one durable commit.
+                    guard finalDeltaProved || (counts.pages == 0 && counts.zeroPages == 0 && counts.discardedPages == 0) else {
                         throw Refusal(code: .unexpectedMessage, description: "the final (verification) round must carry no pages")
                     }
                     // Stops at once when the peer goes (it polls the socket between chunks).

@@ -1,3 +1,5 @@
+import MemhaulWire
+
 /// Test seams of the receiver agent, set before `serve()`; none is set in
 /// production (`coldImage` only by the hidden bench flag `--bench-cold-image`).
 public struct ReceiverTestHooks: Sendable {
@@ -10,6 +12,8 @@ public struct ReceiverTestHooks: Sendable {
     /// (``ImageReadahead/dropFromCache(directory:)``), as if other work had
     /// evicted them before the restore reads them.
     public var coldImage = false
+    /// Capabilities left out of WELCOME, as a receiver that predates them would.
+    public var withheldCapabilities: Capabilities = []
 
     public init() {}
 }

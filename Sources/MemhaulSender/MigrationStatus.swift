@@ -39,6 +39,9 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
     public var finalScanWalkMs: Double?
     /// The final scan's `ioctl(PAGEMAP_SCAN)` calls.
     public var finalScanIoctls: Int?
+    /// The frozen window step by step (``FrozenTimeline``): each step's end, ms after the
+    /// freeze began, up to the release; nil if the target never froze.
+    public var frozenSteps: [FrozenStep]?
     /// The whole proof inside the frozen window (the exchange, and the re-read of `full_proof_ms`).
     public var verifyMs: Double?
     /// The proof that ran: `incremental` (ledger v3), `full` (v2: memory and image re-read) or `both`.
@@ -108,6 +111,7 @@ public struct MigrationStatus: Codable, Sendable, Equatable {
         case finalScanLayoutMs = "final_scan_layout_ms"
         case finalScanWalkMs = "final_scan_walk_ms"
         case finalScanIoctls = "final_scan_ioctls"
+        case frozenSteps = "frozen_steps"
         case verifyMs = "verify_ms"
         case proof
         case fullProofMs = "full_proof_ms"

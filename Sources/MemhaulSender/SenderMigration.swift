@@ -43,6 +43,12 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private let progress: @Sendable (MigrationStatus) -> Void
     /// The report (`request.reportPath`); the migration's thread only.
     private let recorder: MigrationRecorder
+    /// The last freeze's steps (`frozen_steps`); the migration's thread only.
+    private var timeline = FrozenTimeline()
+    /// What the rounds built (tracker, ledger, delta cache, round sender), kept
+    /// until the target is released: freed as `migrate` returned, it took
+    /// 16–65 ms of an idle 4 GiB frozen window (BENCHMARKS.md, "rest").
+    private var keptUntilReleased: [AnyObject] = []
     #if DEBUG
     /// Tests: runs on the migration's thread right before the cutover freezes the target.
     var testBeforeFreeze: (() -> Void)?
@@ -165,8 +171,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func end(_ hold: TargetHold, _ box: ChannelBox?, _ failure: Error?, start: Double) {
         let cancelled = failure != nil && (isCancelled || (failure as? MigrationError) == .cancelled)
         let outcome: TargetHold.Outcome = failure == nil ? .completed(request.after) : cancelled ? .cancelled : .failed
+        timeline.mark(.releaseStart)
         recorder.phase("release")
         let release = hold.release(outcome)
+        if let endedAt = release.endedAt { timeline.mark(.released, at: endedAt) }
+        keptUntilReleased = []
         recorder.released(frozenAt: hold.frozenAt, frozenSeconds: release.frozenSeconds)
         var error = failure
         if let failure, let channel = box?.channel {
@@ -187,6 +196,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             $0.failure = failure == nil || cancelled ? nil : StatusError(describing: error!)
             $0.throttlePercent = 0
             $0.totalTimeMs = (MonotonicClock.seconds() - start) * 1000
+            $0.frozenSteps = timeline.steps
             if let frozen = release.frozenSeconds {
                 $0.frozenMs = frozen * 1000
                 if let warning = Self.downtimeWarning(frozenMs: frozen * 1000, status: $0) { $0.warnings.append(warning) }
@@ -243,7 +253,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// What the sender offers in HELLO; it then uses only what WELCOME accepts.
-    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .receiverLoad]
+    static let offeredCapabilities: Capabilities = [.zstd, .keepalive, .resume, .digestV2, .receiverLoad, .finalDeltaDigest]
 
     /// Connects and shakes hands; with `resumeFrom`, asks the receiver to
     /// reopen the image and returns the round it has committed. The WELCOME
@@ -306,6 +316,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         let sender = RoundSender(pid: request.pid, configuration: .init(
             workers: request.workers, compressionLevel: request.compressionLevel, zstd: box.capabilities.contains(.zstd),
             hashPages: ledger != nil), deltaCache: deltaCache)
+        keptUntilReleased = [tracker, sender] + [ledger as AnyObject?, deltaCache as AnyObject?].compactMap { $0 }
         var policy = ConvergencePolicy(parameters: parameters)
         var layout = Self.regions(of: process)
         updateStatus {
@@ -318,12 +329,16 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var freezeStart = 0.0
         if parameters.maxRounds == 0 {
             freezeStart = MonotonicClock.seconds()
-            let ns = try hold.freeze()
+            let ns = try freeze(hold)
             recorder.froze(start: freezeStart)
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.stage = .frozen; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
         var scan = try scanFirstRound(process, tracker, &layout)
         var lastScanAt = MonotonicClock.seconds()
+        /// The digest the final delta's last ROUND_END carried (capability `finalDeltaDigest`).
+        var deltaProof: (digest: MemoryDigest, wire: WireDigest)?
+        /// The receiver's digest in that ROUND_END's ROUND_ACK.
+        var deltaProofAck: WireDigest?
         var round = 0
         while true {
             if isCancelled { throw MigrationError.cancelled }
@@ -347,9 +362,15 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
             let sent: SentRound
             let firstChunk = UInt64(round + 1) &+ box.offset
+            // The incremental proof rides on the final delta when the receiver can take it (not
+            // under `--strict`: a thaw after the ROUND_END is out would leave an image complete).
+            let provesOnDelta = hold.isFrozen && strict == nil && !request.proof.rereadsMemory && ledger != nil
+                && box.capabilities.contains(.finalDeltaDigest)
+            deltaProof = nil
             do {
                 sent = try sendRound(firstChunk, layout: layout, scan: scan, box: box, sender: sender,
-                                     ledger: ledger, firstRound: round == 0, frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) })
+                                     ledger: ledger, firstRound: round == 0, frozen: hold.isFrozen, strict: strict, abort: { try self.abortCutover($0, hold: hold, check: false) },
+                                     finalDigest: provesOnDelta ? { deltaProof = Self.ledgerDigest(ledger!, layout); self.timeline.mark(.digest); return deltaProof!.wire } : nil)
             } catch let broken as BrokenRound where isResumable(broken.error, box) {
                 // Chunks the receiver committed are in the image; the others go
                 // back to the tracker and the next scan sends them again.
@@ -376,7 +397,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                            compressionLevel: sender.governor.level, compression: sender.governor.description,
                            throttlePercent: hold.throttlePercent, frozen: hold.isFrozen)
             log("round \(round) [\(sender.governor.description)]: \(sent.pages) pages (\(sent.zeroPages) zero, \(sent.discardedPages) discarded) in \(Int((roundEnd - roundStart) * 1000)) ms (stream \(Int(sent.streamSeconds * 1000)) ms, commit \(Int(sent.ackSeconds * 1000)) ms)")
-            if hold.isFrozen { break }
+            if hold.isFrozen {
+                deltaProofAck = sent.imageDigest
+                timeline.mark(.finalRoundRecorded)
+                break
+            }
             if sent.aborted {
                 // What the receiver committed of it is a pre-copy round now; all of it is examined again.
                 if let abort = status.cutoverAborts.last {
@@ -437,12 +462,13 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 testBeforeFreeze?()
                 #endif
                 freezeStart = MonotonicClock.seconds()
-                let ns = try hold.freeze()
+                let ns = try freeze(hold)
                 recorder.froze(start: freezeStart)
                 let finalScanStart = MonotonicClock.seconds()
                 let timed = try timedScanNextRound(process, tracker, &layout, frozen: true)
                 scan = timed.scan
                 let finalScanMs = (MonotonicClock.seconds() - finalScanStart) * 1000
+                timeline.mark(.finalScan)
                 #if DEBUG
                 if request.testHooks.dropFirstFinalDirtyPage { scan = scan.droppingFirstDirtyPage() }
                 #endif
@@ -467,11 +493,52 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
 
         // The proof (ProofMode): the ledgers' sums, and/or the frozen memory re-read.
         let verifyStart = MonotonicClock.seconds()
-                recorder.phase("verify", at: verifyStart)
+        recorder.phase("verify", at: verifyStart)
+        let (digest, wire, image): (MemoryDigest, WireDigest, WireDigest?)
+        if let proof = deltaProof {
+            // Proved with the final delta's commit: its last ROUND_ACK carried the image's digest.
+            (digest, wire, image) = (proof.digest, proof.wire, deltaProofAck)
+            updateStatus { $0.proof = request.proof.description }
+        } else {
+            (digest, wire, image) = try verificationRound(process, tracker, ledger, layout, box, round: round, verifyStart: verifyStart)
+        }
+        guard let image else { throw MigrationError.protocolViolation("final ROUND_ACK without a digest") }
+        guard image == wire else { throw MigrationError.digestMismatch(sender: wire.hex, receiver: image.hex) }
+        updateStatus {
+            $0.digest = digest.hex
+            $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
+            $0.transferredBytes = box.sentBefore + box.channel.bytesSent
+        }
+        timeline.mark(.proved)
+        if let w = UnresidentFilePages.warning(
+            pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
+        {
+            updateStatus { $0.warnings.append(w) }
+            log(w)
+        }
+        timeline.mark(.unresidentChecked)
+        if let step = request.afterProof {
+            // The step's tools (CRIU) seize the source themselves (a task has one
+            // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
+            try hold.handOver()
+            updateStatus { $0.stage = .restoring }
+            recorder.phase("restore")
+            try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
+                                           frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
+            timeline.mark(.afterProof)
+        }
+        try? box.channel.send(.close(Close(reason: .complete)))
+        timeline.mark(.closeSent)
+    }
+
+    /// The proof in its own round after the final delta (``ProofMode``): the ledgers' sums and/or
+    /// the frozen memory re-read, then the verification round (LAYOUT, ROUND_END with the
+    /// sender's digest, no pages); returns the digests and the receiver's.
+    private func verificationRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ ledger: PageLedger?, _ layout: [RegionDescriptor],
+                                   _ box: ChannelBox, round: Int, verifyStart: Double) throws -> (MemoryDigest, WireDigest, WireDigest?) {
         let digest: MemoryDigest
         if let ledger {
-            ledger.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
-            digest = ledger.digest(layout: Self.ranges(layout).map { $0.start..<$0.end })
+            digest = Self.ledgerDigest(ledger, layout).digest
             if request.proof.rereadsMemory {
                 let memory = try ProcessDigest.compute(
                     pid: request.pid, regions: layout, scanner: tracker.scanner, fileContent: process.fileContentRanges, version: .v3)
@@ -492,12 +559,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             }
         }
         let wire = WireDigest(high: digest.high, low: digest.low)
+        timeline.mark(.digest)
         var ack: RoundAck
         while true {
             let verifyRound = UInt64(round + 2) &+ box.offset
             do {
                 try sendLayout(verifyRound, layout, box.channel)
                 try box.channel.send(.roundEnd(RoundEnd(round: verifyRound, stats: RoundStats(), finalDigest: wire)))
+                timeline.mark(.verifySent)
                 ack = try awaitAck(verifyRound, box.channel, PeerDeadline(
                     "verification ROUND_ACK (digest) for round \(verifyRound), source frozen", seconds: request.deadlines.verification))
                 break
@@ -505,29 +574,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 try resume(box, after: error, lastAcked: box.lastAcked, nextRound: round + 1)
             }
         }
-        guard let image = ack.imageDigest else { throw MigrationError.protocolViolation("final ROUND_ACK without a digest") }
-        guard image == wire else { throw MigrationError.digestMismatch(sender: wire.hex, receiver: image.hex) }
-        updateStatus {
-            $0.digest = digest.hex
-            $0.verifyMs = (MonotonicClock.seconds() - verifyStart) * 1000
-            $0.transferredBytes = box.sentBefore + box.channel.bytesSent
-        }
-        if let w = UnresidentFilePages.warning(
-            pid: request.pid, mappings: process.registered, fileContent: process.fileContentRanges, scanner: tracker.scanner)
-        {
-            updateStatus { $0.warnings.append(w) }
-            log(w)
-        }
-        if let step = request.afterProof {
-            // The step's tools (CRIU) seize the source themselves (a task has one
-            // tracer): memhaul lets go first, leaving it in a SIGSTOP group stop.
-            try hold.handOver()
-            updateStatus { $0.stage = .restoring }
-            recorder.phase("restore")
-            try step.run(AfterProofContext(channel: box.channel, pid: request.pid, migrationID: request.id,
-                                           frozenSince: hold.frozenAt ?? freezeStart, update: { self.updateStatus($0) }))
-        }
-        try? box.channel.send(.close(Close(reason: .complete)))
+        timeline.mark(.verifyAcked)
+        return (digest, wire, ack.imageDigest)
     }
 
     /// The current connection, replaced when a migration resumes.
@@ -690,6 +738,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         var ackSeconds: Double
         /// `--strict` aborted the cutover during this (final) round: the target runs again.
         var aborted = false
+        /// The receiver's digest in the last chunk's ROUND_ACK, when its ROUND_END carried the proof.
+        var imageDigest: WireDigest?
     }
 
     /// The guard of a strict final round, nil when the round is not one.
@@ -703,6 +753,20 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
         testStrictCutover?(&strict)
         #endif
         return strict
+    }
+
+    /// Freezes the target and starts the frozen window's timeline; returns the nanoseconds the freeze took.
+    private func freeze(_ hold: TargetHold) throws -> UInt64 {
+        do {
+            let ns = try hold.freeze()
+            timeline.start(frozenAt: hold.frozenAt!)
+            timeline.mark(.frozen)
+            return ns
+        } catch {
+            // Half-frozen: the release still ends the window.
+            if let frozenAt = hold.frozenAt { timeline.start(frozenAt: frozenAt) }
+            throw error
+        }
     }
 
     /// Thaws the target (still tracked) and records the abort; pre-copy goes on.
@@ -738,7 +802,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     private func sendRound(
         _ first: UInt64, layout: [RegionDescriptor], scan: RoundScan, box: ChannelBox, sender: RoundSender,
         ledger: PageLedger?, firstRound: Bool = false, frozen: Bool,
-        strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in }
+        strict: StrictCutover? = nil, abort: (CutoverAbort) throws -> Void = { _ in },
+        finalDigest: (() -> WireDigest)? = nil
     ) throws -> SentRound {
         // `auto` sends raw until an ack brings the receiver's load: the migration's first chunk is small so one comes early.
         let firstChunk = firstRound && sender.governor.adaptive ? CompressionGovernor.firstCommitChunkBytes : nil
@@ -774,6 +839,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 ? PeerDeadline("ROUND_ACK for round \(round) (final delta, source frozen)", seconds: request.deadlines.frozenRoundAck)
                 : PeerDeadline("ROUND_ACK for round \(round)", seconds: request.deadlines.roundAck)
             let ack = try awaitAck(round, channel, deadline)
+            if round == chunks.last!.wireRound { total.imageDigest = ack.imageDigest }
             if let load = ack.load {
                 guard box.capabilities.contains(.receiverLoad) else {
                     throw MigrationError.protocolViolation("ROUND_ACK \(round) carries a load without the receiver-load capability")
@@ -826,7 +892,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 let stats = RoundStats(
                     pages: totals.pages, zeroPages: totals.zeroPages, discardedPages: totals.discardedPages,
                     batches: totals.batches, wireBytes: channel.bytesSent - chunkStart)
-                try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats)))
+                // The last chunk's ROUND_END may carry the proof: its pages are in the ledger now.
+                let digest = chunk.wireRound == chunks.last!.wireRound ? finalDigest?() : nil
+                try channel.send(.roundEnd(RoundEnd(round: chunk.wireRound, stats: stats, finalDigest: digest)))
                 box.chunkEnds[chunk.wireRound] = channel.bytesSent
                 sent += 1
                 // Per chunk, so the counters move within a round (several GiB take a while).
@@ -856,9 +924,11 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 while acked < sent, try channel.stream.waitReadable(timeout: .zero) { try ackNext() }
             }
             let ackStart = MonotonicClock.seconds()
+            if frozen { timeline.mark(.finalDeltaSent, at: ackStart) }
             while acked < sent { try ackNext() }
             total.streamSeconds = ackStart - streamStart
             total.ackSeconds = MonotonicClock.seconds() - ackStart
+            if frozen { timeline.mark(.finalDeltaAcked, at: ackStart + total.ackSeconds) }
         } catch {
             throw BrokenRound(error: error, chunks: chunks)
         }
@@ -913,6 +983,14 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 throw MigrationError.protocolViolation("expected ROUND_ACK \(round), got \(other.frameType)")
             }
         }
+    }
+
+    /// The ledger's digest over `layout` (what the receiver drops at the commit dropped here too).
+    static func ledgerDigest(_ ledger: PageLedger, _ layout: [RegionDescriptor]) -> (digest: MemoryDigest, wire: WireDigest) {
+        let ranges = Self.ranges(layout).map { $0.start..<$0.end }
+        ledger.restrict(to: ranges)
+        let digest = ledger.digest(layout: ranges)
+        return (digest, WireDigest(high: digest.high, low: digest.low))
     }
 
     static func ranges(_ layout: [RegionDescriptor]) -> [AddressRange] {

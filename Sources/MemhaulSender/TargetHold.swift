@@ -50,6 +50,8 @@ final class TargetHold {
         var action: String
         /// Steps that failed (thaw, detach); empty when clean.
         var problems: [String]
+        /// Monotonic seconds when the frozen window ended (the end of `frozenSeconds`); nil if never frozen.
+        var endedAt: Double?
     }
 
     let pid: Int32
@@ -183,7 +185,8 @@ final class TargetHold {
             action = "killed"
             end = MonotonicClock.seconds()
         }
-        let release = Release(frozenSeconds: frozenAt.map { end - $0 }, action: action, problems: problems)
+        let release = Release(frozenSeconds: frozenAt.map { end - $0 }, action: action, problems: problems,
+                              endedAt: frozenAt.map { _ in end })
         released = release
         return release
     }

@@ -79,6 +79,10 @@ public struct Capabilities: OptionSet, Hashable, Sendable {
     /// compression governor can tell a busy receiver from a slow network.
     /// (Bit 6 is taken by the delta encoding.)
     public static let receiverLoad = Capabilities(rawValue: 1 << 7)
+    /// With `ledgerDigest`: the final delta's last ROUND_END may carry the final flag and
+    /// the sender's digest, so the receiver commits the last pages and proves the image in one
+    /// durable commit, and no verification round follows (wire.md, "The final round").
+    public static let finalDeltaDigest = Capabilities(rawValue: 1 << 9)
 
     /// Everything version 1.0 defines.
     public static let v1_0: Capabilities = [.zstd, .resume, .keepalive]

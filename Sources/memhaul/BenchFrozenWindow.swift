@@ -68,6 +68,15 @@ struct BenchFrozenWindow {
         return .nan
     }
 
+    /// The frozen window step by step (`frozen_steps`): "step +Δ" per step, Δ the ms since the previous one.
+    var steps: String {
+        var previous = 0.0
+        return (status.frozenSteps ?? []).map { s in
+            defer { previous = s.atMs }
+            return String(format: "%@ +%.2f", s.step, s.atMs - previous)
+        }.joined(separator: ", ")
+    }
+
     /// "frozen F ms = freeze … + final scan … + final delta … + commit … + verify … + rest …; target saw L ms".
     var parts: String {
         String(format: "frozen %8.1f ms = freeze %5.1f + final scan %6.1f + final delta %7.1f + commit %6.1f + verify %6.1f + rest %5.1f; target saw %8.1f ms",

@@ -52,6 +52,9 @@ struct BenchProofs {
                          BenchSupport.pad(mode.rawValue, 12), typical.parts, median(mode) { $0.status.fullProofMs }, median(mode) { Double($0.status.rounds) },
                          typical.frozenMs / max(0.001, baseline), median(mode) { $0.status.finalScanLayoutMs },
                          median(mode) { $0.status.finalScanWalkMs }, median(mode) { $0.status.finalScanIoctls.map(Double.init) }))
+            // One run's steps (the median frozen window's): where its parts, "rest" included, went.
+            let middle = runs[mode]!.sorted { $0.frozenMs < $1.frozenMs }[runs[mode]!.count / 2]
+            print("    steps of the median run (ms since the previous): \(middle.steps)")
         }
     }
 }

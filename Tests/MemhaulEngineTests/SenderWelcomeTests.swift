@@ -124,8 +124,9 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
     @Test func noResumeWithoutTheResumeCapability() throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
+        // Without final-delta-digest too: round 0 then stays short of the proof (a verification round follows).
         let proxy = try WelcomeRewritingProxy(pki: pki, upstream: receiver.port, cutAfterAcks: 1) { w in
-            Welcome(version: w.version, capabilities: w.capabilities.subtracting(.resume), lastCommittedRound: w.lastCommittedRound)
+            Welcome(version: w.version, capabilities: w.capabilities.subtracting([.resume, .finalDeltaDigest]), lastCommittedRound: w.lastCommittedRound)
         }
         let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "2000"])
         let status = try migration(workload, through: proxy, pki, id: "no-resume") { r in
@@ -145,8 +146,9 @@ final class WelcomeRewritingProxy: @unchecked Sendable {  // counters behind `lo
     @Test func aLoadWithoutTheCapabilityIsRefused() throws {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
+        // Without final-delta-digest too: round 0's ack is then not the final one (which carries no load).
         let proxy = try WelcomeRewritingProxy(pki: pki, upstream: receiver.port) { w in
-            Welcome(version: w.version, capabilities: w.capabilities.subtracting(.receiverLoad), lastCommittedRound: w.lastCommittedRound)
+            Welcome(version: w.version, capabilities: w.capabilities.subtracting([.receiverLoad, .finalDeltaDigest]), lastCommittedRound: w.lastCommittedRound)
         }
         let workload = try startWorkload(["--size", "16M", "--threads", "1", "--rate", "0"])
         let status = try migration(workload, through: proxy, pki, id: "load-unaccepted") { $0.parameters.maxRounds = 0 }

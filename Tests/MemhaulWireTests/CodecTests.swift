@@ -213,6 +213,11 @@ private let le32 = VectorTable.le32
     @Test func ledgerDigestCapabilityIsBit5() {
         #expect(Capabilities.ledgerDigest.rawValue == 1 << 5)
     }
+
+    /// Capability bit 9 is `finalDeltaDigest` (vector welcome_final_delta_digest.bin).
+    @Test func finalDeltaDigestCapabilityIsBit9() {
+        #expect(Capabilities.finalDeltaDigest.rawValue == 1 << 9)
+    }
 }
 
 @Suite struct FrameDecoderTests {

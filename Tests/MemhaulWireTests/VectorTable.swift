@@ -64,6 +64,10 @@ enum VectorTable {
             message: .welcome(Welcome(capabilities: [.zstd, .resume, .keepalive, .digestV2, .ledgerDigest])),
             description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x37 (ledger-digest accepted: the verification round's digests are the ledger digest v3), no committed round (flag 0)."),
         ValidVector(
+            file: "welcome_final_delta_digest.bin", sequence: 0,
+            message: .welcome(Welcome(capabilities: [.zstd, .resume, .keepalive, .digestV2, .ledgerDigest, .finalDeltaDigest])),
+            description: "WELCOME, sequence 0: version 1.0, accepted capabilities 0x237 (ledger-digest and final-delta-digest, bit 9, accepted: the final delta's last ROUND_END may be the final one, with pages, as in `round_end_final.bin`), no committed round (flag 0)."),
+        ValidVector(
             file: "layout.bin", sequence: 1,
             message: .layout(Layout(round: 42, regions: [
                 RegionDescriptor(start: 0x5555_5555_4000, end: 0x5555_5555_6000, protection: [.read, .exec], flags: [.fileBacked], name: "/usr/bin/redis-server"),
