@@ -4,8 +4,6 @@ import Glibc
 import MemhaulSystem
 
 // Constants Swift's Glibc module hides behind _GNU_SOURCE.
-let seekData: Int32 = 3  // SEEK_DATA
-let seekHole: Int32 = 4  // SEEK_HOLE
 let fallocKeepSize: Int32 = 0x1  // FALLOC_FL_KEEP_SIZE
 let fallocPunchHole: Int32 = 0x2  // FALLOC_FL_PUNCH_HOLE
 let iovMax = 1024  // IOV_MAX
@@ -181,20 +179,14 @@ final class ImageFile {
 
     /// Next data offset at or after `offset` (`lseek(SEEK_DATA)`); nil when only a hole follows.
     func nextData(_ offset: UInt64) throws(ImageError) -> UInt64? {
-        do {
-            return UInt64(try Syscall.run("lseek(\(path))") { Glibc.lseek(raw, off_t(offset), seekData) })
-        } catch {
-            if error.errno == .ENXIO { return nil }
+        do { return try FileDescriptor.nextData(of: raw, from: offset) } catch {
             throw ImageError.io(file: path, call: "lseek(SEEK_DATA)", errno: error.errno)
         }
     }
 
     /// Next hole at or after `offset` (`lseek(SEEK_HOLE)`; end of file counts as a hole).
     func nextHole(_ offset: UInt64) throws(ImageError) -> UInt64 {
-        do {
-            return UInt64(try Syscall.run("lseek(\(path))") { Glibc.lseek(raw, off_t(offset), seekHole) })
-        } catch {
-            if error.errno == .ENXIO { return offset }
+        do { return try FileDescriptor.nextHole(of: raw, from: offset) } catch {
             throw ImageError.io(file: path, call: "lseek(SEEK_HOLE)", errno: error.errno)
         }
     }

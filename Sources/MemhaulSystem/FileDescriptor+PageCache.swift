@@ -6,18 +6,24 @@ import Glibc
 /// cache ahead of a reader, and dropping it (`ImageReadahead`, the bench's cold image).
 extension FileDescriptor {
     /// Next data offset at or after `offset` (`lseek(SEEK_DATA)`); nil when only a hole follows.
-    public func nextData(_ offset: UInt64) throws(SystemError) -> UInt64? {
+    public func nextData(_ offset: UInt64) throws(SystemError) -> UInt64? { try Self.nextData(of: rawValue, from: offset) }
+
+    /// Next hole at or after `offset` (`lseek(SEEK_HOLE)`; end of file counts as a hole).
+    public func nextHole(_ offset: UInt64) throws(SystemError) -> UInt64 { try Self.nextHole(of: rawValue, from: offset) }
+
+    /// ``nextData(_:)`` on a descriptor owned elsewhere (the image store's files).
+    public static func nextData(of fd: Int32, from offset: UInt64) throws(SystemError) -> UInt64? {
         do {
-            return UInt64(try Syscall.run("lseek(SEEK_DATA)") { Glibc.lseek(rawValue, off_t(offset), 3 /* SEEK_DATA */) })
+            return UInt64(try Syscall.run("lseek(SEEK_DATA)") { Glibc.lseek(fd, off_t(offset), 3 /* SEEK_DATA */) })
         } catch where error.errno == .ENXIO {
             return nil
         }
     }
 
-    /// Next hole at or after `offset` (`lseek(SEEK_HOLE)`; end of file counts as a hole).
-    public func nextHole(_ offset: UInt64) throws(SystemError) -> UInt64 {
+    /// ``nextHole(_:)`` on a descriptor owned elsewhere.
+    public static func nextHole(of fd: Int32, from offset: UInt64) throws(SystemError) -> UInt64 {
         do {
-            return UInt64(try Syscall.run("lseek(SEEK_HOLE)") { Glibc.lseek(rawValue, off_t(offset), 4 /* SEEK_HOLE */) })
+            return UInt64(try Syscall.run("lseek(SEEK_HOLE)") { Glibc.lseek(fd, off_t(offset), 4 /* SEEK_HOLE */) })
         } catch where error.errno == .ENXIO {
             return offset
         }
