@@ -15,9 +15,8 @@ let memhaulCipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHA
 /// flushed at the end of each ``TLSStream/writeAll(_:)``), instead of one
 /// syscall per 16 KiB record.
 enum TLSSocketBuffers {
-    static let read = envSize("MEMHAUL_TLS_RBUF") ?? 128 << 10
-    static let write = envSize("MEMHAUL_TLS_WBUF") ?? 128 << 10
-    private static func envSize(_ name: String) -> Int? { getenv(name).flatMap { Int(String(cString: $0)) } }
+    static let read = 128 << 10
+    static let write = 128 << 10
 }
 
 /// Owns an `SSL_CTX` (freed in deinit) set up for TLS 1.3 only with our CA,

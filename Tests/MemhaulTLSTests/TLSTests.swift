@@ -209,8 +209,9 @@ import MemhaulTestSupport
         let harness = try TLSServerHarness(pki.server())
         let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
         let server = try harness.server.value()
-        // Bounds a failure (data stuck in the buffer) instead of hanging; not a speed gate.
+        // Bound a failure (data stuck in a buffer) instead of hanging; not a speed gate.
         try server.setTimeouts(read: .seconds(30), write: nil)
+        try tls.setTimeouts(read: .seconds(60), write: nil)
         let serverSide = Background { () -> [Bool] in
             var intact: [Bool] = []
             for (i, size) in sizes.enumerated() {
