@@ -31,21 +31,61 @@ struct cmh_sock {
     int fd;
     int last_errno;
     int eof;
+    /* Write coalescing: OpenSSL hands the BIO one record (<= 16 KiB) per write;
+     * records are gathered here and sent together when it fills or on flush. */
+    char *wbuf;
+    size_t wcap, wlen;
 };
 
-static int cmh_sock_write(BIO *b, const char *buf, size_t len, size_t *written) {
-    struct cmh_sock *s = BIO_get_data(b);
+/* One send(MSG_NOSIGNAL), EINTR retried. -1 with last_errno and the retry flag
+ * (EAGAIN: SO_SNDTIMEO expired) set on failure. */
+static ssize_t cmh_sock_send(BIO *b, struct cmh_sock *s, const char *buf, size_t len) {
     ssize_t n;
     do {
         n = send(s->fd, buf, len, MSG_NOSIGNAL);
     } while (n < 0 && errno == EINTR);
-    BIO_clear_retry_flags(b);
     if (n < 0) {
         s->last_errno = errno;
         if (errno == EAGAIN || errno == EWOULDBLOCK) BIO_set_retry_write(b);
+    }
+    return n;
+}
+
+/* Sends the whole write buffer. 1 when empty, 0 on failure (what was sent is dropped from it). */
+static int cmh_sock_drain(BIO *b, struct cmh_sock *s) {
+    size_t off = 0;
+    int ok = 1;
+    while (off < s->wlen) {
+        ssize_t n = cmh_sock_send(b, s, s->wbuf + off, s->wlen - off);
+        if (n < 0) {
+            ok = 0;
+            break;
+        }
+        off += (size_t)n;
+    }
+    memmove(s->wbuf, s->wbuf + off, s->wlen - off);
+    s->wlen -= off;
+    return ok;
+}
+
+static int cmh_sock_write(BIO *b, const char *buf, size_t len, size_t *written) {
+    struct cmh_sock *s = BIO_get_data(b);
+    BIO_clear_retry_flags(b);
+    if (s->wcap == 0) {
+        ssize_t n = cmh_sock_send(b, s, buf, len);
+        if (n < 0) return 0;
+        *written = (size_t)n;
+        return 1;
+    }
+    if (!s->wbuf && !(s->wbuf = malloc(s->wcap))) {
+        s->last_errno = ENOMEM;
         return 0;
     }
-    *written = (size_t)n;
+    if (s->wlen + len > s->wcap && !cmh_sock_drain(b, s)) return 0;
+    size_t take = len < s->wcap - s->wlen ? len : s->wcap - s->wlen;
+    memcpy(s->wbuf + s->wlen, buf, take);
+    s->wlen += take;
+    *written = take;
     return 1;
 }
 
@@ -78,7 +118,12 @@ static long cmh_sock_ctrl(BIO *b, int cmd, long num, void *ptr) {
     struct cmh_sock *s = BIO_get_data(b);
     (void)num;
     switch (cmd) {
-    case BIO_CTRL_FLUSH: return 1;
+    case BIO_CTRL_FLUSH:
+        /* OpenSSL flushes after handshake flights and alerts (close_notify); writeAll after its data. */
+        if (!s || s->wlen == 0) return 1;
+        BIO_clear_retry_flags(b);
+        return cmh_sock_drain(b, s);
+    case BIO_CTRL_WPENDING: return s ? (long)s->wlen : 0;
     case BIO_CTRL_EOF: return s ? s->eof : 1;
     case BIO_C_GET_FD:
         if (ptr) *(int *)ptr = s ? s->fd : -1;
@@ -94,7 +139,9 @@ static int cmh_sock_create(BIO *b) {
 }
 
 static int cmh_sock_destroy(BIO *b) {
-    free(BIO_get_data(b));
+    struct cmh_sock *s = BIO_get_data(b);
+    if (s) free(s->wbuf);
+    free(s);
     BIO_set_data(b, NULL);
     return 1;
 }
@@ -116,7 +163,7 @@ static BIO_METHOD *cmh_sock_method(void) {
     return method;
 }
 
-BIO *cmh_bio_new_socket(int fd) {
+BIO *cmh_bio_new_socket(int fd, size_t write_buffer) {
     BIO_METHOD *m = cmh_sock_method();
     if (!m) return NULL;
     BIO *b = BIO_new(m);
@@ -127,10 +174,13 @@ BIO *cmh_bio_new_socket(int fd) {
         return NULL;
     }
     s->fd = fd;
+    s->wcap = write_buffer;
     BIO_set_data(b, s);
     BIO_set_init(b, 1);
     return b;
 }
+
+int cmh_ssl_flush(SSL *ssl) { return BIO_flush(SSL_get_wbio(ssl)) == 1; }
 
 int cmh_bio_last_errno(BIO *bio) {
     struct cmh_sock *s = bio ? BIO_get_data(bio) : NULL;

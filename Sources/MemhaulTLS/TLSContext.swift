@@ -9,6 +9,16 @@ import MemhaulSystem
 /// AES-256-GCM by ~30%; ChaCha20 for machines without AES instructions).
 let memhaulCipherSuites = "TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 
+/// Per-connection socket buffers (BENCHMARKS.md, "Transport"): one `recv`
+/// brings up to `read` bytes of records (`SSL_CTX_set_default_read_buffer_len`),
+/// and records are gathered into `write` bytes per `send` (the C socket BIO,
+/// flushed at the end of each ``TLSStream/writeAll(_:)``), instead of one
+/// syscall per 16 KiB record.
+enum TLSSocketBuffers {
+    static let read = 128 << 10
+    static let write = 128 << 10
+}
+
 /// Owns an `SSL_CTX` (freed in deinit) set up for TLS 1.3 only with our CA,
 /// certificate and key.
 public class TLSContextBase: @unchecked Sendable {
@@ -39,10 +49,9 @@ public class TLSContextBase: @unchecked Sendable {
         guard SSL_CTX_set_ciphersuites(ctx, memhaulCipherSuites) == 1 else {
             throw OpenSSLErrors.configurationError("SSL_CTX_set_ciphersuites")
         }
-        // Fetch several records per recv instead of header then body. (Measured:
-        // on/off and 64/256 KiB read buffers are within noise on loopback,
-        // ~1.2-1.5 GB/s per core; AES-128-GCM itself runs at 3.3 GB/s.)
+        // Fetch many records per recv instead of header then body, one per call.
         cmh_ssl_ctx_set_read_ahead(ctx, 1)
+        SSL_CTX_set_default_read_buffer_len(ctx, TLSSocketBuffers.read)
 
         for file in [configuration.caFile, configuration.certificateFile, configuration.privateKeyFile].compactMap({ $0 }) {
             // OpenSSL says only "system lib" for a missing file: name the errno ourselves.
@@ -81,7 +90,7 @@ public class TLSContextBase: @unchecked Sendable {
     func newSSL(for stream: TCPStream) throws -> OpaquePointer {
         OpenSSLErrors.clear()
         guard let ssl = SSL_new(ctx) else { throw OpenSSLErrors.configurationError("SSL_new") }
-        guard let bio = cmh_bio_new_socket(stream.fileDescriptor) else {
+        guard let bio = cmh_bio_new_socket(stream.fileDescriptor, TLSSocketBuffers.write) else {
             SSL_free(ssl)
             throw OpenSSLErrors.configurationError("BIO_new")
         }

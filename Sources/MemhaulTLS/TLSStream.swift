@@ -5,7 +5,8 @@ import COpenSSL
 ///
 /// Made by ``TLSServerContext/accept(on:)`` or ``TLSClientContext/connect(host:port:timeout:options:)``.
 /// Records are up to 16 KiB; `writeAll` hands OpenSSL the whole buffer
-/// (`SSL_write_ex`), and read-ahead lets one `recv` fetch many records.
+/// (`SSL_write_ex`), the socket BIO sends the records in batches
+/// (``TLSSocketBuffers``), and read-ahead lets one `recv` fetch many records.
 /// One thread at a time (OpenSSL forbids concurrent use of one `SSL`).
 /// Socket I/O is done by OpenSSL through a C BIO (send with MSG_NOSIGNAL),
 /// not through `Syscall.run`.
@@ -56,7 +57,8 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
         return try transport.waitReadable(timeout: timeout)
     }
 
-    /// `SSL_write_ex` of the whole buffer.
+    /// `SSL_write_ex` of the whole buffer, then `BIO_flush`: the socket BIO
+    /// gathers records, and everything is sent before this returns.
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
@@ -66,6 +68,11 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
                 throw failure(rc, SSL_get_error(ssl, rc), operation: "write to", timeout: transport.options.writeTimeout)
             }
             done += n
+        }
+        if cmh_ssl_flush(ssl) != 1 {
+            // The flush is the BIO's send failing as it would inside SSL_write_ex: classify it the same way.
+            let timedOut = BIO_test_flags(SSL_get_wbio(ssl), BIO_FLAGS_SHOULD_RETRY) != 0
+            throw failure(-1, timedOut ? SSL_ERROR_WANT_WRITE : SSL_ERROR_SYSCALL, operation: "write to", timeout: transport.options.writeTimeout)
         }
     }
 

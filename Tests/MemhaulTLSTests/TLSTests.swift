@@ -200,6 +200,53 @@ import MemhaulTestSupport
         if let tlsError = error as? TLSError { #expect(tlsError.kind == .connectionClosed, "\(tlsError)") }
     }
 
+    /// The socket BIO gathers records (``TLSSocketBuffers/write``): every write,
+    /// below, at and across the gathering buffer's size, arrives intact and
+    /// without waiting for a later write (writeAll flushes).
+    @Test func writesAroundTheGatheringBufferSizeArriveIntactAndAtOnce() throws {
+        let gather = TLSSocketBuffers.write
+        let sizes = [1, 16383, 16384, 16385, gather - 1, gather, gather + 1, 3 * gather + 7, 5 << 20 + 3]
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        // Bound a failure (data stuck in a buffer) instead of hanging; not a speed gate.
+        try server.setTimeouts(read: .seconds(30), write: nil)
+        try tls.setTimeouts(read: .seconds(60), write: nil)
+        let serverSide = Background { () -> [Bool] in
+            var intact: [Bool] = []
+            for (i, size) in sizes.enumerated() {
+                intact.append(try server.readAll(count: size) == pattern(size, seed: UInt8(i)))
+                try server.write([UInt8(i)])
+            }
+            return intact
+        }
+        for (i, size) in sizes.enumerated() {
+            try tls.write(pattern(size, seed: UInt8(i)))
+            #expect(try tls.readAll(count: 1) == [UInt8(i)])  // the server had all of it
+        }
+        #expect(try serverSide.value() == Array(repeating: true, count: sizes.count))
+        tls.close()
+        server.close()
+    }
+
+    /// A peer that stops reading: once the socket buffers fill, writeAll times
+    /// out with the typed error, whether the blocked send happens inside
+    /// SSL_write (writes larger than the gathering buffer) or at the final
+    /// flush (smaller writes, sent only there).
+    @Test(arguments: [60 << 10, 1 << 20]) func writeToAPeerThatStopsReadingTimesOut(chunkSize: Int) throws {
+        let harness = try TLSServerHarness(pki.server())
+        let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)
+        let server = try harness.server.value()
+        try tls.transport.setTimeouts(read: nil, write: .milliseconds(200))
+        let chunk = [UInt8](repeating: 9, count: chunkSize)
+        let error = #expect(throws: NetworkError.self) {
+            for _ in 0..<(256 << 20) / chunkSize { try tls.write(chunk) }
+        }
+        #expect(error?.description == "write to 127.0.0.1:\(harness.listener.port) timed out after 200ms")
+        tls.close()
+        server.close()
+    }
+
     @Test func waitReadableSeesDataAndEnd() throws {
         let harness = try TLSServerHarness(pki.server())
         let tls = try TLSClientContext(configuration: pki.client()).connect(host: "127.0.0.1", port: harness.listener.port)

@@ -29,8 +29,13 @@ void cmh_openssl_free(void *p);
 
 /* A socket BIO over fd that sends with MSG_NOSIGNAL (no SIGPIPE when the peer
  * has gone), retries EINTR, reports EAGAIN (SO_RCVTIMEO/SO_SNDTIMEO expiry) as
- * a retryable condition, and remembers the last errno. Does not close fd. */
-BIO *cmh_bio_new_socket(int fd);
+ * a retryable condition, and remembers the last errno. Does not close fd.
+ * write_buffer > 0: writes are gathered in a buffer of that many bytes
+ * (allocated on first write) and sent when it fills or on BIO_flush;
+ * 0: one send per write. */
+BIO *cmh_bio_new_socket(int fd, size_t write_buffer);
+/* BIO_flush (macro) of the SSL's write BIO: 1 when all gathered bytes were sent. */
+int cmh_ssl_flush(SSL *ssl);
 /* errno of the last failed send/recv on a cmh socket BIO, 0 if none. */
 int cmh_bio_last_errno(BIO *bio);
 
