@@ -70,8 +70,7 @@ import MemhaulTestSupport
         r.parameters.downtimeLimitMs = 0.001
         r.parameters.autoConverge = false
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         /// Returns once two more rounds are committed: the change before it was scanned and sent.
         func twoRounds() {
             let start = migration.status.rounds
@@ -137,8 +136,7 @@ import MemhaulTestSupport
         // Many small commits per round, so chunks are in flight when the cut comes.
         r.parameters.commitChunkBytes = 64 << 10
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Deltas flowing (round 2 or later): cut.
         while migration.status.deltaPages < 200 && !migration.status.state.isFinal { usleep(1_000) }
         #expect(!migration.status.state.isFinal, "the migration ended before the cut")

@@ -127,3 +127,12 @@ func openImageWhenReleased(_ directory: String) throws -> ImageStore {
     }
     throw lastError!
 }
+
+extension SenderMigration {
+    /// Runs the migration on a thread of its own; the semaphore is signalled when `run()` returns.
+    func runInBackground() -> DispatchSemaphore {
+        let done = DispatchSemaphore(value: 0)
+        Thread.detachNewThread { self.run(); done.signal() }
+        return done
+    }
+}

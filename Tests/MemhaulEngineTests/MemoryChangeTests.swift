@@ -27,8 +27,7 @@ import MemhaulTestSupport
         r.parameters.maxRounds = 10
         r.parameters.maxBandwidth = 40e6
         let migration = SenderMigration(request: r, connect: try connector(nil))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Commands on their own thread: once the target is frozen it answers nothing.
         let box = HandOff(w)
         let cycles = LogSink()

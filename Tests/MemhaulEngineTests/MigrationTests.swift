@@ -61,8 +61,7 @@ import MemhaulTestSupport
         r.parameters.maxBandwidth = 50e6  // slow enough to be cut mid-round
         r.parameters.resumeTimeoutSeconds = 1  // it never comes back
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Wait until round 1 is under way, then kill -9 the receiver agent.
         while migration.status.round < 1 && !migration.status.state.isFinal { usleep(10_000) }
         receiver.child.kill(SIGKILL)
@@ -89,8 +88,7 @@ import MemhaulTestSupport
         r.parameters.autoConverge = false
         r.parameters.maxBandwidth = 20e6
         let migration = SenderMigration(request: r, connect: try connector(nil))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         while migration.status.state != .active && !migration.status.state.isFinal { usleep(10_000) }
         migration.cancel()
         _ = done.wait(timeout: .now() + 120)

@@ -42,8 +42,7 @@ import MemhaulTestSupport
         r.parameters.downtimeLimitMs = 0.001
         r.parameters.autoConverge = false
         let migration = SenderMigration(request: r, connect: try connector(nil))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         while migration.status.state != .active && !migration.status.state.isFinal { usleep(10_000) }
         workload.kill(SIGKILL)
         workload.wait()

@@ -156,8 +156,7 @@ import MemhaulTestSupport
         r.parameters.autoConverge = false
         r.parameters.resumeTimeoutSeconds = 60
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Round 1 starts only once every chunk of round 0 is acknowledged (committed).
         while migration.status.round < 1 && !migration.status.state.isFinal { usleep(2_000) }
         first.child.kill(SIGKILL)

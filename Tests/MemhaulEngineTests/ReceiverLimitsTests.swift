@@ -129,8 +129,7 @@ final class RawConnection {
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "limits-1")
         r.parameters.downtimeLimitMs = 300
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         #expect(done.wait(timeout: .now() + 120) == .success)
         #expect(migration.status.state == .completed, "\(migration.status.error ?? "")")
         try expectImageMatchesSource(receiver.images + "/limits-1", pid: workload.pid)

@@ -20,8 +20,7 @@ import MemhaulReport
         r.parameters.maxBandwidth = 60e6  // so that round 1 is still streaming when we cut
         r.parameters.maxRounds = 8
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Round 0 acknowledged (its page bytes are counted), round 1 under way:
         // kill the receiver, start it again on the same port and images.
         while migration.status.pageBytes == 0 && !migration.status.state.isFinal { usleep(2_000) }
@@ -58,8 +57,7 @@ import MemhaulReport
         r.parameters.maxBandwidth = 60e6
         r.parameters.commitChunkBytes = 16 << 20
         let migration = SenderMigration(request: r, connect: try connector(pki))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         // Two chunks of round 0 committed, the round itself not finished: cut.
         var committed: UInt32 = 0
         while committed < 2 && !migration.status.state.isFinal {

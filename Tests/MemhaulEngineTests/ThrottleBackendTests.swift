@@ -154,8 +154,7 @@ import Testing
         r.throttle = .cgroup
         r.after = .resume
         let migration = SenderMigration(request: r, connect: try connector(nil))
-        let done = DispatchSemaphore(value: 0)
-        Thread.detachNewThread { migration.run(); done.signal() }
+        let done = migration.runInBackground()
         eventually("throttled by the cgroup", bound: 300_000) {
             migration.status.throttleMechanism == .cgroup && migration.status.throttlePercent > 0
                 && ((try? CgroupState(w.pid)) ?? before) != before
