@@ -403,6 +403,37 @@ public final class ImageStore: @unchecked Sendable {
         r.dataBytes += UInt64(bytes.count)
     }
 
+    /// Reserves (`fallocate(KEEP_SIZE)`) the region-file blocks of `span`'s
+    /// in-place parts, the gaps between its pages included, before a dense
+    /// batch is written there. On ext4 that is one allocation for the span
+    /// instead of one per run of pages between gaps, each its own extent to
+    /// allocate at writeback (Protocol/image.md, "Reserved gaps"). Content is
+    /// unchanged: reserved blocks read as zeros, and `SEEK_DATA` skips them.
+    /// Parts of `span` outside the layout, or journaled, are left alone.
+    public func reserveInPlace(_ span: AddressRange) throws(ImageError) {
+        guard let r = open, reservesInPlace else { return }
+        try checkAligned(span)
+        guard span.start < span.end else { return }
+        do {
+            try forEachCoveredPiece(r.segments, span.start, span.end) { s, a, e throws(ImageError) in
+                try splitInPlace(r, a, e) { x, y, inPlace throws(ImageError) in
+                    guard inPlace else { return }
+                    if try file(s.fileID, create: true).reserve(at: x - base(s, r), length: y - x) {
+                        r.reservedBytes += y - x
+                    }
+                }
+            }
+        } catch {
+            abortRound()
+            throw error
+        }
+    }
+
+    /// Whether ``reserveInPlace(_:)`` reserves: where the image's file system
+    /// has a device behind it (the writeback decision). On tmpfs a reserved
+    /// block would be a page of memory.
+    public var reservesInPlace: Bool { writeback.decision.startsWriteback }
+
     /// Makes a range of pages read as zeros (a hole in the region file).
     public func zeroPages(_ range: AddressRange) throws(ImageError) {
         guard let r = open else { throw .noOpenRound }
@@ -575,10 +606,11 @@ public final class ImageStore: @unchecked Sendable {
             }
         }
         let t3 = MonotonicClock.nanoseconds()
-        let info = CommitInfo(
+        var info = CommitInfo(
             round: r.round, record: record, directBytes: r.directBytes, syncNanoseconds: t1 - t0,
             publishNanoseconds: t2 - t1, applyNanoseconds: t3 - t2 - checkpointNs, checkpointNanoseconds: checkpointNs,
             applyDeferred: deferApply, writebackFailures: writebackFailures + r.journal.writebackFailures)
+        info.reservedBytes = r.reservedBytes
         lastCommit = info
         return info
     }

@@ -89,6 +89,8 @@ public struct CommitInfo: Hashable, Sendable {
     public var record: RoundRecord
     /// Page bytes written in place (addresses new to the layout) instead of through the journal.
     public var directBytes: UInt64
+    /// Region-file bytes reserved in place ahead of dense batches, gaps included (``ImageStore/reserveInPlace(_:)``).
+    public var reservedBytes: UInt64 = 0
     /// Journal flush + fsync + block reservation, nanoseconds.
     public var syncNanoseconds: UInt64
     /// Writing and publishing the manifest (the commit point), nanoseconds.

@@ -1,5 +1,6 @@
 import Foundation
 import MemhaulImage
+import MemhaulSystem
 import MemhaulWire
 
 /// What one connection has made the receiver hold, checked against
@@ -48,12 +49,13 @@ struct ReceiverBudget {
         imageBytesAtBegin = limits.maxImageBytes == 0 ? 0 : store.diskBytes
     }
 
-    /// A PAGE_BATCH of `count` pages, before it is stored.
-    mutating func addPages(_ count: Int, round: UInt64, pageSize: UInt64) throws {
+    /// A PAGE_BATCH of `count` pages, before it is stored; on disk it costs
+    /// its pages, or the whole span the storage stage reserves for it.
+    mutating func addPages(_ count: Int, round: UInt64, pageSize: UInt64, reserving span: AddressRange? = nil) throws {
         guard pages + count <= limits.maxPagesPerRound else {
             throw Self.refuse("round \(round) carries more than \(limits.maxPagesPerRound) pages (--max-pages-per-round)")
         }
-        let bytes = UInt64(count) * pageSize
+        let bytes = max(UInt64(count) * pageSize, span?.byteCount ?? 0)
         if limits.maxImageBytes > 0, imageBytesAtBegin + roundBytes + bytes > limits.maxImageBytes {
             throw Self.refuse("the image would grow over \(limits.maxImageBytes) bytes on disk (\(imageBytesAtBegin + roundBytes) used; --max-image-bytes)")
         }

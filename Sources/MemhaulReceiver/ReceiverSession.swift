@@ -404,7 +404,9 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                 if batch.header.encoding == .delta, !deltaAgreed {
                     throw Refusal(code: .unexpectedMessage, description: "delta page batch without the page-delta capability")
                 }
-                try budget.addPages(Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize))
+                try budget.addPages(
+                    Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize),
+                    reserving: store.reservesInPlace ? StorageStage.reservation(of: batch.header) : nil)
                 try stage.submit(batch)
                 counts.pages += UInt64(batch.header.pageCount)
                 counts.batches += 1

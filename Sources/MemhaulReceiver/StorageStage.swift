@@ -251,6 +251,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         var writing: UInt64 = 0
         var offset = 0
         let pageSize = Int(WireLimits.default.pageSize)
+        if store.reservesInPlace, let span = Self.reservation(of: header) { try store.reserveInPlace(span) }
         for run in header.runs {
             let bytes = Int(run.pageCount) * pageSize
             let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
@@ -267,6 +268,29 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
             phases.write += writing
             phases.ledger += t2 - t1 - writing
         }
+    }
+
+    /// The span a batch's pages are reserved over before they are written in
+    /// place (``ImageStore/reserveInPlace(_:)``): from its lowest page to the
+    /// end of its highest, when its pages fill at least half of that and leave
+    /// gaps; nil otherwise. The session charges the span, not only the pages,
+    /// to the image's disk budget, so a reservation never outruns
+    /// `--max-image-bytes`, and at most doubles what a batch costs on disk.
+    static func reservation(of header: PageBatchHeader) -> AddressRange? {
+        let pageSize = UInt64(WireLimits.default.pageSize)
+        var lo = UInt64.max, hi: UInt64 = 0
+        for run in header.runs {
+            let (bytes, o1) = UInt64(run.pageCount).multipliedReportingOverflow(by: pageSize)
+            let (end, o2) = run.start.addingReportingOverflow(bytes)
+            guard !o1, !o2 else { return nil }
+            lo = min(lo, run.start)
+            hi = max(hi, end)
+        }
+        guard lo < hi else { return nil }
+        let data = UInt64(header.pageCount) * pageSize
+        let span = hi - lo
+        guard data < span, data * 2 >= span else { return nil }
+        return AddressRange(start: lo, end: hi)
     }
 
     /// Wall time the stage spent in each part of its work (decompression is `busy` minus these).

@@ -1,0 +1,160 @@
+import Foundation
+import Glibc
+import MemhaulDigest
+import MemhaulImage
+import MemhaulSystem
+import MemhaulWire
+import Testing
+@testable import MemhaulReceiver
+import MemhaulTestSupport
+
+/// A dense batch with gaps is reserved over its whole span before its pages
+/// are written in place (one allocation instead of one extent per run on
+/// ext4), where the image's file system has a device behind it; the gaps
+/// still read as zeros and are still holes to `SEEK_DATA`; and the session
+/// charges the span to the disk budget.
+@Suite struct InPlaceReservationTests {
+    let a: UInt64 = 0x4000_0000
+    static let page = 4096
+
+    /// Pages 0..<64 in runs of 3 with a one-page gap after each: 48 pages over a 63-page span.
+    static let runs: [PageRun] = stride(from: 0, to: 64, by: 4).map { PageRun(start: 0x4000_0000 + UInt64($0 * page), pageCount: 3) }
+
+    func gappyBatch() -> (PageBatch, [UInt8]) {
+        var bytes = [UInt8](repeating: 0, count: 48 * Self.page)
+        for i in bytes.indices { bytes[i] = UInt8(truncatingIfNeeded: i / Self.page &* 37 &+ 1) }
+        let sum = bytes.withUnsafeBytes { PageChecksum.xxh3_64($0) }
+        let header = PageBatchHeader(
+            round: 1, encoding: .raw, runs: Self.runs, uncompressedLength: UInt32(bytes.count), checksum: sum,
+            payloadLength: UInt32(bytes.count))
+        return (PageBatch(header: header, payload: bytes[...]), bytes)
+    }
+
+    /// Stores the gappy batch through a storage stage into a fresh image under
+    /// `parent`, commits, and returns what the region file looks like.
+    func storeGappyBatch(under parent: String) throws -> (reserves: Bool, reserved: UInt64, allocated: Int, dataRuns: [Range<UInt64>], image: [UInt8], sent: [UInt8]) {
+        let root = temporaryDirectory("reserve", in: parent)
+        defer { removeTree(root) }
+        let store = try ImageStore.create(directory: root + "/img", migrationID: "reserve")
+        defer { store.close() }
+        try store.beginRound(1, layout: [ImageRegion(start: a, end: a + 64 * UInt64(Self.page), protection: [.read, .write], name: "")])
+        let stage = StorageStage(store: store)
+        let (batch, sent) = gappyBatch()
+        try stage.submit(batch)
+        try stage.drain()
+        stage.stop()
+        let info = try store.commitRound()
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: root + "/img")) ?? []).filter { $0.hasPrefix("mem-") }
+        let path = root + "/img/" + files[0]
+        let fd = open(path, O_RDONLY)
+        try #require(fd >= 0, "open \(path): \(Errno.current)")
+        defer { close(fd) }
+        var st = stat()
+        try #require(fstat(fd, &st) == 0)
+        var dataRuns: [Range<UInt64>] = []
+        var offset: UInt64 = 0
+        while let start = try FileDescriptor.nextData(of: fd, from: offset) {
+            let end = try FileDescriptor.nextHole(of: fd, from: start)
+            dataRuns.append(start..<end)
+            offset = end
+        }
+        let image = try read(store)  // after SEEK_DATA: reading a gap caches a page of zeros, which SEEK_DATA then counts as data
+        return (store.reservesInPlace, info.reservedBytes, Int(st.st_blocks) * 512, dataRuns, image, sent)
+    }
+
+    func read(_ store: ImageStore) throws -> [UInt8] {
+        let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * Self.page, alignment: 4096)
+        defer { buffer.deallocate() }
+        try store.read(at: a, into: buffer)
+        return Array(buffer)
+    }
+
+    /// What the image must read: the sent pages at their runs, zeros in the gaps.
+    func expectedImage(_ sent: [UInt8]) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 64 * Self.page)
+        var o = 0
+        for run in Self.runs {
+            let at = Int(run.start - a)
+            out.replaceSubrange(at..<(at + 3 * Self.page), with: sent[o..<(o + 3 * Self.page)])
+            o += 3 * Self.page
+        }
+        return out
+    }
+
+    @Test func aDenseBatchIsReservedOverItsGapsOnADisk() throws {
+        let parent = "/var/tmp"
+        let type = try FileSystemType.of(parent)
+        try #require(!type.isMemoryOnly, "skipped: \(parent) is \(type), not a file system with a device behind it")
+        let r = try storeGappyBatch(under: parent)
+        #expect(r.reserves)
+        #expect(r.reserved == 63 * UInt64(Self.page), "the span from the first page to the end of the last")
+        #expect(r.allocated >= 63 * Self.page, "the gaps' blocks are allocated with the pages: \(r.allocated) bytes")
+        #expect(r.image == expectedImage(r.sent), "gaps read as zeros, pages as sent")
+        // Reserved gaps are unwritten extents: SEEK_DATA still sees only the pages (readahead, CRIU export).
+        let expectedRuns = Self.runs.map { UInt64($0.start - a)..<(UInt64($0.start - a) + 3 * UInt64(Self.page)) }
+        #expect(r.dataRuns == expectedRuns)
+    }
+
+    @Test func tmpfsReservesNothing() throws {
+        let parent = "/dev/shm"
+        try #require(try FileSystemType.of(parent).isMemoryOnly, "skipped: \(parent) is not tmpfs here")
+        let r = try storeGappyBatch(under: parent)
+        #expect(!r.reserves)
+        #expect(r.reserved == 0)
+        #expect(r.allocated == 48 * Self.page, "only the pages take memory: \(r.allocated) bytes")
+        #expect(r.image == expectedImage(r.sent))
+    }
+
+    @Test func committedPagesAreNotReservedAgain() throws {
+        let parent = "/var/tmp"
+        let type = try FileSystemType.of(parent)
+        try #require(!type.isMemoryOnly, "skipped: \(parent) is \(type)")
+        let root = temporaryDirectory("reserve", in: parent)
+        defer { removeTree(root) }
+        let store = try ImageStore.create(directory: root + "/img", migrationID: "reserve")
+        defer { store.close() }
+        let layout = [ImageRegion(start: a, end: a + 64 * UInt64(Self.page), protection: [.read, .write], name: "")]
+        try store.beginRound(1, layout: layout)
+        let (batch, sent) = gappyBatch()
+        let stage = StorageStage(store: store)
+        try stage.submit(batch)
+        try stage.drain()
+        try store.commitRound()
+        // Round 2 rewrites the same pages: committed content lives there, so they go to the journal, unreserved.
+        try store.beginRound(2, layout: layout)
+        var again = batch
+        again.header.round = 2
+        try stage.submit(again)
+        try stage.drain()
+        stage.stop()
+        #expect(try store.commitRound().reservedBytes == 0)
+        #expect(try read(store) == expectedImage(sent))
+    }
+
+    @Test func theSpanIsReservedOnlyForDenseBatchesWithGaps() {
+        func header(_ runs: [PageRun]) -> PageBatchHeader {
+            let bytes = UInt32(runs.reduce(0) { $0 + Int($1.pageCount) } * Self.page)
+            return PageBatchHeader(round: 1, encoding: .raw, runs: runs, uncompressedLength: bytes, checksum: 0, payloadLength: bytes)
+        }
+        let p = UInt64(Self.page)
+        #expect(StorageStage.reservation(of: header(Self.runs)) == AddressRange(start: a, end: a + 63 * p))
+        #expect(StorageStage.reservation(of: header(Self.runs.reversed())) == AddressRange(start: a, end: a + 63 * p), "any order")
+        #expect(StorageStage.reservation(of: header([PageRun(start: a, pageCount: 8)])) == nil, "no gap: nothing to gain")
+        #expect(StorageStage.reservation(of: header([PageRun(start: a, pageCount: 2), PageRun(start: a + 4 * p, pageCount: 2)])) != nil, "half full")
+        #expect(StorageStage.reservation(of: header([PageRun(start: a, pageCount: 2), PageRun(start: a + 7 * p, pageCount: 2)])) == nil, "under half: the gaps would cost more than the pages")
+        #expect(StorageStage.reservation(of: header([PageRun(start: UInt64.max - p, pageCount: 4)])) == nil, "an overflowing run")
+        #expect(StorageStage.reservation(of: header([])) == nil)
+    }
+
+    @Test func theBudgetChargesTheReservedSpan() throws {
+        var limits = ReceiverLimits()
+        limits.maxImageBytes = 50 * UInt64(Self.page)
+        let span = AddressRange(start: a, end: a + 63 * UInt64(Self.page))
+        var budget = ReceiverBudget(limits: limits)
+        try budget.addPages(48, round: 1, pageSize: UInt64(Self.page))  // 48 pages fit in 50
+        var reserving = ReceiverBudget(limits: limits)
+        #expect(throws: (any Error).self, "63 reserved pages do not") {
+            try reserving.addPages(48, round: 1, pageSize: UInt64(Self.page), reserving: span)
+        }
+    }
+}
