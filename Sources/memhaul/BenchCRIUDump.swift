@@ -8,8 +8,11 @@ extension BenchSupport.Environment {
     /// to this process) to a `criu page-server --tls` on 127.0.0.1 writing into
     /// `directory`, with this environment's PKI as scripts/bench-restore drives
     /// it; and the page bytes the server stored. The dump kills the workload.
-    /// The page server does not fsync its pages; memhaul's image is durable.
-    func timeCRIUDump(workloadArguments: [String], criu: String, directory: String) throws -> (seconds: Double, pageBytes: UInt64) {
+    /// The page server does not fsync its pages; memhaul's image is durable. So
+    /// `durableSeconds` also counts an fsync of every file the page server
+    /// wrote (`sync FILE...`), started once the dump returns: the same
+    /// durability as memhaul's, for the comparison beside the stock one.
+    func timeCRIUDump(workloadArguments: [String], criu: String, directory: String) throws -> (seconds: Double, durableSeconds: Double, pageBytes: UInt64) {
         let port = 27000 + Int(getpid() % 2000)
         let server = directory + "/page-server", dump = directory + "/dump"
         try FileManager.default.createDirectory(atPath: server, withIntermediateDirectories: true)
@@ -34,7 +37,9 @@ extension BenchSupport.Environment {
               || { grep Error "\(dump)/dump.log" | tail -3 >&2; kill $ps $pid; exit 1; }
             wait $ps
             end=$(date +%s.%N)
-            echo "$start $end $(cat "\(server)"/pages-*.img | wc -c)"
+            sync "\(server)"/*
+            durable=$(date +%s.%N)
+            echo "$start $end $durable $(cat "\(server)"/pages-*.img | wc -c)"
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
@@ -47,8 +52,8 @@ extension BenchSupport.Environment {
         let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
-        guard p.terminationStatus == 0, parts.count == 3 else { throw CLIError("criu dump to its page server failed: \(errors)") }
-        return (parts[1] - parts[0], UInt64(parts[2]))
+        guard p.terminationStatus == 0, parts.count == 4 else { throw CLIError("criu dump to its page server failed: \(errors)") }
+        return (parts[1] - parts[0], parts[2] - parts[0], UInt64(parts[3]))
     }
 
     /// The receiver agent's counters (its control status, Protocol/control.md).

@@ -132,7 +132,7 @@ struct BenchCommand: ParsableCommand {
             }
 
             // CRIU alone, when there is one: the same workload, its page server on the images' file system.
-            var criu: (seconds: Double, pageBytes: UInt64)?
+            var criu: (seconds: Double, durableSeconds: Double, pageBytes: UInt64)?
             if let binary = ProcessInfo.processInfo.environment["MEMHAUL_CRIU"], !binary.isEmpty {
                 workload.stop()  // its memory back before a second copy starts
                 for i in 0..<repeats {
@@ -158,8 +158,13 @@ struct BenchCommand: ParsableCommand {
                 baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),
                 ours / theirs))
             if let criu {
-                print(String(format: "  criu dump --page-server --tls %.2f s  %7.1f MB/s  pages %@ (page server does not fsync)\n  throughput ratio memhaul/criu: %.2fx",
-                             criu.seconds, memoryBytes / criu.seconds / 1e6, Summary.bytes(Double(criu.pageBytes)), criu.seconds / run.seconds))
+                print(String(format: """
+                      criu dump --page-server --tls %.2f s  %7.1f MB/s  pages %@ (page server does not fsync)
+                      throughput ratio memhaul/criu: %.2fx
+                      criu, then fsync of its files %.2f s (as durable as memhaul's image): ratio memhaul/criu-durable %.2fx
+                    """,
+                    criu.seconds, memoryBytes / criu.seconds / 1e6, Summary.bytes(Double(criu.pageBytes)), criu.seconds / run.seconds,
+                    criu.durableSeconds, criu.durableSeconds / run.seconds))
             } else {
                 print("  criu: not measured (set MEMHAUL_CRIU to a CRIU >= 4.1)")
             }
