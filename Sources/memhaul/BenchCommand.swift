@@ -92,6 +92,7 @@ struct BenchCommand: ParsableCommand {
                 var written: BenchSupport.WriteCounters
                 var threads: [(name: String, usage: BenchThreadCPU.Usage)]
                 var commits: Double, commitSeconds: Double, fsyncSeconds: Double
+                var machineSeconds: Double
             }
             var best: Run?
             for i in 0..<repeats {
@@ -113,7 +114,8 @@ struct BenchCommand: ParsableCommand {
                 }
                 if best == nil || downtime / 1000 < best!.seconds {
                     best = Run(seconds: downtime / 1000, status: s, written: BenchSupport.WriteCounters.read(pid: receiver.child.pid) - before,
-                               threads: usage, commits: delta("commits"), commitSeconds: delta("commit_seconds"), fsyncSeconds: delta("fsync_seconds"))
+                               threads: usage, commits: delta("commits"), commitSeconds: delta("commit_seconds"), fsyncSeconds: delta("fsync_seconds"),
+                               machineSeconds: threads.machineSeconds)
                 }
                 // Scratch images go at once: a 4 GiB run on tmpfs must not hold two.
                 env.removeImage(request.id, under: imageRoot)
@@ -173,13 +175,15 @@ struct BenchCommand: ParsableCommand {
                   receiver commits: %.0f, mean %.1f ms each (ROUND_END → commit point), fsync part %.1f ms
                   governor's last window: send blocked %.2f, compress CPU %.2f per worker; receiver network %@, storage CPU %@, storage busy %@
                   CPU by thread (best run): %@
+                  CPU of the whole machine in that run: %.2f core-s (kernel workers and every other process included; %.2f s more than the threads above)
                 """,
                 Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)), imageRoot,
                 run.commits, run.commitSeconds / max(1, run.commits) * 1000, run.fsyncSeconds / max(1, run.commits) * 1000,
                 s.sendBlockedFraction ?? -1, s.compressCPUFraction ?? -1,
                 s.receiverNetworkBusy.map { String(format: "%.2f", $0) } ?? "-", s.receiverStorageCPU.map { String(format: "%.2f", $0) } ?? "-",
                 s.receiverStorageBusy.map { String(format: "%.2f", $0) } ?? "-",
-                BenchThreadCPU.describe(run.threads)))
+                BenchThreadCPU.describe(run.threads), run.machineSeconds,
+                run.machineSeconds - run.threads.reduce(0) { $0 + $1.usage.cpu }))
         }
     }
 

@@ -15,6 +15,12 @@ final class BenchThreadCPU: @unchecked Sendable {  // `latest` behind `lock`
     private var baseline: [String: (name: String, cpu: UInt64, wait: UInt64)] = [:]
     private var running = true
     private let done = DispatchSemaphore(value: 0)
+    /// The whole machine's busy time at the start (`/proc/stat`), seconds.
+    private let machineAtStart = BenchThreadCPU.machineBusySeconds()
+    /// The whole machine's busy CPU seconds between `init` and `finish`: every
+    /// process and kernel thread (the file system's kworkers, softirqs), which
+    /// the per-thread figures miss; set by ``finish()``.
+    private(set) var machineSeconds = 0.0
 
     init(pids: [Int32]) {
         self.pids = pids
@@ -49,6 +55,7 @@ final class BenchThreadCPU: @unchecked Sendable {  // `latest` behind `lock`
         lock.withLock { running = false }
         done.wait()
         sample()
+        machineSeconds = Self.machineBusySeconds() - machineAtStart
         var byName: [String: Usage] = [:]
         for (key, t) in lock.withLock({ latest }) {
             let before = baseline[key]
@@ -56,6 +63,15 @@ final class BenchThreadCPU: @unchecked Sendable {  // `latest` behind `lock`
             byName[t.name, default: Usage()].wait += Double(t.wait &- (before?.wait ?? 0)) / 1e9
         }
         return byName.map { ($0.key, $0.value) }.sorted { $0.usage.cpu > $1.usage.cpu }
+    }
+
+    /// All CPUs' time not idle nor waiting for I/O since boot (`/proc/stat`'s `cpu` line), seconds.
+    static func machineBusySeconds() -> Double {
+        guard let stat = try? ProcFS.readString("/proc/stat"), let line = stat.split(separator: "\n").first else { return 0 }
+        let f = line.split(separator: " ").dropFirst().compactMap { Double($0) }
+        guard f.count >= 8 else { return 0 }
+        let busy = f[0] + f[1] + f[2] + f[5] + f[6] + f[7]  // user nice system irq softirq steal
+        return busy / Double(sysconf(Int32(_SC_CLK_TCK)))
     }
 
     /// `name cpu s (+ wait s)` per thread name with at least 5 ms.
