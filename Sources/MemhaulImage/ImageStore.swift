@@ -69,7 +69,7 @@ public final class ImageStore: @unchecked Sendable {
     private var running: ApplyJob?
     private let hashState: OpaquePointer
     /// Starts the open round's in-place writeback off the writer's thread.
-    let writeback = WritebackQueue()
+    private(set) lazy var writeback = WritebackQueue(directory: directory)
 
 #if DEBUG
     /// Test hooks (ImageStoreTestHooks.swift); not in release builds.

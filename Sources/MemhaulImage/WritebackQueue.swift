@@ -17,8 +17,19 @@ import Synchronization
 /// writes the bytes and reports the error). ``finish()`` waits for every range
 /// started so far, so the commit's fsync never races one, and the count it
 /// returns belongs to the round being committed.
+///
+/// Skipped where the image directory's file system keeps pages in memory only
+/// (tmpfs, ramfs: ``WritebackDecision``): there is no writeback to start, and
+/// the hand-off per 4 MiB is all the queue would add.
 final class WritebackQueue: @unchecked Sendable {  // unchecked: ImageFile is only used for its descriptor, kept alive by the block
     static let maxPending = 8
+
+    /// Whether ``start(_:from:count:)`` does anything, decided once from the image directory.
+    let decision: WritebackDecision
+
+    init(directory: String) {
+        decision = WritebackDecision(directory: directory)
+    }
 
     private let queue = DispatchQueue(label: "memhaul.image.writeback", qos: .userInitiated)
     private let places = DispatchSemaphore(value: WritebackQueue.maxPending)
@@ -28,6 +39,7 @@ final class WritebackQueue: @unchecked Sendable {  // unchecked: ImageFile is on
     /// Queues writeback of `count` bytes of `file` from `offset` (waiting while
     /// `maxPending` are queued). The caller's injected faults apply to the call.
     func start(_ file: ImageFile, from offset: UInt64, count: UInt64) {
+        guard decision.startsWriteback else { return }
         places.wait()
         pending.enter()
         let faults = Syscall.currentFaults
@@ -64,4 +76,42 @@ final class WritebackQueue: @unchecked Sendable {  // unchecked: ImageFile is on
         let offset: UInt64
         let count: UInt64
     }
+}
+
+/// Whether an image's in-place writes have their writeback started during the
+/// round (``WritebackQueue``), from the file system of its directory (`statfs`).
+public enum WritebackDecision: Hashable, Sendable, CustomStringConvertible {
+    /// A file system with a device behind it: writeback is started every 4 MiB.
+    case queued(FileSystemType)
+    /// tmpfs or ramfs: no writeback exists, so none is started.
+    case skipped(FileSystemType)
+    /// `statfs` failed: queued, as on a disk (the queue costs a hand-off, never a byte).
+    case queuedUnknown(SystemError)
+
+    init(directory: String) {
+        do {
+            let type = try FileSystemType.of(directory)
+            self = type.isMemoryOnly ? .skipped(type) : .queued(type)
+        } catch {
+            self = .queuedUnknown(error)
+        }
+    }
+
+    public var startsWriteback: Bool {
+        if case .skipped = self { return false }
+        return true
+    }
+
+    public var description: String {
+        switch self {
+        case .queued(let type): "writeback queued (file system \(type))"
+        case .skipped(let type): "writeback skipped (\(type) keeps pages in memory only)"
+        case .queuedUnknown(let error): "writeback queued (\(error))"
+        }
+    }
+}
+
+extension ImageStore {
+    /// What the image's file system made of the in-place writeback (the receiver logs it).
+    public var writebackDecision: WritebackDecision { writeback.decision }
 }

@@ -354,7 +354,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             // Where the stage's time went (the receiver's usual bottleneck on a disk).
             let p = stage.phaseNanoseconds
             log("receiver: migration \(info.migration ?? "?"): storage stage busy \(stage.busyNanoseconds / 1_000_000) ms: checksum \(p.checksum / 1_000_000) ms, "
-                + "writes \(p.write / 1_000_000) ms, ledger \(p.ledger / 1_000_000) ms")
+                + "writes \(p.write / 1_000_000) ms, ledger \(p.ledger / 1_000_000) ms; \(store.writebackDecision)")
         }
         do {
             try serveFrames(store, stage)

@@ -271,40 +271,6 @@ import MemhaulTestSupport
         #expect(try reopened.matches(model))
     }
 
-    /// In-place writeback is started off the writer's thread (on ext4 it is
-    /// the delayed block allocation and bio submission), and a round's commit
-    /// waits for it: the count of failures belongs to that round.
-    @Test func inPlaceWritebackRunsOffTheWritersThread() throws {
-        let root = temporaryDirectory()
-        defer { removeTree(root) }
-        let dir = root + "/writeback-thread"
-        let store = try ImageStore.create(directory: dir, migrationID: "writeback-thread")
-        defer { store.close() }
-        var model = MemoryModel()
-        let kick = Int(ImageStore.writebackKickBytes) / 4096
-        let layout = [region(a, pages: 1 + 3 * kick)]
-        model.setLayout(layout)
-        try store.beginRound(1, layout: layout)
-        let first = pageBytes(1, pages: 1)
-        try store.write(a, first)  // creates the region file
-        model.write(a, first)
-        let mem = dir + "/" + memFiles(dir)[0]
-        let failures = try Syscall.withFaults([.init("sync_file_range(\(mem))", .EIO)]) { () throws -> Int in
-            for k in 0..<3 {  // each a kick's worth: three writebacks started during the round
-                let address = a + UInt64(1 + k * kick) * 4096
-                let bytes = pageBytes(UInt64(2 + k), pages: kick)
-                try store.write(address, bytes)
-                model.write(address, bytes)
-            }
-            return try store.commitRound().writebackFailures
-        }
-        #expect(failures == 3)  // every one finished (and failed) before the commit counted them
-        let threads = store.testWritebackThreads
-        #expect(!threads.isEmpty)
-        #expect(!threads.contains(pthread_self()))
-        #expect(try store.matches(model))
-    }
-
     @Test func cliInspectAndRead() throws {
         let binary = builtBinary("memhaul")
         try #require(FileManager.default.isExecutableFile(atPath: binary))

@@ -20,14 +20,14 @@ public func builtBinary(_ name: String) -> String {
     return dir + "/" + name
 }
 
-/// A new, empty directory `/tmp/memhaul-<tag>-XXXXXX` (mkdtemp: unique even
-/// when tests run in parallel or in several processes at once). It is removed
-/// when the test process exits (set `MEMHAUL_KEEP_TEST_DIRS=1` to keep them for
-/// a post-mortem): images of hundreds of MiB per test filled the disk otherwise.
-public func temporaryDirectory(_ tag: String = "test") -> String {
-    var template = Array("/tmp/memhaul-\(tag)-XXXXXX".utf8CString)
+/// A new, empty directory `<parent>/memhaul-<tag>-XXXXXX`, `/tmp` unless told
+/// (mkdtemp: unique even when tests run in parallel or in several processes at
+/// once). It is removed when the test process exits (set `MEMHAUL_KEEP_TEST_DIRS=1`
+/// to keep them for a post-mortem): images of hundreds of MiB per test filled the disk otherwise.
+public func temporaryDirectory(_ tag: String = "test", in parent: String = "/tmp") -> String {
+    var template = Array("\(parent)/memhaul-\(tag)-XXXXXX".utf8CString)
     let path = template.withUnsafeMutableBufferPointer { buffer in
-        guard let path = mkdtemp(buffer.baseAddress!) else { fatalError("mkdtemp /tmp/memhaul-\(tag)-XXXXXX: errno \(errno)") }
+        guard let path = mkdtemp(buffer.baseAddress!) else { fatalError("mkdtemp \(parent)/memhaul-\(tag)-XXXXXX: errno \(errno)") }
         return String(cString: path)
     }
     ScratchDirectories.shared.add(path)
