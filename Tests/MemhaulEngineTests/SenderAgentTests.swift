@@ -30,10 +30,9 @@ import MemhaulTestSupport
         #expect(throws: ControlError.self) {
             _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
         }
-        while true {
+        try SafetyBound.eventually("round 1 in the agent's status", every: 20_000) {
             let s = try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1"]))["status"] as! [String: Any]
-            if ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1 { break }
-            usleep(20_000)
+            return ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1
         }
         // Live: the report so far, the phase in progress included.
         let live = try #require(try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1", "history": true]))["history"] as? [String: Any])

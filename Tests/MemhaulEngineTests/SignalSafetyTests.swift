@@ -79,6 +79,7 @@ import MemhaulSystem
         func request(_ op: String, _ args: [String: Any] = [:]) throws -> [String: Any] {
             let fd = socket_unix()
             defer { close(fd) }
+            SafetyBound.boundReads(fd: fd)
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &addr.sun_path) { buf in

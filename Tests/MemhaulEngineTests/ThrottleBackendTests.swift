@@ -164,7 +164,7 @@ import Testing
         } else {
             receiver.child.kill(SIGKILL)
         }
-        done.wait()
+        done.waitBounded("the migration's end")
         let s = migration.status
         #expect(s.state == (ending == "cancel" ? .cancelled : .failed), "\(s.state) \(s.error ?? "")")
         #expect(s.throttleMechanism == .cgroup)
