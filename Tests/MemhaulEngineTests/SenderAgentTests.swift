@@ -10,12 +10,12 @@ import MemhaulTestSupport
 /// The sender agent's control operations against a real receiver process.
 @Suite(.serialized) struct SenderAgentTests {
     func waitFinal(_ control: SenderControl, _ id: String) throws -> [String: Any] {
-        while true {
-            let r = try control.handle(ControlRequest(op: "status", args: ["migration": id]))
-            let status = r["status"] as! [String: Any]
-            if let state = status["state"] as? String, ["completed", "failed", "cancelled"].contains(state) { return status }
-            usleep(20_000)
+        var status: [String: Any] = [:]
+        try SafetyBound.eventually("the end of migration \(id)", every: 20_000) {
+            status = try control.handle(ControlRequest(op: "status", args: ["migration": id]))["status"] as! [String: Any]
+            return (status["state"] as? String).map { ["completed", "failed", "cancelled"].contains($0) } ?? false
         }
+        return status
     }
 
     @Test func receiverKilledFailsClearlyAndTheAgentKeepsServing() throws {

@@ -15,6 +15,17 @@ import MemhaulTestSupport
         #expect(code == 128 + SIGKILL)
     }
 
+    @Test func aWatchdogKillsAProcessTheTestCannotBoundItself() throws {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sleep")
+        p.arguments = ["600"]
+        try p.run()
+        let watchdog = SafetyBound.$seconds.withValue(1) { SafetyBound.Watchdog(pid: p.processIdentifier, "sleep 600") }
+        p.waitUntilExit()
+        withKnownIssue { watchdog.end() }
+        #expect(p.terminationReason == .uncaughtSignal && p.terminationStatus == SIGKILL)
+    }
+
     @Test func aChildThatNeverEndsItsOutputThrows() throws {
         let child = try ChildProcess(["sleep", "600"], stdin: .null, captureStderr: true)
         #expect(throws: TestSetupError.self) { try SafetyBound.$seconds.withValue(1) { try child.readToEnd() } }

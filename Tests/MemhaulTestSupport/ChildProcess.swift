@@ -118,9 +118,9 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     }
 
     /// The next line of stdout (without newline); nil at end of file. Throws
-    /// after `timeout` seconds without one, so that a broken child cannot hang
-    /// the suite (a guard, not a timing check).
-    public func readLine(timeout: Int32 = 300) throws -> String? {
+    /// after `timeout` seconds (``SafetyBound``) without one, so that a broken
+    /// child cannot hang the suite (a guard, not a timing check).
+    public func readLine(timeout: Int32 = Int32(SafetyBound.seconds)) throws -> String? {
         while true {
             if let nl = buffer.firstIndex(of: 0x0A) {
                 let line = String(decoding: buffer[..<nl], as: UTF8.self)

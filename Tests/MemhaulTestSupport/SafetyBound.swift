@@ -2,6 +2,7 @@ import CMemhaulLinux
 import Dispatch
 import MemhaulSystem
 import MemhaulTLS
+import Synchronization
 import Testing
 #if canImport(Glibc)
 import Glibc
@@ -25,8 +26,8 @@ public enum SafetyBound {
     public static var duration: Duration { .seconds(seconds) }
 
     /// Fails the running test: it was still waiting for `what` when the bound passed.
-    public static func recordHang(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
-        Issue.record("still waiting for \(what) after the \(seconds) s safety bound (a hang, not a slow run)", sourceLocation: sourceLocation)
+    public static func recordHang(_ what: String, bound: Int = seconds, sourceLocation: SourceLocation = #_sourceLocation) {
+        Issue.record("still waiting for \(what) after the \(bound) s safety bound (a hang, not a slow run)", sourceLocation: sourceLocation)
     }
 
     /// Sets SO_RCVTIMEO on a socket the test reads from itself, so a read
@@ -85,6 +86,37 @@ public enum SafetyBound {
             let r = Glibc.waitpid(pid, &status, 0)
             if r < 0 && errno == EINTR { continue }
             return r
+        }
+    }
+}
+
+extension SafetyBound {
+    /// Kills process `pid` (SIGKILL, then SIGCONT for a stopped one) if it is
+    /// still running when the bound passes, for waits the test cannot bound
+    /// itself (Foundation's `Process.waitUntilExit`, a blocking read of its
+    /// pipe): the kill ends them. ``end(sourceLocation:)``, on the test's
+    /// thread, disarms it and fails the test if it fired.
+    public final class Watchdog {
+        private final class Fired: Sendable { let flag = Mutex(false) }
+        private let fired = Fired()
+        private let item: DispatchWorkItem
+        private let what: String
+        private let bound = SafetyBound.seconds
+
+        public init(pid: pid_t, _ what: String) {
+            self.what = what
+            let fired = self.fired
+            item = DispatchWorkItem {
+                fired.flag.withLock { $0 = true }
+                kill(pid, SIGKILL)
+                kill(pid, SIGCONT)
+            }
+            DispatchQueue.global().asyncAfter(deadline: .now() + .seconds(bound), execute: item)
+        }
+
+        public func end(sourceLocation: SourceLocation = #_sourceLocation) {
+            item.cancel()
+            if fired.flag.withLock({ $0 }) { SafetyBound.recordHang("\(what); killed it", bound: bound, sourceLocation: sourceLocation) }
         }
     }
 }
