@@ -84,7 +84,11 @@ public final class DirtyTracker {
     /// about twice the scan-and-protect): written pages are all reported dirty
     /// (a discarded one reads as zeros), and discards that left no WRITTEN
     /// trace wait for the next checking round. The final round (target frozen)
-    /// must check discards.
+    /// must check discards. Where `known` covers most of a range, the written
+    /// scan takes the kernel's fast path, which also reports the range's
+    /// never-populated pages (page-table holes, empty entries): without the
+    /// check they are dirty and go as zero pages (all 6,144 in
+    /// NeverWrittenPagesTests); the sender's rounds always check.
     public func nextRound(
         ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true, fileContent: [AddressRange] = []
     ) throws -> RoundScan {

@@ -47,10 +47,12 @@ import MemhaulTestSupport
         receiver.standardError = FileHandle.nullDevice
         try receiver.run()
         defer { kill(receiver.processIdentifier, SIGKILL); receiver.waitUntilExit() }
+        let watchdog = SafetyBound.Watchdog(pid: receiver.processIdentifier, "the receiver's listening line")
         var text = ""
         while !text.contains("listening"), case let chunk = out.fileHandleForReading.availableData, !chunk.isEmpty {
             text += String(decoding: chunk, as: UTF8.self)
         }
+        watchdog.end()
         let line = try #require(text.split(separator: "\n").first { $0.contains("listening") })
         let port = try #require(line.split(separator: ":").last.flatMap { UInt16($0) })
         let target = try sleeper()

@@ -1,5 +1,6 @@
 import Foundation
 import Testing
+import MemhaulTestSupport
 
 /// `Type=notify`: each agent tells `$NOTIFY_SOCKET` READY=1 once its sockets
 /// accept connections, and STOPPING=1 when SIGTERM stops it. The test plays
@@ -88,7 +89,7 @@ import Testing
         kill(pid, SIGTERM)
         let second = socket.receive()
         #expect(second == "STOPPING=1", "after SIGTERM: \(second ?? "none within 60 s")")
-        #expect(waitpid(pid, &status, 0) == pid)
+        #expect(SafetyBound.waitpid(pid, &status, "the agent after SIGTERM") == pid)
         #expect(status == 0, "exit status \(status)")
     }
 

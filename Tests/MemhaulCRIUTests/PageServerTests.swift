@@ -4,12 +4,13 @@ import Testing
 @testable import MemhaulCRIU
 import MemhaulSystem
 import MemhaulTLS
+import MemhaulTestSupport
 
 /// A lazy-pages client written for the test: the requests `criu lazy-pages
 /// --page-server` sends (`criu/page-xfer.c`, `request_remote_pages`).
 struct LazyPagesClient {
     let stream: TCPStream
-    init(port: UInt16) throws { stream = try TCPStream.connect(host: "127.0.0.1", port: port) }
+    init(port: UInt16) throws { stream = try TCPStream.connect(host: "127.0.0.1", port: port).boundingReads() }
 
     func send(cmd: UInt32, pages: UInt64, address: UInt64, id: UInt64) throws {
         var iov = [UInt8](repeating: 0, count: 32)
@@ -42,10 +43,18 @@ struct LazyPagesClient {
         return status.withUnsafeBytes { $0.load(as: Int32.self) }
     }
 
-    /// True when the server has ended the session (end of stream).
+    /// True when the server has ended the session (end of stream, or an
+    /// error other than the safety bound's timeout).
     func serverHungUp() -> Bool {
         var one = [UInt8](repeating: 0, count: 1)
-        return ((try? one.withUnsafeMutableBytes { try stream.read(into: $0) }) ?? 0) == 0
+        do {
+            return try one.withUnsafeMutableBytes { try stream.read(into: $0) } == 0
+        } catch NetworkError.timedOut {
+            SafetyBound.recordHang("the page server's hang-up")
+            return false
+        } catch {
+            return true
+        }
     }
 }
 
@@ -69,7 +78,7 @@ final class RunningServer: @unchecked Sendable {
     }
 
     func wait() throws -> CRIUPageServer.Stats {
-        #expect(done.wait(timeout: .now() + 60) == .success)
+        guard done.waitBounded("the page server's end") else { throw CRIUError.io("the page server did not end") }
         return try result.withLock { $0! }.get()
     }
 }

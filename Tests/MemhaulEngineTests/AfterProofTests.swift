@@ -157,5 +157,5 @@ import MemhaulTestSupport
 
 import MemhaulTLS
 enum TCPStreamConnect {
-    static func open(port: UInt16) throws -> TCPStream { try TCPStream.connect(host: "127.0.0.1", port: port) }
+    static func open(port: UInt16) throws -> TCPStream { try TCPStream.connect(host: "127.0.0.1", port: port).boundingReads() }
 }

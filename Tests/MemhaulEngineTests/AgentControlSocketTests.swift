@@ -25,16 +25,14 @@ final class RawControlClient {
             Glibc.close(fd)
             throw TestSetupError("connect \(path): errno \(e)")
         }
-        // A missing answer fails the test instead of hanging it.
-        var tv = timeval(tv_sec: 30, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        SafetyBound.boundReads(fd: fd)  // a missing answer fails the test instead of hanging it
     }
 
     func send(_ text: String) {
         _ = Array(text.utf8).withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
     }
 
-    /// One line, nil at end of stream (or after the 30 s guard).
+    /// One line, nil at end of stream (or after the safety bound).
     func readLine() -> String? {
         var line: [UInt8] = []
         var byte: UInt8 = 0

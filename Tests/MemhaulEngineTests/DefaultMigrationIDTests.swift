@@ -32,14 +32,14 @@ import MemhaulTestSupport
                 "pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "max_rounds": 0, "after": "resume"]))
             let id = try #require(started["migration"] as? String)
             ids.append(id)
-            while true {
+            try SafetyBound.eventually("the end of migration \(id)") {
                 let s = try control.handle(ControlRequest(op: "status", args: ["migration": id]))["status"] as! [String: Any]
                 let state = s["state"] as? String ?? ""
                 if ["completed", "failed", "cancelled"].contains(state) {
                     #expect(state == "completed", "\(s)")
-                    break
+                    return true
                 }
-                usleep(10_000)
+                return false
             }
         }
         #expect(ids[0] != ids[1])

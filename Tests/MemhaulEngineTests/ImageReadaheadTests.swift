@@ -105,7 +105,7 @@ import MemhaulTestSupport
             reached.signal()
             go.wait()
         }, log: { _ in })
-        reached.wait()  // the first chunk is read ahead, the second not yet
+        reached.waitBounded("the readahead's second chunk")  // the first chunk is read ahead, the second not yet
         readahead.requestStop()  // what the session's stop() does (it then waits)
         go.signal()
         let outcome = readahead.stop()

@@ -16,10 +16,13 @@ import MemhaulTestSupport
             "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure",
             "--max-bandwidth", "20000000", "--downtime-limit", "0.001", "--no-auto-converge", "-v", "--json"])
         // Wait until the target is tracked (uffd-wp registered), then kill the agent.
-        while !workload.hasUffdWriteProtect {
-            guard sender.state != nil else { Issue.record("sender ended early"); return }
-            usleep(10_000)
+        var senderEnded = false
+        SafetyBound.eventually("the target tracked (uffd-wp registered)") {
+            if workload.hasUffdWriteProtect { return true }
+            senderEnded = sender.state == nil
+            return senderEnded
         }
+        guard !senderEnded else { Issue.record("sender ended early"); return }
         sender.kill(SIGKILL)
         sender.wait()
         // Closing the agent's (only) uffd unregisters everything in the kernel.

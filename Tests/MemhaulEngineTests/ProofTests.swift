@@ -107,6 +107,7 @@ import MemhaulTestSupport
         let receiver = try TestReceiver(pki: pki)
         for (id, honest) in [("ledger-liar", false), ("ledger-honest", true)] {
             let stream = try TLSClientContext(configuration: pki.configuration("sender")).connect(host: "127.0.0.1", port: receiver.port)
+                .boundingReads()
             let channel = FrameChannel(stream: stream)
             try channel.sendPreamble()
             try channel.send(.hello(Hello(capabilities: [.zstd, .digestV2, .ledgerDigest], migrationID: id, senderName: "raw-test")))

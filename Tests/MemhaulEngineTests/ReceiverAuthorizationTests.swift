@@ -188,7 +188,7 @@ func expectRefusal(port: UInt16, _ pki: TestPKI, role: String, id: String, resum
         let images = temporaryDirectory("images")
         do {
             let plain = try TestReceiver(pki: nil, images: images)
-            let stream = try TCPStream.connect(host: "127.0.0.1", port: plain.port)
+            let stream = try TCPStream.connect(host: "127.0.0.1", port: plain.port).boundingReads()
             let channel = FrameChannel(stream: stream)
             try channel.sendPreamble()
             try channel.send(.hello(Hello(capabilities: [], migrationID: "plain-1", senderName: "x")))

@@ -192,7 +192,7 @@ extension RawSender {
         let pki = try TestPKI()
         let receiver = try TestReceiver(pki: pki)
         let context = try TLSClientContext(configuration: pki.configuration("sender"))
-        let stream = try context.connect(host: "127.0.0.1", port: receiver.port)
+        let stream = try context.connect(host: "127.0.0.1", port: receiver.port).boundingReads()
         let channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
         try channel.send(.hello(Hello(capabilities: [.zstd, .digestV2], migrationID: "huge-v2", senderName: "raw-test")))

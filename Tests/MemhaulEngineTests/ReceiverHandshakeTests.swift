@@ -15,6 +15,7 @@ import MemhaulTestSupport
     /// Sends one HELLO and returns the receiver's answer to it.
     func answer(to hello: Hello, _ receiver: TestReceiver, _ pki: TestPKI) throws -> Message {
         let stream = try TLSClientContext(configuration: pki.configuration("sender")).connect(host: "127.0.0.1", port: receiver.port)
+            .boundingReads()
         defer { stream.close() }
         let channel = FrameChannel(stream: stream)
         try channel.sendPreamble()

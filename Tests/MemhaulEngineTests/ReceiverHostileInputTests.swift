@@ -32,7 +32,7 @@ final class RawSender {
 
     init(port: UInt16, _ pki: TestPKI, id: String, role: String = "sender", resumeFrom: UInt64? = nil, extra: Capabilities = []) throws {
         let context = try TLSClientContext(configuration: pki.configuration(role))
-        stream = try context.connect(host: "127.0.0.1", port: port)
+        stream = try context.connect(host: "127.0.0.1", port: port).boundingReads()
         channel = FrameChannel(stream: stream)
         try channel.sendPreamble()
         try channel.send(.hello(Hello(capabilities: (resumeFrom == nil ? Capabilities.zstd : [.zstd, .resume]).union(extra), migrationID: id,

@@ -28,9 +28,7 @@ final class RawConnection {
         let bound = withUnsafePointer(to: &local) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         let connected = withUnsafePointer(to: &remote) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { Glibc.connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
         guard bound == 0, connected == 0 else { close(fd); throw TestSetupError("bind/connect from \(source): \(errno)") }
-        // A safety net only: a test that waits longer than this fails instead of hanging.
-        var tv = timeval(tv_sec: 60, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        SafetyBound.boundReads(fd: fd)  // a test that waits longer fails instead of hanging
     }
 
     /// Blocks until the receiver closes the connection: true when it did

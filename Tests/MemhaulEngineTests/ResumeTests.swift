@@ -59,10 +59,9 @@ import MemhaulReport
         let migration = SenderMigration(request: r, connect: try connector(pki))
         let done = migration.runInBackground()
         // Two chunks of round 0 committed, the round itself not finished: cut.
-        var committed: UInt32 = 0
-        while committed < 2 && !migration.status.state.isFinal {
-            committed = receiver.agent.sessionInfo.last(where: { $0.migration == "resume-r0" })?.committedRound ?? 0
-            usleep(2_000)
+        SafetyBound.eventually("two chunks of round 0 committed", every: 2_000) {
+            let committed = receiver.agent.sessionInfo.last(where: { $0.migration == "resume-r0" })?.committedRound ?? 0
+            return committed >= 2 || migration.status.state.isFinal
         }
         let atCut = migration.status  // the counters move per chunk: the stage and round say where it is
         #expect(atCut.stage == .precopy && atCut.round == 0 && atCut.roundSentBytes < atCut.roundTotalBytes, "round 0 still streaming when cut")

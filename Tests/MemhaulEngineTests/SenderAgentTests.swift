@@ -10,12 +10,12 @@ import MemhaulTestSupport
 /// The sender agent's control operations against a real receiver process.
 @Suite(.serialized) struct SenderAgentTests {
     func waitFinal(_ control: SenderControl, _ id: String) throws -> [String: Any] {
-        while true {
-            let r = try control.handle(ControlRequest(op: "status", args: ["migration": id]))
-            let status = r["status"] as! [String: Any]
-            if let state = status["state"] as? String, ["completed", "failed", "cancelled"].contains(state) { return status }
-            usleep(20_000)
+        var status: [String: Any] = [:]
+        try SafetyBound.eventually("the end of migration \(id)", every: 20_000) {
+            status = try control.handle(ControlRequest(op: "status", args: ["migration": id]))["status"] as! [String: Any]
+            return (status["state"] as? String).map { ["completed", "failed", "cancelled"].contains($0) } ?? false
         }
+        return status
     }
 
     @Test func receiverKilledFailsClearlyAndTheAgentKeepsServing() throws {
@@ -30,10 +30,9 @@ import MemhaulTestSupport
         #expect(throws: ControlError.self) {
             _ = try control.handle(ControlRequest(op: "migrate", args: ["pid": Int(workload.pid), "to": "127.0.0.1:1"]))
         }
-        while true {
+        try SafetyBound.eventually("round 1 in the agent's status", every: 20_000) {
             let s = try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1"]))["status"] as! [String: Any]
-            if ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1 { break }
-            usleep(20_000)
+            return ((s["counters"] as? [String: Any])?["round"] as? Int ?? 0) >= 1
         }
         // Live: the report so far, the phase in progress included.
         let live = try #require(try control.handle(ControlRequest(op: "status", args: ["migration": "agent-1", "history": true]))["history"] as? [String: Any])

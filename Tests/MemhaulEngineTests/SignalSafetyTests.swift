@@ -10,18 +10,6 @@ import MemhaulSystem
 /// injection leaves a target that runs on correctly. All against real
 /// processes: `memhaul receive`, `memhaul migrate` / `memhaul sender`, workloads.
 @Suite(.serialized) struct SignalSafetyTests {
-    /// Polls `condition` (an event we cannot be told about) with a bound, so a
-    /// broken build fails instead of hanging.
-    @discardableResult
-    func eventually(_ what: String, bound: Int = 120_000, _ condition: () -> Bool) -> Bool {
-        for _ in 0..<bound {
-            if condition() { return true }
-            usleep(1000)
-        }
-        Issue.record("never happened: \(what)")
-        return false
-    }
-
     func threadStates(_ pid: pid_t) -> [Character] {
         let tasks = (try? FileManager.default.contentsOfDirectory(atPath: "/proc/\(pid)/task")) ?? []
         return tasks.compactMap { ProcFS.state(pid: pid, thread: Int32($0)!) }
@@ -55,7 +43,7 @@ import MemhaulSystem
         let migrate = try ChildProcess([builtBinary("memhaul")] + [
             "migrate", "--pid", "\(workload.pid)", "--to", "127.0.0.1:\(receiver.port)", "--certs", pki.directory,
             "--max-rounds", "0", "--max-bandwidth", "20000000", "--after", "resume", "--id", "sig-\(sig)"])
-        eventually("the target frozen by the stop-and-copy") { frozen(workload.pid) }
+        SafetyBound.eventually("the target frozen by the stop-and-copy", every: 1_000) { frozen(workload.pid) }
         migrate.kill(sig)
         let code = migrate.waitExitCode()
         #expect(code == 128 + sig, "memhaul migrate exits 128+N after releasing the target (exit code \(code.map(String.init) ?? "none: killed by a signal"))")
@@ -79,6 +67,7 @@ import MemhaulSystem
         func request(_ op: String, _ args: [String: Any] = [:]) throws -> [String: Any] {
             let fd = socket_unix()
             defer { close(fd) }
+            SafetyBound.boundReads(fd: fd)
             var addr = sockaddr_un()
             addr.sun_family = sa_family_t(AF_UNIX)
             withUnsafeMutableBytes(of: &addr.sun_path) { buf in
@@ -134,17 +123,17 @@ import MemhaulSystem
         let id = "agent-\(phase)"
         switch phase {
         case .rounds:
-            eventually("rounds under way") { workload.hasUffdWriteProtect && agent.status(id)["state"] as? String == "active" }
+            SafetyBound.eventually("rounds under way", every: 1_000) { workload.hasUffdWriteProtect && agent.status(id)["state"] as? String == "active" }
         case .throttled:
-            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
+            SafetyBound.eventually("auto-converge throttling", every: 1_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             // Inside a stopped slice of the duty cycle: the worst moment to stop the agent.
-            eventually("the target in a throttle stop") { workload.state == "T" }
+            SafetyBound.eventually("the target in a throttle stop", every: 1_000) { workload.state == "T" }
         case .cgroupThrottled:
-            eventually("auto-converge throttling", bound: 300_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
+            SafetyBound.eventually("auto-converge throttling", every: 1_000) { ((agent.status(id)["counters"] as? [String: Any])?["throttle_percent"] as? Int ?? 0) > 0 }
             #expect(agent.status(id)["throttle_mechanism"] as? String == "cgroup")
             #expect(readProcFile("/proc/\(workload.pid)/cgroup") != cgroupBefore, "the target in the throttle's cgroup")
         case .frozen:
-            eventually("the target frozen") { frozen(workload.pid) }
+            SafetyBound.eventually("the target frozen", every: 1_000) { frozen(workload.pid) }
         }
         agent.child.kill(SIGTERM)
         let code = agent.child.waitExitCode()
@@ -163,13 +152,13 @@ import MemhaulSystem
         let workload = try startWorkload(["--size", "512M", "--threads", "2", "--rate", "2000"])
         _ = try agent.request("migrate", ["pid": Int(workload.pid), "to": "127.0.0.1:\(receiver.port)", "id": "stuck-1",
                                           "max_rounds": 0, "after": "resume"])
-        eventually("the target frozen") { frozen(workload.pid) }
+        SafetyBound.eventually("the target frozen", every: 1_000) { frozen(workload.pid) }
         receiver.child.kill(SIGSTOP)
         defer { receiver.child.kill(SIGCONT) }
         // The sender's socket stuck: megabytes queued and unacknowledged towards the
         // stopped receiver (tx_queue in /proc/net/tcp), so its send cannot return.
         var seen = ""
-        eventually("the sender stuck in a send") {
+        SafetyBound.eventually("the sender stuck in a send", every: 1_000) {
             let port = String(format: "%04X", receiver.port)
             let lines = (readProcFile("/proc/net/tcp") ?? "").split(separator: "\n").dropFirst()
             return lines.contains { line in
@@ -262,7 +251,7 @@ import MemhaulSystem
         #expect(FileManager.default.fileExists(atPath: "/proc/\(migrate.pid)/task/\(tracerThread)"), "paused while memhaul traces the target")
         migrate.kill(SIGKILL)
         _ = migrate.waitExitCode()
-        eventually("the tracer gone") { tracer(target.pid) != tracerThread }
+        SafetyBound.eventually("the tracer gone", every: 1_000) { tracer(target.pid) != tracerThread }
     }
 
     /// Killed after the injected close: the registers were put back at the

@@ -120,10 +120,9 @@ import MemhaulTestSupport
             "pid": Int(w.pid), "to": "127.0.0.1:\(receiver.port)", "id": "strict-agent", "downtime_limit_ms": 0.001,
             "max_rounds": 1, "strict": true, "strict_attempts": 1]))
         var status: [String: Any] = [:]
-        while true {
+        try SafetyBound.eventually("the strict migration's end", every: 20_000) {
             status = try control.handle(ControlRequest(op: "status", args: ["migration": "strict-agent"]))["status"] as! [String: Any]
-            if let state = status["state"] as? String, ["completed", "failed", "cancelled"].contains(state) { break }
-            usleep(20_000)
+            return (status["state"] as? String).map { ["completed", "failed", "cancelled"].contains($0) } ?? false
         }
         #expect(status["state"] as? String == "failed")
         #expect(status["aborted_cutovers"] as? Int == 1)

@@ -11,18 +11,6 @@ import Testing
 /// duty cycle interrupts its blocking calls; every way out puts the target's
 /// cgroup and CPU quota back as they were.
 @Suite(.serialized) struct ThrottleBackendTests {
-    /// Polls `condition` (an event we cannot be told about) with a bound, so a
-    /// broken build fails instead of hanging.
-    @discardableResult
-    func eventually(_ what: String, bound: Int = 120_000, _ condition: () -> Bool) -> Bool {
-        for _ in 0..<bound {
-            if condition() { return true }
-            usleep(1000)
-        }
-        Issue.record("never happened: \(what)")
-        return false
-    }
-
     /// A target writing as fast as two threads can, plus the EINTR probe.
     func busyTarget(size: String = "16M", pattern: String = "uniform") throws -> WorkloadProcess {
         try startWorkload(["--size", size, "--threads", "2", "--rate", "0", "--pattern", pattern, "--eintr-probe", "sigtimedwait"], control: true)
@@ -72,9 +60,9 @@ import Testing
         #expect(throttle.mechanism == .cgroup)
         let throttledAtStart = throttle.throttledPeriods() ?? 0
         // The quota acts: the kernel reports periods in which the target ran out of it.
-        eventually("20 throttled periods") { (throttle.throttledPeriods() ?? 0) >= throttledAtStart + 20 }
+        SafetyBound.eventually("20 throttled periods", every: 1_000) { (throttle.throttledPeriods() ?? 0) >= throttledAtStart + 20 }
         // …and the probe kept waiting (its 1 s timeouts) meanwhile.
-        eventually("the probe waited while throttled") { ((try? probe(w).waits) ?? 0) > start.waits }
+        SafetyBound.eventually("the probe waited while throttled", every: 1_000) { ((try? probe(w).waits) ?? 0) > start.waits }
         let during = try probe(w)
         throttle.stop()
         #expect(during.eintr == start.eintr, "EINTR while cgroup-throttled: \(during.eintr - start.eintr)")
@@ -104,7 +92,7 @@ import Testing
         try throttle.set(percent: 80)
         #expect(try own.bandwidth() != saved)
         let start = throttle.throttledPeriods() ?? 0
-        eventually("throttled periods") { (throttle.throttledPeriods() ?? 0) >= start + 5 }
+        SafetyBound.eventually("throttled periods", every: 1_000) { (throttle.throttledPeriods() ?? 0) >= start + 5 }
         #expect(throttle.stop() == nil)
         #expect(try CgroupState(w.pid) == before, "its own quota, 150 ms per 100 ms, put back")
     }
@@ -116,7 +104,7 @@ import Testing
         let start = try probe(w)
         let throttle = DutyCycleThrottle(pid: w.pid)
         try throttle.set(percent: 50)
-        eventually("20 stop slices") { throttle.stopSlices >= 20 }
+        SafetyBound.eventually("20 stop slices", every: 1_000) { throttle.stopSlices >= 20 }
         throttle.stop()
         let after = try probe(w)
         #expect(after.eintr > start.eintr, "SIGSTOP/SIGCONT makes sigtimedwait fail with EINTR")
@@ -155,7 +143,7 @@ import Testing
         r.after = .resume
         let migration = SenderMigration(request: r, connect: try connector(nil))
         let done = migration.runInBackground()
-        eventually("throttled by the cgroup", bound: 300_000) {
+        SafetyBound.eventually("throttled by the cgroup", every: 1_000) {
             migration.status.throttleMechanism == .cgroup && migration.status.throttlePercent > 0
                 && ((try? CgroupState(w.pid)) ?? before) != before
         }
@@ -164,7 +152,7 @@ import Testing
         } else {
             receiver.child.kill(SIGKILL)
         }
-        done.wait()
+        done.waitBounded("the migration's end")
         let s = migration.status
         #expect(s.state == (ending == "cancel" ? .cancelled : .failed), "\(s.state) \(s.error ?? "")")
         #expect(s.throttleMechanism == .cgroup)
@@ -184,7 +172,7 @@ import Testing
             [builtBinary("memhaul"), "migrate", "--pid", "\(w.pid)", "--to", "127.0.0.1:\(receiver.port)", "--insecure",
              "--throttle", "cgroup", "--max-bandwidth", "8000000", "--max-rounds", "1000", "--downtime-limit", "0.001",
              "--after", "resume"], environment: env, stdin: .null)
-        eventually("throttled by the cgroup", bound: 300_000) { ((try? CgroupState(w.pid)) ?? before) != before }
+        SafetyBound.eventually("throttled by the cgroup", every: 1_000) { ((try? CgroupState(w.pid)) ?? before) != before }
         migrate.kill(SIGKILL)
         _ = migrate.waitExitCode()
         #expect(try CgroupState(w.pid) != before, "a SIGKILLed agent runs no code: the target stays in the throttle cgroup")

@@ -75,6 +75,8 @@ import MemhaulTestSupport
                 let pipe = Pipe()
                 process.standardOutput = pipe
                 try process.run()
+                let watchdog = SafetyBound.Watchdog(pid: process.processIdentifier, "the torture writer's lines")
+                defer { watchdog.end() }
                 let reader = LineReader(pipe.fileHandleForReading)
                 // Pick the kill point: after some lines, then a short random delay.
                 reader.read(upTo: Int.random(in: 0...Int(rounds) / 2, using: &generator))

@@ -27,6 +27,8 @@ import MemhaulTestSupport
         p.arguments = ["image", "read", dir, "0x\(String(Self.base, radix: 16))", "4K", "-o", output]
         p.standardOutput = FileHandle.nullDevice
         try p.run()
+        let watchdog = SafetyBound.Watchdog(pid: p.processIdentifier, "memhaul image read to end")
+        defer { watchdog.end() }
         p.waitUntilExit()
         return p.terminationStatus
     }

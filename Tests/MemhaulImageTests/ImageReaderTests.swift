@@ -54,6 +54,8 @@ final class ReadOnlyMount {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/mount")
         p.arguments = args
         try p.run()
+        let watchdog = SafetyBound.Watchdog(pid: p.processIdentifier, "mount to end")
+        defer { watchdog.end() }
         p.waitUntilExit()
         guard p.terminationStatus == 0 else { throw CocoaError(.fileWriteNoPermission) }
     }
@@ -62,6 +64,8 @@ final class ReadOnlyMount {
         p.executableURL = URL(fileURLWithPath: "/usr/bin/umount")
         p.arguments = [path]
         try p.run()
+        let watchdog = SafetyBound.Watchdog(pid: p.processIdentifier, "umount to end")
+        defer { watchdog.end() }
         p.waitUntilExit()
     }
 }

@@ -1,5 +1,6 @@
 import Foundation
 import Synchronization
+import Testing
 @testable import MemhaulTLS
 import MemhaulTestSupport
 
@@ -23,7 +24,7 @@ final class Background<T: Sendable>: Sendable {
 
     /// Waits for the thread and returns its value or rethrows its error.
     func value() throws -> T {
-        done.wait()
+        guard done.waitBounded("the background thread's result") else { throw TestSetupError("the background thread never returned") }
         done.signal()
         return try result.withLock { $0! }.get()
     }

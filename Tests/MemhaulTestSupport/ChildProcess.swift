@@ -1,6 +1,7 @@
 import Foundation
 import CMemhaulLinux
 import MemhaulSystem
+import Testing
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -15,6 +16,8 @@ import Glibc
 /// threads block most signals, and posix_spawn would pass that on.
 open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid from others
     public let pid: pid_t
+    /// `args[0]`, for messages.
+    private let command: String
     private var stdinFD: Int32
     private let stdoutFD: Int32
     private let stderrFD: Int32
@@ -95,6 +98,7 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
             throw SystemError("posix_spawn(\(args[0]))", Errno(rawValue: rc))
         }
         self.pid = pid
+        command = args[0]
         stdinFD = inPipe[1]
         if stdoutPipe {
             stdoutFD = outPipe[0]
@@ -114,9 +118,9 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     }
 
     /// The next line of stdout (without newline); nil at end of file. Throws
-    /// after `timeout` seconds without one, so that a broken child cannot hang
-    /// the suite (a guard, not a timing check).
-    public func readLine(timeout: Int32 = 300) throws -> String? {
+    /// after `timeout` seconds (``SafetyBound``) without one, so that a broken
+    /// child cannot hang the suite (a guard, not a timing check).
+    public func readLine(timeout: Int32 = Int32(SafetyBound.seconds)) throws -> String? {
         while true {
             if let nl = buffer.firstIndex(of: 0x0A) {
                 let line = String(decoding: buffer[..<nl], as: UTF8.self)
@@ -157,7 +161,8 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
     }
 
     /// stdout and stderr (if captured) to their ends, read together so that
-    /// neither pipe can fill up and stall the child.
+    /// neither pipe can fill up and stall the child. Throws if they are not at
+    /// their ends within ``SafetyBound`` (a hung child cannot hang the suite).
     public func readToEnd() throws -> (out: [UInt8], err: [UInt8]) {
         var out = buffer, err: [UInt8] = []
         buffer.removeAll()
@@ -166,10 +171,16 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
         if stderrFD >= 0 { fds.append(pollfd(fd: stderrFD, events: Int16(POLLIN), revents: 0)) }
         var open = fds.count
         var chunk = [UInt8](repeating: 0, count: 65536)
+        let deadline = MonotonicClock.seconds() + Double(SafetyBound.seconds)
         while open > 0 {
-            if poll(&fds, nfds_t(fds.count), -1) < 0 {
+            let left = Int32(max(0, (deadline - MonotonicClock.seconds()) * 1000))
+            let ready = poll(&fds, nfds_t(fds.count), left)
+            if ready < 0 {
                 if errno == EINTR { continue }
                 throw SystemError("poll", .current)
+            }
+            if ready == 0 {
+                throw TestSetupError("\(command) (PID \(pid)): output not at its end within the \(SafetyBound.seconds) s safety bound (a hang)")
             }
             for i in fds.indices where fds[i].fd >= 0 && fds[i].revents != 0 {
                 let n = read(fds[i].fd, &chunk, chunk.count)
@@ -206,18 +217,21 @@ open class ChildProcess: @unchecked Sendable {  // one test drives it; kill/pid 
         stdinFD = -1
     }
 
-    /// Waits until it has exited without reaping it (the pid stays valid).
+    /// Waits until it has exited without reaping it (the pid stays valid); at
+    /// most ``SafetyBound``, then the test fails and the child is killed.
     public func waitExitedNoReap() {
+        SafetyBound.awaitExit(of: pid, command)
         var info = siginfo_t()
         while waitid(P_PID, id_t(pid), &info, WEXITED | WNOWAIT) != 0 && errno == EINTR {}
     }
 
-    /// waitpid for the exit; returns the exit code, or 128+signal.
+    /// waitpid for the exit; returns the exit code, or 128+signal. At most
+    /// ``SafetyBound``: then the test fails and the child is killed (137).
     @discardableResult
     public func wait() -> Int32 {
         if let exitCode { return exitCode }
         var status: Int32 = 0
-        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        _ = SafetyBound.waitpid(pid, &status, command)
         let code: Int32 = (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
         if (status & 0x7f) != 0 { terminatingSignal = status & 0x7f }
         exitCode = code
