@@ -70,9 +70,12 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
         @Option(help: "Directory the receiver keeps its images in (e.g. on tmpfs: /dev/shm/x); default: a scratch directory under TMPDIR.")
         var images: String?
+        @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit (as memhaul migrate --commit-chunk).")
+        var commitChunkMiB: UInt64 = ConvergenceParameters().commitChunkBytes >> 20
 
         func validate() throws {
             guard level == "auto" || Int32(level) != nil else { throw ValidationError("--compression-level: a zstd level or auto") }
+            guard (1...1 << 20).contains(commitChunkMiB) else { throw ValidationError("--commit-chunk must be 1…1048576 MiB") }
             guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         }
 
@@ -98,6 +101,7 @@ struct BenchCommand: ParsableCommand {
             for i in 0..<repeats {
                 var request = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "bench-transport-\(getpid())-\(i)")
                 request.parameters.maxRounds = 0
+                request.parameters.commitChunkBytes = commitChunkMiB << 20
                 request.after = .resume
                 request.compressionLevel = Int32(level)
                 let migration = SenderMigration(request: request, connect: try env.connector())
