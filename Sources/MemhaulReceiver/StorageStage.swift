@@ -12,9 +12,9 @@ import MemhaulWire
 /// batches, and apply zero/discard runs, on a thread of its own, while the
 /// session thread reads and decrypts the next frames.
 ///
-/// Bounded: at most `slots` batches are in flight (each copied out of the
-/// frame buffer into a slot of `WireLimits.maxPagesPerBatch` pages, so the
-/// frame decoder's buffer is free for the next frame) and at most
+/// Bounded: at most `slots` batches are in flight (each read by the session
+/// thread straight from the stream into a slot of `WireLimits.maxPagesPerBatch`
+/// pages, ``reserveSlot()``) and at most
 /// `maxQueued` items of any kind; `submit` blocks while full. Work runs in
 /// submission order. The first error stops the stage: later work is dropped
 /// and every later `submit`/`drain` throws it.
@@ -100,20 +100,49 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// ``ReceiverLoad``: exact after `drain()`, when the stage is idle.
     var load: (busyNanoseconds: UInt64, demandNanoseconds: UInt64) { condition.withLock { (busy, demand.totalNanoseconds) } }
 
-    /// Copies a batch's payload into a free slot (waiting for one) and queues it.
-    func submit(_ batch: PageBatch) throws {
-        let slot: Int = try condition.withLock {
+    /// A slot taken by ``reserveSlot()``: a buffer of `WireLimits.maxPagesPerBatch` pages the
+    /// session thread fills with one batch's payload, then gives to ``submit(_:in:)`` or back to ``release(_:)``.
+    struct Slot {
+        let index: Int
+        let buffer: UnsafeMutableRawBufferPointer
+    }
+
+    /// A free slot (waiting for one); throws the stage's error.
+    func reserveSlot() throws -> Slot {
+        try condition.withLock {
             while freeSlots.isEmpty || queue.count >= Self.maxQueued, failure == nil, !stopping { condition.wait() }
             if let failure { throw failure }
             let slot = freeSlots.removeLast()
             if slotBuffers[slot] == nil { slotBuffers[slot] = .allocate(byteCount: slotBytes, alignment: 4096) }
-            return slot
+            return Slot(index: slot, buffer: slotBuffers[slot]!)
         }
+    }
+
+    /// Gives back a reserved slot that will not be submitted.
+    func release(_ slot: Slot) {
+        condition.withLock {
+            freeSlots.append(slot.index)
+            condition.broadcast()
+        }
+    }
+
+    /// Queues the batch whose `header.payloadLength` payload bytes are in `slot`.
+    func submit(_ header: PageBatchHeader, in slot: Slot) throws {
+        do {
+            try enqueue(.batch(header, slot: slot.index, payloadLength: Int(header.payloadLength)))
+        } catch {
+            release(slot)
+            throw error
+        }
+    }
+
+    /// Copies a batch's payload into a free slot (waiting for one) and queues it.
+    func submit(_ batch: PageBatch) throws {
+        let slot = try reserveSlot()
         let n = batch.payload.count
-        precondition(n <= slotBytes, "PAGE_BATCH payload over the decoder's limit")
-        let buffer = condition.withLock { slotBuffers[slot]! }
-        batch.payload.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
-        try enqueue(.batch(batch.header, slot: slot, payloadLength: n))
+        precondition(n <= slotBytes && n == Int(batch.header.payloadLength), "PAGE_BATCH payload over the decoder's limit")
+        batch.payload.withUnsafeBytes { slot.buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        try submit(batch.header, in: slot)
     }
 
     /// Queues zero or discard runs (waiting while the queue is full).
