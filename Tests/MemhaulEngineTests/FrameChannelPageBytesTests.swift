@@ -36,6 +36,15 @@ import MemhaulTestSupport
         return PageBatch(round: round, encoding: .raw, runs: runs, uncompressedLength: UInt32(bytes.count), checksum: UInt64(seed), payload: bytes[...])
     }
 
+    /// The preamble and `messages` as frames numbered from 0.
+    static func stream(_ messages: [Message]) throws -> [UInt8] {
+        var bytes: [UInt8] = []
+        Preamble.encode(into: &bytes)
+        var encoder = FrameEncoder()
+        for m in messages { try encoder.encode(m, into: &bytes) }
+        return bytes
+    }
+
     /// Reads until CLOSE with `receive(pageBytesInto:)`; each batch's page bytes into a fresh 4 MiB buffer.
     static func readAll(_ channel: FrameChannel) throws -> [Message] {
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 << 20, alignment: 4096)
@@ -149,12 +158,8 @@ import MemhaulTestSupport
     /// Headers and half the page bytes, then close_notify: connectionClosed, and the
     /// channel stays broken (the stream is mid-frame).
     @Test func aPeerClosingInsideThePageBytesBreaksTheChannel() throws {
-        let pki = try TestPKI()
-        let pair = try connect(pki)
-        var bytes: [UInt8] = []
-        Preamble.encode(into: &bytes)
-        var encoder = FrameEncoder()
-        try encoder.encode(.pageBatch(Self.batch(round: 1, pages: 8, seed: 1)), into: &bytes)
+        let pair = try connect(try TestPKI())
+        let bytes = try Self.stream([.pageBatch(Self.batch(round: 1, pages: 8, seed: 1))])
         try pair.writer.write(Array(bytes.prefix(bytes.count - 4 * 4096)))
         pair.writer.close()
         let channel = FrameChannel(stream: pair.reader)
@@ -173,14 +178,8 @@ import MemhaulTestSupport
     /// A sink that throws (the storage stage failed) leaves the page bytes unread:
     /// its error comes out, and again from every later receive.
     @Test func aThrowingSinkBreaksTheChannel() throws {
-        let pki = try TestPKI()
-        let pair = try connect(pki)
-        var bytes: [UInt8] = []
-        Preamble.encode(into: &bytes)
-        var encoder = FrameEncoder()
-        try encoder.encode(.pageBatch(Self.batch(round: 1, pages: 2, seed: 1)), into: &bytes)
-        try encoder.encode(.keepalive(Keepalive(nonce: 1)), into: &bytes)
-        try pair.writer.write(bytes)
+        let pair = try connect(try TestPKI())
+        try pair.writer.write(try Self.stream([.pageBatch(Self.batch(round: 1, pages: 2, seed: 1)), .keepalive(Keepalive(nonce: 1))]))
         let channel = FrameChannel(stream: pair.reader)
         #expect(throws: NoSlot()) { _ = try channel.receive(pageBytesInto: { _ in throw NoSlot() }) }
         #expect(throws: NoSlot()) { _ = try channel.receive() }
@@ -190,12 +189,8 @@ import MemhaulTestSupport
 
     /// A peer that stops inside the page bytes: the deadline holds for them too.
     @Test func aDeadlineCoversThePageBytes() throws {
-        let pki = try TestPKI()
-        let pair = try connect(pki)
-        var bytes: [UInt8] = []
-        Preamble.encode(into: &bytes)
-        var encoder = FrameEncoder()
-        try encoder.encode(.pageBatch(Self.batch(round: 1, pages: 4, seed: 1)), into: &bytes)
+        let pair = try connect(try TestPKI())
+        let bytes = try Self.stream([.pageBatch(Self.batch(round: 1, pages: 4, seed: 1))])
         try pair.writer.write(Array(bytes.prefix(bytes.count - 4096)))  // and then nothing
         let channel = FrameChannel(stream: pair.reader)
         let buffer = UnsafeMutableRawBufferPointer.allocate(byteCount: 4 * 4096, alignment: 4096)
