@@ -239,6 +239,8 @@ public struct FrameDecoder: Sendable {
             let fixed = min(PageBatchHeader.fixedSize, length)
             guard have >= FrameHeader.size + fixed, length >= PageBatchHeader.fixedSize else { return FrameHeader.size + fixed }
             let runs = Int(b.le(UInt16.self, at: FrameHeader.size + PageBatchHeader.runCountOffset))
+            // Over the limit: decoding the fixed part refuses it, before its runs are buffered.
+            guard runs <= limits.maxRunsPerBatch else { return FrameHeader.size + fixed }
             return FrameHeader.size + min(PageBatchHeader.fixedSize + runs * PageRun.size, length)
         }
     }

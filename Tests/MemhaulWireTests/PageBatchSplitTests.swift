@@ -157,6 +157,23 @@ import Testing
         #expect(compared == 1000)
     }
 
+    /// A run count over the limit is refused once the fixed part is in, not after the runs it claims.
+    @Test func tooManyRunsAreRefusedBeforeTheyAreBuffered() throws {
+        let header = PageBatchHeader(round: 1, encoding: .raw, runs: [PageRun(start: 0x1000, pageCount: 1)],
+                                     uncompressedLength: 4096, checksum: 0, payloadLength: 4096)
+        var frame: [UInt8] = []
+        try header.encodeFrame(sequence: 0, into: &frame)
+        frame[FrameHeader.size + PageBatchHeader.runCountOffset] = 0xFF  // 0xFFFF runs
+        frame[FrameHeader.size + PageBatchHeader.runCountOffset + 1] = 0xFF
+        var decoder = FrameDecoder(expectsPreamble: false)
+        frame[0..<(FrameHeader.size + PageBatchHeader.fixedSize)].withUnsafeBytes { decoder.append($0) }
+        #expect(throws: WireError.countTooLarge(count: 0xFFFF, limit: WireLimits.default.maxRunsPerBatch)) {
+            _ = try decoder.nextFrameOrPageBatchHeader()
+        }
+        frame += [UInt8](repeating: 1, count: 4096)  // the page bytes: the whole frame, for the whole-frame decoder
+        #expect(wholeDecode(frame).error == .countTooLarge(count: 0xFFFF, limit: WireLimits.default.maxRunsPerBatch))
+    }
+
     @Test func aPageBatchTooShortForItsRunsIsTruncatedAsAWholeFrame() throws {
         let header = PageBatchHeader(round: 1, encoding: .raw, runs: [PageRun(start: 0x1000, pageCount: 1)],
                                      uncompressedLength: 4096, checksum: 0, payloadLength: 4096)
