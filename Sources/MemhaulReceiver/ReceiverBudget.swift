@@ -49,18 +49,25 @@ struct ReceiverBudget {
         imageBytesAtBegin = limits.maxImageBytes == 0 ? 0 : store.diskBytes
     }
 
-    /// A PAGE_BATCH of `count` pages, before it is stored; on disk it costs
-    /// its pages, or the whole span the storage stage reserves for it.
-    mutating func addPages(_ count: Int, round: UInt64, pageSize: UInt64, reserving span: AddressRange? = nil) throws {
+    /// A PAGE_BATCH of `count` pages, before it is stored. On disk it costs its
+    /// pages, or, when the storage stage is to reserve `span` for it (gaps
+    /// included), that whole span: charged when it fits. Returns whether it was
+    /// (the stage reserves only then).
+    @discardableResult
+    mutating func addPages(_ count: Int, round: UInt64, pageSize: UInt64, reserving span: AddressRange? = nil) throws -> Bool {
         guard pages + count <= limits.maxPagesPerRound else {
             throw Self.refuse("round \(round) carries more than \(limits.maxPagesPerRound) pages (--max-pages-per-round)")
         }
-        let bytes = max(UInt64(count) * pageSize, span?.byteCount ?? 0)
-        if limits.maxImageBytes > 0, imageBytesAtBegin + roundBytes + bytes > limits.maxImageBytes {
-            throw Self.refuse("the image would grow over \(limits.maxImageBytes) bytes on disk (\(imageBytesAtBegin + roundBytes) used; --max-image-bytes)")
+        let bytes = UInt64(count) * pageSize
+        let used = imageBytesAtBegin + roundBytes
+        if limits.maxImageBytes > 0, used + bytes > limits.maxImageBytes {
+            throw Self.refuse("the image would grow over \(limits.maxImageBytes) bytes on disk (\(used) used; --max-image-bytes)")
         }
+        let reserved = span.map { max(bytes, $0.byteCount) }
+        let spanFits = reserved.map { limits.maxImageBytes == 0 || used + $0 <= limits.maxImageBytes } ?? false
         pages += count
-        roundBytes += bytes
+        roundBytes += spanFits ? reserved! : bytes
+        return spanFits
     }
 
     /// A ZERO_RANGES or DISCARD_RANGES frame of `count` runs, before it is applied.

@@ -378,8 +378,44 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             // our answer (an ERROR for a bad batch) would wait forever.
             if stage.needsDrain, try !channel.frameReadyWithoutWaiting() { try stage.drain() }
             watch.awaitingFrame()
-            let message = try channel.receive()
+            // Page bytes go from the stream straight into a slot of the stage (no copy).
+            var slot: StorageStage.Slot?
+            let received: FrameChannel.Received
+            do {
+                received = try channel.receive(pageBytesInto: { _ in
+                    slot = try stage.reserveSlot()
+                    return slot!.buffer
+                })
+            } catch {
+                if let slot { stage.release(slot) }
+                throw error
+            }
             watch.working()
+            let message: Message
+            switch received {
+            case .message(let m):
+                message = m
+            case .pageBatch(let header):
+                let reserve: AddressRange?
+                do {
+                    try expect(openRound, header.round)
+                    if header.encoding == .delta, !deltaAgreed {
+                        throw Refusal(code: .unexpectedMessage, description: "delta page batch without the page-delta capability")
+                    }
+                    // A dense batch with gaps is reserved over its span where the budget has room for it.
+                    let span = store.reservesInPlace ? StorageStage.reservation(of: header) : nil
+                    let reserved = try budget.addPages(Int(header.pageCount), round: header.round, pageSize: UInt64(WireLimits.default.pageSize), reserving: span)
+                    reserve = reserved ? span : nil
+                } catch {
+                    stage.release(slot!)
+                    throw error
+                }
+                try stage.submit(header, in: slot!, reserving: reserve)
+                counts.pages += UInt64(header.pageCount)
+                counts.batches += 1
+                setInfo { $0.pages += UInt64(header.pageCount); $0.bytes = channel.bytesReceived }
+                continue
+            }
             switch message {
             case .layout(let layout):
                 guard openRound == nil else { throw Refusal(code: .unexpectedMessage, description: "LAYOUT inside round \(openRound!)") }
@@ -399,18 +435,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
                     layoutRound = nil
                     setInfo { $0.round = layout.round }
                 }
-            case .pageBatch(let batch):
-                try expect(openRound, batch.header.round)
-                if batch.header.encoding == .delta, !deltaAgreed {
-                    throw Refusal(code: .unexpectedMessage, description: "delta page batch without the page-delta capability")
-                }
-                try budget.addPages(
-                    Int(batch.header.pageCount), round: batch.header.round, pageSize: UInt64(WireLimits.default.pageSize),
-                    reserving: store.reservesInPlace ? StorageStage.reservation(of: batch.header) : nil)
-                try stage.submit(batch)
-                counts.pages += UInt64(batch.header.pageCount)
-                counts.batches += 1
-                setInfo { $0.pages += UInt64(batch.header.pageCount); $0.bytes = channel.bytesReceived }
+            case .pageBatch:
+                preconditionFailure("receive(pageBytesInto:) returns page batches as .pageBatch")
             case .zeroRanges(let list):
                 try expect(openRound, list.round)
                 try budget.addRanges(list.runs.count, round: list.round)

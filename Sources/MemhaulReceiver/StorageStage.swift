@@ -12,9 +12,9 @@ import MemhaulWire
 /// batches, and apply zero/discard runs, on a thread of its own, while the
 /// session thread reads and decrypts the next frames.
 ///
-/// Bounded: at most `slots` batches are in flight (each copied out of the
-/// frame buffer into a slot of `WireLimits.maxPagesPerBatch` pages, so the
-/// frame decoder's buffer is free for the next frame) and at most
+/// Bounded: at most `slots` batches are in flight (each read by the session
+/// thread straight from the stream into a slot of `WireLimits.maxPagesPerBatch`
+/// pages, ``reserveSlot()``) and at most
 /// `maxQueued` items of any kind; `submit` blocks while full. Work runs in
 /// submission order. The first error stops the stage: later work is dropped
 /// and every later `submit`/`drain` throws it.
@@ -24,7 +24,8 @@ import MemhaulWire
 /// before it uses the store itself; the condition variable orders the two.
 final class StorageStage: @unchecked Sendable {  // unchecked: all state behind `condition`
     enum Work {
-        case batch(PageBatchHeader, slot: Int, payloadLength: Int)
+        /// `reserve`: the span reserved before the pages are written (``reservation(of:)``), when the session charged it.
+        case batch(PageBatchHeader, slot: Int, payloadLength: Int, reserve: AddressRange?)
         case zero([PageRun])
         case discard([PageRun])
     }
@@ -100,20 +101,50 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// ``ReceiverLoad``: exact after `drain()`, when the stage is idle.
     var load: (busyNanoseconds: UInt64, demandNanoseconds: UInt64) { condition.withLock { (busy, demand.totalNanoseconds) } }
 
-    /// Copies a batch's payload into a free slot (waiting for one) and queues it.
-    func submit(_ batch: PageBatch) throws {
-        let slot: Int = try condition.withLock {
+    /// A slot taken by ``reserveSlot()``: a buffer of `WireLimits.maxPagesPerBatch` pages the
+    /// session thread fills with one batch's payload, then gives to ``submit(_:in:)`` or back to ``release(_:)``.
+    struct Slot {
+        let index: Int
+        let buffer: UnsafeMutableRawBufferPointer
+    }
+
+    /// A free slot (waiting for one); throws the stage's error.
+    func reserveSlot() throws -> Slot {
+        try condition.withLock {
             while freeSlots.isEmpty || queue.count >= Self.maxQueued, failure == nil, !stopping { condition.wait() }
             if let failure { throw failure }
             let slot = freeSlots.removeLast()
             if slotBuffers[slot] == nil { slotBuffers[slot] = .allocate(byteCount: slotBytes, alignment: 4096) }
-            return slot
+            return Slot(index: slot, buffer: slotBuffers[slot]!)
         }
+    }
+
+    /// Gives back a reserved slot that will not be submitted.
+    func release(_ slot: Slot) {
+        condition.withLock {
+            freeSlots.append(slot.index)
+            condition.broadcast()
+        }
+    }
+
+    /// Queues the batch whose `header.payloadLength` payload bytes are in `slot`
+    /// (its in-place parts of `span` reserved first, ``ImageStore/reserveInPlace(_:)``).
+    func submit(_ header: PageBatchHeader, in slot: Slot, reserving span: AddressRange? = nil) throws {
+        do {
+            try enqueue(.batch(header, slot: slot.index, payloadLength: Int(header.payloadLength), reserve: span))
+        } catch {
+            release(slot)
+            throw error
+        }
+    }
+
+    /// Copies a batch's payload into a free slot (waiting for one) and queues it.
+    func submit(_ batch: PageBatch, reserving span: AddressRange? = nil) throws {
+        let slot = try reserveSlot()
         let n = batch.payload.count
-        precondition(n <= slotBytes, "PAGE_BATCH payload over the decoder's limit")
-        let buffer = condition.withLock { slotBuffers[slot]! }
-        batch.payload.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
-        try enqueue(.batch(batch.header, slot: slot, payloadLength: n))
+        precondition(n <= slotBytes && n == Int(batch.header.payloadLength), "PAGE_BATCH payload over the decoder's limit")
+        batch.payload.withUnsafeBytes { slot.buffer.baseAddress!.copyMemory(from: $0.baseAddress!, byteCount: n) }
+        try submit(batch.header, in: slot, reserving: span)
     }
 
     /// Queues zero or discard runs (waiting while the queue is full).
@@ -174,7 +205,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
                 running = false
                 busy += spent
                 demand = demandNow
-                if case .batch(_, let slot, _) = item { freeSlots.append(slot) }
+                if case .batch(_, let slot, _, _) = item { freeSlots.append(slot) }
                 if let error, failure == nil {
                     failure = error
                     queue.removeAll()
@@ -186,10 +217,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
 
     private func perform(_ item: Work) throws {
         switch item {
-        case .batch(let header, let slot, let payloadLength):
+        case .batch(let header, let slot, let payloadLength, let reserve):
             let buffer = condition.withLock { slotBuffers[slot]! }
             beforeStoringBatch?()
-            try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]))
+            try storeBatch(header, UnsafeRawBufferPointer(rebasing: buffer[0..<payloadLength]), reserving: reserve)
         case .zero(let runs):
             _ = try ReceiverSession.apply(runs, store.zeroPages)
             ledger?.cleared(runs)
@@ -223,7 +254,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     }
 
     /// Decompresses (raw pages are used where they are), checks the checksum, stores the runs.
-    private func storeBatch(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer) throws {
+    private func storeBatch(_ header: PageBatchHeader, _ payload: UnsafeRawBufferPointer, reserving span: AddressRange?) throws {
         let expected = Int(header.uncompressedLength)
         guard expected <= slotBytes else {
             throw ReceiverSession.Refusal(code: .malformedFrame, description: "batch of \(expected) bytes exceeds \(slotBytes)")
@@ -251,7 +282,7 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
         var writing: UInt64 = 0
         var offset = 0
         let pageSize = Int(WireLimits.default.pageSize)
-        if store.reservesInPlace, let span = Self.reservation(of: header) { try store.reserveInPlace(span) }
+        if let span { try store.reserveInPlace(span) }
         for run in header.runs {
             let bytes = Int(run.pageCount) * pageSize
             let pages = UnsafeRawBufferPointer(rebasing: plain[offset..<(offset + bytes)])
@@ -273,9 +304,10 @@ final class StorageStage: @unchecked Sendable {  // unchecked: all state behind 
     /// The span a batch's pages are reserved over before they are written in
     /// place (``ImageStore/reserveInPlace(_:)``): from its lowest page to the
     /// end of its highest, when its pages fill at least half of that and leave
-    /// gaps; nil otherwise. The session charges the span, not only the pages,
-    /// to the image's disk budget, so a reservation never outruns
-    /// `--max-image-bytes`, and at most doubles what a batch costs on disk.
+    /// gaps; nil otherwise. The session reserves it only where the image's disk
+    /// budget has room for the whole span (charged instead of the pages), so a
+    /// reservation never outruns `--max-image-bytes` nor refuses a batch whose
+    /// pages fit; it at most doubles what a batch costs on disk.
     static func reservation(of header: PageBatchHeader) -> AddressRange? {
         let pageSize = UInt64(WireLimits.default.pageSize)
         var lo = UInt64.max, hi: UInt64 = 0

@@ -115,10 +115,13 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
     /// Sends `dirty` pages and `discarded` ranges of wire round `round` on `channel`.
     /// `pace` is called after each frame with the bytes sent (bandwidth cap).
     /// `ledger` records what each frame said, once it is out (on this thread), and so does
-    /// the delta cache; `firstRound` (the full copy) only fills its free slots.
+    /// the delta cache; `firstRound` (the full copy) only fills its free slots. `lastRound`: no
+    /// round can follow (the final round, no `--strict` abort possible), so no sent page is ever
+    /// a delta base: the cache forgets them instead of copying them in.
     func send(
         round: UInt64, dirty: [AddressRange], discarded: [AddressRange], channel: FrameChannel,
-        ledger: PageLedger? = nil, firstRound: Bool = false, pace: (Int) -> Void, cancelled: () -> Bool, stop: () -> Bool = { false }
+        ledger: PageLedger? = nil, firstRound: Bool = false, lastRound: Bool = false, pace: (Int) -> Void, cancelled: () -> Bool,
+        stop: () -> Bool = { false }
     ) throws -> Totals {
         var totals = Totals()
         let limits = WireLimits.default
@@ -211,7 +214,7 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                 if cancelled() { throw MigrationError.cancelled }
                 try transmit(job, round: round, channel: channel, totals: &totals, blocked: &blocked, pace: pace)
                 if let ledger { try record(job, in: ledger) }
-                remember(job, evict: !firstRound)
+                remember(job, evict: !firstRound, keep: !lastRound)
             } catch {
                 failure = error
                 done.fail(error)
@@ -313,13 +316,18 @@ final class RoundSender: @unchecked Sendable {  // queues synchronise; each work
                                  into: out, limit: plain.count)
     }
 
-    /// What `job`'s frames put in the receiver's image, into the delta cache.
-    private func remember(_ job: Job, evict: Bool) {
+    /// What `job`'s frames put in the receiver's image, into the delta cache (`keep`), or
+    /// out of it (what the cache had of those pages is stale now).
+    private func remember(_ job: Job, evict: Bool, keep: Bool) {
         guard let deltaCache else { return }
         for run in job.zeroRuns { deltaCache.drop(run.range) }
         for range in job.vanished { deltaCache.drop(range.start..<range.end) }
         guard let header = job.header else { return }
-        deltaCache.store(header.runs, pages: UnsafeRawBufferPointer(job.pages), evict: evict)
+        if keep {
+            deltaCache.store(header.runs, pages: UnsafeRawBufferPointer(job.pages), evict: evict)
+        } else {
+            for run in header.runs { deltaCache.drop(run.range) }
+        }
     }
 
     /// Sends the job's frames; `blocked` gets the seconds the thread spent

@@ -862,7 +862,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                 sender.deltaCache?.restrict(to: Self.ranges(layout).map { $0.start..<$0.end })
                 let totals = try sender.send(
                     round: chunk.wireRound, dirty: chunk.scan.dirty, discarded: chunk.scan.discarded, channel: channel, ledger: ledger,
-                    firstRound: firstRound,
+                    firstRound: firstRound, lastRound: frozen && strict == nil,
                     pace: { bytes in
                         // Acks of earlier chunks that are in, now rather than after this
                         // chunk: their receiver load reaches the governor a chunk sooner.

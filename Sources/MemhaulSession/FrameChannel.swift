@@ -34,6 +34,8 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
     private var encoder = FrameEncoder()
     private var decoder: FrameDecoder
     private var out: [UInt8] = []
+    /// Set when a receive failed inside a frame (``receive(by:pageBytesInto:)``): the stream is out of step.
+    private var broken: Error?
     public private(set) var bytesSent: UInt64 = 0
     public private(set) var bytesReceived: UInt64 = 0
 
@@ -56,13 +58,19 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
     }
 
     /// A PAGE_BATCH frame: headers encoded here, payload written from the caller's buffer.
+    /// The headers go out with the payload's first 16 KiB (copied behind them: one full
+    /// TLS record, not a record of their own), and the rest follows before one flush.
     public func sendPageBatch(_ header: PageBatchHeader, payload: UnsafeRawBufferPointer) throws {
         out.removeAll(keepingCapacity: true)
         try encoder.encodePageBatchHeader(header, into: &out)
-        try flush()
-        try stream.writeAll(payload)
-        bytesSent &+= UInt64(payload.count)
+        let lead = min(payload.count, max(0, Self.recordBytes - out.count))
+        out.append(contentsOf: payload[0..<lead])
+        try out.withUnsafeBytes { try stream.writeAll($0, UnsafeRawBufferPointer(rebasing: payload[lead...])) }
+        bytesSent &+= UInt64(out.count + payload.count - lead)
     }
+
+    /// Plaintext bytes of a full TLS record (RFC 8446, 5.1).
+    static let recordBytes = 16 << 10
 
     private func flush() throws {
         try out.withUnsafeBytes { try stream.writeAll($0) }
@@ -80,17 +88,10 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
     /// down at the instant so the read fails. After a timeout the channel is
     /// not to be used again.
     public func receiveFrame(by deadline: PeerDeadline? = nil) throws -> Frame {
+        if let broken { throw broken }
         while true {
             if let frame = try decoder.nextFrame() { return frame }
-            let want = max(decoder.bytesWanted, 64 << 10)
-            let n: Int
-            if let deadline {
-                n = try fill(want, by: deadline)
-            } else {
-                n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
-            }
-            if n == 0 { throw MigrationError.connectionClosed }
-            bytesReceived &+= UInt64(n)
+            try receiveMore(max(decoder.bytesWanted, 64 << 10), exactly: false, by: deadline)
         }
     }
 
@@ -106,14 +107,76 @@ public final class FrameChannel: @unchecked Sendable {  // used by one thread pe
         return try frame.message(limits: decoder.limits)
     }
 
-    private func fill(_ want: Int, by deadline: PeerDeadline) throws -> Int {
+    /// What ``receive(by:pageBytesInto:)`` returns.
+    public enum Received {
+        case message(Message)
+        /// A PAGE_BATCH; its `header.payloadLength` page bytes are in the buffer the sink gave.
+        case pageBatch(PageBatchHeader)
+    }
+
+    /// Like ``receive(by:)``, but a PAGE_BATCH's page bytes go straight from the stream into
+    /// the buffer `pageBytesInto` gives for its (validated) header, of at least
+    /// `header.payloadLength` bytes: they never pass through the frame buffer, which stays
+    /// small. Headers are read with reads of just their size, so at most a few bytes of page
+    /// data are ever copied twice. When the sink throws, or the page bytes cannot be read,
+    /// the stream is mid-frame: the channel is broken and every later receive throws that error.
+    public func receive(by deadline: PeerDeadline? = nil,
+                        pageBytesInto sink: (PageBatchHeader) throws -> UnsafeMutableRawBufferPointer) throws -> Received {
+        if let broken { throw broken }
+        while true {
+            switch try decoder.nextFrameOrPageBatchHeader() {
+            case .frame(let frame):
+                return .message(try frame.message(limits: decoder.limits))
+            case .pageBatchHeader(let header):
+                do {
+                    let buffer = try sink(header)
+                    let count = Int(header.payloadLength)
+                    precondition(buffer.count >= count, "page buffer of \(buffer.count) bytes for \(count)")
+                    try receivePageBytes(into: UnsafeMutableRawBufferPointer(rebasing: buffer[0..<count]), by: deadline)
+                } catch {
+                    broken = error
+                    throw error
+                }
+                return .pageBatch(header)
+            case nil:
+                try receiveMore(decoder.bytesWantedBeforePageBytes, exactly: true, by: deadline)
+            }
+        }
+    }
+
+    /// Reads into the decoder: at least `want` bytes of room, and (`exactly`) no more than `want` asked for.
+    private func receiveMore(_ want: Int, exactly: Bool, by deadline: PeerDeadline?) throws {
+        let n = try read(by: deadline) {
+            try decoder.fill(minimumCapacity: want) { space in
+                try stream.read(into: exactly ? UnsafeMutableRawBufferPointer(rebasing: space.prefix(want)) : space)
+            }
+        }
+        if n == 0 { throw MigrationError.connectionClosed }
+        bytesReceived &+= UInt64(n)
+    }
+
+    /// Fills `buffer` with the next bytes: those the decoder holds, then the stream's.
+    private func receivePageBytes(into buffer: UnsafeMutableRawBufferPointer, by deadline: PeerDeadline?) throws {
+        var done = decoder.takeBuffered(into: buffer)
+        while done < buffer.count {
+            let rest = UnsafeMutableRawBufferPointer(rebasing: buffer[done...])
+            let n = try read(by: deadline) { try stream.read(into: rest) }
+            if n == 0 { throw MigrationError.connectionClosed }
+            bytesReceived &+= UInt64(n)
+            done += n
+        }
+    }
+
+    /// One stream read (`body`), bounded by `deadline` when there is one.
+    private func read(by deadline: PeerDeadline?, _ body: () throws -> Int) throws -> Int {
+        guard let deadline else { return try body() }
         let remaining = deadline.remaining
         guard remaining > 0, try stream.waitReadable(timeout: .nanoseconds(Int64(min(remaining, 1e9) * 1e9))) else {
             throw deadline.error
         }
         let watchdog = Watchdog(cutting: stream, after: deadline.remaining)
         do {
-            let n = try decoder.fill(minimumCapacity: want) { buffer in try stream.read(into: buffer) }
+            let n = try body()
             if watchdog.disarm() { throw deadline.error }
             return n
         } catch {

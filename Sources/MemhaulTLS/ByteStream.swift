@@ -9,6 +9,9 @@ public protocol ByteStream: AnyObject, Sendable {
     func read(into buffer: UnsafeMutableRawBufferPointer) throws -> Int
     /// Writes every byte of `buffer`.
     func writeAll(_ buffer: UnsafeRawBufferPointer) throws
+    /// Writes every byte of `first`, then of `second`, sent together where the
+    /// stream gathers (TLS: one flush after both).
+    func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws
     /// Waits at most `timeout` (nil: forever, `.zero`: just check) until a
     /// read would find data, end of stream or an error. Lets one thread
     /// interleave writing batches with reading acknowledgements. For TLS a
@@ -29,6 +32,11 @@ public protocol ByteStream: AnyObject, Sendable {
 }
 
 extension ByteStream {
+    public func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws {
+        try writeAll(first)
+        try writeAll(second)
+    }
+
     /// Reads exactly `buffer.count` bytes.
     ///
     /// - Returns: false on a clean end of stream before the first byte (the peer

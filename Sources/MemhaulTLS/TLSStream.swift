@@ -60,6 +60,19 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
     /// `SSL_write_ex` of the whole buffer, then `BIO_flush`: the socket BIO
     /// gathers records, and everything is sent before this returns.
     public func writeAll(_ buffer: UnsafeRawBufferPointer) throws {
+        try writeRecords(buffer)
+        try flush()
+    }
+
+    /// Both buffers' records, then one `BIO_flush`: no send between them.
+    public func writeAll(_ first: UnsafeRawBufferPointer, _ second: UnsafeRawBufferPointer) throws {
+        try writeRecords(first)
+        try writeRecords(second)
+        try flush()
+    }
+
+    /// `SSL_write_ex` until the whole buffer is in records (the BIO sends them as its buffer fills).
+    private func writeRecords(_ buffer: UnsafeRawBufferPointer) throws {
         var done = 0
         while done < buffer.count {
             var n = 0
@@ -69,6 +82,10 @@ public final class TLSStream: ByteStream, @unchecked Sendable {
             }
             done += n
         }
+    }
+
+    /// `BIO_flush` of the gathered records.
+    private func flush() throws {
         if cmh_ssl_flush(ssl) != 1 {
             // The flush is the BIO's send failing as it would inside SSL_write_ex: classify it the same way.
             let timedOut = BIO_test_flags(SSL_get_wbio(ssl), BIO_FLAGS_SHOULD_RETRY) != 0

@@ -194,6 +194,86 @@ public struct FrameDecoder: Sendable {
         }
     }
 
+    /// What ``nextFrameOrPageBatchHeader()`` found.
+    public enum Next: Sendable {
+        case frame(Frame)
+        /// A PAGE_BATCH whose frame header and batch header (validated) are consumed; its
+        /// `header.payloadLength` page bytes come next, partly buffered (``takeBuffered(into:)``),
+        /// the rest still on the stream.
+        case pageBatchHeader(PageBatchHeader)
+    }
+
+    /// Like ``nextFrame()``, but a PAGE_BATCH is returned as soon as its headers are in, so
+    /// the reader can put its page bytes straight into a buffer of its own (no copy through
+    /// this decoder's buffer). The caller must then take exactly `payloadLength` bytes:
+    /// the buffered ones with ``takeBuffered(into:)``, the rest from the stream.
+    public mutating func nextFrameOrPageBatchHeader() throws(WireError) -> Next? {
+        if let failure { throw failure }
+        do throws(WireError) {
+            if expectsPreamble || tail - head < FrameHeader.size || storage[head] != FrameType.pageBatch.rawValue {
+                return try decodeNext().map(Next.frame)
+            }
+            return try decodePageBatchHeader().map(Next.pageBatchHeader)
+        } catch {
+            failure = error
+            throw error
+        }
+    }
+
+    /// Bytes `nextFrameOrPageBatchHeader` needs before it can return (at least 1): up to
+    /// the end of a PAGE_BATCH's runs, else the rest of the frame (as ``bytesWanted``).
+    public var bytesWantedBeforePageBytes: Int {
+        guard let end = pageBatchHeaderEnd else { return bytesWanted }
+        return max(end - (tail - head), 1)
+    }
+
+    /// Offset from `head` where a buffered PAGE_BATCH's batch header ends (never past the
+    /// frame); as far as is known yet (the fixed part) while its run count is not buffered.
+    /// Nil when the buffered frame is not a PAGE_BATCH (or its type is not in yet).
+    private var pageBatchHeaderEnd: Int? {
+        let have = tail - head
+        guard !expectsPreamble, have >= FrameHeader.size, storage[head] == FrameType.pageBatch.rawValue else { return nil }
+        return storage.withUnsafeBytes { (all: UnsafeRawBufferPointer) -> Int in
+            let b = UnsafeRawBufferPointer(rebasing: all[head..<tail])
+            let length = Int(b.le(UInt32.self, at: 4))
+            let fixed = min(PageBatchHeader.fixedSize, length)
+            guard have >= FrameHeader.size + fixed, length >= PageBatchHeader.fixedSize else { return FrameHeader.size + fixed }
+            let runs = Int(b.le(UInt16.self, at: FrameHeader.size + PageBatchHeader.runCountOffset))
+            // Over the limit: decoding the fixed part refuses it, before its runs are buffered.
+            guard runs <= limits.maxRunsPerBatch else { return FrameHeader.size + fixed }
+            return FrameHeader.size + min(PageBatchHeader.fixedSize + runs * PageRun.size, length)
+        }
+    }
+
+    /// Moves up to `buffer.count` buffered bytes into `buffer` (consumed); returns the count.
+    /// For the page bytes after ``Next/pageBatchHeader(_:)``.
+    public mutating func takeBuffered(into buffer: UnsafeMutableRawBufferPointer) -> Int {
+        let n = min(buffer.count, tail - head)
+        guard n > 0 else { return 0 }
+        storage.withUnsafeBytes { buffer.baseAddress!.copyMemory(from: $0.baseAddress! + head, byteCount: n) }
+        head += n
+        return n
+    }
+
+    private mutating func decodePageBatchHeader() throws(WireError) -> PageBatchHeader? {
+        let h = head
+        let limits = self.limits
+        let frame = try storage[h..<(h + FrameHeader.size)].withBytes { (b) throws(WireError) in
+            try FrameHeader.decode(b, limits: limits)
+        }
+        if checksSequence, frame.sequence != expectedSequence {
+            throw .sequenceMismatch(expected: expectedSequence, got: frame.sequence)
+        }
+        let end = h + pageBatchHeaderEnd!  // the fixed part until the run count is in, then up to the runs' end
+        guard tail >= end, tail - h >= FrameHeader.size + min(PageBatchHeader.fixedSize, Int(frame.length)) else { return nil }
+        let header = try storage[(h + FrameHeader.size)..<end].withBytes { (b) throws(WireError) in
+            try PageBatchHeader.decode(head: b, frameLength: Int(frame.length), limits: limits)
+        }
+        head = end
+        expectedSequence &+= 1
+        return header
+    }
+
     private mutating func decodeNext() throws(WireError) -> Frame? {
         let (h, t) = (head, tail)
         if expectsPreamble {

@@ -287,7 +287,21 @@ public struct PageBatchHeader: Hashable, Sendable {
         return (header, r.offset)
     }
 
-    static func decode(_ r: inout ByteReader, limits: WireLimits) throws(WireError) -> PageBatchHeader {
+    /// Decodes the batch header at the start of a PAGE_BATCH frame payload of `frameLength`
+    /// bytes from `head` (at least its first `min(fixedSize, frameLength)` bytes, at most up to
+    /// the end of its runs); the page bytes, not in `head`, are the rest of the frame.
+    /// Validates as whole-frame decoding does, with the same errors.
+    public static func decode(head: UnsafeRawBufferPointer, frameLength: Int, limits: WireLimits = .default) throws(WireError) -> PageBatchHeader {
+        var r = ByteReader(head)
+        return try decode(&r, limits: limits, frameLength: frameLength)
+    }
+
+    /// Offset of the u16 run count in the batch header.
+    static let runCountOffset = 10
+
+    /// `frameLength`: the whole frame payload's length when `r` holds only its head (the page
+    /// bytes, beyond the runs, are elsewhere); nil when `r` holds the whole payload.
+    static func decode(_ r: inout ByteReader, limits: WireLimits, frameLength: Int? = nil) throws(WireError) -> PageBatchHeader {
         let round = try r.read(UInt64.self)
         let encodingByte = try r.read(UInt8.self)
         try r.reserved(1)
@@ -300,7 +314,8 @@ public struct PageBatchHeader: Hashable, Sendable {
         guard count <= limits.maxRunsPerBatch else { throw .countTooLarge(count: count, limit: limits.maxRunsPerBatch) }
         var checker = RunChecker(pageSize: limits.pageSize)
         let runs = try r.runs(count, checker: &checker)
-        let payloadLength = r.remaining
+        let payloadLength = frameLength.map { $0 - r.offset } ?? r.remaining
+        guard payloadLength >= 0 else { throw .truncated(needed: r.offset, available: frameLength ?? 0) }
         try checkLengths(pages: checker.totalPages, encoding: encoding, uncompressed: uncompressed, payload: payloadLength, limits: limits)
         return PageBatchHeader(round: round, encoding: encoding, runs: runs, uncompressedLength: uncompressed,
                                checksum: checksum, payloadLength: UInt32(payloadLength))

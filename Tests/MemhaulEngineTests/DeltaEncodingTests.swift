@@ -4,6 +4,8 @@ import MemhaulCompression
 @testable import MemhaulControl
 import MemhaulDigest
 import MemhaulImage
+import MemhaulSystem
+import MemhaulTLS
 import MemhaulWire
 import Testing
 @testable import MemhaulSession
@@ -91,6 +93,37 @@ import MemhaulTestSupport
         #expect(s.state == .completed, "\(s.error ?? "")")
         #expect(s.discardedBytes >= 16 * 4096, "the written pages were discarded: \(s.counters)")
         try expectImageMatchesSource(receiver.images + "/delta-discard", pid: w.pid)
+    }
+
+    /// No round follows the final one: its pages leave the cache instead of being copied in
+    /// (what the cache held of them is stale once they are sent).
+    @Test func theFinalRoundLeavesNothingInTheCache() throws {
+        let w = try startWorkload(["--size", "4M", "--threads", "0"])
+        let region = try #require(w.regions.first)
+        let listener = try TCPListener(host: "127.0.0.1", port: 0)
+        let reading = ThreadResult<Int>.start {
+            let channel = FrameChannel(stream: try listener.accept(timeout: .seconds(30)))
+            var batches = 0
+            while true {
+                switch try channel.receive() {
+                case .pageBatch: batches += 1
+                case .close: return batches
+                default: continue
+                }
+            }
+        }
+        let channel = FrameChannel(stream: try TCPStream.connect(host: "127.0.0.1", port: listener.port))
+        try channel.sendPreamble()
+        let cache = try #require(DeltaCache(capacityBytes: 64 << 20))
+        let sender = RoundSender(pid: w.pid, configuration: RoundSender.Configuration(), deltaCache: cache)
+        let dirty = [AddressRange(start: region.start, end: region.end)]
+        _ = try sender.send(round: 1, dirty: dirty, discarded: [], channel: channel, firstRound: true, pace: { _ in }, cancelled: { false })
+        let cached = cache.count
+        #expect(cached > 0, "the first round fills the cache")
+        _ = try sender.send(round: 2, dirty: dirty, discarded: [], channel: channel, lastRound: true, pace: { _ in }, cancelled: { false })
+        #expect(cache.count == 0, "the final round's pages stayed: \(cache.count) of \(cached)")
+        try channel.send(.close(Close(reason: .complete)))
+        #expect(try reading.get() > 0)
     }
 
     @Test func controlMigrateTakesTheDeltaCache() throws {

@@ -40,7 +40,7 @@ import MemhaulTestSupport
         try store.beginRound(1, layout: [ImageRegion(start: a, end: a + 64 * UInt64(Self.page), protection: [.read, .write], name: "")])
         let stage = StorageStage(store: store)
         let (batch, sent) = gappyBatch()
-        try stage.submit(batch)
+        try stage.submit(batch, reserving: store.reservesInPlace ? StorageStage.reservation(of: batch.header) : nil)
         try stage.drain()
         stage.stop()
         let info = try store.commitRound()
@@ -117,14 +117,14 @@ import MemhaulTestSupport
         try store.beginRound(1, layout: layout)
         let (batch, sent) = gappyBatch()
         let stage = StorageStage(store: store)
-        try stage.submit(batch)
+        try stage.submit(batch, reserving: StorageStage.reservation(of: batch.header))
         try stage.drain()
         try store.commitRound()
         // Round 2 rewrites the same pages: committed content lives there, so they go to the journal, unreserved.
         try store.beginRound(2, layout: layout)
         var again = batch
         again.header.round = 2
-        try stage.submit(again)
+        try stage.submit(again, reserving: StorageStage.reservation(of: again.header))
         try stage.drain()
         stage.stop()
         #expect(try store.commitRound().reservedBytes == 0)
@@ -146,15 +146,54 @@ import MemhaulTestSupport
         #expect(StorageStage.reservation(of: header([])) == nil)
     }
 
-    @Test func theBudgetChargesTheReservedSpan() throws {
+    @Test func theBudgetChargesTheReservedSpanOnlyWhereItFits() throws {
         var limits = ReceiverLimits()
-        limits.maxImageBytes = 50 * UInt64(Self.page)
+        limits.maxImageBytes = 112 * UInt64(Self.page)
         let span = AddressRange(start: a, end: a + 63 * UInt64(Self.page))
         var budget = ReceiverBudget(limits: limits)
-        try budget.addPages(48, round: 1, pageSize: UInt64(Self.page))  // 48 pages fit in 50
-        var reserving = ReceiverBudget(limits: limits)
-        #expect(throws: (any Error).self, "63 reserved pages do not") {
-            try reserving.addPages(48, round: 1, pageSize: UInt64(Self.page), reserving: span)
+        #expect(try budget.addPages(48, round: 1, pageSize: UInt64(Self.page), reserving: span), "63 of 112 pages: reserved")
+        #expect(try !budget.addPages(48, round: 1, pageSize: UInt64(Self.page), reserving: span), "63 + 63 > 112, but 63 + 48 fits: stored unreserved")
+        #expect(throws: (any Error).self, "111 + 48 pages do not fit at all") {
+            try budget.addPages(48, round: 1, pageSize: UInt64(Self.page), reserving: span)
+        }
+    }
+
+    /// Through a real receiver on a disk: with room, the round's gappy batch is
+    /// reserved over its span; with a disk budget that holds its pages but not
+    /// the span, it is stored unreserved, not refused.
+    @Test func theReceiverReservesWhereTheBudgetHasRoom() throws {
+        let parent = "/var/tmp"
+        let type = try FileSystemType.of(parent)
+        try #require(!type.isMemoryOnly, "skipped: \(parent) is \(type)")
+        let pki = try TestPKI()
+        for (budgetPages, expectReserved) in [(0, true), (56, false)] {
+            var limits = ReceiverLimits()
+            limits.maxImageBytes = UInt64(budgetPages * Self.page)
+            let receiver = try TestReceiver(pki: pki, images: temporaryDirectory("reserve-rx", in: parent), limits: limits)
+            let id = "reserve-\(budgetPages)"
+            let sender = try RawSender(receiver, pki, id: id)
+            let base = RawSender.base
+            let runs = Self.runs.map { PageRun(start: base + ($0.start - a), pageCount: $0.pageCount) }
+            let (batch, _) = gappyBatch()
+            let header = PageBatchHeader(round: 1, encoding: .raw, runs: runs, uncompressedLength: batch.header.uncompressedLength,
+                                         checksum: batch.header.checksum, payloadLength: batch.header.payloadLength)
+            try sender.channel.send(.layout(Layout(round: 1, regions: [RawSender.region])))
+            try Array(batch.payload).withUnsafeBytes { try sender.channel.sendPageBatch(header, payload: $0) }
+            try sender.channel.send(.roundEnd(RoundEnd(round: 1, stats: RoundStats(pages: 48, batches: 1))))
+            guard case .roundAck = try sender.channel.receive() else { throw TestSetupError("no ROUND_ACK") }
+            sender.stream.close()
+            let image = try openImageWhenReleased(receiver.images + "/" + id)
+            image.close()
+            let dir = receiver.images + "/" + id
+            let mem = ((try? FileManager.default.contentsOfDirectory(atPath: dir)) ?? []).filter { $0.hasPrefix("mem-") }
+            var st = stat()
+            try #require(mem.count == 1 && stat(dir + "/" + mem[0], &st) == 0, "\(mem)")
+            let allocated = Int(st.st_blocks) * 512
+            if expectReserved {
+                #expect(allocated >= 63 * Self.page, "budget \(budgetPages) pages: \(allocated) bytes allocated")
+            } else {
+                #expect(allocated < 63 * Self.page, "budget \(budgetPages) pages: \(allocated) bytes allocated")
+            }
         }
     }
 }
