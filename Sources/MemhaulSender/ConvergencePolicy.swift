@@ -37,6 +37,14 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// at most the chunks not yet committed. Sent back to back: the stream
     /// does not wait for commits.
     public var commitChunkBytes: UInt64 = 64 << 20
+    /// The frozen round's commit chunks are at least this big (and at least
+    /// `commitChunkBytes`). Each commit is a drain and a few fsyncs on the
+    /// receiver's session thread, inside the frozen window: 13 of them for a
+    /// 1 GiB stop-and-copy at 64 MiB, 15-20 ms each on ext4. A break in the
+    /// frozen round thaws the source and resumes pre-copy, so finer chunks
+    /// there only shorten what the resume sends again. 1 GiB stays far under
+    /// the receiver's default 2^20 pages per wire round.
+    public var frozenCommitChunkBytes: UInt64 = 1 << 30
     /// Rounds without enough shrinkage that count as a stall.
     public var stallRounds: Int = 2
     /// A round "shrinks" if its pending bytes are below this fraction of the

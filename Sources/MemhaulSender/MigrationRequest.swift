@@ -115,6 +115,7 @@ public struct MigrationRequest: Sendable {
         if let b = p.maxBandwidth { guard b > 0, b.isFinite else { throw fail("max bandwidth must be > 0 bytes/s") } }
         guard p.resumeTimeoutSeconds >= 0, p.resumeTimeoutSeconds.isFinite else { throw fail("resume timeout must be >= 0 s") }
         guard (4096...(1 << 40)).contains(p.commitChunkBytes) else { throw fail("commit chunk must be 4096 bytes…1 TiB") }
+        guard (4096...(1 << 40)).contains(p.frozenCommitChunkBytes) else { throw fail("frozen round's commit chunk must be 4096 bytes…1 TiB") }
         if let level = compressionLevel { guard (-5...19).contains(level) else { throw fail("compression level must be auto or -5…19") } }
         if let path = reportPath {
             guard path.hasPrefix("/"), path.utf8.count <= 4096, !path.hasSuffix("/"), !path.utf8.contains(0) else {

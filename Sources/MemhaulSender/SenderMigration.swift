@@ -807,7 +807,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     ) throws -> SentRound {
         // `auto` sends raw until an ack brings the receiver's load: the migration's first chunk is small so one comes early.
         let firstChunk = firstRound && sender.governor.adaptive ? CompressionGovernor.firstCommitChunkBytes : nil
-        let chunks = scan.commitChunks(maxBytes: parameters.commitChunkBytes, firstMaxBytes: firstChunk).enumerated()
+        let chunkBytes = frozen ? max(parameters.commitChunkBytes, parameters.frozenCommitChunkBytes) : parameters.commitChunkBytes
+        let chunks = scan.commitChunks(maxBytes: chunkBytes, firstMaxBytes: firstChunk).enumerated()
             .map { (wireRound: first + UInt64($0.offset), scan: $0.element) }
         let channel = box.channel
         let before = channel.bytesSent

@@ -70,8 +70,8 @@ struct BenchCommand: ParsableCommand {
         @Option(help: "Repetitions of each side; the best is kept.") var repeats: Int = 2
         @Option(help: "Directory the receiver keeps its images in (e.g. on tmpfs: /dev/shm/x); default: a scratch directory under TMPDIR.")
         var images: String?
-        @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit (as memhaul migrate --commit-chunk).")
-        var commitChunkMiB: UInt64 = ConvergenceParameters().commitChunkBytes >> 20
+        @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit of the stop-and-copy round (frozen: ConvergenceParameters.frozenCommitChunkBytes).")
+        var commitChunkMiB: UInt64 = ConvergenceParameters().frozenCommitChunkBytes >> 20
 
         func validate() throws {
             guard level == "auto" || Int32(level) != nil else { throw ValidationError("--compression-level: a zstd level or auto") }
@@ -102,6 +102,7 @@ struct BenchCommand: ParsableCommand {
                 var request = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "bench-transport-\(getpid())-\(i)")
                 request.parameters.maxRounds = 0
                 request.parameters.commitChunkBytes = commitChunkMiB << 20
+                request.parameters.frozenCommitChunkBytes = commitChunkMiB << 20
                 request.after = .resume
                 request.compressionLevel = Int32(level)
                 let migration = SenderMigration(request: request, connect: try env.connector())

@@ -115,6 +115,7 @@ import MemhaulTestSupport
         var r = MigrationRequest(pid: workload.pid, host: "127.0.0.1", port: receiver.port, id: "governor-cpu")
         r.parameters.maxRounds = 0
         r.parameters.commitChunkBytes = 8 << 20  // an ack (with the load) every 8 batches
+        r.parameters.frozenCommitChunkBytes = 8 << 20  // this stop-and-copy's round is frozen
         r.after = .resume
         let migration = SenderMigration(request: r, connect: try connector(nil))
         migration.run()
