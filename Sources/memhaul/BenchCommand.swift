@@ -270,7 +270,8 @@ struct BenchCommand: ParsableCommand {
                   + ", load average \(BenchSupport.loadAverage())")
             print(line("pre-copy", pre))
             print(line("stop-and-copy", sac))
-            print(line("  one commit", single) + String(format: "  (64 MiB commit chunks cost %.1f%% of the frozen round)",
+            print(line("  one commit", single) + String(format: "  (the frozen round's %d MiB commit chunks cost %.1f%% of it)",
+                                                      Int(ConvergenceParameters().frozenCommitChunkBytes >> 20),
                                                       ((sac.status.downtimeMs ?? 0) / max(0.001, single.status.downtimeMs ?? 0) - 1) * 100))
             func ratio(_ what: String, _ a: Double, _ b: Double) -> String {
                 String(format: "  %@ ratio pre-copy/stop-and-copy: 1/%.1f (%.4f)", what, b / max(0.001, a), a / max(0.001, b))
