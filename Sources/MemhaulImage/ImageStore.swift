@@ -415,9 +415,10 @@ public final class ImageStore: @unchecked Sendable {
         try checkAligned(span)
         guard span.start < span.end else { return }
         do {
-            try forEachCoveredPiece(r.segments, span.start, span.end) { s, a, e throws(ImageError) in
-                try splitInPlace(r, a, e) { x, y, inPlace throws(ImageError) in
-                    guard inPlace else { return }
+            // In-place ranges lie inside the layout: binary searches, not a pass over every segment per batch.
+            try splitInPlace(r, span.start, span.end) { a, e, inPlace throws(ImageError) in
+                guard inPlace else { return }
+                try forEachPiece(r.segments, a, e) { s, x, y throws(ImageError) in
                     if try file(s.fileID, create: true).reserve(at: x - base(s, r), length: y - x) {
                         r.reservedBytes += y - x
                     }
