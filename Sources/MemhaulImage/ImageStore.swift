@@ -69,7 +69,7 @@ public final class ImageStore: @unchecked Sendable {
     private var running: ApplyJob?
     private let hashState: OpaquePointer
     /// Starts the open round's in-place writeback off the writer's thread.
-    private(set) lazy var writeback = WritebackQueue(directory: directory)
+    let writeback: WritebackQueue
 
 #if DEBUG
     /// Test hooks (ImageStoreTestHooks.swift); not in release builds.
@@ -109,6 +109,7 @@ public final class ImageStore: @unchecked Sendable {
         zeros = BufferPool.takeZeroed(1 << 20)
         applier = JournalApplier(directory: directory, imageID: MemhaulImage.imageID(of: manifest.migrationID))
         hashState = XXH3_createState()
+        writeback = WritebackQueue(directory: directory)  // one statfs: decided before any thread shares the store
     }
 
     deinit {
