@@ -91,6 +91,8 @@ public struct CommitInfo: Hashable, Sendable {
     public var directBytes: UInt64
     /// Region-file bytes reserved in place ahead of dense batches, gaps included (``ImageStore/reserveInPlace(_:)``).
     public var reservedBytes: UInt64 = 0
+    /// Zeros written into short gaps between a dense batch's runs (``ImageStore/writeRuns(_:_:)``): disk bytes that are not page bytes.
+    public var filledBytes: UInt64 = 0
     /// Journal flush + fsync + block reservation, nanoseconds.
     public var syncNanoseconds: UInt64
     /// Writing and publishing the manifest (the commit point), nanoseconds.

@@ -50,6 +50,8 @@ final class OpenRound {
     var directBytes: UInt64 = 0
     /// Bytes of region files reserved in place ahead of a dense batch (``ImageStore/reserveInPlace(_:)``), gaps included.
     var reservedBytes: UInt64 = 0
+    /// Zeros written into gaps between a dense batch's runs (``ImageStore/writeRuns(_:_:)``).
+    var filledBytes: UInt64 = 0
     var dataPages: UInt64 = 0
     var dataBytes: UInt64 = 0
     var zeroPages: UInt64 = 0

@@ -39,6 +39,8 @@ public final class ReceiverMetrics: MetricsSource {
         registry.makeCounter(descriptor: .described("memhaul_receiver_commits_total", "Commit chunks made durable.")).increment(by: Int64(clamping: v.commits))
         registry.makeCounter(descriptor: .described("memhaul_receiver_committed_page_bytes_total", "Page bytes written into images by committed chunks."))
             .increment(by: Int64(clamping: v.committedPageBytes))
+        registry.makeCounter(descriptor: .described("memhaul_receiver_committed_fill_bytes_total", "Zeros written into short gaps between a batch's pages by committed chunks."))
+            .increment(by: Int64(clamping: v.committedFillBytes))
         registry.makeCounter(descriptor: .described("memhaul_receiver_readahead_bytes_total", "Bytes of complete images read into the page cache ahead of their restore."))
             .increment(by: Int64(clamping: v.readaheadBytes))
         registry.makeGauge(descriptor: .described("memhaul_receiver_image_disk_bytes", "Bytes allocated to the images under the images root."))

@@ -2,6 +2,7 @@
 import Glibc
 #endif
 import Foundation
+import MemhaulImage
 import MemhaulSession
 import MemhaulSystem
 
@@ -45,6 +46,10 @@ public struct ReceiverLimits: Sendable, Equatable {
     /// it are refused; resumes are not); 0 = unlimited. Unauthenticated
     /// (`--insecure`) senders count as one sender.
     public var maxImagesPerSender = 64
+    /// The largest gap between a dense batch's pages written as zeros on a
+    /// disk (``ImageStore/gapFillBytes``, Protocol/image.md "Filled gaps"):
+    /// disk bytes traded for ext4 CPU; 0 writes only page bytes.
+    public var maxFilledGapBytes: UInt64 = ImageStore.defaultGapFillBytes
 
     public init() {}
 }

@@ -56,6 +56,8 @@ public final class ReceiverCounters: Sendable {
         public var fsyncSeconds: Double = 0
         /// Page bytes (uncompressed) written into images by committed chunks; bytes.
         public var committedPageBytes: UInt64 = 0
+        /// Zeros written into short gaps between a dense batch's pages by committed chunks (Protocol/image.md, "Filled gaps"): disk bytes that are not page bytes; bytes.
+        public var committedFillBytes: UInt64 = 0
         /// Bytes of complete images read into the page cache ahead of their restore (``ImageReadahead``); bytes.
         public var readaheadBytes: UInt64 = 0
         /// Sum of the readaheads' durations (start → last call returned or stopped); seconds.
@@ -71,6 +73,7 @@ public final class ReceiverCounters: Sendable {
             case commitSeconds = "commit_seconds"
             case fsyncSeconds = "fsync_seconds"
             case committedPageBytes = "committed_page_bytes"
+            case committedFillBytes = "committed_fill_bytes"
             case readaheadBytes = "readahead_bytes"
             case readaheadSeconds = "readahead_seconds"
         }
@@ -109,12 +112,13 @@ public final class ReceiverCounters: Sendable {
         }
     }
 
-    func committed(seconds: Double, fsyncSeconds: Double, pageBytes: UInt64) {
+    func committed(seconds: Double, fsyncSeconds: Double, pageBytes: UInt64, fillBytes: UInt64) {
         let observers = state.withLock {
             $0.values.commits += 1
             $0.values.commitSeconds += seconds
             $0.values.fsyncSeconds += fsyncSeconds
             $0.values.committedPageBytes += pageBytes
+            $0.values.committedFillBytes += fillBytes
             return $0.observers
         }
         let commit = Commit(seconds: seconds, fsyncSeconds: fsyncSeconds)

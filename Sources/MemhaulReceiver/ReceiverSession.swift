@@ -272,6 +272,7 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
             }
             store = try createImage(directory: directory, id: id)
         }
+        store.gapFillBytes = limits.maxFilledGapBytes
         setInfo { $0.image = directory; $0.committedRound = store.committedRound; $0.state = "receiving" }
         recorder.opened(migration: id, directory: directory, peer: info.peer, resumeFrom: hello.resumeFromRound,
                         committedChunk: store.committedRound, bytesReceived: channel.bytesReceived)
@@ -640,7 +641,8 @@ public final class ReceiverSession: @unchecked Sendable {  // one thread runs it
     }
 
     private func counted(_ commit: CommitInfo, since roundEnd: Double, pageBytes: UInt64) {
-        counters.committed(seconds: MonotonicClock.seconds() - roundEnd, fsyncSeconds: Double(commit.syncNanoseconds) / 1e9, pageBytes: pageBytes)
+        counters.committed(seconds: MonotonicClock.seconds() - roundEnd, fsyncSeconds: Double(commit.syncNanoseconds) / 1e9, pageBytes: pageBytes,
+                           fillBytes: commit.filledBytes)
     }
 
     static func refusal(for error: Error) -> Refusal {

@@ -72,6 +72,8 @@ struct BenchCommand: ParsableCommand {
         var images: String?
         @Option(name: .customLong("commit-chunk"), help: "MiB of pages per receiver commit of the stop-and-copy round (frozen: ConvergenceParameters.frozenCommitChunkBytes).")
         var commitChunkMiB: UInt64 = ConvergenceParameters().frozenCommitChunkBytes >> 20
+        @Option(name: .customLong("max-filled-gap"), help: "The receiver's --max-filled-gap (pages; 0: only page bytes reach the disk).")
+        var maxFilledGapPages: UInt64?
 
         func validate() throws {
             guard level == "auto" || Int32(level) != nil else { throw ValidationError("--compression-level: a zstd level or auto") }
@@ -84,7 +86,7 @@ struct BenchCommand: ParsableCommand {
             let workload = try env.startWorkload(["--size", size])
             defer { workload.stop() }
             let imageRoot = images ?? env.scratch + "/images"
-            let receiver = try env.startReceiver(images: imageRoot)
+            let receiver = try env.startReceiver(images: imageRoot, arguments: maxFilledGapPages.map { ["--max-filled-gap", String($0)] } ?? [])
             defer { withExtendedLifetime(env) { receiver.stop() } }  // the receiver stops before env deletes its scratch
             let load = ((try? String(contentsOfFile: "/proc/loadavg", encoding: .utf8)) ?? "?").split(separator: " ").prefix(3).joined(separator: " ")
 
@@ -94,7 +96,7 @@ struct BenchCommand: ParsableCommand {
                 var status: MigrationStatus
                 var written: BenchSupport.WriteCounters
                 var threads: [(name: String, usage: BenchThreadCPU.Usage)]
-                var commits: Double, commitSeconds: Double, fsyncSeconds: Double
+                var commits: Double, commitSeconds: Double, fsyncSeconds: Double, fillBytes: Double
                 var machineSeconds: Double
             }
             var best: Run?
@@ -120,6 +122,7 @@ struct BenchCommand: ParsableCommand {
                 if best == nil || downtime / 1000 < best!.seconds {
                     best = Run(seconds: downtime / 1000, status: s, written: BenchSupport.WriteCounters.read(pid: receiver.child.pid) - before,
                                threads: usage, commits: delta("commits"), commitSeconds: delta("commit_seconds"), fsyncSeconds: delta("fsync_seconds"),
+                               fillBytes: delta("committed_fill_bytes"),
                                machineSeconds: threads.machineSeconds)
                 }
                 // Scratch images go at once: a 4 GiB run on tmpfs must not hold two.
@@ -176,13 +179,14 @@ struct BenchCommand: ParsableCommand {
                 print("  criu: not measured (set MEMHAUL_CRIU to a CRIU >= 4.1)")
             }
             print(String(format: """
-                  receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs); images in %@
+                  receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs), of which %.3f zeros filling short gaps (image.md "Filled gaps"); images in %@
                   receiver commits: %.0f, mean %.1f ms each (ROUND_END → commit point), fsync part %.1f ms
                   governor's last window: send blocked %.2f, compress CPU %.2f per worker; receiver network %@, storage CPU %@, storage busy %@
                   CPU by thread (best run): %@
                   CPU of the whole machine in that run: %.2f core-s (kernel workers and every other process included; %.2f s more than the threads above)
                 """,
-                Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)), imageRoot,
+                Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)),
+                run.fillBytes / max(1, Double(s.pageBytes)), imageRoot,
                 run.commits, run.commitSeconds / max(1, run.commits) * 1000, run.fsyncSeconds / max(1, run.commits) * 1000,
                 s.sendBlockedFraction ?? -1, s.compressCPUFraction ?? -1,
                 s.receiverNetworkBusy.map { String(format: "%.2f", $0) } ?? "-", s.receiverStorageCPU.map { String(format: "%.2f", $0) } ?? "-",

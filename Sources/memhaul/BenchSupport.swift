@@ -175,10 +175,10 @@ enum BenchSupport {
         }
 
         /// A receiver on loopback keeping its images under `images` (default: the scratch directory).
-        func startReceiver(images: String? = nil) throws -> Receiver {
+        func startReceiver(images: String? = nil, arguments: [String] = []) throws -> Receiver {
             let child = try Child(binaryDirectory + "/memhaul", [
                 "receive", "--listen", "127.0.0.1:0", "--images", images ?? scratch + "/images",
-                "--certs", certs, "--control", scratch + "/receiver.sock"])
+                "--certs", certs, "--control", scratch + "/receiver.sock"] + arguments)
             let line = try child.waitFor("listening")
             guard let port = line.split(separator: ":").last.flatMap({ UInt16($0) }) else { throw CLIError("receiver said \(line)") }
             return Receiver(child: child, port: port)

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import MemhaulControl
+import MemhaulImage
 import MemhaulMetrics
 import MemhaulCRIU
 import MemhaulSession
@@ -40,6 +41,8 @@ struct ReceiveCommand: ParsableCommand {
     var maxImageBytes = ByteCount(1 << 40)
     @Option(help: "Image directories one sender certificate may own (0 = unlimited); a new migration beyond: ERROR limit-exceeded.")
     var maxImagesPerSender = 64
+    @Option(name: .customLong("max-filled-gap"), help: "Pages: on a disk, gaps of at most this many pages between a dense batch's pages are written as zeros with them, so ext4 handles one extent instead of one per run (Protocol/image.md \"Filled gaps\"); 0 writes only page bytes. At most 256.")
+    var maxFilledGapPages: UInt64 = ImageStore.defaultGapFillBytes / 4096
     @OptionGroup var restore: RestoreOptions
     @Flag(name: .customLong("no-readahead"), help: "With --restore criu: do not read a complete image into the page cache while the sender dumps (the restore then reads what is not cached itself).")
     var noReadahead = false
@@ -57,6 +60,7 @@ struct ReceiveCommand: ParsableCommand {
         guard maxLayoutRegions > 0, maxLayoutBytes.bytes > 0, maxLayoutBytes.bytes <= UInt64(Int.max), maxPagesPerRound > 0, maxRangesPerRound > 0 else {
             throw ValidationError("--max-layout-regions, --max-layout-bytes, --max-pages-per-round and --max-ranges-per-round must be at least 1")
         }
+        guard maxFilledGapPages <= 256 else { throw ValidationError("--max-filled-gap must be 0…256 pages") }
         guard maxImagesPerSender >= 0 else { throw ValidationError("--max-images-per-sender must be 0 (unlimited) or more") }
         if !restore.enabled && (noReadahead || benchColdImage) { throw ValidationError("--no-readahead and --bench-cold-image need --restore criu") }
     }
@@ -73,6 +77,7 @@ struct ReceiveCommand: ParsableCommand {
         l.maxRangesPerRound = maxRangesPerRound
         l.maxImageBytes = maxImageBytes.bytes
         l.maxImagesPerSender = maxImagesPerSender
+        l.maxFilledGapBytes = maxFilledGapPages * 4096
         return l
     }
 

@@ -32,11 +32,12 @@ import MemhaulTestSupport
 
     /// Stores the gappy batch through a storage stage into a fresh image under
     /// `parent`, commits, and returns what the region file looks like.
-    func storeGappyBatch(under parent: String) throws -> (reserves: Bool, reserved: UInt64, allocated: Int, dataRuns: [Range<UInt64>], image: [UInt8], sent: [UInt8]) {
+    func storeGappyBatch(under parent: String, gapFill: UInt64 = 0) throws -> (reserves: Bool, reserved: UInt64, filled: UInt64, allocated: Int, dataRuns: [Range<UInt64>], image: [UInt8], sent: [UInt8]) {
         let root = temporaryDirectory("reserve", in: parent)
         defer { removeTree(root) }
         let store = try ImageStore.create(directory: root + "/img", migrationID: "reserve")
         defer { store.close() }
+        store.gapFillBytes = gapFill
         try store.beginRound(1, layout: [ImageRegion(start: a, end: a + 64 * UInt64(Self.page), protection: [.read, .write], name: "")])
         let stage = StorageStage(store: store)
         let (batch, sent) = gappyBatch()
@@ -59,7 +60,7 @@ import MemhaulTestSupport
             offset = end
         }
         let image = try read(store)  // after SEEK_DATA: reading a gap caches a page of zeros, which SEEK_DATA then counts as data
-        return (store.reservesInPlace, info.reservedBytes, Int(st.st_blocks) * 512, dataRuns, image, sent)
+        return (store.reservesInPlace, info.reservedBytes, info.filledBytes, Int(st.st_blocks) * 512, dataRuns, image, sent)
     }
 
     func read(_ store: ImageStore) throws -> [UInt8] {
@@ -93,14 +94,29 @@ import MemhaulTestSupport
         // Reserved gaps are unwritten extents: SEEK_DATA still sees only the pages (readahead, CRIU export).
         let expectedRuns = Self.runs.map { UInt64($0.start - a)..<(UInt64($0.start - a) + 3 * UInt64(Self.page)) }
         #expect(r.dataRuns == expectedRuns)
+        #expect(r.filled == 0, "gap filling off")
+    }
+
+    /// With the default gap fill, the one-page gaps are written as zeros with
+    /// the runs: one stretch of data over the span, 15 pages of zeros.
+    @Test func aDenseBatchHasItsShortGapsFilledOnADisk() throws {
+        let parent = "/var/tmp"
+        let type = try FileSystemType.of(parent)
+        try #require(!type.isMemoryOnly, "skipped: \(parent) is \(type), not a file system with a device behind it")
+        let r = try storeGappyBatch(under: parent, gapFill: ImageStore.defaultGapFillBytes)
+        #expect(r.reserved == 63 * UInt64(Self.page))
+        #expect(r.filled == 15 * UInt64(Self.page), "15 one-page gaps between 16 runs")
+        #expect(r.image == expectedImage(r.sent), "gaps read as zeros, pages as sent")
+        #expect(r.dataRuns == [0..<(63 * UInt64(Self.page))], "one stretch: \(r.dataRuns.count) data runs")
     }
 
     @Test func tmpfsReservesNothing() throws {
         let parent = "/dev/shm"
         try #require(try FileSystemType.of(parent).isMemoryOnly, "skipped: \(parent) is not tmpfs here")
-        let r = try storeGappyBatch(under: parent)
+        let r = try storeGappyBatch(under: parent, gapFill: ImageStore.defaultGapFillBytes)
         #expect(!r.reserves)
         #expect(r.reserved == 0)
+        #expect(r.filled == 0, "nothing reserved, nothing filled: a zero page on tmpfs is a page of memory")
         #expect(r.allocated == 48 * Self.page, "only the pages take memory: \(r.allocated) bytes")
         #expect(r.image == expectedImage(r.sent))
     }
@@ -189,10 +205,13 @@ import MemhaulTestSupport
             var st = stat()
             try #require(mem.count == 1 && stat(dir + "/" + mem[0], &st) == 0, "\(mem)")
             let allocated = Int(st.st_blocks) * 512
+            let filled = receiver.agent.counters.values.committedFillBytes
             if expectReserved {
                 #expect(allocated >= 63 * Self.page, "budget \(budgetPages) pages: \(allocated) bytes allocated")
+                #expect(filled == 15 * UInt64(Self.page), "the one-page gaps, counted: \(filled)")
             } else {
                 #expect(allocated < 63 * Self.page, "budget \(budgetPages) pages: \(allocated) bytes allocated")
+                #expect(filled == 0, "unreserved: unfilled")
             }
         }
     }
