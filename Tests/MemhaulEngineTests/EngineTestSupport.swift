@@ -24,6 +24,18 @@ extension ChildProcess {
     }
 }
 
+/// The data extents of an open file, by `SEEK_DATA`/`SEEK_HOLE` (byte offsets).
+func dataRuns(of fd: Int32) throws -> [Range<UInt64>] {
+    var runs: [Range<UInt64>] = []
+    var offset: UInt64 = 0
+    while let start = try FileDescriptor.nextData(of: fd, from: offset) {
+        let end = try FileDescriptor.nextHole(of: fd, from: start)
+        runs.append(start..<end)
+        offset = end
+    }
+    return runs
+}
+
 /// A workload child (at most 300 s); `pid` is valid once it printed its ready line.
 func startWorkload(_ args: [String], control: Bool = false) throws -> WorkloadProcess {
     try WorkloadProcess(args + ["--exit-after", "300"] + (control ? ["--control"] : []), stdin: control ? .pipe : .null)

@@ -35,14 +35,12 @@ import MemhaulTestSupport
         let fd = open(directory + "/" + mem[0], O_RDONLY)
         try #require(fd >= 0)
         defer { close(fd) }
-        var runs: [Range<UInt64>] = []
-        var offset: UInt64 = 0
-        while let start = try FileDescriptor.nextData(of: fd, from: offset) {
-            let end = try FileDescriptor.nextHole(of: fd, from: start)
-            runs.append(start..<end)
-            offset = end
-        }
-        return runs
+        return try MemhaulEngineTests.dataRuns(of: fd)
+    }
+
+    /// Pages `pages` of the image read as `bytes`.
+    func expect(_ image: [UInt8], pages: Range<Int>, equal bytes: ArraySlice<UInt8>, _ comment: Comment? = nil, sourceLocation: SourceLocation = #_sourceLocation) {
+        #expect(Array(image[(pages.lowerBound * Self.page)..<(pages.upperBound * Self.page)]) == Array(bytes), comment, sourceLocation: sourceLocation)
     }
 
     func withStore(_ body: (ImageStore, String) throws -> Void) throws {
@@ -91,9 +89,9 @@ import MemhaulTestSupport
             #expect(filled == 0)
             try store.commitRound()
             let image = try read(store)
-            #expect(Array(image[(2 * Self.page)..<(3 * Self.page)]) == earlier, "the earlier page survives")
-            #expect(Array(image[0..<(2 * Self.page)]) == Array(bytes[0..<(2 * Self.page)]))
-            #expect(Array(image[(3 * Self.page)..<(5 * Self.page)]) == Array(bytes[(2 * Self.page)...]))
+            expect(image, pages: 2..<3, equal: earlier[...], "the earlier page survives")
+            expect(image, pages: 0..<2, equal: bytes[0..<(2 * Self.page)])
+            expect(image, pages: 3..<5, equal: bytes[(2 * Self.page)...])
         }
     }
 
@@ -112,8 +110,8 @@ import MemhaulTestSupport
             #expect(filled == 0)
             try store.commitRound()
             let image = try read(store)
-            #expect(Array(image[(2 * Self.page)..<(3 * Self.page)]) == committed, "the committed page survives")
-            #expect(Array(image[0..<(2 * Self.page)]) == Array(bytes[0..<(2 * Self.page)]))
+            expect(image, pages: 2..<3, equal: committed[...], "the committed page survives")
+            expect(image, pages: 0..<2, equal: bytes[0..<(2 * Self.page)])
         }
     }
 

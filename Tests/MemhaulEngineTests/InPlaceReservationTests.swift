@@ -52,13 +52,7 @@ import MemhaulTestSupport
         defer { close(fd) }
         var st = stat()
         try #require(fstat(fd, &st) == 0)
-        var dataRuns: [Range<UInt64>] = []
-        var offset: UInt64 = 0
-        while let start = try FileDescriptor.nextData(of: fd, from: offset) {
-            let end = try FileDescriptor.nextHole(of: fd, from: start)
-            dataRuns.append(start..<end)
-            offset = end
-        }
+        let dataRuns = try dataRuns(of: fd)
         let image = try read(store)  // after SEEK_DATA: reading a gap caches a page of zeros, which SEEK_DATA then counts as data
         return (store.reservesInPlace, info.reservedBytes, info.filledBytes, Int(st.st_blocks) * 512, dataRuns, image, sent)
     }
