@@ -51,6 +51,11 @@ public final class DirtyTracker {
     /// Pages of requeued scans, re-examined next round.
     public private(set) var pending: [AddressRange] = []
 
+    /// The final round's second walker (``PagemapScanner/collectUnprotected(_:alongside:minimumPages:)``), made on its first use.
+    private lazy var helperScanner = PagemapScanner(pagemap: scanner.pagemap, vectorCapacity: scanner.vectorCapacity)
+    /// Tracked pages from which the final round walks in two halves at once (tests lower it).
+    public var splitWalkMinimumPages = 1 << 18
+
     public init(scanner: PagemapScanner) {
         self.scanner = scanner
     }
@@ -173,7 +178,7 @@ public final class DirtyTracker {
         let wasTracked = tracked
         var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
-        let unprotected = try scanner.collectUnprotected(old)
+        let unprotected = try scanner.collectUnprotected(old, alongside: helperScanner, minimumPages: splitWalkMinimumPages)
         stats += scanner.lastStats
         // Of the file-backed mappings only the COW copies in `known`: not the libraries' clean pages.
         let fileCopies = fileBacked.coalesced().intersecting(known)

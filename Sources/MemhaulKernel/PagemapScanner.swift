@@ -1,4 +1,5 @@
 import CMemhaulLinux
+import Dispatch
 import MemhaulSystem
 
 #if canImport(Glibc)
@@ -193,6 +194,68 @@ public final class PagemapScanner {
             }
         }
         return out
+    }
+
+    /// ``collectUnprotected(_:)`` with the walk cut in two halves of equal
+    /// page count, the upper one walked by `helper` (a second scanner of the
+    /// same pagemap: one scanner per thread) on a second thread meanwhile.
+    /// For the frozen final round, whose cores the frozen target leaves idle:
+    /// the walk of every tracked page table is most of its final scan. Below
+    /// `minimumPages` it is one walk on this thread. The same result;
+    /// ``lastStats`` counts both walks' ioctls and the wall time.
+    public func collectUnprotected(_ ranges: [AddressRange], alongside helper: PagemapScanner, minimumPages: Int = 1 << 18) throws -> [AddressRange] {
+        precondition(helper !== self, "the helper must be a second scanner")
+        let all = try Self.checked(ranges)
+        let pages = all.reduce(0) { $0 + $1.pageCount }
+        guard pages >= max(2, minimumPages) else { return try collectUnprotected(all) }
+        let (lower, upper) = Self.halves(all, pages: pages)
+        let t0 = MonotonicClock.nanoseconds()
+        let job = HelperWalk(helper: helper, ranges: upper)
+        let done = DispatchSemaphore(value: 0)
+        DispatchQueue.global(qos: .userInteractive).async {
+            job.run()
+            done.signal()
+        }
+        let mine = Result { try collectUnprotected(lower) }
+        var stats = lastStats
+        done.wait()
+        var out = try mine.get()
+        for r in try job.result!.get() { out.appendCoalescing(r) }
+        stats.ioctls += helper.lastStats.ioctls
+        stats.regions += helper.lastStats.regions
+        stats.pagesScanned += helper.lastStats.pagesScanned
+        stats.nanoseconds = MonotonicClock.nanoseconds() - t0
+        lastStats = stats
+        return out
+    }
+
+    /// `ranges` (sorted, disjoint, `pages` pages) cut at the page where half of them lie below.
+    static func halves(_ ranges: [AddressRange], pages: Int) -> (lower: [AddressRange], upper: [AddressRange]) {
+        var left = pages / 2
+        for (i, r) in ranges.enumerated() {
+            if r.pageCount < left {
+                left -= r.pageCount
+                continue
+            }
+            let cut = r.start + UInt64(left) * PageSize.bytes
+            var lower = Array(ranges[..<i]), upper = Array(ranges[(i + 1)...])
+            if cut > r.start { lower.append(AddressRange(start: r.start, end: cut)) }
+            if cut < r.end { upper.insert(AddressRange(start: cut, end: r.end), at: 0) }
+            return (lower, upper)
+        }
+        return (ranges, [])
+    }
+
+    /// The helper's half of a split walk; touched by its thread until `done` is signalled.
+    private final class HelperWalk: @unchecked Sendable {  // unchecked: one thread at a time, ordered by the semaphore
+        let helper: PagemapScanner
+        let ranges: [AddressRange]
+        var result: Result<[AddressRange], any Error>?
+        init(helper: PagemapScanner, ranges: [AddressRange]) {
+            self.helper = helper
+            self.ranges = ranges
+        }
+        func run() { result = Result { try helper.collectUnprotected(ranges) } }
     }
 
     /// For each of `ranges` (sorted, disjoint), the bytes of it inside `hint`
