@@ -76,13 +76,18 @@ import MemhaulTestSupport
         }
     }
 
-    /// A page an earlier batch of the round wrote inside the span keeps its
-    /// bytes: the span is not filled at all.
-    @Test func aPageWrittenThisRoundInsideTheSpanIsNeverZeroed() throws {
+    /// A page inside the span that already holds content keeps its bytes, and
+    /// the span is not filled at all: one written by an earlier batch of the
+    /// round (in place), or one committed before (round 2: journaled).
+    @Test(arguments: [false, true]) func contentInsideTheSpanIsNeverZeroed(committedBefore: Bool) throws {
         try withStore { store, _ in
             try store.beginRound(1, layout: layout)
             let earlier = pages(1, tag: 0xA0)
             try earlier.withUnsafeBytes { try store.writePages(at: a + 2 * p, $0) }
+            if committedBefore {
+                try store.commitRound()
+                try store.beginRound(2, layout: layout)
+            }
             let runs = [PageRun(start: a, pageCount: 2), PageRun(start: a + 3 * p, pageCount: 2)]
             let bytes = pages(4, tag: 1)
             let filled = try bytes.withUnsafeBytes { try store.writeRuns(runs, $0) }
@@ -92,26 +97,6 @@ import MemhaulTestSupport
             expect(image, pages: 2..<3, equal: earlier[...], "the earlier page survives")
             expect(image, pages: 0..<2, equal: bytes[0..<(2 * Self.page)])
             expect(image, pages: 3..<5, equal: bytes[(2 * Self.page)...])
-        }
-    }
-
-    /// A committed page inside the span (round 2: committed content is
-    /// journaled, not in place) keeps its bytes.
-    @Test func committedContentInsideTheSpanIsNeverZeroed() throws {
-        try withStore { store, _ in
-            try store.beginRound(1, layout: layout)
-            let committed = pages(1, tag: 0xC0)
-            try committed.withUnsafeBytes { try store.writePages(at: a + 2 * p, $0) }
-            try store.commitRound()
-            try store.beginRound(2, layout: layout)
-            let runs = [PageRun(start: a, pageCount: 2), PageRun(start: a + 3 * p, pageCount: 2)]
-            let bytes = pages(4, tag: 1)
-            let filled = try bytes.withUnsafeBytes { try store.writeRuns(runs, $0) }
-            #expect(filled == 0)
-            try store.commitRound()
-            let image = try read(store)
-            expect(image, pages: 2..<3, equal: committed[...], "the committed page survives")
-            expect(image, pages: 0..<2, equal: bytes[0..<(2 * Self.page)])
         }
     }
 
