@@ -51,13 +51,15 @@ public final class DirtyTracker {
     /// Pages of requeued scans, re-examined next round.
     public private(set) var pending: [AddressRange] = []
 
-    /// The final round's second walker (``PagemapScanner/collectUnprotected(_:alongside:minimumPages:)``), made on its first use.
-    private lazy var helperScanner = PagemapScanner(pagemap: scanner.pagemap, vectorCapacity: scanner.vectorCapacity)
+    /// The final round's second walker (``PagemapScanner/collectUnprotected(_:alongside:minimumPages:)``),
+    /// made here so its allocation is not inside the frozen window.
+    private let helperScanner: PagemapScanner
     /// Tracked pages from which the final round walks in two halves at once (tests lower it).
     public var splitWalkMinimumPages = 1 << 18
 
     public init(scanner: PagemapScanner) {
         self.scanner = scanner
+        helperScanner = PagemapScanner(pagemap: scanner.pagemap, vectorCapacity: scanner.vectorCapacity)
     }
 
     /// Round 0: write-protect everything, then report every populated page.
