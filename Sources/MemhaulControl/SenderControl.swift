@@ -109,7 +109,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
     }
 
     private func migrate(_ r: ControlRequest) throws(ControlError) -> [String: Any] {
-        try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "max_time_s", "max_bandwidth_bytes_per_second",
+        try r.onlyKeys(["pid", "to", "id", "downtime_limit_ms", "max_rounds", "tightening_rounds", "max_time_s", "max_bandwidth_bytes_per_second",
                         "auto_converge", "after", "compression_level", "server_name", "resume_timeout_s", "commit_chunk_bytes",
                         "delta_cache_bytes", "welcome_timeout_s", "round_ack_timeout_s", "frozen_round_ack_timeout_s", "keepalive_drain_timeout_s",
                         "verification_timeout_s", "restore", "criu_route", "shell_job", "tcp", "throttle", "throttle_steps", "report", "strict", "strict_attempts", "proof"])
@@ -176,6 +176,7 @@ public final class SenderControl: @unchecked Sendable {  // `migrations` behind 
         var request = MigrationRequest(pid: Int32(pid), host: destination.host, port: destination.port, id: id)
         if let v = try r.number("downtime_limit_ms") { request.parameters.downtimeLimitMs = v }
         if let v = try r.int("max_rounds") { request.parameters.maxRounds = v }
+        if let v = try r.int("tightening_rounds") { request.parameters.tighteningRounds = v }
         if let v = try r.number("max_time_s") { request.parameters.maxTimeSeconds = v }
         if let v = try r.number("max_bandwidth_bytes_per_second") { request.parameters.maxBandwidth = v > 0 ? v : nil }
         if let v = try r.bool("auto_converge") { request.parameters.autoConverge = v }

@@ -96,6 +96,9 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         switch decision {
         case .nextRound:
             report.rounds[i].decision = "next_round"
+        case .tighten(let ms, let next):
+            report.rounds[i].decision = "next_round"
+            report.rounds[i].decisionReason = ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: next)
         case .throttle(let percent):
             report.rounds[i].decision = "throttle"
             report.rounds[i].decisionReason = "rounds stalled: throttle the target to \(percent)%"

@@ -109,6 +109,7 @@ public struct MigrationRequest: Sendable {
         let p = parameters
         guard p.downtimeLimitMs > 0, p.downtimeLimitMs.isFinite else { throw fail("downtime limit must be > 0 ms") }
         guard p.maxRounds >= 0 else { throw fail("max rounds must be >= 0") }
+        guard (0...100).contains(p.tighteningRounds) else { throw fail("tightening rounds must be 0…100") }
         guard !p.strict || p.maxRounds > 0 else { throw fail("strict needs pre-copy (max rounds > 0): stop-and-copy has no round to abort to") }
         guard (1...100).contains(p.strictAttempts) else { throw fail("strict attempts must be 1…100") }
         guard p.maxTimeSeconds > 0 else { throw fail("max time must be > 0 s") }

@@ -437,6 +437,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             switch decision {
             case .nextRound:
                 scan = next
+            case .tighten(let ms, let nextMs):
+                log(ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: nextMs))
+                scan = next
             case .throttle(let percent):
                 let first = hold.throttleMechanism == nil
                 try hold.setThrottle(percent: percent)

@@ -13,6 +13,8 @@ struct ConvergenceOptions: ParsableArguments {
     var downtimeLimit: Double = 300
     @Option(name: .customLong("max-rounds"), help: "Forced cutover after N rounds; 0 = stop-and-copy.")
     var maxRounds: Int = 30
+    @Option(name: .customLong("tightening-rounds"), help: "Rounds run after the prediction fits --downtime-limit, each while one more is predicted to halve the frozen window (0 = cut over as soon as it fits, as QEMU does).")
+    var tighteningRounds: Int = ConvergenceParameters().tighteningRounds
     @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.")
     var maxTime: Double = 600
     @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s with K/M/G suffixes: 100M (0 = unlimited).")
@@ -53,6 +55,7 @@ struct ConvergenceOptions: ParsableArguments {
     func validate() throws {
         guard downtimeLimit > 0 else { throw ValidationError("--downtime-limit must be > 0") }
         guard maxRounds >= 0 else { throw ValidationError("--max-rounds must be >= 0") }
+        guard (0...100).contains(tighteningRounds) else { throw ValidationError("--tightening-rounds must be 0…100") }
         guard !strict || maxRounds > 0 else { throw ValidationError("--strict needs pre-copy (--max-rounds > 0)") }
         guard (1...100).contains(strictAttempts) else { throw ValidationError("--strict-attempts must be 1…100") }
         if compressionLevel != "auto" {
@@ -71,6 +74,7 @@ struct ConvergenceOptions: ParsableArguments {
     func apply(to request: inout MigrationRequest) {
         request.parameters.downtimeLimitMs = downtimeLimit
         request.parameters.maxRounds = maxRounds
+        request.parameters.tighteningRounds = tighteningRounds
         request.parameters.maxTimeSeconds = maxTime
         request.parameters.maxBandwidth = maxBandwidth.bytes > 0 ? Double(maxBandwidth.bytes) : nil
         request.parameters.autoConverge = !noAutoConverge

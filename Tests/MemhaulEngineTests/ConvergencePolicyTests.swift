@@ -1,4 +1,5 @@
 import Testing
+@testable import MemhaulControl
 import MemhaulKernel
 import MemhaulSystem
 @testable import MemhaulSession
@@ -10,10 +11,84 @@ import MemhaulSystem
         RoundMeasurement(round: round, pageBytesSent: sent, seconds: seconds, pendingBytes: pending, dirtyWindowSeconds: seconds)
     }
 
+    /// QEMU's rule (`tighteningRounds` 0).
+    func cutAtTheFit() -> ConvergenceParameters {
+        var p = ConvergenceParameters()
+        p.tighteningRounds = 0
+        return p
+    }
+
     @Test func cutsOverWhenPredictionFitsTheLimit() {
-        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        var policy = ConvergencePolicy(parameters: cutAtTheFit())
         // 1 GB/s throughput, 100 MB pending => 100 ms <= 300 ms.
         #expect(policy.decide(after: measurement(0, pending: 100e6), elapsed: 1) == .cutover(reason: .converged(expectedDowntimeMs: 100)))
+    }
+
+    /// 100 MB pending at 1 GB/s and 100 MB/s of dirtying, 50 ms of scan: 150 ms
+    /// fits, but a round of about 150 ms leaves 15 MB, 65 ms. After it, one
+    /// more would leave 6.5 MB, 56.5 ms: not half, so it cuts over.
+    @Test func fitsButOneMoreRoundHalvesTheWindow() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        var m = measurement(0, pending: 100e6)
+        m.fixedSeconds = 0.05
+        guard case .tighten(let now, let next) = policy.decide(after: m, elapsed: 1) else {
+            Issue.record("expected a tightening round at \(policy.expectedDowntimeMs) ms"); return
+        }
+        #expect(abs(now - 150) < 1e-6)
+        #expect(abs(next - 65) < 1e-6)
+        let m1 = RoundMeasurement(round: 1, pageBytesSent: 100e6, seconds: 0.1, pendingBytes: 15e6, dirtyWindowSeconds: 0.15, fixedSeconds: 0.05)
+        #expect(policy.decide(after: m1, elapsed: 1.2) == .cutover(reason: .converged(expectedDowntimeMs: 65)))
+        #expect(policy.tightened == 1)
+    }
+
+    /// A tightening round that did not shrink the prediction to ¾ is the last:
+    /// the model was wrong about this workload.
+    @Test func aTighteningRoundThatDidNotShrinkItEndsThem() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        var m = measurement(0, pending: 100e6)
+        m.fixedSeconds = 0.05
+        guard case .tighten = policy.decide(after: m, elapsed: 1) else { Issue.record("expected a tightening round"); return }
+        m.round = 1
+        m.pendingBytes = 90e6  // 140 ms: more than ¾ of 150
+        #expect(policy.decide(after: m, elapsed: 2) == .cutover(reason: .converged(expectedDowntimeMs: 140)))
+    }
+
+    /// With no fixed cost every round would halve the window again: the count
+    /// of tightening rounds bounds them, and max rounds does too.
+    @Test(arguments: [(3, 30, 3), (1, 30, 1), (3, 2, 2)])
+    func tighteningRoundsAreBounded(_ c: (tightening: Int, maxRounds: Int, expected: Int)) {
+        var p = ConvergenceParameters()
+        p.tighteningRounds = c.tightening
+        p.maxRounds = c.maxRounds
+        var policy = ConvergencePolicy(parameters: p)
+        var pending = 100e6
+        for round in 0..<10 {
+            let d = policy.decide(after: RoundMeasurement(round: round, pageBytesSent: 1e9, seconds: 1, pendingBytes: pending, dirtyWindowSeconds: pending / 1e9 * 10), elapsed: Double(round))
+            guard case .tighten = d else {
+                guard case .cutover(let reason) = d, !reason.isForced else { Issue.record("\(d)"); return }
+                break
+            }
+            pending /= 10
+        }
+        #expect(policy.tightened == c.expected)
+    }
+
+    @Test func controlMigrateTakesTighteningRounds() throws {
+        let base: [String: Any] = ["pid": 1, "to": "h:1"]
+        #expect(try SenderControl.request(from: ControlRequest(op: "migrate", args: base)).parameters.tighteningRounds == 3)
+        let off = try SenderControl.request(from: ControlRequest(op: "migrate", args: base.merging(["tightening_rounds": 0]) { $1 }))
+        #expect(off.parameters.tighteningRounds == 0)
+        #expect(throws: ControlError.self) {
+            try SenderControl.request(from: ControlRequest(op: "migrate", args: base.merging(["tightening_rounds": 101]) { $1 }))
+        }
+    }
+
+    /// An idle target: nothing pending, nothing to halve.
+    @Test func nothingPendingCutsOverAtOnce() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        var m = measurement(0, pending: 0)
+        m.fixedSeconds = 0.005
+        #expect(policy.decide(after: m, elapsed: 1) == .cutover(reason: .converged(expectedDowntimeMs: 5)))
     }
 
     @Test func fixedRoundCostsCountInThePrediction() {
@@ -26,7 +101,7 @@ import MemhaulSystem
     }
 
     @Test func keepsGoingWhileShrinking() {
-        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        var policy = ConvergencePolicy(parameters: cutAtTheFit())
         #expect(policy.decide(after: measurement(0, pending: 800e6), elapsed: 1) == .nextRound)
         #expect(policy.decide(after: measurement(1, pending: 500e6), elapsed: 2) == .nextRound)
         #expect(policy.decide(after: measurement(2, pending: 301e6), elapsed: 3) == .nextRound)

@@ -111,6 +111,7 @@ import Testing
         var p = ConvergenceParameters()
         p.maxRounds = 100
         p.autoConverge = false
+        p.tighteningRounds = 0
         var policy = ConvergencePolicy(parameters: p)
         let m = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: 250e6, dirtyWindowSeconds: 1)
         if case .cutover = policy.decide(after: m, elapsed: 1) {} else { Issue.record("250 ms fits 300 ms") }
