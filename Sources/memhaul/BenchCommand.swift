@@ -243,9 +243,10 @@ struct BenchCommand: ParsableCommand {
             let workload = try env.startWorkload(["--size", size, "--threads", "2", "--rate", String(Int(pagesPerSecond)), "--pattern", "uniform",
                                                   "--heartbeat", heartbeat])
             defer { workload.stop() }
-            func migrate(_ id: String, maxRounds: Int?, commitChunk: UInt64? = nil) throws -> BenchFrozenWindow {
+            func migrate(_ id: String, maxRounds: Int?, commitChunk: UInt64? = nil, tighteningRounds: Int? = nil) throws -> BenchFrozenWindow {
                 var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "\(id)-\(getpid())")
                 if let maxRounds { r.parameters.maxRounds = maxRounds }
+                if let tighteningRounds { r.parameters.tighteningRounds = tighteningRounds }
                 if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
                 r.deltaCacheBytes = deltaCache.bytes
@@ -261,6 +262,8 @@ struct BenchCommand: ParsableCommand {
             let pre = try migrate("bench-precopy", maxRounds: nil)
             let senderPeak = BenchSupport.peakRSS(pid: getpid())
             let receiverPeak = local.flatMap { BenchSupport.peakRSS(pid: $0.child.pid) }
+            // The baseline of the tightening rounds: cut over as soon as the prediction fits (QEMU's rule).
+            let atFit = try migrate("bench-precopy-fit", maxRounds: nil, tighteningRounds: 0)
             let sac = try migrate("bench-stopcopy", maxRounds: 0)
             // The cost of commit chunks (resume granularity): the same frozen round in one commit.
             let single = try migrate("bench-onecommit", maxRounds: 0, commitChunk: UInt64.max / 2)
@@ -273,6 +276,7 @@ struct BenchCommand: ParsableCommand {
             print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))"
                   + ", load average \(BenchSupport.loadAverage())")
             print(line("pre-copy", pre))
+            print(line("  cut at fit", atFit) + "  (--tightening-rounds 0: cut over as soon as the prediction fits the limit)")
             print(line("stop-and-copy", sac))
             print(line("  one commit", single) + String(format: "  (the frozen round's %d MiB commit chunks cost %.1f%% of it)",
                                                       Int(ConvergenceParameters().frozenCommitChunkBytes >> 20),
@@ -283,7 +287,11 @@ struct BenchCommand: ParsableCommand {
             print(ratio("downtime (freeze → final commit)", pre.status.downtimeMs ?? 0, sac.status.downtimeMs ?? 0))
             print(ratio("frozen window (freeze → release, proof included)", pre.frozenMs, sac.frozenMs))
             print(ratio("frozen window as the target saw it (heartbeat)", pre.livedMs, sac.livedMs))
+            print(ratio("frozen window, cut at fit,", atFit.frozenMs, sac.frozenMs)
+                  + String(format: "; tightening rounds' effect on it: %.2f×, on total time %.2f×", pre.frozenMs / max(0.001, atFit.frozenMs),
+                           (pre.status.totalTimeMs ?? 0) / max(0.001, atFit.status.totalTimeMs ?? 0)))
             if let reason = pre.status.cutoverReason { print("  pre-copy cutover: \(reason)") }
+            if let reason = atFit.status.cutoverReason { print("  cut-at-fit cutover: \(reason)") }
             func mib(_ bytes: UInt64?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1048576) } ?? "-" }
             let goal: UInt64 = (128 << 20) + deltaCache.bytes
             print(String(format: "  peak RSS of the pre-copy run (VmHWM): sender %@ (this process; goal < 128 MiB + delta cache %@ = %@, ratio %.2f), receiver %@",
