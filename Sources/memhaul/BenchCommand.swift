@@ -180,6 +180,7 @@ struct BenchCommand: ParsableCommand {
             }
             print(String(format: """
                   receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs), of which %.3f zeros filling short gaps (image.md "Filled gaps"); images in %@
+                  receiver disk writes per byte of memory sent (page bytes + zero pages, as a dump writes them): %.3f
                   receiver commits: %.0f, mean %.1f ms each (ROUND_END → commit point), fsync part %.1f ms
                   governor's last window: send blocked %.2f, compress CPU %.2f per worker; receiver network %@, storage CPU %@, storage busy %@
                   CPU by thread (best run): %@
@@ -187,6 +188,7 @@ struct BenchCommand: ParsableCommand {
                 """,
                 Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)),
                 run.fillBytes / max(1, Double(s.pageBytes)), imageRoot,
+                Double(run.written.writeBytes) / max(1, Double(s.pageBytes + s.zeroBytes)),
                 run.commits, run.commitSeconds / max(1, run.commits) * 1000, run.fsyncSeconds / max(1, run.commits) * 1000,
                 s.sendBlockedFraction ?? -1, s.compressCPUFraction ?? -1,
                 s.receiverNetworkBusy.map { String(format: "%.2f", $0) } ?? "-", s.receiverStorageCPU.map { String(format: "%.2f", $0) } ?? "-",
@@ -203,6 +205,7 @@ struct BenchCommand: ParsableCommand {
             abstract: "Frozen window of pre-copy vs stop-and-copy on one workload (its parts, and as the target saw it), and the workload's slowdown while tracked.")
         @Option(help: "Workload size.") var size: String = "4G"
         @Option(name: .customLong("dirty-rate"), help: "Bytes/s the workload dirties during the migration.") var dirtyRate: String = "32M"
+        @Option(name: .customLong("downtime-limit"), help: "The pre-copy runs' downtime limit, ms.") var downtimeLimit: Double = ConvergenceParameters().downtimeLimitMs
         @Option(help: "Receiver HOST:PORT (default: one started on loopback).") var receiver: String?
         @Option(help: "Certificates directory for --receiver (default: generated).") var certs: String?
         @Option(name: .customLong("slowdown-seconds"), help: "Seconds per phase of the slowdown measurement (0 = skip).")
@@ -217,6 +220,7 @@ struct BenchCommand: ParsableCommand {
 
         func validate() throws {
             guard deltaCache.bytes <= MigrationRequest.maxDeltaCacheBytes else { throw ValidationError("--delta-cache must be at most 16G") }
+            guard downtimeLimit > 0, downtimeLimit.isFinite else { throw ValidationError("--downtime-limit must be > 0") }
         }
 
         func run() throws {
@@ -247,6 +251,7 @@ struct BenchCommand: ParsableCommand {
                 var r = MigrationRequest(pid: workload.pid, host: host, port: port, id: "\(id)-\(getpid())")
                 if let maxRounds { r.parameters.maxRounds = maxRounds }
                 if let tighteningRounds { r.parameters.tighteningRounds = tighteningRounds }
+                r.parameters.downtimeLimitMs = downtimeLimit
                 if let commitChunk { r.parameters.commitChunkBytes = commitChunk }
                 r.after = .resume
                 r.deltaCacheBytes = deltaCache.bytes
@@ -273,7 +278,7 @@ struct BenchCommand: ParsableCommand {
                               BenchSupport.pad(name, 14), s.downtimeMs ?? 0, s.rounds, Summary.bytes(Double(s.transferredBytes)),
                               Summary.bytes(Double(s.pageBytes)), (s.totalTimeMs ?? 0) / 1000, BenchSupport.pad("", 14), w.parts)
             }
-            print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, to \(host):\(port == 0 ? "?" : String(port))"
+            print("migrate bench: \(size) workload dirtying \(dirtyRate)B/s, downtime limit \(Int(downtimeLimit)) ms, to \(host):\(port == 0 ? "?" : String(port))"
                   + ", load average \(BenchSupport.loadAverage())")
             print(line("pre-copy", pre))
             print(line("  cut at fit", atFit) + "  (--tightening-rounds 0: cut over as soon as the prediction fits the limit)")
