@@ -12,7 +12,7 @@ extension BenchSupport.Environment {
     /// `durableSeconds` also counts an fsync of every file the page server
     /// wrote (`sync FILE...`), started once the dump returns: the same
     /// durability as memhaul's, for the comparison beside the stock one.
-    func timeCRIUDump(workloadArguments: [String], criu: String, directory: String) throws -> (seconds: Double, durableSeconds: Double, pageBytes: UInt64) {
+    func timeCRIUDump(workloadArguments: [String], criu: String, directory: String) throws -> (seconds: Double, durableSeconds: Double, pageBytes: UInt64, machineSeconds: Double) {
         let port = 27000 + Int(getpid() % 2000)
         let server = directory + "/page-server", dump = directory + "/dump"
         try FileManager.default.createDirectory(atPath: server, withIntermediateDirectories: true)
@@ -30,6 +30,8 @@ extension BenchSupport.Environment {
               --tls --tls-cacert "\(certs)/ca.pem" --tls-cert "\(certs)/receiver.pem" --tls-key "\(certs)/receiver.key" --tls-no-cn-verify &
             ps=$!
             for i in $(seq 1 250); do ss -ltnH "sport = :\(port)" | grep -q . && break; sleep 0.02; done
+            busy() { awk '/^cpu /{print $2+$3+$4+$7+$8+$9}' /proc/stat; }
+            busy0=$(busy)
             start=$(date +%s.%N)
             "\(criu)" dump -t $pid -D "\(dump)" --shell-job -o dump.log \\
               --page-server --address 127.0.0.1 --port \(port) \\
@@ -37,9 +39,10 @@ extension BenchSupport.Environment {
               || { grep Error "\(dump)/dump.log" | tail -3 >&2; kill $ps $pid; exit 1; }
             wait $ps
             end=$(date +%s.%N)
+            busy1=$(busy)
             sync "\(server)"/*
             durable=$(date +%s.%N)
-            echo "$start $end $durable $(cat "\(server)"/pages-*.img | wc -c)"
+            echo "$start $end $durable $(cat "\(server)"/pages-*.img | wc -c) $(( busy1 - busy0 )) $(getconf CLK_TCK)"
             """
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/bash")
@@ -52,8 +55,8 @@ extension BenchSupport.Environment {
         let errors = String(decoding: err.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
         p.waitUntilExit()
         let parts = text.split(whereSeparator: { $0 == " " || $0 == "\n" }).compactMap { Double($0) }
-        guard p.terminationStatus == 0, parts.count == 4 else { throw CLIError("criu dump to its page server failed: \(errors)") }
-        return (parts[1] - parts[0], parts[2] - parts[0], UInt64(parts[3]))
+        guard p.terminationStatus == 0, parts.count == 6, parts[5] > 0 else { throw CLIError("criu dump to its page server failed: \(errors)") }
+        return (parts[1] - parts[0], parts[2] - parts[0], UInt64(parts[3]), parts[4] / parts[5])
     }
 
     /// The receiver agent's counters (its control status, Protocol/control.md).

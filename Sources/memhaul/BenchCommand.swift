@@ -142,7 +142,7 @@ struct BenchCommand: ParsableCommand {
             }
 
             // CRIU alone, when there is one: the same workload, its page server on the images' file system.
-            var criu: (seconds: Double, durableSeconds: Double, pageBytes: UInt64)?
+            var criu: (seconds: Double, durableSeconds: Double, pageBytes: UInt64, machineSeconds: Double)?
             if let binary = ProcessInfo.processInfo.environment["MEMHAUL_CRIU"], !binary.isEmpty {
                 workload.stop()  // its memory back before a second copy starts
                 for i in 0..<repeats {
@@ -172,9 +172,11 @@ struct BenchCommand: ParsableCommand {
                       criu dump --page-server --tls %.2f s  %7.1f MB/s  pages %@ (page server does not fsync)
                       throughput ratio memhaul/criu: %.2fx
                       criu, then fsync of its files %.2f s (as durable as memhaul's image): ratio memhaul/criu-durable %.2fx
+                      CPU of the whole machine during criu's dump: %.2f core-s; memhaul's best run: %.2f core-s (ratio memhaul/criu %.2f)
                     """,
                     criu.seconds, memoryBytes / criu.seconds / 1e6, Summary.bytes(Double(criu.pageBytes)), criu.seconds / run.seconds,
-                    criu.durableSeconds, criu.durableSeconds / run.seconds))
+                    criu.durableSeconds, criu.durableSeconds / run.seconds,
+                    criu.machineSeconds, run.machineSeconds, run.machineSeconds / max(0.001, criu.machineSeconds)))
             } else {
                 print("  criu: not measured (set MEMHAUL_CRIU to a CRIU >= 4.1)")
             }
@@ -298,9 +300,11 @@ struct BenchCommand: ParsableCommand {
             if let reason = pre.status.cutoverReason { print("  pre-copy cutover: \(reason)") }
             if let reason = atFit.status.cutoverReason { print("  cut-at-fit cutover: \(reason)") }
             func mib(_ bytes: UInt64?) -> String { bytes.map { String(format: "%.1f MiB", Double($0) / 1048576) } ?? "-" }
-            let goal: UInt64 = (128 << 20) + deltaCache.bytes
-            print(String(format: "  peak RSS of the pre-copy run (VmHWM): sender %@ (this process; goal < 128 MiB + delta cache %@ = %@, ratio %.2f), receiver %@",
-                         mib(senderPeak), mib(deltaCache.bytes), mib(goal), Double(senderPeak ?? 0) / Double(goal), mib(receiverPeak)))
+            // As `--delta-cache` documents it: the cache's size and 16 MiB of its buffers on top of 128 MiB.
+            let cacheBuffers: UInt64 = deltaCache.bytes > 0 ? 16 << 20 : 0
+            let goal: UInt64 = (128 << 20) + deltaCache.bytes + cacheBuffers
+            print(String(format: "  peak RSS of the pre-copy run (VmHWM): sender %@ (this process; goal < 128 MiB + delta cache %@ + its buffers %@ = %@, ratio %.2f), receiver %@",
+                         mib(senderPeak), mib(deltaCache.bytes), mib(cacheBuffers), mib(goal), Double(senderPeak ?? 0) / Double(goal), mib(receiverPeak)))
         }
     }
 }
