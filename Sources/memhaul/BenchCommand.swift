@@ -182,7 +182,6 @@ struct BenchCommand: ParsableCommand {
             }
             print(String(format: """
                   receiver writes per page byte: %.3f (write calls, wchar), %.3f (to the disk, write_bytes; 0 on tmpfs), of which %.3f zeros filling short gaps (image.md "Filled gaps"); images in %@
-                  receiver disk writes per byte of memory sent (page bytes + zero pages, as a dump writes them): %.3f
                   receiver commits: %.0f, mean %.1f ms each (ROUND_END → commit point), fsync part %.1f ms
                   governor's last window: send blocked %.2f, compress CPU %.2f per worker; receiver network %@, storage CPU %@, storage busy %@
                   CPU by thread (best run): %@
@@ -190,7 +189,6 @@ struct BenchCommand: ParsableCommand {
                 """,
                 Double(run.written.wchar) / max(1, Double(s.pageBytes)), Double(run.written.writeBytes) / max(1, Double(s.pageBytes)),
                 run.fillBytes / max(1, Double(s.pageBytes)), imageRoot,
-                Double(run.written.writeBytes) / max(1, Double(s.pageBytes + s.zeroBytes)),
                 run.commits, run.commitSeconds / max(1, run.commits) * 1000, run.fsyncSeconds / max(1, run.commits) * 1000,
                 s.sendBlockedFraction ?? -1, s.compressCPUFraction ?? -1,
                 s.receiverNetworkBusy.map { String(format: "%.2f", $0) } ?? "-", s.receiverStorageCPU.map { String(format: "%.2f", $0) } ?? "-",
