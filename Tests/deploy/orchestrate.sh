@@ -77,7 +77,7 @@ payloads=(
   $'1\ntouch '"$pwned"
   ""
 )
-for opt in --timeout --interval --downtime-limit --max-bandwidth --max-rounds --max-time --resume-timeout --pid; do
+for opt in --timeout --interval --downtime-limit --max-bandwidth --max-rounds --tightening-rounds --max-time --resume-timeout --pid; do
   for p in "${payloads[@]}"; do
     if [[ $opt == --pid ]]; then run --pid "$p" --to 127.0.0.1:7070
     else run --pid 4242 --to 127.0.0.1:7070 "$opt" "$p"; fi
@@ -127,6 +127,13 @@ run --pid 4242 --to 127.0.0.1:7070 --downtime-limit 50 --strict --strict-attempt
 [[ $rc -eq 0 ]] || fail "--strict: exit $rc: $err"
 grep -q '\[migrate\].*\[--downtime-limit=50\].*\[--strict\]\[--strict-attempts=2\]' "$FAKE_LOG" || fail "--strict options not passed: $(cat "$FAKE_LOG")"
 [[ $fails -eq $before ]] && pass "--strict and --strict-attempts are passed to the sender agent"
+
+# 2d. --tightening-rounds reaches the sender agent.
+before=$fails
+run --pid 4242 --to 127.0.0.1:7070 --tightening-rounds 0
+[[ $rc -eq 0 ]] || fail "--tightening-rounds: exit $rc: $err"
+grep -q '\[migrate\].*\[--tightening-rounds=0\]' "$FAKE_LOG" || fail "--tightening-rounds not passed: $(cat "$FAKE_LOG")"
+[[ $fails -eq $before ]] && pass "--tightening-rounds is passed to the sender agent"
 
 before=$fails
 run --pid 4242 --to 127.0.0.1:7070 --sender-ctl "'$fake' 'unbalanced"
