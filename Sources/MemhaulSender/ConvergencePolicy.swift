@@ -19,8 +19,9 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// one shrank it by a quarter or more. Where the pages, not the fixed
     /// costs, fill the window, a round of it takes about as long as the window
     /// itself and leaves only what the target dirties meanwhile: 4 GiB at
-    /// 32 MB/s fit 300 ms after round 0 and froze 270-650 ms there, 40-150 ms
-    /// after two rounds more. 0 = cut over as soon as it fits (QEMU's rule).
+    /// 32 MB/s that fit the limit after round 0 froze 358-722 ms when cut
+    /// there, 102-131 ms after one tightening round (BENCHMARKS.md,
+    /// "Tightening rounds"). 0 = cut over as soon as it fits (QEMU's rule).
     public var tighteningRounds: Int = 3
     /// Rounds after round 0 before a forced cutover; 0 = stop-and-copy.
     public var maxRounds: Int = 30
