@@ -333,7 +333,7 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             recorder.froze(start: freezeStart)
             updateStatus { $0.freezeMs = Double(ns) / 1e6; $0.state = .cutover; $0.stage = .frozen; $0.cutoverReason = CutoverReason.stopAndCopy.description }
         }
-        var scan = try scanFirstRound(process, tracker, &layout)
+        var scan = try scanFirstRound(process, tracker, &layout, frozen: hold.isFrozen)
         var lastScanAt = MonotonicClock.seconds()
         /// The digest the final delta's last ROUND_END carried (capability `finalDeltaDigest`).
         var deltaProof: (digest: MemoryDigest, wire: WireDigest)?
@@ -682,10 +682,10 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
     }
 
     /// Round 0, retried on a fresh layout if a mapping changed under the scan.
-    private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor]) throws -> RoundScan {
+    private func scanFirstRound(_ process: AttachedProcess, _ tracker: DirtyTracker, _ layout: inout [RegionDescriptor], frozen: Bool) throws -> RoundScan {
         for attempt in 1... {
             do {
-                return try tracker.initialRound(ranges: Self.ranges(layout), fileContent: process.fileContentRanges)
+                return try tracker.initialRound(ranges: Self.ranges(layout), fileContent: process.fileContentRanges, frozen: frozen)
             } catch PagemapScanError.notRegisteredForAsyncWP(let range, _) where attempt < 8 {
                 log("layout changed under the first scan at \(range); rescanning")
                 _ = try process.refreshLayout()

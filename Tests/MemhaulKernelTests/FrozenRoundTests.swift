@@ -44,6 +44,29 @@ import MemhaulTestSupport
         #expect(try tracker.nextRound(ranges: [a.range]).dirty.isEmpty)
     }
 
+    /// Stop-and-copy's round 0 protects nothing (the target is frozen). If
+    /// the target runs again, the next round reports every page, written or
+    /// not, and the round after it only what was written since: nothing missed.
+    @Test func aFrozenRoundZeroProtectsNothingAndTheNextRoundSendsEverything() throws {
+        let uffd = try TestUffd()
+        let a = try TestArea(pages: 64, uffd: uffd)
+        for i in 0..<64 where i != 7 { a.write(i) }
+        let tracker = DirtyTracker(scanner: try selfScanner())
+        let first = try tracker.initialRound(ranges: [a.range], frozen: true)
+        #expect(a.indices(first.dirty) == Set(0..<64).subtracting([7]))
+        a.write(9)  // thawed (a resume that goes on pre-copying)
+        #expect(a.indices(try tracker.nextRound(ranges: [a.range]).dirty) == Set(0..<64).subtracting([7]))
+        a.write(11)
+        #expect(a.indices(try tracker.nextRound(ranges: [a.range]).dirty) == [11])
+        // Protected from the start, the same first write is all the next round finds.
+        let b = try TestArea(pages: 64, uffd: uffd)
+        for i in 0..<64 { b.write(i) }
+        let protected = DirtyTracker(scanner: try selfScanner())
+        _ = try protected.initialRound(ranges: [b.range])
+        b.write(9)
+        #expect(b.indices(try protected.nextRound(ranges: [b.range]).dirty) == [9])
+    }
+
     @Test func requeuedPagesAreExaminedAgain() throws {
         let uffd = try TestUffd()
         let a = try TestArea(pages: 64, uffd: uffd)
