@@ -50,6 +50,9 @@ public final class DirtyTracker {
     public private(set) var known: [AddressRange] = []
     /// Pages of requeued scans, re-examined next round.
     public private(set) var pending: [AddressRange] = []
+    /// Round 0 protected nothing (`frozen`) and no thawed round has run since:
+    /// the target has written nothing, and its pages are still unprotected.
+    private var unprotectedSinceFrozenRoundZero = false
 
     /// The final round's second walker (``PagemapScanner/collectUnprotected(_:alongside:minimumPages:)``),
     /// made here so its allocation is not inside the frozen window.
@@ -64,12 +67,16 @@ public final class DirtyTracker {
 
     /// Round 0: write-protect everything, then report every populated page.
     ///
-    /// `frozen` (stop-and-copy: the target is frozen before round 0 and
-    /// released after it): nothing is protected, since the target cannot write
-    /// until it is thawed. Protecting 4 GiB costs about 250 ms, all of it
-    /// inside the frozen window. If the target does run again (a resume that
-    /// goes on with more rounds), the next round finds every page written and
-    /// sends it again: a resend repeats pages but never misses one.
+    /// `frozen` (stop-and-copy): the target is frozen now and stays frozen
+    /// until it is released or a ``nextRound(ranges:removed:checkDiscards:fileContent:)``
+    /// runs. Nothing is protected then, since the target cannot write.
+    /// Protecting 4 GiB costs about 250 ms, all of it inside the frozen window.
+    /// A ``frozenRound(ranges:removed:fileContent:fileBacked:)`` after it (a
+    /// break in the frozen round, resumed while still frozen) protects
+    /// everything first, as round 0 would have, and reports only what is
+    /// pending. A thawed ``nextRound(ranges:removed:checkDiscards:fileContent:)``
+    /// finds every page unprotected, so written, and sends it again. Pages
+    /// repeat; none is missed.
     public func initialRound(ranges: [AddressRange], fileContent: [AddressRange] = [], frozen: Bool = false) throws -> RoundScan {
         var stats = ScanStats()
         let cur = ranges.coalesced()
@@ -77,6 +84,7 @@ public final class DirtyTracker {
             try scanner.protectAll(cur)
             stats += scanner.lastStats
         }
+        unprotectedSinceFrozenRoundZero = frozen
         let p = try scanner.populated(cur, fileContent: fileContent)
         stats += scanner.lastStats
         // pending may hold pages of an earlier life of this tracker: keep them.
@@ -109,6 +117,7 @@ public final class DirtyTracker {
         ranges: [AddressRange], removed: [AddressRange] = [], checkDiscards: Bool = true, fileContent: [AddressRange] = []
     ) throws -> RoundScan {
         if round < 0 { return try initialRound(ranges: ranges, fileContent: fileContent) }
+        unprotectedSinceFrozenRoundZero = false  // the target ran: every unprotected page counts as written
         var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
         // collectWritten re-protects what it reports: if anything fails from
@@ -189,6 +198,12 @@ public final class DirtyTracker {
         let wasTracked = tracked
         var (stats, cur, fresh, old) = try splitLayout(ranges, removed: removed)
         let fileContent = fileContent.coalesced()
+        if unprotectedSinceFrozenRoundZero {
+            // Frozen since round 0, so nothing was written: protecting now is protecting then.
+            try scanner.protectAll(old)
+            stats += scanner.lastStats
+            unprotectedSinceFrozenRoundZero = false
+        }
         let unprotected = try scanner.collectUnprotected(old, alongside: helperScanner, minimumPages: splitWalkMinimumPages)
         stats += scanner.lastStats
         // Of the file-backed mappings only the COW copies in `known`: not the libraries' clean pages.

@@ -58,6 +58,19 @@ import MemhaulTestSupport
         #expect(a.indices(try tracker.nextRound(ranges: [a.range]).dirty) == Set(0..<64).subtracting([7]))
         a.write(11)
         #expect(a.indices(try tracker.nextRound(ranges: [a.range]).dirty) == [11])
+        a.write(12)  // a write while thawed, then frozen for the cutover: the frozen round must see it
+        #expect(a.indices(try tracker.frozenRound(ranges: [a.range]).dirty) == [12])
+        // Resumed while still frozen: the frozen round protects what round 0
+        // left unprotected and reports only the requeued pages; a thawed write after it is found alone.
+        let c = try TestArea(pages: 64, uffd: uffd)
+        for i in 0..<64 { c.write(i) }
+        let stopAndCopy = DirtyTracker(scanner: try selfScanner())
+        let round0 = try stopAndCopy.initialRound(ranges: [c.range], frozen: true)
+        stopAndCopy.requeue(RoundScan(round: 0, dirty: [AddressRange(start: c.range.start, end: c.range.start + 4 * 4096)], discarded: [],
+                                      stats: round0.stats))  // a chunk the break lost
+        #expect(c.indices(try stopAndCopy.frozenRound(ranges: [c.range]).dirty) == [0, 1, 2, 3])
+        c.write(40)  // released into pre-copy
+        #expect(c.indices(try stopAndCopy.nextRound(ranges: [c.range]).dirty) == [40])
         // Protected from the start, the same first write is all the next round finds.
         let b = try TestArea(pages: 64, uffd: uffd)
         for i in 0..<64 { b.write(i) }
