@@ -82,6 +82,12 @@ import MemhaulReport
         // and socket buffers), far less than round 0.
         #expect(s.resentBytesAfterResume < s.totalBytes / 2, "resent \(s.resentBytesAfterResume) of \(s.totalBytes)")
         #expect(s.pageBytes < s.totalBytes + s.totalBytes / 2, "round 0 was not sent again whole: \(s.pageBytes) page bytes for \(s.totalBytes)")
+        if stopAndCopy {
+            // Frozen throughout: what travels twice is what was sent of round 0 but not committed at the cut, never the two committed chunks.
+            let twice = Int64(s.pageBytes) - Int64(atCut.roundTotalBytes)
+            #expect(twice < Int64(atCut.roundSentBytes) - (16 << 20),
+                    "sent twice \(twice) bytes; at the cut \(atCut.roundSentBytes) of \(atCut.roundTotalBytes) sent, ≥ 2 chunks of 16 MiB committed")
+        }
         print("resume in round 0: \(s.resumes) resume(s), \(s.resentBytesAfterResume) wire bytes lost in flight, \(s.pageBytes) page bytes in all, \(s.totalBytes) tracked")
         // Both reports record the resume: the sender's what it cost, the receiver's a second connection.
         let history = migration.history
