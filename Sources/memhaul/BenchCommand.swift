@@ -81,6 +81,11 @@ struct BenchCommand: ParsableCommand {
             guard repeats >= 1 else { throw ValidationError("--repeats must be at least 1") }
         }
 
+        /// `a 3, b 1`, most first: the governor's history in one line.
+        static func counts(_ d: [String: Int]) -> String {
+            d.sorted { ($0.value, $1.key) > ($1.value, $0.key) }.map { "\($0.key) \($0.value)" }.joined(separator: ", ")
+        }
+
         func run() throws {
             let env = try BenchSupport.Environment()
             let workload = try env.startWorkload(["--size", size])
@@ -157,14 +162,14 @@ struct BenchCommand: ParsableCommand {
             print(String(format: """
                 transport bench: %@ workload (pid %d), mutual TLS 1.3 on loopback, %d core(s), load average %@
                   memory moved                %@ (tracked regions; memhaul reads only pages with content)
-                  memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes); governor: %@ (%d decisions)
+                  memhaul (%@)       %.2f s  %7.1f MB/s  wire %@ (ratio %.3f of page bytes); governor: %@ (%d decisions: %@; windows by level: %@)
                   baseline zstd -1 -T2|socat  %.2f s  %7.1f MB/s  wire %@ (ratio %.3f)
                   throughput ratio memhaul/baseline: %.2fx
                 """,
                 size, workload.pid, ProcessInfo.processInfo.activeProcessorCount, load,
                 Summary.bytes(memoryBytes), (s.compression ?? level).padding(toLength: 9, withPad: " ", startingAt: 0), run.seconds, ours / 1e6,
                 Summary.bytes(Double(s.transferredBytes)), Double(s.transferredBytes) / max(1, Double(s.pageBytes)),
-                s.compressionReason ?? "-", s.compressionDecisions,
+                s.compressionReason ?? "-", s.compressionDecisions, Self.counts(s.compressionReasons), Self.counts(s.compressionWindowsByLevel),
                 baseline, theirs / 1e6, Summary.bytes(Double(compressed)), Double(compressed) / Double(dump.bytes),
                 ours / theirs))
             if let criu {
