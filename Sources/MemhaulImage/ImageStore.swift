@@ -357,7 +357,8 @@ public final class ImageStore: @unchecked Sendable {
         let plan = LayoutPlanner.plan(
             regions, segments: manifest.segments, files: manifest.files, nextFileID: manifest.nextFileID)
         let journal = try JournalWriter(
-            path: journalPath(round), round: round, imageID: imageID, buffer: scratch, hashState: hashState)
+            path: journalPath(round), round: round, imageID: imageID, buffer: scratch, hashState: hashState,
+            startsWriteback: writeback.decision.startsWriteback)
         open = OpenRound(
             round: round, regions: regions, plan: plan, vacant: manifest.vacant, layoutChanged: regions != manifest.regions,
             journal: journal, writeback: writeback)

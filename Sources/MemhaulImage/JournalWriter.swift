@@ -24,12 +24,16 @@ final class JournalWriter {
     private(set) var records: UInt64 = 0
 
     var path: String { file.path }
+    /// Whether ``flush()`` starts writeback of what it wrote: not on tmpfs or
+    /// ramfs, where there is none to start (``WritebackDecision``).
+    let startsWriteback: Bool
 
     /// Creates (truncates) the journal and buffers its header.
-    init(path: String, round: UInt32, imageID: UInt64, buffer: UnsafeMutableRawBufferPointer, hashState: OpaquePointer)
-        throws(ImageError)
+    init(path: String, round: UInt32, imageID: UInt64, buffer: UnsafeMutableRawBufferPointer, hashState: OpaquePointer,
+         startsWriteback: Bool) throws(ImageError)
     {
         self.round = round
+        self.startsWriteback = startsWriteback
         self.buffer = buffer
         self.hashState = hashState
         file = try ImageFile(path: path, flags: O_WRONLY | O_CREAT | O_TRUNC)
@@ -74,7 +78,7 @@ final class JournalWriter {
     func flush() throws(ImageError) {
         guard buffered > 0 else { return }
         try file.writeAll(UnsafeRawBufferPointer(rebasing: buffer[0..<buffered]))
-        if file.startWriteback(from: written, count: UInt64(buffered)) != nil { writebackFailures += 1 }
+        if startsWriteback, file.startWriteback(from: written, count: UInt64(buffered)) != nil { writebackFailures += 1 }
         written += UInt64(buffered)
         buffered = 0
     }

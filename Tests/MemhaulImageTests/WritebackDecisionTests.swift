@@ -86,6 +86,38 @@ import MemhaulTestSupport
         #expect(!r.threads.contains(pthread_self()))
     }
 
+    /// The journal's flushes follow the same decision: a round that journals
+    /// more than its 8 MiB buffer (round 2 rewriting round 1's pages) starts
+    /// writeback of each flush on a disk, and none on tmpfs.
+    @Test(arguments: ["/dev/shm", "/var/tmp"])
+    func journalStartsWritebackOnlyWhereTheRegionFilesDo(parent: String) throws {
+        let root = temporaryDirectory("writeback-journal", in: parent)
+        defer { removeTree(root) }
+        let dir = root + "/image"
+        let store = try ImageStore.create(directory: dir, migrationID: "writeback-journal")
+        defer { store.close() }
+        let pages = 3 * 1024  // 12 MiB: more than the journal's buffer
+        let layout = [region(a, pages: pages)]
+        try store.beginRound(1, layout: layout)
+        try store.write(a, pageBytes(1, pages: pages))
+        try store.commitRound()
+        try store.beginRound(2, layout: layout)
+        let rewritten = pageBytes(2, pages: pages)
+        let failures = try Syscall.withFaults([.init("sync_file_range(\(dir)/journal-0000000002)", .EIO)]) { () throws -> Int in
+            try store.write(a, rewritten)
+            return try store.commitRound().writebackFailures
+        }
+        var model = MemoryModel()
+        model.setLayout(layout)
+        model.write(a, rewritten)
+        #expect(try store.matches(model))
+        if store.writebackDecision.startsWriteback {
+            #expect(failures >= 1, "a journal flush on \(store.writebackDecision) starts writeback")
+        } else {
+            #expect(failures == 0, "no sync_file_range on \(store.writebackDecision)")
+        }
+    }
+
     /// `statfs` failing (injected): the queue runs, as on a disk.
     @Test func statfsFailureQueuesWriteback() throws {
         let root = temporaryDirectory("writeback-statfs", in: "/dev/shm")
