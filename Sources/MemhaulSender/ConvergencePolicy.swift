@@ -6,7 +6,8 @@
 /// conservative bound from the commits of rounds of a comparable size
 /// (``CommitLatencyEstimator``: receiver commits swing from 30 ms to seconds). Once that prediction
 /// fits `downtimeLimit` it cuts over, unless one more round is predicted to at
-/// least halve it (`tighteningRounds`: the limit is a ceiling, not a target). If the dirty set stops shrinking for `stallRounds`
+/// least halve it, or a delta of more than 16 MiB would be predicted with no
+/// commit measured yet (`tighteningRounds`: the limit is a ceiling, not a target). If the dirty set stops shrinking for `stallRounds`
 /// rounds it throttles the target (auto-converge, ``ThrottleStepper``: 20 %,
 /// then +10 % per stall up to 99 % as QEMU does, or sooner and in larger
 /// steps while the dirty rate far exceeds the throughput). It cuts over anyway at `maxRounds` or `maxTime`,
@@ -21,7 +22,9 @@ public struct ConvergenceParameters: Sendable, Equatable {
     /// itself and leaves only what the target dirties meanwhile: 4 GiB at
     /// 32 MB/s that fit the limit after round 0 froze 358-722 ms when cut
     /// there, 102-131 ms after one tightening round (BENCHMARKS.md,
-    /// "Tightening rounds"). 0 = cut over as soon as it fits (QEMU's rule).
+    /// "Tightening rounds"). A round run only to measure a delta's commit
+    /// (``ConvergencePolicy/unmeasuredCommitBytes``) counts as one too.
+    /// 0 = cut over as soon as it fits (QEMU's rule).
     public var tighteningRounds: Int = 3
     /// Rounds after round 0 before a forced cutover; 0 = stop-and-copy.
     public var maxRounds: Int = 30
@@ -105,6 +108,10 @@ public enum ConvergenceDecision: Sendable, Equatable {
     /// The prediction fits the limit, but one more round is predicted to
     /// bring it from `expectedDowntimeMs` to at most half of it.
     case tighten(expectedDowntimeMs: Double, nextRoundMs: Double)
+    /// The prediction fits the limit without a commit in it: no delta round
+    /// has been acknowledged yet, and the pending bytes are more than
+    /// ``ConvergencePolicy/unmeasuredCommitBytes``. One more round measures one.
+    case measureCommit(expectedDowntimeMs: Double)
     /// Run another round with the target throttled to this percentage.
     case throttle(percent: Int)
     /// Freeze and send the final delta.
@@ -115,6 +122,11 @@ extension ConvergenceDecision {
     /// The report's and the log's words for a tightening round.
     public static func tightenReason(expectedMs: Double, nextRoundMs: Double) -> String {
         "fits the limit at \(Int(expectedMs.rounded())) ms; one more round is predicted to bring it to \(Int(nextRoundMs.rounded())) ms"
+    }
+
+    /// The report's and the log's words for a round run to measure a commit.
+    public static func measureCommitReason(expectedMs: Double) -> String {
+        "fits the limit at \(Int(expectedMs.rounded())) ms with no commit of a delta measured yet; one more round measures one"
     }
 }
 
@@ -194,11 +206,17 @@ public struct ConvergencePolicy: Sendable {
         expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitEstimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
-            if m.round < parameters.maxRounds, elapsed < parameters.maxTimeSeconds,
-               let next = tighteningPrediction(after: m) {
-                tightened += 1
-                lastTightenedFromMs = expectedDowntimeMs
-                return .tighten(expectedDowntimeMs: expectedDowntimeMs, nextRoundMs: next)
+            if m.round < parameters.maxRounds, elapsed < parameters.maxTimeSeconds, tightened < parameters.tighteningRounds {
+                if let next = tighteningPrediction(after: m) {
+                    tightened += 1
+                    lastTightenedFromMs = expectedDowntimeMs
+                    return .tighten(expectedDowntimeMs: expectedDowntimeMs, nextRoundMs: next)
+                }
+                if commitLatency.samples.isEmpty, m.pendingBytes > Self.unmeasuredCommitBytes {
+                    tightened += 1
+                    lastTightenedFromMs = expectedDowntimeMs
+                    return .measureCommit(expectedDowntimeMs: expectedDowntimeMs)
+                }
             }
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))
         }
@@ -223,6 +241,17 @@ public struct ConvergencePolicy: Sendable {
         return .nextRound
     }
 
+    /// A final delta up to this size may be predicted without a measured
+    /// commit; a larger one waits for a delta round's commit first (a
+    /// tightening round, ``ConvergenceDecision/measureCommit(expectedDowntimeMs:)``).
+    /// Round 0's commit is no guide: its chunks are written in place, with
+    /// their writeback started as they arrive, while a delta is journaled.
+    /// Redis under SET load (the README's demo) cut over after round 0 at a
+    /// 204–289 ms fit, and its final commits of 150 MB took 59–62 ms against
+    /// round 0's 8–23 ms: frozen 293–353 ms against a 300 ms limit
+    /// (BENCHMARKS.md, "A commit measured before the first cutover").
+    public static let unmeasuredCommitBytes: Double = 16 * 1_048_576
+
     /// The frozen window predicted after one more round, if another round is
     /// worth it: a tightening round is left, the last one (if any) shrank the
     /// prediction to ¾ or less, and the next is predicted to halve it. The
@@ -230,7 +259,7 @@ public struct ConvergencePolicy: Sendable {
     /// scan and a commit, about the window's own length; the target dirties
     /// at the measured rate meanwhile.
     private func tighteningPrediction(after m: RoundMeasurement) -> Double? {
-        guard tightened < parameters.tighteningRounds, throughput > 0, dirtyRate.isFinite else { return nil }
+        guard throughput > 0, dirtyRate.isFinite else { return nil }
         if let last = lastTightenedFromMs, expectedDowntimeMs > 0.75 * last { return nil }
         let roundSeconds = (expectedDowntimeMs - overrunMs) / 1000
         let nextPending = dirtyRate * roundSeconds

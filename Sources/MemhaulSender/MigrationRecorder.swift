@@ -99,6 +99,9 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         case .tighten(let ms, let next):
             report.rounds[i].decision = "next_round"
             report.rounds[i].decisionReason = ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: next)
+        case .measureCommit(let ms):
+            report.rounds[i].decision = "next_round"
+            report.rounds[i].decisionReason = ConvergenceDecision.measureCommitReason(expectedMs: ms)
         case .throttle(let percent):
             report.rounds[i].decision = "throttle"
             report.rounds[i].decisionReason = "rounds stalled: throttle the target to \(percent)%"

@@ -440,6 +440,9 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
             case .tighten(let ms, let nextMs):
                 log(ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: nextMs))
                 scan = next
+            case .measureCommit(let ms):
+                log(ConvergenceDecision.measureCommitReason(expectedMs: ms))
+                scan = next
             case .throttle(let percent):
                 let first = hold.throttleMechanism == nil
                 try hold.setThrottle(percent: percent)

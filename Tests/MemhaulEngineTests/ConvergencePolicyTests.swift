@@ -83,6 +83,40 @@ import MemhaulSystem
         }
     }
 
+    /// 200 MB pending at 1 GB/s fits (200 ms), and one more round would not
+    /// halve it (the target dirties 667 MB/s), but no delta's commit has been
+    /// measured: one more round measures one. With its 60 ms commit the
+    /// prediction is 210 ms, which fits and did not shrink by a quarter: cut.
+    @Test func aFitWithNoMeasuredCommitRunsOneMoreRound() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        let m0 = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: 200e6, dirtyWindowSeconds: 0.3)
+        #expect(policy.decide(after: m0, elapsed: 1) == .measureCommit(expectedDowntimeMs: 200))
+        #expect(policy.tightened == 1)
+        #expect(ConvergenceDecision.measureCommitReason(expectedMs: 200)
+                == "fits the limit at 200 ms with no commit of a delta measured yet; one more round measures one")
+        let m1 = RoundMeasurement(round: 1, pageBytesSent: 200e6, seconds: 0.2, pendingBytes: 150e6, dirtyWindowSeconds: 0.225,
+                                  commitSeconds: 0.06)
+        guard case .cutover(.converged(let ms)) = policy.decide(after: m1, elapsed: 1.3) else {
+            Issue.record("expected a converged cutover at \(policy.expectedDowntimeMs) ms"); return
+        }
+        #expect(abs(ms - 210) < 1e-6, "the commit is in the prediction now")
+    }
+
+    /// A small delta is predicted without a commit (`unmeasuredCommitBytes`),
+    /// and QEMU's rule (`tighteningRounds` 0) never runs the extra round.
+    @Test func aSmallDeltaOrQEMUsRuleCutsWithoutAMeasuredCommit() {
+        var policy = ConvergencePolicy(parameters: ConvergenceParameters())
+        let small = ConvergencePolicy.unmeasuredCommitBytes
+        let m = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: small, dirtyWindowSeconds: small / 1e9 / 0.6)
+        guard case .cutover(.converged(let ms)) = policy.decide(after: m, elapsed: 1) else {
+            Issue.record("expected a converged cutover at \(policy.expectedDowntimeMs) ms"); return
+        }
+        #expect(abs(ms - small / 1e6) < 1e-6)
+        var qemu = ConvergencePolicy(parameters: cutAtTheFit())
+        let big = RoundMeasurement(round: 0, pageBytesSent: 1e9, seconds: 1, pendingBytes: 200e6, dirtyWindowSeconds: 0.3)
+        #expect(qemu.decide(after: big, elapsed: 1) == .cutover(reason: .converged(expectedDowntimeMs: 200)))
+    }
+
     /// An idle target: nothing pending, nothing to halve.
     @Test func nothingPendingCutsOverAtOnce() {
         var policy = ConvergencePolicy(parameters: ConvergenceParameters())
