@@ -246,9 +246,9 @@ public struct ConvergencePolicy: Sendable {
     /// tightening round, ``ConvergenceDecision/measureCommit(expectedDowntimeMs:)``).
     /// Round 0's commit is no guide: its chunks are written in place, with
     /// their writeback started as they arrive, while a delta is journaled.
-    /// Redis under SET load (the README's demo) cut over after round 0 at a
-    /// 204–289 ms fit, and its final commits of 150 MB took 59–62 ms against
-    /// round 0's 8–23 ms: frozen 293–353 ms against a 300 ms limit
+    /// Redis under the README demo's SET load cut over after round 0 at fits
+    /// of 160–289 ms and froze 193–479 ms, 4 times in 7 over the 300 ms limit;
+    /// its final commits of 150 MB took 59–62 ms against round 0's 8–23 ms
     /// (BENCHMARKS.md, "A commit measured before the first cutover").
     public static let unmeasuredCommitBytes: Double = 16 * 1_048_576
 
