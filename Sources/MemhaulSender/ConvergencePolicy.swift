@@ -206,17 +206,11 @@ public struct ConvergencePolicy: Sendable {
         expectedDowntimeMs = transfer + m.fixedSeconds * 1000 + commitEstimateSeconds * 1000 + overrunMs
 
         if expectedDowntimeMs <= parameters.downtimeLimitMs {
-            if m.round < parameters.maxRounds, elapsed < parameters.maxTimeSeconds, tightened < parameters.tighteningRounds {
-                if let next = tighteningPrediction(after: m) {
-                    tightened += 1
-                    lastTightenedFromMs = expectedDowntimeMs
-                    return .tighten(expectedDowntimeMs: expectedDowntimeMs, nextRoundMs: next)
-                }
-                if commitLatency.samples.isEmpty, m.pendingBytes > Self.unmeasuredCommitBytes {
-                    tightened += 1
-                    lastTightenedFromMs = expectedDowntimeMs
-                    return .measureCommit(expectedDowntimeMs: expectedDowntimeMs)
-                }
+            if m.round < parameters.maxRounds, elapsed < parameters.maxTimeSeconds, tightened < parameters.tighteningRounds,
+               let tighten = tighteningRound(after: m) {
+                tightened += 1
+                lastTightenedFromMs = expectedDowntimeMs
+                return tighten
             }
             return .cutover(reason: .converged(expectedDowntimeMs: expectedDowntimeMs))
         }
@@ -247,13 +241,25 @@ public struct ConvergencePolicy: Sendable {
     /// Round 0's commit is no guide: its chunks are written in place, with
     /// their writeback started as they arrive, while a delta is journaled.
     /// Redis under the README demo's SET load cut over after round 0 at fits
-    /// of 160–289 ms and froze 193–479 ms, 4 times in 7 over the 300 ms limit;
+    /// of 160–284 ms and froze 193–479 ms, 4 times in 7 over the 300 ms limit;
     /// its final commits of 150 MB took 59–62 ms against round 0's 8–23 ms
     /// (BENCHMARKS.md, "A commit measured before the first cutover").
     public static let unmeasuredCommitBytes: Double = 16 * 1_048_576
 
+    /// A tightening round after a fit, if one is worth it: one predicted to
+    /// halve the window, or one that measures a delta's commit.
+    private func tighteningRound(after m: RoundMeasurement) -> ConvergenceDecision? {
+        if let next = tighteningPrediction(after: m) {
+            return .tighten(expectedDowntimeMs: expectedDowntimeMs, nextRoundMs: next)
+        }
+        if commitLatency.samples.isEmpty, m.pendingBytes > Self.unmeasuredCommitBytes {
+            return .measureCommit(expectedDowntimeMs: expectedDowntimeMs)
+        }
+        return nil
+    }
+
     /// The frozen window predicted after one more round, if another round is
-    /// worth it: a tightening round is left, the last one (if any) shrank the
+    /// worth it: the last tightening round (if any) shrank the
     /// prediction to ¾ or less, and the next is predicted to halve it. The
     /// round sends the pending bytes at the measured throughput and pays the
     /// scan and a commit, about the window's own length; the target dirties
