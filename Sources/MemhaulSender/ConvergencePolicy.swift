@@ -128,6 +128,16 @@ extension ConvergenceDecision {
     public static func measureCommitReason(expectedMs: Double) -> String {
         "fits the limit at \(Int(expectedMs.rounded())) ms with no commit of a delta measured yet; one more round measures one"
     }
+
+    /// Why a round runs although the prediction already fits (the report's
+    /// `decision_reason`, the sender's log); nil for every other decision.
+    public var tighteningReason: String? {
+        switch self {
+        case .tighten(let ms, let next): Self.tightenReason(expectedMs: ms, nextRoundMs: next)
+        case .measureCommit(let ms): Self.measureCommitReason(expectedMs: ms)
+        default: nil
+        }
+    }
 }
 
 public enum CutoverReason: Sendable, Equatable, CustomStringConvertible {

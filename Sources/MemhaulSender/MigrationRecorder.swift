@@ -94,14 +94,9 @@ final class MigrationRecorder: @unchecked Sendable {  // state behind `lock`
         report.rounds[i].dirtyRateBytesPerSecond = dirtyRate.isFinite ? dirtyRate.rounded() : 0
         report.rounds[i].expectedDowntimeMs = expectedDowntimeMs.map(ReportClock.round3)
         switch decision {
-        case .nextRound:
+        case .nextRound, .tighten, .measureCommit:
             report.rounds[i].decision = "next_round"
-        case .tighten(let ms, let next):
-            report.rounds[i].decision = "next_round"
-            report.rounds[i].decisionReason = ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: next)
-        case .measureCommit(let ms):
-            report.rounds[i].decision = "next_round"
-            report.rounds[i].decisionReason = ConvergenceDecision.measureCommitReason(expectedMs: ms)
+            report.rounds[i].decisionReason = decision.tighteningReason
         case .throttle(let percent):
             report.rounds[i].decision = "throttle"
             report.rounds[i].decisionReason = "rounds stalled: throttle the target to \(percent)%"

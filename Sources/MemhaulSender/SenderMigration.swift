@@ -435,13 +435,8 @@ public final class SenderMigration: @unchecked Sendable {  // shared state behin
                              expectedDowntimeMs: policy.expectedDowntimeMs.isFinite ? policy.expectedDowntimeMs : nil)
             round += 1
             switch decision {
-            case .nextRound:
-                scan = next
-            case .tighten(let ms, let nextMs):
-                log(ConvergenceDecision.tightenReason(expectedMs: ms, nextRoundMs: nextMs))
-                scan = next
-            case .measureCommit(let ms):
-                log(ConvergenceDecision.measureCommitReason(expectedMs: ms))
+            case .nextRound, .tighten, .measureCommit:
+                if let reason = decision.tighteningReason { log(reason) }
                 scan = next
             case .throttle(let percent):
                 let first = hold.throttleMechanism == nil

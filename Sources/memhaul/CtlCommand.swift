@@ -54,7 +54,7 @@ struct CtlCommand: ParsableCommand {
         @Option(help: "Migration id ([A-Za-z0-9._-], up to 64).") var id: String?
         @Option(name: .customLong("downtime-limit"), help: "Downtime limit, ms.") var downtimeLimit: Double?
         @Option(name: .customLong("max-rounds"), help: "Forced cutover after N rounds; 0 = stop-and-copy.") var maxRounds: Int?
-        @Option(name: .customLong("tightening-rounds"), help: "Rounds run after the prediction fits the limit, while each halves it (0 = QEMU's rule).") var tighteningRounds: Int?
+        @Option(name: .customLong("tightening-rounds"), help: "Rounds run after the prediction fits the limit, while each halves it, and one to measure a delta's commit if none has been (0 = QEMU's rule).") var tighteningRounds: Int?
         @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.") var maxTime: Double?
         @Option(name: .customLong("max-bandwidth"), help: "Wire send-rate cap, bytes/s (K/M/G suffixes: 100M).") var maxBandwidth: ByteCount?
         @Option(help: "Source after success: stop, kill or resume.") var after: String?

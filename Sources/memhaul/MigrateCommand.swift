@@ -13,7 +13,7 @@ struct ConvergenceOptions: ParsableArguments {
     var downtimeLimit: Double = 300
     @Option(name: .customLong("max-rounds"), help: "Forced cutover after N rounds; 0 = stop-and-copy.")
     var maxRounds: Int = 30
-    @Option(name: .customLong("tightening-rounds"), help: "Rounds run after the prediction fits --downtime-limit, each while one more is predicted to halve the frozen window (0 = cut over as soon as it fits, as QEMU does).")
+    @Option(name: .customLong("tightening-rounds"), help: "Rounds run after the prediction fits --downtime-limit, each while one more is predicted to halve the frozen window, and one to measure a delta's commit if none has been (0 = cut over as soon as it fits, as QEMU does).")
     var tighteningRounds: Int = ConvergenceParameters().tighteningRounds
     @Option(name: .customLong("max-time"), help: "Forced cutover after S seconds.")
     var maxTime: Double = 600
